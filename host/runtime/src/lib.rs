@@ -1,0 +1,1 @@
+//! Elara's driver runtime (being written).
