@@ -1,1 +1,49 @@
-fn main() {}
+//! `elara`: the daemon and its command line in one binary.
+
+mod api;
+mod attach;
+mod cli;
+mod config;
+mod error;
+mod model;
+mod ops;
+mod server;
+mod validate;
+
+use clap::{CommandFactory, Parser};
+
+use cli::{Cli, Command};
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let daemon = matches!(cli.command, Command::Daemon(_));
+    init_tracing(daemon);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let result = rt.block_on(async move {
+        match cli.command {
+            Command::Daemon(ref args) => {
+                let cfg = config::Config::resolve(args, &cli.socket)?;
+                server::run(cfg).await
+            }
+            Command::Completions { shell } => {
+                clap_complete::generate(shell, &mut Cli::command(), "elara", &mut std::io::stdout());
+                Ok(())
+            }
+            _ => cli::run(cli).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(daemon: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = if daemon { "info" } else { "warn" };
+    let filter = EnvFilter::try_from_env("ELARA_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}

@@ -1,0 +1,478 @@
+//! The `elara` command line. Every command but `daemon`, `driver check` and `completions` talks to
+//! the daemon's REST API over its unix socket.
+
+pub mod client;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+
+use crate::config::{DEFAULT_SOCKET, DaemonArgs};
+use client::{Client, enc};
+
+#[derive(Parser)]
+#[command(name = "elara", version, about = "Elara: container volumes on sandboxed WebAssembly storage drivers")]
+pub struct Cli {
+    /// The daemon's REST socket.
+    #[arg(short = 's', long, global = true, env = "ELARA_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the daemon.
+    Daemon(DaemonArgs),
+    /// Version, store, node, drivers, backends and pools.
+    Info,
+    /// Cluster nodes.
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// Volumes.
+    #[command(subcommand)]
+    Volume(VolumeCmd),
+    /// Snapshots.
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
+    /// Driver components (.wasm).
+    #[command(subcommand)]
+    Driver(DriverCmd),
+    /// Backends: named, configured instances of a driver.
+    #[command(subcommand)]
+    Backend(BackendCmd),
+    /// Pools reported by backends.
+    #[command(subcommand)]
+    Pool(PoolCmd),
+    /// Operations in flight.
+    #[command(subcommand)]
+    Op(OpCmd),
+    /// Print shell completions.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum NodeCmd {
+    /// This node (or NAME).
+    Info { name: Option<String> },
+    List,
+    /// Record a node before its daemon first starts.
+    Register { name: String },
+    /// Remove a node that is down and holds nothing.
+    Unregister { name: String },
+    /// Rename a node that is down.
+    Rename { name: String, new_name: String },
+}
+
+#[derive(Args)]
+pub struct CreateArgs {
+    pub name: String,
+    /// Size, e.g. 10G (default 1G, or the snapshot's size).
+    #[arg(long)]
+    pub size: Option<String>,
+    #[arg(long)]
+    pub backend: Option<String>,
+    /// Any backend of this driver.
+    #[arg(long = "driver")]
+    pub driver: Option<String>,
+    #[arg(long)]
+    pub pool: Option<String>,
+    /// key=value, repeatable.
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// ext4 (default) or xfs.
+    #[arg(long)]
+    pub fs: Option<String>,
+    /// Create from this snapshot.
+    #[arg(long)]
+    pub snapshot: Option<String>,
+    #[arg(long)]
+    pub iops: Option<u64>,
+    /// Volume type.
+    #[arg(long = "type")]
+    pub volume_type: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum VolumeCmd {
+    Create(CreateArgs),
+    List {
+        #[arg(long)]
+        backend: Option<String>,
+        /// key=value, repeatable.
+        #[arg(long = "label")]
+        labels: Vec<String>,
+    },
+    Inspect { name: String },
+    Delete { name: String },
+    /// Mount on this node; prints the mountpoint.
+    Mount {
+        name: String,
+        /// Also bind-mount it here.
+        #[arg(long)]
+        path: Option<PathBuf>,
+        /// A name for this holder (each holder unmounts separately).
+        #[arg(long)]
+        holder: Option<String>,
+    },
+    Unmount {
+        name: String,
+        #[arg(long)]
+        holder: Option<String>,
+    },
+    /// Grow a volume (and its mounted filesystem).
+    Resize {
+        name: String,
+        #[arg(long)]
+        size: String,
+    },
+    /// Usage figures from the driver.
+    Stats { name: String },
+}
+
+#[derive(Subcommand)]
+pub enum SnapshotCmd {
+    Create {
+        volume: String,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    List {
+        #[arg(long)]
+        volume: Option<String>,
+    },
+    Inspect { name: String },
+    Delete { name: String },
+    /// Restore into a new volume.
+    Restore {
+        name: String,
+        #[arg(long = "to")]
+        to: String,
+        #[arg(long)]
+        size: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum DriverCmd {
+    /// Validate and install a driver component; every node of the cluster can then load it.
+    Install {
+        file: PathBuf,
+        #[arg(long)]
+        name: Option<String>,
+        /// Replace an installed driver of the same name.
+        #[arg(long)]
+        upgrade: bool,
+    },
+    List,
+    Inspect { name: String },
+    /// Remove a driver no backend uses.
+    Remove { name: String },
+    /// Run the conformance suite against a throw-away backend of this driver (no daemon needed).
+    Check {
+        file: PathBuf,
+        /// key=value, repeatable.
+        #[arg(long = "config")]
+        config: Vec<String>,
+        /// host[:port] the driver may reach, repeatable.
+        #[arg(long = "allow-host")]
+        allow_hosts: Vec<String>,
+    },
+}
+
+#[derive(Args)]
+pub struct BackendOpts {
+    /// key=value, repeatable.
+    #[arg(long = "config")]
+    pub config: Vec<String>,
+    /// host[:port] this backend may reach over HTTP and TCP, repeatable.
+    #[arg(long = "allow-host")]
+    pub allow_hosts: Vec<String>,
+    /// Memory cap of the sandbox, e.g. 256M.
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// Wall-clock limit per driver call, e.g. 5m.
+    #[arg(long)]
+    pub call_timeout: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum BackendCmd {
+    Add {
+        name: String,
+        #[arg(long)]
+        driver: String,
+        #[command(flatten)]
+        opts: BackendOpts,
+    },
+    List,
+    Inspect { name: String },
+    /// Change config keys (key= removes one), grants or limits.
+    Update {
+        name: String,
+        #[command(flatten)]
+        opts: BackendOpts,
+    },
+    Remove { name: String },
+}
+
+#[derive(Subcommand)]
+pub enum PoolCmd {
+    List,
+    /// Ask every backend for fresh figures.
+    Refresh,
+}
+
+#[derive(Subcommand)]
+pub enum OpCmd {
+    List,
+}
+
+fn pairs(field: &str, items: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    items.iter().map(|i| crate::validate::parse_pair(field, i).map_err(anyhow::Error::new)).collect()
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let c = Client::new(cli.socket.clone());
+    let out = cli.output;
+    match cli.command {
+        Command::Daemon(_) | Command::Completions { .. } => unreachable!("handled in main"),
+        Command::Info => {
+            let v: Value = c.get("/v1/info").await?;
+            print_info(out, &v);
+        }
+        Command::Node(cmd) => match cmd {
+            NodeCmd::Info { name } => show(out, &c.get::<Value>(&format!("/v1/nodes/{}", enc(name.as_deref().unwrap_or("self")))).await?),
+            NodeCmd::List => table(out, &c.get::<Value>("/v1/nodes").await?, &[("NAME", "/name"), ("STATUS", "/status"), ("HOSTNAME", "/hostname"), ("VERSION", "/version")]),
+            NodeCmd::Register { name } => show(out, &c.post::<Value>("/v1/nodes", &json!({ "name": name })).await?),
+            NodeCmd::Unregister { name } => c.delete(&format!("/v1/nodes/{}", enc(&name))).await?,
+            NodeCmd::Rename { name, new_name } => {
+                show(out, &c.post::<Value>(&format!("/v1/nodes/{}/rename", enc(&name)), &json!({ "new_name": new_name })).await?)
+            }
+        },
+        Command::Volume(cmd) => volume(&c, out, cmd).await?,
+        Command::Snapshot(cmd) => match cmd {
+            SnapshotCmd::Create { volume, name } => {
+                show(out, &c.post::<Value>("/v1/snapshots", &json!({ "volume": volume, "name": name })).await?)
+            }
+            SnapshotCmd::List { volume } => {
+                let q = volume.map(|v| format!("?volume={}", enc(&v))).unwrap_or_default();
+                table(out, &c.get::<Value>(&format!("/v1/snapshots{q}")).await?, &[("NAME", "/name"), ("VOLUME", "/volume"), ("STATE", "/state"), ("SIZE", "/size_bytes"), ("BACKEND", "/backend")])
+            }
+            SnapshotCmd::Inspect { name } => show(out, &c.get::<Value>(&format!("/v1/snapshots/{}", enc(&name))).await?),
+            SnapshotCmd::Delete { name } => c.delete(&format!("/v1/snapshots/{}", enc(&name))).await?,
+            SnapshotCmd::Restore { name, to, size } => show(
+                out,
+                &c.post::<Value>(&format!("/v1/snapshots/{}/restore", enc(&name)), &json!({ "volume": to, "size": size })).await?,
+            ),
+        },
+        Command::Driver(cmd) => match cmd {
+            DriverCmd::Install { file, name, upgrade } => {
+                let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+                let mut q = format!("?upgrade={upgrade}");
+                if let Some(n) = name {
+                    q.push_str(&format!("&name={}", enc(&n)));
+                }
+                let (status, body) = c.request("POST", &format!("/v1/drivers{q}"), Some((bytes, "application/wasm"))).await?;
+                show(out, &client::decode::<Value>(status, &body)?);
+            }
+            DriverCmd::List => table(out, &c.get::<Value>("/v1/drivers").await?, &[("NAME", "/name"), ("VERSION", "/info/version"), ("KIND", "/info/kind"), ("SHA256", "/sha256"), ("BUILTIN", "/builtin")]),
+            DriverCmd::Inspect { name } => show(out, &c.get::<Value>(&format!("/v1/drivers/{}", enc(&name))).await?),
+            DriverCmd::Remove { name } => c.delete(&format!("/v1/drivers/{}", enc(&name))).await?,
+            DriverCmd::Check { file, config, allow_hosts } => return driver_check(out, &file, &config, &allow_hosts).await,
+        },
+        Command::Backend(cmd) => match cmd {
+            BackendCmd::Add { name, driver, opts } => {
+                let body = json!({
+                    "name": name, "driver": driver,
+                    "config": pairs("config", &opts.config)?.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+                    "allow_hosts": opts.allow_hosts, "memory": opts.memory, "call_timeout": opts.call_timeout,
+                });
+                show(out, &c.post::<Value>("/v1/backends", &body).await?)
+            }
+            BackendCmd::List => table(out, &c.get::<Value>("/v1/backends").await?, &[("NAME", "/name"), ("DRIVER", "/driver"), ("SCOPE", "/scope"), ("ALLOWED HOSTS", "/allow_hosts")]),
+            BackendCmd::Inspect { name } => show(out, &c.get::<Value>(&format!("/v1/backends/{}", enc(&name))).await?),
+            BackendCmd::Update { name, opts } => {
+                let body = json!({
+                    "config": pairs("config", &opts.config)?.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+                    "allow_hosts": if opts.allow_hosts.is_empty() { None } else { Some(opts.allow_hosts) },
+                    "memory": opts.memory, "call_timeout": opts.call_timeout,
+                });
+                show(out, &c.call::<Value>("PATCH", &format!("/v1/backends/{}", enc(&name)), Some(&body)).await?)
+            }
+            BackendCmd::Remove { name } => c.delete(&format!("/v1/backends/{}", enc(&name))).await?,
+        },
+        Command::Pool(cmd) => {
+            let v: Value = match cmd {
+                PoolCmd::List => c.get("/v1/pools").await?,
+                PoolCmd::Refresh => c.post("/v1/pools/refresh", &json!({})).await?,
+            };
+            table(out, &v, &[("BACKEND", "/backend"), ("NODE", "/node"), ("POOL", "/pool/name"), ("TOTAL", "/pool/total"), ("FREE", "/pool/free"), ("PROVISIONED", "/pool/provisioned_bytes"), ("UPDATED", "/updated_at")]);
+        }
+        Command::Op(OpCmd::List) => table(out, &c.get::<Value>("/v1/ops").await?, &[("ID", "/id"), ("KIND", "/kind"), ("VOLUME", "/volume"), ("STEP", "/step"), ("OWNER", "/owner"), ("ERROR", "/last_error")]),
+    }
+    Ok(())
+}
+
+async fn volume(c: &Client, out: Output, cmd: VolumeCmd) -> anyhow::Result<()> {
+    match cmd {
+        VolumeCmd::Create(a) => {
+            let body = json!({
+                "name": a.name, "size": a.size, "backend": a.backend, "driver": a.driver, "pool": a.pool,
+                "labels": pairs("label", &a.labels)?.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+                "fs": a.fs, "snapshot": a.snapshot, "iops": a.iops, "type": a.volume_type,
+            });
+            show(out, &c.post::<Value>("/v1/volumes", &body).await?)
+        }
+        VolumeCmd::List { backend, labels } => {
+            let mut q = vec![];
+            if let Some(b) = backend {
+                q.push(format!("backend={}", enc(&b)));
+            }
+            if !labels.is_empty() {
+                pairs("label", &labels)?;
+                q.push(format!("label={}", enc(&labels.join(","))));
+            }
+            let q = if q.is_empty() { String::new() } else { format!("?{}", q.join("&")) };
+            table(out, &c.get::<Value>(&format!("/v1/volumes{q}")).await?, &[("NAME", "/name"), ("STATUS", "/status"), ("SIZE", "/size_bytes"), ("BACKEND", "/backend"), ("POOL", "/pool"), ("NODE", "/node")])
+        }
+        VolumeCmd::Inspect { name } => show(out, &c.get::<Value>(&format!("/v1/volumes/{}", enc(&name))).await?),
+        VolumeCmd::Delete { name } => c.delete(&format!("/v1/volumes/{}", enc(&name))).await?,
+        VolumeCmd::Mount { name, path, holder } => {
+            let v: Value = c.post(&format!("/v1/volumes/{}/mount", enc(&name)), &json!({ "path": path, "holder": holder })).await?;
+            match out {
+                Output::Json => show(out, &v),
+                Output::Table => println!("{}", v["mountpoint"].as_str().unwrap_or_default()),
+            }
+        }
+        VolumeCmd::Unmount { name, holder } => {
+            c.call::<Value>("POST", &format!("/v1/volumes/{}/unmount", enc(&name)), Some(&json!({ "holder": holder }))).await?;
+        }
+        VolumeCmd::Resize { name, size } => show(out, &c.post::<Value>(&format!("/v1/volumes/{}/resize", enc(&name)), &json!({ "size": size })).await?),
+        VolumeCmd::Stats { name } => show(out, &c.get::<Value>(&format!("/v1/volumes/{}/stats", enc(&name))).await?),
+    }
+    Ok(())
+}
+
+async fn driver_check(out: Output, file: &std::path::Path, config: &[String], allow_hosts: &[String]) -> anyhow::Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let grants = allow_hosts
+        .iter()
+        .map(|h| h.parse::<elara_runtime::HostGrant>().map_err(|e| anyhow::anyhow!("allow-host: {h:?}: {e}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let cache = tempfile::tempdir()?;
+    let runtime = elara_runtime::Runtime::new(elara_runtime::RuntimeConfig { cache_dir: cache.path().to_path_buf(), ..Default::default() })?;
+    let opts = elara_conformance::CheckOptions { config: pairs("config", config)?, grants, ..Default::default() };
+    let report = elara_conformance::run(&runtime, &bytes, opts).await?;
+    match out {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Output::Table => println!("{report}"),
+    }
+    if !report.passed() {
+        anyhow::bail!("{} does not conform to the elara:driver contract", file.display());
+    }
+    Ok(())
+}
+
+fn show(out: Output, v: &Value) {
+    match out {
+        Output::Json => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
+        Output::Table => println!("{}", serde_yaml_like(v, 0)),
+    }
+}
+
+/// A readable, indented rendering of a JSON value for `inspect`-style output.
+fn serde_yaml_like(v: &Value, indent: usize) -> String {
+    let pad = "  ".repeat(indent);
+    match v {
+        Value::Object(m) if !m.is_empty() => m
+            .iter()
+            .map(|(k, val)| match val {
+                Value::Object(o) if !o.is_empty() => format!("{pad}{k}:\n{}", serde_yaml_like(val, indent + 1)),
+                Value::Array(a) if !a.is_empty() && a.iter().any(|x| x.is_object()) => {
+                    format!("{pad}{k}:\n{}", serde_yaml_like(val, indent + 1))
+                }
+                _ => format!("{pad}{k}: {}", scalar(val)),
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+        Value::Array(a) => a
+            .iter()
+            .map(|x| format!("{pad}-\n{}", serde_yaml_like(x, indent + 1)))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        other => format!("{pad}{}", scalar(other)),
+    }
+}
+
+fn scalar(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        Value::Array(a) => a.iter().map(scalar).collect::<Vec<_>>().join(", "),
+        Value::Object(o) if o.is_empty() => "{}".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Print a list as aligned columns (or JSON), each column a JSON pointer into the row.
+fn table(out: Output, v: &Value, cols: &[(&str, &str)]) {
+    if out == Output::Json {
+        return show(out, v);
+    }
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .map(|a| a.iter().map(|row| cols.iter().map(|(_, p)| cell(row.pointer(p))).collect()).collect())
+        .unwrap_or_default();
+    let widths: Vec<usize> =
+        cols.iter().enumerate().map(|(i, (h, _))| rows.iter().map(|r| r[i].len()).chain([h.len()]).max().unwrap_or(0)).collect();
+    let line = |cells: Vec<String>| {
+        cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect::<Vec<_>>().join("  ").trim_end().to_string()
+    };
+    println!("{}", line(cols.iter().map(|(h, _)| h.to_string()).collect()));
+    for r in rows {
+        println!("{}", line(r));
+    }
+}
+
+fn cell(v: Option<&Value>) -> String {
+    match v {
+        None | Some(Value::Null) => "-".into(),
+        Some(Value::Object(o)) if o.len() == 1 => {
+            let (k, val) = o.iter().next().expect("one entry");
+            format!("{k}:{}", scalar(val))
+        }
+        Some(v) => scalar(v),
+    }
+}
+
+fn print_info(out: Output, v: &Value) {
+    if out == Output::Json {
+        return show(out, v);
+    }
+    println!("Version:     {} (driver contract elara:driver@{})", scalar(&v["version"]), scalar(&v["wit_version"]));
+    println!("Node:        {}", scalar(&v["node"]));
+    println!("Store:       {} ({})", scalar(&v["store"]), scalar(&v["store_location"]));
+    println!("Data dir:    {}", scalar(&v["data_dir"]));
+    println!("Volumes:     {}   Snapshots: {}", scalar(&v["volumes"]), scalar(&v["snapshots"]));
+    println!("Drivers:");
+    table(out, &v["drivers"], &[("  NAME", "/name"), ("VERSION", "/info/version"), ("KIND", "/info/kind"), ("SHA256", "/sha256")]);
+    println!("Backends:");
+    table(out, &v["backends"], &[("  NAME", "/name"), ("DRIVER", "/driver"), ("SCOPE", "/scope")]);
+    println!("Pools:");
+    table(out, &v["pools"], &[("  BACKEND", "/backend"), ("NODE", "/node"), ("POOL", "/pool/name"), ("TOTAL", "/pool/total"), ("FREE", "/pool/free")]);
+}

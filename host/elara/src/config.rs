@@ -1,0 +1,187 @@
+//! Daemon configuration: defaults, overridden by a TOML file, overridden by environment variables
+//! and flags (clap reads both; a flag beats its variable).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+/// `elara daemon` flags. Every flag also reads `ELARA_<NAME>` from the environment.
+#[derive(Debug, Clone, Default, Args)]
+pub struct DaemonArgs {
+    /// TOML configuration file (default: /etc/elara/elara.toml if it exists).
+    #[arg(long, env = "ELARA_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Where Elara keeps its embedded store, pool directories, compiled drivers and mounts.
+    #[arg(long, env = "ELARA_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Metadata store: `etcd://h1:2379,h2:2379`, or a file path for the embedded store
+    /// (default: DATA_DIR/store.redb).
+    #[arg(long, env = "ELARA_STORE")]
+    pub store: Option<String>,
+    /// This node's name in the cluster (default: the host name).
+    #[arg(long, env = "ELARA_NODE")]
+    pub node: Option<String>,
+    /// Directory holding the built-in driver components (local.wasm, nfs.wasm, ...).
+    #[arg(long, env = "ELARA_DRIVERS_DIR")]
+    pub drivers_dir: Option<PathBuf>,
+    /// Docker plugin socket directory; the socket is PLUGIN_DIR/elara.sock. `none` disables it.
+    #[arg(long, env = "ELARA_PLUGIN_DIR")]
+    pub plugin_dir: Option<PathBuf>,
+    /// Optional TCP listener for the REST API (requires --tls-cert, --tls-key and --token-file
+    /// unless --insecure-tcp).
+    #[arg(long, env = "ELARA_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    #[arg(long, env = "ELARA_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(long, env = "ELARA_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// File holding the bearer token TCP clients must send.
+    #[arg(long, env = "ELARA_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Serve the TCP listener without TLS. Dangerous: anyone on the network can read the token.
+    #[arg(long, env = "ELARA_INSECURE_TCP")]
+    pub insecure_tcp: bool,
+    /// Seconds between pool capacity refreshes.
+    #[arg(long, env = "ELARA_POOL_REFRESH")]
+    pub pool_refresh_secs: Option<u64>,
+    /// Seconds a node stays "up" without renewing its lease.
+    #[arg(long, env = "ELARA_NODE_TTL")]
+    pub node_ttl_secs: Option<u64>,
+}
+
+/// The same settings as in the TOML file (every key optional).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub data_dir: Option<PathBuf>,
+    pub store: Option<String>,
+    pub node: Option<String>,
+    pub drivers_dir: Option<PathBuf>,
+    pub plugin_dir: Option<PathBuf>,
+    pub socket: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub token_file: Option<PathBuf>,
+    pub insecure_tcp: Option<bool>,
+    pub pool_refresh_secs: Option<u64>,
+    pub node_ttl_secs: Option<u64>,
+}
+
+/// The settings in force.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub store: String,
+    pub node: String,
+    pub drivers_dir: Option<PathBuf>,
+    pub plugin_dir: Option<PathBuf>,
+    pub socket: PathBuf,
+    pub listen: Option<SocketAddr>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub token_file: Option<PathBuf>,
+    pub insecure_tcp: bool,
+    pub pool_refresh_secs: u64,
+    pub node_ttl_secs: u64,
+}
+
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/elara";
+pub const DEFAULT_SOCKET: &str = "/run/elara/elara.sock";
+pub const DEFAULT_PLUGIN_DIR: &str = "/run/docker/plugins";
+pub const DEFAULT_CONFIG: &str = "/etc/elara/elara.toml";
+
+impl Config {
+    pub fn resolve(args: &DaemonArgs, socket: &Path) -> anyhow::Result<Config> {
+        let file = match &args.config {
+            Some(path) => load_file(path)?,
+            None if Path::new(DEFAULT_CONFIG).exists() => load_file(Path::new(DEFAULT_CONFIG))?,
+            None => FileConfig::default(),
+        };
+        let data_dir = args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into());
+        let store = args
+            .store
+            .clone()
+            .or(file.store)
+            .unwrap_or_else(|| data_dir.join("store.redb").display().to_string());
+        let node = match args.node.clone().or(file.node) {
+            Some(n) => n,
+            None => nix::unistd::gethostname()
+                .context("reading the host name for the node name (set --node)")?
+                .to_string_lossy()
+                .into_owned(),
+        };
+        crate::validate::check_name("node", &node).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let plugin_dir = match args.plugin_dir.clone().or(file.plugin_dir) {
+            Some(p) if p.as_os_str() == "none" => None,
+            Some(p) => Some(p),
+            None => Some(DEFAULT_PLUGIN_DIR.into()),
+        };
+        // The global --socket flag wins unless it was left at its default and the file sets one.
+        let socket = match file.socket {
+            Some(s) if socket == Path::new(DEFAULT_SOCKET) => s,
+            _ => socket.to_path_buf(),
+        };
+        let cfg = Config {
+            drivers_dir: args.drivers_dir.clone().or(file.drivers_dir).or_else(default_drivers_dir),
+            plugin_dir,
+            socket,
+            listen: args.listen.or(file.listen),
+            tls_cert: args.tls_cert.clone().or(file.tls_cert),
+            tls_key: args.tls_key.clone().or(file.tls_key),
+            token_file: args.token_file.clone().or(file.token_file),
+            insecure_tcp: args.insecure_tcp || file.insecure_tcp.unwrap_or(false),
+            pool_refresh_secs: args.pool_refresh_secs.or(file.pool_refresh_secs).unwrap_or(30),
+            node_ttl_secs: args.node_ttl_secs.or(file.node_ttl_secs).unwrap_or(10),
+            data_dir,
+            store,
+            node,
+        };
+        if cfg.listen.is_some() {
+            if cfg.token_file.is_none() {
+                bail!("--listen needs --token-file: the TCP listener always requires a bearer token");
+            }
+            if !cfg.insecure_tcp && (cfg.tls_cert.is_none() || cfg.tls_key.is_none()) {
+                bail!("--listen needs --tls-cert and --tls-key (or --insecure-tcp to serve plain TCP, which exposes the token)");
+            }
+        }
+        if cfg.node_ttl_secs < 2 {
+            bail!("node_ttl_secs: must be at least 2");
+        }
+        Ok(cfg)
+    }
+
+    pub fn pools_dir(&self) -> PathBuf {
+        self.data_dir.join("pools")
+    }
+    pub fn mounts_dir(&self) -> PathBuf {
+        self.data_dir.join("mounts")
+    }
+    pub fn cache_dir(&self) -> PathBuf {
+        self.data_dir.join("cache")
+    }
+    pub fn run_dir(&self) -> PathBuf {
+        self.data_dir.join("run")
+    }
+}
+
+fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
+}
+
+/// Built-in drivers: beside the binary (`../lib/elara/drivers`, as installed by scripts/setup.sh),
+/// or the build output of a source checkout.
+fn default_drivers_dir() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let bin = exe.parent()?;
+    let candidates = [
+        bin.join("../lib/elara/drivers"),
+        bin.join("../drivers"), // target/{debug,release}/elara → target/drivers
+        PathBuf::from("/usr/local/lib/elara/drivers"),
+    ];
+    candidates.into_iter().find(|p| p.join("local.wasm").exists())
+}

@@ -1,0 +1,343 @@
+//! Mounting volumes on this node, reference-counted by holders.
+//!
+//! A volume brought up on a node has one [`AttachmentRecord`] (`attachments/<volume>/<node>`) whose
+//! `holders` are the REST mounts and Docker mount IDs using it. The first holder attaches (driver
+//! `attach`, then the host brings the connection up, formats on first use, mounts); the last one to
+//! leave tears down exactly what was set up. Adding or removing a holder of an attached volume is a
+//! CAS on the attachment alone; bringing it up or down also takes the volume's lock.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use elara_runtime::NodeInfo;
+use elara_store::StoreExt;
+
+use super::{Elara, del, faults, put, raced, rev};
+use crate::attach::{AttachRequest, AttachState};
+use crate::error::{ApiError, ApiResult};
+use crate::model::*;
+
+/// How long a mount or unmount waits for another operation on the same volume to finish.
+const BUSY_WAIT: Duration = Duration::from_secs(120);
+
+impl Elara {
+    pub fn node_info(&self) -> NodeInfo {
+        let hostname = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+        NodeInfo { name: self.node().to_string(), connector: vec![("hostname".into(), hostname)] }
+    }
+
+    /// Mount `name` on this node for `holder` and return the mountpoint. Idempotent per holder.
+    /// With `path`, the volume is also bind-mounted there for this holder.
+    pub async fn mount_volume(&self, name: &str, holder: &str, path: Option<PathBuf>) -> ApiResult<PathBuf> {
+        if let Some(p) = &path
+            && !p.is_absolute()
+        {
+            return Err(ApiError::invalid("path", format!("{} is not an absolute path", p.display())));
+        }
+        let deadline = tokio::time::Instant::now() + BUSY_WAIT;
+        loop {
+            match self.try_mount(name, holder, path.clone()).await {
+                Err(e) if e.code == "busy" && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_mount(&self, name: &str, holder: &str, path: Option<PathBuf>) -> ApiResult<PathBuf> {
+        let vol = self.get::<VolumeRecord>(&keys::volume(name)).await?.ok_or_else(|| ApiError::not_found("volume", name))?.value;
+        if let Some(node) = &vol.node
+            && node != self.node()
+        {
+            return Err(ApiError::conflict(format!("volume {name:?} lives on node {node:?}; mount it there")));
+        }
+        let att_key = keys::attachment(name, self.node());
+        if let Some(att) = self.get::<AttachmentRecord>(&att_key).await? {
+            if att.value.state != AttachmentState::Attached {
+                return Err(ApiError::busy("volume", name, &format!("{:?}", att.value.state).to_lowercase()));
+            }
+            let host = att.value.host.clone().ok_or_else(|| ApiError::internal("attached without host state"))?;
+            if att.value.holders.contains_key(holder) {
+                return Ok(host.mountpoint);
+            }
+            if let Some(p) = &path {
+                bind_mount(&host.mountpoint, p).await?;
+            }
+            let mut a = att.value;
+            a.holders.insert(holder.to_string(), Holder { since: now(), path });
+            a.updated_at = now();
+            if !self.txn(vec![rev(att_key.clone(), att.revision)], vec![put(att_key, &a)]).await? {
+                return Err(ApiError::busy("volume", name, "attachment update"));
+            }
+            return Ok(host.mountpoint);
+        }
+
+        // First holder on this node: bring the volume up under its lock.
+        let (_, backend) = self.backends.get(&vol.backend).await?;
+        let kind = backend.driver().info().kind;
+        let others = self.store.list_json::<AttachmentRecord>(&keys::attachments(name)).await?;
+        if kind == elara_runtime::VolumeKind::Block && !others.is_empty() {
+            return Err(ApiError::conflict(format!(
+                "volume {name:?} is a block volume already attached on node {}; it can be used on one node at a time",
+                others[0].value.node
+            )));
+        }
+        let params = serde_json::json!({ "volume_id": vol.id, "holder": holder, "path": path });
+        let mut op = self.new_op(OpKind::Attach, name, None, params);
+        let key = keys::volume(name);
+        let cur = self.get::<VolumeRecord>(&key).await?.ok_or_else(|| ApiError::not_found("volume", name))?;
+        if let Some(other) = &cur.value.op {
+            return Err(ApiError::busy("volume", name, other));
+        }
+        if cur.value.state != VolumeState::Available {
+            return Err(ApiError::conflict(format!("volume {name:?} is {:?}", cur.value.state).to_lowercase()));
+        }
+        let mut locked = cur.value.clone();
+        locked.op = Some(op.id.clone());
+        let mut att = AttachmentRecord {
+            v: SCHEMA,
+            volume: name.to_string(),
+            volume_id: vol.id.clone(),
+            node: self.node().to_string(),
+            state: AttachmentState::Attaching,
+            connection: None,
+            host: None,
+            holders: [(holder.to_string(), Holder { since: now(), path: path.clone() })].into(),
+            updated_at: now(),
+        };
+        let ok = self
+            .txn(
+                vec![rev(key.clone(), cur.revision), super::absent(att_key.clone())],
+                vec![put(key, &locked), put(att_key.clone(), &att), put(keys::op(&op.id), &op)],
+            )
+            .await?;
+        if !ok {
+            return Err(ApiError::busy("volume", name, "attach"));
+        }
+        faults::point("mount:after-intent");
+
+        match self.bring_up(&mut op, &locked, &mut att).await {
+            Ok(mountpoint) => {
+                if let Some(p) = &path {
+                    bind_mount(&mountpoint, p).await?;
+                }
+                Ok(mountpoint)
+            }
+            Err(e) => {
+                tracing::warn!(volume = %name, "mount failed: {e}; undoing");
+                if let Err(undo) = self.tear_down(&mut op, &locked, &att).await {
+                    tracing::error!(volume = %name, "undo of a failed mount failed: {undo}; the reconciler will retry");
+                    self.op_abandon(&mut op, &format!("{e}; undo: {undo}")).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Driver attach, host attach, record: the attach op's forward steps.
+    async fn bring_up(&self, op: &mut OpRecord, vol: &VolumeRecord, att: &mut AttachmentRecord) -> ApiResult<PathBuf> {
+        let (_, backend) = self.backends.get(&vol.backend).await?;
+        let connection = backend.attach(&vol.id, &self.node_info()).await.map_err(|e| ApiError::from_call(&vol.backend, e))?;
+        att.connection = Some(connection.clone());
+        self.store.put(&keys::attachment(&vol.name, self.node()), elara_store::encode(&*att), None).await?;
+        faults::point("mount:after-driver-attach");
+        self.op_step(op, "driver-attached").await?;
+
+        let pool_dir = self.backends.pool_dir(&vol.backend);
+        let state = self
+            .attacher
+            .attach(AttachRequest {
+                volume_id: &vol.id,
+                pool_dir: &pool_dir,
+                connection: &connection,
+                fs_type: vol.fs.into(),
+                read_only: false,
+            })
+            .await
+            .map_err(|e| ApiError::new(500, "attach-failed", format!("volume {}: {e}", vol.name)))?;
+        faults::point("mount:after-host-attach");
+        att.host = Some(state.clone());
+        att.state = AttachmentState::Attached;
+        att.updated_at = now();
+        let att_key = keys::attachment(&vol.name, self.node());
+        let vkey = keys::volume(&vol.name);
+        let cur = self.get::<VolumeRecord>(&vkey).await?.ok_or_else(|| ApiError::internal("volume vanished during mount"))?;
+        let mut v = cur.value;
+        v.op = None;
+        v.formatted = v.formatted || state.formatted_now;
+        if !self.txn(vec![rev(vkey.clone(), cur.revision)], vec![put(vkey, &v), put(att_key, &*att), del(keys::op(&op.id))]).await? {
+            return Err(raced("volume", &vol.name));
+        }
+        tracing::info!(volume = %vol.name, mountpoint = %state.mountpoint.display(), "volume mounted");
+        Ok(state.mountpoint)
+    }
+
+    /// Undo an attach (or finish a detach): host teardown, driver detach, drop the attachment and the
+    /// lock. Safe to repeat at any point.
+    pub(crate) async fn tear_down(&self, op: &mut OpRecord, vol: &VolumeRecord, att: &AttachmentRecord) -> ApiResult<()> {
+        for h in att.holders.values() {
+            if let Some(p) = &h.path {
+                unmount_path(p).await?;
+            }
+        }
+        match &att.host {
+            Some(state) => self.attacher.detach(state).await,
+            None => {
+                let backing = match &att.connection {
+                    Some(elara_runtime::Connection::ImageFile(f)) => Some(self.backends.pool_dir(&vol.backend).join(&f.path)),
+                    _ => None,
+                };
+                self.attacher.detach_by_volume(&vol.id, backing.as_deref()).await
+            }
+        }
+        .map_err(|e| ApiError::new(500, "detach-failed", format!("volume {}: {e}", vol.name)))?;
+        faults::point("unmount:after-host-detach");
+        self.op_step(op, "host-detached").await?;
+        let (_, backend) = self.backends.get(&vol.backend).await?;
+        backend.detach(&vol.id, &self.node_info()).await.map_err(|e| ApiError::from_call(&vol.backend, e))?;
+        let att_key = keys::attachment(&vol.name, &att.node);
+        let vkey = keys::volume(&vol.name);
+        let mut ops = vec![del(att_key), del(keys::op(&op.id))];
+        let mut cmps = vec![];
+        if let Some(cur) = self.get::<VolumeRecord>(&vkey).await?
+            && cur.value.op.as_deref() == Some(op.id.as_str())
+        {
+            let mut v = cur.value;
+            v.op = None;
+            cmps.push(rev(vkey.clone(), cur.revision));
+            ops.push(put(vkey, &v));
+        }
+        if !self.txn(cmps, ops).await? {
+            return Err(raced("volume", &vol.name));
+        }
+        Ok(())
+    }
+
+    /// Drop `holder` from the volume on this node; the last holder tears it down. Idempotent.
+    pub async fn unmount_volume(&self, name: &str, holder: &str) -> ApiResult<()> {
+        let deadline = tokio::time::Instant::now() + BUSY_WAIT;
+        loop {
+            match self.try_unmount(name, holder).await {
+                Err(e) if e.code == "busy" && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_unmount(&self, name: &str, holder: &str) -> ApiResult<()> {
+        let att_key = keys::attachment(name, self.node());
+        let Some(att) = self.get::<AttachmentRecord>(&att_key).await? else {
+            if self.store.get(&keys::volume(name)).await?.is_none() {
+                return Err(ApiError::not_found("volume", name));
+            }
+            return Ok(());
+        };
+        if att.value.state != AttachmentState::Attached {
+            return Err(ApiError::busy("volume", name, &format!("{:?}", att.value.state).to_lowercase()));
+        }
+        let Some(h) = att.value.holders.get(holder).cloned() else { return Ok(()) };
+        if att.value.holders.len() > 1 {
+            if let Some(p) = &h.path {
+                unmount_path(p).await?;
+            }
+            let mut a = att.value;
+            a.holders.remove(holder);
+            a.updated_at = now();
+            if !self.txn(vec![rev(att_key.clone(), att.revision)], vec![put(att_key, &a)]).await? {
+                return Err(ApiError::busy("volume", name, "attachment update"));
+            }
+            return Ok(());
+        }
+        // Last holder: take the volume lock and tear down.
+        let vkey = keys::volume(name);
+        let cur = self.get::<VolumeRecord>(&vkey).await?.ok_or_else(|| ApiError::not_found("volume", name))?;
+        if let Some(other) = &cur.value.op {
+            return Err(ApiError::busy("volume", name, other));
+        }
+        let params = serde_json::json!({ "volume_id": cur.value.id, "holder": holder });
+        let mut op = self.new_op(OpKind::Detach, name, None, params);
+        let mut v = cur.value.clone();
+        v.op = Some(op.id.clone());
+        let mut a = att.value.clone();
+        a.state = AttachmentState::Detaching;
+        a.updated_at = now();
+        let ok = self
+            .txn(
+                vec![rev(vkey.clone(), cur.revision), rev(att_key.clone(), att.revision)],
+                vec![put(vkey, &v), put(att_key, &a), put(keys::op(&op.id), &op)],
+            )
+            .await?;
+        if !ok {
+            return Err(ApiError::busy("volume", name, "detach"));
+        }
+        faults::point("unmount:after-intent");
+        if let Err(e) = self.tear_down(&mut op, &v, &a).await {
+            self.op_abandon(&mut op, &e.to_string()).await;
+            return Err(e);
+        }
+        tracing::info!(volume = %name, "volume unmounted");
+        Ok(())
+    }
+
+    /// After a resize: grow the loop device and the filesystem of a volume mounted on this node.
+    pub(crate) async fn grow_attached(&self, vol: &VolumeRecord) -> ApiResult<()> {
+        let Some(att) = self.get::<AttachmentRecord>(&keys::attachment(&vol.name, self.node())).await? else {
+            return Ok(());
+        };
+        let Some(state) = att.value.host else { return Ok(()) };
+        let Some(device) = &state.device else { return Ok(()) };
+        run("losetup", &["--set-capacity", &device.display().to_string()]).await?;
+        match vol.fs {
+            FsType::Ext4 => run("resize2fs", &[&device.display().to_string()]).await,
+            FsType::Xfs => run("xfs_growfs", &[&state.mountpoint.display().to_string()]).await,
+        }
+    }
+
+    /// The mountpoint of a block volume mounted on this node, for freezing during a snapshot.
+    pub(crate) async fn mounted_block(&self, vol: &VolumeRecord) -> ApiResult<Option<AttachState>> {
+        let att = self.get::<AttachmentRecord>(&keys::attachment(&vol.name, self.node())).await?;
+        Ok(att.and_then(|a| a.value.host).filter(|h| h.device.is_some()))
+    }
+}
+
+async fn bind_mount(src: &Path, dst: &Path) -> ApiResult<()> {
+    tokio::fs::create_dir_all(dst).await.map_err(|e| ApiError::invalid("path", format!("{}: {e}", dst.display())))?;
+    if is_mountpoint(dst) {
+        return Ok(());
+    }
+    run("mount", &["--bind", &src.display().to_string(), &dst.display().to_string()]).await
+}
+
+async fn unmount_path(p: &Path) -> ApiResult<()> {
+    if is_mountpoint(p) {
+        run("umount", &[&p.display().to_string()]).await?;
+    }
+    Ok(())
+}
+
+/// Whether `p` is a mountpoint, from /proc/self/mountinfo.
+pub fn is_mountpoint(p: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let target = p.display().to_string();
+    info.lines().any(|l| l.split(' ').nth(4) == Some(target.as_str()))
+}
+
+pub(crate) async fn run(cmd: &str, args: &[&str]) -> ApiResult<()> {
+    let out = tokio::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .await
+        .map_err(|e| ApiError::internal(format!("running {cmd}: {e}")))?;
+    if !out.status.success() {
+        return Err(ApiError::internal(format!(
+            "{cmd} {} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
