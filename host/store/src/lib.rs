@@ -14,11 +14,23 @@ use async_trait::async_trait;
 use futures::Stream;
 use serde::{Serialize, de::DeserializeOwned};
 
+pub mod bench;
 pub mod embedded;
 pub mod etcd;
+mod validate;
 
 /// Every Elara key starts with this.
 pub const PREFIX: &str = "/elara/v1/";
+
+/// The largest value either back end accepts (also the limit for the sum of a transaction's values).
+///
+/// etcd refuses requests over 1.5 MiB (`--max-request-bytes`, key and framing included), so the
+/// limit is 1.5 MiB less 32 KiB of headroom for the key ([`MAX_KEY_SIZE`]) and the request framing.
+/// The embedded store applies the same limit so that code tested on one back end works on the
+/// other; large blobs are chunked by the caller.
+pub const MAX_VALUE_SIZE: usize = 1536 * 1024 - 32 * 1024;
+/// The longest key either back end accepts.
+pub const MAX_KEY_SIZE: usize = 16 * 1024;
 
 /// A store revision (etcd's `mod_revision`). Strictly increasing across the whole store.
 pub type Revision = i64;
@@ -32,7 +44,11 @@ pub enum StoreError {
     #[error("lease {0} not found or expired")]
     LeaseNotFound(LeaseId),
     #[error("value too large: {key} is {size} bytes (limit {limit})")]
-    TooLarge { key: String, size: usize, limit: usize },
+    TooLarge {
+        key: String,
+        size: usize,
+        limit: usize,
+    },
     #[error("corrupt record at {key}: {why}")]
     Corrupt { key: String, why: String },
     #[error("store error: {0}")]
@@ -63,8 +79,14 @@ pub enum Compare {
 /// A write of a transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    Put { key: String, value: Vec<u8>, lease: Option<LeaseId> },
-    Delete { key: String },
+    Put {
+        key: String,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    },
+    Delete {
+        key: String,
+    },
 }
 
 /// All `compares` hold → all `ops` apply atomically; otherwise nothing changes.
@@ -85,7 +107,10 @@ pub struct TxnResult {
 pub enum WatchEvent {
     Put(KeyValue),
     /// The key and the revision of the delete.
-    Delete { key: String, revision: Revision },
+    Delete {
+        key: String,
+        revision: Revision,
+    },
 }
 
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent>> + Send>>;
@@ -137,7 +162,10 @@ pub trait StoreExt: Store {
     async fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<Record<T>>> {
         match self.get(key).await? {
             None => Ok(None),
-            Some(kv) => Ok(Some(Record { value: decode(&kv)?, revision: kv.mod_revision })),
+            Some(kv) => Ok(Some(Record {
+                value: decode(&kv)?,
+                revision: kv.mod_revision,
+            })),
         }
     }
 
@@ -145,7 +173,12 @@ pub trait StoreExt: Store {
         self.list(prefix)
             .await?
             .iter()
-            .map(|kv| Ok(Record { value: decode(kv)?, revision: kv.mod_revision }))
+            .map(|kv| {
+                Ok(Record {
+                    value: decode(kv)?,
+                    revision: kv.mod_revision,
+                })
+            })
             .collect()
     }
 }
@@ -154,8 +187,10 @@ impl<S: Store + ?Sized> StoreExt for S {}
 
 /// Decode a JSON value, naming the key when it is corrupt.
 pub fn decode<T: DeserializeOwned>(kv: &KeyValue) -> Result<T> {
-    serde_json::from_slice(&kv.value)
-        .map_err(|e| StoreError::Corrupt { key: kv.key.clone(), why: e.to_string() })
+    serde_json::from_slice(&kv.value).map_err(|e| StoreError::Corrupt {
+        key: kv.key.clone(),
+        why: e.to_string(),
+    })
 }
 
 /// Encode a record as JSON.
@@ -164,13 +199,18 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 /// Open a store from its URL: `etcd://h1:2379,h2:2379` or a path / `file:///path` for the embedded one.
-#[cfg(any())]
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>> {
     if let Some(endpoints) = url.strip_prefix("etcd://") {
-        let eps: Vec<String> = endpoints.split(',').filter(|s| !s.is_empty()).map(|s| s.to_string()).collect();
+        let eps: Vec<String> = endpoints
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(|s| s.to_string())
+            .collect();
         Ok(std::sync::Arc::new(etcd::EtcdStore::connect(&eps).await?))
     } else {
         let path = url.strip_prefix("file://").unwrap_or(url);
-        Ok(std::sync::Arc::new(embedded::EmbeddedStore::open(std::path::Path::new(path))?))
+        Ok(std::sync::Arc::new(embedded::EmbeddedStore::open(
+            std::path::Path::new(path),
+        )?))
     }
 }
