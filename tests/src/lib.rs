@@ -1,1 +1,319 @@
+//! Harness for Elara's integration tests: real `elara` daemons on a real store (the embedded redb
+//! file or the etcd that `scripts/test.sh` starts), driven through the real CLI and REST socket.
+//!
+//! Every store-backed test runs once per [`StoreKind`]; etcd runs get their own key namespace so
+//! tests can share one etcd in parallel.
 
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+/// The two metadata stores every store-backed test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    Embedded,
+    Etcd,
+}
+
+pub const STORES: [StoreKind; 2] = [StoreKind::Embedded, StoreKind::Etcd];
+
+/// The workspace root (tests/ is one level below it).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"))
+}
+
+/// The `elara` binary under test: $ELARA_BIN, else target/debug/elara (scripts/test.sh builds it).
+pub fn elara_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("ELARA_BIN") {
+        return PathBuf::from(p);
+    }
+    let p = target_dir().join("debug/elara");
+    assert!(p.exists(), "{} is missing: build it with `cargo build -p elara` (scripts/test.sh does)", p.display());
+    p
+}
+
+/// Built-in driver components: $ELARA_DRIVERS_DIR, else target/drivers (scripts/build-drivers.sh).
+pub fn drivers_dir() -> PathBuf {
+    if let Some(p) = std::env::var_os("ELARA_DRIVERS_DIR") {
+        return PathBuf::from(p);
+    }
+    let p = target_dir().join("drivers");
+    assert!(p.join("local.wasm").exists(), "{} has no local.wasm: run scripts/build-drivers.sh", p.display());
+    p
+}
+
+/// etcd endpoint for tests: $ELARA_TEST_ETCD (scripts/test.sh starts etcd and sets it).
+pub fn etcd_endpoint() -> String {
+    std::env::var("ELARA_TEST_ETCD").unwrap_or_else(|_| {
+        panic!("ELARA_TEST_ETCD is not set: start etcd with `scripts/services/etcd.sh start .work/etcd` (scripts/test.sh does)")
+    })
+}
+
+/// A unique name for this test run (namespaces, volume names).
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}-{}", std::process::id(), uuid_ish())
+}
+
+fn uuid_ish() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("{:x}{:x}", t, N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// How to start a daemon.
+#[derive(Debug, Clone)]
+pub struct DaemonOpts {
+    pub store: StoreKind,
+    /// The etcd namespace (shared by daemons of one cluster test).
+    pub namespace: String,
+    pub node: String,
+    /// Fault injection (`ELARA_CRASH_AT`).
+    pub crash_at: Option<String>,
+    /// Docker plugin directory (None: disabled).
+    pub plugin_dir: Option<PathBuf>,
+    pub extra_args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+impl DaemonOpts {
+    pub fn new(store: StoreKind) -> Self {
+        DaemonOpts {
+            store,
+            namespace: unique("ns"),
+            node: "node1".into(),
+            crash_at: None,
+            plugin_dir: None,
+            extra_args: vec![],
+            env: vec![],
+        }
+    }
+}
+
+/// A running `elara daemon` with its own data dir and socket. Killed (SIGKILL) on drop; its mounts
+/// and loop devices are torn down by the test's own cleanup through the CLI.
+pub struct Daemon {
+    pub opts: DaemonOpts,
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    child: Option<Child>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Daemon {
+    /// Start a daemon in a fresh directory and wait until it is ready.
+    pub fn start(opts: DaemonOpts) -> anyhow::Result<Daemon> {
+        let tmp = tempfile::Builder::new().prefix("elara-test-").tempdir_in(work_dir())?;
+        let dir = tmp.path().to_path_buf();
+        let mut d = Daemon { socket: dir.join("elara.sock"), opts, dir, child: None, _tmp: Some(tmp) };
+        d.spawn()?;
+        Ok(d)
+    }
+
+    /// Start a second daemon of a cluster: same store namespace, its own node name and directory.
+    pub fn start_peer(&self, node: &str) -> anyhow::Result<Daemon> {
+        let mut opts = self.opts.clone();
+        opts.node = node.into();
+        opts.crash_at = None;
+        opts.plugin_dir = None;
+        Daemon::start(opts)
+    }
+
+    pub fn store_url(&self) -> String {
+        match self.opts.store {
+            StoreKind::Embedded => self.dir.join("store.redb").display().to_string(),
+            StoreKind::Etcd => format!("etcd://{}/{}", etcd_endpoint(), self.opts.namespace),
+        }
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("daemon.log"))?;
+        let mut cmd = Command::new(elara_bin());
+        cmd.arg("-s").arg(&self.socket).arg("daemon");
+        cmd.arg("--data-dir").arg(&self.dir).arg("--store").arg(self.store_url()).arg("--node").arg(&self.opts.node);
+        cmd.arg("--drivers-dir").arg(drivers_dir());
+        cmd.arg("--plugin-dir").arg(self.opts.plugin_dir.clone().unwrap_or_else(|| "none".into()));
+        cmd.arg("--node-ttl").arg("3").arg("--pool-refresh").arg("5");
+        cmd.args(&self.opts.extra_args);
+        cmd.env("ELARA_LOG", "info,elara=debug");
+        cmd.env_remove("ELARA_CRASH_AT");
+        if let Some(c) = &self.opts.crash_at {
+            cmd.env("ELARA_CRASH_AT", c);
+        }
+        for (k, v) in &self.opts.env {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        self.child = Some(cmd.spawn().context("starting elara daemon")?);
+        self.wait_ready(Duration::from_secs(120))
+    }
+
+    /// Readiness: `/v1/health` answers. Fails at once if the daemon exits.
+    pub fn wait_ready(&mut self, limit: Duration) -> anyhow::Result<()> {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("elara daemon exited ({status}) before it was ready:\n{}", self.log_tail());
+            }
+            if self.socket.exists() && self.cli(&["node", "info"]).map(|o| o.status.success()).unwrap_or(false) {
+                return Ok(());
+            }
+            if start.elapsed() > limit {
+                bail!("elara daemon not ready after {limit:?}:\n{}", self.log_tail());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// Whether the daemon process has exited (e.g. at a crash point).
+    pub fn exited(&mut self) -> bool {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()).is_some()
+    }
+
+    /// Wait for the daemon to die by itself (a crash point), bounded.
+    pub fn wait_exit(&mut self, limit: Duration) -> anyhow::Result<()> {
+        let start = Instant::now();
+        while !self.exited() {
+            if start.elapsed() > limit {
+                bail!("daemon did not exit within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Restart after a kill (same data dir, store and node), without fault injection.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill9();
+        self.opts.crash_at = None;
+        self.spawn()
+    }
+
+    /// Run `elara -s SOCKET ARGS...`.
+    pub fn cli(&self, args: &[&str]) -> anyhow::Result<Output> {
+        Ok(Command::new(elara_bin()).arg("-s").arg(&self.socket).args(args).output()?)
+    }
+
+    /// Run the CLI and require success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> anyhow::Result<String> {
+        let o = self.cli(args)?;
+        if !o.status.success() {
+            bail!("`elara {}` failed: {}\n{}", args.join(" "), String::from_utf8_lossy(&o.stderr), String::from_utf8_lossy(&o.stdout));
+        }
+        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    }
+
+    /// Run the CLI expecting failure; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> anyhow::Result<String> {
+        let o = self.cli(args)?;
+        if o.status.success() {
+            bail!("`elara {}` succeeded but should have failed: {}", args.join(" "), String::from_utf8_lossy(&o.stdout));
+        }
+        Ok(String::from_utf8_lossy(&o.stderr).into_owned())
+    }
+
+    /// Run the CLI with `-o json` and parse the output.
+    pub fn json(&self, args: &[&str]) -> anyhow::Result<Value> {
+        let mut full = vec!["-o", "json"];
+        full.extend_from_slice(args);
+        let out = self.ok(&full)?;
+        serde_json::from_str(&out).with_context(|| format!("parsing output of `elara {}`: {out}", args.join(" ")))
+    }
+
+    /// The local backend's pool directory on this daemon.
+    pub fn pool_dir(&self, backend: &str) -> PathBuf {
+        self.dir.join("pools").join(backend)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+        // Leave no mount or loop device behind from this daemon's data dir.
+        cleanup_host(&self.dir);
+    }
+}
+
+/// Unmount everything under `dir` and detach loop devices backed by files under it.
+pub fn cleanup_host(dir: &Path) {
+    let d = dir.display().to_string();
+    for m in mounts_under(dir).into_iter().rev() {
+        let _ = Command::new("umount").arg("-l").arg(&m).status();
+    }
+    for (dev, backing) in loop_devices() {
+        if backing.starts_with(&d) {
+            let _ = Command::new("losetup").arg("-d").arg(&dev).status();
+        }
+    }
+}
+
+/// Mountpoints at or below `dir`, from /proc/self/mountinfo.
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    let d = dir.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .filter(|m| m.starts_with(&d))
+        .collect()
+}
+
+/// (device, backing file) of every bound loop device.
+pub fn loop_devices() -> Vec<(String, String)> {
+    let mut out = vec![];
+    if let Ok(entries) = std::fs::read_dir("/sys/block") {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if !name.starts_with("loop") {
+                continue;
+            }
+            if let Ok(b) = std::fs::read_to_string(e.path().join("loop/backing_file")) {
+                out.push((format!("/dev/{name}"), b.trim().trim_end_matches(" (deleted)").to_string()));
+            }
+        }
+    }
+    out
+}
+
+/// Where test daemons keep their data: `<repo>/.work/tests` (on the same filesystem as the build).
+pub fn work_dir() -> PathBuf {
+    let p = repo_root().join(".work/tests");
+    std::fs::create_dir_all(&p).expect("creating .work/tests");
+    p
+}
+
+/// Skip a test unless run as root (loop devices and mounts need it), saying why.
+pub fn require_root() -> bool {
+    if nix_is_root() {
+        return true;
+    }
+    eprintln!("SKIP: this test needs root (loop devices, mkfs, mount)");
+    false
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
+}
