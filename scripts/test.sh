@@ -1,0 +1,46 @@
+#!/bin/bash
+# The whole test suite, on a fresh Debian 12 machine as root:
+#   bash scripts/test.sh
+# Installs what the tests need (only where missing), builds the host and the wasm drivers, starts
+# the real services the tests use on 127.0.0.1 (each with a readiness check), runs every test, and
+# stops the services by pid on the way out.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+WORK=$ROOT/.work
+mkdir -p "$WORK"
+source scripts/lib/prereqs.sh
+elara_prereqs
+elara_apt_install curl
+
+SERVICES=()
+cleanup() {
+  local rc=$?
+  for s in "${SERVICES[@]}"; do bash "scripts/services/$s.sh" stop "$WORK/$s" >/dev/null 2>&1 || true; done
+  exit $rc
+}
+trap cleanup EXIT
+
+echo "== build"
+bash scripts/build-drivers.sh "$ROOT/target/drivers"
+cargo build -p elara
+export ELARA_BIN=$ROOT/target/debug/elara ELARA_DRIVERS_DIR=$ROOT/target/drivers
+
+echo "== services"
+SERVICES+=(etcd)
+ELARA_TEST_ETCD=$(bash scripts/services/etcd.sh start "$WORK/etcd" | sed -n 's/^ELARA_TEST_ETCD=//p')
+export ELARA_TEST_ETCD
+echo "etcd on $ELARA_TEST_ETCD"
+if [ -x scripts/scheduler-cinder-venv.sh ]; then
+  ELARA_CINDER_PY=$(bash scripts/scheduler-cinder-venv.sh | tail -1)
+  export ELARA_CINDER_PY
+  echo "cinder (in-process scheduler) python: $ELARA_CINDER_PY"
+fi
+
+echo "== tests"
+cargo test --workspace --no-fail-fast 2>&1 | tee "$WORK/test.log"
+status=${PIPESTATUS[0]}
+passed=$(grep -oE '^test result: [a-zA-Z]+\. [0-9]+ passed' "$WORK/test.log" | awk '{s+=$4} END {print s+0}')
+failed=$(grep -oE '[0-9]+ failed' "$WORK/test.log" | awk '{s+=$1} END {print s+0}')
+echo "elara: $passed passed, $failed failed"
+exit "$status"
