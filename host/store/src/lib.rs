@@ -17,6 +17,7 @@ use serde::{Serialize, de::DeserializeOwned};
 pub mod bench;
 pub mod embedded;
 pub mod etcd;
+pub mod namespace;
 mod validate;
 
 /// Every Elara key starts with this.
@@ -200,13 +201,22 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 
 /// Open a store from its URL: `etcd://h1:2379,h2:2379` or a path / `file:///path` for the embedded one.
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>> {
-    if let Some(endpoints) = url.strip_prefix("etcd://") {
+    if let Some(rest) = url.strip_prefix("etcd://") {
+        // etcd://h1:2379,h2:2379[/namespace]
+        let (endpoints, ns) = match rest.split_once('/') {
+            Some((eps, ns)) => (eps, Some(ns)),
+            None => (rest, None),
+        };
         let eps: Vec<String> = endpoints
             .split(',')
             .filter(|s| !s.is_empty())
             .map(|s| s.to_string())
             .collect();
-        Ok(std::sync::Arc::new(etcd::EtcdStore::connect(&eps).await?))
+        let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(etcd::EtcdStore::connect(&eps).await?);
+        Ok(match ns {
+            Some(ns) if !ns.trim_matches('/').is_empty() => std::sync::Arc::new(namespace::Namespaced::new(store, ns)),
+            _ => store,
+        })
     } else {
         let path = url.strip_prefix("file://").unwrap_or(url);
         Ok(std::sync::Arc::new(embedded::EmbeddedStore::open(
