@@ -195,6 +195,13 @@ impl Daemon {
         Ok(())
     }
 
+    /// Resident memory of the daemon process, from /proc.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let pid = self.child.as_ref()?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
+    }
+
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -316,4 +323,45 @@ fn nix_is_root() -> bool {
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
         .unwrap_or(false)
+}
+
+/// A minimal async REST client over the daemon's unix socket (benchmarks use it to avoid
+/// measuring process start-up).
+pub mod rest {
+    use std::path::PathBuf;
+
+    use anyhow::Context;
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Bytes;
+    use hyper_util::rt::TokioIo;
+
+    pub struct Conn {
+        sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    }
+
+    impl Conn {
+        pub async fn open(socket: &PathBuf) -> anyhow::Result<Conn> {
+            let stream = tokio::net::UnixStream::connect(socket).await.context("connecting to the daemon")?;
+            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            Ok(Conn { sender })
+        }
+
+        /// One request on this keep-alive connection; returns (status, body).
+        pub async fn call(&mut self, method: &str, path: &str, body: Option<serde_json::Value>) -> anyhow::Result<(u16, Bytes)> {
+            self.sender.ready().await?;
+            let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+            let req = hyper::Request::builder()
+                .method(method)
+                .uri(format!("http://elara{path}"))
+                .header("host", "elara")
+                .header("content-type", "application/json")
+                .body(Full::new(body))?;
+            let resp = self.sender.send_request(req).await?;
+            let status = resp.status().as_u16();
+            Ok((status, resp.into_body().collect().await?.to_bytes()))
+        }
+    }
 }
