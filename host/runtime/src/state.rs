@@ -1,0 +1,290 @@
+//! The data of one instance's `Store`: its WASI context (only `/pool`), HTTP hooks, limits,
+//! CPU meter and log sink, plus the `log` import.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use wasmtime::component::ResourceTable;
+use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::bindings::elara::driver::log::{self, Level};
+use crate::hostfs::PoolDir;
+use crate::net::HttpHooks;
+
+/// Everything a store of one driver instance holds.
+pub(crate) struct StoreState {
+    pub(crate) wasi: WasiCtx,
+    pub(crate) http: WasiHttpCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) hooks: HttpHooks,
+    pub(crate) limiter: MemoryLimiter,
+    pub(crate) cpu: CpuMeter,
+    pub(crate) log: Arc<Mutex<LogSink>>,
+    /// `None` in the configuration-less sandbox that answers `info` at load time.
+    pub(crate) pool: Option<Arc<PoolDir>>,
+}
+
+impl WasiView for StoreState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for StoreState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
+    }
+}
+
+/// [`StoreLimits`] (memory cap, trap on grow failure) that also remembers an exceeded memory
+/// cap, so the trap can be reported in words.
+pub(crate) struct MemoryLimiter {
+    inner: StoreLimits,
+    memory_bytes: usize,
+    /// The size the guest asked for when it hit the cap.
+    pub(crate) exceeded: Option<usize>,
+}
+
+impl MemoryLimiter {
+    pub(crate) fn new(memory_bytes: u64) -> Self {
+        let memory_bytes = usize::try_from(memory_bytes).unwrap_or(usize::MAX);
+        MemoryLimiter {
+            inner: StoreLimitsBuilder::new()
+                .memory_size(memory_bytes)
+                .table_elements(1 << 20)
+                // Rust components hold one core instance; interpreted ones (Python) about 14.
+                .instances(64)
+                .tables(64)
+                .memories(16)
+                .trap_on_grow_failure(true)
+                .build(),
+            memory_bytes,
+            exceeded: None,
+        }
+    }
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.memory_bytes {
+            self.exceeded = Some(desired);
+            wasmtime::bail!(
+                "memory limit of {} bytes exceeded: the driver tried to grow its memory to {desired} bytes",
+                self.memory_bytes
+            );
+        }
+        self.inner.memory_growing(current, desired, maximum)
+    }
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.inner.memory_grow_failed(error)
+    }
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.inner.table_growing(current, desired, maximum)
+    }
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.inner.table_grow_failed(error)
+    }
+    fn instances(&self) -> usize {
+        self.inner.instances()
+    }
+    fn tables(&self) -> usize {
+        self.inner.tables()
+    }
+    fn memories(&self) -> usize {
+        self.inner.memories()
+    }
+}
+
+/// Guest execution time of the current call, counted in epoch ticks.
+///
+/// The store's epoch deadline is always one tick ahead, and the deadline callback fires only
+/// while wasm code is running. Each firing therefore means "the guest was executing when a
+/// tick passed": time the guest spends blocked in a host call (an HTTP wait, `clone-file`)
+/// costs at most one tick per blocking episode, because the fiber is suspended and only
+/// notices the (possibly large) epoch jump once when it resumes.
+pub(crate) struct CpuMeter {
+    pub(crate) used_ticks: u64,
+    pub(crate) budget_ticks: u64,
+    pub(crate) exceeded: bool,
+}
+
+/// Where a backend's log output goes: `tracing` with target `driver` and `backend = name`,
+/// capped per call. Shared by the `log` import and the captured stdout/stderr.
+pub(crate) struct LogSink {
+    backend: Arc<str>,
+    cap: usize,
+    used: usize,
+    capped: bool,
+    /// Partial lines of stdout (0) and stderr (1).
+    partial: [Vec<u8>; 2],
+    /// The last few stderr lines of this call, quoted in trap reports (panic messages land there).
+    recent_stderr: std::collections::VecDeque<String>,
+}
+
+/// Longest partial stdout/stderr line kept before it is flushed as a line of its own.
+const MAX_LINE: usize = 4096;
+
+impl LogSink {
+    pub(crate) fn new(backend: Arc<str>, cap: usize) -> Self {
+        LogSink { backend, cap, used: 0, capped: false, partial: [Vec::new(), Vec::new()], recent_stderr: Default::default() }
+    }
+
+    /// Start a new call: the cap applies afresh.
+    pub(crate) fn reset(&mut self) {
+        self.used = 0;
+        self.capped = false;
+        self.recent_stderr.clear();
+    }
+
+    /// The last stderr lines of this call (at most 3, without Rust's backtrace hint), joined.
+    pub(crate) fn last_stderr(&self) -> Option<String> {
+        if self.recent_stderr.is_empty() {
+            None
+        } else {
+            Some(self.recent_stderr.iter().cloned().collect::<Vec<_>>().join(" / "))
+        }
+    }
+
+    /// Emit one message if the per-call cap allows it (truncating the one that crosses it).
+    pub(crate) fn emit(&mut self, level: Level, stream: &'static str, message: &str) {
+        if self.capped {
+            return;
+        }
+        let room = self.cap.saturating_sub(self.used);
+        let mut msg = message;
+        if msg.len() > room {
+            let mut cut = room;
+            while !msg.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            msg = &msg[..cut];
+        }
+        self.used += msg.len();
+        if !msg.is_empty() {
+            let backend = &*self.backend;
+            match level {
+                Level::Trace => tracing::trace!(target: "driver", backend, stream, "{msg}"),
+                Level::Debug => tracing::debug!(target: "driver", backend, stream, "{msg}"),
+                Level::Info => tracing::info!(target: "driver", backend, stream, "{msg}"),
+                Level::Warn => tracing::warn!(target: "driver", backend, stream, "{msg}"),
+                Level::Error => tracing::error!(target: "driver", backend, stream, "{msg}"),
+            }
+        }
+        if msg.len() < message.len() {
+            self.capped = true;
+            tracing::warn!(target: "driver", backend = &*self.backend, cap = self.cap,
+                "log capped: the driver logged more than {} bytes in one call; the rest of this call's output is dropped",
+                self.cap);
+        }
+    }
+
+    /// Bytes written to stdout (`err == false`) or stderr: logged line by line.
+    fn write_stdio(&mut self, err: bool, bytes: &[u8]) {
+        let idx = usize::from(err);
+        let (level, stream) = if err { (Level::Warn, "stderr") } else { (Level::Info, "stdout") };
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            match rest.iter().position(|b| *b == b'\n') {
+                Some(nl) => {
+                    let mut line = std::mem::take(&mut self.partial[idx]);
+                    line.extend_from_slice(&rest[..nl.min(MAX_LINE)]);
+                    rest = &rest[nl + 1..];
+                    self.line(idx, level, stream, &line);
+                }
+                None => {
+                    let room = MAX_LINE.saturating_sub(self.partial[idx].len());
+                    self.partial[idx].extend_from_slice(&rest[..rest.len().min(room)]);
+                    rest = &[];
+                    if self.partial[idx].len() >= MAX_LINE {
+                        let line = std::mem::take(&mut self.partial[idx]);
+                        self.line(idx, level, stream, &line);
+                    }
+                }
+            }
+        }
+    }
+
+    fn line(&mut self, idx: usize, level: Level, stream: &'static str, line: &[u8]) {
+        let text = String::from_utf8_lossy(line);
+        let trimmed = text.trim();
+        if idx == 1 && !trimmed.is_empty() && !trimmed.starts_with("note: run with `RUST_BACKTRACE") {
+            let mut keep = trimmed.to_string();
+            let mut cut = keep.len().min(300);
+            while !keep.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            keep.truncate(cut);
+            if self.recent_stderr.len() == 3 {
+                self.recent_stderr.pop_front();
+            }
+            self.recent_stderr.push_back(keep);
+        }
+        self.emit(level, stream, &text);
+    }
+}
+
+impl log::Host for StoreState {
+    fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
+        self.log.lock().unwrap().emit(level, "log", &message);
+        Ok(())
+    }
+}
+
+/// The guest's stdout or stderr: a WASI output stream that feeds the [`LogSink`].
+#[derive(Clone)]
+pub(crate) struct CapturedStdio {
+    pub(crate) sink: Arc<Mutex<LogSink>>,
+    pub(crate) stderr: bool,
+}
+
+impl IsTerminal for CapturedStdio {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for CapturedStdio {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+}
+
+#[async_trait::async_trait]
+impl Pollable for CapturedStdio {
+    async fn ready(&mut self) {}
+}
+
+impl OutputStream for CapturedStdio {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.sink.lock().unwrap().write_stdio(self.stderr, &bytes);
+        Ok(())
+    }
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(64 << 10)
+    }
+}
+
+impl tokio::io::AsyncWrite for CapturedStdio {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        self.sink.lock().unwrap().write_stdio(self.stderr, buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
