@@ -7,7 +7,7 @@
 //! it as a list of flag names, e.g. `["snapshot", "clone"]`.
 
 wasmtime::component::bindgen!({
-    path: "wit",
+    path: "../../wit",
     world: "driver-world",
     exports: { default: async },
     imports: {
