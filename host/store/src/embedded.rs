@@ -182,13 +182,17 @@ impl Inner {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let tx = self.db.begin_write().db()?;
-        let (out, revision, events) = {
+        let (out, revision, events, dirty) = {
             let mut writer = Writer::open(&tx)?;
             let out = f(&mut writer)?;
-            let (revision, events) = writer.finish()?;
-            (out, revision, events)
+            let (revision, events, dirty) = writer.finish()?;
+            (out, revision, events, dirty)
         };
-        tx.commit().db()?;
+        if dirty {
+            tx.commit().db()?;
+        } else {
+            tx.abort().db()?;
+        }
         for event in events {
             // No receiver is not an error.
             let _ = self.events.send(event);
@@ -234,8 +238,11 @@ struct Writer<'t> {
     lease_keys: MultimapTable<'t, i64, &'static str>,
     /// The store revision before this transaction.
     base_revision: Revision,
-    /// Set once the transaction changed a key.
+    /// Set once the transaction changed a key (the store revision moves).
     changed: bool,
+    /// Set once the transaction changed anything (keys, leases, counters); otherwise it is aborted
+    /// instead of committed, so a failed compare costs no fsync.
+    dirty: bool,
     events: Vec<WatchEvent>,
     now: u64,
 }
@@ -255,6 +262,7 @@ impl<'t> Writer<'t> {
             lease_keys: tx.open_multimap_table(LEASE_KEYS).db()?,
             base_revision,
             changed: false,
+            dirty: false,
             events: Vec::new(),
             now: now_ms(),
         })
@@ -263,11 +271,12 @@ impl<'t> Writer<'t> {
     /// The revision this transaction's writes get.
     fn write_revision(&mut self) -> Revision {
         self.changed = true;
+        self.dirty = true;
         self.base_revision + 1
     }
 
     /// Persist the revision counter; returns the store revision after the transaction.
-    fn finish(mut self) -> Result<(Revision, Vec<WatchEvent>)> {
+    fn finish(mut self) -> Result<(Revision, Vec<WatchEvent>, bool)> {
         let revision = if self.changed {
             self.base_revision + 1
         } else {
@@ -276,7 +285,7 @@ impl<'t> Writer<'t> {
         if self.changed {
             self.meta.insert(META_REVISION, revision).db()?;
         }
-        Ok((revision, self.events))
+        Ok((revision, self.events, self.dirty))
     }
 
     fn get(&self, key: &str) -> Result<Option<KeyValue>> {
@@ -346,6 +355,7 @@ impl<'t> Writer<'t> {
 
     /// Remove a lease and delete its keys; returns how many keys went.
     fn drop_lease(&mut self, id: LeaseId) -> Result<usize> {
+        self.dirty = true;
         self.leases.remove(id).db()?;
         let keys: Vec<String> = self
             .lease_keys
@@ -492,6 +502,7 @@ impl Store for EmbeddedStore {
                     .map(|v| v.value())
                     .unwrap_or(0)
                     + 1;
+                w.dirty = true;
                 w.meta.insert(META_LAST_LEASE, id).db()?;
                 w.leases
                     .insert(id, (ttl_ms, w.now.saturating_add(ttl_ms)))
@@ -507,6 +518,7 @@ impl Store for EmbeddedStore {
         self.blocking(move |inner| {
             inner.write(|w| {
                 let (ttl, _) = w.require_live_lease(lease)?;
+                w.dirty = true;
                 w.leases
                     .insert(lease, (ttl, w.now.saturating_add(ttl)))
                     .db()?;
