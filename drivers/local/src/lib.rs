@@ -6,6 +6,10 @@
 //! host's `clone-file` decides and reports which. See [`layout`] for the files and how every
 //! write stays atomic and every call idempotent.
 //!
+//! `info().notes` carries (`scope`, `node`): the pool is a directory on this node's disk, so the
+//! host keeps one pool per node; and (`snapshot-method`, `reflink` | `copy`) as the pool's
+//! filesystem allows.
+//!
 //! Configuration (`configure`):
 //! - `pool`: the name of the single pool this backend reports (default `default`);
 //! - `reserved_percentage`: share of the filesystem kept free, 0-100 (default `0`);
@@ -194,6 +198,8 @@ impl Guest for LocalDriver {
             features: features(),
             config_keys: config_keys(),
             notes: vec![
+                // Pools live on this node's disk: the host keeps one pool per node.
+                ("scope".into(), "node".into()),
                 ("snapshot-method".into(), method),
                 ("provisioning".into(), "thin (sparse image files)".into()),
                 ("qos".into(), "not supported: image files cannot enforce IOPS or bandwidth limits".into()),
