@@ -284,6 +284,7 @@ pub struct PoolRecord {
 pub struct Holder {
     pub since: i64,
     /// A bind-mount target chosen by the user (REST mounts with `path`).
+    #[schema(value_type = Option<String>)]
     pub path: Option<PathBuf>,
 }
 

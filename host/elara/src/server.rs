@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use axum::Router;
+
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 

@@ -49,7 +49,8 @@ impl Default for CheckOptions {
 }
 
 /// How a check ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Outcome {
     Pass,
     Fail,
@@ -67,7 +68,7 @@ impl fmt::Display for Outcome {
 }
 
 /// One named check and how it ended.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct CheckResult {
     /// Stable name, e.g. `create-idempotent`.
     pub name: String,
@@ -78,7 +79,7 @@ pub struct CheckResult {
 }
 
 /// The result of a suite run.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Report {
     /// The driver's name and version from `info()` (empty if it could not be loaded).
     pub driver: String,

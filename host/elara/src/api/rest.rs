@@ -99,6 +99,7 @@ pub struct Info {
     pub node: String,
     pub store: String,
     pub store_location: String,
+    #[schema(value_type = String)]
     pub data_dir: PathBuf,
     pub drivers: Vec<DriverRecord>,
     pub backends: Vec<BackendRecord>,
@@ -169,6 +170,7 @@ async fn volume_stats(State(s): State<Shared>, Path(name): Path<String>) -> ApiR
 #[derive(Serialize, Deserialize, ToSchema, Default)]
 pub struct MountRequest {
     /// Also bind-mount the volume here.
+    #[schema(value_type = Option<String>)]
     pub path: Option<PathBuf>,
     /// Who holds the mount (default `rest`); each holder needs its own unmount.
     pub holder: Option<String>,
@@ -176,6 +178,7 @@ pub struct MountRequest {
 
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct MountResponse {
+    #[schema(value_type = String)]
     pub mountpoint: PathBuf,
 }
 

@@ -130,7 +130,7 @@ fn fits(pool: &Pool, size: u64) -> Result<(), String> {
     let reserved = (*total as f64 * pool.reserved_percentage as f64 / 100.0).floor();
     let free_usable = *free as f64 - reserved;
     if pool.thin_provisioning {
-        let ratio: f64 = pool.max_over_subscription_ratio.parse().unwrap_or(1.0).max(1.0);
+        let ratio: f64 = pool.max_over_subscription_ratio.parse::<f64>().unwrap_or(1.0).max(1.0);
         let virtual_free = *total as f64 * ratio - pool.provisioned_bytes as f64 - reserved;
         if virtual_free < size as f64 {
             return Err(format!("virtual free {virtual_free:.0} bytes < {size}"));
