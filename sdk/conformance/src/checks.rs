@@ -447,13 +447,18 @@ impl<'a> Suite<'a> {
         let after = self.ids_listed().await?;
         let mut problems = Vec::new();
         if after.len() != before.len() {
-            let new: Vec<&String> = after.iter().filter(|id| !before.contains(id)).collect();
+            let times = after.iter().filter(|id| **id == first.id).count();
+            let new: Vec<&str> = after.iter().filter(|id| !before.contains(id)).map(String::as_str).collect();
+            let seen = if times > 1 {
+                format!("{} is listed {times} times", first.id)
+            } else {
+                format!("new: {}", new.join(", "))
+            };
             problems.push(format!(
-                "a repeated create with the same id made a second volume: list-volumes went from {} to {} volumes (new: {}). \
+                "a repeated create with the same id made a second volume: list-volumes went from {} to {} volumes ({seen}). \
                  create must be idempotent: a retry after a crash or timeout must return the existing volume",
                 before.len(),
                 after.len(),
-                new.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
             ));
         }
         if again != first {

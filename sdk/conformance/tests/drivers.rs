@@ -92,3 +92,33 @@ async fn local_driver_notes_scope_and_snapshot_method() {
     let cap = pools[0].capabilities.iter().find(|(k, _)| k == "snapshot-method").map(|(_, v)| v.as_str());
     assert_eq!(cap, Some(method.as_str()), "pool capability and info note agree");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_idempotent_driver_fails_with_a_readable_report() {
+    let wasm = component("test-drivers", "sloppy");
+    let cache = tempfile::tempdir().unwrap();
+    let pool = tempfile::tempdir().unwrap();
+    let rt = runtime(cache.path());
+    let opts = CheckOptions { pool_dir: Some(pool.path().to_path_buf()), ..Default::default() };
+    let report = run(&rt, &wasm, opts).await.expect("suite runs");
+    let text = report.to_string();
+    println!("{text}");
+    assert!(!report.passed(), "a driver whose create is not idempotent must not conform:\n{text}");
+
+    // The failed check is named, and says what went wrong and what the contract expects.
+    // (`create-conflict` fails too: the driver never looks for an existing id.)
+    let failed: Vec<&str> = report.failures().map(|c| c.name.as_str()).collect();
+    assert!(failed.contains(&"create-idempotent"), "{text}");
+    assert!(failed.iter().all(|f| ["create-idempotent", "create-conflict"].contains(f)), "{text}");
+    let check = report.check("create-idempotent").unwrap();
+    assert!(check.detail.contains("made a second volume"), "{}", check.detail);
+    assert!(check.detail.contains("-vol is listed 2 times"), "{}", check.detail);
+    assert!(check.detail.contains("create must be idempotent"), "{}", check.detail);
+    let line = text.lines().find(|l| l.contains("create-idempotent")).expect("a report line for the check");
+    assert!(line.starts_with("FAIL"), "{line}");
+    assert!(text.trim_end().ends_with("DOES NOT CONFORM"), "{text}");
+
+    // Everything the suite made was removed, the second volume included.
+    let left: Vec<_> = std::fs::read_dir(pool.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "left in the pool: {left:?}");
+}
