@@ -10,7 +10,9 @@ Compare input: {"cases": [{"name": str, "pools": [pool, ...], "size": number, "s
                            "weighers": ["capacity"|"allocated_capacity", ...]?, "burst": [size, ...]?}]}
   a pool is an object in Cinder's capability vocabulary with its name under "name".
 Compare output: {"results": [{"name", "passed": [pool names, input order], "weighed": [[name, weight], ...]
-                  (best first), "chosen": name|null, "burst": [name|null, ...], "error": str?}]}
+                  (best first), "chosen": name|null, "burst": [name|null, ...], "error": str?, "burst_error": str?}]}
+  "error": Cinder raised on the first placement (nothing else is set); "burst_error": it raised on the
+  placement after the last one in "burst".
 Bench input: {"pools": [...], "size": n, "specs": {...}, "repeat": n}
 Bench output: {"pools": n, "seconds_per_placement": s, "chosen": name}
 """
@@ -79,19 +81,28 @@ def run_case(case):
         out["passed"] = [p.pool_name for p in passed]
         out["weighed"] = [[w.obj.pool_name, w.weight] for w in weighed]
         out["chosen"] = weighed[0].obj.pool_name if weighed else None
-        burst = []
-        for size in case.get("burst", []):
+    except Exception as e:  # a Cinder crash is a result too; the Rust side judges it
+        out["error"] = error_text(e)
+        return out
+    burst = []
+    out["burst"] = burst
+    for size in case.get("burst", []):
+        try:
             _, weighed = place(pools, size, case.get("specs", {}), weighers)
-            if weighed:
-                # What FilterScheduler._choose_top_backend does.
-                weighed[0].obj.consume_from_volume({"size": size})
-                burst.append(weighed[0].obj.pool_name)
-            else:
-                burst.append(None)
-        out["burst"] = burst
-    except Exception as e:  # a Cinder crash is a result too; the Rust side reports it
-        out["error"] = "%s: %s" % (type(e).__name__, e)
+        except Exception as e:  # the burst stops where Cinder raised
+            out["burst_error"] = error_text(e)
+            break
+        if weighed:
+            # What FilterScheduler._choose_top_backend does.
+            weighed[0].obj.consume_from_volume({"size": size})
+            burst.append(weighed[0].obj.pool_name)
+        else:
+            burst.append(None)
     return out
+
+
+def error_text(e):
+    return "%s: %s" % (type(e).__name__, e)
 
 
 def bench(doc):

@@ -121,8 +121,7 @@ fn lookup(word: &str) -> Option<&'static Op> {
 fn words(text: &str) -> Vec<(usize, &str)> {
     let mut out = Vec::new();
     let mut start: Option<(usize, usize)> = None; // (char offset, byte offset)
-    let mut chars = 0;
-    for (byte, c) in text.char_indices() {
+    for (chars, (byte, c)) in text.char_indices().enumerate() {
         if is_py_space(c) {
             if let Some((cs, bs)) = start.take() {
                 out.push((cs, &text[bs..byte]));
@@ -130,7 +129,6 @@ fn words(text: &str) -> Vec<(usize, &str)> {
         } else if start.is_none() {
             start = Some((chars, byte));
         }
-        chars += 1;
     }
     if let Some((cs, bs)) = start {
         out.push((cs, &text[bs..]));

@@ -322,18 +322,7 @@ fn all_capabilities(pool: &PoolState) -> Value {
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    for k in [
-        "pool_name",
-        "volume_backend_name",
-        "total_capacity_gb",
-        "free_capacity_gb",
-        "allocated_capacity_gb",
-        "provisioned_capacity_gb",
-        "reserved_percentage",
-        "thin_provisioning_support",
-        "thick_provisioning_support",
-        "max_over_subscription_ratio",
-    ] {
+    for k in ["pool_name", "volume_backend_name"] {
         if let Some(v) = pool.capability(k) {
             m.entry(k.to_string()).or_insert_with(|| v.into_owned());
         }

@@ -90,6 +90,13 @@ impl OverSubscription {
         }
     }
 
+    fn to_json(self) -> Value {
+        match self {
+            OverSubscription::Value(v) => number(v),
+            OverSubscription::Auto => Value::String("auto".into()),
+        }
+    }
+
     fn from_number(v: f64) -> Self {
         OverSubscription::Value(if v == 0.0 {
             DEFAULT_MAX_OVER_SUBSCRIPTION_RATIO
@@ -122,7 +129,10 @@ pub struct PoolState {
     pub thin_provisioning_support: bool,
     pub thick_provisioning_support: bool,
     pub max_over_subscription_ratio: OverSubscription,
-    /// Every other capability, matched by the capabilities filter.
+    /// Every capability the pool reported, as Cinder's `backend_state.capabilities`: free keys (`iops`, `tier`…)
+    /// and the reported figures under their Cinder names (`total_capacity_gb`…), plus `pool_name`. The
+    /// capabilities filter matches specs against this map. As in Cinder, it holds the figures as reported:
+    /// [`PoolState::consume`] changes the fields above, not this map; a figure the pool did not report is absent.
     pub capabilities: BTreeMap<String, Value>,
     /// When the driver last reported the pool; `None` = never (offline files).
     pub updated_at: Option<SystemTime>,
@@ -216,9 +226,6 @@ const STANDARD_KEYS: [&str; 10] = [
     "max_over_subscription_ratio",
 ];
 
-/// Elara's placement keys, accepted in offline pool files next to Cinder's vocabulary.
-const ELARA_KEYS: [&str; 4] = ["backend", "driver", "node", "availability_zone"];
-
 fn number(v: f64) -> Value {
     Number::from_f64(v)
         .map(Value::Number)
@@ -278,22 +285,59 @@ impl PoolState {
                 }
                 capabilities.insert(k, Value::String(v));
             }
+            let mosr = OverSubscription::parse(&report.max_over_subscription_ratio)?;
+            // The figures, under their Cinder names, as a Cinder driver's pool report carries them.
+            let total: Capacity = report.total.into();
+            let free: Capacity = report.free.into();
+            let figures = [
+                ("pool_name", Value::String(report.name.clone())),
+                ("total_capacity_gb", total.to_json()),
+                ("free_capacity_gb", free.to_json()),
+                (
+                    "allocated_capacity_gb",
+                    number(report.allocated_bytes as f64 / GIB),
+                ),
+                (
+                    "provisioned_capacity_gb",
+                    number(report.provisioned_bytes as f64 / GIB),
+                ),
+                (
+                    "reserved_percentage",
+                    Value::from(report.reserved_percentage),
+                ),
+                (
+                    "thin_provisioning_support",
+                    Value::Bool(report.thin_provisioning),
+                ),
+                (
+                    "thick_provisioning_support",
+                    Value::Bool(report.thick_provisioning),
+                ),
+                ("max_over_subscription_ratio", mosr.to_json()),
+            ];
+            for (k, v) in figures {
+                capabilities.insert(k.to_string(), v);
+            }
+            if !report.backend.is_empty() {
+                // Cinder's `_append_backend_info`: a pool without its own backend name gets its backend's.
+                capabilities
+                    .entry("volume_backend_name".to_string())
+                    .or_insert_with(|| Value::String(report.backend.clone()));
+            }
             Ok(PoolState {
                 name: report.name,
                 backend: report.backend,
                 driver: report.driver,
                 node: report.node,
                 availability_zone: report.availability_zone,
-                total_capacity_gb: report.total.into(),
-                free_capacity_gb: report.free.into(),
+                total_capacity_gb: total,
+                free_capacity_gb: free,
                 allocated_capacity_gb: report.allocated_bytes as f64 / GIB,
                 provisioned_capacity_gb: report.provisioned_bytes as f64 / GIB,
                 reserved_percentage: report.reserved_percentage as f64,
                 thin_provisioning_support: report.thin_provisioning,
                 thick_provisioning_support: report.thick_provisioning,
-                max_over_subscription_ratio: OverSubscription::parse(
-                    &report.max_over_subscription_ratio,
-                )?,
+                max_over_subscription_ratio: mosr,
                 capabilities,
                 updated_at: Some(report.updated_at),
             })
@@ -305,8 +349,10 @@ impl PoolState {
     /// `total_capacity_gb`, `free_capacity_gb` (numbers or `"infinite"`/`"unknown"`), `allocated_capacity_gb`,
     /// `provisioned_capacity_gb` (defaults to allocated), `reserved_percentage`, `thin_provisioning_support`,
     /// `thick_provisioning_support`, `max_over_subscription_ratio` (number, numeric text or `"auto"`); Elara's
-    /// `backend`, `driver`, `node`, `availability_zone`; every other key is a capability. A Cinder `get_pools`
-    /// entry (`{"name": ..., "capabilities": {...}}`) is accepted too. Missing figures take Cinder's defaults.
+    /// `backend`, `driver`, `node`, `availability_zone`. Every key but `name` is also a capability (figures
+    /// included, as Cinder's capability dict holds them), and `pool_name` is added when absent. A Cinder
+    /// `get_pools` entry (`{"name": ..., "capabilities": {...}}`) is accepted too. Missing figures take Cinder's
+    /// defaults.
     pub fn from_cinder_json(object: &Map<String, Value>) -> Result<Self, PoolError> {
         // `get_pools?detail=true` shape: figures nested under "capabilities".
         if let (Some(Value::String(name)), Some(Value::Object(caps))) =
@@ -314,7 +360,6 @@ impl PoolState {
         {
             let mut flat = caps.clone();
             flat.insert("name".into(), Value::String(name.clone()));
-            flat.remove("pool_name");
             return Self::from_cinder_json(&flat);
         }
         let name = match object.get("name").or_else(|| object.get("pool_name")) {
@@ -394,13 +439,14 @@ impl PoolState {
                 format!("must be 0-100, got {reserved}"),
             ));
         }
-        let capabilities = o
+        let mut capabilities: BTreeMap<String, Value> = o
             .iter()
-            .filter(|(k, _)| {
-                !STANDARD_KEYS.contains(&k.as_str()) && !ELARA_KEYS.contains(&k.as_str())
-            })
+            .filter(|(k, _)| k.as_str() != "name")
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        capabilities
+            .entry("pool_name".to_string())
+            .or_insert_with(|| Value::String(name.to_string()));
         Ok(PoolState {
             name: name.to_string(),
             backend: text("backend")?.unwrap_or_default(),
@@ -468,9 +514,9 @@ impl PoolState {
         ))
     }
 
-    /// A capability as Cinder's `backend_state.capabilities[key]` would give it: the pool's own capabilities,
-    /// then its figures under their Cinder names (current values), `pool_name`, and `volume_backend_name`
-    /// (the backend) when the pool does not report one.
+    /// A capability as Cinder's `backend_state.capabilities[key]` would give it: the reported
+    /// [`capabilities`](PoolState::capabilities); failing that `pool_name` (the pool's name) and
+    /// `volume_backend_name` (its backend, when it has one), which Cinder always fills in.
     pub fn capability(&self, key: &str) -> Option<Cow<'_, Value>> {
         if let Some(v) = self.capabilities.get(key) {
             return Some(Cow::Borrowed(v));
@@ -480,17 +526,6 @@ impl PoolState {
             "volume_backend_name" if !self.backend.is_empty() => {
                 Value::String(self.backend.clone())
             }
-            "total_capacity_gb" => self.total_capacity_gb.to_json(),
-            "free_capacity_gb" => self.free_capacity_gb.to_json(),
-            "allocated_capacity_gb" => number(self.allocated_capacity_gb),
-            "provisioned_capacity_gb" => number(self.provisioned_capacity_gb),
-            "reserved_percentage" => number(self.reserved_percentage),
-            "thin_provisioning_support" => Value::Bool(self.thin_provisioning_support),
-            "thick_provisioning_support" => Value::Bool(self.thick_provisioning_support),
-            "max_over_subscription_ratio" => match self.max_over_subscription_ratio {
-                OverSubscription::Value(v) => number(v),
-                OverSubscription::Auto => Value::String("auto".into()),
-            },
             _ => return None,
         };
         Some(Cow::Owned(v))

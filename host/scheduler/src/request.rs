@@ -41,19 +41,25 @@ impl Spec {
         if key.is_empty() {
             return Err(SpecError::EmptyKey { value });
         }
-        let expr = expr::parse(&value).map_err(|error| SpecError::Parse {
-            key: key.clone(),
-            value: value.clone(),
-            error,
-        })?;
         let mut scope: Vec<&str> = key.split(':').collect();
-        let path = if scope.len() > 1 && scope[0] != "capabilities" {
+        let path: Option<Vec<String>> = if scope.len() > 1 && scope[0] != "capabilities" {
             None
         } else {
             if scope[0] == "capabilities" {
                 scope.remove(0);
             }
             Some(scope.into_iter().map(String::from).collect())
+        };
+        // Keys in another scope are data for someone else (`provisioning:type`, `qos:…`, vendor specs): Cinder
+        // never evaluates their values, so neither does Elara; they stay literal text.
+        let expr = if path.is_some() {
+            expr::parse(&value).map_err(|error| SpecError::Parse {
+                key: key.clone(),
+                value: value.clone(),
+                error,
+            })?
+        } else {
+            Expr::Literal(value.clone())
         };
         Ok(Spec {
             key,
@@ -202,6 +208,23 @@ mod tests {
         );
         let e = r.with_spec("iops", ">= lots").unwrap_err();
         assert!(e.to_string().contains("at character 3"), "{e}");
+    }
+
+    #[test]
+    fn values_of_other_scopes_are_not_parsed() {
+        let r = Request::new(1.0)
+            .with_spec("vendor:raid", ">=5")
+            .unwrap()
+            .with_spec("qos:read_iops_sec", "<is> maybe")
+            .unwrap();
+        assert_eq!(r.specs[0].expr, Expr::Literal(">=5".into()));
+        assert_eq!(r.specs[0].capability_path(), None);
+        // `capabilities:` is the capabilities filter's own scope: parsed.
+        assert!(
+            Request::new(1.0)
+                .with_spec("capabilities:iops", ">=5")
+                .is_err()
+        );
     }
 
     #[test]
