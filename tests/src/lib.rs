@@ -140,7 +140,7 @@ impl Daemon {
         cmd.arg("--data-dir").arg(&self.dir).arg("--store").arg(self.store_url()).arg("--node").arg(&self.opts.node);
         cmd.arg("--drivers-dir").arg(drivers_dir());
         cmd.arg("--plugin-dir").arg(self.opts.plugin_dir.clone().unwrap_or_else(|| "none".into()));
-        cmd.arg("--node-ttl").arg("3").arg("--pool-refresh").arg("5");
+        cmd.arg("--node-ttl-secs").arg("3").arg("--pool-refresh-secs").arg("5");
         cmd.args(&self.opts.extra_args);
         cmd.env("ELARA_LOG", "info,elara=debug");
         cmd.env_remove("ELARA_CRASH_AT");

@@ -43,14 +43,21 @@ fn lifecycle(store: StoreKind) -> anyhow::Result<()> {
     assert_eq!(std::fs::read(format!("{mp2}/hello.txt"))?, b"hello elara");
     assert!(!std::path::Path::new(&format!("{mp2}/after.txt")).exists(), "the snapshot predates after.txt");
 
-    // resize a mounted volume: the filesystem grows.
+    // resize a mounted volume. ext4 grows online where the kernel lets it (CAP_SYS_RESOURCE),
+    // else at the next mount (checked below); xfs grows online.
     d.ok(&["volume", "resize", "vol1", "--size", "128M"])?;
     let v = d.json(&["volume", "inspect", "vol1"])?;
     assert_eq!(v["size_bytes"], 128 << 20);
-    let df = std::process::Command::new("df").args(["-B1", "--output=size", &mp]).output()?;
-    let fs_size: u64 = String::from_utf8_lossy(&df.stdout).lines().nth(1).unwrap().trim().parse()?;
-    assert!(fs_size > 100 << 20, "filesystem grew to {fs_size}");
     assert!(d.fails(&["volume", "resize", "vol1", "--size", "64M"])?.contains("size"));
+    d.ok(&["volume", "create", "xfs1", "--size", "320M", "--fs", "xfs"])?;
+    let mpx = d.ok(&["volume", "mount", "xfs1"])?.trim().to_string();
+    assert_eq!(mount_fs_type(&mpx).as_deref(), Some("xfs"));
+    let before = fs_size(&mpx)?;
+    d.ok(&["volume", "resize", "xfs1", "--size", "640M"])?;
+    let after = fs_size(&mpx)?;
+    assert!(after > before + (200 << 20), "xfs grew online: {before} -> {after}");
+    d.ok(&["volume", "unmount", "xfs1"])?;
+    d.ok(&["volume", "delete", "xfs1"])?;
 
     // teardown: exact.
     d.ok(&["volume", "unmount", "vol1"])?;
@@ -61,6 +68,8 @@ fn lifecycle(store: StoreKind) -> anyhow::Result<()> {
     // re-mount does not reformat: the data is still there.
     let mp = d.ok(&["volume", "mount", "vol1"])?.trim().to_string();
     assert_eq!(std::fs::read(format!("{mp}/hello.txt"))?, b"hello elara");
+    let grown = fs_size(&mp)?;
+    assert!(grown > 100 << 20, "ext4 filesystem grew to fill 128M: {grown}");
     d.ok(&["volume", "unmount", "vol1"])?;
 
     assert!(d.fails(&["volume", "delete", "vol1"])?.contains("snapshot"), "delete refused while snapshots exist");
@@ -103,7 +112,7 @@ fn bad_input(store: StoreKind) -> anyhow::Result<()> {
         (&["volume", "create", "v1", "--size", "10X"], "size"),
         (&["volume", "create", "v1", "--size", "99999999999999999999P"], "size"),
         (&["volume", "create", "v1", "--size", "9E"], "size"),
-        (&["volume", "create", "-bad", "--size", "1G"], "name"),
+        (&["volume", "create", "--size", "1G", "--", "-bad"], "name"),
         (&["volume", "create", "a", "--size", "1G"], "name"),
         (&["volume", "create", "has space", "--size", "1G"], "name"),
         (&["volume", "create", "v1", "--backend", "nope"], "backend"),
@@ -196,4 +205,16 @@ fn nodes_embedded() -> anyhow::Result<()> {
 #[test]
 fn nodes_etcd() -> anyhow::Result<()> {
     nodes(StoreKind::Etcd)
+}
+
+/// Size of the filesystem mounted at `mp`, from df.
+fn fs_size(mp: &str) -> anyhow::Result<u64> {
+    let df = std::process::Command::new("df").args(["-B1", "--output=size", mp]).output()?;
+    Ok(String::from_utf8_lossy(&df.stdout).lines().nth(1).unwrap_or_default().trim().parse()?)
+}
+
+/// Filesystem type mounted at `mp`, from findmnt.
+fn mount_fs_type(mp: &str) -> Option<String> {
+    let out = std::process::Command::new("findmnt").args(["-n", "-o", "FSTYPE", mp]).output().ok()?;
+    Some(String::from_utf8_lossy(&out.stdout).trim().to_string()).filter(|s| !s.is_empty())
 }

@@ -248,6 +248,10 @@ impl Attacher {
     async fn format_and_mount(&self, req: &AttachRequest<'_>, device: &Path, mountpoint: &Path) -> Result<bool> {
         let existing = probe_fs(device).await?;
         let (fs, formatted_now) = match existing {
+            Some(fs) if fs == "ext4" && !req.read_only => {
+                grow_ext4_offline(device).await?;
+                (fs, false)
+            }
             Some(fs) => (fs, false),
             None if req.read_only => {
                 return Err(AttachError::BadConnection { field: "read_only", reason: "a blank volume cannot be attached read-only".into() });
@@ -270,7 +274,7 @@ impl Attacher {
             // A volume restored from a snapshot carries its source's UUID; xfs refuses duplicates.
             opts.push("nouuid");
         }
-        let mut args = vec!["-t".to_string(), fs];
+        let mut args = vec!["-t".to_string(), fs.clone()];
         if !opts.is_empty() {
             args.push("-o".into());
             args.push(opts.join(","));
@@ -278,6 +282,12 @@ impl Attacher {
         args.push(path_str(device));
         args.push(path_str(mountpoint));
         run("mount", &args).await?;
+        if fs == "xfs" && !req.read_only {
+            // xfs grows only while mounted; a no-op when it already fills the device.
+            if let Err(e) = run("xfs_growfs", &[path_str(mountpoint)]).await {
+                tracing::warn!(device = %device.display(), "xfs_growfs: {e}");
+            }
+        }
         Ok(formatted_now)
     }
 
@@ -379,6 +389,31 @@ fn confined(root: &Path, rel: &str, field: &'static str) -> Result<PathBuf> {
         return Err(AttachError::BadConnection { field, reason: format!("{rel:?} leads outside the pool dir (to {})", real.display()) });
     }
     Ok(real)
+}
+
+/// Grow an unmounted ext4 filesystem to fill its device, if the volume was resized while the
+/// kernel refused an online resize (it needs CAP_SYS_RESOURCE, which some containers drop).
+async fn grow_ext4_offline(device: &Path) -> Result<()> {
+    let out = run("dumpe2fs", &["-h".into(), path_str(device)]).await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| -> Option<u64> {
+        text.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok())
+    };
+    let (Some(blocks), Some(block_size)) = (field("Block count:"), field("Block size:")) else {
+        return Ok(());
+    };
+    let dev_bytes: u64 = String::from_utf8_lossy(&run("blockdev", &["--getsize64".into(), path_str(device)]).await?.stdout).trim().parse().unwrap_or(0);
+    if dev_bytes / block_size <= blocks {
+        return Ok(());
+    }
+    tracing::info!(device = %device.display(), "growing ext4 from {} to {dev_bytes} bytes", blocks * block_size);
+    // resize2fs insists on a freshly checked filesystem; -p repairs only what is safe unattended.
+    let fsck = Command::new("e2fsck").args(["-f", "-p"]).arg(device).output().await.map_err(|e| AttachError::io("run e2fsck on", device, e))?;
+    // 0: clean, 1: errors corrected.
+    if !matches!(fsck.status.code(), Some(0 | 1)) {
+        return Err(command_error("e2fsck -f -p", &fsck));
+    }
+    run("resize2fs", &[path_str(device)]).await.map(drop)
 }
 
 /// The filesystem type on a device, or `None` if blank.

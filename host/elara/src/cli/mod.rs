@@ -82,7 +82,7 @@ pub enum NodeCmd {
 pub struct CreateArgs {
     pub name: String,
     /// Size, e.g. 10G (default 1G, or the snapshot's size).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub size: Option<String>,
     #[arg(long)]
     pub backend: Option<String>,
@@ -129,6 +129,8 @@ pub enum VolumeCmd {
         #[arg(long)]
         holder: Option<String>,
     },
+    /// Drop this holder's mount; the last holder unmounts and detaches.
+    #[command(alias = "umount")]
     Unmount {
         name: String,
         #[arg(long)]
@@ -137,7 +139,7 @@ pub enum VolumeCmd {
     /// Grow a volume (and its mounted filesystem).
     Resize {
         name: String,
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         size: String,
     },
     /// Usage figures from the driver.
@@ -162,7 +164,7 @@ pub enum SnapshotCmd {
         name: String,
         #[arg(long = "to")]
         to: String,
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         size: Option<String>,
     },
 }

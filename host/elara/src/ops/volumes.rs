@@ -392,7 +392,7 @@ impl Elara {
         faults::point("resize:after-driver");
         self.op_step(op, "driver-done").await?;
         if let Err(e) = self.grow_attached(vol).await {
-            tracing::warn!(volume = %vol.name, "the volume grew but its mounted filesystem did not: {e}");
+            tracing::warn!(volume = %vol.name, "the volume grew but its mounted filesystem could not grow online ({e}); it grows at the next mount");
         }
         self.unlock_volume(&vol.name, op, |v| v.size_bytes = new_size).await
     }
