@@ -40,6 +40,7 @@ pub fn router(state: Shared) -> Router {
     Router::new()
         .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
         .route("/v1/health", get(health))
+        .route("/v1/ready", get(health))
         .route("/v1/info", get(info))
         .route("/v1/volumes", get(list_volumes).post(create_volume))
         .route("/v1/volumes/{name}", get(get_volume).delete(delete_volume))

@@ -433,17 +433,29 @@ fn scalar(v: &Value) -> String {
 
 /// Print a list as aligned columns (or JSON), each column a JSON pointer into the row.
 fn table(out: Output, v: &Value, cols: &[(&str, &str)]) {
+    indented_table(out, v, cols, "")
+}
+
+/// Columns whose values are byte counts, printed in binary units (`1.5 GiB`).
+const SIZE_COLUMNS: &[&str] = &["SIZE", "TOTAL", "FREE", "PROVISIONED", "USED", "ALLOCATED"];
+
+fn indented_table(out: Output, v: &Value, cols: &[(&str, &str)], indent: &str) {
     if out == Output::Json {
         return show(out, v);
     }
     let rows: Vec<Vec<String>> = v
         .as_array()
-        .map(|a| a.iter().map(|row| cols.iter().map(|(_, p)| cell(row.pointer(p))).collect()).collect())
+        .map(|a| {
+            a.iter()
+                .map(|row| cols.iter().map(|(h, p)| cell(row.pointer(p), SIZE_COLUMNS.contains(h))).collect())
+                .collect()
+        })
         .unwrap_or_default();
     let widths: Vec<usize> =
         cols.iter().enumerate().map(|(i, (h, _))| rows.iter().map(|r| r[i].len()).chain([h.len()]).max().unwrap_or(0)).collect();
     let line = |cells: Vec<String>| {
-        cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect::<Vec<_>>().join("  ").trim_end().to_string()
+        let l = cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect::<Vec<_>>().join("  ");
+        format!("{indent}{}", l.trim_end())
     };
     println!("{}", line(cols.iter().map(|(h, _)| h.to_string()).collect()));
     for r in rows {
@@ -451,15 +463,30 @@ fn table(out: Output, v: &Value, cols: &[(&str, &str)]) {
     }
 }
 
-fn cell(v: Option<&Value>) -> String {
+fn cell(v: Option<&Value>, bytes: bool) -> String {
     match v {
         None | Some(Value::Null) => "-".into(),
+        // A capacity variant: {"Bytes": n}, "Infinite", "Unknown".
         Some(Value::Object(o)) if o.len() == 1 => {
             let (k, val) = o.iter().next().expect("one entry");
-            format!("{k}:{}", scalar(val))
+            if bytes && k == "Bytes" { human_bytes(val) } else { format!("{k}:{}", scalar(val)) }
         }
+        Some(Value::String(s)) if bytes => s.to_lowercase(),
+        Some(v) if bytes => human_bytes(v),
         Some(v) => scalar(v),
     }
+}
+
+fn human_bytes(v: &Value) -> String {
+    let Some(n) = v.as_u64() else { return scalar(v) };
+    const UNITS: &[&str] = &["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut x = n as f64;
+    let mut unit = 0;
+    while x >= 1024.0 && unit + 1 < UNITS.len() {
+        x /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{n} B") } else if x.fract() == 0.0 { format!("{x:.0} {}", UNITS[unit]) } else { format!("{x:.1} {}", UNITS[unit]) }
 }
 
 fn print_info(out: Output, v: &Value) {
@@ -472,9 +499,9 @@ fn print_info(out: Output, v: &Value) {
     println!("Data dir:    {}", scalar(&v["data_dir"]));
     println!("Volumes:     {}   Snapshots: {}", scalar(&v["volumes"]), scalar(&v["snapshots"]));
     println!("Drivers:");
-    table(out, &v["drivers"], &[("  NAME", "/name"), ("VERSION", "/info/version"), ("KIND", "/info/kind"), ("SHA256", "/sha256")]);
+    indented_table(out, &v["drivers"], &[("NAME", "/name"), ("VERSION", "/info/version"), ("KIND", "/info/kind"), ("SHA256", "/sha256")], "  ");
     println!("Backends:");
-    table(out, &v["backends"], &[("  NAME", "/name"), ("DRIVER", "/driver"), ("SCOPE", "/scope")]);
+    indented_table(out, &v["backends"], &[("NAME", "/name"), ("DRIVER", "/driver"), ("SCOPE", "/scope")], "  ");
     println!("Pools:");
-    table(out, &v["pools"], &[("  BACKEND", "/backend"), ("NODE", "/node"), ("POOL", "/pool/name"), ("TOTAL", "/pool/total"), ("FREE", "/pool/free")]);
+    indented_table(out, &v["pools"], &[("BACKEND", "/backend"), ("NODE", "/node"), ("POOL", "/pool/name"), ("TOTAL", "/pool/total"), ("FREE", "/pool/free")], "  ");
 }
