@@ -54,6 +54,12 @@ pub mod keys {
     pub fn blob_chunk(sha256: &str, index: usize) -> String {
         format!("{PREFIX}blobs/{sha256}/{index:06}")
     }
+    pub fn volume_types() -> String {
+        format!("{PREFIX}types/")
+    }
+    pub fn volume_type(name: &str) -> String {
+        format!("{PREFIX}types/{name}")
+    }
     pub fn backends() -> String {
         format!("{PREFIX}backends/")
     }
@@ -347,4 +353,16 @@ pub struct OpRecord {
     pub started_at: i64,
     pub updated_at: i64,
     pub last_error: Option<String>,
+}
+
+/// A volume type (Cinder) / profile: extra specs the scheduler matches against pool capabilities.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct VolumeTypeRecord {
+    pub v: u32,
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Extra specs in Cinder's syntax: key → `>= 1000`, `<is> True`, `s== file`, a literal …
+    pub specs: BTreeMap<String, String>,
+    pub created_at: i64,
 }

@@ -45,6 +45,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         attacher,
         incarnation: uuid::Uuid::new_v4().to_string(),
         lease: Default::default(),
+        consumed: Default::default(),
     });
     elara.register_self().await.context("registering this node")?;
     elara.install_builtin().await.context("installing the built-in drivers")?;

@@ -131,6 +131,13 @@ pub fn create_request(name: &str, opts: &BTreeMap<String, String>) -> ApiResult<
             "driver-name" | "driver" => req.driver = Some(v.clone()),
             "pool" => req.pool = Some(v.clone()),
             "type" => req.volume_type = Some(v.clone()),
+            // `-o spec='iops>=1000'`; several specs separated by `;`.
+            "spec" => {
+                for one in v.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+                    let (sk, sv) = elara_scheduler::parse_spec_arg(one).map_err(|e| ApiError::invalid("spec", e.to_string()))?;
+                    req.specs.insert(sk, sv);
+                }
+            }
             "fs" => req.fs = Some(v.clone()),
             "snapshot" => req.snapshot = Some(v.clone()),
             "iops" => {

@@ -17,7 +17,9 @@ use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::model::*;
 use crate::ops::Shared;
 use crate::ops::backends::{AddBackend, InstallDriver, UpdateBackend};
+use crate::ops::placement::PlaceRequest;
 use crate::ops::snapshots::CreateSnapshot;
+use crate::ops::types::CreateType;
 use crate::ops::volumes::{CreateVolume, VolumeView};
 
 #[derive(OpenApi)]
@@ -28,11 +30,13 @@ use crate::ops::volumes::{CreateVolume, VolumeView};
         unmount_volume, resize_volume, list_snapshots, create_snapshot, get_snapshot, delete_snapshot,
         restore_snapshot, list_drivers, install_driver, get_driver, remove_driver, list_backends, add_backend,
         get_backend, update_backend, remove_backend, list_nodes, register_node, get_node, unregister_node,
-        rename_node, list_pools, refresh_pools, list_ops
+        rename_node, list_pools, refresh_pools, list_ops, list_types, create_type, get_type, delete_type,
+        explain_placement
     ),
     components(schemas(ErrorBody, ApiError, VolumeView, VolumeRecord, SnapshotRecord, DriverRecord, BackendRecord,
         NodeView, NodeRecord, PoolRecord, OpRecord, CreateVolume, CreateSnapshot, AddBackend, UpdateBackend, Info,
-        MountRequest, MountResponse, ResizeRequest, RestoreRequest, RenameRequest, RegisterNode))
+        MountRequest, MountResponse, ResizeRequest, RestoreRequest, RenameRequest, RegisterNode, VolumeTypeRecord,
+        CreateType, ExplainRequest))
 )]
 pub struct ApiDoc;
 
@@ -61,6 +65,9 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/pools", get(list_pools))
         .route("/v1/pools/refresh", post(refresh_pools))
         .route("/v1/ops", get(list_ops))
+        .route("/v1/types", get(list_types).post(create_type))
+        .route("/v1/types/{name}", get(get_type).delete(delete_type))
+        .route("/v1/scheduler/explain", post(explain_placement))
         .fallback(|| async { ApiError::new(404, "not-found", "no such endpoint") })
         .with_state(state)
 }
@@ -372,4 +379,51 @@ async fn refresh_pools(State(s): State<Shared>) -> ApiResult<Json<Vec<PoolRecord
 async fn list_ops(State(s): State<Shared>) -> ApiResult<Json<Vec<OpRecord>>> {
     use elara_store::StoreExt;
     Ok(Json(s.store.list_json::<OpRecord>(&keys::ops()).await?.into_iter().map(|r| r.value).collect()))
+}
+
+#[utoipa::path(get, path = "/v1/types", responses((status = 200, body = Vec<VolumeTypeRecord>)))]
+async fn list_types(State(s): State<Shared>) -> ApiResult<Json<Vec<VolumeTypeRecord>>> {
+    Ok(Json(s.list_types().await?))
+}
+
+#[utoipa::path(post, path = "/v1/types", request_body = CreateType, responses((status = 201, body = VolumeTypeRecord)))]
+async fn create_type(State(s): State<Shared>, Body(req): Body<CreateType>) -> ApiResult<(StatusCode, Json<VolumeTypeRecord>)> {
+    Ok((StatusCode::CREATED, Json(s.create_type(req).await?)))
+}
+
+#[utoipa::path(get, path = "/v1/types/{name}", responses((status = 200, body = VolumeTypeRecord)))]
+async fn get_type(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult<Json<VolumeTypeRecord>> {
+    Ok(Json(s.get_type(&name).await?))
+}
+
+#[utoipa::path(delete, path = "/v1/types/{name}", responses((status = 204)))]
+async fn delete_type(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    s.delete_type(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A placement question: the same fields as a volume create.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExplainRequest {
+    /// e.g. `10G` (default 1G).
+    pub size: Option<String>,
+    pub backend: Option<String>,
+    pub driver: Option<String>,
+    pub pool: Option<String>,
+    #[serde(rename = "type")]
+    pub volume_type: Option<String>,
+    #[serde(default)]
+    pub specs: BTreeMap<String, String>,
+}
+
+/// `{"chosen": pool|null, "ranked": [{"pool","weight"}], "rejected": [{"pool","filter","reason"}]}`
+#[utoipa::path(post, path = "/v1/scheduler/explain", request_body = ExplainRequest, responses((status = 200, body = Object)))]
+async fn explain_placement(State(s): State<Shared>, Body(req): Body<ExplainRequest>) -> ApiResult<Json<elara_scheduler::Explanation>> {
+    let size_bytes = match &req.size {
+        Some(size) => crate::validate::parse_size("size", size)?,
+        None => 1 << 30,
+    };
+    let place = PlaceRequest { size_bytes, backend: req.backend, driver: req.driver, pool: req.pool, volume_type: req.volume_type, specs: req.specs };
+    Ok(Json(s.explain_placement(&place).await?))
 }

@@ -58,6 +58,12 @@ pub enum Command {
     /// Operations in flight.
     #[command(subcommand)]
     Op(OpCmd),
+    /// Volume types: named sets of scheduler specs.
+    #[command(subcommand)]
+    Type(TypeCmd),
+    /// Placement: why a volume would go where.
+    #[command(subcommand)]
+    Scheduler(SchedulerCmd),
     /// Print shell completions.
     Completions {
         #[arg(value_enum)]
@@ -105,6 +111,50 @@ pub struct CreateArgs {
     /// Volume type.
     #[arg(long = "type")]
     pub volume_type: Option<String>,
+    /// An inline scheduler spec KEY=VALUE in Cinder's syntax (`iops>=1000`, `tier=s== gold`), repeatable.
+    #[arg(long = "spec", allow_hyphen_values = true)]
+    pub specs: Vec<String>,
+}
+
+#[derive(Subcommand)]
+pub enum TypeCmd {
+    /// `elara type create gold --spec 'iops>=1000' --spec type=block`
+    Create {
+        name: String,
+        /// KEY=VALUE in Cinder's extra-spec syntax, repeatable.
+        #[arg(long = "spec", required = true, allow_hyphen_values = true)]
+        specs: Vec<String>,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    List,
+    Inspect { name: String },
+    Delete { name: String },
+}
+
+#[derive(Subcommand)]
+pub enum SchedulerCmd {
+    /// Every pool's fate for a request: the filter that rejected it and why, or its weight.
+    /// Live (asks the daemon), or offline with --pools FILE (pools in Cinder's vocabulary).
+    Explain {
+        /// Size: a bare number is GB as in Cinder (`10`), or with a unit (`10G`, `512M`).
+        #[arg(long, default_value = "1")]
+        size: String,
+        /// KEY=VALUE in Cinder's extra-spec syntax, repeatable.
+        #[arg(long = "spec", allow_hyphen_values = true)]
+        specs: Vec<String>,
+        #[arg(long = "type")]
+        volume_type: Option<String>,
+        #[arg(long)]
+        backend: Option<String>,
+        #[arg(long = "driver")]
+        driver: Option<String>,
+        #[arg(long)]
+        pool: Option<String>,
+        /// Explain offline over the pools in this JSON file instead of asking the daemon.
+        #[arg(long)]
+        pools: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -244,6 +294,22 @@ pub enum OpCmd {
     List,
 }
 
+/// `--spec KEY=VALUE` arguments, split as the scheduler reads them (`iops>=1000` → `iops`, `>= 1000`).
+fn split_specs(items: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    items.iter().map(|i| elara_scheduler::parse_spec_arg(i).with_context(|| format!("--spec {i:?}"))).collect()
+}
+
+fn print_explanation(out: Output, v: &Value) {
+    if out == Output::Json {
+        return show(out, v);
+    }
+    println!("chosen: {}", v["chosen"].as_str().unwrap_or("none: no pool fits"));
+    println!("ranked:");
+    indented_table(out, &v["ranked"], &[("POOL", "/pool"), ("WEIGHT", "/weight")], "  ");
+    println!("rejected:");
+    indented_table(out, &v["rejected"], &[("POOL", "/pool"), ("FILTER", "/filter"), ("REASON", "/reason")], "  ");
+}
+
 fn pairs(field: &str, items: &[String]) -> anyhow::Result<Vec<(String, String)>> {
     items.iter().map(|i| crate::validate::parse_pair(field, i).map_err(anyhow::Error::new)).collect()
 }
@@ -325,6 +391,36 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             table(out, &v, &[("BACKEND", "/backend"), ("NODE", "/node"), ("POOL", "/pool/name"), ("TOTAL", "/pool/total"), ("FREE", "/pool/free"), ("PROVISIONED", "/pool/provisioned_bytes"), ("UPDATED", "/updated_at")]);
         }
+        Command::Type(cmd) => match cmd {
+            TypeCmd::Create { name, specs, description } => {
+                let specs: std::collections::BTreeMap<_, _> = split_specs(&specs)?.into_iter().collect();
+                show(out, &c.post::<Value>("/v1/types", &json!({ "name": name, "specs": specs, "description": description })).await?)
+            }
+            TypeCmd::List => table(out, &c.get::<Value>("/v1/types").await?, &[("NAME", "/name"), ("SPECS", "/specs"), ("DESCRIPTION", "/description")]),
+            TypeCmd::Inspect { name } => show(out, &c.get::<Value>(&format!("/v1/types/{}", enc(&name))).await?),
+            TypeCmd::Delete { name } => c.delete(&format!("/v1/types/{}", enc(&name))).await?,
+        },
+        Command::Scheduler(SchedulerCmd::Explain { size, specs, volume_type, backend, driver, pool, pools }) => {
+            let specs = split_specs(&specs)?;
+            let explanation = match pools {
+                Some(file) => {
+                    let text = std::fs::read_to_string(&file).with_context(|| format!("reading --pools {}", file.display()))?;
+                    let size_gb = match size.parse::<f64>() {
+                        Ok(gb) => gb,
+                        Err(_) => crate::validate::parse_size("size", &size)? as f64 / (1u64 << 30) as f64,
+                    };
+                    let e = elara_scheduler::explain_offline(&text, size_gb, &specs, &elara_scheduler::Scheduler::default())?;
+                    serde_json::to_value(e)?
+                }
+                None => {
+                    let size = if size.parse::<f64>().is_ok() { format!("{size}G") } else { size };
+                    let specs: std::collections::BTreeMap<_, _> = specs.into_iter().collect();
+                    let body = json!({ "size": size, "specs": specs, "type": volume_type, "backend": backend, "driver": driver, "pool": pool });
+                    c.post::<Value>("/v1/scheduler/explain", &body).await?
+                }
+            };
+            print_explanation(out, &explanation);
+        }
         Command::Op(OpCmd::List) => table(out, &c.get::<Value>("/v1/ops").await?, &[("ID", "/id"), ("KIND", "/kind"), ("VOLUME", "/volume"), ("STEP", "/step"), ("OWNER", "/owner"), ("ERROR", "/last_error")]),
     }
     Ok(())
@@ -337,6 +433,7 @@ async fn volume(c: &Client, out: Output, cmd: VolumeCmd) -> anyhow::Result<()> {
                 "name": a.name, "size": a.size, "backend": a.backend, "driver": a.driver, "pool": a.pool,
                 "labels": pairs("label", &a.labels)?.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
                 "fs": a.fs, "snapshot": a.snapshot, "iops": a.iops, "type": a.volume_type,
+                "specs": split_specs(&a.specs)?.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
             });
             show(out, &c.post::<Value>("/v1/volumes", &body).await?)
         }

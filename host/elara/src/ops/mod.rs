@@ -13,6 +13,7 @@ pub mod nodes;
 pub mod placement;
 pub mod reconcile;
 pub mod snapshots;
+pub mod types;
 pub mod volumes;
 
 use std::sync::Arc;
@@ -37,6 +38,8 @@ pub struct Elara {
     /// This process's identity: ops it owns carry it; a different one means a previous life.
     pub incarnation: String,
     pub lease: std::sync::atomic::AtomicI64,
+    /// Capacity placed since each pool's last report.
+    pub consumed: placement::Consumed,
 }
 
 impl Elara {

@@ -2,12 +2,16 @@
 //! with their freshness time; [`Elara::place`] picks the pool for a new volume. Placement is this one
 //! function so the scheduler can own it entirely.
 
-use elara_runtime::{Capacity, Pool};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use elara_runtime::Capacity;
+use elara_scheduler::{ByteCapacity, Explanation, PoolReport, PoolState, Request, Scheduler};
 use elara_store::StoreExt;
 
 use super::Elara;
 use crate::error::{ApiError, ApiResult};
-use crate::model::{BackendRecord, PoolRecord, SCHEMA, Scope, keys, now};
+use crate::model::{BackendRecord, PoolRecord, SCHEMA, Scope, VolumeTypeRecord, keys, now};
 
 /// Where a new volume should go.
 #[derive(Debug, Clone, Default)]
@@ -17,6 +21,10 @@ pub struct PlaceRequest {
     /// Any backend of this driver.
     pub driver: Option<String>,
     pub pool: Option<String>,
+    /// A volume type whose specs apply.
+    pub volume_type: Option<String>,
+    /// Inline extra specs (`-o spec=…`); they override the type's spec of the same key.
+    pub specs: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -24,6 +32,11 @@ pub struct Placement {
     pub backend: String,
     pub pool: String,
 }
+
+/// What placement remembers between pool reports: the bytes it placed in each pool since the
+/// report it last saw, so a burst of creates spreads before the next report (Cinder's consume).
+#[derive(Default)]
+pub struct Consumed(std::sync::Mutex<HashMap<String, (i64, f64)>>);
 
 impl Elara {
     /// Ask one backend for its pools and record them (for node-scoped backends: this node's pools).
@@ -80,8 +93,8 @@ impl Elara {
         Ok(pools)
     }
 
-    /// Choose a backend and pool: the named ones, or the first pool that fits.
-    pub async fn place(&self, req: &PlaceRequest) -> ApiResult<Placement> {
+    /// The scheduler's view of every pool the request may use, and the request itself.
+    async fn scheduling_input(&self, req: &PlaceRequest) -> ApiResult<(Vec<PoolState>, Request, Scheduler)> {
         let all = self.list_backends_raw().await?;
         let backends: Vec<BackendRecord> = all
             .into_iter()
@@ -95,53 +108,116 @@ impl Elara {
                 _ => ApiError::invalid("backend", "no backend exists; add one with `elara backend add`"),
             });
         }
-        let pools = self.usable_pools(&backends).await?;
-        let mut why = Vec::new();
-        for p in &pools {
-            if let Some(name) = &req.pool
-                && *name != p.pool.name
-            {
-                why.push(format!("{}/{}: not the requested pool", p.backend, p.pool.name));
-                continue;
-            }
-            match fits(&p.pool, req.size_bytes) {
-                Ok(()) => return Ok(Placement { backend: p.backend.clone(), pool: p.pool.name.clone() }),
-                Err(reason) => why.push(format!("{}/{}: {reason}", p.backend, p.pool.name)),
-            }
-        }
+        let mut records = self.usable_pools(&backends).await?;
         if let Some(name) = &req.pool
-            && !pools.iter().any(|p| p.pool.name == *name)
+            && !records.iter().any(|p| p.pool.name == *name || format!("{}#{}", p.backend, p.pool.name) == *name)
         {
             return Err(ApiError::invalid("pool", format!("no pool named {name:?} in the chosen backends")));
         }
-        Err(ApiError::new(
-            507,
-            "no-valid-pool",
-            format!("no pool fits a volume of {} bytes: {}", req.size_bytes, if why.is_empty() { "no pools reported".into() } else { why.join("; ") }),
-        ))
+        // A stable order makes ties reproducible (the first of equal weights wins, as in Cinder).
+        records.sort_by(|a, b| (&a.backend, &a.node, &a.pool.name).cmp(&(&b.backend, &b.node, &b.pool.name)));
+
+        let mut specs = BTreeMap::new();
+        if let Some(t) = &req.volume_type {
+            let ty = self
+                .get::<VolumeTypeRecord>(&keys::volume_type(t))
+                .await?
+                .ok_or_else(|| ApiError::invalid("type", format!("no volume type named {t:?} (see `elara type list`)")))?;
+            specs.extend(ty.value.specs);
+        }
+        specs.extend(req.specs.clone());
+        let mut request = Request::new(req.size_bytes as f64 / GIB);
+        for spec in super::types::parse_specs(&specs)? {
+            request.add_spec(spec).map_err(|e| ApiError::invalid("spec", e.to_string()))?;
+        }
+        request.pool = req.pool.clone();
+        request.node = Some(self.node().to_string());
+        request.volume_type = req.volume_type.clone();
+
+        let consumed = self.consumed.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut pools = Vec::with_capacity(records.len());
+        for r in records {
+            let mut state = pool_state(&r).map_err(|e| ApiError::internal(format!("backend {} reported a bad pool: {e}", r.backend)))?;
+            if let Some((seen, gb)) = consumed.get(&state.id())
+                && *seen == r.updated_at
+            {
+                state.consume(*gb);
+            }
+            pools.push(state);
+        }
+
+        let alive = self.store.list_keys(&keys::alive()).await?;
+        let down_nodes: BTreeSet<String> = self
+            .list_nodes()
+            .await?
+            .into_iter()
+            .map(|n| n.record.name)
+            .filter(|n| !alive.contains(&keys::node_alive(n)))
+            .collect();
+        let scheduler = Scheduler {
+            // Three missed refreshes make a report stale.
+            max_pool_age: Some(Duration::from_secs(3 * self.cfg.pool_refresh_secs.max(1) + 10)),
+            down_nodes,
+            ..Scheduler::default()
+        };
+        Ok((pools, request, scheduler))
+    }
+
+    /// Choose a backend and pool with the scheduler (filters, then weighers), and consume the
+    /// chosen pool's capacity in memory until its next report.
+    pub async fn place(&self, req: &PlaceRequest) -> ApiResult<Placement> {
+        let (pools, request, scheduler) = self.scheduling_input(req).await?;
+        let chosen = scheduler
+            .place(&pools, &request)
+            .map_err(|e| ApiError::new(507, "no-valid-pool", e.to_string()))?;
+        let pool = &pools[chosen.index];
+        let report_time = pool.updated_at.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_secs() as i64).unwrap_or(0);
+        {
+            let mut consumed = self.consumed.0.lock().unwrap_or_else(|p| p.into_inner());
+            let entry = consumed.entry(pool.id()).or_insert((report_time, 0.0));
+            if entry.0 != report_time {
+                *entry = (report_time, 0.0);
+            }
+            entry.1 += request.size_gb;
+        }
+        tracing::debug!(pool = %chosen.pool, weight = chosen.weight, "placed");
+        Ok(Placement { backend: pool.backend.clone(), pool: pool.name.clone() })
+    }
+
+    /// Every pool's fate for a request: the filter that rejected it and why, or its weight.
+    pub async fn explain_placement(&self, req: &PlaceRequest) -> ApiResult<Explanation> {
+        let (pools, request, scheduler) = self.scheduling_input(req).await?;
+        Ok(scheduler.explain(&pools, &request))
     }
 }
 
-/// Capacity check with Cinder's meaning: thin pools by virtual capacity, thick by free minus reserved.
-fn fits(pool: &Pool, size: u64) -> Result<(), String> {
-    let (Capacity::Bytes(total), Capacity::Bytes(free)) = (&pool.total, &pool.free) else {
-        return Ok(()); // infinite or unknown capacity passes, as in Cinder
+const GIB: f64 = (1u64 << 30) as f64;
+
+/// A stored pool report in the scheduler's terms.
+fn pool_state(r: &PoolRecord) -> Result<PoolState, elara_scheduler::PoolError> {
+    let bytes = |c: &Capacity| match c {
+        Capacity::Bytes(n) => ByteCapacity::Bytes(*n),
+        Capacity::Infinite => ByteCapacity::Infinite,
+        Capacity::Unknown => ByteCapacity::Unknown,
     };
-    let reserved = (*total as f64 * pool.reserved_percentage as f64 / 100.0).floor();
-    let free_usable = *free as f64 - reserved;
-    if pool.thin_provisioning {
-        let ratio: f64 = pool.max_over_subscription_ratio.parse::<f64>().unwrap_or(1.0).max(1.0);
-        let virtual_free = *total as f64 * ratio - pool.provisioned_bytes as f64 - reserved;
-        if virtual_free < size as f64 {
-            return Err(format!("virtual free {virtual_free:.0} bytes < {size}"));
-        }
-        if free_usable <= 0.0 {
-            return Err("no free space left".into());
-        }
-        Ok(())
-    } else if free_usable < size as f64 {
-        Err(format!("free {free_usable:.0} bytes (after reserved) < {size}"))
-    } else {
-        Ok(())
-    }
+    let p = &r.pool;
+    PoolState::from_report(PoolReport {
+        name: p.name.clone(),
+        backend: r.backend.clone(),
+        driver: r.driver.clone(),
+        node: r.node.clone(),
+        availability_zone: None,
+        total: bytes(&p.total),
+        free: bytes(&p.free),
+        provisioned_bytes: p.provisioned_bytes,
+        // Elara does not keep a per-pool sum of its own volumes; the driver's provisioned figure
+        // stands in (it only matters to the allocated-capacity weigher, off by default).
+        allocated_bytes: p.provisioned_bytes,
+        reserved_percentage: p.reserved_percentage,
+        thin_provisioning: p.thin_provisioning,
+        thick_provisioning: p.thick_provisioning,
+        max_over_subscription_ratio: p.max_over_subscription_ratio.clone(),
+        capabilities: p.capabilities.clone(),
+        updated_at: SystemTime::UNIX_EPOCH + Duration::from_secs(r.updated_at.max(0) as u64),
+    })
 }

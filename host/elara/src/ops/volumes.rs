@@ -33,6 +33,9 @@ pub struct CreateVolume {
     /// A volume type (scheduler specs).
     #[serde(rename = "type")]
     pub volume_type: Option<String>,
+    /// Inline extra specs, key → value in Cinder's syntax (`iops` → `>= 1000`).
+    #[serde(default)]
+    pub specs: BTreeMap<String, String>,
 }
 
 /// A volume as shown to users: the record plus where it is mounted.
@@ -102,6 +105,8 @@ impl Elara {
                 backend: source.as_ref().map(|s| s.backend.clone()).or(req.backend.clone()),
                 driver: req.driver.clone(),
                 pool: req.pool.clone(),
+                volume_type: req.volume_type.clone(),
+                specs: req.specs.clone(),
             })
             .await?;
         let (backend_rec, backend) = self.backends.get(&placement.backend).await?;
