@@ -1,0 +1,286 @@
+#!/bin/bash
+# A real OpenStack Cinder (block storage API v3) on loopback, for the cinder driver's tests.
+#
+#   scripts/services/cinder.sh start DIR   install what is missing, start the stack, wait until the API
+#                                          answers and the scheduler sees every pool, print env lines:
+#                                            ELARA_TEST_CINDER=http://127.0.0.1:8776/v3/<project>
+#                                            ELARA_TEST_CINDER_PROJECT=<project>
+#                                            ELARA_TEST_CINDER_TOKEN=admin:<project>
+#                                          (a no-op that prints the same lines when already running)
+#   scripts/services/cinder.sh stop DIR    stop what `start` started in DIR, by the recorded pids
+#   scripts/services/cinder.sh status DIR  exit 0 and print the env lines if the stack is up
+#
+# The stack: cinder==29.0.0 from PyPI in a venv (api + scheduler + volume), RabbitMQ and MariaDB
+# from Debian, each on 127.0.0.1, with auth_strategy=noauth (the token `admin:<project>` is an
+# admin of <project>). Two Cinder backends: `fake` (Cinder's FakeLoggingVolumeDriver, one pool of
+# infinite capacity) and `multi` (scripts/services/cinder/multipool_driver.py: the pools in
+# DIR/pools.json, copied from scripts/services/cinder/pools.json on the first start). Both are
+# fakes below the API: volumes exist in Cinder's database only, and initialize_connection answers
+# iSCSI details for 127.0.0.1:3260. Everything above that (API, scheduler, RPC, DB, states,
+# attachments, user messages) is the real Cinder.
+#
+# Installs only what is missing: Debian packages rabbitmq-server, mariadb-server, python3-venv,
+# curl; the venv ($ELARA_CINDER_VENV, default <repo>/.work/cinder-stack-venv, kept across stops).
+# Every wait is a readiness poll with a deadline; on failure the relevant log is printed and the
+# half-started stack is stopped. Each service is started with setsid, so its pid is its process
+# group, and `stop` ends exactly those groups (TERM, then KILL after a deadline); never by name.
+#
+# Env: CINDER_PORT (8776), MYSQL_PORT (3306), RABBIT_PORT (5672), RABBIT_DIST_PORT (25672),
+#      EPMD_PORT (4369), CINDER_READY_TIMEOUT (seconds, 180), CINDER_DEBUG (false).
+# Files in DIR: pids/*.pid, logs/ (api, scheduler, volume, rabbit, mysql), etc/cinder.conf,
+#               pools.json, endpoint.
+# Timings on 2 cores: ~70 s from nothing, ~15-25 s with packages and venv present.
+set -euo pipefail
+
+usage() { echo "usage: $0 start|stop|status DIR" >&2; exit 2; }
+[ $# -eq 2 ] || usage
+ACTION=$1
+mkdir -p "$2"
+BASE=$(cd "$2" && pwd)
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+FILES=$ROOT/scripts/services/cinder
+VENV=${ELARA_CINDER_VENV:-$ROOT/.work/cinder-stack-venv}
+CINDER_VERSION=29.0.0
+MARK="cinder==$CINDER_VERSION fixtures PyMySQL"
+CINDER_PORT=${CINDER_PORT:-8776} MYSQL_PORT=${MYSQL_PORT:-3306}
+RABBIT_PORT=${RABBIT_PORT:-5672} RABBIT_DIST_PORT=${RABBIT_DIST_PORT:-25672} EPMD_PORT=${EPMD_PORT:-4369}
+READY_TIMEOUT=${CINDER_READY_TIMEOUT:-180}
+PROJECT=4f9c8f1ea1b24d0c9a5e0c1f2b3a4d5e
+TOKEN=admin:$PROJECT
+ENDPOINT=http://127.0.0.1:$CINDER_PORT/v3/$PROJECT
+SERVICES=(epmd rabbit mysql api scheduler volume)
+declare -A EXPECT=([api]=cinder-api [scheduler]=cinder-scheduler [volume]=cinder-volume
+                   [rabbit]=rabbitmq [mysql]=mariadbd [epmd]=epmd)
+
+T0=$SECONDS
+say() { echo "cinder.sh: [$((SECONDS - T0))s] $*" >&2; }
+die() { echo "cinder.sh: ERROR: $*" >&2; exit 1; }
+
+# A live process (a zombie counts as gone).
+alive() { [ -n "$1" ] && [ -d "/proc/$1" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
+pid_of() { cat "$BASE/pids/$1.pid" 2>/dev/null || true; }
+# The recorded pid of service $1, if alive and still the program we started.
+running() {
+  local pid; pid=$(pid_of "$1")
+  alive "$pid" && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "${EXPECT[$1]}"
+}
+port_busy() { ss -ltnH "sport = :$1" | grep -q .; }
+# wait_for SECONDS WHAT CMD...: retry CMD every 0.2 s until it succeeds or the deadline passes.
+wait_for() {
+  local limit=$1 what=$2; shift 2
+  local end=$((SECONDS + limit))
+  until "$@" >/dev/null 2>&1; do
+    [ "$SECONDS" -ge "$end" ] && { say "timeout (${limit}s) waiting for $what"; return 1; }
+    sleep 0.2
+  done
+}
+api_up() { curl -sf -m 2 -o /dev/null "http://127.0.0.1:$CINDER_PORT/"; }
+print_env() {
+  echo "ELARA_TEST_CINDER=$ENDPOINT"
+  echo "ELARA_TEST_CINDER_PROJECT=$PROJECT"
+  echo "ELARA_TEST_CINDER_TOKEN=$TOKEN"
+}
+stack_up() {
+  for s in rabbit mysql api scheduler volume; do running "$s" || return 1; done
+  api_up
+}
+
+# ---- stop: every recorded process group, cinder first (it talks to the broker and DB on exit)
+group_members() { ps -e -o pid=,pgid=,stat= | awk -v g="$1" '$2==g && $3 !~ /^Z/ {print $1}'; }
+stop_groups() { # stop_groups TIMEOUT NAME...
+  local limit=$1; shift
+  local groups=() s pg
+  for s in "$@"; do
+    [ -f "$BASE/pids/$s.pid" ] || continue
+    pg=$(pid_of "$s")
+    if alive "$pg" && ! running "$s"; then
+      say "pid $pg of $s is another program now; leaving it alone"
+    elif [ -n "$(group_members "$pg")" ]; then
+      kill -TERM -- "-$pg" 2>/dev/null || true
+      groups+=("$s:$pg")
+    fi
+  done
+  local end=$((SECONDS + limit)) left
+  while :; do
+    left=()
+    for g in "${groups[@]}"; do [ -n "$(group_members "${g#*:}")" ] && left+=("$g"); done
+    [ ${#left[@]} -eq 0 ] && break
+    if [ "$SECONDS" -ge "$end" ]; then
+      for g in "${left[@]}"; do say "${g%%:*} (group ${g#*:}) still alive after ${limit}s: KILL"; kill -KILL -- "-${g#*:}" 2>/dev/null || true; done
+      break
+    fi
+    sleep 0.1
+  done
+  for s in "$@"; do rm -f "$BASE/pids/$s.pid"; done
+}
+stop() {
+  [ -d "$BASE/pids" ] || return 0
+  stop_groups 20 api scheduler volume
+  stop_groups 30 rabbit mysql
+  stop_groups 5 epmd
+}
+
+fail_start() { # print the log, stop what was started, fail
+  local log=$1; shift
+  [ -f "$log" ] && { echo "--- $log (last 30 lines)" >&2; tail -n 30 "$log" >&2; }
+  stop
+  die "$*"
+}
+
+start() {
+  if stack_up; then print_env; return 0; fi
+  # Anything of ours half-running is stopped first.
+  for s in "${SERVICES[@]}"; do
+    if [ -f "$BASE/pids/$s.pid" ]; then say "stopping a partial stack in $BASE"; stop; break; fi
+  done
+
+  # 1. Debian packages, only where missing.
+  source "$ROOT/scripts/lib/prereqs.sh"
+  elara_apt_install rabbitmq-server mariadb-server python3-venv curl iproute2 >&2
+  for p in "$CINDER_PORT" "$MYSQL_PORT" "$RABBIT_PORT" "$RABBIT_DIST_PORT"; do
+    port_busy "$p" && die "port 127.0.0.1:$p is already in use by something not started here; stop it or set the *_PORT variables"
+  done
+  mkdir -p "$BASE"/{rabbit/mnesia,rabbit/log,mysql/data,mysql/run,etc,logs,state,locks,pids}
+  [ -f "$BASE/pools.json" ] || cp "$FILES/pools.json" "$BASE/pools.json"
+  say "packages ok"
+
+  # 2. epmd (ours, in the foreground, so it stops by pid) and RabbitMQ on loopback.
+  local erts_bin
+  erts_bin=$(ls -d /usr/lib/erlang/erts-*/bin | head -1)
+  cat >"$BASE/rabbit/env.sh" <<EOF
+export RABBITMQ_NODENAME=rabbit@localhost RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT=$RABBIT_PORT
+export ERL_EPMD_ADDRESS=127.0.0.1 ERL_EPMD_PORT=$EPMD_PORT RABBITMQ_DIST_PORT=$RABBIT_DIST_PORT HOME=$BASE/rabbit
+export RABBITMQ_MNESIA_BASE=$BASE/rabbit/mnesia RABBITMQ_LOG_BASE=$BASE/rabbit/log
+export RABBITMQ_ENABLED_PLUGINS_FILE=$BASE/rabbit/enabled_plugins RABBITMQ_CONFIG_FILE=$BASE/rabbit/rabbitmq
+EOF
+  echo '[].' >"$BASE/rabbit/enabled_plugins"
+  printf 'listeners.tcp.1 = 127.0.0.1:%s\ndistribution.listener.interface = 127.0.0.1\n' "$RABBIT_PORT" >"$BASE/rabbit/rabbitmq.conf"
+  if port_busy "$EPMD_PORT"; then
+    say "epmd already listens on :$EPMD_PORT (not ours; reused)"
+  else
+    (setsid "$erts_bin/epmd" -address 127.0.0.1 -port "$EPMD_PORT" >"$BASE/logs/epmd.log" 2>&1 </dev/null & echo $! >"$BASE/pids/epmd.pid")
+    wait_for 10 epmd port_busy "$EPMD_PORT" || fail_start "$BASE/logs/epmd.log" "epmd did not listen on :$EPMD_PORT"
+  fi
+  (. "$BASE/rabbit/env.sh"; setsid /usr/lib/rabbitmq/bin/rabbitmq-server >"$BASE/logs/rabbit.log" 2>&1 </dev/null & echo $! >"$BASE/pids/rabbit.pid")
+
+  # 3. MariaDB on loopback.
+  cat >"$BASE/mysql/my.cnf" <<EOF
+[mysqld]
+user = root
+datadir = $BASE/mysql/data
+socket = $BASE/mysql/run/mysqld.sock
+pid-file = $BASE/mysql/run/mysqld.pid
+bind-address = 127.0.0.1
+port = $MYSQL_PORT
+skip-name-resolve
+innodb_buffer_pool_size = 64M
+innodb_flush_log_at_trx_commit = 2
+performance_schema = OFF
+log-error = $BASE/logs/mysql-error.log
+EOF
+  if [ ! -d "$BASE/mysql/data/mysql" ]; then
+    mariadb-install-db --defaults-file="$BASE/mysql/my.cnf" --auth-root-authentication-method=normal \
+      >"$BASE/logs/mysql-install.log" 2>&1 || fail_start "$BASE/logs/mysql-install.log" "mariadb-install-db failed"
+  fi
+  (setsid mariadbd --defaults-file="$BASE/mysql/my.cnf" >"$BASE/logs/mysql.log" 2>&1 </dev/null & echo $! >"$BASE/pids/mysql.pid")
+
+  # 4. The venv (while the broker and the database boot), only when missing.
+  if [ "$(cat "$VENV/.elara-installed" 2>/dev/null)" != "$MARK" ] || ! "$VENV/bin/python" -W ignore -c 'import cinder, pymysql, fixtures' 2>/dev/null; then
+    say "creating $VENV with $MARK (~40 s)"
+    mkdir -p "$(dirname "$VENV")"
+    python3 -m venv --clear "$VENV" >&2
+    "$VENV/bin/pip" install -q -c "$FILES/constraints-cinder29-py311.txt" "cinder==$CINDER_VERSION" fixtures PyMySQL \
+      >"$BASE/logs/pip.log" 2>&1 || fail_start "$BASE/logs/pip.log" "pip install of cinder failed"
+    echo "$MARK" >"$VENV/.elara-installed"
+  fi
+  say "venv ok ($VENV)"
+
+  mysql_up() { running mysql && mariadb-admin --socket="$BASE/mysql/run/mysqld.sock" -uroot ping; }
+  wait_for 60 mariadb mysql_up || fail_start "$BASE/logs/mysql-error.log" "MariaDB not ready"
+  mariadb --socket="$BASE/mysql/run/mysqld.sock" -uroot -e "CREATE DATABASE IF NOT EXISTS cinder;
+    CREATE USER IF NOT EXISTS 'cinder'@'127.0.0.1' IDENTIFIED BY 'cinder'; GRANT ALL ON cinder.* TO 'cinder'@'127.0.0.1';"
+  say "mariadb ok"
+  rabbit_up() {
+    running rabbit && "$VENV/bin/python" -c "import kombu; c=kombu.Connection('amqp://guest:guest@127.0.0.1:$RABBIT_PORT//', connect_timeout=1); c.connect(); c.release()"
+  }
+  wait_for 90 rabbitmq rabbit_up || fail_start "$BASE/logs/rabbit.log" "RabbitMQ not ready"
+  say "rabbitmq ok"
+
+  # 5. Cinder's configuration and schema.
+  cp -r "$VENV"/etc/cinder/* "$BASE/etc/"
+  cat >"$BASE/etc/cinder.conf" <<EOF
+[DEFAULT]
+auth_strategy = noauth
+transport_url = rabbit://guest:guest@127.0.0.1:$RABBIT_PORT/
+osapi_volume_listen = 127.0.0.1
+osapi_volume_listen_port = $CINDER_PORT
+osapi_volume_workers = 1
+enabled_backends = fake,multi
+state_path = $BASE/state
+api_paste_config = $BASE/etc/api-paste.ini
+resource_query_filters_file = $BASE/etc/resource_filters.json
+my_ip = 127.0.0.1
+host = elara-test
+log_dir = $BASE/logs
+debug = ${CINDER_DEBUG:-false}
+report_interval = 5
+periodic_interval = 5
+backend_stats_polling_interval = 3
+scheduler_driver_init_wait_time = 1
+periodic_fuzzy_delay = 0
+# No quota limits in the test project (tests that check the quota error set a quota on a project
+# of their own).
+use_default_quota_class = false
+quota_volumes = -1
+quota_snapshots = -1
+quota_gigabytes = -1
+quota_backups = -1
+quota_backup_gigabytes = -1
+[database]
+connection = mysql+pymysql://cinder:cinder@127.0.0.1:$MYSQL_PORT/cinder?charset=utf8
+[oslo_concurrency]
+lock_path = $BASE/locks
+[fake]
+volume_driver = cinder.tests.fake_driver.FakeLoggingVolumeDriver
+volume_backend_name = fake
+[multi]
+volume_driver = multipool_driver.MultiPoolFakeDriver
+volume_backend_name = multi
+EOF
+  "$VENV/bin/cinder-manage" --config-file "$BASE/etc/cinder.conf" db sync >"$BASE/logs/db-sync.log" 2>&1 \
+    || fail_start "$BASE/logs/db-sync.log" "cinder-manage db sync failed"
+  say "schema ok"
+
+  # 6. The Cinder services, each a process-group leader.
+  for s in api scheduler volume; do
+    (PYTHONPATH=$FILES ELARA_CINDER_POOLS_FILE=$BASE/pools.json setsid "$VENV/bin/cinder-$s" \
+       --config-file "$BASE/etc/cinder.conf" >"$BASE/logs/$s.stdout" 2>&1 </dev/null & echo $! >"$BASE/pids/$s.pid")
+  done
+  local want
+  want=$((1 + $(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))))' "$BASE/pools.json")))
+  cinder_up() {
+    for s in api scheduler volume; do running "$s" || { say "cinder-$s exited"; return 2; }; done
+    curl -sf -m 2 -H "X-Auth-Token: $TOKEN" "$ENDPOINT/scheduler-stats/get_pools" \
+      | python3 -c "import json,sys; sys.exit(len(json.load(sys.stdin)['pools']) < $want)"
+  }
+  local end=$((SECONDS + READY_TIMEOUT)) rc
+  while :; do
+    rc=0; cinder_up >/dev/null 2>&1 || rc=$?
+    [ $rc -eq 0 ] && break
+    if [ $rc -eq 2 ] || [ "$SECONDS" -ge "$end" ]; then
+      for s in api scheduler volume; do running "$s" || fail_start "$BASE/logs/$s.stdout" "cinder-$s exited during start-up"; done
+      fail_start "$BASE/logs/cinder-api.log" "Cinder not ready with $want pools after ${READY_TIMEOUT}s"
+    fi
+    sleep 0.2
+  done
+  echo "$ENDPOINT" >"$BASE/endpoint"
+  say "cinder ready: $want pools at $ENDPOINT"
+  print_env
+}
+
+case "$ACTION" in
+  start) start ;;
+  stop) stop ;;
+  status) if stack_up; then print_env; else exit 1; fi ;;
+  *) usage ;;
+esac
