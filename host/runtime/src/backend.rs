@@ -77,6 +77,8 @@ impl Sandbox {
         };
         let mut store = Store::new(&self.runtime.inner.engine, state);
         store.limiter(|s| &mut s.limiter);
+        // Bounds what the host allocates when lifting a return value or import arguments.
+        store.set_hostcall_fuel(self.limits.max_transfer_bytes);
         store.epoch_deadline_callback(|mut cx| {
             let cpu = &mut cx.data_mut().cpu;
             cpu.used_ticks += 1;
@@ -157,6 +159,13 @@ impl Sandbox {
             )
         } else if let Some(trap) = e.downcast_ref::<Trap>() {
             trap.to_string()
+        } else if e.chain().any(|c| c.to_string().contains("fuel allocated for hostcalls has been exhausted")) {
+            // wasmtime's `HostcallFuelExhausted` (private type): see `Limits::max_transfer_bytes`.
+            format!(
+                "the driver handed the host more than {} bytes in one value (a return value or the \
+                 arguments of one host call)",
+                self.limits.max_transfer_bytes
+            )
         } else {
             e.root_cause().to_string()
         };

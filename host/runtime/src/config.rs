@@ -190,6 +190,16 @@ pub struct Limits {
     /// Bytes of log messages and stdout/stderr kept per call; the rest is dropped with one
     /// `log capped` warning. Default 64 KiB.
     pub log_bytes_per_call: usize,
+    /// Bytes of data the host copies out of the guest for one value: a call's return value,
+    /// or the arguments of one host import call (a log message, a path). Counted as the host
+    /// would allocate them, so strings that alias one guest buffer cannot multiply. More traps
+    /// the call. Default 64 MiB.
+    #[serde(default = "default_transfer_bytes")]
+    pub max_transfer_bytes: usize,
+}
+
+fn default_transfer_bytes() -> usize {
+    64 << 20
 }
 
 impl Default for Limits {
@@ -199,6 +209,7 @@ impl Default for Limits {
             cpu_budget: Duration::from_secs(10),
             call_timeout: Duration::from_secs(300),
             log_bytes_per_call: 64 << 10,
+            max_transfer_bytes: default_transfer_bytes(),
         }
     }
 }

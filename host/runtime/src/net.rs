@@ -7,7 +7,8 @@
 //!   multicast, broadcast, link-local such as cloud metadata at 169.254.169.254).
 //! * TCP (`wasi:sockets`): [`NetPolicy::socket_allowed`] is the `socket_addr_check` of every
 //!   instance. Only `connect` is allowed, and only to an address a grant resolves to, on the
-//!   granted port. UDP, bind/listen and name lookup are disabled in the WASI context.
+//!   granted port (plus the implicit bind to an ephemeral port that precedes it). UDP and
+//!   listening are refused; name lookup is enabled only for a backend with grants.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -101,6 +102,11 @@ impl NetPolicy {
 
     /// `socket_addr_check`: TCP connect to an address some grant resolves to, on its port.
     pub(crate) async fn socket_allowed(&self, addr: SocketAddr, usage: SocketAddrUse) -> bool {
+        // Before a connect on an unbound socket, wasmtime checks the implicit bind to an
+        // ephemeral port on the unspecified address: that is no power (listen stays denied).
+        if matches!(usage, SocketAddrUse::TcpBind) && addr.ip().is_unspecified() && addr.port() == 0 {
+            return true;
+        }
         if !matches!(usage, SocketAddrUse::TcpConnect) {
             tracing::warn!(target: "driver", backend = %self.backend, %addr, ?usage,
                 "socket use denied: only outbound TCP connect is allowed");
@@ -142,8 +148,12 @@ impl WasiHttpHooks for HttpHooks {
     ) -> Box<dyn Future<Output = Result<(http::Response<WasiBody>, IoFuture), HttpError>> + Send>
     {
         let policy = self.policy.clone();
+        // A request that is refused, fails or is answered early still reads the guest's body
+        // to its end (see `DrainOnDrop`).
+        let (parts, body) = request.into_parts();
+        let request = http::Request::from_parts(parts, DrainOnDrop::new(body).boxed_unsync());
         Box::new(async move {
-            let uri = request.uri();
+            let uri = request.uri().clone();
             let host = uri.host().ok_or(HttpError::HttpRequestUriInvalid)?.to_string();
             let tls = uri.scheme() == Some(&Scheme::HTTPS);
             let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
@@ -173,6 +183,69 @@ fn tls_config() -> Arc<rustls::ClientConfig> {
             Arc::new(config)
         })
         .clone()
+}
+
+/// A request body that, when dropped before its end, keeps reading (and discarding) what the
+/// guest writes in a background task until the guest finishes the body or its instance goes.
+///
+/// The guest writes the body while it waits for the response. If the host dropped the body at
+/// once (a refused request, a failed connect, a server that answers before reading the whole
+/// body), the stream would close under the guest, and clients such as `wstd` then report the
+/// closed stream ("connection reset") instead of the response or the real reason
+/// (`HTTP request denied`, `connection refused`).
+struct DrainOnDrop {
+    inner: Option<WasiBody>,
+    ended: bool,
+}
+
+impl DrainOnDrop {
+    fn new(body: WasiBody) -> Self {
+        DrainOnDrop { inner: Some(body), ended: false }
+    }
+}
+
+impl hyper::body::Body for DrainOnDrop {
+    type Data = bytes::Bytes;
+    type Error = HttpError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, HttpError>>> {
+        let this = self.get_mut();
+        let Some(body) = this.inner.as_mut() else { return Poll::Ready(None) };
+        let frame = ready!(Pin::new(body).poll_frame(cx));
+        if !matches!(frame, Some(Ok(_))) {
+            this.ended = true;
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.as_ref().map(|b| b.size_hint()).unwrap_or_default()
+    }
+}
+
+impl Drop for DrainOnDrop {
+    fn drop(&mut self) {
+        if self.ended || hyper::body::Body::is_end_stream(self) {
+            return;
+        }
+        let (Some(mut body), Ok(rt)) = (self.inner.take(), tokio::runtime::Handle::try_current()) else {
+            return;
+        };
+        rt.spawn(async move {
+            // Bounded in time in case the guest keeps an unfinished body open in an idle instance.
+            let _ = tokio::time::timeout(Duration::from_secs(300), async {
+                while let Some(Ok(_)) = body.frame().await {}
+            })
+            .await;
+        });
+    }
 }
 
 /// Send `req` over a connection to one of `addrs` (never resolving `host` again), with TLS to

@@ -29,9 +29,10 @@ pub enum HttpError {
     /// A header name or value was not valid.
     #[error("invalid header {name:?}: {reason}")]
     InvalidHeader { name: String, reason: String },
-    /// The host refused the request: the destination was not granted to this backend.
-    #[error("request to {url} denied by the host: grant the host with --allow-host")]
-    Denied { url: String },
+    /// The host refused the request: the destination was not granted to this backend, or a
+    /// granted name resolved only to addresses no grant may reach. `reason` says which.
+    #[error("request to {url} denied by the host: {reason}")]
+    Denied { url: String, reason: String },
     /// The server could not be reached or did not answer in time (worth retrying).
     #[error("{url} unreachable: {reason}")]
     Unreachable { url: String, reason: String },
@@ -253,7 +254,16 @@ impl RequestBuilder {
 fn classify(method: &str, url: &str, e: wstd::http::Error) -> HttpError {
     let reason = format!("{e:#}");
     match e.downcast_ref::<ErrorCode>() {
-        Some(ErrorCode::HttpRequestDenied) => HttpError::Denied { url: url.to_string() },
+        Some(ErrorCode::HttpRequestDenied) => HttpError::Denied {
+            url: url.to_string(),
+            reason: "the host is not granted to this backend (grant it with --allow-host)".into(),
+        },
+        Some(ErrorCode::DestinationIpProhibited) => HttpError::Denied {
+            url: url.to_string(),
+            reason: "the granted name resolves only to addresses no grant may reach \
+                     (link-local, unspecified, multicast or broadcast)"
+                .into(),
+        },
         Some(
             ErrorCode::DnsTimeout
             | ErrorCode::DnsError(_)
