@@ -26,7 +26,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     // The Docker plugin socket answers Plugin.Activate before the store is up.
     let docker = match &cfg.plugin_dir {
-        Some(dir) => Some(crate::api::docker::Listener::bind(dir).await?.start(stop_rx.clone())),
+        Some(dir) => Some(crate::api::docker::Listener::bind(dir, &cfg.store).await?.start(stop_rx.clone())),
         None => None,
     };
 

@@ -1,13 +1,27 @@
 //! Docker's legacy volume plugin protocol on `PLUGIN_DIR/elara.sock`.
 //!
-//! `Plugin.Activate` answers at once, even before the store is open. `Get`, `List`, `Path` and
-//! `Capabilities` answer from the store alone, never waiting on a driver. Every handler is
-//! idempotent: dockerd retries a call whose connection dropped. Mounts are held per Docker mount
-//! `ID` (holder `docker:<ID>`), so the attachment is reference-counted across containers.
+//! * `Plugin.Activate` answers at once, even before the store is open; volume calls that arrive
+//!   before the daemon is ready wait for it (bounded by [`READY_WAIT`]) instead of failing, so a
+//!   call dockerd retries across an Elara restart goes through.
+//! * `Get`, `List`, `Path` and `Capabilities` answer from the store alone, never waiting on a
+//!   driver or a backend: dockerd gives up on a slow plugin and then fails every command that
+//!   touches the volume. `Capabilities` comes from the configuration (`global` on etcd, one
+//!   volume namespace for the cluster; `local` on the embedded store), so it is right even while
+//!   the store is still connecting.
+//! * Every handler is idempotent: dockerd retries a call whose connection dropped. A repeated
+//!   `Create` of an existing name succeeds, `Remove` of a missing volume succeeds, and mounts are
+//!   held per Docker mount `ID` (holder `docker:<ID>`) in the store, so the attachment is
+//!   reference-counted across containers and a repeated `Mount` or `Unmount` changes nothing.
+//! * Reclaiming: dockerd sends `Remove` only when none of its containers references the volume,
+//!   so any `docker:` holder left on this node then is stale (its `Unmount` was lost, e.g. Elara
+//!   was down when the container exited) and is dropped before the delete. A background sweep also
+//!   drops `docker:` holders older than [`RECLAIM_GRACE_SECS`] of a volume that no process in
+//!   another mount namespace (a container) has mounted any more.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
@@ -22,8 +36,9 @@ use serde_json::{Value, json};
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 
+use crate::attach::mountinfo;
 use crate::error::{ApiError, ApiResult};
-use crate::model::{AttachmentRecord, VolumeRecord, keys};
+use crate::model::{AttachmentRecord, AttachmentState, VolumeRecord, keys, now};
 use crate::ops::Shared;
 use crate::ops::volumes::CreateVolume;
 
@@ -31,29 +46,60 @@ pub const PLUGIN_NAME: &str = "elara";
 const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1.2+json";
 
 /// The options `docker volume create -d elara -o KEY=VALUE` accepts.
-pub const OPTIONS: &[&str] = &["size", "backend", "driver-name", "pool", "type", "fs", "snapshot", "iops", "labels", "label.<key>", "spec"];
+pub const OPTIONS: &[&str] = &["size", "backend", "driver-name", "pool", "type", "spec", "fs", "snapshot", "iops", "labels", "label.<key>"];
+
+/// How long a volume call waits for a starting daemon before answering with an error.
+pub const READY_WAIT: Duration = Duration::from_secs(20);
+
+/// A `docker:` holder must be at least this old before the sweep may reclaim it (a container is
+/// started right after its volumes are mounted; this covers that gap with a wide margin).
+pub const RECLAIM_GRACE_SECS: i64 = 60;
+
+/// How often the reclaim sweep runs.
+const RECLAIM_EVERY: Duration = Duration::from_secs(30);
+
+/// Holders that Docker mounts are recorded under.
+const HOLDER_PREFIX: &str = "docker:";
 
 pub struct Listener {
     listener: UnixListener,
     path: PathBuf,
-    state: Arc<OnceLock<Shared>>,
+    state: PluginState,
 }
 
-type PluginState = Arc<OnceLock<Shared>>;
+/// What the handlers share: the daemon once it is ready, and the scope fixed by the configuration.
+#[derive(Clone)]
+pub struct PluginState {
+    elara: Arc<OnceLock<Shared>>,
+    scope: &'static str,
+}
+
+/// Set once the daemon is ready; volume calls wait for it.
+pub type Ready = Arc<OnceLock<Shared>>;
+
+/// Docker's volume scope for a store URL: `global` on etcd (every node sees every volume).
+pub fn scope_of(store_url: &str) -> &'static str {
+    if store_url.starts_with("etcd://") { "global" } else { "local" }
+}
 
 impl Listener {
-    pub async fn bind(dir: &Path) -> anyhow::Result<Listener> {
+    /// Bind `DIR/elara.sock` (replacing a stale socket, refusing a live one).
+    pub async fn bind(dir: &Path, store_url: &str) -> anyhow::Result<Listener> {
         let path = dir.join(format!("{PLUGIN_NAME}.sock"));
         let listener = crate::server::bind_unix(&path).context("the Docker plugin socket")?;
-        Ok(Listener { listener, path, state: Arc::new(OnceLock::new()) })
+        Ok(Listener { listener, path, state: PluginState { elara: Arc::new(OnceLock::new()), scope: scope_of(store_url) } })
     }
 
-    /// Serve at once; volume calls wait for `ready` to be set.
-    pub fn start(self, mut stop: watch::Receiver<bool>) -> (PluginState, tokio::task::JoinHandle<anyhow::Result<()>>) {
-        let state = self.state.clone();
+    /// Serve at once; volume calls wait for the returned cell to be set. Also runs the reclaim
+    /// sweep once the daemon is ready.
+    pub fn start(self, stop: watch::Receiver<bool>) -> (Ready, tokio::task::JoinHandle<anyhow::Result<()>>) {
+        let ready = self.state.elara.clone();
         let app = router(self.state.clone());
         let path = self.path.clone();
+        tokio::spawn(reclaim_loop(self.state.clone(), stop.clone()));
+        let mut stop = stop;
         let task = tokio::spawn(async move {
+            tracing::info!(socket = %path.display(), "Docker volume plugin listening");
             axum::serve(self.listener, app)
                 .with_graceful_shutdown(async move {
                     let _ = stop.changed().await;
@@ -63,7 +109,7 @@ impl Listener {
             let _ = std::fs::remove_file(&path);
             Ok(())
         });
-        (state, task)
+        (ready, task)
     }
 }
 
@@ -85,16 +131,31 @@ fn reply(v: Value) -> Response {
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], v.to_string()).into_response()
 }
 
-/// Docker shows `Err` as `Error response from daemon: ...`.
+/// Docker shows `Err` as `Error response from daemon: <verb> <name>: <Err>`.
 fn err(e: impl std::fmt::Display) -> Response {
     reply(json!({ "Err": e.to_string() }))
 }
 
-fn ready(state: &PluginState) -> Result<Shared, Response> {
-    state.get().cloned().ok_or_else(|| err("elara is starting: its metadata store is not open yet; try again"))
+fn ok() -> Response {
+    reply(json!({ "Err": "" }))
 }
 
-#[derive(Deserialize, Default)]
+/// The daemon, waiting (bounded) while it starts.
+async fn ready(state: &PluginState) -> Result<Shared, Response> {
+    let deadline = tokio::time::Instant::now() + READY_WAIT;
+    loop {
+        if let Some(s) = state.elara.get() {
+            return Ok(s.clone());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(err(format!("elara is still starting (its metadata store is not open after {READY_WAIT:?}); try again")));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A request body as dockerd sends it. `Opts` may be `null`; unknown fields are ignored.
+#[derive(Deserialize, Default, Debug)]
 #[serde(rename_all = "PascalCase")]
 struct Req {
     #[serde(default)]
@@ -106,19 +167,26 @@ struct Req {
 }
 
 fn parse(body: &Bytes) -> Result<Req, Response> {
-    if body.is_empty() {
+    if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Req::default());
     }
     serde_json::from_slice(body).map_err(|e| err(format!("malformed request from dockerd: {e}")))
 }
 
+/// The daemon and the parsed request, or the error reply.
+async fn begin(state: &PluginState, body: &Bytes, call: &str) -> Result<(Shared, Req), Response> {
+    let req = parse(body)?;
+    tracing::debug!(volume = %req.name, id = %req.id, "Docker {call}");
+    Ok((ready(state).await?, req))
+}
+
+fn holder(id: &str) -> String {
+    // Docker has sent a mount ID since 1.12; an older engine's mounts share one holder.
+    if id.is_empty() { format!("{HOLDER_PREFIX}anonymous") } else { format!("{HOLDER_PREFIX}{id}") }
+}
+
 async fn capabilities(State(state): State<PluginState>) -> Response {
-    // On etcd every node sees the same volumes: Docker's `global` scope.
-    let scope = match state.get() {
-        Some(s) if s.store.kind() == "etcd" => "global",
-        _ => "local",
-    };
-    reply(json!({ "Capabilities": { "Scope": scope } }))
+    reply(json!({ "Capabilities": { "Scope": state.scope } }))
 }
 
 /// Turn `-o` options into a create request; unknown or malformed options are refused by name.
@@ -141,7 +209,7 @@ pub fn create_request(name: &str, opts: &BTreeMap<String, String>) -> ApiResult<
             "fs" => req.fs = Some(v.clone()),
             "snapshot" => req.snapshot = Some(v.clone()),
             "iops" => {
-                req.iops = Some(v.parse().map_err(|_| ApiError::invalid("iops", format!("{v:?} is not a whole number")))?)
+                req.iops = Some(v.trim().parse().map_err(|_| ApiError::invalid("iops", format!("{v:?} is not a whole number")))?)
             }
             "labels" => {
                 for pair in v.split(',').filter(|p| !p.is_empty()) {
@@ -164,9 +232,9 @@ pub fn create_request(name: &str, opts: &BTreeMap<String, String>) -> ApiResult<
 }
 
 async fn create(State(state): State<PluginState>, body: Bytes) -> Response {
-    let (s, req) = match (ready(&state), parse(&body)) {
-        (Ok(s), Ok(r)) => (s, r),
-        (Err(e), _) | (_, Err(e)) => return e,
+    let (s, req) = match begin(&state, &body, "Create").await {
+        Ok(x) => x,
+        Err(e) => return e,
     };
     let opts = req.opts.unwrap_or_default();
     let create = match create_request(&req.name, &opts) {
@@ -175,68 +243,81 @@ async fn create(State(state): State<PluginState>, body: Bytes) -> Response {
     };
     // dockerd retries: an existing volume of that name is this create's earlier success.
     match s.store.get(&keys::volume(&req.name)).await {
-        Ok(Some(_)) => return reply(json!({ "Err": "" })),
+        Ok(Some(_)) => return ok(),
         Ok(None) => {}
         Err(e) => return err(ApiError::from(e)),
     }
     match s.create_volume(create).await {
-        Ok(_) => reply(json!({ "Err": "" })),
-        Err(e) if e.status == 409 && e.field.as_deref() == Some("name") => reply(json!({ "Err": "" })),
+        Ok(_) => ok(),
+        Err(e) if e.status == 409 && e.field.as_deref() == Some("name") => ok(),
         Err(e) => err(e),
     }
 }
 
 async fn remove(State(state): State<PluginState>, body: Bytes) -> Response {
-    let (s, req) = match (ready(&state), parse(&body)) {
-        (Ok(s), Ok(r)) => (s, r),
-        (Err(e), _) | (_, Err(e)) => return e,
+    let (s, req) = match begin(&state, &body, "Remove").await {
+        Ok(x) => x,
+        Err(e) => return e,
     };
+    // dockerd removes only a volume none of its containers references: Docker holders left on
+    // this node lost their Unmount.
+    if let Err(e) = drop_docker_holders(&s, &req.name, None).await {
+        return err(e);
+    }
     match s.delete_volume(&req.name).await {
-        Ok(()) => reply(json!({ "Err": "" })),
-        Err(e) if e.status == 404 => reply(json!({ "Err": "" })),
+        Ok(()) => ok(),
+        Err(e) if e.status == 404 => ok(),
         Err(e) => err(e),
     }
 }
 
 async fn mount(State(state): State<PluginState>, body: Bytes) -> Response {
-    let (s, req) = match (ready(&state), parse(&body)) {
-        (Ok(s), Ok(r)) => (s, r),
-        (Err(e), _) | (_, Err(e)) => return e,
+    let (s, req) = match begin(&state, &body, "Mount").await {
+        Ok(x) => x,
+        Err(e) => return e,
     };
-    if req.id.is_empty() {
-        return err("Mount without an ID");
-    }
-    match s.mount_volume(&req.name, &format!("docker:{}", req.id), None).await {
+    match s.mount_volume(&req.name, &holder(&req.id), None).await {
         Ok(mp) => reply(json!({ "Mountpoint": mp, "Err": "" })),
         Err(e) => err(e),
     }
 }
 
 async fn unmount(State(state): State<PluginState>, body: Bytes) -> Response {
-    let (s, req) = match (ready(&state), parse(&body)) {
-        (Ok(s), Ok(r)) => (s, r),
-        (Err(e), _) | (_, Err(e)) => return e,
+    let (s, req) = match begin(&state, &body, "Unmount").await {
+        Ok(x) => x,
+        Err(e) => return e,
     };
-    match s.unmount_volume(&req.name, &format!("docker:{}", req.id)).await {
-        Ok(()) => reply(json!({ "Err": "" })),
-        Err(e) if e.status == 404 => reply(json!({ "Err": "" })),
+    match s.unmount_volume(&req.name, &holder(&req.id)).await {
+        Ok(()) => ok(),
+        Err(e) if e.status == 404 => ok(),
         Err(e) => err(e),
     }
 }
 
-/// The mountpoint on this node from the store, or "" when not mounted here.
-async fn mountpoint_of(s: &Shared, name: &str) -> Result<String, ApiError> {
-    let att = s.store.get_json::<AttachmentRecord>(&keys::attachment(name, s.node())).await?;
-    Ok(att.and_then(|a| a.value.host).map(|h| h.mountpoint.display().to_string()).unwrap_or_default())
+/// This node's attachment of `name`, from the store.
+async fn attachment(s: &Shared, name: &str) -> ApiResult<Option<AttachmentRecord>> {
+    Ok(s.store.get_json::<AttachmentRecord>(&keys::attachment(name, s.node())).await?.map(|r| r.value))
+}
+
+/// The mountpoint of an attachment, or "" when it is not (yet) mounted.
+fn mountpoint(att: Option<&AttachmentRecord>) -> String {
+    att.and_then(|a| a.host.as_ref()).map(|h| h.mountpoint.display().to_string()).unwrap_or_default()
+}
+
+fn created_at(secs: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
 }
 
 async fn path(State(state): State<PluginState>, body: Bytes) -> Response {
-    let (s, req) = match (ready(&state), parse(&body)) {
-        (Ok(s), Ok(r)) => (s, r),
-        (Err(e), _) | (_, Err(e)) => return e,
+    let (s, req) = match begin(&state, &body, "Path").await {
+        Ok(x) => x,
+        Err(e) => return e,
     };
-    match mountpoint_of(&s, &req.name).await {
-        Ok(mp) => reply(json!({ "Mountpoint": mp, "Err": "" })),
+    match attachment(&s, &req.name).await {
+        Ok(att) => reply(json!({ "Mountpoint": mountpoint(att.as_ref()), "Err": "" })),
         Err(e) => err(e),
     }
 }
@@ -246,21 +327,25 @@ async fn path(State(state): State<PluginState>, body: Bytes) -> Response {
 struct DockerVolume {
     name: String,
     mountpoint: String,
+    created_at: String,
     status: BTreeMap<String, Value>,
 }
 
 async fn get(State(state): State<PluginState>, body: Bytes) -> Response {
-    let (s, req) = match (ready(&state), parse(&body)) {
-        (Ok(s), Ok(r)) => (s, r),
-        (Err(e), _) | (_, Err(e)) => return e,
+    let (s, req) = match begin(&state, &body, "Get").await {
+        Ok(x) => x,
+        Err(e) => return e,
     };
     let rec = match s.store.get_json::<VolumeRecord>(&keys::volume(&req.name)).await {
         Ok(Some(r)) => r.value,
         Ok(None) => return err(format!("volume {:?} does not exist", req.name)),
         Err(e) => return err(ApiError::from(e)),
     };
-    let mountpoint = mountpoint_of(&s, &req.name).await.unwrap_or_default();
-    let status: BTreeMap<String, Value> = [
+    let att = match attachment(&s, &req.name).await {
+        Ok(a) => a,
+        Err(e) => return err(e),
+    };
+    let mut status: BTreeMap<String, Value> = [
         ("id".to_string(), json!(rec.id)),
         ("backend".to_string(), json!(rec.backend)),
         ("pool".to_string(), json!(rec.pool)),
@@ -270,12 +355,26 @@ async fn get(State(state): State<PluginState>, body: Bytes) -> Response {
         ("labels".to_string(), json!(rec.labels)),
     ]
     .into();
-    reply(json!({ "Volume": DockerVolume { name: rec.name, mountpoint, status }, "Err": "" }))
+    for (k, v) in [("node", json!(rec.node)), ("type", json!(rec.volume_type)), ("snapshot", json!(rec.source_snapshot)), ("error", json!(rec.error))] {
+        if !v.is_null() {
+            status.insert(k.to_string(), v);
+        }
+    }
+    if let Some(q) = &rec.qos
+        && let Some(iops) = q.iops
+    {
+        status.insert("iops".into(), json!(iops));
+    }
+    if let Some(a) = &att {
+        status.insert("mounts".into(), json!(a.holders.len()));
+    }
+    let vol = DockerVolume { name: rec.name, mountpoint: mountpoint(att.as_ref()), created_at: created_at(rec.created_at), status };
+    reply(json!({ "Volume": vol, "Err": "" }))
 }
 
-async fn list(State(state): State<PluginState>) -> Response {
-    let s = match ready(&state) {
-        Ok(s) => s,
+async fn list(State(state): State<PluginState>, body: Bytes) -> Response {
+    let s = match begin(&state, &body, "List").await {
+        Ok((s, _)) => s,
         Err(e) => return e,
     };
     let (vols, atts) = match (s.list_volumes_raw().await, s.store.list_json::<AttachmentRecord>(&keys::all_attachments()).await) {
@@ -283,17 +382,123 @@ async fn list(State(state): State<PluginState>) -> Response {
         (Err(e), _) => return err(e),
         (_, Err(e)) => return err(ApiError::from(e)),
     };
+    let here: BTreeMap<&str, &AttachmentRecord> =
+        atts.iter().filter(|a| a.value.node == s.node()).map(|a| (a.value.volume.as_str(), &a.value)).collect();
     let volumes: Vec<Value> = vols
-        .into_iter()
+        .iter()
         .map(|v| {
-            let mp = atts
-                .iter()
-                .find(|a| a.value.volume == v.name && a.value.node == s.node())
-                .and_then(|a| a.value.host.as_ref())
-                .map(|h| h.mountpoint.display().to_string())
-                .unwrap_or_default();
-            json!({ "Name": v.name, "Mountpoint": mp })
+            json!({
+                "Name": v.name,
+                "Mountpoint": mountpoint(here.get(v.name.as_str()).copied()),
+                "CreatedAt": created_at(v.created_at),
+            })
         })
         .collect();
     reply(json!({ "Volumes": volumes, "Err": "" }))
+}
+
+/// Drop the `docker:` holders of `name` on this node (only those in `only`, when given); the last
+/// holder to go unmounts and detaches. Returns how many were dropped.
+async fn drop_docker_holders(s: &Shared, name: &str, only: Option<&[String]>) -> ApiResult<usize> {
+    let Some(att) = attachment(s, name).await? else { return Ok(0) };
+    let stale: Vec<String> = att
+        .holders
+        .keys()
+        .filter(|h| h.starts_with(HOLDER_PREFIX))
+        .filter(|h| only.is_none_or(|o| o.contains(h)))
+        .cloned()
+        .collect();
+    for h in &stale {
+        tracing::info!(volume = %name, holder = %h, "reclaiming a Docker mount whose container is gone");
+        match s.unmount_volume(name, h).await {
+            Ok(()) => {}
+            Err(e) if e.status == 404 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(stale.len())
+}
+
+async fn reclaim_loop(state: PluginState, mut stop: watch::Receiver<bool>) {
+    let s = loop {
+        if let Some(s) = state.elara.get() {
+            break s.clone();
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = stop.changed() => return,
+        }
+    };
+    loop {
+        match reclaim_once(&s).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("reclaimed {n} Docker mount(s) whose containers are gone"),
+            Err(e) => tracing::warn!("Docker mount reclaim pass failed: {e}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(RECLAIM_EVERY) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// One sweep: for each volume attached on this node with `docker:` holders older than the grace,
+/// if no other mount namespace has it mounted, drop those holders.
+pub async fn reclaim_once(s: &Shared) -> ApiResult<usize> {
+    let atts = s.store.list_json::<AttachmentRecord>(&keys::all_attachments()).await?;
+    let cutoff = now() - RECLAIM_GRACE_SECS;
+    let mut reclaimed = 0;
+    for a in atts.into_iter().map(|r| r.value) {
+        if a.node != s.node() || a.state != AttachmentState::Attached {
+            continue;
+        }
+        let Some(host) = &a.host else { continue };
+        let old: Vec<String> =
+            a.holders.iter().filter(|(h, v)| h.starts_with(HOLDER_PREFIX) && v.since <= cutoff).map(|(h, _)| h.clone()).collect();
+        if old.is_empty() {
+            continue;
+        }
+        let mountpoint = host.mountpoint.clone();
+        let in_use = tokio::task::spawn_blocking(move || used_by_another_namespace(&mountpoint))
+            .await
+            .map_err(|e| ApiError::internal(format!("reclaim scan: {e}")))?;
+        match in_use {
+            Ok(true) => {}
+            Ok(false) => reclaimed += drop_docker_holders(s, &a.volume, Some(&old)).await?,
+            Err(e) => tracing::warn!(volume = %a.volume, "cannot tell whether a container still uses it: {e}"),
+        }
+    }
+    Ok(reclaimed)
+}
+
+/// Whether a process in another mount namespace (a container) has the filesystem mounted at
+/// `mountpoint` bind-mounted somewhere else. Copies propagated to the same path (slave namespaces
+/// of system services) do not count; anything unreadable counts as in use.
+fn used_by_another_namespace(mountpoint: &Path) -> std::io::Result<bool> {
+    let ours = mountinfo::read().map_err(std::io::Error::other)?;
+    let Some(entry) = ours.iter().rev().find(|m| m.mount_point == mountpoint) else {
+        // Not mounted in our namespace: nothing of ours for a container to hold.
+        return Ok(false);
+    };
+    let own_ns = std::fs::read_link("/proc/self/ns/mnt")?;
+    let mut seen = std::collections::BTreeSet::new();
+    seen.insert(own_ns);
+    for p in std::fs::read_dir("/proc")?.flatten() {
+        let pid = p.file_name();
+        if !pid.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(ns) = std::fs::read_link(p.path().join("ns/mnt")) else { continue };
+        if !seen.insert(ns) {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(p.path().join("mountinfo")) else { continue };
+        let holds = mountinfo::parse(&text)
+            .iter()
+            .any(|m| m.dev == entry.dev && m.root.starts_with(&entry.root) && m.mount_point != entry.mount_point);
+        if holds {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
