@@ -4,6 +4,7 @@ Adapted from the Cinder recipe's sched_inproc.py. Needs the venv made by scripts
 
     python cinder_compare.py < cases.json          # compare mode: one JSON result per case
     python cinder_compare.py --bench < bench.json  # timing mode
+    python cinder_compare.py --match < pairs.json  # extra_specs_ops.match on (capability, requirement) pairs
 
 Compare input: {"cases": [{"name": str, "pools": [pool, ...], "size": number, "specs": {key: value},
                            "capacity_weight_multiplier": float?, "allocated_capacity_weight_multiplier": float?,
@@ -13,8 +14,11 @@ Compare output: {"results": [{"name", "passed": [pool names, input order], "weig
                   (best first), "chosen": name|null, "burst": [name|null, ...], "error": str?, "burst_error": str?}]}
   "error": Cinder raised on the first placement (nothing else is set); "burst_error": it raised on the
   placement after the last one in "burst".
+Match input: {"pairs": [[capability value, requirement text], ...]}
+Match output: {"results": [true | false | "TypeName: message" (match raised), ...]}
 Bench input: {"pools": [...], "size": n, "specs": {...}, "repeat": n}
-Bench output: {"pools": n, "seconds_per_placement": s, "chosen": name}
+Bench output: {"pools": n, "repeat": n, "seconds_min": s, "seconds_median": s, "chosen": name} (one placement:
+  CapacityFilter + CapabilitiesFilter + AvailabilityZoneFilter, then CapacityWeigher, on pools already loaded)
 """
 import json
 import sys
@@ -30,6 +34,7 @@ from cinder import objects  # noqa: E402
 
 objects.register_all()
 from cinder.scheduler import filters as sfilters  # noqa: E402
+from cinder.scheduler.filters import extra_specs_ops  # noqa: E402
 from cinder.scheduler import host_manager, weights  # noqa: E402
 from cinder.scheduler.filters.availability_zone_filter import AvailabilityZoneFilter  # noqa: E402
 from cinder.scheduler.filters.capabilities_filter import CapabilitiesFilter  # noqa: E402
@@ -110,21 +115,34 @@ def bench(doc):
     pools = [make_pool(d) for d in doc["pools"]]
     specs = doc.get("specs", {})
     repeat = max(1, int(doc.get("repeat", 5)))
-    best = None
+    times = []
     chosen = None
     for _ in range(repeat):
         t0 = time.perf_counter()
         _, weighed = place(pools, doc["size"], specs, [CapacityWeigher])
-        dt = time.perf_counter() - t0
-        best = dt if best is None else min(best, dt)
+        times.append(time.perf_counter() - t0)
         chosen = weighed[0].obj.pool_name if weighed else None
-    return {"pools": len(pools), "seconds_per_placement": best, "chosen": chosen}
+    times.sort()
+    return {"pools": len(pools), "repeat": repeat, "seconds_min": times[0],
+            "seconds_median": times[len(times) // 2], "chosen": chosen}
+
+
+def match_pairs(doc):
+    results = []
+    for value, req in doc["pairs"]:
+        try:
+            results.append(bool(extra_specs_ops.match(value, req)))
+        except Exception as e:
+            results.append(error_text(e))
+    return {"results": results}
 
 
 def main():
     doc = json.load(sys.stdin)
     if "--bench" in sys.argv[1:]:
         print(json.dumps(bench(doc)))
+    elif "--match" in sys.argv[1:]:
+        print(json.dumps(match_pairs(doc)))
     else:
         print(json.dumps({"results": [run_case(c) for c in doc["cases"]]}))
 

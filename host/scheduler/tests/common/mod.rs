@@ -1,3 +1,4 @@
-//! Helpers shared by the integration tests and the benchmark.
+//! Helpers shared by the integration tests, the benchmark and the fuzz target.
 
 pub mod cinder;
+pub mod expr_props;
