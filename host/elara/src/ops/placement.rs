@@ -82,13 +82,26 @@ impl Elara {
             .filter(|p| backends.iter().any(|b| b.name == p.backend))
             .collect();
         // A backend with no report yet (just added, or reports are failing) gets one now.
+        let mut failed = Vec::new();
         for b in backends {
             if !pools.iter().any(|p| p.backend == b.name) {
                 match self.refresh_backend_pools(&b.name).await {
                     Ok(mut fresh) => pools.append(&mut fresh),
-                    Err(e) => tracing::warn!(backend = %b.name, "pool report failed: {e}"),
+                    Err(e) => {
+                        tracing::warn!(backend = %b.name, "pool report failed: {e}");
+                        failed.push(e);
+                    }
                 }
             }
+        }
+        // Nothing to place in because the reports failed: say why (bad credentials, an
+        // unreachable endpoint) rather than "no pools are known".
+        if pools.is_empty() && !failed.is_empty() {
+            if failed.len() == 1 {
+                return Err(failed.remove(0));
+            }
+            let all: Vec<String> = failed.iter().map(ToString::to_string).collect();
+            return Err(ApiError::unavailable(all.join("; ")));
         }
         Ok(pools)
     }
