@@ -12,11 +12,11 @@
 #
 # The stack: cinder==29.0.0 from PyPI in a venv (api + scheduler + volume), RabbitMQ and MariaDB
 # from Debian, each on 127.0.0.1, with auth_strategy=noauth (the token `admin:<project>` is an
-# admin of <project>). Two Cinder backends: `fake` (Cinder's FakeLoggingVolumeDriver, one pool of
-# infinite capacity) and `multi` (scripts/services/cinder/multipool_driver.py: the pools in
-# DIR/pools.json, copied from scripts/services/cinder/pools.json on the first start). Both are
-# fakes below the API: volumes exist in Cinder's database only, and initialize_connection answers
-# iSCSI details for 127.0.0.1:3260. Everything above that (API, scheduler, RPC, DB, states,
+# admin of <project>). Two Cinder backends (scripts/services/cinder/multipool_driver.py): `fake`
+# (one pool of infinite capacity) and `multi` (the pools in DIR/pools.json, copied from
+# scripts/services/cinder/pools.json on the first start). Both are Cinder's FakeLoggingVolumeDriver
+# below the API: volumes exist in Cinder's database only, and initialize_connection answers
+# complete iSCSI details (portal 127.0.0.1:3260, iqn, lun 0, CHAP). Everything above that (API, scheduler, RPC, DB, states,
 # attachments, user messages) is the real Cinder.
 #
 # Installs only what is missing: Debian packages rabbitmq-server, mariadb-server, python3-venv,
@@ -241,7 +241,7 @@ connection = mysql+pymysql://cinder:cinder@127.0.0.1:$MYSQL_PORT/cinder?charset=
 [oslo_concurrency]
 lock_path = $BASE/locks
 [fake]
-volume_driver = cinder.tests.fake_driver.FakeLoggingVolumeDriver
+volume_driver = multipool_driver.IscsiFakeDriver
 volume_backend_name = fake
 [multi]
 volume_driver = multipool_driver.MultiPoolFakeDriver
