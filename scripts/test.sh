@@ -27,14 +27,25 @@ cargo build -p elara
 export ELARA_BIN=$ROOT/target/debug/elara ELARA_DRIVERS_DIR=$ROOT/target/drivers
 
 echo "== services"
-SERVICES+=(etcd)
-ELARA_TEST_ETCD=$(bash scripts/services/etcd.sh start "$WORK/etcd" | sed -n 's/^ELARA_TEST_ETCD=//p')
-export ELARA_TEST_ETCD
-echo "etcd on $ELARA_TEST_ETCD"
+# Each service script prints KEY=VALUE lines (endpoints, credentials) that the tests read from the
+# environment; each is stopped by pid on the way out.
+start_service() {
+  local name=$1 out
+  SERVICES+=("$name")
+  echo "-- $name"
+  out=$(bash "scripts/services/$name.sh" start "$WORK/$name") || { echo "$out"; echo "service $name failed to start"; exit 1; }
+  while IFS= read -r line; do
+    if [[ $line =~ ^[A-Z_][A-Z0-9_]*= ]]; then export "${line?}"; echo "   $line" | sed -E 's/(SECRET[A-Z_]*=|TOKEN=).*/\1***/'; fi
+  done <<< "$out"
+}
+start_service etcd
+start_service docker
+start_service s3
+start_service cinder
 if [ -x scripts/scheduler-cinder-venv.sh ]; then
   ELARA_CINDER_PY=$(bash scripts/scheduler-cinder-venv.sh | tail -1)
   export ELARA_CINDER_PY
-  echo "cinder (in-process scheduler) python: $ELARA_CINDER_PY"
+  echo "-- cinder (in-process scheduler) python: $ELARA_CINDER_PY"
 fi
 
 echo "== tests"
