@@ -9,7 +9,7 @@
 //! (`--plugin-dir`) and gets a spec file under a unique name `elara-t<pid>-<n>`; the test then
 //! says `docker volume create -d elara-t<pid>-<n>`. The name `elara` of a real install is never
 //! written, shadowed or asked for. Spec files are removed on drop, and stale ones left by a killed
-//! test run (their socket is gone) are swept when a new [`Plugin`] is made. Every dockerd scans all
+//! test run (the test process named in them is gone) are swept when a new [`Plugin`] is made. Every dockerd scans all
 //! spec files for `docker volume ls`, so tests filter listings by driver name.
 
 use std::io::{Read, Write};
@@ -171,17 +171,15 @@ impl Drop for Plugin {
     }
 }
 
-/// Remove test spec files (`elara-t*.spec`) whose socket no longer exists.
+/// Remove test spec files (`elara-t-<pid>-<n>.spec`) whose test process is gone.
 fn sweep_stale_specs() {
     let Ok(entries) = std::fs::read_dir(SPEC_DIR) else { return };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
-        if !(name.starts_with("elara-t") && name.ends_with(".spec")) {
+        let Some(pid) = name.strip_prefix("elara-t-").and_then(|r| r.split('-').next()).and_then(|p| p.parse::<u32>().ok()) else {
             continue;
-        }
-        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-        let socket = text.trim().trim_start_matches("unix://");
-        if !Path::new(socket).exists() {
+        };
+        if name.ends_with(".spec") && !Path::new(&format!("/proc/{pid}")).exists() {
             let _ = std::fs::remove_file(e.path());
         }
     }
@@ -192,12 +190,13 @@ pub fn plugin_call(socket: &Path, method: &str, body: &Value) -> anyhow::Result<
     let mut s = std::os::unix::net::UnixStream::connect(socket).with_context(|| format!("connecting to {}", socket.display()))?;
     s.set_read_timeout(Some(Duration::from_secs(120)))?;
     let body = body.to_string();
-    write!(
-        s,
+    // One write: a handler that ignores the body may answer and close before reading it.
+    let request = format!(
         "POST /{method} HTTP/1.1\r\nHost: plugin\r\nAccept: application/vnd.docker.plugins.v1.2+json\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
-    )?;
+    );
+    s.write_all(request.as_bytes())?;
     let mut reply = String::new();
     s.read_to_string(&mut reply)?;
     let (head, payload) = reply.split_once("\r\n\r\n").with_context(|| format!("no HTTP reply to {method}: {reply:?}"))?;

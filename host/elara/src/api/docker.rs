@@ -12,11 +12,15 @@
 //!   `Create` of an existing name succeeds, `Remove` of a missing volume succeeds, and mounts are
 //!   held per Docker mount `ID` (holder `docker:<ID>`) in the store, so the attachment is
 //!   reference-counted across containers and a repeated `Mount` or `Unmount` changes nothing.
-//! * Reclaiming: dockerd sends `Remove` only when none of its containers references the volume,
-//!   so any `docker:` holder left on this node then is stale (its `Unmount` was lost, e.g. Elara
-//!   was down when the container exited) and is dropped before the delete. A background sweep also
-//!   drops `docker:` holders older than [`RECLAIM_GRACE_SECS`] of a volume that no process in
-//!   another mount namespace (a container) has mounted any more.
+//! * Reclaiming lost `Unmount`s (Elara was down when a container went away, and dockerd gave up
+//!   retrying): a container's mount of a volume lives in the container's mount namespace, so a
+//!   volume that no process in another mount namespace has mounted is used by no container.
+//!   dockerd sends `Remove` only when none of its containers references the volume, so `Remove`
+//!   first drops the `docker:` holders of such a volume on this node. A background sweep does the
+//!   same for holders older than a grace period (a container starts right after its Mount), so
+//!   loop devices and mounts come back without a `docker volume rm`. Grace and period default to
+//!   [`RECLAIM_GRACE_SECS`] and 30 s; `ELARA_DOCKER_RECLAIM_SECS=N` sets both to N seconds, `0`
+//!   turns the sweep off.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -57,6 +61,9 @@ pub const RECLAIM_GRACE_SECS: i64 = 60;
 
 /// How often the reclaim sweep runs.
 const RECLAIM_EVERY: Duration = Duration::from_secs(30);
+
+/// Test and tuning knob: grace and period of the reclaim sweep in seconds, `0` for off.
+pub const RECLAIM_ENV: &str = "ELARA_DOCKER_RECLAIM_SECS";
 
 /// Holders that Docker mounts are recorded under.
 const HOLDER_PREFIX: &str = "docker:";
@@ -260,8 +267,8 @@ async fn remove(State(state): State<PluginState>, body: Bytes) -> Response {
         Err(e) => return e,
     };
     // dockerd removes only a volume none of its containers references: Docker holders left on
-    // this node lost their Unmount.
-    if let Err(e) = drop_docker_holders(&s, &req.name, None).await {
+    // this node lost their Unmount, unless a container (of another engine) still has it mounted.
+    if let Err(e) = reclaim_volume(&s, &req.name, None).await {
         return err(e);
     }
     match s.delete_volume(&req.name).await {
@@ -397,17 +404,32 @@ async fn list(State(state): State<PluginState>, body: Bytes) -> Response {
     reply(json!({ "Volumes": volumes, "Err": "" }))
 }
 
-/// Drop the `docker:` holders of `name` on this node (only those in `only`, when given); the last
-/// holder to go unmounts and detaches. Returns how many were dropped.
-async fn drop_docker_holders(s: &Shared, name: &str, only: Option<&[String]>) -> ApiResult<usize> {
+/// Drop the `docker:` holders of `name` on this node that were mounted at or before `cutoff`
+/// (all of them with `None`), if no container has the volume mounted; the last holder to go
+/// unmounts and detaches. Returns how many holders were dropped.
+async fn reclaim_volume(s: &Shared, name: &str, cutoff: Option<i64>) -> ApiResult<usize> {
     let Some(att) = attachment(s, name).await? else { return Ok(0) };
+    if att.state != AttachmentState::Attached {
+        return Ok(0);
+    }
     let stale: Vec<String> = att
         .holders
-        .keys()
-        .filter(|h| h.starts_with(HOLDER_PREFIX))
-        .filter(|h| only.is_none_or(|o| o.contains(h)))
-        .cloned()
+        .iter()
+        .filter(|(h, v)| h.starts_with(HOLDER_PREFIX) && cutoff.is_none_or(|c| v.since <= c))
+        .map(|(h, _)| h.clone())
         .collect();
+    let Some(host) = &att.host else { return Ok(0) };
+    if stale.is_empty() {
+        return Ok(0);
+    }
+    let mountpoint = host.mountpoint.clone();
+    let in_use = tokio::task::spawn_blocking(move || used_by_another_namespace(&mountpoint))
+        .await
+        .map_err(|e| ApiError::internal(format!("reclaim scan: {e}")))?
+        .map_err(|e| ApiError::internal(format!("cannot tell whether a container still uses volume {name:?}: {e}")))?;
+    if in_use {
+        return Ok(0);
+    }
     for h in &stale {
         tracing::info!(volume = %name, holder = %h, "reclaiming a Docker mount whose container is gone");
         match s.unmount_volume(name, h).await {
@@ -419,7 +441,20 @@ async fn drop_docker_holders(s: &Shared, name: &str, only: Option<&[String]>) ->
     Ok(stale.len())
 }
 
+/// The sweep's grace (and period), from [`RECLAIM_ENV`]; `None` when turned off.
+fn reclaim_grace() -> Option<(i64, Duration)> {
+    match std::env::var(RECLAIM_ENV).ok().and_then(|v| v.trim().parse::<u64>().ok()) {
+        Some(0) => None,
+        Some(n) => Some((n as i64, Duration::from_secs(n))),
+        None => Some((RECLAIM_GRACE_SECS, RECLAIM_EVERY)),
+    }
+}
+
 async fn reclaim_loop(state: PluginState, mut stop: watch::Receiver<bool>) {
+    let Some((grace, every)) = reclaim_grace() else {
+        tracing::info!("Docker mount reclaim sweep is off ({RECLAIM_ENV}=0)");
+        return;
+    };
     let s = loop {
         if let Some(s) = state.elara.get() {
             break s.clone();
@@ -430,42 +465,30 @@ async fn reclaim_loop(state: PluginState, mut stop: watch::Receiver<bool>) {
         }
     };
     loop {
-        match reclaim_once(&s).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!("reclaimed {n} Docker mount(s) whose containers are gone"),
-            Err(e) => tracing::warn!("Docker mount reclaim pass failed: {e}"),
+        match reclaim_once(&s, grace).await {
+            Ok(n) => tracing::debug!(reclaimed = n, "Docker reclaim sweep done"),
+            Err(e) => tracing::warn!("Docker mount reclaim sweep failed: {e}"),
         }
         tokio::select! {
-            _ = tokio::time::sleep(RECLAIM_EVERY) => {}
+            _ = tokio::time::sleep(every) => {}
             _ = stop.changed() => return,
         }
     }
 }
 
-/// One sweep: for each volume attached on this node with `docker:` holders older than the grace,
-/// if no other mount namespace has it mounted, drop those holders.
-pub async fn reclaim_once(s: &Shared) -> ApiResult<usize> {
+/// One sweep over this node's attachments: Docker holders older than `grace` seconds of volumes
+/// no container has mounted are dropped. Returns how many.
+pub async fn reclaim_once(s: &Shared, grace: i64) -> ApiResult<usize> {
     let atts = s.store.list_json::<AttachmentRecord>(&keys::all_attachments()).await?;
-    let cutoff = now() - RECLAIM_GRACE_SECS;
+    let cutoff = now() - grace;
     let mut reclaimed = 0;
     for a in atts.into_iter().map(|r| r.value) {
-        if a.node != s.node() || a.state != AttachmentState::Attached {
+        if a.node != s.node() || !a.holders.iter().any(|(h, v)| h.starts_with(HOLDER_PREFIX) && v.since <= cutoff) {
             continue;
         }
-        let Some(host) = &a.host else { continue };
-        let old: Vec<String> =
-            a.holders.iter().filter(|(h, v)| h.starts_with(HOLDER_PREFIX) && v.since <= cutoff).map(|(h, _)| h.clone()).collect();
-        if old.is_empty() {
-            continue;
-        }
-        let mountpoint = host.mountpoint.clone();
-        let in_use = tokio::task::spawn_blocking(move || used_by_another_namespace(&mountpoint))
-            .await
-            .map_err(|e| ApiError::internal(format!("reclaim scan: {e}")))?;
-        match in_use {
-            Ok(true) => {}
-            Ok(false) => reclaimed += drop_docker_holders(s, &a.volume, Some(&old)).await?,
-            Err(e) => tracing::warn!(volume = %a.volume, "cannot tell whether a container still uses it: {e}"),
+        match reclaim_volume(s, &a.volume, Some(cutoff)).await {
+            Ok(n) => reclaimed += n,
+            Err(e) => tracing::warn!(volume = %a.volume, "reclaiming its Docker mounts: {e}"),
         }
     }
     Ok(reclaimed)
