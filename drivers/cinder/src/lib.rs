@@ -194,9 +194,18 @@ fn create_volume(spec: &VolumeSpec, source: Option<(&str, &CinderSnapshot)>) -> 
     });
     match source {
         Some((snapshot_id, snap)) => {
-            // Cinder keeps the snapshot's volume type and places the volume beside it.
+            // Cinder keeps the snapshot's volume type and places the volume beside it
+            // (`snapshot_same_host`): in the pool of the snapshot's volume, whatever Elara chose.
             metadata.insert(MD_SOURCE, snapshot_id.to_string());
             body["snapshot_id"] = Value::String(snap.id.clone());
+            if let Some(src) = api.volume(&snap.volume_id)? {
+                if let Some(pool) = src.metadata.get(MD_POOL).cloned().or(src.host) {
+                    if pool != spec.pool {
+                        info!("volume {}: Cinder places it beside snapshot {snapshot_id}, in pool {pool} (not {})", spec.id, spec.pool);
+                    }
+                    metadata.insert(MD_POOL, pool);
+                }
+            }
         }
         None => {
             let target = pools::target(&api, &spec.pool)?;

@@ -31,6 +31,21 @@ pub enum Target {
     Type(String),
 }
 
+/// Keys the pool record carries as figures (Elara's scheduler rebuilds them under these names
+/// from the record and refuses them as free capabilities).
+const FIGURES: &[&str] = &[
+    "name",
+    "pool_name",
+    "total_capacity_gb",
+    "free_capacity_gb",
+    "allocated_capacity_gb",
+    "provisioned_capacity_gb",
+    "reserved_percentage",
+    "thin_provisioning_support",
+    "thick_provisioning_support",
+    "max_over_subscription_ratio",
+];
+
 /// A capacity figure in GiB (`100`, `12.5`, `"infinite"`, `"unknown"`).
 pub fn capacity(v: Option<&Value>) -> Capacity {
     match v {
@@ -90,10 +105,13 @@ pub fn pool_from_cinder(name: &str, caps: &serde_json::Map<String, Value>) -> Po
     let reserved = caps.get("reserved_percentage").and_then(|v| python_str(v)?.parse::<f64>().ok()).unwrap_or(0.0);
     let mut capabilities: Vec<(String, String)> = caps
         .iter()
-        .filter(|(k, _)| k.as_str() != "timestamp")
+        .filter(|(k, _)| k.as_str() != "timestamp" && !FIGURES.contains(&k.as_str()))
         .filter_map(|(k, v)| python_str(v).map(|s| (k.clone(), s)))
         .collect();
     capabilities.push(("cinder_pool".into(), name.to_string()));
+    if let Some(short) = caps.get("pool_name").and_then(python_str) {
+        capabilities.push(("cinder_pool_name".into(), short));
+    }
     capabilities.sort();
     Pool {
         name: name.to_string(),
@@ -110,8 +128,11 @@ pub fn pool_from_cinder(name: &str, caps: &serde_json::Map<String, Value>) -> Po
 
 /// A volume type as a pool of unknown capacity (Cinder's scheduler decides inside it).
 pub fn pool_from_type(name: &str, extra_specs: &serde_json::Map<String, Value>) -> Pool {
-    let mut capabilities: Vec<(String, String)> =
-        extra_specs.iter().filter_map(|(k, v)| python_str(v).map(|s| (k.clone(), s))).collect();
+    let mut capabilities: Vec<(String, String)> = extra_specs
+        .iter()
+        .filter(|(k, _)| !FIGURES.contains(&k.as_str()))
+        .filter_map(|(k, v)| python_str(v).map(|s| (k.clone(), s)))
+        .collect();
     capabilities.push(("volume_type".into(), name.to_string()));
     capabilities.sort();
     Pool {
@@ -302,6 +323,9 @@ mod tests {
         assert_eq!(cap("cinder_pool"), Some("h@multi#p3"));
         assert_eq!(cap("timestamp"), None);
         assert_eq!(cap("filter_function"), None);
+        assert_eq!(cap("pool_name"), None);
+        assert_eq!(cap("total_capacity_gb"), None);
+        assert_eq!(cap("cinder_pool_name"), Some("p3"));
     }
 
     #[test]
