@@ -475,3 +475,69 @@ fn cinder_driver_check() -> anyhow::Result<()> {
     ensure!(cinder.volumes_where("elara-tag", &tag)?.is_empty(), "the suite left Cinder volumes");
     Ok(())
 }
+
+/// A create cut off in the middle of the driver's call (the call's wall-clock limit drops the
+/// instance while it waits for Cinder), then retried with the same Elara id on a fresh instance,
+/// finds the volume the first attempt made: exactly one Cinder volume for the id. This is the
+/// driver's half of crash safety, without the daemon's reconciler in between.
+#[test]
+fn cinder_create_retried_after_interruption() -> anyhow::Result<()> {
+    use elara_runtime::{BackendSpec, CallError, HostGrant, Limits, Runtime, RuntimeConfig, VolumeSpec};
+    let cinder = Cinder::from_env();
+    let wasm = std::fs::read(drivers_dir().join("cinder.wasm")).context("reading cinder.wasm (scripts/build-drivers.sh)")?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async {
+        let runtime = Runtime::new(RuntimeConfig {
+            cache_dir: std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cinder-driver-cache"),
+            ..Default::default()
+        })?;
+        let driver = runtime.load_driver(&wasm).await?;
+        let tag = unique("retry");
+        let pool_dir = tempfile::tempdir()?;
+        let grant: HostGrant = cinder.host_port().parse()?;
+        let config = vec![
+            ("endpoint".to_string(), cinder.endpoint.clone()),
+            ("auth".into(), "noauth".into()),
+            ("project_id".into(), cinder.project.clone()),
+            ("tag".into(), tag.clone()),
+        ];
+        let open = |name: &str, limits: Limits| {
+            let spec = BackendSpec { name: name.into(), pool_dir: pool_dir.path().to_path_buf(), config: config.clone(), grants: vec![grant.clone()], limits };
+            runtime.open_backend(&driver, spec)
+        };
+        let patient = open("cinder-patient", Limits::default()).await?;
+        // Find a call limit that ends the call after Cinder accepted the create but before it finished.
+        for limit_ms in [150u64, 250, 350, 450, 600, 800, 1000, 1300] {
+            let id = unique("cut");
+            let spec = VolumeSpec {
+                id: id.clone(),
+                name: format!("{id}-name"),
+                size_bytes: 1 << 30,
+                pool: PINNED_POOL.into(),
+                labels: vec![],
+                qos: None,
+            };
+            let hasty = open("cinder-hasty", Limits { call_timeout: Duration::from_millis(limit_ms), ..Limits::default() }).await?;
+            let first = hasty.create(&spec).await;
+            let seen = cinder.volumes_where("elara-id", &id)?;
+            let interrupted = matches!(first, Err(CallError::Timeout { .. })) && !seen.is_empty();
+            if !interrupted {
+                // Cut off before the POST, or finished in time: clean up, try a longer limit.
+                patient.delete(&id).await?;
+                ensure!(cinder.volumes_where("elara-id", &id)?.is_empty(), "delete left a Cinder volume for {id}");
+                continue;
+            }
+            let state = s(&seen[0], "status").to_string();
+            let again = patient.create(&spec).await?;
+            let vols = cinder.volumes_where("elara-id", &id)?;
+            ensure!(vols.len() == 1, "after the retry {} Cinder volumes carry {id}: {vols:?}", vols.len());
+            ensure!(vols[0]["id"] == again.backend_ref.as_str() && vols[0]["status"] == "available", "retry returned {again:?}; Cinder has {:?}", vols[0]);
+            ensure!(s(&seen[0], "id") == again.backend_ref, "the retry made a new volume instead of finding {}", seen[0]["id"]);
+            eprintln!("create cut off after {limit_ms} ms with the Cinder volume {state}; the retry found it");
+            patient.delete(&id).await?;
+            ensure!(cinder.volumes_where("elara-tag", &tag)?.is_empty(), "Cinder volumes left for tag {tag}");
+            return Ok(());
+        }
+        bail!("no call limit cut a create off after Cinder accepted it; widen the list of limits")
+    })
+}
