@@ -198,13 +198,13 @@ fn create_volume(spec: &VolumeSpec, source: Option<(&str, &CinderSnapshot)>) -> 
             // (`snapshot_same_host`): in the pool of the snapshot's volume, whatever Elara chose.
             metadata.insert(MD_SOURCE, snapshot_id.to_string());
             body["snapshot_id"] = Value::String(snap.id.clone());
-            if let Some(src) = api.volume(&snap.volume_id)? {
-                if let Some(pool) = src.metadata.get(MD_POOL).cloned().or(src.host) {
-                    if pool != spec.pool {
-                        info!("volume {}: Cinder places it beside snapshot {snapshot_id}, in pool {pool} (not {})", spec.id, spec.pool);
-                    }
-                    metadata.insert(MD_POOL, pool);
+            if let Some(src) = api.volume(&snap.volume_id)?
+                && let Some(pool) = src.metadata.get(MD_POOL).cloned().or(src.host)
+            {
+                if pool != spec.pool {
+                    info!("volume {}: Cinder places it beside snapshot {snapshot_id}, in pool {pool} (not {})", spec.id, spec.pool);
                 }
+                metadata.insert(MD_POOL, pool);
             }
         }
         None => {
@@ -449,12 +449,11 @@ impl Guest for CinderDriver {
         let what = format!("attaching volume {volume_id} (Cinder {}) to node {}", v.id, node.name);
         let doing = Doing { what: &what, field: "volume-id" };
         // Attached already (a retried attach): the same connection.
-        if let Some(a) = node_attachment(&v, &node) {
-            if let Some(att) = api.attachment(&a.attachment_id)?
-                && let Some(info) = &att.connection_info
-            {
-                return node_connection(info, &node);
-            }
+        if let Some(a) = node_attachment(&v, &node)
+            && let Some(att) = api.attachment(&a.attachment_id)?
+            && let Some(info) = &att.connection_info
+        {
+            return node_connection(info, &node);
         }
         // Attachments never completed are what an interrupted attach left: remove them.
         let completed: Vec<&str> = v.attachments.iter().map(|a| a.attachment_id.as_str()).collect();

@@ -169,19 +169,24 @@ fn is_forbidden(e: &DriverError) -> bool {
 
 /// The extra specs of a volume type, by name (admin sees private types too).
 pub fn type_specs(api: &Api, name: &str) -> DriverResult<Option<serde_json::Map<String, Value>>> {
-    Ok(all_types(api)?.into_iter().find(|(n, _, _)| n == name).map(|(_, _, specs)| specs))
+    Ok(all_types(api)?.into_iter().find(|t| t.name == name).map(|t| t.specs))
 }
 
-/// Every volume type the credentials see: (name, id, extra specs).
-fn all_types(api: &Api) -> DriverResult<Vec<(String, String, serde_json::Map<String, Value>)>> {
+/// A volume type: its name and extra specs.
+struct VolumeType {
+    name: String,
+    specs: serde_json::Map<String, Value>,
+}
+
+/// Every volume type the credentials see.
+fn all_types(api: &Api) -> DriverResult<Vec<VolumeType>> {
     let doing = Doing { what: "listing volume types", field: "volume_type" };
     let v = api.call("GET", "/types?is_public=None", None, None, doing)?;
     let mut out = Vec::new();
     for t in v.get("volume_types").and_then(Value::as_array).into_iter().flatten() {
         let name = t.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
-        let id = t.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
         let specs = t.get("extra_specs").and_then(Value::as_object).cloned().unwrap_or_default();
-        out.push((name, id, specs));
+        out.push(VolumeType { name, specs });
     }
     Ok(out)
 }
@@ -227,8 +232,8 @@ fn type_pools(api: &Api) -> DriverResult<Vec<(Pool, Target)>> {
     let types = all_types(api)?;
     let out: Vec<(Pool, Target)> = types
         .into_iter()
-        .filter(|(name, _, _)| api.settings.volume_type.as_ref().is_none_or(|t| t == name))
-        .map(|(name, _, specs)| (pool_from_type(&name, &specs), Target::Type(name)))
+        .filter(|t| api.settings.volume_type.as_ref().is_none_or(|want| *want == t.name))
+        .map(|t| (pool_from_type(&t.name, &t.specs), Target::Type(t.name)))
         .collect();
     if out.is_empty() {
         return Err(match &api.settings.volume_type {
