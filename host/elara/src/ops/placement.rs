@@ -165,7 +165,8 @@ impl Elara {
             .await?
             .into_iter()
             .map(|n| n.record.name)
-            .filter(|n| !alive.contains(&keys::node_alive(n)))
+            // This daemon is serving the request: its node is up even if its lease just lapsed.
+            .filter(|n| n != self.node() && !alive.contains(&keys::node_alive(n)))
             .collect();
         let scheduler = Scheduler {
             // Three missed refreshes make a report stale.
