@@ -6,6 +6,12 @@
 #                                            ELARA_TEST_CINDER=http://127.0.0.1:8776/v3/<project>
 #                                            ELARA_TEST_CINDER_PROJECT=<project>
 #                                            ELARA_TEST_CINDER_TOKEN=admin:<project>
+#                                            ELARA_TEST_CINDER_KEYSTONE=http://127.0.0.1:8777/v3
+#                                            ELARA_TEST_KEYSTONE=http://127.0.0.1:5000/v3
+#                                            ELARA_TEST_KEYSTONE_USER=elara  ..._PASSWORD=...
+#                                            ELARA_TEST_KEYSTONE_PROJECT=elara ..._PROJECT_ID=<id>
+#                                            ELARA_TEST_KEYSTONE_APPCRED_ID=... ..._APPCRED_SECRET=...
+#                                            ELARA_TEST_KEYSTONE_ADMIN_PASSWORD=... (user `admin`)
 #                                          (a no-op that prints the same lines when already running)
 #   scripts/services/cinder.sh stop DIR    stop what `start` started in DIR, by the recorded pids
 #   scripts/services/cinder.sh status DIR  exit 0 and print the env lines if the stack is up
@@ -16,19 +22,27 @@
 # (one pool of infinite capacity) and `multi` (the pools in DIR/pools.json, copied from
 # scripts/services/cinder/pools.json on the first start). Both are Cinder's FakeLoggingVolumeDriver
 # below the API: volumes exist in Cinder's database only, and initialize_connection answers
-# complete iSCSI details (portal 127.0.0.1:3260, iqn, lun 0, CHAP). Everything above that (API, scheduler, RPC, DB, states,
-# attachments, user messages) is the real Cinder.
+# complete iSCSI details (portal 127.0.0.1:3260, iqn, lun 0, CHAP). Everything above that (API,
+# scheduler, RPC, DB, states, attachments, user messages) is the real Cinder.
+#
+# Keystone too: keystone==30.0.0 (a venv of its own, SQLite, fernet tokens) on 127.0.0.1:5000,
+# bootstrapped with an `admin` user, plus a project `elara` whose user `elara` (password, and an
+# application credential) has the admin role there; and a second cinder-api on 127.0.0.1:8777
+# with auth_strategy=keystone over the same database and services, for Keystone-authenticated
+# drivers. Volumes made through it belong to the `elara` project, which the noauth API on 8776
+# also shows (token admin:<project id>).
 #
 # Installs only what is missing: Debian packages rabbitmq-server, mariadb-server, python3-venv,
-# curl; the venv ($ELARA_CINDER_VENV, default <repo>/.work/cinder-stack-venv, kept across stops).
+# curl; the venvs ($ELARA_CINDER_VENV, default <repo>/.work/cinder-stack-venv, and
+# $ELARA_KEYSTONE_VENV, default <repo>/.work/keystone-venv; kept across stops).
 # Every wait is a readiness poll with a deadline; on failure the relevant log is printed and the
 # half-started stack is stopped. Each service is started with setsid, so its pid is its process
 # group, and `stop` ends exactly those groups (TERM, then KILL after a deadline); never by name.
 #
-# Env: CINDER_PORT (8776), MYSQL_PORT (3306), RABBIT_PORT (5672), RABBIT_DIST_PORT (25672),
+# Env: CINDER_PORT (8776), CINDER_KEYSTONE_PORT (8777), KEYSTONE_PORT (5000), MYSQL_PORT (3306), RABBIT_PORT (5672), RABBIT_DIST_PORT (25672),
 #      EPMD_PORT (4369), CINDER_READY_TIMEOUT (seconds, 180), CINDER_DEBUG (false).
 # Files in DIR: pids/*.pid, logs/ (api, scheduler, volume, rabbit, mysql), etc/cinder.conf,
-#               pools.json, endpoint.
+#               pools.json, endpoint, keystone/ (keystone.conf, keystone.db, keys, env).
 # Timings on 2 cores: ~70 s from nothing, ~15-25 s with packages and venv present.
 set -euo pipefail
 
@@ -42,15 +56,20 @@ FILES=$ROOT/scripts/services/cinder
 VENV=${ELARA_CINDER_VENV:-$ROOT/.work/cinder-stack-venv}
 CINDER_VERSION=29.0.0
 MARK="cinder==$CINDER_VERSION fixtures PyMySQL"
+KS_VENV=${ELARA_KEYSTONE_VENV:-$ROOT/.work/keystone-venv}
+KS_MARK="keystone==30.0.0"
 CINDER_PORT=${CINDER_PORT:-8776} MYSQL_PORT=${MYSQL_PORT:-3306}
+CINDER_KEYSTONE_PORT=${CINDER_KEYSTONE_PORT:-8777} KEYSTONE_PORT=${KEYSTONE_PORT:-5000}
+KS_URL=http://127.0.0.1:$KEYSTONE_PORT/v3
+KS_ADMIN_PASSWORD=elara-admin-secret KS_USER_PASSWORD=elara-user-secret
 RABBIT_PORT=${RABBIT_PORT:-5672} RABBIT_DIST_PORT=${RABBIT_DIST_PORT:-25672} EPMD_PORT=${EPMD_PORT:-4369}
 READY_TIMEOUT=${CINDER_READY_TIMEOUT:-180}
 PROJECT=4f9c8f1ea1b24d0c9a5e0c1f2b3a4d5e
 TOKEN=admin:$PROJECT
 ENDPOINT=http://127.0.0.1:$CINDER_PORT/v3/$PROJECT
-SERVICES=(epmd rabbit mysql api scheduler volume)
-declare -A EXPECT=([api]=cinder-api [scheduler]=cinder-scheduler [volume]=cinder-volume
-                   [rabbit]=rabbitmq [mysql]=mariadbd [epmd]=epmd)
+SERVICES=(epmd rabbit mysql keystone api api-keystone scheduler volume)
+declare -A EXPECT=([api]=cinder-api [api-keystone]=cinder-api [scheduler]=cinder-scheduler [volume]=cinder-volume
+                   [rabbit]=rabbitmq [mysql]=mariadbd [epmd]=epmd [keystone]=keystone_serve)
 
 T0=$SECONDS
 say() { echo "cinder.sh: [$((SECONDS - T0))s] $*" >&2; }
@@ -65,11 +84,15 @@ running() {
   alive "$pid" && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "${EXPECT[$1]}"
 }
 port_busy() { ss -ltnH "sport = :$1" | grep -q .; }
-# wait_for SECONDS WHAT CMD...: retry CMD every 0.2 s until it succeeds or the deadline passes.
+# wait_for SECONDS WHAT CMD...: retry CMD every 0.2 s until it succeeds or the deadline passes;
+# CMD exiting 2 means the process it waits for is gone: fail at once.
 wait_for() {
   local limit=$1 what=$2; shift 2
-  local end=$((SECONDS + limit))
-  until "$@" >/dev/null 2>&1; do
+  local end=$((SECONDS + limit)) rc
+  while :; do
+    rc=0; "$@" >/dev/null 2>&1 || rc=$?
+    [ $rc -eq 0 ] && return 0
+    [ $rc -eq 2 ] && { say "$what exited during start-up"; return 1; }
     [ "$SECONDS" -ge "$end" ] && { say "timeout (${limit}s) waiting for $what"; return 1; }
     sleep 0.2
   done
@@ -79,10 +102,13 @@ print_env() {
   echo "ELARA_TEST_CINDER=$ENDPOINT"
   echo "ELARA_TEST_CINDER_PROJECT=$PROJECT"
   echo "ELARA_TEST_CINDER_TOKEN=$TOKEN"
+  echo "ELARA_TEST_CINDER_KEYSTONE=http://127.0.0.1:$CINDER_KEYSTONE_PORT/v3"
+  cat "$BASE/keystone/env"
+  echo "ELARA_TEST_KEYSTONE_ADMIN_PASSWORD=$KS_ADMIN_PASSWORD"
 }
 stack_up() {
-  for s in rabbit mysql api scheduler volume; do running "$s" || return 1; done
-  api_up
+  for s in rabbit mysql keystone api api-keystone scheduler volume; do running "$s" || return 1; done
+  [ -f "$BASE/keystone/env" ] && api_up
 }
 
 # ---- stop: every recorded process group, cinder first (it talks to the broker and DB on exit)
@@ -115,7 +141,7 @@ stop_groups() { # stop_groups TIMEOUT NAME...
 }
 stop() {
   [ -d "$BASE/pids" ] || return 0
-  stop_groups 20 api scheduler volume
+  stop_groups 20 api api-keystone scheduler volume keystone
   stop_groups 30 rabbit mysql
   stop_groups 5 epmd
 }
@@ -125,6 +151,76 @@ fail_start() { # print the log, stop what was started, fail
   [ -f "$log" ] && { echo "--- $log (last 30 lines)" >&2; tail -n 30 "$log" >&2; }
   stop
   die "$*"
+}
+
+# Keystone: config, schema, keys, bootstrap (first start only), then the server.
+start_keystone() {
+  local ks=$BASE/keystone manage
+  cat >"$ks/keystone.conf" <<EOF
+[DEFAULT]
+log_file = $BASE/logs/keystone.log
+[database]
+connection = sqlite:///$ks/keystone.db
+[token]
+provider = fernet
+[fernet_tokens]
+key_repository = $ks/fernet-keys
+[credential]
+key_repository = $ks/credential-keys
+EOF
+  manage="$KS_VENV/bin/keystone-manage --config-file $ks/keystone.conf"
+  if [ ! -f "$ks/bootstrapped" ]; then
+    mkdir -p "$ks/fernet-keys" "$ks/credential-keys"
+    { $manage db_sync && $manage fernet_setup --keystone-user root --keystone-group root \
+        && $manage credential_setup --keystone-user root --keystone-group root \
+        && $manage bootstrap --bootstrap-password "$KS_ADMIN_PASSWORD" --bootstrap-username admin \
+             --bootstrap-project-name admin --bootstrap-role-name admin --bootstrap-service-name keystone \
+             --bootstrap-region-id RegionOne --bootstrap-admin-url "$KS_URL" --bootstrap-public-url "$KS_URL" \
+             --bootstrap-internal-url "$KS_URL"; } \
+      >"$BASE/logs/keystone-setup.log" 2>&1 || fail_start "$BASE/logs/keystone-setup.log" "keystone-manage failed"
+    touch "$ks/bootstrapped"
+  fi
+  (OS_KEYSTONE_CONFIG_FILES=$ks/keystone.conf KEYSTONE_LISTEN=127.0.0.1:$KEYSTONE_PORT setsid "$KS_VENV/bin/python" "$FILES/keystone_serve.py" \
+     >"$BASE/logs/keystone.stdout" 2>&1 </dev/null & echo $! >"$BASE/pids/keystone.pid")
+}
+
+# The `elara` project, user (admin role there) and application credential, once; writes
+# keystone/env with the ELARA_TEST_KEYSTONE_* lines.
+keystone_users() {
+  local ks=$BASE/keystone
+  [ -f "$ks/env" ] && return 0
+  "$KS_VENV/bin/python" - "$KS_URL" "$KS_ADMIN_PASSWORD" "$KS_USER_PASSWORD" >"$ks/env.tmp" <<'PY' || return 1
+import json, sys, urllib.request
+url, admin_pw, user_pw = sys.argv[1:]
+def call(method, path, body=None, token=None):
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["X-Auth-Token"] = token
+    data = json.dumps(body).encode() if body is not None else None
+    with urllib.request.urlopen(urllib.request.Request(url + path, method=method, data=data, headers=headers)) as r:
+        raw = r.read()
+        return r.headers.get("X-Subject-Token"), (json.loads(raw) if raw else None)
+def login(user, pw, project):
+    return call("POST", "/auth/tokens", {"auth": {"identity": {"methods": ["password"], "password": {"user": {
+        "name": user, "domain": {"id": "default"}, "password": pw}}},
+        "scope": {"project": {"name": project, "domain": {"id": "default"}}}}})[0]
+admin = login("admin", admin_pw, "admin")
+_, p = call("POST", "/projects", {"project": {"name": "elara", "domain_id": "default"}}, admin)
+_, u = call("POST", "/users", {"user": {"name": "elara", "password": user_pw, "domain_id": "default"}}, admin)
+_, roles = call("GET", "/roles?name=admin", token=admin)
+pid, uid, rid = p["project"]["id"], u["user"]["id"], roles["roles"][0]["id"]
+call("PUT", "/projects/%s/users/%s/roles/%s" % (pid, uid, rid), token=admin)
+user = login("elara", user_pw, "elara")
+_, ac = call("POST", "/users/%s/application_credentials" % uid, {"application_credential": {"name": "elara-tests"}}, user)
+print("ELARA_TEST_KEYSTONE=" + url)
+print("ELARA_TEST_KEYSTONE_USER=elara")
+print("ELARA_TEST_KEYSTONE_PASSWORD=" + user_pw)
+print("ELARA_TEST_KEYSTONE_PROJECT=elara")
+print("ELARA_TEST_KEYSTONE_PROJECT_ID=" + pid)
+print("ELARA_TEST_KEYSTONE_APPCRED_ID=" + ac["application_credential"]["id"])
+print("ELARA_TEST_KEYSTONE_APPCRED_SECRET=" + ac["application_credential"]["secret"])
+PY
+  mv "$ks/env.tmp" "$ks/env"
 }
 
 start() {
@@ -137,10 +233,10 @@ start() {
   # 1. Debian packages, only where missing.
   source "$ROOT/scripts/lib/prereqs.sh"
   elara_apt_install rabbitmq-server mariadb-server python3-venv curl iproute2 >&2
-  for p in "$CINDER_PORT" "$MYSQL_PORT" "$RABBIT_PORT" "$RABBIT_DIST_PORT"; do
+  for p in "$CINDER_PORT" "$CINDER_KEYSTONE_PORT" "$KEYSTONE_PORT" "$MYSQL_PORT" "$RABBIT_PORT" "$RABBIT_DIST_PORT"; do
     port_busy "$p" && die "port 127.0.0.1:$p is already in use by something not started here; stop it or set the *_PORT variables"
   done
-  mkdir -p "$BASE"/{rabbit/mnesia,rabbit/log,mysql/data,mysql/run,etc,logs,state,locks,pids}
+  mkdir -p "$BASE"/{rabbit/mnesia,rabbit/log,mysql/data,mysql/run,etc,logs,state,locks,pids,keystone}
   [ -f "$BASE/pools.json" ] || cp "$FILES/pools.json" "$BASE/pools.json"
   say "packages ok"
 
@@ -193,18 +289,31 @@ EOF
       >"$BASE/logs/pip.log" 2>&1 || fail_start "$BASE/logs/pip.log" "pip install of cinder failed"
     echo "$MARK" >"$VENV/.elara-installed"
   fi
-  say "venv ok ($VENV)"
+  if [ "$(cat "$KS_VENV/.elara-installed" 2>/dev/null)" != "$KS_MARK" ] || ! "$KS_VENV/bin/python" -W ignore -c 'import keystone.wsgi' 2>/dev/null; then
+    say "creating $KS_VENV with $KS_MARK (~30 s)"
+    python3 -m venv --clear "$KS_VENV" >&2
+    "$KS_VENV/bin/pip" install -q -c "$FILES/constraints-cinder29-py311.txt" "$KS_MARK" \
+      >"$BASE/logs/pip-keystone.log" 2>&1 || fail_start "$BASE/logs/pip-keystone.log" "pip install of keystone failed"
+    echo "$KS_MARK" >"$KS_VENV/.elara-installed"
+  fi
+  say "venvs ok ($VENV, $KS_VENV)"
+  start_keystone
 
-  mysql_up() { running mysql && mariadb-admin --socket="$BASE/mysql/run/mysqld.sock" -uroot ping; }
+  mysql_up() { running mysql || return 2; mariadb-admin --socket="$BASE/mysql/run/mysqld.sock" -uroot ping; }
   wait_for 60 mariadb mysql_up || fail_start "$BASE/logs/mysql-error.log" "MariaDB not ready"
   mariadb --socket="$BASE/mysql/run/mysqld.sock" -uroot -e "CREATE DATABASE IF NOT EXISTS cinder;
     CREATE USER IF NOT EXISTS 'cinder'@'127.0.0.1' IDENTIFIED BY 'cinder'; GRANT ALL ON cinder.* TO 'cinder'@'127.0.0.1';"
   say "mariadb ok"
   rabbit_up() {
-    running rabbit && "$VENV/bin/python" -c "import kombu; c=kombu.Connection('amqp://guest:guest@127.0.0.1:$RABBIT_PORT//', connect_timeout=1); c.connect(); c.release()"
+    running rabbit || return 2; "$VENV/bin/python" -c "import kombu; c=kombu.Connection('amqp://guest:guest@127.0.0.1:$RABBIT_PORT//', connect_timeout=1); c.connect(); c.release()"
   }
   wait_for 90 rabbitmq rabbit_up || fail_start "$BASE/logs/rabbit.log" "RabbitMQ not ready"
   say "rabbitmq ok"
+  keystone_up() { running keystone || return 2; curl -sf -m 2 -o /dev/null "$KS_URL"; }
+  wait_for 60 keystone keystone_up || fail_start "$BASE/logs/keystone.stdout" "Keystone not ready"
+  keystone_users 2>"$BASE/logs/keystone-users.log" \
+    || fail_start "$BASE/logs/keystone-users.log" "making the Keystone project, user and application credential failed"
+  say "keystone ok"
 
   # 5. Cinder's configuration and schema.
   cp -r "$VENV"/etc/cinder/* "$BASE/etc/"
@@ -247,6 +356,25 @@ volume_backend_name = fake
 volume_driver = multipool_driver.MultiPoolFakeDriver
 volume_backend_name = multi
 EOF
+  # The same Cinder behind Keystone: a second API process on its own port.
+  sed -e "s/^auth_strategy = noauth/auth_strategy = keystone/" \
+      -e "s/^osapi_volume_listen_port = .*/osapi_volume_listen_port = $CINDER_KEYSTONE_PORT/" \
+      -e "s/^log_dir = .*/log_dir = $(printf '%s' "$BASE/logs" | sed 's/[\/&]/\\&/g')\nlog_file = cinder-api-keystone.log/" \
+      "$BASE/etc/cinder.conf" >"$BASE/etc/cinder-keystone.conf"
+  cat >>"$BASE/etc/cinder-keystone.conf" <<EOF
+[keystone_authtoken]
+www_authenticate_uri = $KS_URL
+auth_url = $KS_URL
+auth_type = password
+username = admin
+password = $KS_ADMIN_PASSWORD
+project_name = admin
+user_domain_id = default
+project_domain_id = default
+interface = public
+# Validate every token with Keystone (no cache), so a revoked token is refused at once.
+token_cache_time = -1
+EOF
   "$VENV/bin/cinder-manage" --config-file "$BASE/etc/cinder.conf" db sync >"$BASE/logs/db-sync.log" 2>&1 \
     || fail_start "$BASE/logs/db-sync.log" "cinder-manage db sync failed"
   say "schema ok"
@@ -256,10 +384,13 @@ EOF
     (PYTHONPATH=$FILES ELARA_CINDER_POOLS_FILE=$BASE/pools.json setsid "$VENV/bin/cinder-$s" \
        --config-file "$BASE/etc/cinder.conf" >"$BASE/logs/$s.stdout" 2>&1 </dev/null & echo $! >"$BASE/pids/$s.pid")
   done
+  (setsid "$VENV/bin/cinder-api" --config-file "$BASE/etc/cinder-keystone.conf" \
+     >"$BASE/logs/api-keystone.stdout" 2>&1 </dev/null & echo $! >"$BASE/pids/api-keystone.pid")
   local want
   want=$((1 + $(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))))' "$BASE/pools.json")))
   cinder_up() {
-    for s in api scheduler volume; do running "$s" || { say "cinder-$s exited"; return 2; }; done
+    for s in api api-keystone scheduler volume; do running "$s" || { say "cinder-$s exited"; return 2; }; done
+    curl -s -m 2 -o /dev/null "http://127.0.0.1:$CINDER_KEYSTONE_PORT/" || return 1
     curl -sf -m 2 -H "X-Auth-Token: $TOKEN" "$ENDPOINT/scheduler-stats/get_pools" \
       | python3 -c "import json,sys; sys.exit(len(json.load(sys.stdin)['pools']) < $want)"
   }
@@ -268,7 +399,7 @@ EOF
     rc=0; cinder_up >/dev/null 2>&1 || rc=$?
     [ $rc -eq 0 ] && break
     if [ $rc -eq 2 ] || [ "$SECONDS" -ge "$end" ]; then
-      for s in api scheduler volume; do running "$s" || fail_start "$BASE/logs/$s.stdout" "cinder-$s exited during start-up"; done
+      for s in api api-keystone scheduler volume; do running "$s" || fail_start "$BASE/logs/$s.stdout" "cinder-$s exited during start-up"; done
       fail_start "$BASE/logs/cinder-api.log" "Cinder not ready with $want pools after ${READY_TIMEOUT}s"
     fi
     sleep 0.2
