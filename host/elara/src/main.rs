@@ -2,6 +2,7 @@
 
 mod api;
 mod attach;
+mod backup;
 mod cli;
 mod config;
 mod error;

@@ -329,6 +329,10 @@ pub enum OpKind {
     DeleteSnapshot,
     Attach,
     Detach,
+    /// A block backup to a backup target (see `ops::backups`).
+    CreateBackup,
+    /// A restore of a backup into a new volume.
+    RestoreBackup,
 }
 
 /// An intent record: written in the same transaction that moves an object into a transitional

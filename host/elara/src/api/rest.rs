@@ -68,6 +68,7 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/types", get(list_types).post(create_type))
         .route("/v1/types/{name}", get(get_type).delete(delete_type))
         .route("/v1/scheduler/explain", post(explain_placement))
+        .merge(crate::backup::api::routes())
         .fallback(|| async { ApiError::new(404, "not-found", "no such endpoint") })
         .with_state(state)
 }

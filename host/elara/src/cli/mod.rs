@@ -64,6 +64,9 @@ pub enum Command {
     /// Placement: why a volume would go where.
     #[command(subcommand)]
     Scheduler(SchedulerCmd),
+    /// Block-volume backups to a directory or S3 target.
+    #[command(subcommand)]
+    Backup(crate::backup::cli::BackupCmd),
     /// Print shell completions.
     Completions {
         #[arg(value_enum)]
@@ -333,6 +336,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         },
         Command::Volume(cmd) => volume(&c, out, cmd).await?,
+        Command::Backup(cmd) => crate::backup::cli::run(&c, out, cmd).await?,
         Command::Snapshot(cmd) => match cmd {
             SnapshotCmd::Create { volume, name } => {
                 show(out, &c.post::<Value>("/v1/snapshots", &json!({ "volume": volume, "name": name })).await?)

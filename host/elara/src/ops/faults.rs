@@ -23,6 +23,12 @@ pub const POINTS: &[&str] = &[
     "restore:after-driver",
     "resize:after-intent",
     "resize:after-driver",
+    "backup:after-intent",
+    "backup:after-snapshot",
+    "backup:mid-upload",
+    "backup:after-manifest",
+    "backup-restore:after-intent",
+    "backup-restore:mid-write",
 ];
 
 fn armed() -> &'static Vec<String> {

@@ -8,6 +8,7 @@
 
 pub mod attachments;
 pub mod backends;
+pub mod backups;
 pub mod faults;
 pub mod nodes;
 pub mod placement;

@@ -153,6 +153,7 @@ impl Elara {
                     None => Ok(self.store.delete(&keys::op(&op.id)).await.map(|_| ())?),
                 }
             }
+            OpKind::CreateBackup | OpKind::RestoreBackup => self.recover_backup_op(op).await,
             OpKind::Attach | OpKind::Detach => {
                 let att = self.get::<AttachmentRecord>(&keys::attachment(&op.volume, self.node())).await?.map(|r| r.value);
                 match (vol, att) {

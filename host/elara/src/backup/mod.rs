@@ -1,0 +1,30 @@
+//! Block-volume backups: the on-target format, the block engine, and the targets.
+//!
+//! # Format (`elara-backup/1`)
+//!
+//! A target (a local directory, or an S3 bucket and prefix) holds two kinds of objects:
+//!
+//! * `blocks/<aa>/<blake3 hex>`: one volume block, zstd-compressed. Its name is the blake3 hash of
+//!   the *uncompressed* block, so blocks are content-addressed and shared by every backup in the
+//!   target (dedup across volumes and backups). All-zero blocks and holes are never stored.
+//! * `manifests/<backup id>.json`: a synthetic full: the volume size, the block size (4 MiB), every
+//!   block's id (`null` for a zero block), and a whole-volume digest (see [`engine::volume_digest`]).
+//!   A manifest is written last, after every block it names is in the target: a manifest that
+//!   exists claims a complete backup; a crash before it leaves only unreferenced blocks, which
+//!   the reconciler (or the next delete) collects.
+//!
+//! The daemon keeps a [`records::BackupRecord`] per finished backup in its store for listing,
+//! written after the manifest.
+
+pub mod api;
+pub mod cli;
+pub mod engine;
+pub mod progress;
+pub mod records;
+pub mod s3;
+pub mod target;
+
+/// Fixed block size of block-volume backups.
+pub const BLOCK_SIZE: u64 = 4 << 20;
+/// Format tag written in every manifest.
+pub const FORMAT: &str = "elara-backup/1";

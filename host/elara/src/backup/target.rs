@@ -1,0 +1,193 @@
+//! Backup targets: where blocks and manifests live. A local directory or an S3 bucket/prefix,
+//! both seen as a flat key → bytes store.
+
+use std::path::PathBuf;
+
+use hyper::body::Bytes;
+use thiserror::Error;
+
+use super::records::{Manifest, TargetLocation};
+use super::s3::{S3Client, S3Error};
+
+/// Why a target call failed.
+#[derive(Debug, Error)]
+pub enum TargetError {
+    #[error("{0} is not in the target")]
+    NotFound(String),
+    #[error("{op} {key}: {source}")]
+    Io {
+        op: &'static str,
+        key: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    S3(#[from] S3Error),
+    #[error("manifest {key} is not valid: {reason}")]
+    BadManifest { key: String, reason: String },
+}
+
+/// An opened target.
+#[derive(Clone)]
+pub enum Target {
+    Local(PathBuf),
+    S3(S3Client),
+}
+
+/// The object key of a block.
+pub fn block_key(id: &str) -> String {
+    format!("blocks/{}/{id}", &id[..2.min(id.len())])
+}
+
+/// The object key of a manifest.
+pub fn manifest_key(backup: &str) -> String {
+    format!("manifests/{backup}.json")
+}
+
+impl Target {
+    pub fn open(loc: &TargetLocation) -> Target {
+        match loc {
+            TargetLocation::Local { path } => Target::Local(PathBuf::from(path)),
+            TargetLocation::S3 { bucket, prefix, endpoint, region, access_key, secret_key } => {
+                Target::S3(S3Client::new(endpoint, region, access_key, secret_key, bucket, prefix))
+            }
+        }
+    }
+
+    /// Check the target is reachable and writable (creating the directory or bucket if missing).
+    pub async fn probe(&self) -> Result<(), TargetError> {
+        match self {
+            Target::Local(dir) => {
+                let dir = dir.clone();
+                tokio::task::spawn_blocking(move || {
+                    std::fs::create_dir_all(dir.join("blocks"))?;
+                    std::fs::create_dir_all(dir.join("manifests"))?;
+                    let probe = dir.join(".elara-probe");
+                    std::fs::write(&probe, b"ok")?;
+                    std::fs::remove_file(&probe)
+                })
+                .await
+                .expect("probe task")
+                .map_err(|source| TargetError::Io { op: "writing to", key: self.describe(), source })
+            }
+            Target::S3(s3) => {
+                s3.ensure_bucket().await?;
+                s3.put("manifests/.elara-probe", Bytes::from_static(b"ok")).await?;
+                s3.delete("manifests/.elara-probe").await?;
+                Ok(())
+            }
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Target::Local(d) => d.display().to_string(),
+            Target::S3(s) => s.describe(),
+        }
+    }
+
+    /// Write an object; a local write is atomic (temp file + rename), so a crash leaves no torn object.
+    pub async fn put(&self, key: &str, data: Bytes) -> Result<(), TargetError> {
+        match self {
+            Target::Local(dir) => {
+                let path = dir.join(key);
+                let key = key.to_string();
+                tokio::task::spawn_blocking(move || {
+                    let parent = path.parent().expect("key has a parent");
+                    std::fs::create_dir_all(parent)?;
+                    let tmp = parent.join(format!(".tmp-{}", uuid::Uuid::new_v4()));
+                    std::fs::write(&tmp, &data)?;
+                    std::fs::rename(&tmp, &path)
+                })
+                .await
+                .expect("put task")
+                .map_err(|source| TargetError::Io { op: "writing", key, source })
+            }
+            Target::S3(s3) => Ok(s3.put(key, data).await?),
+        }
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Bytes, TargetError> {
+        match self {
+            Target::Local(dir) => {
+                let path = dir.join(key);
+                let k = key.to_string();
+                tokio::task::spawn_blocking(move || std::fs::read(&path)).await.expect("get task").map(Bytes::from).map_err(|source| {
+                    if source.kind() == std::io::ErrorKind::NotFound {
+                        TargetError::NotFound(k)
+                    } else {
+                        TargetError::Io { op: "reading", key: k, source }
+                    }
+                })
+            }
+            Target::S3(s3) => s3.get(key).await?.ok_or_else(|| TargetError::NotFound(key.to_string())),
+        }
+    }
+
+    /// Remove an object; a missing one counts as removed.
+    pub async fn delete(&self, key: &str) -> Result<(), TargetError> {
+        match self {
+            Target::Local(dir) => match tokio::fs::remove_file(dir.join(key)).await {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(TargetError::Io { op: "removing", key: key.into(), source: e }),
+                _ => Ok(()),
+            },
+            Target::S3(s3) => Ok(s3.delete(key).await?),
+        }
+    }
+
+    /// Every key under `prefix` (`blocks/` or `manifests/`), relative to the target's root.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, TargetError> {
+        match self {
+            Target::Local(dir) => {
+                let root = dir.clone();
+                let prefix = prefix.to_string();
+                tokio::task::spawn_blocking(move || {
+                    let mut out = vec![];
+                    let mut stack = vec![root.join(&prefix)];
+                    while let Some(d) = stack.pop() {
+                        let entries = match std::fs::read_dir(&d) {
+                            Ok(e) => e,
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                            Err(e) => return Err(TargetError::Io { op: "listing", key: d.display().to_string(), source: e }),
+                        };
+                        for entry in entries.flatten() {
+                            let p = entry.path();
+                            if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                                stack.push(p);
+                            } else if !entry.file_name().to_string_lossy().starts_with(".tmp-") {
+                                if let Ok(rel) = p.strip_prefix(&root) {
+                                    out.push(rel.to_string_lossy().into_owned());
+                                }
+                            }
+                        }
+                    }
+                    Ok(out)
+                })
+                .await
+                .expect("list task")
+            }
+            Target::S3(s3) => Ok(s3.list(prefix).await?),
+        }
+    }
+
+    /// The ids of every block in the target.
+    pub async fn block_ids(&self) -> Result<std::collections::HashSet<String>, TargetError> {
+        Ok(self.list("blocks/").await?.into_iter().filter_map(|k| k.rsplit('/').next().map(str::to_string)).filter(|id| id.len() == 64).collect())
+    }
+
+    /// The ids of every manifest in the target.
+    pub async fn manifest_ids(&self) -> Result<Vec<String>, TargetError> {
+        Ok(self
+            .list("manifests/")
+            .await?
+            .into_iter()
+            .filter_map(|k| k.strip_prefix("manifests/").and_then(|n| n.strip_suffix(".json")).map(str::to_string))
+            .collect())
+    }
+
+    pub async fn manifest(&self, backup: &str) -> Result<Manifest, TargetError> {
+        let key = manifest_key(backup);
+        let bytes = self.get(&key).await?;
+        serde_json::from_slice(&bytes).map_err(|e| TargetError::BadManifest { key, reason: e.to_string() })
+    }
+}

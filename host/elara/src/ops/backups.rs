@@ -1,0 +1,699 @@
+//! Backups: targets (add/list/inspect/remove), and backup, restore and verify jobs.
+//!
+//! A backup is intent-first like every mutation: its op record (`create-backup`) is written before
+//! the temporary snapshot is taken, names the snapshot and the backup id, and is deleted in the
+//! transaction that writes the backup record, after the manifest is in the target and the snapshot
+//! is gone. A restore (`restore-backup`) creates its volume through the normal create path, labels
+//! it with the op id and holds its lock while the blocks are written; a crash makes the reconciler
+//! delete that half-written volume. Jobs run in the background; their progress is in memory (for
+//! `GET /v1/backup-jobs/{id}`) and copied into the op record every second.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use elara_store::StoreExt;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::volumes::CreateVolume;
+use super::{Elara, Shared, absent, del, faults, put, rev};
+use crate::backup::engine::{self, EngineError};
+use crate::backup::progress::{Progress, ProgressView};
+use crate::backup::records::{BackupRecord, Manifest, TargetLocation, TargetRecord, VerifyReport, keys as bkeys};
+use crate::backup::target::{Target, TargetError, manifest_key};
+use crate::backup::{BLOCK_SIZE, FORMAT};
+use crate::error::{ApiError, ApiResult};
+use crate::model::*;
+use crate::validate::check_name;
+
+/// The label a restoring volume carries: the id of the op restoring it.
+pub const RESTORE_LABEL: &str = "elara.backup.restore-op";
+
+/// `backup target add`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct AddTarget {
+    pub name: String,
+    /// An absolute directory, or `s3://bucket[/prefix]`.
+    pub url: String,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key: Option<String>,
+    pub secret_key: Option<String>,
+}
+
+/// `backup create`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct CreateBackup {
+    pub volume: String,
+    pub target: String,
+    /// Answer when the backup is done (default: at once, with a job to poll).
+    #[serde(default)]
+    pub wait: bool,
+}
+
+/// `backup restore`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct RestoreBackup {
+    /// The new volume's name.
+    pub volume: String,
+    pub backend: Option<String>,
+    pub pool: Option<String>,
+    #[serde(default)]
+    pub wait: bool,
+}
+
+/// A background job (backup, restore, verify) as REST shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JobView {
+    pub id: String,
+    /// `backup`, `restore` or `verify`.
+    pub kind: String,
+    /// `running`, `done` or `failed`.
+    pub state: String,
+    pub volume: String,
+    pub backup: Option<String>,
+    pub progress: ProgressView,
+    /// What the job produced: the backup record, the restored volume or the verify report.
+    #[schema(value_type = Object)]
+    pub result: Option<serde_json::Value>,
+    pub error: Option<String>,
+}
+
+struct Job {
+    view: Mutex<JobView>,
+    progress: Arc<Progress>,
+}
+
+impl Job {
+    fn snapshot(&self) -> JobView {
+        let mut v = self.view.lock().expect("job lock").clone();
+        v.progress = self.progress.view();
+        v
+    }
+    fn finish(&self, result: Result<serde_json::Value, ApiError>) {
+        let mut v = self.view.lock().expect("job lock");
+        match result {
+            Ok(r) => {
+                v.state = "done".into();
+                v.result = Some(r);
+                self.progress.phase("done");
+            }
+            Err(e) => {
+                v.state = "failed".into();
+                v.error = Some(e.message.clone());
+            }
+        }
+    }
+}
+
+/// Jobs of this daemon (running and finished), by id.
+fn jobs() -> &'static Mutex<HashMap<String, Arc<Job>>> {
+    static JOBS: OnceLock<Mutex<HashMap<String, Arc<Job>>>> = OnceLock::new();
+    JOBS.get_or_init(Default::default)
+}
+
+fn new_job(id: &str, kind: &str, volume: &str, backup: Option<&str>) -> Arc<Job> {
+    let job = Arc::new(Job {
+        view: Mutex::new(JobView {
+            id: id.into(),
+            kind: kind.into(),
+            state: "running".into(),
+            volume: volume.into(),
+            backup: backup.map(str::to_string),
+            progress: ProgressView::default(),
+            result: None,
+            error: None,
+        }),
+        progress: Arc::new(Progress::default()),
+    });
+    jobs().lock().expect("jobs lock").insert(id.to_string(), job.clone());
+    job
+}
+
+fn target_err(e: TargetError) -> ApiError {
+    match e {
+        TargetError::NotFound(k) => ApiError::new(404, "not-found", format!("{k} is not in the target")),
+        other => ApiError::new(502, "target", other.to_string()),
+    }
+}
+
+fn engine_err(e: EngineError) -> ApiError {
+    match e {
+        EngineError::BadBlock { .. } | EngineError::Digest { .. } | EngineError::BadManifest { .. } => ApiError::new(422, "corrupt", e.to_string()),
+        EngineError::Upload { .. } => ApiError::new(502, "target", e.to_string()),
+        EngineError::Io { .. } => ApiError::internal(e.to_string()),
+    }
+}
+
+/// Run a job to its end: in the background (answer at once with the job), or inline when `wait`.
+async fn run_job<F>(job: Arc<Job>, wait: bool, work: F) -> ApiResult<JobView>
+where
+    F: std::future::Future<Output = ApiResult<serde_json::Value>> + Send + 'static,
+{
+    let j = job.clone();
+    let handle = tokio::spawn(async move {
+        let r = work.await;
+        if let Err(e) = &r {
+            tracing::warn!(job = %j.snapshot().id, "backup job failed: {}", e.message);
+        }
+        j.finish(r);
+    });
+    if wait {
+        let _ = handle.await;
+        let v = job.snapshot();
+        if let Some(e) = &v.error {
+            return Err(ApiError::new(422, "failed", e.clone()));
+        }
+    }
+    Ok(job.snapshot())
+}
+
+/// Copy a job's progress into its op record every second (CAS: never overwrites a newer step).
+fn persist_progress(s: &Shared, op_id: String, progress: Arc<Progress>) -> tokio::task::JoinHandle<()> {
+    let s = s.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            let Ok(Some(cur)) = s.get::<OpRecord>(&keys::op(&op_id)).await else { return };
+            let mut op = cur.value;
+            if let Some(p) = op.params.as_object_mut() {
+                p.insert("progress".into(), serde_json::to_value(progress.view()).unwrap_or_default());
+            }
+            let _ = s.txn(vec![rev(keys::op(&op_id), cur.revision)], vec![put(keys::op(&op_id), &op)]).await;
+        }
+    })
+}
+
+impl Elara {
+    // ---- targets -------------------------------------------------------------------------
+
+    pub async fn add_backup_target(&self, req: AddTarget) -> ApiResult<TargetRecord> {
+        check_name("name", &req.name)?;
+        let location = if let Some(rest) = req.url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.len() < 3 || bucket.len() > 63 || !bucket.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.') {
+                return Err(ApiError::invalid("url", format!("{bucket:?} is not a valid S3 bucket name (3-63 of a-z 0-9 . -)")));
+            }
+            let need = |field: &str, v: &Option<String>| v.clone().filter(|s| !s.is_empty()).ok_or_else(|| ApiError::invalid(field, "is required for an s3:// target"));
+            let endpoint = need("endpoint", &req.endpoint)?;
+            if !endpoint.starts_with("http://") {
+                return Err(ApiError::invalid("endpoint", format!("{endpoint:?}: only http:// endpoints are supported")));
+            }
+            TargetLocation::S3 {
+                bucket: bucket.to_string(),
+                prefix: prefix.trim_matches('/').to_string(),
+                endpoint,
+                region: req.region.clone().filter(|r| !r.is_empty()).unwrap_or_else(|| "us-east-1".into()),
+                access_key: need("access_key", &req.access_key)?,
+                secret_key: need("secret_key", &req.secret_key)?,
+            }
+        } else {
+            if !req.url.starts_with('/') {
+                return Err(ApiError::invalid("url", format!("{:?} is neither an absolute directory nor s3://bucket/prefix", req.url)));
+            }
+            TargetLocation::Local { path: req.url.trim_end_matches('/').to_string() }
+        };
+        let key = bkeys::target(&req.name);
+        if self.store.get(&key).await?.is_some() {
+            return Err(ApiError::conflict(format!("a backup target named {:?} already exists", req.name)).with_field("name"));
+        }
+        Target::open(&location).probe().await.map_err(|e| ApiError::invalid("url", format!("the target cannot be used: {e}")))?;
+        let node = matches!(location, TargetLocation::Local { .. }).then(|| self.node().to_string());
+        let rec = TargetRecord { v: SCHEMA, name: req.name.clone(), location, node, created_at: now() };
+        if !self.txn(vec![absent(key.clone())], vec![put(key, &rec)]).await? {
+            return Err(ApiError::conflict(format!("a backup target named {:?} already exists", req.name)).with_field("name"));
+        }
+        tracing::info!(target = %rec.name, url = %rec.url(), "backup target added");
+        Ok(rec.redacted())
+    }
+
+    pub async fn backup_targets(&self) -> ApiResult<Vec<TargetRecord>> {
+        Ok(self.store.list_json::<TargetRecord>(&bkeys::targets()).await?.into_iter().map(|r| r.value.redacted()).collect())
+    }
+
+    async fn target_record(&self, name: &str) -> ApiResult<TargetRecord> {
+        Ok(self.get::<TargetRecord>(&bkeys::target(name)).await?.ok_or_else(|| ApiError::not_found("backup target", name))?.value)
+    }
+
+    pub async fn backup_target(&self, name: &str) -> ApiResult<TargetRecord> {
+        Ok(self.target_record(name).await?.redacted())
+    }
+
+    async fn open_target(&self, name: &str) -> ApiResult<Target> {
+        let rec = self.target_record(name).await?;
+        if let Some(node) = &rec.node
+            && node != self.node()
+        {
+            return Err(ApiError::conflict(format!("backup target {name:?} is a directory on node {node:?}; use it there")));
+        }
+        Ok(Target::open(&rec.location))
+    }
+
+    /// Remove a target that no backup uses (its objects stay where they are).
+    pub async fn remove_backup_target(&self, name: &str) -> ApiResult<()> {
+        self.target_record(name).await?;
+        let used: Vec<String> = self.list_backups(None, Some(name)).await?.into_iter().map(|b| b.id).collect();
+        if !used.is_empty() {
+            return Err(ApiError::conflict(format!("backup target {name:?} holds backups {used:?}; delete them first")));
+        }
+        self.store.delete(&bkeys::target(name)).await?;
+        Ok(())
+    }
+
+    // ---- backups -------------------------------------------------------------------------
+
+    pub async fn list_backups(&self, volume: Option<&str>, target: Option<&str>) -> ApiResult<Vec<BackupRecord>> {
+        let mut v: Vec<BackupRecord> = self
+            .store
+            .list_json::<BackupRecord>(&bkeys::backups())
+            .await?
+            .into_iter()
+            .map(|r| r.value)
+            .filter(|b| volume.is_none_or(|v| b.volume == v) && target.is_none_or(|t| b.target == t))
+            .collect();
+        v.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(v)
+    }
+
+    pub async fn backup(&self, id: &str) -> ApiResult<BackupRecord> {
+        Ok(self.get::<BackupRecord>(&bkeys::backup(id)).await?.ok_or_else(|| ApiError::not_found("backup", id))?.value)
+    }
+
+    /// Ops of a kind still in flight on a target (other than `except`).
+    async fn ops_on_target(&self, target: &str, except: Option<&str>) -> ApiResult<Vec<OpRecord>> {
+        Ok(self
+            .store
+            .list_json::<OpRecord>(&keys::ops())
+            .await?
+            .into_iter()
+            .map(|r| r.value)
+            .filter(|o| matches!(o.kind, OpKind::CreateBackup | OpKind::RestoreBackup))
+            .filter(|o| o.params.get("target").and_then(|t| t.as_str()) == Some(target) && Some(o.id.as_str()) != except)
+            .collect())
+    }
+
+    /// Remove blocks no manifest references. Skipped while another backup runs on the target (it
+    /// may rely on blocks it found there); those are collected by a later pass.
+    pub async fn collect_garbage(&self, target_name: &str, except_op: Option<&str>) -> ApiResult<usize> {
+        if self.ops_on_target(target_name, except_op).await?.iter().any(|o| o.kind == OpKind::CreateBackup) {
+            tracing::info!(target = target_name, "a backup is running on the target; block collection deferred");
+            return Ok(0);
+        }
+        let target = self.open_target(target_name).await?;
+        let mut referenced = HashSet::new();
+        for id in target.manifest_ids().await.map_err(target_err)? {
+            let m = target.manifest(&id).await.map_err(target_err)?;
+            referenced.extend(m.blocks.into_iter().flatten());
+        }
+        let mut removed = 0;
+        for id in target.block_ids().await.map_err(target_err)? {
+            if !referenced.contains(&id) {
+                target.delete(&crate::backup::target::block_key(&id)).await.map_err(target_err)?;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            tracing::info!(target = target_name, removed, "unreferenced backup blocks removed");
+        }
+        Ok(removed)
+    }
+
+    /// Delete a backup: its record, its manifest, then the blocks no other backup references.
+    pub async fn delete_backup(&self, id: &str) -> ApiResult<()> {
+        let cur = self.get::<BackupRecord>(&bkeys::backup(id)).await?.ok_or_else(|| ApiError::not_found("backup", id))?;
+        let b = cur.value;
+        if let Some(op) = self.ops_on_target(&b.target, None).await?.into_iter().find(|o| o.kind == OpKind::RestoreBackup && o.params.get("backup_id").and_then(|v| v.as_str()) == Some(id)) {
+            return Err(ApiError::busy("backup", id, &op.id));
+        }
+        let target = self.open_target(&b.target).await?;
+        if !self.txn(vec![rev(bkeys::backup(id), cur.revision)], vec![del(bkeys::backup(id))]).await? {
+            return Err(super::raced("backup", id));
+        }
+        target.delete(&manifest_key(id)).await.map_err(target_err)?;
+        self.collect_garbage(&b.target, None).await?;
+        tracing::info!(backup = id, "backup deleted");
+        Ok(())
+    }
+
+    /// The image file of a volume or snapshot of a local (image-file) backend.
+    fn image_path(&self, backend: &str, backend_ref: Option<&str>, what: &str) -> ApiResult<std::path::PathBuf> {
+        let rel = backend_ref.ok_or_else(|| ApiError::internal(format!("{what} has no backend reference")))?;
+        let path = self.backends.pool_dir(backend).join(rel);
+        if !path.is_file() {
+            return Err(ApiError::new(501, "unsupported", format!("{what} is not an image file ({}); backups need the local driver", path.display())));
+        }
+        Ok(path)
+    }
+
+    async fn require_image_backend(&self, backend: &str, field: &str) -> ApiResult<()> {
+        let rec = self.get::<BackendRecord>(&keys::backend(backend)).await?.ok_or_else(|| ApiError::invalid(field, format!("backend {backend:?} does not exist")))?;
+        if rec.value.driver != "local" {
+            return Err(ApiError::new(501, "unsupported", format!("backend {backend:?} uses driver {:?}; block backups need image-file volumes (driver local)", rec.value.driver)).with_field(field));
+        }
+        Ok(())
+    }
+}
+
+/// Start a backup of a volume (validation happens before the job starts).
+pub async fn start_backup(s: Shared, req: CreateBackup) -> ApiResult<JobView> {
+    let vol = s
+        .get::<VolumeRecord>(&keys::volume(&req.volume))
+        .await?
+        .ok_or_else(|| ApiError::invalid("volume", format!("volume {:?} does not exist", req.volume)))?
+        .value;
+    if vol.state != VolumeState::Available {
+        return Err(ApiError::conflict(format!("volume {:?} is {:?}", vol.name, vol.state)));
+    }
+    s.require_image_backend(&vol.backend, "volume").await?;
+    let trec = s.get::<TargetRecord>(&bkeys::target(&req.target)).await?.ok_or_else(|| ApiError::invalid("target", format!("backup target {:?} does not exist", req.target)))?;
+    let target = s.open_target(&trec.value.name).await?;
+
+    let backup_id = uuid::Uuid::now_v7().to_string();
+    let snap_name = format!("backup-{backup_id}");
+    let params = serde_json::json!({ "backup_id": backup_id, "target": req.target, "volume_id": vol.id });
+    let mut op = s.new_op(OpKind::CreateBackup, &vol.name, Some(&snap_name), params);
+    if !s.txn(vec![absent(keys::op(&op.id))], vec![put(keys::op(&op.id), &op)]).await? {
+        return Err(ApiError::conflict("operation id collision; try again"));
+    }
+    faults::point("backup:after-intent");
+    let job = new_job(&op.id, "backup", &vol.name, Some(&backup_id));
+    let (s2, j2) = (s.clone(), job.clone());
+    run_job(job, req.wait, async move {
+        let ticker = persist_progress(&s2, op.id.clone(), j2.progress.clone());
+        let r = do_backup(&s2, &mut op, &vol, &req.target, &target, &backup_id, &snap_name, j2.progress.clone()).await;
+        ticker.abort();
+        match r {
+            Ok(rec) => Ok(serde_json::to_value(rec).unwrap_or_default()),
+            Err(e) => {
+                // Clean up what we made: the temporary snapshot and the blocks nobody references.
+                if let Err(ce) = undo_backup(&s2, &op, &req.target).await {
+                    tracing::warn!(op = %op.id, "backup failed ({}); cleanup failed ({}); the reconciler will retry", e.message, ce.message);
+                    s2.op_abandon(&mut op, &e.message).await;
+                }
+                Err(e)
+            }
+        }
+    })
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn do_backup(
+    s: &Shared,
+    op: &mut OpRecord,
+    vol: &VolumeRecord,
+    target_name: &str,
+    target: &Target,
+    backup_id: &str,
+    snap_name: &str,
+    progress: Arc<Progress>,
+) -> ApiResult<BackupRecord> {
+    let started = std::time::Instant::now();
+    progress.phase("snapshotting");
+    let snap = s.create_snapshot(super::snapshots::CreateSnapshot { volume: vol.name.clone(), name: Some(snap_name.to_string()) }).await?;
+    faults::point("backup:after-snapshot");
+    s.op_step(op, "uploading").await?;
+    let image = s.image_path(&snap.backend, snap.backend_ref.as_deref(), &format!("snapshot {snap_name}"))?;
+
+    // What the target holds already, and the last backup of this volume there (the parent).
+    let known = target.block_ids().await.map_err(target_err)?;
+    let parent = s.list_backups(Some(&vol.name), Some(target_name)).await?.into_iter().filter(|b| b.volume_id == vol.id).next_back();
+    let hook: engine::Hook = Arc::new(|p: &Progress| {
+        use std::sync::atomic::Ordering::Relaxed;
+        if p.blocks_transferred.load(Relaxed) > 0 && p.blocks_done.load(Relaxed) * 2 >= p.blocks_total.load(Relaxed) {
+            faults::point("backup:mid-upload");
+        }
+    });
+    let out = engine::backup(&image, snap.size_bytes, BLOCK_SIZE, target, known, progress.clone(), hook).await.map_err(engine_err)?;
+
+    // Finalise: every block the manifest names must be in the target now (a concurrent delete
+    // may have collected one we found there); then the manifest, last.
+    progress.phase("finalising");
+    let present = target.block_ids().await.map_err(target_err)?;
+    if let Some((i, id)) = out.blocks.iter().enumerate().find_map(|(i, b)| b.as_ref().filter(|id| !present.contains(*id)).map(|id| (i, id))) {
+        return Err(ApiError::conflict(format!("block {i} ({id}) vanished from the target during the backup (a concurrent delete?); run the backup again")));
+    }
+    let digest = engine::volume_digest(snap.size_bytes, BLOCK_SIZE, &out.blocks);
+    let manifest = Manifest {
+        format: FORMAT.into(),
+        id: backup_id.into(),
+        volume: vol.name.clone(),
+        volume_id: vol.id.clone(),
+        size_bytes: snap.size_bytes,
+        block_size: BLOCK_SIZE,
+        parent: parent.as_ref().map(|p| p.id.clone()),
+        created_at: now(),
+        digest: digest.clone(),
+        blocks: out.blocks.clone(),
+    };
+    let rec = BackupRecord {
+        v: SCHEMA,
+        id: backup_id.into(),
+        volume: vol.name.clone(),
+        volume_id: vol.id.clone(),
+        target: target_name.into(),
+        size_bytes: snap.size_bytes,
+        block_size: BLOCK_SIZE,
+        blocks: out.blocks.len() as u64,
+        data_blocks: out.data_blocks,
+        uploaded_blocks: out.uploaded_blocks,
+        uploaded_bytes: out.uploaded_bytes,
+        scanned_bytes: out.scanned_bytes,
+        parent: manifest.parent.clone(),
+        digest,
+        created_at: manifest.created_at,
+        duration_ms: 0,
+    };
+    // The record goes into the op first, so a reconciler can finish from a written manifest.
+    if let Some(p) = op.params.as_object_mut() {
+        p.insert("record".into(), serde_json::to_value(&rec).unwrap_or_default());
+    }
+    s.op_step(op, "finalising").await?;
+    let body = serde_json::to_vec_pretty(&manifest).map_err(|e| ApiError::internal(e.to_string()))?;
+    target.put(&manifest_key(backup_id), body.into()).await.map_err(target_err)?;
+    s.op_step(op, "manifest-written").await?;
+    faults::point("backup:after-manifest");
+    let rec = BackupRecord { duration_ms: started.elapsed().as_millis() as u64, ..rec };
+    finish_backup(s, op, rec).await
+}
+
+/// Remove the temporary snapshot and commit the backup record (deleting the op) in one transaction.
+async fn finish_backup(s: &Elara, op: &OpRecord, rec: BackupRecord) -> ApiResult<BackupRecord> {
+    if let Some(name) = &op.snapshot
+        && s.get::<SnapshotRecord>(&keys::snapshot(name)).await?.is_some()
+    {
+        s.delete_snapshot(name).await?;
+    }
+    let key = bkeys::backup(&rec.id);
+    let mut ops = vec![del(keys::op(&op.id))];
+    if s.store.get(&key).await?.is_none() {
+        ops.push(put(key, &rec));
+    }
+    s.txn(vec![], ops).await?;
+    tracing::info!(backup = %rec.id, volume = %rec.volume, uploaded = rec.uploaded_blocks, blocks = rec.blocks, "backup created");
+    Ok(rec)
+}
+
+/// Undo a backup that did not finish: its temporary snapshot, its manifest if it got that far
+/// without a record, unreferenced blocks; then the op.
+async fn undo_backup(s: &Elara, op: &OpRecord, target: &str) -> ApiResult<()> {
+    if let Some(name) = &op.snapshot
+        && let Some(snap) = s.get::<SnapshotRecord>(&keys::snapshot(name)).await?
+    {
+        if let Some(other) = &snap.value.op {
+            return Err(ApiError::busy("snapshot", name, other));
+        }
+        s.delete_snapshot(name).await?;
+    }
+    if let Some(id) = op.params.get("backup_id").and_then(|v| v.as_str())
+        && s.store.get(&bkeys::backup(id)).await?.is_none()
+        && let Ok(t) = s.open_target(target).await
+    {
+        t.delete(&manifest_key(id)).await.map_err(target_err)?;
+    }
+    if s.get::<TargetRecord>(&bkeys::target(target)).await?.is_some() {
+        s.collect_garbage(target, Some(&op.id)).await?;
+    }
+    s.store.delete(&keys::op(&op.id)).await?;
+    Ok(())
+}
+
+/// Start restoring a backup into a new volume.
+pub async fn start_restore(s: Shared, backup_id: String, req: RestoreBackup) -> ApiResult<JobView> {
+    check_name("volume", &req.volume)?;
+    let b = s.backup(&backup_id).await?;
+    if s.store.get(&keys::volume(&req.volume)).await?.is_some() {
+        return Err(ApiError::conflict(format!("a volume named {:?} already exists", req.volume)).with_field("volume"));
+    }
+    if let Some(backend) = &req.backend {
+        s.require_image_backend(backend, "backend").await?;
+    }
+    let target = s.open_target(&b.target).await?;
+    let params = serde_json::json!({ "backup_id": b.id, "target": b.target });
+    let mut op = s.new_op(OpKind::RestoreBackup, &req.volume, None, params);
+    if !s.txn(vec![absent(keys::op(&op.id))], vec![put(keys::op(&op.id), &op)]).await? {
+        return Err(ApiError::conflict("operation id collision; try again"));
+    }
+    faults::point("backup-restore:after-intent");
+    let job = new_job(&op.id, "restore", &req.volume, Some(&b.id));
+    let (s2, j2) = (s.clone(), job.clone());
+    run_job(job, req.wait, async move {
+        let ticker = persist_progress(&s2, op.id.clone(), j2.progress.clone());
+        let r = do_restore(&s2, &mut op, &b, &target, &req, j2.progress.clone()).await;
+        ticker.abort();
+        match r {
+            Ok(vol) => Ok(serde_json::to_value(vol).unwrap_or_default()),
+            Err(e) => {
+                if let Err(ce) = undo_restore(&s2, &op).await {
+                    tracing::warn!(op = %op.id, "restore failed ({}); cleanup failed ({}); the reconciler will retry", e.message, ce.message);
+                    s2.op_abandon(&mut op, &e.message).await;
+                }
+                Err(e)
+            }
+        }
+    })
+    .await
+}
+
+async fn do_restore(s: &Shared, op: &mut OpRecord, b: &BackupRecord, target: &Target, req: &RestoreBackup, progress: Arc<Progress>) -> ApiResult<VolumeRecord> {
+    progress.phase("creating");
+    let manifest = target.manifest(&b.id).await.map_err(target_err)?;
+    if manifest.digest != b.digest || manifest.size_bytes != b.size_bytes {
+        return Err(ApiError::new(422, "corrupt", format!("manifest of backup {} does not match its record (digest or size differs)", b.id)));
+    }
+    let mut labels = BTreeMap::new();
+    labels.insert(RESTORE_LABEL.to_string(), op.id.clone());
+    let create = CreateVolume {
+        name: req.volume.clone(),
+        size: Some(manifest.size_bytes.to_string()),
+        backend: req.backend.clone(),
+        pool: req.pool.clone(),
+        labels,
+        ..Default::default()
+    };
+    let vol = s.create_volume(create).await?;
+    // Hold the new volume's lock while its blocks are written: nobody mounts a half-restored volume.
+    let vkey = keys::volume(&vol.name);
+    let cur = s.get::<VolumeRecord>(&vkey).await?.ok_or_else(|| ApiError::not_found("volume", &vol.name))?;
+    let mut locked = cur.value.clone();
+    locked.op = Some(op.id.clone());
+    if cur.value.op.is_some() || !s.txn(vec![rev(vkey.clone(), cur.revision)], vec![put(vkey.clone(), &locked)]).await? {
+        return Err(super::raced("volume", &vol.name));
+    }
+    if let Some(p) = op.params.as_object_mut() {
+        p.insert("volume_id".into(), vol.id.clone().into());
+    }
+    s.op_step(op, "writing").await?;
+    s.require_image_backend(&vol.backend, "backend").await?;
+    let image = s.image_path(&vol.backend, vol.backend_ref.as_deref(), &format!("volume {}", vol.name))?;
+    let hook: engine::Hook = Arc::new(|p: &Progress| {
+        use std::sync::atomic::Ordering::Relaxed;
+        if p.blocks_transferred.load(Relaxed) > 0 && p.blocks_done.load(Relaxed) * 2 >= p.blocks_total.load(Relaxed) {
+            faults::point("backup-restore:mid-write");
+        }
+    });
+    engine::restore(&manifest, target, &image, progress, hook).await.map_err(engine_err)?;
+    // Done: release the lock and drop the op in one transaction.
+    let cur = s.get::<VolumeRecord>(&vkey).await?.ok_or_else(|| ApiError::not_found("volume", &vol.name))?;
+    let mut v = cur.value.clone();
+    v.op = None;
+    v.source_snapshot = Some(format!("backup:{}", b.id));
+    if !s.txn(vec![rev(vkey.clone(), cur.revision)], vec![put(vkey, &v), del(keys::op(&op.id))]).await? {
+        return Err(super::raced("volume", &vol.name));
+    }
+    tracing::info!(backup = %b.id, volume = %v.name, "backup restored");
+    Ok(v)
+}
+
+/// Undo a restore: delete the volume it made (found by its label), then the op.
+async fn undo_restore(s: &Elara, op: &OpRecord) -> ApiResult<()> {
+    let vkey = keys::volume(&op.volume);
+    if let Some(cur) = s.get::<VolumeRecord>(&vkey).await?
+        && cur.value.labels.get(RESTORE_LABEL) == Some(&op.id)
+    {
+        match cur.value.op.as_deref() {
+            Some(o) if o == op.id => {
+                let mut v = cur.value.clone();
+                v.op = None;
+                if !s.txn(vec![rev(vkey.clone(), cur.revision)], vec![put(vkey.clone(), &v)]).await? {
+                    return Err(super::raced("volume", &op.volume));
+                }
+            }
+            Some(other) => return Err(ApiError::busy("volume", &op.volume, other)),
+            None => {}
+        }
+        s.delete_volume(&op.volume).await?;
+    }
+    s.store.delete(&keys::op(&op.id)).await?;
+    Ok(())
+}
+
+/// Start verifying a backup: every block fetched and checked, and the whole digest.
+pub async fn start_verify(s: Shared, backup_id: String, wait: bool) -> ApiResult<JobView> {
+    let b = s.backup(&backup_id).await?;
+    let target = s.open_target(&b.target).await?;
+    let job = new_job(&uuid::Uuid::now_v7().to_string(), "verify", &b.volume, Some(&b.id));
+    let j2 = job.clone();
+    run_job(job, wait, async move {
+        let manifest = match target.manifest(&b.id).await {
+            Ok(m) => m,
+            Err(e) => {
+                let report = VerifyReport { backup: b.id.clone(), blocks_checked: 0, bad_blocks: vec![], digest_ok: false, ok: false };
+                tracing::warn!(backup = %b.id, "verify: manifest unreadable: {e}");
+                return Ok(serde_json::json!({ "error": format!("manifest unreadable: {e}"), "report": report }));
+            }
+        };
+        let (bad, digest_ok) = engine::verify(&manifest, &target, j2.progress.clone()).await.map_err(engine_err)?;
+        let digest_ok = digest_ok && manifest.digest == b.digest;
+        let checked = manifest.blocks.iter().flatten().count() as u64;
+        let ok = bad.is_empty() && digest_ok;
+        Ok(serde_json::to_value(VerifyReport { backup: b.id.clone(), blocks_checked: checked, bad_blocks: bad, digest_ok, ok }).unwrap_or_default())
+    })
+    .await
+}
+
+/// A job of this daemon, or (for a running op of any daemon) its op record's progress.
+pub async fn job(s: &Elara, id: &str) -> ApiResult<JobView> {
+    if let Some(j) = jobs().lock().expect("jobs lock").get(id) {
+        return Ok(j.snapshot());
+    }
+    let op = s.get::<OpRecord>(&keys::op(id)).await?.ok_or_else(|| ApiError::not_found("backup job", id))?.value;
+    let kind = match op.kind {
+        OpKind::CreateBackup => "backup",
+        OpKind::RestoreBackup => "restore",
+        _ => return Err(ApiError::not_found("backup job", id)),
+    };
+    Ok(JobView {
+        id: op.id.clone(),
+        kind: kind.into(),
+        state: "running".into(),
+        volume: op.volume.clone(),
+        backup: op.params.get("backup_id").and_then(|v| v.as_str()).map(str::to_string),
+        progress: op.params.get("progress").and_then(|p| serde_json::from_value(p.clone()).ok()).unwrap_or_default(),
+        result: None,
+        error: op.last_error.clone(),
+    })
+}
+
+impl Elara {
+    /// The reconciler's part for backup ops whose daemon died: a backup whose manifest was
+    /// written is finished; any other is undone (snapshot, manifest, orphan blocks). A restore is
+    /// undone (its half-written volume deleted).
+    pub async fn recover_backup_op(&self, op: &mut OpRecord) -> ApiResult<()> {
+        let target = op.params.get("target").and_then(|v| v.as_str()).unwrap_or_default().to_string();
+        match op.kind {
+            OpKind::CreateBackup => {
+                let record: Option<BackupRecord> = op.params.get("record").and_then(|r| serde_json::from_value(r.clone()).ok());
+                if op.step == "manifest-written"
+                    && let Some(rec) = record
+                {
+                    finish_backup(self, op, rec).await.map(drop)
+                } else {
+                    undo_backup(self, op, &target).await
+                }
+            }
+            OpKind::RestoreBackup => undo_restore(self, op).await,
+            _ => Ok(()),
+        }
+    }
+}
