@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use elara_driver_sdk::debug;
+use elara_driver_sdk::{debug, info};
 use elara_driver_sdk::http::{Client, RequestBuilder, Response};
 use elara_driver_sdk::prelude::*;
 use serde::Deserialize;
@@ -149,6 +149,7 @@ impl Api {
             let resp = req.send().map_err(DriverError::from)?;
             debug!("{method} {path} -> {}", resp.status);
             if resp.status == 401 && !renewed && auth::renewable(&self.settings) {
+                info!("Cinder refused the Keystone token (HTTP 401 on {method} {path}): logging in again");
                 auth::forget();
                 renewed = true;
                 continue;
