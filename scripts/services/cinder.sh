@@ -9,6 +9,7 @@
 #                                            ELARA_TEST_CINDER_KEYSTONE=http://127.0.0.1:8777/v3
 #                                            ELARA_TEST_KEYSTONE=http://127.0.0.1:5000/v3
 #                                            ELARA_TEST_KEYSTONE_USER=elara  ..._PASSWORD=...
+#                                            ELARA_TEST_KEYSTONE_MEMBER_USER=elara-member (same password)
 #                                            ELARA_TEST_KEYSTONE_PROJECT=elara ..._PROJECT_ID=<id>
 #                                            ELARA_TEST_KEYSTONE_APPCRED_ID=... ..._APPCRED_SECRET=...
 #                                            ELARA_TEST_KEYSTONE_ADMIN_PASSWORD=... (user `admin`)
@@ -27,7 +28,8 @@
 #
 # Keystone too: keystone==30.0.0 (a venv of its own, SQLite, fernet tokens) on 127.0.0.1:5000,
 # bootstrapped with an `admin` user, plus a project `elara` whose user `elara` (password, and an
-# application credential) has the admin role there; and a second cinder-api on 127.0.0.1:8777
+# application credential) has the admin role there and whose user `elara-member` has the member
+# role only; and a second cinder-api on 127.0.0.1:8777
 # with auth_strategy=keystone over the same database and services, for Keystone-authenticated
 # drivers. Volumes made through it belong to the `elara` project, which the noauth API on 8776
 # also shows (token admin:<project id>).
@@ -184,13 +186,14 @@ EOF
      >"$BASE/logs/keystone.stdout" 2>&1 </dev/null & echo $! >"$BASE/pids/keystone.pid")
 }
 
-# The `elara` project, user (admin role there) and application credential, once; writes
-# keystone/env with the ELARA_TEST_KEYSTONE_* lines.
+# The `elara` project with two users: `elara` (admin role there; password and an application
+# credential) and `elara-member` (member role only: no admin APIs); made once (get-or-create),
+# written to keystone/env as ELARA_TEST_KEYSTONE_* lines.
 keystone_users() {
   local ks=$BASE/keystone
-  [ -f "$ks/env" ] && return 0
+  grep -qs '^ELARA_TEST_KEYSTONE_MEMBER_USER=' "$ks/env" && return 0
   "$KS_VENV/bin/python" - "$KS_URL" "$KS_ADMIN_PASSWORD" "$KS_USER_PASSWORD" >"$ks/env.tmp" <<'PY' || return 1
-import json, sys, urllib.request
+import json, sys, time, urllib.request
 url, admin_pw, user_pw = sys.argv[1:]
 def call(method, path, body=None, token=None):
     headers = {"Content-Type": "application/json"}
@@ -205,20 +208,26 @@ def login(user, pw, project):
         "name": user, "domain": {"id": "default"}, "password": pw}}},
         "scope": {"project": {"name": project, "domain": {"id": "default"}}}}})[0]
 admin = login("admin", admin_pw, "admin")
-_, p = call("POST", "/projects", {"project": {"name": "elara", "domain_id": "default"}}, admin)
-_, u = call("POST", "/users", {"user": {"name": "elara", "password": user_pw, "domain_id": "default"}}, admin)
-_, roles = call("GET", "/roles?name=admin", token=admin)
-pid, uid, rid = p["project"]["id"], u["user"]["id"], roles["roles"][0]["id"]
-call("PUT", "/projects/%s/users/%s/roles/%s" % (pid, uid, rid), token=admin)
+def get_or_create(kind, name, body):
+    found = call("GET", "/%s?name=%s" % (kind, name), token=admin)[1][kind]
+    return found[0]["id"] if found else call("POST", "/" + kind, body, admin)[1][kind[:-1]]["id"]
+pid = get_or_create("projects", "elara", {"project": {"name": "elara", "domain_id": "default"}})
+uid = get_or_create("users", "elara", {"user": {"name": "elara", "password": user_pw, "domain_id": "default"}})
+mid = get_or_create("users", "elara-member", {"user": {"name": "elara-member", "password": user_pw, "domain_id": "default"}})
+role = lambda name: call("GET", "/roles?name=" + name, token=admin)[1]["roles"][0]["id"]
+call("PUT", "/projects/%s/users/%s/roles/%s" % (pid, uid, role("admin")), token=admin)
+call("PUT", "/projects/%s/users/%s/roles/%s" % (pid, mid, role("member")), token=admin)
 user = login("elara", user_pw, "elara")
-_, ac = call("POST", "/users/%s/application_credentials" % uid, {"application_credential": {"name": "elara-tests"}}, user)
+ac = call("POST", "/users/%s/application_credentials" % uid,
+          {"application_credential": {"name": "elara-tests-%d" % time.time()}}, user)[1]["application_credential"]
 print("ELARA_TEST_KEYSTONE=" + url)
 print("ELARA_TEST_KEYSTONE_USER=elara")
 print("ELARA_TEST_KEYSTONE_PASSWORD=" + user_pw)
+print("ELARA_TEST_KEYSTONE_MEMBER_USER=elara-member")
 print("ELARA_TEST_KEYSTONE_PROJECT=elara")
 print("ELARA_TEST_KEYSTONE_PROJECT_ID=" + pid)
-print("ELARA_TEST_KEYSTONE_APPCRED_ID=" + ac["application_credential"]["id"])
-print("ELARA_TEST_KEYSTONE_APPCRED_SECRET=" + ac["application_credential"]["secret"])
+print("ELARA_TEST_KEYSTONE_APPCRED_ID=" + ac["id"])
+print("ELARA_TEST_KEYSTONE_APPCRED_SECRET=" + ac["secret"])
 PY
   mv "$ks/env.tmp" "$ks/env"
 }

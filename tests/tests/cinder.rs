@@ -550,6 +550,8 @@ struct Keystone {
     /// The Keystone-authenticated Cinder endpoint, `http://127.0.0.1:8777/v3`.
     cinder: String,
     user: String,
+    /// A user with the member role only (no admin APIs); same password.
+    member_user: String,
     password: String,
     project: String,
     project_id: String,
@@ -569,6 +571,7 @@ impl Keystone {
             url: var("ELARA_TEST_KEYSTONE"),
             cinder: var("ELARA_TEST_CINDER_KEYSTONE"),
             user: var("ELARA_TEST_KEYSTONE_USER"),
+            member_user: var("ELARA_TEST_KEYSTONE_MEMBER_USER"),
             password: var("ELARA_TEST_KEYSTONE_PASSWORD"),
             project: var("ELARA_TEST_KEYSTONE_PROJECT"),
             project_id: var("ELARA_TEST_KEYSTONE_PROJECT_ID"),
@@ -699,6 +702,18 @@ fn keystone_auth(store: StoreKind) -> anyhow::Result<()> {
         ensure!(c["status"] == "available" && s(&c, "os-vol-tenant-attr:tenant_id") == ks.project_id, "{backend}: {c}");
         ensure!(s(&c, "os-vol-host-attr:host") == PINNED_POOL, "{backend}: landed in {}", c["os-vol-host-attr:host"]);
     }
+
+    // Without admin rights: one pool per volume type, capacity unknown; Cinder places the volume.
+    cinder.ensure_multi_type()?;
+    let member = [("username", ks.member_user.as_str()), ("password", &ks.password), ("project_name", &ks.project), ("volume_type", MULTI_TYPE)];
+    add(ks.backend_add("ksmember", &tag, &member))?;
+    let pools: Vec<Value> = d.json(&["pool", "list"])?.as_array().cloned().unwrap_or_default().into_iter().filter(|p| p["backend"] == "ksmember").collect();
+    ensure!(pools.len() == 1 && pools[0]["pool"]["name"] == MULTI_TYPE, "member pools: {pools:?}");
+    ensure!(!pools[0]["pool"]["total"].to_string().contains("ytes"), "a member cannot know the capacity: {}", pools[0]);
+    d.ok(&["volume", "create", "kv4", "--size", "1G", "--backend", "ksmember"])?;
+    let c = view.volume_of(s(&d.json(&["volume", "inspect", "kv4"])?, "id"))?;
+    ensure!(c["volume_type"] == MULTI_TYPE && s(&c, "os-vol-host-attr:host").starts_with("elara-test@multi#"), "member volume: {c}");
+    d.ok(&["volume", "delete", "kv4"])?;
 
     add(ks.backend_add("ksbad", &tag, &[("username", &ks.user), ("password", "not-the-password"), ("project_name", &ks.project)]))?;
     let err = d.fails(&["volume", "create", "kv3", "--size", "1G", "--backend", "ksbad"])?;

@@ -69,6 +69,8 @@ const MD_SIZE: &str = "elara-size-bytes";
 const MD_POOL: &str = "elara-pool";
 const MD_SOURCE: &str = "elara-source";
 const MD_VOLUME: &str = "elara-volume-id";
+/// Prefix of `elara-attachment-<node>` = the Cinder attachment id of that node.
+const MD_ATTACHMENT: &str = "elara-attachment-";
 
 fn api() -> DriverResult<Api> {
     Ok(Api { settings: SETTINGS.get()? })
@@ -257,9 +259,36 @@ fn node_connection(info: &Value, node: &NodeInfo) -> DriverResult<Connection> {
     Ok(conn)
 }
 
-/// This node's completed attachment of `v`, if any.
-fn node_attachment<'a>(v: &'a CinderVolume, node: &NodeInfo) -> Option<&'a api::VolumeAttachment> {
-    v.attachments.iter().find(|a| a.host_name.as_deref() == Some(node.name.as_str()))
+/// The metadata key that records this node's attachment of a volume (its Cinder attachment id).
+/// Written before the attachment is completed, so a retried attach finds an attachment even
+/// where Cinder hides `host_name` (non-admin credentials).
+fn attachment_key(node: &NodeInfo) -> String {
+    format!("{MD_ATTACHMENT}{}", node.name)
+}
+
+/// Ids of this node's attachments of `v`: the recorded one and any whose `host_name` is the node.
+fn node_attachments(v: &CinderVolume, node: &NodeInfo) -> Vec<String> {
+    let mut ids: Vec<String> = v.metadata.get(&attachment_key(node)).into_iter().cloned().collect();
+    for a in &v.attachments {
+        if a.host_name.as_deref() == Some(node.name.as_str()) && !ids.contains(&a.attachment_id) {
+            ids.push(a.attachment_id.clone());
+        }
+    }
+    ids
+}
+
+fn set_metadata(api: &Api, uuid: &str, key: &str, value: &str, what: &str) -> DriverResult<()> {
+    let body = json!({ "metadata": { key: value } });
+    api.call("POST", &format!("/volumes/{uuid}/metadata"), Some(&body), None, Doing { what, field: "volume-id" })?;
+    Ok(())
+}
+
+fn delete_metadata(api: &Api, uuid: &str, key: &str, what: &str) -> DriverResult<()> {
+    let resp = api.raw("DELETE", &format!("/volumes/{uuid}/metadata/{}", api::encode(key)), None, None)?;
+    if resp.is_success() || resp.status == 404 {
+        return Ok(());
+    }
+    Err(api::status_error(resp.status, &resp.text(), Doing { what, field: "volume-id" }))
 }
 
 impl Guest for CinderDriver {
@@ -448,14 +477,22 @@ impl Guest for CinderDriver {
         let v = the_volume(&api, &volume_id)?;
         let what = format!("attaching volume {volume_id} (Cinder {}) to node {}", v.id, node.name);
         let doing = Doing { what: &what, field: "volume-id" };
-        // Attached already (a retried attach): the same connection.
-        if let Some(a) = node_attachment(&v, &node)
-            && let Some(att) = api.attachment(&a.attachment_id)?
-            && let Some(info) = &att.connection_info
-        {
-            return node_connection(info, &node);
+        let key = attachment_key(&node);
+        // Attached already (a retried attach): the same connection; one a crash left reserved
+        // is completed.
+        for id in node_attachments(&v, &node) {
+            let Some(att) = api.attachment(&id)? else { continue };
+            let Some(info) = att.connection_info.as_ref().filter(|i| i.as_object().is_some_and(|o| !o.is_empty())) else {
+                continue;
+            };
+            let conn = node_connection(info, &node)?;
+            if att.status != "attached" && mv >= MV_ATTACHMENT_COMPLETE {
+                let body = json!({ "os-complete": null });
+                api.call("POST", &format!("/attachments/{id}/action"), Some(&body), Some(MV_ATTACHMENT_COMPLETE), doing)?;
+            }
+            return Ok(conn);
         }
-        // Attachments never completed are what an interrupted attach left: remove them.
+        // Other unfinished attachments are what an interrupted attach left: remove them.
         let completed: Vec<&str> = v.attachments.iter().map(|a| a.attachment_id.as_str()).collect();
         for a in api.attachments_of(&v.id)? {
             if !completed.contains(&a.id.as_str()) {
@@ -467,8 +504,10 @@ impl Guest for CinderDriver {
         let made = api.call("POST", "/attachments", Some(&body), None, doing)?;
         let att: api::CinderAttachment = serde_json::from_value(made.get("attachment").cloned().unwrap_or_default())
             .map_err(|e| DriverError::backend(format!("{what}: unexpected attachment from Cinder: {e}")))?;
-        // Map and complete; on failure the attachment is removed again, so nothing is left reserved.
+        // Record, map and complete; on failure the attachment is removed again, so nothing is
+        // left reserved.
         let finish = || -> DriverResult<Connection> {
+            set_metadata(&api, &v.id, &key, &att.id, &what)?;
             let info = att
                 .connection_info
                 .clone()
@@ -484,7 +523,7 @@ impl Guest for CinderDriver {
         let conn = match finish() {
             Ok(conn) => conn,
             Err(e) => {
-                if let Err(undo) = api.delete_attachment(&att.id) {
+                if let Err(undo) = api.delete_attachment(&att.id).and_then(|_| delete_metadata(&api, &v.id, &key, &what)) {
                     warn!("{what}: removing attachment {} after a failure failed too: {}", att.id, undo.message());
                 }
                 return Err(e);
@@ -503,20 +542,21 @@ impl Guest for CinderDriver {
             Err(e) => return Err(e),
         };
         let completed: Vec<&str> = v.attachments.iter().map(|a| a.attachment_id.as_str()).collect();
-        let mine: Vec<&str> = v
-            .attachments
-            .iter()
-            .filter(|a| a.host_name.as_deref() == Some(node.name.as_str()))
-            .map(|a| a.attachment_id.as_str())
-            .collect();
-        let unfinished: Vec<String> = if v.status == "available" {
-            Vec::new()
-        } else {
-            api.attachments_of(&v.id)?.into_iter().filter(|a| !completed.contains(&a.id.as_str())).map(|a| a.id).collect()
-        };
-        for id in mine.iter().copied().chain(unfinished.iter().map(String::as_str)) {
+        let mut ids = node_attachments(&v, &node);
+        if v.status != "available" {
+            for a in api.attachments_of(&v.id)? {
+                if !completed.contains(&a.id.as_str()) && !ids.contains(&a.id) {
+                    ids.push(a.id);
+                }
+            }
+        }
+        for id in &ids {
             api.delete_attachment(id)?;
             info!("volume {volume_id}: Cinder attachment {id} of node {} deleted", node.name);
+        }
+        let key = attachment_key(&node);
+        if v.metadata.contains_key(&key) {
+            delete_metadata(&api, &v.id, &key, &format!("detaching volume {volume_id} from node {}", node.name))?;
         }
         Ok(())
     }
