@@ -184,8 +184,12 @@ fn docker_lifecycle_steps(rig: &Rig, layout: Layout, naming: &str) -> anyhow::Re
             Layout::PrefixPerVolume => assert_eq!(s3.objects(b, p)?, Some(vec![]), "nothing left under {b}/{p}"),
         }
     }
-    if layout == Layout::PrefixPerVolume {
-        assert_eq!(s3.objects(naming, "elara/meta/")?, Some(vec![]), "no records left");
+    match layout {
+        Layout::BucketPerVolume => {
+            let left: Vec<String> = s3.buckets()?.into_iter().filter(|b| b.starts_with(naming)).collect();
+            assert!(left.is_empty(), "no bucket of this backend is left: {left:?}");
+        }
+        Layout::PrefixPerVolume => assert_eq!(s3.objects(naming, "")?, Some(vec![]), "nothing left in {naming}"),
     }
     assert!(d.json(&["volume", "list"])?.as_array().unwrap().is_empty());
     Ok(())

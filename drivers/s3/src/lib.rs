@@ -49,6 +49,8 @@ pub struct S3Settings {
     pub pool: String,
     /// Capacity to report, if the operator set one.
     pub capacity: Option<u64>,
+    /// Server-side copies in flight during snapshots and clones.
+    pub copy_concurrency: usize,
 }
 
 impl S3Settings {
@@ -101,6 +103,11 @@ pub fn config_keys() -> Vec<ConfigKey> {
             "capacity",
             "capacity to report to the scheduler, e.g. 10T; unset: unknown (S3 reports none)",
             None,
+        ),
+        ConfigKey::optional(
+            "copy_concurrency",
+            "server-side copies in flight while taking or restoring a snapshot, 1-64",
+            Some("16"),
         ),
     ]
 }
@@ -160,7 +167,21 @@ pub fn parse_settings(pairs: Vec<(String, String)>) -> DriverResult<S3Settings> 
     if capacity == Some(0) {
         return Err(DriverError::invalid("capacity", "must be greater than 0 (leave it out for unknown)"));
     }
-    Ok(S3Settings { endpoint, region, access_key, secret_key, path_style, layout, pool, capacity })
+    let copy_concurrency = cfg.u64("copy_concurrency")?.unwrap_or(16);
+    if !(1..=64).contains(&copy_concurrency) {
+        return Err(DriverError::invalid("copy_concurrency", format!("{copy_concurrency} is not between 1 and 64")));
+    }
+    Ok(S3Settings {
+        endpoint,
+        region,
+        access_key,
+        secret_key,
+        path_style,
+        layout,
+        pool,
+        capacity,
+        copy_concurrency: copy_concurrency as usize,
+    })
 }
 
 fn check_endpoint(endpoint: &str) -> DriverResult<()> {
@@ -389,7 +410,7 @@ impl Guest for S3Driver {
         settings.layout.prepare(&s3, &place)?;
         // No record: whatever an earlier attempt copied is incomplete; start over.
         settings.layout.clear(&s3, &place, &label)?;
-        copy_all(&s3, &settings.layout.place(Kind::Snapshot, &snapshot_id), &place, &label)?;
+        copy_all(&s3, &settings.layout.place(Kind::Snapshot, &snapshot_id), &place, settings.copy_concurrency, &label)?;
         let record = new_volume_record(&spec, Some(&snapshot_id));
         settings.layout.write(&s3, &record)?;
         info!("created volume {} from snapshot {snapshot_id} at {}", spec.id, place.uri());
@@ -444,7 +465,7 @@ impl Guest for S3Driver {
         let label = format!("snapshot {} of volume {}", spec.id, spec.volume_id);
         settings.layout.prepare(&s3, &place)?;
         settings.layout.clear(&s3, &place, &label)?;
-        let (objects, bytes) = copy_all(&s3, &settings.layout.place(Kind::Volume, &spec.volume_id), &place, &label)?;
+        let (objects, bytes) = copy_all(&s3, &settings.layout.place(Kind::Volume, &spec.volume_id), &place, settings.copy_concurrency, &label)?;
         let record = Record {
             kind: Kind::Snapshot,
             id: spec.id.clone(),
@@ -545,6 +566,7 @@ mod tests {
             ("bucket_prefix", "a-very-long-bucket-prefix-indeed", "bucket_prefix"),
             ("path_style", "maybe", "path_style"),
             ("capacity", "lots", "capacity"),
+            ("copy_concurrency", "0", "copy_concurrency"),
         ] {
             let mut p: Vec<(&str, &str)> = base().into_iter().filter(|(bk, _)| *bk != k).collect();
             p.push((k, v));

@@ -14,7 +14,7 @@ use aws_sigv4::http_request::{
 };
 use aws_sigv4::sign::v4;
 use base64::Engine;
-use elara_driver_sdk::http::{Client, HttpError, Response};
+use elara_driver_sdk::http::{Client, HttpError, RequestBuilder, Response, send_all};
 use elara_driver_sdk::types::DriverError;
 use md5::{Digest, Md5};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
@@ -164,6 +164,21 @@ pub struct Object {
     pub size: u64,
 }
 
+/// One server-side copy of [`S3::copy_objects`].
+#[derive(Debug, Clone)]
+pub struct Copy {
+    pub src_bucket: String,
+    pub src_key: String,
+    pub dst_bucket: String,
+    pub dst_key: String,
+    pub size: u64,
+}
+
+/// `x-amz-copy-source`: `/bucket/key`, URL-encoded.
+fn copy_source(bucket: &str, key: &str) -> String {
+    format!("/{}/{}", utf8_percent_encode(bucket, PATH), utf8_percent_encode(key, PATH))
+}
+
 /// One page of ListObjectsV2.
 #[derive(Debug, Default)]
 pub struct Page {
@@ -253,8 +268,8 @@ impl S3 {
         url
     }
 
-    /// Sign and send; any status is returned.
-    fn send_raw(&self, req: &Req<'_>) -> Result<Response, S3Error> {
+    /// The signed request, ready to send.
+    fn signed(&self, req: &Req<'_>) -> Result<RequestBuilder, S3Error> {
         let url = self.url(req.bucket, req.key, &req.query);
         let identity = aws_credential_types::Credentials::new(&self.access_key, &self.secret_key, None, None, "elara").into();
         let mut settings = SigningSettings::default();
@@ -296,16 +311,34 @@ impl S3 {
             // RGW on DELETE (501). The body is whole in memory: say how long it is.
             builder = builder.header("content-length", &req.body.len().to_string());
         }
-        builder.body(req.body.clone()).send().map_err(|source| S3Error::Http { op: req.op, source })
+        Ok(builder.body(req.body.clone()))
     }
 
     /// Send and turn a non-2xx reply into [`S3Error::Service`].
     fn send(&self, req: Req<'_>) -> Result<Response, S3Error> {
-        let resp = self.send_raw(&req)?;
-        if resp.is_success() {
-            return Ok(resp);
+        let resp = self.signed(&req)?.send().map_err(|source| S3Error::Http { op: req.op, source })?;
+        check_status(&req, resp)
+    }
+
+    /// Send many requests, `concurrency` at a time; results in the order of `reqs`.
+    fn send_many(&self, reqs: &[Req<'_>], concurrency: usize) -> Vec<Result<Response, S3Error>> {
+        let mut results: Vec<Option<Result<Response, S3Error>>> = Vec::with_capacity(reqs.len());
+        let mut ready = Vec::new();
+        for (i, req) in reqs.iter().enumerate() {
+            match self.signed(req) {
+                Ok(b) => {
+                    results.push(None);
+                    ready.push((i, b));
+                }
+                Err(e) => results.push(Some(Err(e))),
+            }
         }
-        Err(service_error(req.op, req.bucket, resp.status, &resp.body))
+        let (index, builders): (Vec<usize>, Vec<RequestBuilder>) = ready.into_iter().unzip();
+        for (i, sent) in index.into_iter().zip(send_all(builders, concurrency)) {
+            let req = &reqs[i];
+            results[i] = Some(sent.map_err(|source| S3Error::Http { op: req.op, source }).and_then(|r| check_status(req, r)));
+        }
+        results.into_iter().map(|r| r.expect("every request has a result")).collect()
     }
 
     /// Names of every bucket the credentials own (also the cheapest check of the credentials).
@@ -422,7 +455,7 @@ impl S3 {
     /// Server-side copy of one object, its metadata included (s3fs keeps mode, owner and times
     /// there). Objects above 5 GiB are copied in 1 GiB parts.
     pub fn copy_object(&self, src_bucket: &str, src_key: &str, dst_bucket: &str, dst_key: &str, size: u64) -> Result<(), S3Error> {
-        let source = format!("/{}/{}", utf8_percent_encode(src_bucket, PATH), utf8_percent_encode(src_key, PATH));
+        let source = copy_source(src_bucket, src_key);
         if size > MAX_SINGLE_COPY {
             return self.copy_multipart(&source, src_bucket, src_key, dst_bucket, dst_key, size);
         }
@@ -434,6 +467,31 @@ impl S3 {
         let resp = self.send(req)?;
         // A copy can fail after S3 sent 200: the error is then in the body.
         check_embedded_error("CopyObject", dst_bucket, &resp.body)
+    }
+
+    /// Server-side copies of many objects, `concurrency` at a time (CopyObject of each; objects
+    /// above 5 GiB one after another in parts). The first failure is returned, after every copy
+    /// in flight has ended.
+    pub fn copy_objects(&self, copies: &[Copy], concurrency: usize) -> Result<(), S3Error> {
+        let (big, small): (Vec<&Copy>, Vec<&Copy>) = copies.iter().partition(|c| c.size > MAX_SINGLE_COPY);
+        let reqs: Vec<Req<'_>> = small
+            .iter()
+            .map(|c| {
+                Req::new("CopyObject", "PUT", Some(&c.dst_bucket))
+                    .key(&c.dst_key)
+                    .header("x-amz-copy-source", copy_source(&c.src_bucket, &c.src_key))
+                    .header("x-amz-metadata-directive", "COPY")
+                    .timeout(Duration::from_secs(600))
+            })
+            .collect();
+        for (req, result) in reqs.iter().zip(self.send_many(&reqs, concurrency)) {
+            // A copy can fail after S3 sent 200: the error is then in the body.
+            check_embedded_error("CopyObject", req.bucket.unwrap_or_default(), &result?.body)?;
+        }
+        for c in big {
+            self.copy_object(&c.src_bucket, &c.src_key, &c.dst_bucket, &c.dst_key, c.size)?;
+        }
+        Ok(())
     }
 
     fn copy_multipart(&self, source: &str, src_bucket: &str, src_key: &str, dst_bucket: &str, dst_key: &str, size: u64) -> Result<(), S3Error> {
@@ -523,6 +581,14 @@ impl S3 {
             other => other.map(drop),
         }
     }
+}
+
+/// `Ok` for 2xx, else the error document as [`S3Error::Service`].
+fn check_status(req: &Req<'_>, resp: Response) -> Result<Response, S3Error> {
+    if resp.is_success() {
+        return Ok(resp);
+    }
+    Err(service_error(req.op, req.bucket, resp.status, &resp.body))
 }
 
 /// The error document of a failed call (or one embedded in a 200 reply).

@@ -19,7 +19,7 @@ use elara_driver_sdk::info;
 use elara_driver_sdk::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::s3::{Object, S3, S3Error};
+use crate::s3::{Copy, Object, S3, S3Error};
 
 /// A volume or a snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,9 +104,6 @@ const TAG_SIZE: &str = "elara-size";
 const TAG_POOL: &str = "elara-pool";
 const TAG_FROM: &str = "elara-from";
 const TAG_VOLUME: &str = "elara-volume";
-
-/// Progress is logged once per this many objects.
-const PROGRESS_EVERY: u64 = 1000;
 
 impl Layout {
     /// The longest Elara id this layout can name (bucket names stop at 63 characters).
@@ -324,27 +321,35 @@ fn empty(s3: &S3, place: &Place, label: &str) -> Result<u64, S3Error> {
     Ok(deleted)
 }
 
-/// Server-side copy of every object under `from` to the same relative key under `to`.
-/// Returns (objects, bytes).
-pub fn copy_all(s3: &S3, from: &Place, to: &Place, label: &str) -> DriverResult<(u64, u64)> {
+/// Server-side copy of every object under `from` to the same relative key under `to`, a page
+/// (1 000 objects) at a time with `concurrency` copies in flight. Returns (objects, bytes).
+pub fn copy_all(s3: &S3, from: &Place, to: &Place, concurrency: usize, label: &str) -> DriverResult<(u64, u64)> {
     let (mut objects, mut bytes) = (0u64, 0u64);
-    walk(s3, &from.bucket, &from.prefix, |o| {
-        let rel = &o.key[from.prefix.len()..];
-        if rel.is_empty() {
-            // The directory object of the place itself.
-            return Ok(());
+    let mut token: Option<String> = None;
+    loop {
+        let page = s3.list_objects(&from.bucket, &from.prefix, token.as_deref()).map_err(|e| err(s3, e))?;
+        let copies: Vec<Copy> = page
+            .objects
+            .iter()
+            // Skip the directory object of the place itself.
+            .filter(|o| o.key.len() > from.prefix.len())
+            .map(|o| Copy {
+                src_bucket: from.bucket.clone(),
+                src_key: o.key.clone(),
+                dst_bucket: to.bucket.clone(),
+                dst_key: format!("{}{}", to.prefix, &o.key[from.prefix.len()..]),
+                size: o.size,
+            })
+            .collect();
+        s3.copy_objects(&copies, concurrency).map_err(|e| err(s3, e))?;
+        objects += copies.len() as u64;
+        bytes += copies.iter().map(|c| c.size).sum::<u64>();
+        info!("{label}: copied {objects} objects ({bytes} bytes) from {} to {}", from.uri(), to.uri());
+        match page.next {
+            Some(t) => token = Some(t),
+            None => return Ok((objects, bytes)),
         }
-        s3.copy_object(&from.bucket, &o.key, &to.bucket, &format!("{}{rel}", to.prefix), o.size)?;
-        objects += 1;
-        bytes += o.size;
-        if objects % PROGRESS_EVERY == 0 {
-            info!("{label}: copied {objects} objects ({bytes} bytes) from {} to {}", from.uri(), to.uri());
-        }
-        Ok(())
-    })
-    .map_err(|e| err(s3, e))?;
-    info!("{label}: copied {objects} objects ({bytes} bytes) from {} to {}", from.uri(), to.uri());
-    Ok((objects, bytes))
+    }
 }
 
 fn tags_of(r: &Record) -> Vec<(String, String)> {

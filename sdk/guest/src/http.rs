@@ -194,6 +194,11 @@ impl RequestBuilder {
     /// Send the request and read the whole response body. Any status is `Ok`: use
     /// [`Response::error_for_status`] to turn 4xx/5xx into an error.
     pub fn send(self) -> Result<Response, HttpError> {
+        wstd::runtime::block_on(self.send_async())
+    }
+
+    /// [`RequestBuilder::send`] as a future, for [`send_all`].
+    async fn send_async(self) -> Result<Response, HttpError> {
         if let Some(e) = self.error {
             return Err(e);
         }
@@ -204,18 +209,16 @@ impl RequestBuilder {
         client.set_connect_timeout(self.client.connect_timeout);
         client.set_first_byte_timeout(self.client.response_timeout);
         client.set_between_bytes_timeout(self.client.response_timeout);
-        wstd::runtime::block_on(async move {
-            let response = client.send(request).await.map_err(|e| classify(&method, &url, e))?;
-            let status = response.status().as_u16();
-            let headers = response
-                .headers()
-                .iter()
-                .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
-                .collect();
-            let mut body = response.into_body();
-            let body = body.contents().await.map_err(|e| classify(&method, &url, e))?.to_vec();
-            Ok(Response { status, headers, body, method, url })
-        })
+        let response = client.send(request).await.map_err(|e| classify(&method, &url, e))?;
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect();
+        let mut body = response.into_body();
+        let body = body.contents().await.map_err(|e| classify(&method, &url, e))?.to_vec();
+        Ok(Response { status, headers, body, method, url })
     }
 
     fn build(&self) -> Result<Request<Body>, HttpError> {
@@ -248,6 +251,44 @@ impl RequestBuilder {
             reason: e.to_string(),
         })
     }
+}
+
+/// Send many requests concurrently, at most `limit` in flight, and read each whole response:
+/// for calls that fan out (e.g. one server-side copy per object). The results are in the order
+/// of `requests`; each request keeps its own client's timeouts.
+///
+/// ```ignore
+/// let results = elara_driver_sdk::http::send_all(keys.iter().map(|k| client.put(&url(k))).collect(), 16);
+/// ```
+pub fn send_all(requests: Vec<RequestBuilder>, limit: usize) -> Vec<Result<Response, HttpError>> {
+    use std::cell::RefCell;
+    use std::collections::VecDeque;
+    use std::rc::Rc;
+
+    let n = requests.len();
+    let queue = Rc::new(RefCell::new(requests.into_iter().enumerate().collect::<VecDeque<_>>()));
+    let results: Rc<RefCell<Vec<Option<Result<Response, HttpError>>>>> =
+        Rc::new(RefCell::new((0..n).map(|_| None).collect()));
+    wstd::runtime::block_on(async {
+        // `limit` workers, each taking the next request when its last one is answered.
+        let workers: Vec<_> = (0..limit.clamp(1, n.max(1)))
+            .map(|_| {
+                let (queue, results) = (queue.clone(), results.clone());
+                wstd::runtime::spawn(async move {
+                    loop {
+                        let next = queue.borrow_mut().pop_front();
+                        let Some((i, request)) = next else { break };
+                        let result = request.send_async().await;
+                        results.borrow_mut()[i] = Some(result);
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker.await;
+        }
+    });
+    results.take().into_iter().map(|r| r.expect("every request was sent")).collect()
 }
 
 /// Sort a wasi:http failure into denied / unreachable / other.
