@@ -522,9 +522,9 @@ fn cinder_create_retried_after_interruption() -> anyhow::Result<()> {
             let seen = cinder.volumes_where("elara-id", &id)?;
             let interrupted = matches!(first, Err(CallError::Timeout { .. })) && !seen.is_empty();
             if !interrupted {
-                // Cut off before the POST, or finished in time: clean up, try a longer limit.
+                // Cut off before Cinder had the volume, or finished in time: try a longer limit.
+                // (A POST still in flight may land later; the sweep at the end removes it.)
                 patient.delete(&id).await?;
-                ensure!(cinder.volumes_where("elara-id", &id)?.is_empty(), "delete left a Cinder volume for {id}");
                 continue;
             }
             let state = s(&seen[0], "status").to_string();
@@ -535,9 +535,11 @@ fn cinder_create_retried_after_interruption() -> anyhow::Result<()> {
             ensure!(s(&seen[0], "id") == again.backend_ref, "the retry made a new volume instead of finding {}", seen[0]["id"]);
             eprintln!("create cut off after {limit_ms} ms with the Cinder volume {state}; the retry found it");
             patient.delete(&id).await?;
-            ensure!(cinder.volumes_where("elara-tag", &tag)?.is_empty(), "Cinder volumes left for tag {tag}");
+            ensure!(cinder.volumes_where("elara-id", &id)?.is_empty(), "delete left a Cinder volume for {id}");
+            sweep(&cinder, &patient, &tag).await?;
             return Ok(());
         }
+        sweep(&cinder, &patient, &tag).await?;
         bail!("no call limit cut a create off after Cinder accepted it; widen the list of limits")
     })
 }
@@ -671,6 +673,26 @@ impl Keystone {
             ensure!(start.elapsed() < Duration::from_secs(30), "fresh tokens of {} still refused after 30 s", self.user);
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+}
+
+/// Remove the volumes of `tag` that creates cut off while their POST was still in flight made
+/// after the test looked: poll Cinder (bounded) until it shows none for 3 s, the time a POST
+/// already sent takes to land here at most.
+async fn sweep(cinder: &Cinder, backend: &elara_runtime::Backend, tag: &str) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let mut quiet_since = Instant::now();
+    loop {
+        let left = cinder.volumes_where("elara-tag", tag)?;
+        if left.is_empty() && quiet_since.elapsed() > Duration::from_secs(3) {
+            return Ok(());
+        }
+        for v in &left {
+            backend.delete(s(&v["metadata"], "elara-id")).await?;
+            quiet_since = Instant::now();
+        }
+        ensure!(start.elapsed() < Duration::from_secs(60), "Cinder volumes of tag {tag} keep appearing: {left:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
