@@ -385,15 +385,24 @@ impl S3 {
 
     /// The bucket's tags, or `None` if it has none. A missing bucket is an error (`NoSuchBucket`).
     pub fn get_bucket_tagging(&self, bucket: &str) -> Result<Option<Vec<(String, String)>>, S3Error> {
-        let req = Req::new("GetBucketTagging", "GET", Some(bucket)).query("tagging", "");
-        match self.send(req) {
-            Ok(resp) => {
-                let t: Tagging = parse("GetBucketTagging", &resp.body)?;
-                Ok(Some(t.tag_set.tag.into_iter().map(|t| (t.key, t.value)).collect()))
-            }
-            Err(e) if e.is("NoSuchTagSet") || e.is("NoSuchTagSetError") => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.get_bucket_taggings(&[bucket], 1).remove(0)
+    }
+
+    /// [`S3::get_bucket_tagging`] of many buckets, `concurrency` at a time, in their order.
+    pub fn get_bucket_taggings(&self, buckets: &[&str], concurrency: usize) -> Vec<Result<Option<Vec<(String, String)>>, S3Error>> {
+        let reqs: Vec<Req<'_>> =
+            buckets.iter().map(|b| Req::new("GetBucketTagging", "GET", Some(b)).query("tagging", "")).collect();
+        self.send_many(&reqs, concurrency)
+            .into_iter()
+            .map(|result| match result {
+                Ok(resp) => {
+                    let t: Tagging = parse("GetBucketTagging", &resp.body)?;
+                    Ok(Some(t.tag_set.tag.into_iter().map(|t| (t.key, t.value)).collect()))
+                }
+                Err(e) if e.is("NoSuchTagSet") || e.is("NoSuchTagSetError") => Ok(None),
+                Err(e) => Err(e),
+            })
+            .collect()
     }
 
     /// Replace the bucket's tags.
@@ -560,11 +569,20 @@ impl S3 {
 
     /// An object's body, or `None` if there is no such key.
     pub fn get_object(&self, bucket: &str, key: &str) -> Result<Option<Vec<u8>>, S3Error> {
-        match self.send(Req::new("GetObject", "GET", Some(bucket)).key(key)) {
-            Ok(resp) => Ok(Some(resp.body)),
-            Err(e) if e.is("NoSuchKey") => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.get_objects(bucket, &[key], 1).remove(0)
+    }
+
+    /// [`S3::get_object`] of many keys, `concurrency` at a time, in their order.
+    pub fn get_objects(&self, bucket: &str, keys: &[&str], concurrency: usize) -> Vec<Result<Option<Vec<u8>>, S3Error>> {
+        let reqs: Vec<Req<'_>> = keys.iter().map(|k| Req::new("GetObject", "GET", Some(bucket)).key(k)).collect();
+        self.send_many(&reqs, concurrency)
+            .into_iter()
+            .map(|result| match result {
+                Ok(resp) => Ok(Some(resp.body)),
+                Err(e) if e.is("NoSuchKey") => Ok(None),
+                Err(e) => Err(e),
+            })
+            .collect()
     }
 
     /// Write a small object.

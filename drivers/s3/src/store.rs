@@ -105,6 +105,9 @@ const TAG_POOL: &str = "elara-pool";
 const TAG_FROM: &str = "elara-from";
 const TAG_VOLUME: &str = "elara-volume";
 
+/// Records read at once when listing.
+const READ_CONCURRENCY: usize = 16;
+
 impl Layout {
     /// The longest Elara id this layout can name (bucket names stop at 63 characters).
     pub fn max_id_len(&self) -> usize {
@@ -134,33 +137,58 @@ impl Layout {
     /// The record of `kind` `id`, or `None` if there is none (never made, deleted, or a create
     /// that did not finish).
     pub fn read(&self, s3: &S3, kind: Kind, id: &str) -> DriverResult<Option<Record>> {
+        let mut records = self.read_many(s3, kind, &[id.to_string()], 1)?;
+        Ok(records.pop().flatten())
+    }
+
+    /// [`Layout::read`] of many ids, `concurrency` requests at a time, in their order.
+    pub fn read_many(&self, s3: &S3, kind: Kind, ids: &[String], concurrency: usize) -> DriverResult<Vec<Option<Record>>> {
         match self {
             Layout::Buckets { .. } => {
-                let place = self.place(kind, id);
-                let tags = match s3.get_bucket_tagging(&place.bucket) {
-                    Ok(Some(tags)) => tags,
-                    Ok(None) => return Ok(None),
-                    Err(e) if e.code() == Some("NoSuchBucket") => return Ok(None),
-                    Err(e) => return Err(err(s3, e)),
-                };
-                record_from_tags(&tags, kind, id).map_err(|why| {
-                    DriverError::backend(format!("bucket {} carries tags Elara cannot read: {why}", place.bucket))
-                })
+                let places: Vec<Place> = ids.iter().map(|id| self.place(kind, id)).collect();
+                let buckets: Vec<&str> = places.iter().map(|p| p.bucket.as_str()).collect();
+                let tags = s3.get_bucket_taggings(&buckets, concurrency);
+                ids.iter()
+                    .zip(places.iter().zip(tags))
+                    .map(|(id, (place, tags))| {
+                        let tags = match tags {
+                            Ok(Some(tags)) => tags,
+                            Ok(None) => return Ok(None),
+                            // A bucket deleted since it was listed is simply gone.
+                            Err(e) if e.code() == Some("NoSuchBucket") => return Ok(None),
+                            Err(e) => return Err(err(s3, e)),
+                        };
+                        record_from_tags(&tags, kind, id).map_err(|why| {
+                            DriverError::backend(format!("bucket {} carries tags Elara cannot read: {why}", place.bucket))
+                        })
+                    })
+                    .collect()
             }
             Layout::Prefix { bucket, prefix } => {
-                let key = Self::meta_key(prefix, kind, id);
-                let body = match s3.get_object(bucket, &key) {
-                    Ok(Some(body)) => body,
-                    Ok(None) => return Ok(None),
-                    Err(e) if e.code() == Some("NoSuchBucket") => return Ok(None),
-                    Err(e) => return Err(err(s3, e)),
-                };
-                let record: Record = serde_json::from_slice(&body)
-                    .map_err(|e| DriverError::backend(format!("s3://{bucket}/{key} is not an Elara record: {e}")))?;
-                if record.id != id || record.kind != kind {
-                    return Err(DriverError::backend(format!("s3://{bucket}/{key} holds the record of {} {}", record.kind.name(), record.id)));
-                }
-                Ok(Some(record))
+                let keys: Vec<String> = ids.iter().map(|id| Self::meta_key(prefix, kind, id)).collect();
+                let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+                let bodies = s3.get_objects(bucket, &key_refs, concurrency);
+                ids.iter()
+                    .zip(keys.iter().zip(bodies))
+                    .map(|(id, (key, body))| {
+                        let body = match body {
+                            Ok(Some(body)) => body,
+                            Ok(None) => return Ok(None),
+                            Err(e) if e.code() == Some("NoSuchBucket") => return Ok(None),
+                            Err(e) => return Err(err(s3, e)),
+                        };
+                        let record: Record = serde_json::from_slice(&body)
+                            .map_err(|e| DriverError::backend(format!("s3://{bucket}/{key} is not an Elara record: {e}")))?;
+                        if record.id != *id || record.kind != kind {
+                            return Err(DriverError::backend(format!(
+                                "s3://{bucket}/{key} holds the record of {} {}",
+                                record.kind.name(),
+                                record.id
+                            )));
+                        }
+                        Ok(Some(record))
+                    })
+                    .collect()
             }
         }
     }
@@ -224,17 +252,11 @@ impl Layout {
 
     /// Every record of `kind` this backend holds.
     pub fn list(&self, s3: &S3, kind: Kind) -> DriverResult<Vec<Record>> {
-        let mut out = Vec::new();
-        match self {
+        let ids: Vec<String> = match self {
             Layout::Buckets { name_prefix } => {
                 let start = format!("{name_prefix}{}", kind.bucket_infix());
-                for bucket in s3.list_buckets().map_err(|e| err(s3, e))? {
-                    let Some(id) = bucket.strip_prefix(&start) else { continue };
-                    // A bucket deleted between the listing and this read is simply gone.
-                    if let Some(r) = self.read(s3, kind, id)? {
-                        out.push(r);
-                    }
-                }
+                let buckets = s3.list_buckets().map_err(|e| err(s3, e))?;
+                buckets.iter().filter_map(|b| b.strip_prefix(&start)).map(str::to_string).collect()
             }
             Layout::Prefix { bucket, prefix } => {
                 let folder = format!("{prefix}meta/{}", kind.folder());
@@ -246,17 +268,13 @@ impl Layout {
                     Ok(())
                 });
                 match walked {
-                    Err(e) if e.code() == Some("NoSuchBucket") => return Ok(out),
+                    Err(e) if e.code() == Some("NoSuchBucket") => return Ok(Vec::new()),
                     other => other.map_err(|e| err(s3, e))?,
                 }
-                for id in ids {
-                    if let Some(r) = self.read(s3, kind, &id)? {
-                        out.push(r);
-                    }
-                }
+                ids
             }
-        }
-        Ok(out)
+        };
+        Ok(self.read_many(s3, kind, &ids, READ_CONCURRENCY)?.into_iter().flatten().collect())
     }
 }
 
