@@ -7,6 +7,7 @@
 //! one. Calls never wait for each other: concurrent calls use distinct instances.
 
 use std::future::Future;
+use std::task::Poll;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -40,13 +41,20 @@ pub(crate) struct Sandbox {
     pool: Option<Arc<PoolDir>>,
     policy: NetPolicy,
     limits: Limits,
+    /// `limits.cpu_budget` in epoch ticks.
+    budget_ticks: u64,
 }
 
 impl Sandbox {
     /// The sandbox that answers `info` at load time: no pool dir, no grants.
     pub(crate) fn info_only(runtime: Runtime, sha256: &str, limits: Limits) -> Sandbox {
         let name: Arc<str> = format!("load:{}", &sha256[..12.min(sha256.len())]).into();
-        Sandbox { runtime, policy: NetPolicy::new(name.clone(), Vec::new()), name, pool: None, limits }
+        Sandbox::new(runtime, name, None, Vec::new(), limits)
+    }
+
+    fn new(runtime: Runtime, name: Arc<str>, pool: Option<Arc<PoolDir>>, grants: Vec<crate::HostGrant>, limits: Limits) -> Sandbox {
+        let budget_ticks = ticks(limits.cpu_budget, runtime.inner.cfg.epoch_tick);
+        Sandbox { runtime, policy: NetPolicy::new(name.clone(), grants), name, pool, limits, budget_ticks }
     }
 
     fn new_store(&self) -> Result<Store<StoreState>, CallError> {
@@ -113,8 +121,7 @@ impl Sandbox {
     }
 
     fn begin_call(&self, store: &mut Store<StoreState>) {
-        let budget_ticks = ticks(self.limits.cpu_budget, self.runtime.inner.cfg.epoch_tick);
-        store.data_mut().cpu = CpuMeter { used_ticks: 0, budget_ticks, exceeded: false };
+        store.data_mut().cpu = CpuMeter { used_ticks: 0, budget_ticks: self.budget_ticks, exceeded: false };
         store.data().log.lock().unwrap().reset();
         store.set_epoch_deadline(1);
     }
@@ -126,15 +133,26 @@ impl Sandbox {
         Fut: Future<Output = (Instance, wasmtime::Result<R>)>,
     {
         self.begin_call(&mut inst.store);
-        let started = Instant::now();
-        match tokio::time::timeout(self.limits.call_timeout, f(inst)).await {
+        let started = tracing::enabled!(target: "driver", tracing::Level::TRACE).then(Instant::now);
+        let mut call = std::pin::pin!(f(inst));
+        // Most calls finish on their first poll (no host I/O, no epoch yield) and need no
+        // timer: arming one costs more than a trivial call. A call that does not finish is put
+        // under the wall-clock limit from there (late by at most one epoch tick of guest time).
+        let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
+        let outcome = match first {
+            Poll::Ready(r) => Ok(r),
+            Poll::Pending => tokio::time::timeout(self.limits.call_timeout, call).await,
+        };
+        match outcome {
             Err(_) => {
                 tracing::warn!(target: "driver", backend = %self.name, op, timeout = ?self.limits.call_timeout,
                     "driver call timed out; instance discarded");
                 Err(CallError::Timeout { backend: self.name.to_string(), after: self.limits.call_timeout })
             }
             Ok((inst, Ok(r))) => {
-                tracing::trace!(target: "driver", backend = %self.name, op, elapsed = ?started.elapsed(), "driver call");
+                if let Some(started) = started {
+                    tracing::trace!(target: "driver", backend = %self.name, op, elapsed = ?started.elapsed(), "driver call");
+                }
                 Ok((inst, r))
             }
             Ok((inst, Err(e))) => {
@@ -240,13 +258,7 @@ impl Backend {
             .await
             .map_err(|e| RuntimeError::Other(e.to_string()))??;
         let name: Arc<str> = spec.name.clone().into();
-        let sandbox = Sandbox {
-            runtime,
-            policy: NetPolicy::new(name.clone(), spec.grants.clone()),
-            name,
-            pool: Some(Arc::new(pool)),
-            limits: spec.limits.clone(),
-        };
+        let sandbox = Sandbox::new(runtime, name, Some(Arc::new(pool)), spec.grants.clone(), spec.limits.clone());
         let backend = Backend {
             inner: Arc::new(BackendInner {
                 sandbox,
@@ -280,6 +292,55 @@ impl Backend {
         self.inner.idle.lock().unwrap().len()
     }
 
+    /// Instantiate and configure instances until `n` are idle (at most [`MAX_IDLE_INSTANCES`]),
+    /// so the next calls do not pay for it. Returns how many are idle.
+    pub async fn prewarm(&self, n: usize) -> Result<usize, CallError> {
+        let n = n.min(MAX_IDLE_INSTANCES);
+        while self.idle_instances() < n {
+            let inst = self.fresh_instance().await?;
+            self.release(inst);
+        }
+        Ok(self.idle_instances())
+    }
+
+    /// Drop every idle instance, freeing their slots in the pooling allocator; the next call
+    /// instantiates afresh. Returns how many were dropped.
+    pub fn clear_idle(&self) -> usize {
+        let idle = std::mem::take(&mut *self.inner.idle.lock().unwrap());
+        idle.len()
+    }
+
+    /// Benchmark hook: `n` `stats` calls on one instance straight through wasmtime, without
+    /// the per-call bookkeeping of [`Backend::stats`] (idle pool, budgets, timeout), to show
+    /// what that bookkeeping costs. Not for production use.
+    #[doc(hidden)]
+    pub async fn bench_raw_stats(&self, volume_id: &str, n: usize) -> Result<(), CallError> {
+        let (inst, ()) = self
+            .inner
+            .sandbox
+            .run("bench", self.take_instance().await?, |mut i| async move {
+                let mut r = Ok(());
+                for _ in 0..n {
+                    if let Err(e) = i.bindings.elara_driver_driver().call_stats(&mut i.store, volume_id).await {
+                        r = Err(e);
+                        break;
+                    }
+                }
+                (i, r)
+            })
+            .await?;
+        self.release(inst);
+        Ok(())
+    }
+
+    async fn take_instance(&self) -> Result<Instance, CallError> {
+        let idle = self.inner.idle.lock().unwrap().pop();
+        match idle {
+            Some(i) => Ok(i),
+            None => self.fresh_instance().await,
+        }
+    }
+
     /// A new instance with `configure` already run on it.
     async fn fresh_instance(&self) -> Result<Instance, CallError> {
         let sb = &self.inner.sandbox;
@@ -307,11 +368,7 @@ impl Backend {
         F: FnOnce(Instance) -> Fut,
         Fut: Future<Output = (Instance, wasmtime::Result<R>)>,
     {
-        let idle = self.inner.idle.lock().unwrap().pop();
-        let inst = match idle {
-            Some(i) => i,
-            None => self.fresh_instance().await?,
-        };
+        let inst = self.take_instance().await?;
         let (inst, r) = self.inner.sandbox.run(op, inst, f).await?;
         self.release(inst);
         Ok(r)
@@ -334,61 +391,52 @@ impl Backend {
 
     /// Create a volume (idempotent on `spec.id`).
     pub async fn create(&self, spec: &VolumeSpec) -> Result<Volume, CallError> {
-        let spec = spec.clone();
-        flat(driver_call!(self, "create", |d, s| d.call_create(s, &spec)))
+        flat(driver_call!(self, "create", |d, s| d.call_create(s, spec)))
     }
 
     /// Create a volume with the contents of a snapshot.
     pub async fn create_from_snapshot(&self, spec: &VolumeSpec, snapshot_id: &str) -> Result<Volume, CallError> {
-        let (spec, snap) = (spec.clone(), snapshot_id.to_string());
-        flat(driver_call!(self, "create-from-snapshot", |d, s| d.call_create_from_snapshot(s, &spec, &snap)))
+        flat(driver_call!(self, "create-from-snapshot", |d, s| d.call_create_from_snapshot(s, spec, snapshot_id)))
     }
 
     /// Delete a volume (succeeds if it does not exist).
     pub async fn delete(&self, volume_id: &str) -> Result<(), CallError> {
-        let id = volume_id.to_string();
-        flat(driver_call!(self, "delete", |d, s| d.call_delete(s, &id)))
+        flat(driver_call!(self, "delete", |d, s| d.call_delete(s, volume_id)))
     }
 
     /// Grow a volume.
     pub async fn resize(&self, volume_id: &str, size_bytes: u64) -> Result<Volume, CallError> {
-        let id = volume_id.to_string();
-        flat(driver_call!(self, "resize", |d, s| d.call_resize(s, &id, size_bytes)))
+        flat(driver_call!(self, "resize", |d, s| d.call_resize(s, volume_id, size_bytes)))
     }
 
     /// Create a snapshot (idempotent on `spec.id`).
     pub async fn snapshot_create(&self, spec: &SnapshotSpec) -> Result<Snapshot, CallError> {
-        let spec = spec.clone();
-        flat(driver_call!(self, "snapshot-create", |d, s| d.call_snapshot_create(s, &spec)))
+        flat(driver_call!(self, "snapshot-create", |d, s| d.call_snapshot_create(s, spec)))
     }
 
     /// Delete a snapshot (succeeds if it does not exist).
     pub async fn snapshot_delete(&self, snapshot_id: &str) -> Result<(), CallError> {
-        let id = snapshot_id.to_string();
-        flat(driver_call!(self, "snapshot-delete", |d, s| d.call_snapshot_delete(s, &id)))
+        flat(driver_call!(self, "snapshot-delete", |d, s| d.call_snapshot_delete(s, snapshot_id)))
     }
 
     /// Make a volume reachable from `node`.
     pub async fn attach(&self, volume_id: &str, node: &NodeInfo) -> Result<Connection, CallError> {
-        let (id, node) = (volume_id.to_string(), node.clone());
-        flat(driver_call!(self, "attach", |d, s| d.call_attach(s, &id, &node)))
+        flat(driver_call!(self, "attach", |d, s| d.call_attach(s, volume_id, node)))
     }
 
     /// Undo `attach`.
     pub async fn detach(&self, volume_id: &str, node: &NodeInfo) -> Result<(), CallError> {
-        let (id, node) = (volume_id.to_string(), node.clone());
-        flat(driver_call!(self, "detach", |d, s| d.call_detach(s, &id, &node)))
+        flat(driver_call!(self, "detach", |d, s| d.call_detach(s, volume_id, node)))
     }
 
     /// Usage figures of a volume.
     pub async fn stats(&self, volume_id: &str) -> Result<VolumeStats, CallError> {
-        let id = volume_id.to_string();
-        flat(driver_call!(self, "stats", |d, s| d.call_stats(s, &id)))
+        flat(driver_call!(self, "stats", |d, s| d.call_stats(s, volume_id)))
     }
 
     /// Set QoS limits on a volume.
     pub async fn set_qos(&self, volume_id: &str, qos: &Qos) -> Result<(), CallError> {
-        let (id, qos) = (volume_id.to_string(), *qos);
-        flat(driver_call!(self, "set-qos", |d, s| d.call_set_qos(s, &id, qos)))
+        let qos = *qos;
+        flat(driver_call!(self, "set-qos", |d, s| d.call_set_qos(s, volume_id, qos)))
     }
 }
