@@ -35,7 +35,7 @@ start_service() {
   echo "-- $name"
   out=$(bash "scripts/services/$name.sh" start "$WORK/$name") || { echo "$out"; echo "service $name failed to start"; exit 1; }
   while IFS= read -r line; do
-    if [[ $line =~ ^[A-Z_][A-Z0-9_]*= ]]; then export "${line?}"; echo "   $line" | sed -E 's/(SECRET[A-Z_]*=|TOKEN=).*/\1***/'; fi
+    if [[ $line =~ ^[A-Z_][A-Z0-9_]*= ]]; then export "${line?}"; echo "   $line" | sed -E 's/(SECRET[A-Z_]*=|TOKEN=|PASSWORD=).*/\1***/'; fi
   done <<< "$out"
 }
 start_service etcd

@@ -238,6 +238,11 @@ impl RequestBuilder {
             });
         }
         let mut builder = Request::builder().method(method).uri(uri);
+        // Without a length the body goes out chunked, and some servers (Cinder's eventlet WSGI)
+        // then read it as empty.
+        if !self.body.is_empty() && !self.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("content-length")) {
+            builder = builder.header("content-length", self.body.len());
+        }
         for (name, value) in &self.headers {
             let n = wstd::http::HeaderName::from_bytes(name.as_bytes())
                 .map_err(|e| HttpError::InvalidHeader { name: name.clone(), reason: e.to_string() })?;

@@ -83,7 +83,7 @@ impl Elara {
                     let (_, backend) = self.backends.get(&vol.backend).await?;
                     let listed = backend.list_volumes().await.map_err(|e| ApiError::from_call(&vol.backend, e))?;
                     if let Some(made) = listed.into_iter().find(|v| v.id == vol.id) {
-                        self.finish_create(op, made.backend_ref).await?;
+                        self.finish_create(op, made).await?;
                         return Ok(());
                     }
                 }

@@ -178,18 +178,23 @@ impl Elara {
         };
         faults::point(if source.is_some() { "restore:after-driver" } else { "create:after-driver" });
         self.op_step(&mut op, "driver-done").await?;
-        self.finish_create(&op, made.backend_ref).await
+        self.finish_create(&op, made).await
     }
 
-    /// Last step of a create: the volume becomes available and the op disappears, atomically.
-    pub(crate) async fn finish_create(&self, op: &OpRecord, backend_ref: String) -> ApiResult<VolumeRecord> {
+    /// Last step of a create: the volume becomes available and the op disappears, atomically. The
+    /// driver's answer is authoritative for where the volume landed (a restore may go beside its
+    /// snapshot, not into the pool the scheduler picked).
+    pub(crate) async fn finish_create(&self, op: &OpRecord, made: elara_runtime::Volume) -> ApiResult<VolumeRecord> {
         let key = keys::volume(&op.volume);
         let cur = self.get::<VolumeRecord>(&key).await?.ok_or_else(|| ApiError::internal(format!("volume {} vanished during create", op.volume)))?;
         let mut vol = cur.value;
         vol.state = VolumeState::Available;
         vol.op = None;
         vol.error = None;
-        vol.backend_ref = Some(backend_ref);
+        vol.backend_ref = Some(made.backend_ref);
+        if !made.pool.is_empty() {
+            vol.pool = made.pool;
+        }
         if !self.txn(vec![rev(key.clone(), cur.revision)], vec![put(key, &vol), del(keys::op(&op.id))]).await? {
             return Err(raced("volume", &vol.name));
         }
