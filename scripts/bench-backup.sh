@@ -5,12 +5,15 @@
 #   1. full backup          Elara (`elara backup create VOL --target s3`, snapshot included)
 #                           vs restic (`restic backup IMAGE`, Debian restic) of the same image file
 #   2. incremental backup   after changing 1 % of the image (41 random 1 MiB writes)
-#   3. restore              of the incremental into a new volume / a directory (restic --sparse),
+#   3. restore              of the incremental into a new volume / a directory (restic 0.14 has no --sparse),
 #                           both checked byte-identical to the source afterwards (not timed)
 #
 #   bash scripts/bench-backup.sh        (root; installs restic if missing; ~5 min)
 #
 # Env: BENCH_GIB (4), BENCH_RANDOM_GIB (3: the rest is 512 MiB of compressible text and a hole),
+#      BENCH_POOL_FS (xfs: the daemon's data dir, hence the pool and the image both tools read, on a
+#      loop-mounted XFS with reflink, where Elara's snapshots are reflinks as on a production node;
+#      `dir`: a plain directory of the work tree, where snapshots are sparse copies),
 #      ELARA_BENCH_KEEP=1 (leave the work dir and the buckets).
 # The page cache is dropped before every timed step (both tools read cold). The Elara binary is
 # the dev build (target/debug/elara; blake3 and zstd are optimised in dev builds, see Cargo.toml).
@@ -32,7 +35,15 @@ DRIVERS=${ELARA_DRIVERS_DIR:-$ROOT/target/drivers}
 bash scripts/services/s3.sh start "$ROOT/.work/s3" >/dev/null
 set -a; . "$ROOT/.work/s3/s3.env"; set +a
 
-rm -rf "$WORK"; mkdir -p "$WORK"
+[ -d "$WORK/d" ] && umount "$WORK/d" 2>/dev/null || true
+rm -rf "$WORK"; mkdir -p "$WORK/d"
+POOL_FS=${BENCH_POOL_FS:-xfs}
+if [ "$POOL_FS" = xfs ]; then
+  elara_apt_install xfsprogs
+  truncate -s "$((GIB * 3 + 2))G" "$WORK/pool.xfs"
+  mkfs.xfs -q -m reflink=1 "$WORK/pool.xfs"
+  mount -o loop "$WORK/pool.xfs" "$WORK/d"
+fi
 SOCK=$WORK/elara.sock
 DAEMON_PID=
 STAMP=$(date +%s)
@@ -41,6 +52,7 @@ RB=restic-bench-$STAMP
 cleanup() {
   [ -n "$DAEMON_PID" ] && kill "$DAEMON_PID" 2>/dev/null && wait "$DAEMON_PID" 2>/dev/null || true
   if [ -z "${ELARA_BENCH_KEEP:-}" ]; then
+    [ "$POOL_FS" = xfs ] && umount "$WORK/d" 2>/dev/null || true
     "$ELARA_TEST_S3_PYTHON" - "$EB" "$RB" <<'EOF' || true
 import os, sys, boto3
 s3 = boto3.resource("s3", endpoint_url=os.environ["ELARA_TEST_S3_ENDPOINT"], region_name=os.environ["ELARA_TEST_S3_REGION"],
@@ -67,7 +79,7 @@ E volume create bench --size "${GIB}G" >/dev/null
 IMG=$WORK/d/pools/local/$(E -o json volume inspect bench | python3 -c 'import json,sys; print(json.load(sys.stdin)["backend_ref"])')
 echo "writing the ${GIB} GiB image: ${RANDOM_GIB} GiB random, 512 MiB text, the rest a hole ($IMG)"
 head -c "$((RANDOM_GIB << 30))" /dev/urandom | dd of="$IMG" bs=4M conv=notrunc,fsync status=none
-seq 1 100000000 | head -c $((512 << 20)) | dd of="$IMG" bs=4M seek=$((RANDOM_GIB * 256)) conv=notrunc,fsync status=none
+{ seq 1 100000000 || true; } | head -c $((512 << 20)) | dd of="$IMG" bs=4M seek=$((RANDOM_GIB * 256)) conv=notrunc,fsync status=none
 truncate -s "${GIB}G" "$IMG"
 
 E backup target add s3 "s3://$EB/backups" --endpoint "$ELARA_TEST_S3_ENDPOINT" --region "$ELARA_TEST_S3_REGION" \
@@ -90,6 +102,7 @@ timed() {
 echo "full backups"
 E_FULL=$(timed "$ELARA" -s "$SOCK" -o json backup create bench --target s3)
 R_FULL=$(timed restic backup -q "$IMG")
+echo "  Elara $E_FULL s, restic $R_FULL s"
 
 echo "changing 1 % of the image (41 x 1 MiB)"
 python3 - "$IMG" "$GIB" <<'EOF'
@@ -110,19 +123,21 @@ E_INCR=$(timed "$ELARA" -s "$SOCK" -o json backup create bench --target s3)
 INCR_ID=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["id"])' "$WORK/last.out")
 E_UPLOADED=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["uploaded_blocks"], "of", d["data_blocks"], "blocks")' "$WORK/last.out")
 R_INCR=$(timed restic backup -q "$IMG")
+echo "  Elara $E_INCR s, restic $R_INCR s"
 
 echo "restores"
 E_REST=$(timed "$ELARA" -s "$SOCK" backup restore "$INCR_ID" --to restored)
-R_REST=$(timed restic restore latest -q --sparse --target "$WORK/restic-restore")
+R_REST=$(timed restic restore latest -q --target "$WORK/d/restic-restore")
+echo "  Elara $E_REST s, restic $R_REST s"
 
 E_SUM=$(sha256sum "$WORK/d/pools/local/$(E -o json volume inspect restored | python3 -c 'import json,sys; print(json.load(sys.stdin)["backend_ref"])')" | cut -d' ' -f1)
-R_SUM=$(sha256sum "$WORK/restic-restore$IMG" | cut -d' ' -f1)
+R_SUM=$(sha256sum "$WORK/d/restic-restore$IMG" | cut -d' ' -f1)
 [ "$E_SUM" = "$SUM" ] || { echo "Elara's restore differs from the source" >&2; exit 1; }
 [ "$R_SUM" = "$SUM" ] || { echo "restic's restore differs from the source" >&2; exit 1; }
 
 ratio() { echo "$2 / $1" | bc -l | xargs printf '%.1fx'; }
 echo
-echo "Backup of a ${GIB} GiB volume image to Ceph RGW on loopback ($(nproc) cores); restic $(restic version | cut -d' ' -f2)"
+echo "Backup of a ${GIB} GiB volume image to Ceph RGW on loopback ($(nproc) cores), pool on $POOL_FS; restic $(restic version | cut -d' ' -f2)"
 printf '%-34s %10s %10s %16s\n' "" "Elara (s)" "restic (s)" "restic / Elara"
 printf '%-34s %10s %10s %16s\n' "full backup" "$E_FULL" "$R_FULL" "$(ratio "$E_FULL" "$R_FULL")"
 printf '%-34s %10s %10s %16s\n' "incremental after 1 % change" "$E_INCR" "$R_INCR" "$(ratio "$E_INCR" "$R_INCR")"

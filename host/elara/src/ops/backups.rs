@@ -635,14 +635,10 @@ pub async fn start_verify(s: Shared, backup_id: String, wait: bool) -> ApiResult
     let job = new_job(&uuid::Uuid::now_v7().to_string(), "verify", &b.volume, Some(&b.id));
     let j2 = job.clone();
     run_job(job, wait, async move {
-        let manifest = match target.manifest(&b.id).await {
-            Ok(m) => m,
-            Err(e) => {
-                let report = VerifyReport { backup: b.id.clone(), blocks_checked: 0, bad_blocks: vec![], digest_ok: false, ok: false };
-                tracing::warn!(backup = %b.id, "verify: manifest unreadable: {e}");
-                return Ok(serde_json::json!({ "error": format!("manifest unreadable: {e}"), "report": report }));
-            }
-        };
+        let manifest = target
+            .manifest(&b.id)
+            .await
+            .map_err(|e| ApiError::new(422, "corrupt", format!("the manifest of backup {} cannot be read: {e}", b.id)))?;
         let (bad, digest_ok) = engine::verify(&manifest, &target, j2.progress.clone()).await.map_err(engine_err)?;
         let digest_ok = digest_ok && manifest.digest == b.digest;
         let checked = manifest.blocks.iter().flatten().count() as u64;
