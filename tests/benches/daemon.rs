@@ -78,7 +78,7 @@ async fn fill_and_list(d: &Daemon, n: usize) -> anyhow::Result<(f64, Duration, D
             let mut conn = rest::Conn::open(&socket).await?;
             for i in (w..n).step_by(CONCURRENCY) {
                 let (status, body) =
-                    conn.call("POST", "/v1/volumes", Some(json!({ "name": format!("bench{i:06}"), "size": "1G" }))).await?;
+                    conn.call("POST", "/v1/volumes", Some(json!({ "name": format!("bench{i:06}"), "size": "16M" }))).await?;
                 anyhow::ensure!(status == 201, "create failed: {status} {}", String::from_utf8_lossy(&body));
             }
             anyhow::Ok(())
