@@ -332,7 +332,7 @@ async fn allocating_4_gib_hits_the_memory_cap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_infinite_loop_is_stopped_while_other_backends_serve() {
     let w = World::new().await;
-    let budget = Duration::from_secs(3);
+    let budget = Duration::from_secs(4);
     let hostile = w.hostile("hostile-spin", vec![], vec![], Limits { cpu_budget: budget, ..Limits::default() }).await;
     let spinner = hostile.clone();
     let spin = tokio::spawn(async move { spinner.create(&volume("s", "spin", &[])).await });
@@ -351,7 +351,7 @@ async fn an_infinite_loop_is_stopped_while_other_backends_serve() {
         other => panic!("expected the CPU budget to stop the loop, got {other:?}"),
     }
     let e = CallError::CpuBudget { backend: "hostile-spin".into(), budget };
-    assert_eq!(e.to_string(), "driver of backend `hostile-spin` used more than its CPU budget of 3s in one call");
+    assert_eq!(e.to_string(), "driver of backend `hostile-spin` used more than its CPU budget of 4s in one call");
     still_serves(&hostile).await;
     w.local_round("after-spin").await;
 }
@@ -359,7 +359,7 @@ async fn an_infinite_loop_is_stopped_while_other_backends_serve() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_that_never_returns_times_out_without_blocking_others() {
     let w = World::new().await;
-    let timeout = Duration::from_secs(2);
+    let timeout = Duration::from_secs(4);
     let hostile = w.hostile("hostile-sleep", vec![], vec![], Limits { call_timeout: timeout, ..Limits::default() }).await;
     let sleeper = hostile.clone();
     let sleep = tokio::spawn(async move { sleeper.create(&volume("s", "sleep", &[])).await });
@@ -370,7 +370,7 @@ async fn a_call_that_never_returns_times_out_without_blocking_others() {
     assert!(!sleep.is_finished(), "the sleeping call ended before the other calls were served");
     match sleep.await.unwrap() {
         Err(e @ CallError::Timeout { .. }) => {
-            assert_eq!(e.to_string(), "call to backend `hostile-sleep` timed out after 2s");
+            assert_eq!(e.to_string(), "call to backend `hostile-sleep` timed out after 4s");
         }
         other => panic!("expected a timeout, got {other:?}"),
     }
