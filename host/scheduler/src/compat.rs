@@ -41,9 +41,12 @@ pub fn py_round2(x: f64) -> f64 {
     // half-way point the nearest integer is certain, and k/100 (one correctly rounded division) is the double
     // nearest to the decimal result, as Python's strtod of the rounded text is.
     if y.abs() < (1u64 << 40) as f64 {
-        let frac = (y - y.trunc()).abs();
-        if (frac - 0.5).abs() > 1e-3 {
-            return y.round() / 100.0;
+        // The nearest integer without a libm call (x86-64's baseline has no rounding instruction): adding and
+        // subtracting 2^52 rounds |y| < 2^52 to an integer in the default rounding mode.
+        const TWO_52: f64 = (1u64 << 52) as f64;
+        let k = ((y.abs() + TWO_52) - TWO_52).copysign(y);
+        if (y - k).abs() < 0.499 {
+            return k / 100.0;
         }
     }
     // Exact path: Rust's `{:.2}` rounds the exact binary value, ties to even, as CPython's dtoa does.
@@ -104,10 +107,27 @@ mod tests {
             (1843.2, 1843.2),
             (5.55555, 5.56),
             (1e300, 1e300),
+            (0.004, 0.0),
+            (-0.006, -0.01),
+            (123456.789, 123456.79),
+            (-2.5, -2.5),
+            (0.5, 0.5),
+            (1099511627.775, 1099511627.78),
         ] {
             assert_eq!(py_round2(x), want, "round({x}, 2)");
         }
         assert!(py_round2(f64::INFINITY).is_infinite());
+    }
+
+    proptest::proptest! {
+        /// The fast path agrees with the exact one (Rust's `{:.2}`, correctly rounded as CPython's).
+        #[test]
+        fn round2_fast_path_is_exact(x in -1e9f64..1e9, cents in -100_000_000_000i64..100_000_000_000) {
+            for v in [x, cents as f64 / 100.0, cents as f64 / 1000.0, cents as f64 / 200.0] {
+                let exact: f64 = format!("{v:.2}").parse().unwrap();
+                proptest::prop_assert_eq!(py_round2(v), exact, "round({}, 2)", v);
+            }
+        }
     }
 
     #[test]

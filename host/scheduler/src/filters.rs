@@ -276,14 +276,16 @@ pub fn capabilities(pool: &PoolState, specs: &[Spec], v: bool) -> Result<(), Str
         };
         let mut cap: Cow<'_, Value> = match path.first() {
             None => Cow::Owned(all_capabilities(pool)),
-            Some(first) => match pool.capability(first) {
-                Some(found) => found,
-                None => {
-                    return Err(why(v, || {
-                        format!("no capability `{first}` (spec `{}`)", spec.key)
-                    }));
+            Some(first) => {
+                match pool.capability_by_id(first, spec.capability_id().expect("id of a path")) {
+                    Some(found) => found,
+                    None => {
+                        return Err(why(v, || {
+                            format!("no capability `{first}` (spec `{}`)", spec.key)
+                        }));
+                    }
                 }
-            },
+            }
         };
         for part in path.iter().skip(1) {
             let next = match cap.as_ref() {
@@ -317,11 +319,14 @@ pub fn capabilities(pool: &PoolState, specs: &[Spec], v: bool) -> Result<(), Str
 
 /// The whole capability map, as Cinder's `capabilities` dict (for the bare key `capabilities`).
 fn all_capabilities(pool: &PoolState) -> Value {
-    let mut m: serde_json::Map<String, Value> = pool
-        .capabilities
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let Value::Object(mut m) = pool.capabilities.to_json() else {
+        unreachable!("to_json gives an object")
+    };
+    m.extend(
+        pool.reported_figures
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone())),
+    );
     for k in ["pool_name", "volume_backend_name"] {
         if let Some(v) = pool.capability(k) {
             m.entry(k.to_string()).or_insert_with(|| v.into_owned());

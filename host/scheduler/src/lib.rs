@@ -14,6 +14,7 @@
 //! - [`scheduler`]: [`Scheduler::place`], [`Scheduler::explain`], [`NoValidPool`].
 //! - [`offline`]: [`explain_offline`] for `elara scheduler explain --pools FILE`.
 
+pub mod capabilities;
 pub mod compat;
 pub mod expr;
 pub mod filters;
@@ -23,6 +24,7 @@ pub mod request;
 pub mod scheduler;
 pub mod weighers;
 
+pub use capabilities::{Capabilities, KeyId, key_id};
 pub use expr::{Expr, ParseError, parse as parse_expr};
 pub use filters::Filter;
 pub use offline::{Error, explain_offline};

@@ -9,13 +9,14 @@
 //! `get_pools` dump (`name: "host@backend#pool"`) by its Cinder names.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::OnceLock;
 use std::time::SystemTime;
 
 use serde_json::{Map, Number, Value};
 use thiserror::Error;
 
+use crate::capabilities::{Capabilities, KeyId, key_id};
 use crate::compat::{py_float, py_round2};
 
 /// GiB in bytes: Cinder's "GB".
@@ -129,11 +130,15 @@ pub struct PoolState {
     pub thin_provisioning_support: bool,
     pub thick_provisioning_support: bool,
     pub max_over_subscription_ratio: OverSubscription,
-    /// Every capability the pool reported, as Cinder's `backend_state.capabilities`: free keys (`iops`, `tier`…)
-    /// and the reported figures under their Cinder names (`total_capacity_gb`…), plus `pool_name`. The
-    /// capabilities filter matches specs against this map. As in Cinder, it holds the figures as reported:
-    /// [`PoolState::consume`] changes the fields above, not this map; a figure the pool did not report is absent.
-    pub capabilities: BTreeMap<String, Value>,
+    /// Every other capability the pool reported (`iops`, `tier`, `volume_backend_name`…), matched by the
+    /// capabilities filter.
+    pub capabilities: Capabilities,
+    /// The figures as the pool reported them, under their Cinder names ([`FIGURE_KEYS`]: `pool_name`,
+    /// `total_capacity_gb`…). A spec naming a figure is matched against these, as Cinder matches it against the
+    /// report: [`PoolState::consume`] changes the fields above, not these, and a figure the pool did not report
+    /// is absent. (Kept apart from `capabilities`, and boxed, so that the common lookups scan a short map and the
+    /// pools of a placement stay small in memory.)
+    pub reported_figures: Box<Capabilities>,
     /// When the driver last reported the pool; `None` = never (offline files).
     pub updated_at: Option<SystemTime>,
 }
@@ -212,7 +217,7 @@ pub struct PoolReport {
     pub updated_at: SystemTime,
 }
 
-/// Keys of Cinder's pool vocabulary that are figures, not free capabilities.
+/// Keys of Cinder's pool vocabulary that are figures, not free capabilities: `name` and [`FIGURE_KEYS`].
 const STANDARD_KEYS: [&str; 10] = [
     "name",
     "pool_name",
@@ -225,6 +230,25 @@ const STANDARD_KEYS: [&str; 10] = [
     "thick_provisioning_support",
     "max_over_subscription_ratio",
 ];
+
+/// The figures a pool reports under their Cinder names ([`PoolState::reported_figures`]).
+pub const FIGURE_KEYS: [&str; 9] = [
+    "pool_name",
+    "total_capacity_gb",
+    "free_capacity_gb",
+    "allocated_capacity_gb",
+    "provisioned_capacity_gb",
+    "reserved_percentage",
+    "thin_provisioning_support",
+    "thick_provisioning_support",
+    "max_over_subscription_ratio",
+];
+
+/// Whether the key whose id is `id` is one of [`FIGURE_KEYS`].
+fn is_figure(id: KeyId) -> bool {
+    static IDS: OnceLock<[KeyId; 9]> = OnceLock::new();
+    IDS.get_or_init(|| FIGURE_KEYS.map(key_id)).contains(&id)
+}
 
 fn number(v: f64) -> Value {
     Number::from_f64(v)
@@ -251,7 +275,8 @@ impl PoolState {
             max_over_subscription_ratio: OverSubscription::Value(
                 DEFAULT_MAX_OVER_SUBSCRIPTION_RATIO,
             ),
-            capabilities: BTreeMap::new(),
+            capabilities: Capabilities::new(),
+            reported_figures: Box::default(),
             updated_at: None,
         }
     }
@@ -275,7 +300,7 @@ impl PoolState {
             if report.reserved_percentage > 100 {
                 return Err(PoolError::field("reserved-percentage", "must be 0-100"));
             }
-            let mut capabilities = BTreeMap::new();
+            let mut capabilities = Capabilities::new();
             for (k, v) in report.capabilities {
                 if STANDARD_KEYS.contains(&k.as_str()) {
                     return Err(PoolError::field(
@@ -315,14 +340,12 @@ impl PoolState {
                 ),
                 ("max_over_subscription_ratio", mosr.to_json()),
             ];
-            for (k, v) in figures {
-                capabilities.insert(k.to_string(), v);
-            }
+            let reported_figures: Box<Capabilities> = Box::new(figures.into_iter().collect());
             if !report.backend.is_empty() {
                 // Cinder's `_append_backend_info`: a pool without its own backend name gets its backend's.
-                capabilities
-                    .entry("volume_backend_name".to_string())
-                    .or_insert_with(|| Value::String(report.backend.clone()));
+                capabilities.insert_if_absent("volume_backend_name", || {
+                    Value::String(report.backend.clone())
+                });
             }
             Ok(PoolState {
                 name: report.name,
@@ -339,6 +362,7 @@ impl PoolState {
                 thick_provisioning_support: report.thick_provisioning,
                 max_over_subscription_ratio: mosr,
                 capabilities,
+                reported_figures,
                 updated_at: Some(report.updated_at),
             })
         })();
@@ -439,14 +463,18 @@ impl PoolState {
                 format!("must be 0-100, got {reserved}"),
             ));
         }
-        let mut capabilities: BTreeMap<String, Value> = o
+        let capabilities: Capabilities = o
             .iter()
-            .filter(|(k, _)| k.as_str() != "name")
+            .filter(|(k, _)| !STANDARD_KEYS.contains(&k.as_str()))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        capabilities
-            .entry("pool_name".to_string())
-            .or_insert_with(|| Value::String(name.to_string()));
+        let mut reported_figures: Box<Capabilities> = Box::new(
+            o.iter()
+                .filter(|(k, _)| FIGURE_KEYS.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        );
+        reported_figures.insert_if_absent("pool_name", || Value::String(name.to_string()));
         Ok(PoolState {
             name: name.to_string(),
             backend: text("backend")?.unwrap_or_default(),
@@ -462,6 +490,7 @@ impl PoolState {
             thick_provisioning_support: flag("thick_provisioning_support")?,
             max_over_subscription_ratio: mosr,
             capabilities,
+            reported_figures,
             updated_at: None,
         })
     }
@@ -515,10 +544,21 @@ impl PoolState {
     }
 
     /// A capability as Cinder's `backend_state.capabilities[key]` would give it: the reported
-    /// [`capabilities`](PoolState::capabilities); failing that `pool_name` (the pool's name) and
-    /// `volume_backend_name` (its backend, when it has one), which Cinder always fills in.
+    /// [`capabilities`](PoolState::capabilities) or [`reported_figures`](PoolState::reported_figures); failing
+    /// that `pool_name` (the pool's name) and `volume_backend_name` (its backend, when it has one), which Cinder
+    /// always fills in.
     pub fn capability(&self, key: &str) -> Option<Cow<'_, Value>> {
-        if let Some(v) = self.capabilities.get(key) {
+        self.capability_by_id(key, key_id(key))
+    }
+
+    /// [`PoolState::capability`] with the key's id ([`key_id`]) looked up by the caller (once per request).
+    pub fn capability_by_id(&self, key: &str, id: KeyId) -> Option<Cow<'_, Value>> {
+        let map = if is_figure(id) {
+            &self.reported_figures
+        } else {
+            &self.capabilities
+        };
+        if let Some(v) = map.get_by_id(id) {
             return Some(Cow::Borrowed(v));
         }
         let v = match key {
@@ -577,7 +617,11 @@ pub fn capacity_factors(
     reserved_percentage: f64,
     thin: bool,
 ) -> CapacityFactors {
-    let reserved_capacity = (total * (reserved_percentage / 100.0)).floor();
+    let reserved_capacity = if reserved_percentage == 0.0 {
+        0.0 // floor(total * 0), without the libm call
+    } else {
+        (total * (reserved_percentage / 100.0)).floor()
+    };
     let total_reserved_available = total - reserved_capacity;
     let thin_math = thin && thin_provisioning_support;
     let (total_available, virtual_free) = if thin_math {

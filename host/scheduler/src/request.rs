@@ -3,6 +3,7 @@
 
 use thiserror::Error;
 
+use crate::capabilities::{KeyId, key_id};
 use crate::expr::{self, Expr, ParseError};
 
 /// One extra spec: a key (optionally `capabilities:`-scoped) and its parsed value expression.
@@ -15,6 +16,8 @@ pub struct Spec {
     /// The capability path the key names (`capabilities:a:b` → [a, b], `iops` → [iops]); `None` for keys in
     /// another scope (`provisioning:type`, `qos:…`, vendor specs), which the capabilities filter ignores.
     path: Option<Vec<String>>,
+    /// [`key_id`] of the path's first key, so each pool's lookup compares ids.
+    first_id: Option<KeyId>,
 }
 
 /// A bad extra spec.
@@ -61,17 +64,24 @@ impl Spec {
         } else {
             Expr::Literal(value.clone())
         };
+        let first_id = path.as_ref().and_then(|p| p.first()).map(|k| key_id(k));
         Ok(Spec {
             key,
             value,
             expr,
             path,
+            first_id,
         })
     }
 
     /// See the `path` field: what the capabilities filter looks up, or `None` when it ignores the key.
     pub fn capability_path(&self) -> Option<&[String]> {
         self.path.as_deref()
+    }
+
+    /// [`key_id`] of the first key of [`Spec::capability_path`].
+    pub fn capability_id(&self) -> Option<KeyId> {
+        self.first_id
     }
 }
 
