@@ -81,6 +81,17 @@ pub struct Explanation {
     pub rejected: Vec<Rejected>,
 }
 
+impl Explanation {
+    /// The chosen pool, or "no valid pool" listing every pool with the filter that rejected it and why (for a
+    /// request of `size_gb`).
+    pub fn chosen_or_error(&self, size_gb: f64) -> Result<&str, NoValidPool> {
+        self.chosen.as_deref().ok_or_else(|| NoValidPool {
+            size_gb,
+            rejected: self.rejected.clone(),
+        })
+    }
+}
+
 /// No pool passed the filters.
 #[derive(Debug, Clone, PartialEq, Error)]
 pub struct NoValidPool {
