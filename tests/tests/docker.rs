@@ -687,3 +687,63 @@ fn store_only_answers_etcd() -> anyhow::Result<()> {
     }
     store_only_answers(StoreKind::Etcd)
 }
+
+// ---------------------------------------------------------------------------------------------
+
+/// The managed plugin (v2) built from this checkout by `packaging/docker-plugin/build.sh`:
+/// `docker plugin create` + `enable` without a registry, then volumes through it. Elara runs
+/// inside the plugin's container, with its own embedded store in the plugin's rootfs.
+#[test]
+fn managed_plugin() -> anyhow::Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let engine = Engine::start(&[])?;
+    let out_dir = tempfile::Builder::new().prefix("plugin-pkg-").tempdir_in(work_dir())?;
+    let name = "elara-managed-test:latest";
+    let built = Command::new("bash")
+        .arg(repo_root().join("packaging/docker-plugin/build.sh"))
+        .args(["--install", name])
+        .arg(out_dir.path())
+        .env("DOCKER_HOST", &engine.host)
+        .env("ELARA_BIN", elara_bin())
+        .env("ELARA_DRIVERS_DIR", drivers_dir())
+        .output()?;
+    ensure!(
+        built.status.success(),
+        "build.sh --install failed: {}{}\n{}",
+        String::from_utf8_lossy(&built.stdout),
+        String::from_utf8_lossy(&built.stderr),
+        engine.log_tail()
+    );
+    let result = (|| {
+        let p = engine.json(&["plugin", "inspect", name])?;
+        assert_eq!(p[0]["Enabled"], true, "{p}");
+        assert_eq!(p[0]["Config"]["Interface"]["Types"][0], "docker.volumedriver/1.0");
+        assert_eq!(p[0]["Config"]["PropagatedMount"], "/var/lib/elara/mounts");
+
+        engine.ok(&["volume", "create", "-d", name, "-o", "size=64M", "-o", "label.app=web", "mv1"])?;
+        let v = engine.json(&["volume", "inspect", "mv1"])?;
+        assert_eq!(v[0]["Scope"], "local");
+        assert_eq!(v[0]["Status"]["size"], 64 << 20, "{v}");
+        assert_eq!(v[0]["Status"]["labels"]["app"], "web", "{v}");
+        let err = engine.fails(&["volume", "create", "-d", name, "-o", "size=lots", "mv2"])?;
+        assert!(err.contains("Error response from daemon") && err.contains("size:"), "{err}");
+
+        let out = engine.ok(&["run", "--rm", "-v", "mv1:/data", IMAGE, "sh", "-c", "echo managed > /data/f && sync && cat /data/f"])?;
+        assert_eq!(out.trim(), "managed");
+        assert_eq!(engine.ok(&["run", "--rm", "-v", "mv1:/data:ro", IMAGE, "cat", "/data/f"])?.trim(), "managed");
+        // Nothing of the volume stays attached between containers: no loop device on an image in
+        // this engine's plugin store.
+        let dir = engine.dir.display().to_string();
+        let loops: Vec<_> = loop_devices().into_iter().filter(|(_, b)| b.starts_with(&dir)).collect();
+        ensure!(loops.is_empty(), "loop devices left: {loops:?}");
+        engine.ok(&["volume", "rm", "mv1"])?;
+        let filter = format!("driver={name}");
+        ensure!(engine.ok(&["volume", "ls", "-q", "-f", &filter])?.trim().is_empty());
+        anyhow::Ok(())
+    })();
+    let _ = engine.docker(&["plugin", "disable", "-f", name]);
+    let _ = engine.docker(&["plugin", "rm", "-f", name]);
+    result
+}
