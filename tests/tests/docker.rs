@@ -747,3 +747,53 @@ fn managed_plugin() -> anyhow::Result<()> {
     let _ = engine.docker(&["plugin", "rm", "-f", name]);
     result
 }
+
+// ---------------------------------------------------------------------------------------------
+
+/// `Plugin.Activate` and `Capabilities` answer at once while the store is still connecting (an
+/// etcd endpoint that accepts connections and stays silent); `Capabilities` already says
+/// `global`, from the configuration.
+#[test]
+fn activate_while_store_connecting() -> anyhow::Result<()> {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = silent.local_addr()?;
+    let held = std::thread::spawn(move || {
+        // Accept and hold connections without a byte of HTTP/2: a store that does not answer yet.
+        let mut conns = vec![];
+        for c in silent.incoming().take(8).flatten() {
+            conns.push(c);
+        }
+    });
+    let plugin = Plugin::new()?;
+    let dir = tempfile::Builder::new().prefix("elara-test-").tempdir_in(work_dir())?;
+    let mut child = Command::new(elara_bin())
+        .arg("-s")
+        .arg(dir.path().join("elara.sock"))
+        .arg("daemon")
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--store", &format!("etcd://{addr}/ns"), "--node", "n1"])
+        .arg("--drivers-dir")
+        .arg(drivers_dir())
+        .arg("--plugin-dir")
+        .arg(&plugin.dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let result = (|| {
+        wait_until("the plugin socket", Duration::from_secs(30), || Ok(plugin.socket().exists()))?;
+        let t = Instant::now();
+        let act = plugin.call("Plugin.Activate", &json!({}))?;
+        let caps = plugin.call("VolumeDriver.Capabilities", &json!({}))?;
+        let took = t.elapsed();
+        assert_eq!(act["Implements"], json!(["VolumeDriver"]));
+        assert_eq!(caps["Capabilities"]["Scope"], "global");
+        // Still connecting: the daemon has not given up on the store yet.
+        ensure!(child.try_wait()?.is_none(), "the daemon is still starting after Activate and Capabilities ({took:?})");
+        anyhow::Ok(())
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(held);
+    result
+}
