@@ -190,6 +190,18 @@ fn lifecycle(store: StoreKind) -> anyhow::Result<()> {
     assert_eq!(out.split_whitespace().next(), Some(hash.as_str()));
     assert_released(&r, "v1", &image)?;
 
+    // -o snapshot: a volume made from a snapshot of v1 holds the same bytes.
+    r.d.ok(&["snapshot", "create", "v1", "--name", "s1"])?;
+    r.create("v1copy", &["snapshot=s1"])?;
+    let copy = r.engine.json(&["volume", "inspect", "v1copy"])?;
+    assert_eq!(copy[0]["Status"]["snapshot"], "s1", "{copy}");
+    assert_eq!(copy[0]["Status"]["size"], 64 << 20, "a snapshot's size by default: {copy}");
+    let out = r.engine.ok(&["run", "--rm", "-v", "v1copy:/data", IMAGE, "sha256sum", "/data/blob"])?;
+    assert_eq!(out.split_whitespace().next(), Some(hash.as_str()));
+    r.engine.ok(&["volume", "rm", "v1copy"])?;
+    r.d.ok(&["snapshot", "delete", "s1"])?;
+    assert_eq!(r.docker_volumes()?, vec!["v1".to_string()]);
+
     // Two containers at once: one mount, one loop device, two holders; each sees the other's writes.
     r.engine.ok(&["run", "-d", "--name", "c1", "-v", "v1:/data", IMAGE, "sh", "-c", "echo one > /data/one; while [ ! -e /data/stop1 ]; do sleep 0.1; done"])?;
     r.engine.ok(&["run", "-d", "--name", "c2", "-v", "v1:/data", IMAGE, "sh", "-c", "echo two > /data/two; while [ ! -e /data/stop2 ]; do sleep 0.1; done"])?;
