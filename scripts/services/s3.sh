@@ -21,6 +21,8 @@
 #      S3_ACCESS_KEY / S3_SECRET_KEY (fixed test keys), S3_OSD_SIZE (bytes of the sparse OSD file,
 #      20 GiB), S3_READY_TIMEOUT (seconds per stage, 120), S3_STOP_TIMEOUT (seconds, 30),
 #      S3_SKIP_VENV=1 (no boto3 venv).
+# Deleted objects' data is reclaimed within a minute (rgw_gc_* below); a full OSD makes the
+# gateway refuse writes and deletes alike (`ceph -c DIR/ceph.conf health detail` says so).
 # Files in DIR: ceph.conf, data/, log/, run/{mon.a,osd.0,rgw.a}.pid, s3.env, venv/.
 set -euo pipefail
 
@@ -170,10 +172,22 @@ rgw_data = $DIR/data/rgw.\$id
 rgw_enable_usage_log = false
 rgw_dns_name =
 EOF
+  rgw_gc_conf >>"$CONF"
   monmaptool --create --fsid "$fsid" --addv a "[v2:127.0.0.1:$MON_PORT,v1:127.0.0.1:$MON_V1_PORT]" \
     --enable-all-features --set-min-mon-release pacific "$DIR/run/monmap" >/dev/null
   mkdir -p "$DIR/data/mon.a"
   ceph-mon -c "$CONF" --mkfs -i a --monmap "$DIR/run/monmap" >>"$DIR/log/mkfs.log" 2>&1
+}
+
+# The gateway deletes the data of removed objects in the background, by default 2 h later: tests
+# and benchmarks that write and delete GiBs would fill the OSD long before. Reclaim within a minute.
+rgw_gc_conf() {
+  cat <<EOF
+# garbage collection of deleted objects' data: within a minute (scripts/services/s3.sh)
+rgw_gc_obj_min_wait = 30
+rgw_gc_processor_period = 30
+rgw_gc_processor_max_time = 30
+EOF
 }
 
 osd_up() {
@@ -201,6 +215,9 @@ start() {
     return 1
   fi
   [ -f "$CONF" ] || { log "bootstrapping a new one-node Ceph cluster in $DIR"; write_conf; }
+  # A cluster bootstrapped by an older version of this script: add the GC settings ([client.rgw.a]
+  # is the last section).
+  grep -q '^rgw_gc_obj_min_wait' "$CONF" || rgw_gc_conf >>"$CONF"
 
   launch mon.a ceph-mon -c "$CONF" -i a -f
   wait_for mon.a "the monitor's quorum" "${CEPH[@]}" mon stat
