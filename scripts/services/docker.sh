@@ -40,9 +40,17 @@ install_if_missing() {
   command -v dockerd >/dev/null 2>&1 && command -v docker >/dev/null 2>&1 || missing+=(docker.io)
   [ -x /bin/busybox ] || missing+=(busybox-static)
   [ ${#missing[@]} -eq 0 ] && return 0
+  # Tests start engines in parallel: one apt-get at a time, and only if still missing.
+  exec 9>/tmp/elara-docker-install.lock
+  flock 9
+  if command -v dockerd >/dev/null 2>&1 && command -v docker >/dev/null 2>&1 && [ -x /bin/busybox ]; then
+    exec 9>&-
+    return 0
+  fi
   echo "docker.sh: installing ${missing[*]} from Debian" >&2
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  exec 9>&-
   # Debian's package enables a system dockerd; ours is private and needs nothing from it.
 }
 
