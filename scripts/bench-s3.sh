@@ -140,32 +140,33 @@ WRITE='time cp /payload.bin /data/big'
 READ='time cat /data/big >/dev/null'
 NOOP='time true'
 
-# measure NAME PREPARE(run) VOLSPEC(run) CLEANUP(run): RUNS × (write, read, noop) on fresh volumes
-declare -A RESULT
-measure() {
-  local name=$1 make=$2 spec=$3 drop=$4 i w r n ws rs ns
-  : >"$WORK/$name.w"; : >"$WORK/$name.r"; : >"$WORK/$name.n"
-  for i in $(seq "$RUNS"); do
-    $make "$i"
-    read -r w ws <<<"$(run "$($spec "$i")" "$WRITE")"
-    drop_cache_hook "$i"
-    read -r r rs <<<"$(run "$($spec "$i")" "$READ")"
-    read -r _ ns <<<"$(run "$($spec "$i")" "$NOOP")"
-    echo "$w $ws" >>"$WORK/$name.w"; echo "$r $rs" >>"$WORK/$name.r"; echo "$ns" >>"$WORK/$name.n"
-    $drop "$i"
-    echo "   $name run $i: write ${w}s (docker run ${ws}s), read ${r}s (docker run ${rs}s), mount-only docker run ${ns}s" >&2
-  done
+# one_run NAME I: on a fresh volume of NAME (NAME_make/_spec/_drop), write, read (a new container,
+# so a fresh mount), then a container that only mounts; results appended to $WORK/NAME.{w,r,n}.
+one_run() {
+  local name=$1 i=$2 w ws r rs ns
+  "${name}_make" "$i"
+  read -r w ws <<<"$(run "$("${name}_spec" "$i")" "$WRITE")"
+  "${name}_between" "$i"
+  read -r r rs <<<"$(run "$("${name}_spec" "$i")" "$READ")"
+  read -r _ ns <<<"$(run "$("${name}_spec" "$i")" "$NOOP")"
+  echo "$w $ws" >>"$WORK/$name.w"; echo "$r $rs" >>"$WORK/$name.r"; echo "$ns" >>"$WORK/$name.n"
+  "${name}_drop" "$i"
+  echo "   $name run $i: write ${w}s (docker run ${ws}s), read ${r}s (docker run ${rs}s), mount-only docker run ${ns}s" >&2
+}
+# summary NAME → "write-MiB/s read-MiB/s write-run-s read-run-s mount-only-run-s" (medians)
+summary() {
+  local name=$1 w ws r rs n
   w=$(cut -d' ' -f1 "$WORK/$name.w" | median); ws=$(cut -d' ' -f2 "$WORK/$name.w" | median)
   r=$(cut -d' ' -f1 "$WORK/$name.r" | median); rs=$(cut -d' ' -f2 "$WORK/$name.r" | median)
   n=$(median <"$WORK/$name.n")
-  RESULT[$name]="$(echo "scale=1; $MIB / $w" | bc) $(echo "scale=1; $MIB / $r" | bc) $ws $rs $n"
+  echo "$(echo "scale=1; $MIB / $w" | bc) $(echo "scale=1; $MIB / $r" | bc) $ws $rs $n"
 }
-drop_cache_hook() { :; }
 
 # a. Elara
 elara_make() { docker volume create -d "$PLUGIN" -o backend=s3a -o size=1G "ev$1" >/dev/null; }
 elara_spec() { echo "ev$1:/data"; }
 elara_drop() { docker volume rm "ev$1" >/dev/null; }
+elara_between() { :; }
 # b. s3fs by hand, with the options of Elara's attach layer; remounted between runs so reads are cold.
 echo "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" >"$WORK/s3fs.passwd"; chmod 600 "$WORK/s3fs.passwd"
 mkdir -p "$HAND_MNT"
@@ -179,6 +180,7 @@ from botocore.client import Config
 boto3.client("s3", endpoint_url=os.environ["ELARA_TEST_S3_ENDPOINT"], region_name="us-east-1", config=Config(s3={"addressing_style": "path"})).create_bucket(Bucket=sys.argv[1])' "$TAG-hand$1"; hand_mount "$1"; }
 hand_spec() { echo "$HAND_MNT:/data"; }
 hand_drop() { umount "$HAND_MNT"; }
+hand_between() { hand_mount "$1"; }   # remount: the read starts cold, as on a fresh Elara mount
 # c. rclone serve docker, its default settings (--vfs-cache-mode off).
 rclone_make() {
   docker volume create -d "$RCLONE_PLUGIN" -o type=s3 -o s3-provider=Ceph -o "s3-endpoint=$EP" \
@@ -187,13 +189,16 @@ rclone_make() {
 }
 rclone_spec() { echo "rv$1:/data"; }
 rclone_drop() { docker volume rm "rv$1" >/dev/null; }
+rclone_between() { :; }
 
 echo "== 1. ${MIB} MiB write/read through a container, median of $RUNS" >&2
-measure elara elara_make elara_spec elara_drop
-# hand: the remount between write and read happens in the hook
-drop_cache_hook() { [ "$CURRENT" = hand ] && hand_mount "$1" || true; }
-CURRENT=hand; measure hand hand_make hand_spec hand_drop; CURRENT=
-measure rclone rclone_make rclone_spec rclone_drop
+# The three take turns, in a rotating order, so a drift in the machine's load hits them alike.
+SYSTEMS=(elara hand rclone)
+for i in $(seq "$RUNS"); do
+  for k in 0 1 2; do one_run "${SYSTEMS[$(( (i - 1 + k) % 3 ))]}" "$i"; done
+done
+declare -A RESULT
+for name in "${SYSTEMS[@]}"; do RESULT[$name]=$(summary "$name"); done
 
 echo "== 2. snapshot of a volume of $OBJECTS objects of $OBJECT_KIB KiB" >&2
 E volume create snapv --backend s3a --size 1G >/dev/null

@@ -48,6 +48,8 @@ elif op == "get":
         print(json.dumps(s3.get_object(Bucket=args[0], Key=args[1])["Body"].read().decode("utf-8", "replace")))
     except ClientError as e:
         print(json.dumps(None))
+elif op == "etag":
+    print(json.dumps(s3.head_object(Bucket=args[0], Key=args[1])["ETag"].strip('"')))
 elif op == "put-many":
     bucket, prefix, n, size = args[0], args[1], int(args[2]), int(args[3])
     from concurrent.futures import ThreadPoolExecutor
@@ -147,6 +149,11 @@ impl S3Server {
     /// An object's body as text, or `None`.
     pub fn get(&self, bucket: &str, key: &str) -> anyhow::Result<Option<String>> {
         Ok(serde_json::from_value(self.boto("get", &[bucket, key])?)?)
+    }
+
+    /// An object's ETag (a multipart object's ends in `-<parts>`).
+    pub fn etag(&self, bucket: &str, key: &str) -> anyhow::Result<String> {
+        Ok(serde_json::from_value(self.boto("etag", &[bucket, key])?)?)
     }
 
     /// Write `n` objects of `size` bytes named `<prefix>fNNNNN` (16 at a time).

@@ -94,9 +94,11 @@ fn docker_lifecycle(layout: Layout) -> anyhow::Result<()> {
         Layout::BucketPerVolume => format!("{tag}-"),
         Layout::PrefixPerVolume => format!("{tag}-data"),
     };
+    // The prefix layout also copies objects above 5 MiB in parts (UploadPartCopy), as S3 needs
+    // above 5 GiB.
     let extra: Vec<(&str, &str)> = match layout {
         Layout::BucketPerVolume => vec![("bucket_prefix", naming.as_str())],
-        Layout::PrefixPerVolume => vec![("bucket", naming.as_str())],
+        Layout::PrefixPerVolume => vec![("bucket", naming.as_str()), ("copy_part_size", "5M")],
     };
     rig.add_backend("s3a", &extra)?;
     let result = docker_lifecycle_steps(&rig, layout, &naming);
@@ -119,7 +121,14 @@ fn docker_lifecycle_steps(rig: &Rig, layout: Layout, naming: &str) -> anyhow::Re
 
     // A container writes through s3fs; the objects are in S3 (boto3 reads them).
     let content = format!("hello from {} at {}", d.opts.namespace, prefix);
-    rig.run("vol", &format!("echo '{content}' > /data/hello.txt && mkdir -p /data/dir && echo nested > /data/dir/n.txt"))?;
+    rig.run(
+        "vol",
+        &format!(
+            "echo '{content}' > /data/hello.txt && mkdir -p /data/dir && echo nested > /data/dir/n.txt && \
+             dd if=/dev/urandom of=/data/big.bin bs=1M count=12 2>/dev/null"
+        ),
+    )?;
+    let big_sum = rig.run("vol", "sha256sum /data/big.bin")?;
     assert_eq!(s3.get(&bucket, &format!("{prefix}hello.txt"))?.as_deref(), Some(format!("{content}\n").as_str()));
     assert_eq!(s3.get(&bucket, &format!("{prefix}dir/n.txt"))?.as_deref(), Some("nested\n"));
     let objects = s3.objects(&bucket, &prefix)?.unwrap();
@@ -161,6 +170,10 @@ fn docker_lifecycle_steps(rig: &Rig, layout: Layout, naming: &str) -> anyhow::Re
     let (sbucket, sprefix) = snapshot_place(layout, naming, snap_id);
     let copied = s3.objects(&sbucket, &sprefix)?.expect("the snapshot's place exists");
     assert_eq!(rel_keys(&copied, &sprefix), rel_keys(&objects, &prefix), "the snapshot holds every object");
+    if layout == Layout::PrefixPerVolume {
+        let etag = s3.etag(&sbucket, &format!("{sprefix}big.bin"))?;
+        assert!(etag.ends_with("-3"), "12 MiB copied in 3 parts of 5 MiB: ETag {etag}");
+    }
     // A change after the snapshot is not in it.
     rig.run("vol", "echo changed > /data/hello.txt && echo new > /data/after.txt")?;
     assert_eq!(s3.get(&sbucket, &format!("{sprefix}hello.txt"))?.as_deref(), Some(format!("{content}\n").as_str()));
@@ -170,7 +183,8 @@ fn docker_lifecycle_steps(rig: &Rig, layout: Layout, naming: &str) -> anyhow::Re
     let rid = rig.volume_id("restored")?;
     let (rbucket, rprefix) = volume_place(layout, naming, &rid);
     assert_eq!(rel_keys(&s3.objects(&rbucket, &rprefix)?.unwrap(), &rprefix), rel_keys(&objects, &prefix));
-    assert_eq!(rig.run("restored", "cat /data/hello.txt; ls /data")?, format!("{content}\ndir\nhello.txt\n"));
+    assert_eq!(rig.run("restored", "cat /data/hello.txt; ls /data")?, format!("{content}\nbig.bin\ndir\nhello.txt\n"));
+    assert_eq!(rig.run("restored", "sha256sum /data/big.bin")?, big_sum, "the 12 MiB file is intact");
 
     // Delete removes every object, in pages of 1 000: give the volume 2 500 more objects first.
     s3.put_many(&bucket, &format!("{prefix}many/"), 2500, 16)?;

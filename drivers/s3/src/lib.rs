@@ -51,6 +51,8 @@ pub struct S3Settings {
     pub capacity: Option<u64>,
     /// Server-side copies in flight during snapshots and clones.
     pub copy_concurrency: usize,
+    /// Objects above this size are copied in parts of it.
+    pub copy_part_size: u64,
 }
 
 impl S3Settings {
@@ -60,6 +62,7 @@ impl S3Settings {
             Layout::Prefix { .. } => "bucket",
         };
         S3::new(&self.endpoint, &self.region, &self.access_key, &self.secret_key, self.path_style, bucket_field)
+            .with_copy_part_size(self.copy_part_size)
     }
 }
 
@@ -108,6 +111,11 @@ pub fn config_keys() -> Vec<ConfigKey> {
             "copy_concurrency",
             "server-side copies in flight while taking or restoring a snapshot, 1-64",
             Some("16"),
+        ),
+        ConfigKey::optional(
+            "copy_part_size",
+            "objects larger than this are copied server-side in parts of this size (UploadPartCopy), 5M-5G",
+            Some("5G"),
         ),
     ]
 }
@@ -171,6 +179,13 @@ pub fn parse_settings(pairs: Vec<(String, String)>) -> DriverResult<S3Settings> 
     if !(1..=64).contains(&copy_concurrency) {
         return Err(DriverError::invalid("copy_concurrency", format!("{copy_concurrency} is not between 1 and 64")));
     }
+    let copy_part_size = cfg.size("copy_part_size")?.unwrap_or(s3::MAX_COPY_PART);
+    if !(s3::MIN_COPY_PART..=s3::MAX_COPY_PART).contains(&copy_part_size) {
+        return Err(DriverError::invalid(
+            "copy_part_size",
+            format!("{copy_part_size} bytes is outside S3's part sizes, 5 MiB to 5 GiB"),
+        ));
+    }
     Ok(S3Settings {
         endpoint,
         region,
@@ -181,6 +196,7 @@ pub fn parse_settings(pairs: Vec<(String, String)>) -> DriverResult<S3Settings> 
         pool,
         capacity,
         copy_concurrency: copy_concurrency as usize,
+        copy_part_size,
     })
 }
 
@@ -567,6 +583,7 @@ mod tests {
             ("path_style", "maybe", "path_style"),
             ("capacity", "lots", "capacity"),
             ("copy_concurrency", "0", "copy_concurrency"),
+            ("copy_part_size", "1M", "copy_part_size"),
         ] {
             let mut p: Vec<(&str, &str)> = base().into_iter().filter(|(bk, _)| *bk != k).collect();
             p.push((k, v));

@@ -3,7 +3,7 @@
 //! turned into typed [`S3Error`]s and then into the contract's [`DriverError`]s.
 //!
 //! Calls: ListBuckets, CreateBucket, DeleteBucket, Get/PutBucketTagging, ListObjectsV2,
-//! DeleteObjects, CopyObject (multipart UploadPartCopy above 5 GiB), Get/Put/DeleteObject,
+//! DeleteObjects, CopyObject (UploadPartCopy in parts above 5 GiB), Get/Put/DeleteObject,
 //! ListMultipartUploads and AbortMultipartUpload.
 
 use std::time::{Duration, SystemTime};
@@ -21,10 +21,10 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Deserialize;
 use thiserror::Error;
 
-/// Largest object a single CopyObject may copy (S3's limit); larger ones are copied in parts.
-pub const MAX_SINGLE_COPY: u64 = 5 << 30;
-/// Part size of a multipart copy.
-const COPY_PART: u64 = 1 << 30;
+/// Largest object a single CopyObject may copy, and the largest part (S3's limits).
+pub const MAX_COPY_PART: u64 = 5 << 30;
+/// Smallest part of a multipart copy (S3's limit, but for the last part).
+pub const MIN_COPY_PART: u64 = 5 << 20;
 /// Keys per ListObjectsV2 page and per DeleteObjects call (S3's maximum for both).
 pub const PAGE: usize = 1000;
 
@@ -148,6 +148,8 @@ pub struct S3 {
     secret_key: String,
     path_style: bool,
     pub fields: Fields,
+    /// Objects larger than this are copied with UploadPartCopy in parts of this size.
+    copy_part_size: u64,
 }
 
 impl std::fmt::Debug for S3 {
@@ -239,7 +241,14 @@ impl S3 {
             access_key: access_key.to_string(),
             secret_key: secret_key.to_string(),
             path_style,
+            copy_part_size: MAX_COPY_PART,
         }
+    }
+
+    /// Copy objects larger than `bytes` in parts of `bytes` (clamped to S3's 5 MiB..5 GiB).
+    pub fn with_copy_part_size(mut self, bytes: u64) -> Self {
+        self.copy_part_size = bytes.clamp(MIN_COPY_PART, MAX_COPY_PART);
+        self
     }
 
     /// The URL of a request: path-style `endpoint/bucket/key`, or virtual-hosted
@@ -462,10 +471,10 @@ impl S3 {
     }
 
     /// Server-side copy of one object, its metadata included (s3fs keeps mode, owner and times
-    /// there). Objects above 5 GiB are copied in 1 GiB parts.
+    /// there). Objects above the copy part size (5 GiB unless set) are copied in parts.
     pub fn copy_object(&self, src_bucket: &str, src_key: &str, dst_bucket: &str, dst_key: &str, size: u64) -> Result<(), S3Error> {
         let source = copy_source(src_bucket, src_key);
-        if size > MAX_SINGLE_COPY {
+        if size > self.copy_part_size {
             return self.copy_multipart(&source, src_bucket, src_key, dst_bucket, dst_key, size);
         }
         let req = Req::new("CopyObject", "PUT", Some(dst_bucket))
@@ -479,10 +488,10 @@ impl S3 {
     }
 
     /// Server-side copies of many objects, `concurrency` at a time (CopyObject of each; objects
-    /// above 5 GiB one after another in parts). The first failure is returned, after every copy
+    /// above the copy part size one after another, in parts). The first failure is returned, after every copy
     /// in flight has ended.
     pub fn copy_objects(&self, copies: &[Copy], concurrency: usize) -> Result<(), S3Error> {
-        let (big, small): (Vec<&Copy>, Vec<&Copy>) = copies.iter().partition(|c| c.size > MAX_SINGLE_COPY);
+        let (big, small): (Vec<&Copy>, Vec<&Copy>) = copies.iter().partition(|c| c.size > self.copy_part_size);
         let reqs: Vec<Req<'_>> = small
             .iter()
             .map(|c| {
@@ -519,7 +528,7 @@ impl S3 {
             let mut parts = String::from("<CompleteMultipartUpload xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">");
             let (mut start, mut number) = (0u64, 1u32);
             while start < size {
-                let end = (start + COPY_PART).min(size) - 1;
+                let end = (start + self.copy_part_size).min(size) - 1;
                 let req = Req::new("UploadPartCopy", "PUT", Some(dst_bucket))
                     .key(dst_key)
                     .query("partNumber", number.to_string())
