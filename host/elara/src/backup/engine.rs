@@ -59,6 +59,8 @@ pub struct BackupOutcome {
     pub uploaded_blocks: u64,
     pub uploaded_bytes: u64,
     pub scanned_bytes: u64,
+    /// Blocks known unchanged by FIEMAP, not read.
+    pub reused_blocks: u64,
 }
 
 /// Called after every block (fault injection and progress persistence hang off it).
@@ -122,7 +124,20 @@ pub fn data_blocks(file: &File, size: u64, block_size: u64) -> std::io::Result<V
 
 /// Back up `image` (`size` bytes) to `target`. `known` holds the ids already in the target: those
 /// blocks are not uploaded. The manifest is not written here (the caller writes it last).
-pub async fn backup(image: &Path, size: u64, block_size: u64, target: &Target, known: HashSet<String>, progress: Arc<Progress>, hook: Hook) -> Result<BackupOutcome, EngineError> {
+/// `base`: the reflink snapshot the parent backup was made from, with the parent's blocks: a block
+/// whose physical extents are the very same shared extents in both is taken from the parent
+/// without being read (FIEMAP).
+#[allow(clippy::too_many_arguments)]
+pub async fn backup(
+    image: &Path,
+    size: u64,
+    block_size: u64,
+    target: &Target,
+    known: HashSet<String>,
+    base: Option<(PathBuf, Vec<Option<String>>)>,
+    progress: Arc<Progress>,
+    hook: Hook,
+) -> Result<BackupOutcome, EngineError> {
     let io = |op: &'static str| {
         let path = image.to_path_buf();
         move |source| EngineError::Io { op, path: path.clone(), source }
@@ -134,7 +149,32 @@ pub async fn backup(image: &Path, size: u64, block_size: u64, target: &Target, k
         tokio::task::spawn_blocking(move || data_blocks(&f, size, block_size)).await.expect("scan task").map_err(io("scanning"))?
     };
     let nblocks = data.len();
-    let to_read: Vec<u64> = (0..nblocks as u64).filter(|&i| data[i as usize]).collect();
+    // Unchanged blocks by FIEMAP against the parent's reflink snapshot (when there is one).
+    let reused: Vec<Option<Option<String>>> = match base {
+        Some((old, parent)) if parent.len() == nblocks => {
+            let new = file.clone();
+            tokio::task::spawn_blocking(move || {
+                let old_ext = File::open(&old).and_then(|f| super::fiemap::extents(&f));
+                let new_ext = super::fiemap::extents(&new);
+                match (old_ext, new_ext) {
+                    (Ok(o), Ok(n)) => (0..nblocks as u64)
+                        .map(|i| {
+                            let (from, to) = (i * block_size, ((i + 1) * block_size).min(size));
+                            super::fiemap::same_block(&o, &n, from, to).then(|| parent[i as usize].clone())
+                        })
+                        .collect(),
+                    (o, n) => {
+                        tracing::info!("FIEMAP unavailable ({:?} / {:?}); reading every block", o.err(), n.err());
+                        vec![None; nblocks]
+                    }
+                }
+            })
+            .await
+            .expect("fiemap task")
+        }
+        _ => vec![None; nblocks],
+    };
+    let to_read: Vec<u64> = (0..nblocks as u64).filter(|&i| data[i as usize] && reused[i as usize].is_none()).collect();
     progress.blocks_total.store(nblocks as u64, std::sync::atomic::Ordering::Relaxed);
     progress.bytes_total.store(size, std::sync::atomic::Ordering::Relaxed);
     // Holes count as done at once.
@@ -146,6 +186,19 @@ pub async fn backup(image: &Path, size: u64, block_size: u64, target: &Target, k
     let known = Arc::new(known);
     let claimed = Arc::new(Mutex::new(HashSet::<String>::new()));
     let mut out = BackupOutcome { blocks: vec![None; nblocks], ..Default::default() };
+    // Reused blocks count as done at once, like holes.
+    for (i, r) in reused.iter().enumerate() {
+        if let Some(id) = r
+            && data[i]
+        {
+            out.blocks[i] = id.clone();
+            out.data_blocks += id.is_some() as u64;
+            out.reused_blocks += 1;
+            let len = block_size.min(size - i as u64 * block_size);
+            progress.blocks_done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            progress.bytes_done.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
     let mut stream = futures::stream::iter(to_read)
         .map(|index| {
             let file = file.clone();

@@ -19,6 +19,7 @@
 pub mod api;
 pub mod cli;
 pub mod engine;
+pub mod fiemap;
 pub mod progress;
 pub mod records;
 pub mod s3;

@@ -94,6 +94,14 @@ pub struct BackupRecord {
     pub digest: String,
     pub created_at: i64,
     pub duration_ms: u64,
+    /// Blocks known unchanged by FIEMAP against the parent's base snapshot, not read.
+    #[serde(default)]
+    pub reused_blocks: u64,
+    /// On a reflink pool: the snapshot this backup was made from, kept (it costs only the blocks
+    /// the volume rewrites) so the next incremental finds unchanged blocks by FIEMAP. Deleted by
+    /// the next backup of the volume to the target, or with this backup.
+    #[serde(default)]
+    pub base_snapshot: Option<String>,
 }
 
 /// A backup's manifest in the target: a synthetic full.

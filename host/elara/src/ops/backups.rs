@@ -326,6 +326,11 @@ impl Elara {
             return Err(ApiError::busy("backup", id, &op.id));
         }
         let target = self.open_target(&b.target).await?;
+        if let Some(bs) = &b.base_snapshot
+            && self.get::<SnapshotRecord>(&keys::snapshot(bs)).await?.is_some()
+        {
+            self.delete_snapshot(bs).await?;
+        }
         if !self.txn(vec![rev(bkeys::backup(id), cur.revision)], vec![del(bkeys::backup(id))]).await? {
             return Err(super::raced("backup", id));
         }
@@ -424,7 +429,24 @@ async fn do_backup(
             faults::point("backup:mid-upload");
         }
     });
-    let out = engine::backup(&image, snap.size_bytes, BLOCK_SIZE, target, known, progress.clone(), hook).await.map_err(engine_err)?;
+    // The parent's base snapshot (reflink pools): unchanged blocks are found by FIEMAP.
+    let mut base = None;
+    if let Some(p) = &parent
+        && let Some(bs) = &p.base_snapshot
+        && let Some(b) = s.get::<SnapshotRecord>(&keys::snapshot(bs)).await?
+        && b.value.state == SnapshotState::Available
+        && let Ok(path) = s.image_path(&b.value.backend, b.value.backend_ref.as_deref(), "base snapshot")
+        && let Ok(m) = target.manifest(&p.id).await
+    {
+        base = Some((path, m.blocks));
+    }
+    let out = engine::backup(&image, snap.size_bytes, BLOCK_SIZE, target, known, base, progress.clone(), hook).await.map_err(engine_err)?;
+    // Keep this snapshot as the next one's base if it is a reflink (it then costs only the blocks
+    // the volume rewrites); a copy is deleted.
+    let img = image.clone();
+    let reflink = tokio::task::spawn_blocking(move || std::fs::File::open(&img).and_then(|f| crate::backup::fiemap::extents(&f)).map(|e| crate::backup::fiemap::any_shared(&e)).unwrap_or(false))
+        .await
+        .unwrap_or(false);
 
     // Finalise: every block the manifest names must be in the target now (a concurrent delete
     // may have collected one we found there); then the manifest, last.
@@ -463,6 +485,8 @@ async fn do_backup(
         digest,
         created_at: manifest.created_at,
         duration_ms: 0,
+        reused_blocks: out.reused_blocks,
+        base_snapshot: reflink.then(|| snap_name.to_string()),
     };
     // The record goes into the op first, so a reconciler can finish from a written manifest.
     if let Some(p) = op.params.as_object_mut() {
@@ -477,12 +501,23 @@ async fn do_backup(
     finish_backup(s, op, rec).await
 }
 
-/// Remove the temporary snapshot and commit the backup record (deleting the op) in one transaction.
+/// Remove the temporary snapshot (unless kept as the next base, which retires the parent's base)
+/// and commit the backup record (deleting the op) in one transaction.
 async fn finish_backup(s: &Elara, op: &OpRecord, rec: BackupRecord) -> ApiResult<BackupRecord> {
     if let Some(name) = &op.snapshot
+        && rec.base_snapshot.as_ref() != Some(name)
         && s.get::<SnapshotRecord>(&keys::snapshot(name)).await?.is_some()
     {
         s.delete_snapshot(name).await?;
+    }
+    if rec.base_snapshot.is_some()
+        && let Some(parent) = &rec.parent
+        && let Ok(p) = s.backup(parent).await
+        && let Some(old) = p.base_snapshot
+        && Some(&old) != rec.base_snapshot.as_ref()
+        && s.get::<SnapshotRecord>(&keys::snapshot(&old)).await?.is_some()
+    {
+        s.delete_snapshot(&old).await?;
     }
     let key = bkeys::backup(&rec.id);
     let mut ops = vec![del(keys::op(&op.id))];
@@ -490,7 +525,7 @@ async fn finish_backup(s: &Elara, op: &OpRecord, rec: BackupRecord) -> ApiResult
         ops.push(put(key, &rec));
     }
     s.txn(vec![], ops).await?;
-    tracing::info!(backup = %rec.id, volume = %rec.volume, uploaded = rec.uploaded_blocks, blocks = rec.blocks, "backup created");
+    tracing::info!(backup = %rec.id, volume = %rec.volume, uploaded = rec.uploaded_blocks, reused = rec.reused_blocks, blocks = rec.blocks, "backup created");
     Ok(rec)
 }
 
