@@ -7,6 +7,7 @@
 #   - always: the bounded proptest run host/scheduler/tests/expr_fuzz.rs (release mode; all of SECONDS when there
 #     is no nightly, else 10 s), which also compares matching with Cinder 29 (the venv of
 #     scripts/scheduler-cinder-venv.sh, made when missing, unless ELARA_CINDER_PY is set).
+# ELARA_FUZZ_ENGINE=proptest skips cargo-fuzz even where nightly exists (what a machine without nightly runs).
 # Properties (host/scheduler/tests/common/expr_props.rs): no panic; every rejection names a position (a character
 # offset in the text, not whitespace, "at character N: why"); an accepted expression prints back to itself.
 # Exits non-zero on the first broken property; libFuzzer leaves the input in target/fuzz-scheduler/artifacts.
@@ -19,7 +20,7 @@ FUZZ_DIR=host/scheduler/fuzz
 WORK=$REPO/target/fuzz-scheduler
 
 proptest_seconds=$SECONDS_TOTAL
-if rustup run nightly rustc --version >/dev/null 2>&1; then
+if [ "${ELARA_FUZZ_ENGINE:-}" != proptest ] && rustup run nightly rustc --version >/dev/null 2>&1; then
   if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "fuzz-scheduler: installing cargo-fuzz from crates.io" >&2
     cargo install --locked cargo-fuzz >&2
@@ -42,7 +43,7 @@ if rustup run nightly rustc --version >/dev/null 2>&1; then
     grep -E '^Done [0-9]+ runs' "$log" | sed "s/^/$target: /"
   done
 else
-  echo "fuzz-scheduler: no nightly toolchain, so no cargo-fuzz: running the bounded property test only"
+  echo "fuzz-scheduler: no nightly toolchain (or ELARA_FUZZ_ENGINE=proptest), so no cargo-fuzz: bounded property test only"
 fi
 
 if [ -z "${ELARA_CINDER_PY:-}" ]; then
