@@ -31,7 +31,8 @@ pub const MAX_IDLE_INSTANCES: usize = 4;
 /// One live instance of a driver with its store.
 pub(crate) struct Instance {
     store: Store<StoreState>,
-    bindings: DriverWorld,
+    /// Boxed: the export handles are some 300 bytes, and an instance moves several times per call.
+    bindings: Box<DriverWorld>,
 }
 
 /// What every instance of one backend shares: name, pool dir, grants, limits.
@@ -117,7 +118,7 @@ impl Sandbox {
                 });
             }
         };
-        Ok(Instance { store, bindings })
+        Ok(Instance { store, bindings: Box::new(bindings) })
     }
 
     fn begin_call(&self, store: &mut Store<StoreState>) {
@@ -141,7 +142,8 @@ impl Sandbox {
         let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
         let outcome = match first {
             Poll::Ready(r) => Ok(r),
-            Poll::Pending => tokio::time::timeout(self.limits.call_timeout, call).await,
+            // Boxed so the timer does not grow (and get copied with) every call's future.
+            Poll::Pending => Box::pin(tokio::time::timeout(self.limits.call_timeout, call)).await,
         };
         match outcome {
             Err(_) => {
@@ -228,17 +230,19 @@ impl std::fmt::Debug for Backend {
 }
 
 /// Run a driver export on an instance: `driver_call!(self, "op", |d, s| d.call_x(s, args))`.
+/// The call's future is boxed: wasmtime's call future is large, and a boxed one is not copied
+/// as the layers of the call path are built (an allocation is cheaper than the copies).
 macro_rules! driver_call {
     ($self:ident, $op:literal, |$d:ident, $s:ident| $call:expr) => {
         $self
-            .call($op, move |mut inst: Instance| async move {
+            .call($op, move |mut inst: Instance| Box::pin(async move {
                 let r = {
                     let $d = inst.bindings.elara_driver_driver();
                     let $s = &mut inst.store;
                     $call.await
                 };
                 (inst, r)
-            })
+            }))
             .await
     };
 }
@@ -337,7 +341,9 @@ impl Backend {
         let idle = self.inner.idle.lock().unwrap().pop();
         match idle {
             Some(i) => Ok(i),
-            None => self.fresh_instance().await,
+            // Boxed: instantiating is a large future, and every call's future would otherwise
+            // carry (and copy) its size.
+            None => Box::pin(self.fresh_instance()).await,
         }
     }
 
