@@ -48,6 +48,17 @@ elif op == "get":
         print(json.dumps(s3.get_object(Bucket=args[0], Key=args[1])["Body"].read().decode("utf-8", "replace")))
     except ClientError as e:
         print(json.dumps(None))
+elif op == "put":
+    s3.put_object(Bucket=args[0], Key=args[1], Body=args[2].encode())
+    print(json.dumps(True))
+elif op == "put-random":
+    import hashlib
+    body = os.urandom(int(args[2]))
+    s3.put_object(Bucket=args[0], Key=args[1], Body=body)
+    print(json.dumps(hashlib.sha256(body).hexdigest()))
+elif op == "sha256":
+    import hashlib
+    print(json.dumps(hashlib.sha256(s3.get_object(Bucket=args[0], Key=args[1])["Body"].read()).hexdigest()))
 elif op == "etag":
     print(json.dumps(s3.head_object(Bucket=args[0], Key=args[1])["ETag"].strip('"')))
 elif op == "put-many":
@@ -149,6 +160,21 @@ impl S3Server {
     /// An object's body as text, or `None`.
     pub fn get(&self, bucket: &str, key: &str) -> anyhow::Result<Option<String>> {
         Ok(serde_json::from_value(self.boto("get", &[bucket, key])?)?)
+    }
+
+    /// Write a small text object.
+    pub fn put(&self, bucket: &str, key: &str, text: &str) -> anyhow::Result<()> {
+        self.boto("put", &[bucket, key, text]).map(drop)
+    }
+
+    /// Write `size` random bytes; returns their SHA-256 (hex).
+    pub fn put_random(&self, bucket: &str, key: &str, size: usize) -> anyhow::Result<String> {
+        Ok(serde_json::from_value(self.boto("put-random", &[bucket, key, &size.to_string()])?)?)
+    }
+
+    /// The SHA-256 (hex) of an object's body.
+    pub fn sha256(&self, bucket: &str, key: &str) -> anyhow::Result<String> {
+        Ok(serde_json::from_value(self.boto("sha256", &[bucket, key])?)?)
     }
 
     /// An object's ETag (a multipart object's ends in `-<parts>`).
