@@ -103,11 +103,13 @@ fn mapping(ext: &[Extent], from: u64, to: u64) -> Option<Vec<(u64, u64, u64)>> {
     Some(v)
 }
 
-/// Whether block `[from, to)` maps to the very same shared physical extents in both files: then
-/// its content is the same in both (a write in between would have been copied elsewhere).
+/// Whether block `[from, to)` maps to the very same shared physical extents in both files (and has
+/// holes at the same places): then its content is the same in both (a write in between would have
+/// been copied elsewhere).
 pub fn same_block(old: &[Extent], new: &[Extent], from: u64, to: u64) -> bool {
     match (mapping(old, from, to), mapping(new, from, to)) {
-        (Some(a), Some(b)) => !a.is_empty() && a == b && a.iter().map(|x| x.2).sum::<u64>() == to - from,
+        // Equal lists: the same shared extents at the same offsets, and holes (zeros) elsewhere in both.
+        (Some(a), Some(b)) => !a.is_empty() && a == b,
         _ => false,
     }
 }
