@@ -3,7 +3,7 @@
 //!
 //! Keys are interned process-wide into [`KeyId`]s (a capability vocabulary is small: a few dozen names), and each
 //! map keeps its keys' ids inline, so a lookup by id compares integers inside the `PoolState` itself, with no
-//! pointer to follow until the value is found (values are inline too, up to 8). Walking tree nodes and comparing heap strings instead dominated a
+//! pointer to follow until the value is found (values are inline too, up to 4). Walking tree nodes and comparing heap strings instead dominated a
 //! placement over 10 000 pools. Iteration is in key order, as a `BTreeMap`'s.
 
 use std::collections::HashMap;
@@ -43,8 +43,8 @@ pub struct Capabilities {
     /// Sorted, each once.
     keys: Vec<String>,
     /// In the order of `keys`; inline for up to 8 keys too, so that a lookup by id reads no other memory than
-    /// the pool's own until it compares a string value.
-    values: SmallVec<[Value; 8]>,
+    /// the pool's own until it compares a string value (for the first 4 keys).
+    values: SmallVec<[Value; 4]>,
 }
 
 impl Capabilities {

@@ -85,7 +85,36 @@ pub fn check(
     request: &Request,
     ctx: &FilterContext<'_>,
 ) -> Result<(), (Filter, String)> {
-    for filter in Filter::ALL {
+    check_only(&Filter::ALL, pool, request, ctx)
+}
+
+/// The filters that can reject a pool for this request and context, in order: the others pass every pool
+/// (no staleness limit, no node down, no constraint asked), so a placement need not run them on each pool.
+pub fn active(request: &Request, ctx: &FilterContext<'_>) -> Vec<Filter> {
+    Filter::ALL
+        .into_iter()
+        .filter(|f| match f {
+            Filter::Stale => ctx.max_pool_age.is_some(),
+            Filter::NodeDown => !ctx.down_nodes.is_empty(),
+            Filter::Backend => request.backend.is_some(),
+            Filter::Driver => request.driver.is_some(),
+            Filter::PoolName => request.pool.is_some(),
+            Filter::Node => request.node.is_some(),
+            Filter::AvailabilityZone => request.availability_zone.is_some(),
+            Filter::Capacity => request.size_gb != 0.0,
+            Filter::Capabilities => !request.specs.is_empty(),
+        })
+        .collect()
+}
+
+/// Runs `filters` in order; `Err((filter, reason))` from the first that rejects.
+pub fn check_only(
+    filters: &[Filter],
+    pool: &PoolState,
+    request: &Request,
+    ctx: &FilterContext<'_>,
+) -> Result<(), (Filter, String)> {
+    for &filter in filters {
         run(filter, pool, request, ctx).map_err(|reason| (filter, reason))?;
     }
     Ok(())

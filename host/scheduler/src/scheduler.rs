@@ -146,11 +146,26 @@ impl Scheduler {
         verbose: bool,
     ) -> (Vec<usize>, Vec<f64>, Vec<Rejected>) {
         let ctx = self.context(verbose);
+        let active = filters::active(request, &ctx);
         let mut passed = Vec::with_capacity(pools.len());
         let mut rejected = Vec::new();
+        // Raw weights are taken in the same pass as the filters, while the pool is in cache: over 10 000 pools
+        // a second pass over them costs as much as the first.
+        let thin = request.wants_thin();
+        let multipliers: Vec<f64> = self.weighers.iter().map(|&w| self.multiplier(w)).collect();
+        let mut raw: Vec<Vec<f64>> = self
+            .weighers
+            .iter()
+            .map(|_| Vec::with_capacity(pools.len()))
+            .collect();
         for (i, pool) in pools.iter().enumerate() {
-            match filters::check(pool, request, &ctx) {
-                Ok(()) => passed.push(i),
+            match filters::check_only(&active, pool, request, &ctx) {
+                Ok(()) => {
+                    passed.push(i);
+                    for ((&w, &m), values) in self.weighers.iter().zip(&multipliers).zip(&mut raw) {
+                        values.push(weighers::raw_weight(w, pool, thin, m));
+                    }
+                }
                 Err((filter, reason)) => {
                     if verbose {
                         rejected.push(Rejected {
@@ -162,10 +177,9 @@ impl Scheduler {
                 }
             }
         }
-        let refs: Vec<&PoolState> = passed.iter().map(|&i| &pools[i]).collect();
-        let mut weights = vec![0.0; refs.len()];
-        for &w in &self.weighers {
-            weighers::add_weights(w, &refs, request, self.multiplier(w), &mut weights);
+        let mut weights = vec![0.0; passed.len()];
+        for ((&w, m), values) in self.weighers.iter().zip(multipliers).zip(raw) {
+            weighers::add_raw_weights(w, values, m, &mut weights);
         }
         (passed, weights, rejected)
     }

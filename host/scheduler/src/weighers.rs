@@ -64,6 +64,15 @@ fn min_max(values: &[f64]) -> (f64, f64) {
     (min, max)
 }
 
+/// The raw value `weigher` gives `pool` (`_weigh_object`), before normalisation. `thin` is
+/// [`Request::wants_thin`].
+pub fn raw_weight(weigher: Weigher, pool: &PoolState, thin: bool, multiplier: f64) -> f64 {
+    match weigher {
+        Weigher::Capacity => capacity_raw(pool, thin, multiplier),
+        Weigher::AllocatedCapacity => pool.allocated_capacity_gb,
+    }
+}
+
 /// Adds `multiplier × normalised weight` of `weigher` to `totals` (one per pool of `pools`).
 pub fn add_weights(
     weigher: Weigher,
@@ -72,19 +81,21 @@ pub fn add_weights(
     multiplier: f64,
     totals: &mut [f64],
 ) {
-    if pools.is_empty() {
+    let thin = request.wants_thin();
+    let raw = pools
+        .iter()
+        .map(|p| raw_weight(weigher, p, thin, multiplier))
+        .collect();
+    add_raw_weights(weigher, raw, multiplier, totals);
+}
+
+/// Normalises the raw values of `weigher` (one per passing pool, from [`raw_weight`]) as Cinder's
+/// `BaseWeigher.weigh_objects` (and CapacityWeigher's handling of infinite values), and adds
+/// `multiplier × normalised weight` to `totals`.
+pub fn add_raw_weights(weigher: Weigher, mut raw: Vec<f64>, multiplier: f64, totals: &mut [f64]) {
+    if raw.is_empty() {
         return;
     }
-    let mut raw: Vec<f64> = match weigher {
-        Weigher::Capacity => {
-            let thin = request.wants_thin();
-            pools
-                .iter()
-                .map(|p| capacity_raw(p, thin, multiplier))
-                .collect()
-        }
-        Weigher::AllocatedCapacity => pools.iter().map(|p| p.allocated_capacity_gb).collect(),
-    };
     let (mut min, mut max) = min_max(&raw);
     if weigher == Weigher::Capacity && max == f64::INFINITY {
         // CapacityWeigher.weigh_objects: infinite weights become the largest finite weight plus an offset.
