@@ -173,16 +173,16 @@ struct Req {
     id: String,
 }
 
-fn parse(body: &Bytes) -> Result<Req, Response> {
+fn parse(body: &Bytes) -> Result<Req, String> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Req::default());
     }
-    serde_json::from_slice(body).map_err(|e| err(format!("malformed request from dockerd: {e}")))
+    serde_json::from_slice(body).map_err(|e| format!("malformed request from dockerd: {e}"))
 }
 
 /// The daemon and the parsed request, or the error reply.
 async fn begin(state: &PluginState, body: &Bytes, call: &str) -> Result<(Shared, Req), Response> {
-    let req = parse(body)?;
+    let req = parse(body).map_err(err)?;
     tracing::debug!(volume = %req.name, id = %req.id, "Docker {call}");
     Ok((ready(state).await?, req))
 }
