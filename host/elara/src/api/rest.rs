@@ -42,7 +42,7 @@ pub struct ApiDoc;
 
 pub fn router(state: Shared) -> Router {
     Router::new()
-        .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+        .route("/openapi.json", get(|| async { Json(ApiDoc::openapi().merge_from(crate::backup::api::BackupApi::openapi())) }))
         .route("/v1/health", get(health))
         .route("/v1/ready", get(health))
         .route("/v1/info", get(info))
