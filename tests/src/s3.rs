@@ -144,7 +144,8 @@ impl S3Server {
         if !out.status.success() {
             bail!("boto3 {op} {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
         }
-        serde_json::from_slice(&out.stdout).with_context(|| format!("boto3 {op}: {}", String::from_utf8_lossy(&out.stdout)))
+        serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("boto3 {op}: {}", String::from_utf8_lossy(&out.stdout)))
     }
 
     /// Every bucket the test credentials own.

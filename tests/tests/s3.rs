@@ -139,7 +139,11 @@ fn docker_lifecycle_steps(rig: &Rig, layout: Layout, naming: &str) -> anyhow::Re
     assert!(notes.contains("not enforced by S3"), "{notes}");
     let pools = d.json(&["pool", "list"])?;
     let pool = pools.as_array().unwrap().iter().find(|p| p["backend"] == "s3a").expect("s3a reports a pool");
-    assert_eq!((&pool["pool"]["total"], &pool["pool"]["free"]), (&Value::from("Unknown"), &Value::from("Unknown")), "{pool}");
+    assert_eq!(
+        (&pool["pool"]["total"], &pool["pool"]["free"]),
+        (&Value::from("Unknown"), &Value::from("Unknown")),
+        "{pool}"
+    );
     assert!(pool["pool"]["capabilities"].to_string().contains(r#"["type","object"]"#), "{pool}");
     assert_eq!(v["backend_ref"], format!("s3://{bucket}/{prefix}"), "{v}");
     assert_eq!(s3.objects(&bucket, &prefix)?, Some(vec![]), "the new volume's place exists and is empty");
@@ -174,7 +178,11 @@ fn docker_lifecycle_steps(rig: &Rig, layout: Layout, naming: &str) -> anyhow::Re
     if rig.fuse {
         mounted_checks(rig, &id, &content)?;
     }
-    for shown in [d.ok(&["volume", "inspect", "vol"])?, d.ok(&["backend", "inspect", "s3a"])?, d.ok(&["-o", "json", "backend", "list"])?] {
+    for shown in [
+        d.ok(&["volume", "inspect", "vol"])?,
+        d.ok(&["backend", "inspect", "s3a"])?,
+        d.ok(&["-o", "json", "backend", "list"])?,
+    ] {
         assert!(!shown.contains(&s3.secret_key) && !shown.contains(&s3.access_key), "credentials redacted: {shown}");
     }
     let log = std::fs::read_to_string(d.dir.join("daemon.log"))?;
@@ -207,8 +215,15 @@ fn docker_lifecycle_steps(rig: &Rig, layout: Layout, naming: &str) -> anyhow::Re
     assert_eq!(rel_keys(&s3.objects(&rbucket, &rprefix)?.unwrap(), &rprefix), rel_keys(&objects, &prefix));
     assert_eq!(s3.sha256(&rbucket, &format!("{rprefix}big.bin"))?, big_sum, "the 12 MiB object is intact");
     if rig.fuse {
-        assert_eq!(rig.run("restored", "cat /data/hello.txt; ls /data")?, format!("{content}\nbig.bin\ndir\nhello.txt\n"));
-        assert_eq!(rig.run("restored", "sha256sum /data/big.bin | cut -d' ' -f1")?.trim(), big_sum, "the 12 MiB file reads back");
+        assert_eq!(
+            rig.run("restored", "cat /data/hello.txt; ls /data")?,
+            format!("{content}\nbig.bin\ndir\nhello.txt\n")
+        );
+        assert_eq!(
+            rig.run("restored", "sha256sum /data/big.bin | cut -d' ' -f1")?.trim(),
+            big_sum,
+            "the 12 MiB file reads back"
+        );
     }
 
     // Delete removes every object, in pages of 1 000: give the volume 2 500 more objects first.
@@ -309,7 +324,15 @@ fn bad_backends_fail_clearly_and_make_nothing() -> anyhow::Result<()> {
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         d.ok(&args)?;
-        let err = docker.fails(&["volume", "create", "-d", plugin, "-o", &format!("backend={name}"), &format!("v-{name}")])?;
+        let err = docker.fails(&[
+            "volume",
+            "create",
+            "-d",
+            plugin,
+            "-o",
+            &format!("backend={name}"),
+            &format!("v-{name}"),
+        ])?;
         for e in expect {
             assert!(err.contains(e), "backend {name}: the error names {e:?}: {err}");
         }
@@ -319,13 +342,34 @@ fn bad_backends_fail_clearly_and_make_nothing() -> anyhow::Result<()> {
     }
     // Not granted: the sandbox refuses before any packet leaves, and says how to grant.
     d.ok(&[
-        "backend", "add", "nogrant", "--driver", "s3", "--config", &format!("endpoint={}", s3.endpoint),
-        "--config", &format!("access_key={}", s3.access_key), "--config", &format!("secret_key={}", s3.secret_key),
+        "backend",
+        "add",
+        "nogrant",
+        "--driver",
+        "s3",
+        "--config",
+        &format!("endpoint={}", s3.endpoint),
+        "--config",
+        &format!("access_key={}", s3.access_key),
+        "--config",
+        &format!("secret_key={}", s3.secret_key),
     ])?;
     let err = d.fails(&["volume", "create", "c-nogrant", "--backend", "nogrant"])?;
     assert!(err.contains("--allow-host"), "the error says how to grant the endpoint: {err}");
     // Bad config is refused when the backend is added, naming the key.
-    let err = d.fails(&["backend", "add", "badurl", "--driver", "s3", "--config", "endpoint=ftp://x", "--config", "access_key=a", "--config", "secret_key=b"])?;
+    let err = d.fails(&[
+        "backend",
+        "add",
+        "badurl",
+        "--driver",
+        "s3",
+        "--config",
+        "endpoint=ftp://x",
+        "--config",
+        "access_key=a",
+        "--config",
+        "secret_key=b",
+    ])?;
     assert!(err.contains("endpoint"), "{err}");
 
     assert!(d.json(&["volume", "list"])?.as_array().unwrap().is_empty(), "no volume was recorded");
@@ -351,7 +395,11 @@ fn driver_check_conforms_against_rgw() -> anyhow::Result<()> {
         cmd.args(["driver", "check"]).arg(&wasm).args(&args[5..]);
         let out = cmd.output()?;
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "driver check failed for {extra:?}:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "driver check failed for {extra:?}:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(stdout.contains("CONFORMS") && !stdout.contains("FAIL"), "{stdout}");
     }
     let left: Vec<String> = s3.buckets()?.into_iter().filter(|b| b.starts_with(&tag) && *b != shared).collect();

@@ -139,7 +139,9 @@ pub fn parse_settings(pairs: Vec<(String, String)>) -> DriverResult<S3Settings> 
         return Err(DriverError::invalid("secret_key", "must be a single line"));
     }
     let layout = match cfg.get("bucket").map(str::trim) {
-        Some("") => return Err(DriverError::invalid("bucket", "must not be empty (leave it out for a bucket per volume)")),
+        Some("") => {
+            return Err(DriverError::invalid("bucket", "must not be empty (leave it out for a bucket per volume)"));
+        }
         Some(bucket) => {
             check_bucket_text("bucket", bucket)?;
             let mut prefix = cfg.get("prefix").unwrap_or_default().trim().trim_start_matches('/').to_string();
@@ -147,7 +149,10 @@ pub fn parse_settings(pairs: Vec<(String, String)>) -> DriverResult<S3Settings> 
                 prefix.push('/');
             }
             if prefix.contains("//") || prefix.len() > 512 {
-                return Err(DriverError::invalid("prefix", format!("{prefix:?} must be a key prefix such as elara/ (no empty segments, at most 512 bytes)")));
+                return Err(DriverError::invalid(
+                    "prefix",
+                    format!("{prefix:?} must be a key prefix such as elara/ (no empty segments, at most 512 bytes)"),
+                ));
             }
             Layout::Prefix { bucket: bucket.to_string(), prefix }
         }
@@ -201,7 +206,8 @@ pub fn parse_settings(pairs: Vec<(String, String)>) -> DriverResult<S3Settings> 
 }
 
 fn check_endpoint(endpoint: &str) -> DriverResult<()> {
-    let bad = |why: &str| DriverError::invalid("endpoint", format!("{endpoint:?} {why}; expected e.g. http://10.0.0.5:7480"));
+    let bad =
+        |why: &str| DriverError::invalid("endpoint", format!("{endpoint:?} {why}; expected e.g. http://10.0.0.5:7480"));
     let rest = endpoint
         .strip_prefix("http://")
         .or_else(|| endpoint.strip_prefix("https://"))
@@ -219,7 +225,10 @@ fn check_endpoint(endpoint: &str) -> DriverResult<()> {
 /// rest (length, case, characters) is S3's to judge, and its refusal is reported naming `field`.
 fn check_bucket_text(field: &str, name: &str) -> DriverResult<()> {
     if name.contains(['/', ':', '?', '#', '%']) || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(DriverError::invalid(field, format!("{name:?} cannot be part of a bucket name (no `/`, `:`, `?`, `#`, `%` or spaces)")));
+        return Err(DriverError::invalid(
+            field,
+            format!("{name:?} cannot be part of a bucket name (no `/`, `:`, `?`, `#`, `%` or spaces)"),
+        ));
     }
     Ok(())
 }
@@ -227,10 +236,19 @@ fn check_bucket_text(field: &str, name: &str) -> DriverResult<()> {
 /// Elara's ids name buckets and keys: lower-case letters, digits and `-`, within the layout's length.
 fn check_id(field: &str, id: &str, layout: &Layout) -> DriverResult<()> {
     if id.is_empty() || !id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
-        return Err(DriverError::invalid(field, format!("{id:?} must be lower-case letters, digits and `-` (it names an S3 bucket or key)")));
+        return Err(DriverError::invalid(
+            field,
+            format!("{id:?} must be lower-case letters, digits and `-` (it names an S3 bucket or key)"),
+        ));
     }
     if id.len() > layout.max_id_len() {
-        return Err(DriverError::invalid(field, format!("{id:?} is longer than {} characters, the most this backend's bucket names allow", layout.max_id_len())));
+        return Err(DriverError::invalid(
+            field,
+            format!(
+                "{id:?} is longer than {} characters, the most this backend's bucket names allow",
+                layout.max_id_len()
+            ),
+        ));
     }
     Ok(())
 }
@@ -279,7 +297,12 @@ fn check_spec(spec: &VolumeSpec, settings: &S3Settings) -> DriverResult<()> {
 
 /// The existing volume for `spec.id`, if its record matches the spec (an idempotent retry), or
 /// `already-exists` if it does not.
-fn existing_volume(s3: &S3, settings: &S3Settings, spec: &VolumeSpec, from: Option<&str>) -> DriverResult<Option<Volume>> {
+fn existing_volume(
+    s3: &S3,
+    settings: &S3Settings,
+    spec: &VolumeSpec,
+    from: Option<&str>,
+) -> DriverResult<Option<Volume>> {
     let Some(record) = settings.layout.read(s3, Kind::Volume, &spec.id)? else {
         return Ok(None);
     };
@@ -418,7 +441,10 @@ impl Guest for S3Driver {
         if spec.size_bytes < snapshot.size_bytes {
             return Err(DriverError::invalid(
                 "size",
-                format!("{} bytes is smaller than snapshot {snapshot_id} ({} bytes)", spec.size_bytes, snapshot.size_bytes),
+                format!(
+                    "{} bytes is smaller than snapshot {snapshot_id} ({} bytes)",
+                    spec.size_bytes, snapshot.size_bytes
+                ),
             ));
         }
         let place = settings.layout.place(Kind::Volume, &spec.id);
@@ -449,7 +475,10 @@ impl Guest for S3Driver {
         if size_bytes < record.size_bytes {
             return Err(DriverError::invalid(
                 "size",
-                format!("{size_bytes} bytes is smaller than the volume ({} bytes): volumes can only grow", record.size_bytes),
+                format!(
+                    "{size_bytes} bytes is smaller than the volume ({} bytes): volumes can only grow",
+                    record.size_bytes
+                ),
             ));
         }
         if size_bytes > record.size_bytes {
@@ -481,7 +510,13 @@ impl Guest for S3Driver {
         let label = format!("snapshot {} of volume {}", spec.id, spec.volume_id);
         settings.layout.prepare(&s3, &place)?;
         settings.layout.clear(&s3, &place, &label)?;
-        let (objects, bytes) = copy_all(&s3, &settings.layout.place(Kind::Volume, &spec.volume_id), &place, settings.copy_concurrency, &label)?;
+        let (objects, bytes) = copy_all(
+            &s3,
+            &settings.layout.place(Kind::Volume, &spec.volume_id),
+            &place,
+            settings.copy_concurrency,
+            &label,
+        )?;
         let record = Record {
             kind: Kind::Snapshot,
             id: spec.id.clone(),

@@ -9,8 +9,8 @@
 use std::time::{Duration, SystemTime};
 
 use aws_sigv4::http_request::{
-    PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest, SigningSettings,
-    UriPathNormalizationMode, sign,
+    PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest, SigningSettings, UriPathNormalizationMode,
+    sign,
 };
 use aws_sigv4::sign::v4;
 use base64::Engine;
@@ -98,7 +98,9 @@ impl S3Error {
         let text = self.to_string();
         let S3Error::Service { status, code, bucket, .. } = &self else {
             return match self {
-                S3Error::Http { source, .. } => DriverError::from(source).with_context(format!("S3 at {}", fields.endpoint)),
+                S3Error::Http { source, .. } => {
+                    DriverError::from(source).with_context(format!("S3 at {}", fields.endpoint))
+                }
                 _ => DriverError::backend(text),
             };
         };
@@ -166,6 +168,9 @@ pub struct Object {
     pub size: u64,
 }
 
+/// A bucket's tags, (key, value).
+pub type Tags = Vec<(String, String)>;
+
 /// One server-side copy of [`S3::copy_objects`].
 #[derive(Debug, Clone)]
 pub struct Copy {
@@ -232,7 +237,14 @@ impl<'a> Req<'a> {
 
 impl S3 {
     /// A client for `endpoint` (`http(s)://host[:port]`, no path).
-    pub fn new(endpoint: &str, region: &str, access_key: &str, secret_key: &str, path_style: bool, bucket_field: &'static str) -> Self {
+    pub fn new(
+        endpoint: &str,
+        region: &str,
+        access_key: &str,
+        secret_key: &str,
+        path_style: bool,
+        bucket_field: &'static str,
+    ) -> Self {
         let endpoint = endpoint.trim_end_matches('/').to_string();
         S3 {
             fields: Fields { bucket: bucket_field, endpoint: endpoint.clone() },
@@ -280,7 +292,8 @@ impl S3 {
     /// The signed request, ready to send.
     fn signed(&self, req: &Req<'_>) -> Result<RequestBuilder, S3Error> {
         let url = self.url(req.bucket, req.key, &req.query);
-        let identity = aws_credential_types::Credentials::new(&self.access_key, &self.secret_key, None, None, "elara").into();
+        let identity =
+            aws_credential_types::Credentials::new(&self.access_key, &self.secret_key, None, None, "elara").into();
         let mut settings = SigningSettings::default();
         settings.percent_encoding_mode = PercentEncodingMode::Single;
         settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
@@ -345,7 +358,8 @@ impl S3 {
         let (index, builders): (Vec<usize>, Vec<RequestBuilder>) = ready.into_iter().unzip();
         for (i, sent) in index.into_iter().zip(send_all(builders, concurrency)) {
             let req = &reqs[i];
-            results[i] = Some(sent.map_err(|source| S3Error::Http { op: req.op, source }).and_then(|r| check_status(req, r)));
+            results[i] =
+                Some(sent.map_err(|source| S3Error::Http { op: req.op, source }).and_then(|r| check_status(req, r)));
         }
         results.into_iter().map(|r| r.expect("every request has a result")).collect()
     }
@@ -393,12 +407,12 @@ impl S3 {
     }
 
     /// The bucket's tags, or `None` if it has none. A missing bucket is an error (`NoSuchBucket`).
-    pub fn get_bucket_tagging(&self, bucket: &str) -> Result<Option<Vec<(String, String)>>, S3Error> {
+    pub fn get_bucket_tagging(&self, bucket: &str) -> Result<Option<Tags>, S3Error> {
         self.get_bucket_taggings(&[bucket], 1).remove(0)
     }
 
     /// [`S3::get_bucket_tagging`] of many buckets, `concurrency` at a time, in their order.
-    pub fn get_bucket_taggings(&self, buckets: &[&str], concurrency: usize) -> Vec<Result<Option<Vec<(String, String)>>, S3Error>> {
+    pub fn get_bucket_taggings(&self, buckets: &[&str], concurrency: usize) -> Vec<Result<Option<Tags>, S3Error>> {
         let reqs: Vec<Req<'_>> =
             buckets.iter().map(|b| Req::new("GetBucketTagging", "GET", Some(b)).query("tagging", "")).collect();
         self.send_many(&reqs, concurrency)
@@ -440,7 +454,10 @@ impl S3 {
         let parsed: ListBucketResult = parse("ListObjectsV2", &resp.body)?;
         let next = if parsed.is_truncated { parsed.next_continuation_token.filter(|t| !t.is_empty()) } else { None };
         if parsed.is_truncated && next.is_none() {
-            return Err(S3Error::Reply { op: "ListObjectsV2", reason: "truncated listing without a continuation token".into() });
+            return Err(S3Error::Reply {
+                op: "ListObjectsV2",
+                reason: "truncated listing without a continuation token".into(),
+            });
         }
         Ok(Page { objects: parsed.contents.into_iter().map(|c| Object { key: c.key, size: c.size }).collect(), next })
     }
@@ -472,7 +489,14 @@ impl S3 {
 
     /// Server-side copy of one object, its metadata included (s3fs keeps mode, owner and times
     /// there). Objects above the copy part size (5 GiB unless set) are copied in parts.
-    pub fn copy_object(&self, src_bucket: &str, src_key: &str, dst_bucket: &str, dst_key: &str, size: u64) -> Result<(), S3Error> {
+    pub fn copy_object(
+        &self,
+        src_bucket: &str,
+        src_key: &str,
+        dst_bucket: &str,
+        dst_key: &str,
+        size: u64,
+    ) -> Result<(), S3Error> {
         let source = copy_source(src_bucket, src_key);
         if size > self.copy_part_size {
             return self.copy_multipart(&source, src_bucket, src_key, dst_bucket, dst_key, size);
@@ -512,7 +536,15 @@ impl S3 {
         Ok(())
     }
 
-    fn copy_multipart(&self, source: &str, src_bucket: &str, src_key: &str, dst_bucket: &str, dst_key: &str, size: u64) -> Result<(), S3Error> {
+    fn copy_multipart(
+        &self,
+        source: &str,
+        src_bucket: &str,
+        src_key: &str,
+        dst_bucket: &str,
+        dst_key: &str,
+        size: u64,
+    ) -> Result<(), S3Error> {
         // Carry the source's metadata (s3fs's mode/uid/gid/mtime) over to the new upload.
         let head = self.send(Req::new("HeadObject", "HEAD", Some(src_bucket)).key(src_key))?;
         let mut init = Req::new("CreateMultipartUpload", "POST", Some(dst_bucket)).key(dst_key).query("uploads", "");
@@ -539,12 +571,17 @@ impl S3 {
                 let resp = self.send(req)?;
                 check_embedded_error("UploadPartCopy", dst_bucket, &resp.body)?;
                 let part: CopyPartResult = parse("UploadPartCopy", &resp.body)?;
-                parts.push_str(&format!("<Part><PartNumber>{number}</PartNumber><ETag>{}</ETag></Part>", escape(&part.etag)));
+                parts.push_str(&format!(
+                    "<Part><PartNumber>{number}</PartNumber><ETag>{}</ETag></Part>",
+                    escape(&part.etag)
+                ));
                 start = end + 1;
                 number += 1;
             }
             parts.push_str("</CompleteMultipartUpload>");
-            let mut req = Req::new("CompleteMultipartUpload", "POST", Some(dst_bucket)).key(dst_key).query("uploadId", id.clone());
+            let mut req = Req::new("CompleteMultipartUpload", "POST", Some(dst_bucket))
+                .key(dst_key)
+                .query("uploadId", id.clone());
             req.body = parts.into_bytes();
             let resp = self.send(req.timeout(Duration::from_secs(600)))?;
             check_embedded_error("CompleteMultipartUpload", dst_bucket, &resp.body)
@@ -558,7 +595,9 @@ impl S3 {
     /// Uploads begun and never completed under `prefix` (s3fs leaves them when killed mid-write):
     /// (key, upload id). One page; call until empty after aborting.
     pub fn list_uploads(&self, bucket: &str, prefix: &str) -> Result<Vec<(String, String)>, S3Error> {
-        let mut req = Req::new("ListMultipartUploads", "GET", Some(bucket)).query("uploads", "").query("max-uploads", PAGE.to_string());
+        let mut req = Req::new("ListMultipartUploads", "GET", Some(bucket))
+            .query("uploads", "")
+            .query("max-uploads", PAGE.to_string());
         if !prefix.is_empty() {
             req = req.query("prefix", prefix);
         }
@@ -582,7 +621,12 @@ impl S3 {
     }
 
     /// [`S3::get_object`] of many keys, `concurrency` at a time, in their order.
-    pub fn get_objects(&self, bucket: &str, keys: &[&str], concurrency: usize) -> Vec<Result<Option<Vec<u8>>, S3Error>> {
+    pub fn get_objects(
+        &self,
+        bucket: &str,
+        keys: &[&str],
+        concurrency: usize,
+    ) -> Vec<Result<Option<Vec<u8>>, S3Error>> {
         let reqs: Vec<Req<'_>> = keys.iter().map(|k| Req::new("GetObject", "GET", Some(bucket)).key(k)).collect();
         self.send_many(&reqs, concurrency)
             .into_iter()
@@ -828,11 +872,15 @@ mod tests {
         let xml = br#"<ListAllMyBucketsResult><Owner><ID>x</ID></Owner><Buckets><Bucket><Name>a</Name><CreationDate>2024</CreationDate></Bucket><Bucket><Name>b</Name></Bucket></Buckets></ListAllMyBucketsResult>"#;
         let r: ListAllMyBucketsResult = parse("ListBuckets", xml).unwrap();
         assert_eq!(r.buckets.bucket.iter().map(|b| b.name.as_str()).collect::<Vec<_>>(), ["a", "b"]);
-        let empty: ListAllMyBucketsResult = parse("ListBuckets", b"<ListAllMyBucketsResult><Buckets/></ListAllMyBucketsResult>").unwrap();
+        let empty: ListAllMyBucketsResult =
+            parse("ListBuckets", b"<ListAllMyBucketsResult><Buckets/></ListAllMyBucketsResult>").unwrap();
         assert!(empty.buckets.bucket.is_empty());
-        let t: Tagging = parse("GetBucketTagging", b"<Tagging><TagSet><Tag><Key>k</Key><Value>v</Value></Tag></TagSet></Tagging>").unwrap();
+        let t: Tagging =
+            parse("GetBucketTagging", b"<Tagging><TagSet><Tag><Key>k</Key><Value>v</Value></Tag></TagSet></Tagging>")
+                .unwrap();
         assert_eq!(t.tag_set.tag[0].key, "k");
-        let d: DeleteResult = parse("DeleteObjects", b"<DeleteResult><Deleted><Key>a</Key></Deleted></DeleteResult>").unwrap();
+        let d: DeleteResult =
+            parse("DeleteObjects", b"<DeleteResult><Deleted><Key>a</Key></Deleted></DeleteResult>").unwrap();
         assert!(d.error.is_empty());
     }
 }

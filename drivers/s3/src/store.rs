@@ -142,7 +142,13 @@ impl Layout {
     }
 
     /// [`Layout::read`] of many ids, `concurrency` requests at a time, in their order.
-    pub fn read_many(&self, s3: &S3, kind: Kind, ids: &[String], concurrency: usize) -> DriverResult<Vec<Option<Record>>> {
+    pub fn read_many(
+        &self,
+        s3: &S3,
+        kind: Kind,
+        ids: &[String],
+        concurrency: usize,
+    ) -> DriverResult<Vec<Option<Record>>> {
         match self {
             Layout::Buckets { .. } => {
                 let places: Vec<Place> = ids.iter().map(|id| self.place(kind, id)).collect();
@@ -159,7 +165,10 @@ impl Layout {
                             Err(e) => return Err(err(s3, e)),
                         };
                         record_from_tags(&tags, kind, id).map_err(|why| {
-                            DriverError::backend(format!("bucket {} carries tags Elara cannot read: {why}", place.bucket))
+                            DriverError::backend(format!(
+                                "bucket {} carries tags Elara cannot read: {why}",
+                                place.bucket
+                            ))
                         })
                     })
                     .collect()
@@ -177,8 +186,9 @@ impl Layout {
                             Err(e) if e.code() == Some("NoSuchBucket") => return Ok(None),
                             Err(e) => return Err(err(s3, e)),
                         };
-                        let record: Record = serde_json::from_slice(&body)
-                            .map_err(|e| DriverError::backend(format!("s3://{bucket}/{key} is not an Elara record: {e}")))?;
+                        let record: Record = serde_json::from_slice(&body).map_err(|e| {
+                            DriverError::backend(format!("s3://{bucket}/{key} is not an Elara record: {e}"))
+                        })?;
                         if record.id != *id || record.kind != kind {
                             return Err(DriverError::backend(format!(
                                 "s3://{bucket}/{key} holds the record of {} {}",
@@ -284,7 +294,12 @@ pub fn err(s3: &S3, e: S3Error) -> DriverError {
 }
 
 /// Call `each` for every object under `prefix`, page by page.
-pub fn walk(s3: &S3, bucket: &str, prefix: &str, mut each: impl FnMut(&Object) -> Result<(), S3Error>) -> Result<(), S3Error> {
+pub fn walk(
+    s3: &S3,
+    bucket: &str,
+    prefix: &str,
+    mut each: impl FnMut(&Object) -> Result<(), S3Error>,
+) -> Result<(), S3Error> {
     let mut token: Option<String> = None;
     loop {
         let page = s3.list_objects(bucket, prefix, token.as_deref())?;

@@ -272,8 +272,8 @@ pub fn send_all(requests: Vec<RequestBuilder>, limit: usize) -> Vec<Result<Respo
 
     let n = requests.len();
     let queue = Rc::new(RefCell::new(requests.into_iter().enumerate().collect::<VecDeque<_>>()));
-    let results: Rc<RefCell<Vec<Option<Result<Response, HttpError>>>>> =
-        Rc::new(RefCell::new((0..n).map(|_| None).collect()));
+    type Slots = Vec<Option<Result<Response, HttpError>>>;
+    let results: Rc<RefCell<Slots>> = Rc::new(RefCell::new((0..n).map(|_| None).collect()));
     wstd::runtime::block_on(async {
         // `limit` workers, each taking the next request when its last one is answered.
         let workers: Vec<_> = (0..limit.clamp(1, n.max(1)))
