@@ -306,7 +306,11 @@ pub fn capabilities(pool: &PoolState, specs: &[Spec], v: bool) -> Result<(), Str
         let mut cap: Cow<'_, Value> = match path.first() {
             None => Cow::Owned(all_capabilities(pool)),
             Some(first) => {
-                match pool.capability_by_id(first, spec.capability_id().expect("id of a path")) {
+                match pool.capability_in(
+                    first,
+                    spec.capability_id().expect("id of a path"),
+                    spec.capability_is_figure(),
+                ) {
                     Some(found) => found,
                     None => {
                         return Err(why(v, || {

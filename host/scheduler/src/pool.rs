@@ -245,7 +245,7 @@ pub const FIGURE_KEYS: [&str; 9] = [
 ];
 
 /// Whether the key whose id is `id` is one of [`FIGURE_KEYS`].
-fn is_figure(id: KeyId) -> bool {
+pub(crate) fn is_figure(id: KeyId) -> bool {
     static IDS: OnceLock<[KeyId; 9]> = OnceLock::new();
     IDS.get_or_init(|| FIGURE_KEYS.map(key_id)).contains(&id)
 }
@@ -553,7 +553,17 @@ impl PoolState {
 
     /// [`PoolState::capability`] with the key's id ([`key_id`]) looked up by the caller (once per request).
     pub fn capability_by_id(&self, key: &str, id: KeyId) -> Option<Cow<'_, Value>> {
-        let map = if is_figure(id) {
+        self.capability_in(key, id, is_figure(id))
+    }
+
+    /// [`PoolState::capability_by_id`] with `figure` = [`is_figure`]`(id)` known by the caller.
+    pub(crate) fn capability_in(
+        &self,
+        key: &str,
+        id: KeyId,
+        figure: bool,
+    ) -> Option<Cow<'_, Value>> {
+        let map = if figure {
             &self.reported_figures
         } else {
             &self.capabilities

@@ -5,6 +5,7 @@ use thiserror::Error;
 
 use crate::capabilities::{KeyId, key_id};
 use crate::expr::{self, Expr, ParseError};
+use crate::pool::is_figure;
 
 /// One extra spec: a key (optionally `capabilities:`-scoped) and its parsed value expression.
 #[derive(Debug, Clone, PartialEq)]
@@ -16,8 +17,9 @@ pub struct Spec {
     /// The capability path the key names (`capabilities:a:b` → [a, b], `iops` → [iops]); `None` for keys in
     /// another scope (`provisioning:type`, `qos:…`, vendor specs), which the capabilities filter ignores.
     path: Option<Vec<String>>,
-    /// [`key_id`] of the path's first key, so each pool's lookup compares ids.
-    first_id: Option<KeyId>,
+    /// [`key_id`] of the path's first key, so each pool's lookup compares ids, and whether that key is one of
+    /// the pool figures (looked up in [`crate::PoolState::reported_figures`]).
+    first_id: Option<(KeyId, bool)>,
 }
 
 /// A bad extra spec.
@@ -64,7 +66,10 @@ impl Spec {
         } else {
             Expr::Literal(value.clone())
         };
-        let first_id = path.as_ref().and_then(|p| p.first()).map(|k| key_id(k));
+        let first_id = path.as_ref().and_then(|p| p.first()).map(|k| {
+            let id = key_id(k);
+            (id, is_figure(id))
+        });
         Ok(Spec {
             key,
             value,
@@ -81,7 +86,12 @@ impl Spec {
 
     /// [`key_id`] of the first key of [`Spec::capability_path`].
     pub fn capability_id(&self) -> Option<KeyId> {
-        self.first_id
+        self.first_id.map(|(id, _)| id)
+    }
+
+    /// Whether the first key of [`Spec::capability_path`] is a pool figure.
+    pub(crate) fn capability_is_figure(&self) -> bool {
+        self.first_id.is_some_and(|(_, figure)| figure)
     }
 }
 
