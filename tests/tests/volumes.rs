@@ -119,7 +119,7 @@ fn bad_input(store: StoreKind) -> anyhow::Result<()> {
         (&["volume", "create", "v1", "--fs", "ntfs"], "fs"),
         (&["volume", "create", "v1", "--iops", "500"], "iops"),
         (&["volume", "create", "v1", "--snapshot", "missing"], "snapshot"),
-        (&["volume", "create", "v1", "--size", "1P"], "no pool fits"),
+        (&["volume", "create", "v1", "--size", "1P"], "no valid pool"),
         (&["backend", "add", "b1", "--driver", "nope"], "driver"),
         (&["backend", "add", "b1", "--driver", "local", "--config", "bogus=1"], "bogus"),
         (&["backend", "add", "b1", "--driver", "local", "--memory", "1K"], "memory"),

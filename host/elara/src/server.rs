@@ -48,6 +48,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         consumed: Default::default(),
     });
     elara.register_self().await.context("registering this node")?;
+    // Renew the node lease from now on: installing the built-in drivers can outlast its TTL.
+    tokio::spawn(elara.clone().keep_alive_loop(stop_rx.clone()));
     elara.install_builtin().await.context("installing the built-in drivers")?;
     match elara.reconcile_once().await {
         Ok(0) => {}
@@ -55,7 +57,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         Err(e) => tracing::warn!("first reconciler pass failed: {e}"),
     }
 
-    tokio::spawn(elara.clone().keep_alive_loop(stop_rx.clone()));
     tokio::spawn(elara.clone().reconcile_loop(stop_rx.clone()));
     tokio::spawn(pool_refresh_loop(elara.clone(), stop_rx.clone()));
 
