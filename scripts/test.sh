@@ -39,12 +39,15 @@ start_service() {
   done <<< "$out"
 }
 start_service etcd
-start_service docker
+# Docker tests start a private dockerd each (they restart and kill it); install it up front so
+# parallel tests never race apt.
+elara_apt_install docker.io busybox-static
 start_service s3
 start_service cinder
 if [ -x scripts/scheduler-cinder-venv.sh ]; then
   ELARA_CINDER_PY=$(bash scripts/scheduler-cinder-venv.sh | tail -1)
-  export ELARA_CINDER_PY
+  # The comparison with Cinder's own scheduler must run, not skip.
+  export ELARA_CINDER_PY ELARA_REQUIRE_CINDER=1
   echo "-- cinder (in-process scheduler) python: $ELARA_CINDER_PY"
 fi
 
