@@ -150,7 +150,8 @@ pub async fn run(c: &Client, out: Output, cmd: BackupCmd) -> anyhow::Result<()> 
         BackupCmd::Create { volume, target, detach } => {
             let job: Value = c.post("/v1/backups", &json!({ "volume": volume, "target": target })).await?;
             if detach {
-                return Ok(show(out, &job));
+                show(out, &job);
+                return Ok(());
             }
             let job = follow(c, job).await?;
             show(out, &job["result"]);

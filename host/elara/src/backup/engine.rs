@@ -41,7 +41,7 @@ pub enum EngineError {
         index: u64,
         id: String,
         #[source]
-        source: TargetError,
+        source: Box<TargetError>,
     },
     #[error("block {index} ({id}) is bad: {reason}")]
     BadBlock { index: u64, id: String, reason: String },
@@ -104,10 +104,7 @@ pub fn data_blocks(file: &File, size: u64, block_size: u64) -> std::io::Result<V
             Err(nix::errno::Errno::ENXIO) => break, // no data after pos
             Err(e) => return Err(e.into()),
         };
-        let end = match lseek(fd, start, Whence::SeekHole) {
-            Ok(e) => e,
-            Err(e) => return Err(e.into()),
-        };
+        let end = lseek(fd, start, Whence::SeekHole)?;
         let end = (end as u64).min(size);
         if end as i64 <= start {
             break;
@@ -232,7 +229,7 @@ pub async fn backup(
                 let (id, packed, len) = work;
                 if let (Some(id), Some(packed)) = (&id, packed) {
                     let n = packed.len() as u64;
-                    target.put(&block_key(id), packed).await.map_err(|source| EngineError::Upload { index, id: id.clone(), source })?;
+                    target.put(&block_key(id), packed).await.map_err(|source| EngineError::Upload { index, id: id.clone(), source: Box::new(source) })?;
                     progress.add_transferred(n);
                 }
                 progress.add_done(len as u64);

@@ -31,7 +31,7 @@ pub enum TargetError {
 #[derive(Clone)]
 pub enum Target {
     Local(PathBuf),
-    S3(S3Client),
+    S3(Box<S3Client>),
 }
 
 /// The object key of a block.
@@ -49,7 +49,7 @@ impl Target {
         match loc {
             TargetLocation::Local { path } => Target::Local(PathBuf::from(path)),
             TargetLocation::S3 { bucket, prefix, endpoint, region, access_key, secret_key } => {
-                Target::S3(S3Client::new(endpoint, region, access_key, secret_key, bucket, prefix))
+                Target::S3(Box::new(S3Client::new(endpoint, region, access_key, secret_key, bucket, prefix)))
             }
         }
     }
@@ -154,10 +154,10 @@ impl Target {
                             let p = entry.path();
                             if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
                                 stack.push(p);
-                            } else if !entry.file_name().to_string_lossy().starts_with(".tmp-") {
-                                if let Ok(rel) = p.strip_prefix(&root) {
-                                    out.push(rel.to_string_lossy().into_owned());
-                                }
+                            } else if !entry.file_name().to_string_lossy().starts_with(".tmp-")
+                                && let Ok(rel) = p.strip_prefix(&root)
+                            {
+                                out.push(rel.to_string_lossy().into_owned());
                             }
                         }
                     }

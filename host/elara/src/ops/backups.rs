@@ -422,7 +422,7 @@ async fn do_backup(
 
     // What the target holds already, and the last backup of this volume there (the parent).
     let known = target.block_ids().await.map_err(target_err)?;
-    let parent = s.list_backups(Some(&vol.name), Some(target_name)).await?.into_iter().filter(|b| b.volume_id == vol.id).next_back();
+    let parent = s.list_backups(Some(&vol.name), Some(target_name)).await?.into_iter().rfind(|b| b.volume_id == vol.id);
     let hook: engine::Hook = Arc::new(|p: &Progress| {
         use std::sync::atomic::Ordering::Relaxed;
         if p.blocks_transferred.load(Relaxed) > 0 && p.blocks_done.load(Relaxed) * 2 >= p.blocks_total.load(Relaxed) {
