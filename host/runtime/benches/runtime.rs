@@ -346,13 +346,9 @@ fn main() {
         println!("elara-runtime benchmark (wasmtime 48.0.8; trivial driver {} bytes, local driver {} bytes)", trivial.len(), local.len());
         println!("{:<58} {:>11} {:>11} {:>12}", "per call", "median", "fastest", "vs runtime");
         let row = |name: &str, t: &Timing| {
-            println!(
-                "{:<58} {:>11} {:>11} {:>11.1}×",
-                name,
-                fmt(t.median),
-                fmt(t.min),
-                t.median.as_secs_f64() / call.median.as_secs_f64()
-            )
+            let ratio = t.median.as_secs_f64() / call.median.as_secs_f64();
+            let ratio = if ratio < 0.1 { format!("{ratio:.3}×") } else { format!("{ratio:.1}×") };
+            println!("{:<58} {:>11} {:>11} {:>12}", name, fmt(t.median), fmt(t.min), ratio)
         };
         row("trivial driver call through the runtime (Backend::stats)", &call);
         row("  of which wasmtime's own async call (no Elara bookkeeping)", &raw);
