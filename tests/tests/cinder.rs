@@ -10,7 +10,12 @@
 //! Cinder project run in parallel without seeing each other's volumes.
 
 use std::process::Command;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// Keystone tests share one test user; the revocation test disables it for a moment, so they
+/// take turns (tests of one binary run in parallel).
+static KEYSTONE_USER: Mutex<()> = Mutex::new(());
 
 use anyhow::{Context, bail, ensure};
 use elara_tests::*;
@@ -700,6 +705,7 @@ async fn sweep(cinder: &Cinder, backend: &elara_runtime::Backend, tag: &str) -> 
 /// create and delete volumes in the Keystone project (checked through Cinder in that project);
 /// a wrong password is refused naming `password`.
 fn keystone_auth(store: StoreKind) -> anyhow::Result<()> {
+    let _turn = KEYSTONE_USER.lock().unwrap_or_else(|p| p.into_inner());
     let cinder = Cinder::from_env();
     let ks = Keystone::from_env();
     let view = ks.noauth_view(&cinder);
@@ -762,6 +768,7 @@ fn cinder_keystone_auth_etcd() -> anyhow::Result<()> {
 /// second call starts with the revoked token.
 #[test]
 fn cinder_keystone_token_renewed_after_revocation() -> anyhow::Result<()> {
+    let _turn = KEYSTONE_USER.lock().unwrap_or_else(|p| p.into_inner());
     use elara_runtime::{BackendSpec, HostGrant, Limits, Runtime, RuntimeConfig, VolumeSpec};
     let cinder = Cinder::from_env();
     let ks = Keystone::from_env();
