@@ -39,10 +39,10 @@ struct Rig {
 }
 
 impl Rig {
-    fn start() -> anyhow::Result<Rig> {
+    fn start(store: StoreKind) -> anyhow::Result<Rig> {
         let s3 = S3Server::from_env();
         let plugin = Plugin::new()?;
-        let mut opts = DaemonOpts::new(StoreKind::Embedded);
+        let mut opts = DaemonOpts::new(store);
         opts.plugin_dir = Some(plugin.dir.clone());
         let daemon = Daemon::start(opts)?;
         let engine = Engine::start(&[])?;
@@ -100,11 +100,11 @@ fn rel_keys(objects: &[(String, u64)], prefix: &str) -> Vec<String> {
     keys
 }
 
-fn docker_lifecycle(layout: Layout) -> anyhow::Result<()> {
+fn docker_lifecycle(layout: Layout, store: StoreKind) -> anyhow::Result<()> {
     if !require_root() {
         return Ok(());
     }
-    let rig = Rig::start()?;
+    let rig = Rig::start(store)?;
     let s3 = &rig.s3;
     let tag = run_tag();
     // Bucket-per-volume: buckets `<tag>-v-<id>`; prefix layout: the one bucket `<tag>-data`.
@@ -273,13 +273,23 @@ fn mounted_checks(rig: &Rig, id: &str, content: &str) -> anyhow::Result<()> {
 }
 
 #[test]
-fn docker_volume_is_a_bucket() -> anyhow::Result<()> {
-    docker_lifecycle(Layout::BucketPerVolume)
+fn docker_volume_is_a_bucket_embedded() -> anyhow::Result<()> {
+    docker_lifecycle(Layout::BucketPerVolume, StoreKind::Embedded)
 }
 
 #[test]
-fn docker_volume_is_a_prefix_of_one_bucket() -> anyhow::Result<()> {
-    docker_lifecycle(Layout::PrefixPerVolume)
+fn docker_volume_is_a_bucket_etcd() -> anyhow::Result<()> {
+    docker_lifecycle(Layout::BucketPerVolume, StoreKind::Etcd)
+}
+
+#[test]
+fn docker_volume_is_a_prefix_of_one_bucket_embedded() -> anyhow::Result<()> {
+    docker_lifecycle(Layout::PrefixPerVolume, StoreKind::Embedded)
+}
+
+#[test]
+fn docker_volume_is_a_prefix_of_one_bucket_etcd() -> anyhow::Result<()> {
+    docker_lifecycle(Layout::PrefixPerVolume, StoreKind::Etcd)
 }
 
 /// A port nothing listens on.
@@ -291,11 +301,20 @@ fn closed_port() -> u16 {
 /// Each bad backend makes `docker volume create` fail with a message naming the field and the
 /// cause, and leaves nothing: no volume in Elara, no bucket in S3.
 #[test]
-fn bad_backends_fail_clearly_and_make_nothing() -> anyhow::Result<()> {
+fn bad_backends_fail_clearly_and_make_nothing_embedded() -> anyhow::Result<()> {
+    bad_backends_fail_clearly_and_make_nothing(StoreKind::Embedded)
+}
+
+#[test]
+fn bad_backends_fail_clearly_and_make_nothing_etcd() -> anyhow::Result<()> {
+    bad_backends_fail_clearly_and_make_nothing(StoreKind::Etcd)
+}
+
+fn bad_backends_fail_clearly_and_make_nothing(store: StoreKind) -> anyhow::Result<()> {
     if !require_root() {
         return Ok(());
     }
-    let rig = Rig::start()?;
+    let rig = Rig::start(store)?;
     let (s3, d, docker, plugin) = (&rig.s3, &rig.daemon, &rig.engine, &rig.plugin.name);
     let tag = run_tag();
     let port = closed_port();
