@@ -74,7 +74,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         servers.spawn(crate::api::tcp::serve(addr, cfg.clone(), app.clone(), stop_rx.clone()));
     }
     if let Some((ready, task)) = docker {
-        let _ = ready.set(elara.clone());
+        ready.send_replace(Some(elara.clone()));
         servers.spawn(async move { task.await.context("Docker plugin task")? });
     }
     tracing::info!(

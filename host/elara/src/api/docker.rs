@@ -24,7 +24,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -71,18 +70,19 @@ const HOLDER_PREFIX: &str = "docker:";
 pub struct Listener {
     listener: UnixListener,
     path: PathBuf,
+    ready: Ready,
     state: PluginState,
 }
 
 /// What the handlers share: the daemon once it is ready, and the scope fixed by the configuration.
 #[derive(Clone)]
 pub struct PluginState {
-    elara: Arc<OnceLock<Shared>>,
+    elara: watch::Receiver<Option<Shared>>,
     scope: &'static str,
 }
 
-/// Set once the daemon is ready; volume calls wait for it.
-pub type Ready = Arc<OnceLock<Shared>>;
+/// Given the daemon once it is ready (`send_replace(Some(..))`); volume calls wait for it.
+pub type Ready = watch::Sender<Option<Shared>>;
 
 /// Docker's volume scope for a store URL: `global` on etcd (every node sees every volume).
 pub fn scope_of(store_url: &str) -> &'static str {
@@ -94,13 +94,14 @@ impl Listener {
     pub async fn bind(dir: &Path, store_url: &str) -> anyhow::Result<Listener> {
         let path = dir.join(format!("{PLUGIN_NAME}.sock"));
         let listener = crate::server::bind_unix(&path).context("the Docker plugin socket")?;
-        Ok(Listener { listener, path, state: PluginState { elara: Arc::new(OnceLock::new()), scope: scope_of(store_url) } })
+        let (ready, elara) = watch::channel(None);
+        Ok(Listener { listener, path, ready, state: PluginState { elara, scope: scope_of(store_url) } })
     }
 
-    /// Serve at once; volume calls wait for the returned cell to be set. Also runs the reclaim
-    /// sweep once the daemon is ready.
+    /// Serve at once; volume calls wait until the daemon is sent on the returned channel. Also
+    /// runs the reclaim sweep once the daemon is ready.
     pub fn start(self, stop: watch::Receiver<bool>) -> (Ready, tokio::task::JoinHandle<anyhow::Result<()>>) {
-        let ready = self.state.elara.clone();
+        let ready = self.ready;
         let app = router(self.state.clone());
         let path = self.path.clone();
         tokio::spawn(reclaim_loop(self.state.clone(), stop.clone()));
@@ -149,15 +150,18 @@ fn ok() -> Response {
 
 /// The daemon, waiting (bounded) while it starts.
 async fn ready(state: &PluginState) -> Result<Shared, Response> {
-    let deadline = tokio::time::Instant::now() + READY_WAIT;
-    loop {
-        if let Some(s) = state.elara.get() {
-            return Ok(s.clone());
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(err(format!("elara is still starting (its metadata store is not open after {READY_WAIT:?}); try again")));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    match tokio::time::timeout(READY_WAIT, state.daemon()).await {
+        Ok(Some(s)) => Ok(s),
+        _ => Err(err(format!("elara is still starting (its metadata store is not open after {READY_WAIT:?}); try again"))),
+    }
+}
+
+impl PluginState {
+    /// The daemon, once it is ready; `None` if it stopped before getting there.
+    async fn daemon(&self) -> Option<Shared> {
+        let mut rx = self.elara.clone();
+        let ready = rx.wait_for(Option::is_some).await.ok()?;
+        ready.clone()
     }
 }
 
@@ -455,14 +459,12 @@ async fn reclaim_loop(state: PluginState, mut stop: watch::Receiver<bool>) {
         tracing::info!("Docker mount reclaim sweep is off ({RECLAIM_ENV}=0)");
         return;
     };
-    let s = loop {
-        if let Some(s) = state.elara.get() {
-            break s.clone();
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-            _ = stop.changed() => return,
-        }
+    let s = tokio::select! {
+        s = state.daemon() => match s {
+            Some(s) => s,
+            None => return,
+        },
+        _ = stop.changed() => return,
     };
     loop {
         match reclaim_once(&s, grace).await {
