@@ -242,6 +242,21 @@ impl Daemon {
         Ok(String::from_utf8_lossy(&o.stderr).into_owned())
     }
 
+    /// Wait (bounded) until no op is in flight: the reconciler settled everything after a restart.
+    pub fn wait_ops_settled(&self, limit: Duration) -> anyhow::Result<()> {
+        let start = Instant::now();
+        loop {
+            let ops = self.json(&["op", "list"])?;
+            if ops.as_array().is_some_and(|a| a.is_empty()) {
+                return Ok(());
+            }
+            if start.elapsed() > limit {
+                bail!("ops still in flight after {limit:?}: {ops}\n{}", self.log_tail());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Run the CLI with `-o json` and parse the output.
     pub fn json(&self, args: &[&str]) -> anyhow::Result<Value> {
         let mut full = vec!["-o", "json"];

@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use elara_tests::*;
 use rand::{Rng, RngCore, SeedableRng};
@@ -85,19 +85,6 @@ fn change_one_percent(image: &Path, seed: u64) -> anyhow::Result<HashSet<u64>> {
     }
     f.sync_all()?;
     Ok(touched)
-}
-
-/// Wait until no op is in flight (the reconciler settled everything), a readiness poll.
-fn wait_settled(d: &Daemon, limit: Duration) -> anyhow::Result<()> {
-    let start = Instant::now();
-    loop {
-        let ops = d.json(&["op", "list"])?;
-        if ops.as_array().is_some_and(|a| a.is_empty()) {
-            return Ok(());
-        }
-        anyhow::ensure!(start.elapsed() < limit, "ops still in flight after {limit:?}: {ops}\n{}", d.log_tail());
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 fn backup_ids(d: &Daemon) -> anyhow::Result<Vec<String>> {
@@ -193,7 +180,7 @@ fn corruption(store: StoreKind) -> anyhow::Result<()> {
     assert!(err.contains(&bad) && err.contains("block"), "verify names the bad block {bad}: {err}");
     let err = d.fails(&["backup", "restore", id, "--to", "r1"])?;
     assert!(err.contains(&bad), "restore fails naming the block {bad}: {err}");
-    wait_settled(&d, Duration::from_secs(30))?;
+    d.wait_ops_settled(Duration::from_secs(30))?;
     let vols: Vec<String> = d.json(&["volume", "list"])?.as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap().to_string()).collect();
     assert_eq!(vols, vec!["src".to_string()], "the failed restore left no volume behind");
     Ok(())
@@ -250,7 +237,7 @@ fn crash_point(store: StoreKind, point: &str) -> anyhow::Result<()> {
     }
     d.wait_exit(Duration::from_secs(60)).map_err(|e| anyhow::anyhow!("{point}: the daemon did not die ({e})\n{}", d.log_tail()))?;
     d.restart()?;
-    wait_settled(&d, Duration::from_secs(60))?;
+    d.wait_ops_settled(Duration::from_secs(60))?;
 
     // No half backup: a backup is listed only if its manifest was complete, and then it verifies.
     let listed = backup_ids(&d)?;

@@ -172,21 +172,6 @@ fn s<'a>(v: &'a Value, key: &str) -> &'a str {
     v[key].as_str().unwrap_or_default()
 }
 
-/// Wait (bounded) until the daemon has no op in flight (the reconciler finished after a restart).
-fn wait_no_ops(d: &Daemon, limit: Duration) -> anyhow::Result<()> {
-    let start = Instant::now();
-    loop {
-        let ops = d.json(&["op", "list"])?;
-        if ops.as_array().is_some_and(|a| a.is_empty()) {
-            return Ok(());
-        }
-        if start.elapsed() > limit {
-            bail!("ops still in flight after {limit:?}: {ops}\n{}", d.log_tail());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// The first JSON object anywhere in `v` that has the key `key`.
 fn find_object<'a>(v: &'a Value, key: &str) -> Option<&'a serde_json::Map<String, Value>> {
     match v {
@@ -286,7 +271,7 @@ fn lifecycle(store: StoreKind) -> anyhow::Result<()> {
 
     // Restart: the reconciler takes the attach over and undoes it (detach in Cinder).
     d.restart()?;
-    wait_no_ops(&d, Duration::from_secs(90))?;
+    d.wait_ops_settled(Duration::from_secs(90))?;
     cinder.wait_for("v1 detached", Duration::from_secs(60), || {
         let v = cinder.volume(&ref1)?;
         Ok(v["status"] == "available" && v["attachments"].as_array().is_some_and(|a| a.is_empty()) && cinder.attachments(&ref1)?.is_empty())
@@ -395,7 +380,7 @@ fn crash_during_create(store: StoreKind) -> anyhow::Result<()> {
             eprintln!("{point} ({store:?}): killed the daemon while Cinder showed the volume {seen}");
         }
         d.restart()?;
-        wait_no_ops(&d, Duration::from_secs(120)).with_context(|| point.to_string())?;
+        d.wait_ops_settled(Duration::from_secs(120)).with_context(|| point.to_string())?;
         let check = |when: &str| -> anyhow::Result<()> {
             let elara: Vec<Value> = d.json(&["volume", "list", "--backend", "cin"]).map(|v| v.as_array().cloned().unwrap_or_default())?;
             let tagged = cinder.volumes_where("elara-tag", &tag)?;
