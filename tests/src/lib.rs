@@ -28,6 +28,26 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
 }
 
+/// `target/<dir>/<name>.wasm` (`dir`: `drivers` or `test-drivers`), after building every driver
+/// and test driver from source once per test binary (scripts/build-drivers.sh; fast when warm).
+pub fn built_component(dir: &str, name: &str) -> Vec<u8> {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let out = Command::new("bash")
+            .arg(repo_root().join("scripts/build-drivers.sh"))
+            .output()
+            .expect("running scripts/build-drivers.sh");
+        assert!(
+            out.status.success(),
+            "scripts/build-drivers.sh failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+    let path = repo_root().join("target").join(dir).join(format!("{name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"))
 }

@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -21,29 +20,6 @@ use tempfile::TempDir;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 // ---- building and loading the drivers ------------------------------------------------------
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// `target/<dir>/<name>.wasm`, after building every driver once per test binary.
-fn component(dir: &str, name: &str) -> Vec<u8> {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let out = Command::new("bash")
-            .arg(root().join("scripts/build-drivers.sh"))
-            .output()
-            .expect("running scripts/build-drivers.sh");
-        assert!(
-            out.status.success(),
-            "scripts/build-drivers.sh failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    });
-    let path = root().join("target").join(dir).join(format!("{name}.wasm"));
-    std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
-}
 
 /// A runtime of its own per test, sharing the compiled-code cache.
 fn runtime() -> Runtime {
@@ -68,8 +44,8 @@ impl World {
     async fn new() -> World {
         let rt = runtime();
         let dir = tempfile::tempdir().unwrap();
-        let hostile_driver = rt.load_driver(&component("test-drivers", "hostile")).await.expect("hostile loads");
-        let local_driver = rt.load_driver(&component("drivers", "local")).await.expect("local loads");
+        let hostile_driver = rt.load_driver(&elara_tests::built_component("test-drivers", "hostile")).await.expect("hostile loads");
+        let local_driver = rt.load_driver(&elara_tests::built_component("drivers", "local")).await.expect("local loads");
         let local = rt
             .open_backend(&local_driver, spec("local", &dir.path().join("local-pool"), vec![], vec![], Limits::default()))
             .await

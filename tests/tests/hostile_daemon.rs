@@ -9,9 +9,9 @@ use std::time::Instant;
 use elara_tests::*;
 
 fn hostile_in_daemon(store: StoreKind) -> anyhow::Result<()> {
-    let wasm = repo_root().join("target/test-drivers/hostile.wasm");
-    anyhow::ensure!(wasm.exists(), "{} is missing: run scripts/build-drivers.sh", wasm.display());
     let d = Daemon::start(DaemonOpts::new(store))?;
+    let wasm = d.dir.join("hostile.wasm");
+    std::fs::write(&wasm, built_component("test-drivers", "hostile"))?;
     d.ok(&["driver", "install", &wasm.display().to_string()])?;
     d.ok(&["backend", "add", "bad", "--driver", "hostile", "--memory", "64M", "--call-timeout", "60s"])?;
 
