@@ -135,21 +135,13 @@ fn existing_volume(spec: &VolumeSpec, from: Option<&str>) -> DriverResult<Option
     let Some(record) = layout::read_record::<VolumeRecord>(Kind::Volume, &spec.id)? else {
         return Ok(None);
     };
-    if record.size_bytes != spec.size_bytes {
-        return Err(DriverError::already_exists(format!(
-            "volume {} exists with size {} bytes, not {}",
-            spec.id, record.size_bytes, spec.size_bytes
-        )));
-    }
-    if record.created_from.as_deref() != from {
-        let describe = |s: Option<&str>| s.map_or("empty".to_string(), |s| format!("from snapshot {s}"));
-        return Err(DriverError::already_exists(format!(
-            "volume {} exists, created {}, not {}",
-            spec.id,
-            describe(record.created_from.as_deref()),
-            describe(from)
-        )));
-    }
+    elara_driver_sdk::idempotency::check_same_volume(
+        &spec.id,
+        record.size_bytes,
+        record.created_from.as_deref(),
+        spec.size_bytes,
+        from,
+    )?;
     Ok(Some(to_volume(&record)))
 }
 

@@ -306,21 +306,13 @@ fn existing_volume(
     let Some(record) = settings.layout.read(s3, Kind::Volume, &spec.id)? else {
         return Ok(None);
     };
-    if record.size_bytes != spec.size_bytes {
-        return Err(DriverError::already_exists(format!(
-            "volume {} exists with size {} bytes, not {}",
-            spec.id, record.size_bytes, spec.size_bytes
-        )));
-    }
-    if record.from.as_deref() != from {
-        let describe = |s: Option<&str>| s.map_or("empty".to_string(), |s| format!("from snapshot {s}"));
-        return Err(DriverError::already_exists(format!(
-            "volume {} exists, created {}, not {}",
-            spec.id,
-            describe(record.from.as_deref()),
-            describe(from)
-        )));
-    }
+    elara_driver_sdk::idempotency::check_same_volume(
+        &spec.id,
+        record.size_bytes,
+        record.from.as_deref(),
+        spec.size_bytes,
+        from,
+    )?;
     Ok(Some(to_volume(settings, &record)))
 }
 

@@ -34,6 +34,7 @@ extern crate self as elara_driver_sdk;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod idempotency;
 pub mod log;
 pub mod size;
 
