@@ -217,20 +217,6 @@ pub struct PoolReport {
     pub updated_at: SystemTime,
 }
 
-/// Keys of Cinder's pool vocabulary that are figures, not free capabilities: `name` and [`FIGURE_KEYS`].
-const STANDARD_KEYS: [&str; 10] = [
-    "name",
-    "pool_name",
-    "total_capacity_gb",
-    "free_capacity_gb",
-    "allocated_capacity_gb",
-    "provisioned_capacity_gb",
-    "reserved_percentage",
-    "thin_provisioning_support",
-    "thick_provisioning_support",
-    "max_over_subscription_ratio",
-];
-
 /// The figures a pool reports under their Cinder names ([`PoolState::reported_figures`]).
 pub const FIGURE_KEYS: [&str; 9] = [
     "pool_name",
@@ -243,6 +229,12 @@ pub const FIGURE_KEYS: [&str; 9] = [
     "thick_provisioning_support",
     "max_over_subscription_ratio",
 ];
+
+/// Whether `key` belongs to Cinder's pool vocabulary (`name` or one of [`FIGURE_KEYS`]) rather
+/// than being a free capability.
+fn is_standard_key(key: &str) -> bool {
+    key == "name" || FIGURE_KEYS.contains(&key)
+}
 
 /// Whether the key whose id is `id` is one of [`FIGURE_KEYS`].
 pub(crate) fn is_figure(id: KeyId) -> bool {
@@ -302,7 +294,7 @@ impl PoolState {
             }
             let mut capabilities = Capabilities::new();
             for (k, v) in report.capabilities {
-                if STANDARD_KEYS.contains(&k.as_str()) {
+                if is_standard_key(&k) {
                     return Err(PoolError::field(
                         &k,
                         "is a pool figure, not a free capability",
@@ -465,7 +457,7 @@ impl PoolState {
         }
         let capabilities: Capabilities = o
             .iter()
-            .filter(|(k, _)| !STANDARD_KEYS.contains(&k.as_str()))
+            .filter(|(k, _)| !is_standard_key(k))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let mut reported_figures: Box<Capabilities> = Box::new(
