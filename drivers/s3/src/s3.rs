@@ -186,6 +186,15 @@ fn copy_source(bucket: &str, key: &str) -> String {
     format!("/{}/{}", utf8_percent_encode(bucket, PATH), utf8_percent_encode(key, PATH))
 }
 
+/// A CopyObject of `source` (see [`copy_source`]) to `dst_bucket/dst_key`, metadata included.
+fn copy_request<'a>(dst_bucket: &'a str, dst_key: &'a str, source: String) -> Req<'a> {
+    Req::new("CopyObject", "PUT", Some(dst_bucket))
+        .key(dst_key)
+        .header("x-amz-copy-source", source)
+        .header("x-amz-metadata-directive", "COPY")
+        .timeout(Duration::from_secs(600))
+}
+
 /// One page of ListObjectsV2.
 #[derive(Debug, Default)]
 pub struct Page {
@@ -501,12 +510,7 @@ impl S3 {
         if size > self.copy_part_size {
             return self.copy_multipart(&source, src_bucket, src_key, dst_bucket, dst_key, size);
         }
-        let req = Req::new("CopyObject", "PUT", Some(dst_bucket))
-            .key(dst_key)
-            .header("x-amz-copy-source", source)
-            .header("x-amz-metadata-directive", "COPY")
-            .timeout(Duration::from_secs(600));
-        let resp = self.send(req)?;
+        let resp = self.send(copy_request(dst_bucket, dst_key, source))?;
         // A copy can fail after S3 sent 200: the error is then in the body.
         check_embedded_error("CopyObject", dst_bucket, &resp.body)
     }
@@ -518,13 +522,7 @@ impl S3 {
         let (big, small): (Vec<&Copy>, Vec<&Copy>) = copies.iter().partition(|c| c.size > self.copy_part_size);
         let reqs: Vec<Req<'_>> = small
             .iter()
-            .map(|c| {
-                Req::new("CopyObject", "PUT", Some(&c.dst_bucket))
-                    .key(&c.dst_key)
-                    .header("x-amz-copy-source", copy_source(&c.src_bucket, &c.src_key))
-                    .header("x-amz-metadata-directive", "COPY")
-                    .timeout(Duration::from_secs(600))
-            })
+            .map(|c| copy_request(&c.dst_bucket, &c.dst_key, copy_source(&c.src_bucket, &c.src_key)))
             .collect();
         for (req, result) in reqs.iter().zip(self.send_many(&reqs, concurrency)) {
             // A copy can fail after S3 sent 200: the error is then in the body.
