@@ -72,19 +72,16 @@ impl Elara {
         Ok(self.store.list_json::<PoolRecord>(&keys::pools()).await?.into_iter().map(|r| r.value).collect())
     }
 
-    /// Pools a volume can be placed in from this node.
-    pub async fn usable_pools(&self, backends: &[BackendRecord]) -> ApiResult<Vec<PoolRecord>> {
-        let mut pools: Vec<PoolRecord> = self
-            .list_pools()
-            .await?
-            .into_iter()
-            .filter(|p| p.node.is_none() || p.node.as_deref() == Some(self.node()))
-            .filter(|p| backends.iter().any(|b| b.name == p.backend))
-            .collect();
-        // A backend with no report yet (just added, or reports are failing) gets one now.
+    /// The recorded pools of `backends`, on every node: the scheduler's node and node-down
+    /// filters decide (and `explain` shows) which of them this node can use.
+    pub async fn candidate_pools(&self, backends: &[BackendRecord]) -> ApiResult<Vec<PoolRecord>> {
+        let mut pools: Vec<PoolRecord> =
+            self.list_pools().await?.into_iter().filter(|p| backends.iter().any(|b| b.name == p.backend)).collect();
+        let usable_here = |p: &PoolRecord| p.node.is_none() || p.node.as_deref() == Some(self.node());
+        // A backend with no report usable here yet (just added, or reports are failing) gets one now.
         let mut failed = Vec::new();
         for b in backends {
-            if !pools.iter().any(|p| p.backend == b.name) {
+            if !pools.iter().any(|p| p.backend == b.name && usable_here(p)) {
                 match self.refresh_backend_pools(&b.name).await {
                     Ok(mut fresh) => pools.append(&mut fresh),
                     Err(e) => {
@@ -96,7 +93,7 @@ impl Elara {
         }
         // Nothing to place in because the reports failed: say why (bad credentials, an
         // unreachable endpoint) rather than "no pools are known".
-        if pools.is_empty() && !failed.is_empty() {
+        if !failed.is_empty() && !pools.iter().any(usable_here) {
             if failed.len() == 1 {
                 return Err(failed.remove(0));
             }
@@ -121,7 +118,7 @@ impl Elara {
                 _ => ApiError::invalid("backend", "no backend exists; add one with `elara backend add`"),
             });
         }
-        let mut records = self.usable_pools(&backends).await?;
+        let mut records = self.candidate_pools(&backends).await?;
         if let Some(name) = &req.pool
             && !records.iter().any(|p| p.pool.name == *name || format!("{}#{}", p.backend, p.pool.name) == *name)
         {
