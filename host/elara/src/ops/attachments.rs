@@ -318,11 +318,10 @@ async fn unmount_path(p: &Path) -> ApiResult<()> {
     Ok(())
 }
 
-/// Whether `p` is a mountpoint, from /proc/self/mountinfo.
-pub fn is_mountpoint(p: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
-    let target = p.display().to_string();
-    info.lines().any(|l| l.split(' ').nth(4) == Some(target.as_str()))
+/// Whether `p` is a mountpoint, from /proc/self/mountinfo (the attach layer's reader, which also
+/// undoes the kernel's escapes of spaces in paths).
+fn is_mountpoint(p: &Path) -> bool {
+    crate::attach::mountinfo::find(p).is_ok_and(|m| m.is_some())
 }
 
 pub(crate) async fn run(cmd: &str, args: &[&str]) -> ApiResult<()> {
