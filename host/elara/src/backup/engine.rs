@@ -24,7 +24,7 @@ use super::target::{Target, TargetError, block_key};
 /// Blocks in flight at once (read + hash + compress on the blocking pool, upload on the runtime).
 pub const PARALLEL: usize = 8;
 /// zstd level: 1 is the fastest with a useful ratio on volume data.
-const ZSTD_LEVEL: i32 = 1;
+pub(crate) const ZSTD_LEVEL: i32 = 1;
 
 /// Why a backup, restore or verify failed.
 #[derive(Debug, Error)]
@@ -45,6 +45,15 @@ pub enum EngineError {
     },
     #[error("block {index} ({id}) is bad: {reason}")]
     BadBlock { index: u64, id: String, reason: String },
+    #[error("chunk {id} of {path} is bad: {reason}")]
+    BadChunk { path: String, id: String, reason: String },
+    #[error("uploading chunk {id} of {path}: {source}")]
+    UploadChunk {
+        path: String,
+        id: String,
+        #[source]
+        source: Box<TargetError>,
+    },
     #[error("the whole-volume digest does not match: manifest says {expected}, the blocks give {actual}")]
     Digest { expected: String, actual: String },
     #[error("manifest {backup}: {reason}")]
@@ -253,8 +262,13 @@ pub async fn backup(
 
 /// Fetch block `index` and check it: decompresses to at most one block, hashes to its id.
 async fn fetch_checked(target: &Target, index: u64, id: &str, len: usize, progress: &Progress) -> Result<Vec<u8>, EngineError> {
-    let bad = |reason: String| EngineError::BadBlock { index, id: id.to_string(), reason };
-    let packed = target.get(&block_key(id)).await.map_err(|e| bad(e.to_string()))?;
+    fetch_object(target, id, len, progress).await.map_err(|reason| EngineError::BadBlock { index, id: id.to_string(), reason })
+}
+
+/// Fetch the block or chunk `id` of `len` bytes and check it (decompresses to exactly `len`
+/// bytes that hash to `id`); the error says what is wrong with it.
+pub(crate) async fn fetch_object(target: &Target, id: &str, len: usize, progress: &Progress) -> Result<Vec<u8>, String> {
+    let packed = target.get(&block_key(id)).await.map_err(|e| e.to_string())?;
     progress.add_transferred(packed.len() as u64);
     let id_owned = id.to_string();
     tokio::task::spawn_blocking(move || {
@@ -270,7 +284,6 @@ async fn fetch_checked(target: &Target, index: u64, id: &str, len: usize, progre
     })
     .await
     .expect("verify task")
-    .map_err(bad)
 }
 
 fn check_manifest(m: &Manifest) -> Result<(), EngineError> {
@@ -364,7 +377,7 @@ pub async fn verify(m: &Manifest, target: &Target, progress: Arc<Progress>) -> R
     while let Some(r) = stream.next().await {
         match r {
             Ok(()) => {}
-            Err(EngineError::BadBlock { index, id, reason }) => bad.push(BadBlock { index, id, reason }),
+            Err(EngineError::BadBlock { index, id, reason }) => bad.push(BadBlock { index, id, reason, path: None }),
             Err(e) => return Err(e),
         }
     }

@@ -1,4 +1,4 @@
-//! Block-volume backups: the on-target format, the block engine, and the targets.
+//! Volume backups: the on-target format, the block engine, the file engine, and the targets.
 //!
 //! # Format (`elara-backup/1`)
 //!
@@ -13,6 +13,13 @@
 //!   exists claims a complete backup; a crash before it leaves only unreferenced blocks, which
 //!   the reconciler (or the next delete) collects.
 //!
+//! File volumes (drivers of kind `file` or `object`: s3, nfs) are backed up as a tree
+//! ([`files`], format `elara-files/1`): the snapshot is cloned into a temporary volume, mounted
+//! read-only, and walked; each file is cut into content-defined chunks (FastCDC, ~1 MiB) stored
+//! in the same `blocks/` space (so chunks and blocks dedup together), and the manifest lists
+//! every entry (path, type, mode, owner, mtime, size, chunk ids, symlink target) with a
+//! whole-tree digest.
+//!
 //! The daemon keeps a [`records::BackupRecord`] per finished backup in its store for listing,
 //! written after the manifest.
 
@@ -20,6 +27,7 @@ pub mod api;
 pub mod cli;
 pub mod engine;
 pub mod fiemap;
+pub mod files;
 pub mod progress;
 pub mod records;
 pub mod s3;

@@ -1,5 +1,14 @@
 //! Backups: targets (add/list/inspect/remove), and backup, restore and verify jobs.
 //!
+//! Block volumes (driver `local`: image files) are backed up from the snapshot's image by the
+//! block engine. File volumes (drivers of kind `file` or `object`) are backed up as a tree: the
+//! snapshot is cloned into a temporary volume (`backup-<backup id>`, labelled with the op and
+//! locked by it, so nobody else mounts it), which is mounted read-only on this node through the
+//! attach layer, walked by the file engine, unmounted and deleted. A file restore creates the new
+//! volume on any backend (block volumes get a filesystem), mounts it the same way and writes the
+//! tree. These private mounts have no attachment record: the op's undo (or the reconciler's)
+//! unmounts by volume id.
+//!
 //! A backup is intent-first like every mutation: its op record (`create-backup`) is written before
 //! the temporary snapshot is taken, names the snapshot and the backup id, and is deleted in the
 //! transaction that writes the backup record, after the manifest is in the target and the snapshot
@@ -19,7 +28,9 @@ use super::volumes::CreateVolume;
 use super::{Elara, Shared, absent, del, faults, put, rev};
 use crate::backup::engine::{self, EngineError};
 use crate::backup::progress::{Progress, ProgressView};
-use crate::backup::records::{BackupRecord, Manifest, TargetLocation, TargetRecord, VerifyReport, keys as bkeys};
+use crate::attach::{AttachRequest, AttachState};
+use crate::backup::files;
+use crate::backup::records::{BackupKind, BackupRecord, Manifest, TargetLocation, TargetRecord, VerifyReport, keys as bkeys};
 use crate::backup::target::{Target, TargetError, manifest_key};
 use crate::backup::{BLOCK_SIZE, FORMAT};
 use crate::error::{ApiError, ApiResult};
@@ -28,6 +39,9 @@ use crate::validate::check_name;
 
 /// The label a restoring volume carries: the id of the op restoring it.
 pub const RESTORE_LABEL: &str = "elara.backup.restore-op";
+/// The label a file backup's temporary volume (its snapshot, cloned to be mounted) carries: the
+/// id of the backup op.
+pub const TEMP_LABEL: &str = "elara.backup.temp-op";
 
 /// `backup target add`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
@@ -139,8 +153,10 @@ fn target_err(e: TargetError) -> ApiError {
 
 fn engine_err(e: EngineError) -> ApiError {
     match e {
-        EngineError::BadBlock { .. } | EngineError::Digest { .. } | EngineError::BadManifest { .. } => ApiError::new(422, "corrupt", e.to_string()),
-        EngineError::Upload { .. } => ApiError::new(502, "target", e.to_string()),
+        EngineError::BadBlock { .. } | EngineError::BadChunk { .. } | EngineError::Digest { .. } | EngineError::BadManifest { .. } => {
+            ApiError::new(422, "corrupt", e.to_string())
+        }
+        EngineError::Upload { .. } | EngineError::UploadChunk { .. } => ApiError::new(502, "target", e.to_string()),
         EngineError::Io { .. } => ApiError::internal(e.to_string()),
     }
 }
@@ -303,7 +319,7 @@ impl Elara {
         let mut referenced = HashSet::new();
         for id in target.manifest_ids().await.map_err(target_err)? {
             let m = target.manifest(&id).await.map_err(target_err)?;
-            referenced.extend(m.blocks.into_iter().flatten());
+            referenced.extend(m.chunk_ids().cloned());
         }
         let mut removed = 0;
         for id in target.block_ids().await.map_err(target_err)? {
@@ -350,6 +366,89 @@ impl Elara {
         Ok(path)
     }
 
+    /// How volumes of `backend` are backed up: image files (driver `local`) in blocks, volumes of
+    /// file or object drivers as a tree; anything else is refused, naming `field`.
+    async fn backup_kind(&self, backend: &str, field: &str) -> ApiResult<BackupKind> {
+        let rec = self.get::<BackendRecord>(&keys::backend(backend)).await?.ok_or_else(|| ApiError::invalid(field, format!("backend {backend:?} does not exist")))?;
+        if rec.value.driver == "local" {
+            return Ok(BackupKind::Block);
+        }
+        let (_, b) = self.backends.get(backend).await?;
+        match b.driver().info().kind {
+            elara_runtime::VolumeKind::File | elara_runtime::VolumeKind::Object => Ok(BackupKind::Files),
+            elara_runtime::VolumeKind::Block => Err(ApiError::new(
+                501,
+                "unsupported",
+                format!("backend {backend:?} uses driver {:?}: block backups need image-file volumes (driver local)", rec.value.driver),
+            )
+            .with_field(field)),
+        }
+    }
+
+    /// Bring a volume up on this node for a backup job alone: driver attach, then the host mounts
+    /// it (a blank block volume gets its filesystem). No attachment record: the volume is locked
+    /// by the job's op, so no one else mounts it; [`Elara::detach_private`] takes it down.
+    async fn attach_private(&self, vol: &VolumeRecord, read_only: bool) -> ApiResult<AttachState> {
+        let (_, backend) = self.backends.get(&vol.backend).await?;
+        let connection = backend.attach(&vol.id, &self.node_info()).await.map_err(|e| ApiError::from_call(&vol.backend, e))?;
+        let pool_dir = self.backends.pool_dir(&vol.backend);
+        let req = AttachRequest { volume_id: &vol.id, pool_dir: &pool_dir, connection: &connection, fs_type: vol.fs.into(), read_only };
+        match self.attacher.attach(req).await {
+            Ok(state) => Ok(state),
+            Err(e) => {
+                let _ = backend.detach(&vol.id, &self.node_info()).await;
+                Err(ApiError::new(500, "attach-failed", format!("volume {}: {e}", vol.name)))
+            }
+        }
+    }
+
+    /// Take down a private attach (see [`Elara::attach_private`]), found by the volume's id (so a
+    /// restarted daemon can do it too). Safe to repeat.
+    async fn detach_private(&self, vol: &VolumeRecord) -> ApiResult<()> {
+        let backing = vol.backend_ref.as_deref().map(|r| self.backends.pool_dir(&vol.backend).join(r)).filter(|p| p.is_file());
+        self.attacher
+            .detach_by_volume(&vol.id, backing.as_deref())
+            .await
+            .map_err(|e| ApiError::new(500, "detach-failed", format!("volume {}: {e}", vol.name)))?;
+        let (_, backend) = self.backends.get(&vol.backend).await?;
+        backend.detach(&vol.id, &self.node_info()).await.map_err(|e| ApiError::from_call(&vol.backend, e))
+    }
+
+    /// Take a volume's lock for a backup job's op (CAS); the volume must be free.
+    async fn lock_for_job(&self, name: &str, op_id: &str) -> ApiResult<VolumeRecord> {
+        let key = keys::volume(name);
+        let cur = self.get::<VolumeRecord>(&key).await?.ok_or_else(|| ApiError::not_found("volume", name))?;
+        let mut locked = cur.value.clone();
+        locked.op = Some(op_id.to_string());
+        if cur.value.op.is_some() || !self.txn(vec![rev(key.clone(), cur.revision)], vec![put(key, &locked)]).await? {
+            return Err(super::raced("volume", name));
+        }
+        Ok(locked)
+    }
+
+    /// Remove a volume a backup job made (its temporary clone, or a half-restored volume), if it
+    /// carries `label` = the op's id: private mount down, lock released, volume deleted.
+    async fn remove_job_volume(&self, name: &str, label: &str, op_id: &str) -> ApiResult<()> {
+        let vkey = keys::volume(name);
+        let Some(cur) = self.get::<VolumeRecord>(&vkey).await? else { return Ok(()) };
+        if cur.value.labels.get(label).map(String::as_str) != Some(op_id) {
+            return Ok(());
+        }
+        match cur.value.op.as_deref() {
+            Some(o) if o == op_id => {
+                self.detach_private(&cur.value).await?;
+                let mut v = cur.value.clone();
+                v.op = None;
+                if !self.txn(vec![rev(vkey.clone(), cur.revision)], vec![put(vkey.clone(), &v)]).await? {
+                    return Err(super::raced("volume", name));
+                }
+            }
+            Some(other) => return Err(ApiError::busy("volume", name, other)),
+            None => {}
+        }
+        self.delete_volume(name).await
+    }
+
     async fn require_image_backend(&self, backend: &str, field: &str) -> ApiResult<()> {
         let rec = self.get::<BackendRecord>(&keys::backend(backend)).await?.ok_or_else(|| ApiError::invalid(field, format!("backend {backend:?} does not exist")))?;
         if rec.value.driver != "local" {
@@ -369,7 +468,7 @@ pub async fn start_backup(s: Shared, req: CreateBackup) -> ApiResult<JobView> {
     if vol.state != VolumeState::Available {
         return Err(ApiError::conflict(format!("volume {:?} is {:?}", vol.name, vol.state)));
     }
-    s.require_image_backend(&vol.backend, "volume").await?;
+    let kind = s.backup_kind(&vol.backend, "volume").await?;
     let trec = s.get::<TargetRecord>(&bkeys::target(&req.target)).await?.ok_or_else(|| ApiError::invalid("target", format!("backup target {:?} does not exist", req.target)))?;
     let target = s.open_target(&trec.value.name).await?;
 
@@ -385,7 +484,10 @@ pub async fn start_backup(s: Shared, req: CreateBackup) -> ApiResult<JobView> {
     let (s2, j2) = (s.clone(), job.clone());
     run_job(job, req.wait, async move {
         let ticker = persist_progress(&s2, op.id.clone(), j2.progress.clone());
-        let r = do_backup(&s2, &mut op, &vol, &req.target, &target, &backup_id, &snap_name, j2.progress.clone()).await;
+        let r = match kind {
+            BackupKind::Block => do_backup(&s2, &mut op, &vol, &req.target, &target, &backup_id, &snap_name, j2.progress.clone()).await,
+            BackupKind::Files => do_backup_files(&s2, &mut op, &vol, &req.target, &target, &backup_id, &snap_name, j2.progress.clone()).await,
+        };
         ticker.abort();
         match r {
             Ok(rec) => Ok(serde_json::to_value(rec).unwrap_or_default()),
@@ -467,10 +569,15 @@ async fn do_backup(
         created_at: now(),
         digest: digest.clone(),
         blocks: out.blocks.clone(),
+        entries: vec![],
+        snapshot_at: None,
     };
     let rec = BackupRecord {
         v: SCHEMA,
         id: backup_id.into(),
+        kind: BackupKind::Block,
+        files: 0,
+        reused_files: 0,
         volume: vol.name.clone(),
         volume_id: vol.id.clone(),
         target: target_name.into(),
@@ -494,6 +601,120 @@ async fn do_backup(
     }
     s.op_step(op, "finalising").await?;
     let body = serde_json::to_vec_pretty(&manifest).map_err(|e| ApiError::internal(e.to_string()))?;
+    target.put(&manifest_key(backup_id), body.into()).await.map_err(target_err)?;
+    s.op_step(op, "manifest-written").await?;
+    faults::point("backup:after-manifest");
+    let rec = BackupRecord { duration_ms: started.elapsed().as_millis() as u64, ..rec };
+    finish_backup(s, op, rec).await
+}
+
+/// Back up a file volume: snapshot → a temporary clone of it, mounted read-only on this node →
+/// the tree walked and chunked → the clone unmounted and deleted → the manifest, last.
+#[allow(clippy::too_many_arguments)]
+async fn do_backup_files(
+    s: &Shared,
+    op: &mut OpRecord,
+    vol: &VolumeRecord,
+    target_name: &str,
+    target: &Target,
+    backup_id: &str,
+    snap_name: &str,
+    progress: Arc<Progress>,
+) -> ApiResult<BackupRecord> {
+    let started = std::time::Instant::now();
+    progress.phase("snapshotting");
+    // Before the snapshot starts: a file with an older mtime cannot have changed after it.
+    let snapshot_at = now();
+    let snap = s.create_snapshot(super::snapshots::CreateSnapshot { volume: vol.name.clone(), name: Some(snap_name.to_string()) }).await?;
+    faults::point("backup:after-snapshot");
+
+    // The clone's name goes into the op before it exists, so an undo finds it (by its label).
+    let temp = format!("backup-{backup_id}");
+    if let Some(p) = op.params.as_object_mut() {
+        p.insert("temp_volume".into(), temp.clone().into());
+    }
+    s.op_step(op, "cloning").await?;
+    progress.phase("cloning");
+    let mut labels = BTreeMap::new();
+    labels.insert(TEMP_LABEL.to_string(), op.id.clone());
+    s.create_volume(CreateVolume { name: temp.clone(), snapshot: Some(snap_name.to_string()), labels, ..Default::default() }).await?;
+    let clone = s.lock_for_job(&temp, &op.id).await?;
+    progress.phase("mounting");
+    let mounted = s.attach_private(&clone, true).await?;
+    s.op_step(op, "uploading").await?;
+
+    let known = target.block_ids().await.map_err(target_err)?;
+    let parent = s.list_backups(Some(&vol.name), Some(target_name)).await?.into_iter().rfind(|b| b.volume_id == vol.id && b.kind == BackupKind::Files);
+    let mut base = None;
+    if let Some(p) = &parent
+        && let Ok(m) = target.manifest(&p.id).await
+        && m.format == files::FORMAT
+    {
+        base = Some(files::Parent { entries: m.entries, snapshot_at: m.snapshot_at.unwrap_or(0) });
+    }
+    let hook: engine::Hook = Arc::new(|p: &Progress| {
+        use std::sync::atomic::Ordering::Relaxed;
+        if p.blocks_transferred.load(Relaxed) > 0 && p.bytes_done.load(Relaxed) * 2 >= p.bytes_total.load(Relaxed) {
+            faults::point("backup:mid-upload");
+        }
+    });
+    let out = files::backup(&mounted.mountpoint, target, known, base, progress.clone(), hook).await;
+    // The clone goes whatever happened (on failure the undo would retry this).
+    let removed = s.remove_job_volume(&temp, TEMP_LABEL, &op.id).await;
+    let out = out.map_err(engine_err)?;
+    removed?;
+    if out.skipped > 0 {
+        tracing::warn!(volume = %vol.name, skipped = out.skipped, "sockets, fifos and devices are not backed up");
+    }
+
+    progress.phase("finalising");
+    let present = target.block_ids().await.map_err(target_err)?;
+    if let Some((e, c)) = out.entries.iter().find_map(|e| e.chunks.iter().find(|c| !present.contains(&c.id)).map(|c| (e, c))) {
+        return Err(ApiError::conflict(format!("chunk {} of {} vanished from the target during the backup (a concurrent delete?); run the backup again", c.id, e.path)));
+    }
+    let digest = files::tree_digest(&out.entries);
+    let manifest = Manifest {
+        format: files::FORMAT.into(),
+        id: backup_id.into(),
+        volume: vol.name.clone(),
+        volume_id: vol.id.clone(),
+        size_bytes: snap.size_bytes,
+        block_size: 0,
+        parent: parent.as_ref().map(|p| p.id.clone()),
+        created_at: now(),
+        digest: digest.clone(),
+        blocks: vec![],
+        entries: out.entries,
+        snapshot_at: Some(snapshot_at),
+    };
+    let rec = BackupRecord {
+        v: SCHEMA,
+        id: backup_id.into(),
+        kind: BackupKind::Files,
+        files: manifest.entries.len() as u64,
+        reused_files: out.reused_files,
+        volume: vol.name.clone(),
+        volume_id: vol.id.clone(),
+        target: target_name.into(),
+        size_bytes: snap.size_bytes,
+        block_size: 0,
+        blocks: out.chunks,
+        data_blocks: out.chunks,
+        uploaded_blocks: out.uploaded_chunks,
+        uploaded_bytes: out.uploaded_bytes,
+        scanned_bytes: out.scanned_bytes,
+        parent: manifest.parent.clone(),
+        digest,
+        created_at: manifest.created_at,
+        duration_ms: 0,
+        reused_blocks: 0,
+        base_snapshot: None,
+    };
+    if let Some(p) = op.params.as_object_mut() {
+        p.insert("record".into(), serde_json::to_value(&rec).unwrap_or_default());
+    }
+    s.op_step(op, "finalising").await?;
+    let body = serde_json::to_vec(&manifest).map_err(|e| ApiError::internal(e.to_string()))?;
     target.put(&manifest_key(backup_id), body.into()).await.map_err(target_err)?;
     s.op_step(op, "manifest-written").await?;
     faults::point("backup:after-manifest");
@@ -529,9 +750,13 @@ async fn finish_backup(s: &Elara, op: &OpRecord, rec: BackupRecord) -> ApiResult
     Ok(rec)
 }
 
-/// Undo a backup that did not finish: its temporary snapshot, its manifest if it got that far
-/// without a record, unreferenced blocks; then the op.
+/// Undo a backup that did not finish: its temporary clone (file volumes) and snapshot, its
+/// manifest if it got that far without a record, unreferenced blocks; then the op.
 async fn undo_backup(s: &Elara, op: &OpRecord, target: &str) -> ApiResult<()> {
+    // A file backup's temporary clone (unmounted first), before the snapshot it was made from.
+    if let Some(temp) = op.params.get("temp_volume").and_then(|v| v.as_str()) {
+        s.remove_job_volume(temp, TEMP_LABEL, &op.id).await?;
+    }
     if let Some(name) = &op.snapshot
         && let Some(snap) = s.get::<SnapshotRecord>(&keys::snapshot(name)).await?
     {
@@ -561,7 +786,11 @@ pub async fn start_restore(s: Shared, backup_id: String, req: RestoreBackup) -> 
         return Err(ApiError::conflict(format!("a volume named {:?} already exists", req.volume)).with_field("volume"));
     }
     if let Some(backend) = &req.backend {
-        s.require_image_backend(backend, "backend").await?;
+        match b.kind {
+            BackupKind::Block => s.require_image_backend(backend, "backend").await?,
+            // A tree can be written into any volume this node can mount.
+            BackupKind::Files => drop(s.backup_kind(backend, "backend").await?),
+        }
     }
     let target = s.open_target(&b.target).await?;
     let params = serde_json::json!({ "backup_id": b.id, "target": b.target });
@@ -619,19 +848,34 @@ async fn do_restore(s: &Shared, op: &mut OpRecord, b: &BackupRecord, target: &Ta
         p.insert("volume_id".into(), vol.id.clone().into());
     }
     s.op_step(op, "writing").await?;
-    s.require_image_backend(&vol.backend, "backend").await?;
-    let image = s.image_path(&vol.backend, vol.backend_ref.as_deref(), &format!("volume {}", vol.name))?;
     let hook: engine::Hook = Arc::new(|p: &Progress| {
         use std::sync::atomic::Ordering::Relaxed;
         if p.blocks_transferred.load(Relaxed) > 0 && p.blocks_done.load(Relaxed) * 2 >= p.blocks_total.load(Relaxed) {
             faults::point("backup-restore:mid-write");
         }
     });
-    engine::restore(&manifest, target, &image, progress, hook).await.map_err(engine_err)?;
+    let mut formatted = false;
+    match b.kind {
+        BackupKind::Block => {
+            s.require_image_backend(&vol.backend, "backend").await?;
+            let image = s.image_path(&vol.backend, vol.backend_ref.as_deref(), &format!("volume {}", vol.name))?;
+            engine::restore(&manifest, target, &image, progress, hook).await.map_err(engine_err)?;
+        }
+        BackupKind::Files => {
+            progress.phase("mounting");
+            let mounted = s.attach_private(&locked, false).await?;
+            formatted = mounted.formatted_now;
+            let written = files::restore(&manifest, target, &mounted.mountpoint, progress, hook).await.map_err(engine_err);
+            let down = s.detach_private(&locked).await;
+            written?;
+            down?;
+        }
+    }
     // Done: release the lock and drop the op in one transaction.
     let cur = s.get::<VolumeRecord>(&vkey).await?.ok_or_else(|| ApiError::not_found("volume", &vol.name))?;
     let mut v = cur.value.clone();
     v.op = None;
+    v.formatted = v.formatted || formatted;
     v.source_snapshot = Some(format!("backup:{}", b.id));
     if !s.txn(vec![rev(vkey.clone(), cur.revision)], vec![put(vkey, &v), del(keys::op(&op.id))]).await? {
         return Err(super::raced("volume", &vol.name));
@@ -640,25 +884,9 @@ async fn do_restore(s: &Shared, op: &mut OpRecord, b: &BackupRecord, target: &Ta
     Ok(v)
 }
 
-/// Undo a restore: delete the volume it made (found by its label), then the op.
+/// Undo a restore: unmount and delete the volume it made (found by its label), then the op.
 async fn undo_restore(s: &Elara, op: &OpRecord) -> ApiResult<()> {
-    let vkey = keys::volume(&op.volume);
-    if let Some(cur) = s.get::<VolumeRecord>(&vkey).await?
-        && cur.value.labels.get(RESTORE_LABEL) == Some(&op.id)
-    {
-        match cur.value.op.as_deref() {
-            Some(o) if o == op.id => {
-                let mut v = cur.value.clone();
-                v.op = None;
-                if !s.txn(vec![rev(vkey.clone(), cur.revision)], vec![put(vkey.clone(), &v)]).await? {
-                    return Err(super::raced("volume", &op.volume));
-                }
-            }
-            Some(other) => return Err(ApiError::busy("volume", &op.volume, other)),
-            None => {}
-        }
-        s.delete_volume(&op.volume).await?;
-    }
+    s.remove_job_volume(&op.volume, RESTORE_LABEL, &op.id).await?;
     s.store.delete(&keys::op(&op.id)).await?;
     Ok(())
 }
@@ -674,9 +902,15 @@ pub async fn start_verify(s: Shared, backup_id: String, wait: bool) -> ApiResult
             .manifest(&b.id)
             .await
             .map_err(|e| ApiError::new(422, "corrupt", format!("the manifest of backup {} cannot be read: {e}", b.id)))?;
-        let (bad, digest_ok) = engine::verify(&manifest, &target, j2.progress.clone()).await.map_err(engine_err)?;
+        let (bad, digest_ok) = if manifest.format == files::FORMAT {
+            files::verify(&manifest, &target, j2.progress.clone()).await
+        } else {
+            engine::verify(&manifest, &target, j2.progress.clone()).await
+        }
+        .map_err(engine_err)?;
         let digest_ok = digest_ok && manifest.digest == b.digest;
-        let checked = manifest.blocks.iter().flatten().count() as u64;
+        // Files: each distinct chunk is checked once; blocks: every data block.
+        let checked = if manifest.format == files::FORMAT { manifest.chunk_ids().collect::<HashSet<_>>().len() } else { manifest.chunk_ids().count() } as u64;
         let ok = bad.is_empty() && digest_ok;
         Ok(serde_json::to_value(VerifyReport { backup: b.id.clone(), blocks_checked: checked, bad_blocks: bad, digest_ok, ok }).unwrap_or_default())
     })
