@@ -96,26 +96,7 @@ pub struct SnapshotRecord {
     pub method: String,
 }
 
-/// Reject ids that are not plain file names, so an id can never name a path outside its
-/// directory (`..`, `/`) or collide with a temporary file (leading `.`).
-pub fn check_id(field: &str, id: &str) -> DriverResult<()> {
-    if id.is_empty() {
-        return Err(DriverError::invalid(field, "must not be empty"));
-    }
-    if id.len() > 200 {
-        return Err(DriverError::invalid(field, "must be at most 200 characters"));
-    }
-    if id.starts_with('.') {
-        return Err(DriverError::invalid(field, "must not start with '.'"));
-    }
-    if let Some(c) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
-        return Err(DriverError::invalid(
-            field,
-            format!("contains {c:?}: only letters, digits, '-', '_' and '.' are allowed"),
-        ));
-    }
-    Ok(())
-}
+pub use elara_driver_sdk::names::check_id;
 
 /// Make sure `volumes/` and `snapshots/` exist.
 pub fn ensure_dirs() -> DriverResult<()> {

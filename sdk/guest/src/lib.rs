@@ -36,6 +36,7 @@ pub mod error;
 pub mod http;
 pub mod idempotency;
 pub mod log;
+pub mod names;
 pub mod size;
 
 /// The generated bindings. Use the re-exports ([`types`], [`host`], [`Guest`]) instead.
