@@ -33,7 +33,8 @@ pub enum BackupCmd {
     Inspect { id: String },
     /// Delete a backup; blocks other backups use stay.
     Delete { id: String },
-    /// Restore into a new volume, checking every block and the whole-volume digest.
+    /// Restore into a new volume, checking every block (or chunk) and the whole-volume (or tree) digest.
+    /// A file backup restores into a volume of any backend this node can mount.
     Restore {
         id: String,
         #[arg(long = "to")]
@@ -43,7 +44,7 @@ pub enum BackupCmd {
         #[arg(long)]
         pool: Option<String>,
     },
-    /// Check every block of a backup and its digest, writing nothing.
+    /// Check every block (or chunk) of a backup and its digest, writing nothing.
     Verify { id: String },
     /// A job's progress (backup, restore, verify).
     Job { id: String },
@@ -182,9 +183,19 @@ pub async fn run(c: &Client, out: Output, cmd: BackupCmd) -> anyhow::Result<()> 
             if report["ok"] != true {
                 let bad: Vec<String> = report["bad_blocks"]
                     .as_array()
-                    .map(|a| a.iter().map(|b| format!("block {} ({}): {}", b["index"], b["id"].as_str().unwrap_or(""), b["reason"].as_str().unwrap_or(""))).collect())
+                    .map(|a| {
+                        a.iter()
+                            .map(|b| {
+                                let (id, reason) = (b["id"].as_str().unwrap_or(""), b["reason"].as_str().unwrap_or(""));
+                                match b["path"].as_str() {
+                                    Some(path) => format!("chunk {id} of {path}: {reason}"),
+                                    None => format!("block {} ({id}): {reason}", b["index"]),
+                                }
+                            })
+                            .collect()
+                    })
                     .unwrap_or_default();
-                let digest = if report["digest_ok"] == false { "; the whole-volume digest does not match" } else { "" };
+                let digest = if report["digest_ok"] == false { "; the whole-volume (or whole-tree) digest does not match" } else { "" };
                 bail!("backup {id} is damaged: {}{digest}", if bad.is_empty() { "-".to_string() } else { bad.join("; ") });
             }
         }
