@@ -323,7 +323,7 @@ fn crash_etcd() -> anyhow::Result<()> {
 
 /// On a reflink pool (a loop-mounted XFS), the incremental reads only the changed blocks: the
 /// others map to the same shared extents as the parent's base snapshot (FIEMAP). Restores are
-/// byte-identical, and deleting the backups removes the base snapshot so the volume can go.
+/// byte-identical; the base snapshot is hidden from `snapshot list` and goes with the volume.
 fn fiemap_incremental(store: StoreKind) -> anyhow::Result<()> {
     if !require_root() {
         return Ok(());
@@ -359,16 +359,32 @@ fn fiemap_incremental(store: StoreKind) -> anyhow::Result<()> {
         let reused = incr["reused_blocks"].as_u64().unwrap();
         assert!(reused >= 5 - touched.len() as u64 && reused > 0, "unchanged blocks found by FIEMAP, not read: {incr}");
         assert!(incr["scanned_bytes"].as_u64().unwrap() <= touched.len() as u64 * 4 * MIB + 4 * MIB, "only changed blocks read: {incr}");
+        // Only the newest base snapshot is kept, and it is the backups', not the user's: hidden
+        // from `snapshot list`, shown by `snapshot inspect`.
+        let (old_base, base) = (full["base_snapshot"].as_str().unwrap(), incr["base_snapshot"].as_str().unwrap());
         let snaps = d.json(&["snapshot", "list"])?;
-        assert_eq!(snaps.as_array().unwrap().len(), 1, "only the newest base snapshot is kept: {snaps}");
+        assert!(snaps.as_array().unwrap().is_empty(), "base snapshots are hidden: {snaps}");
+        d.ok(&["snapshot", "inspect", base])?;
+        assert!(d.fails(&["snapshot", "inspect", old_base])?.contains("does not exist"), "the parent's base is retired");
         d.ok(&["backup", "restore", incr["id"].as_str().unwrap(), "--to", "r1"])?;
         assert_eq!(sha256(&image_of(&d, "r1")?)?, sum);
+        // A user snapshot still holds the volume; the base snapshot does not: it goes with the
+        // volume, and the backups stay whole.
+        d.ok(&["snapshot", "create", "src", "--name", "mine"])?;
+        assert!(d.fails(&["volume", "delete", "src"])?.contains("mine"), "a user snapshot holds the volume");
+        d.ok(&["snapshot", "delete", "mine"])?;
+        d.ok(&["volume", "delete", "src"])?;
+        assert!(d.fails(&["snapshot", "inspect", base])?.contains("does not exist"), "the base snapshot went with its volume");
+        for id in backup_ids(&d)? {
+            assert_eq!(d.json(&["backup", "verify", &id])?["ok"], true);
+        }
+        d.ok(&["backup", "restore", incr["id"].as_str().unwrap(), "--to", "r2"])?;
+        assert_eq!(sha256(&image_of(&d, "r2")?)?, sum);
         for id in backup_ids(&d)? {
             d.ok(&["backup", "delete", &id])?;
         }
-        assert!(d.json(&["snapshot", "list"])?.as_array().unwrap().is_empty(), "the base snapshot goes with its backup");
         d.ok(&["volume", "delete", "r1"])?;
-        d.ok(&["volume", "delete", "src"])?;
+        d.ok(&["volume", "delete", "r2"])?;
         Ok(())
     })();
     d.kill9();

@@ -278,6 +278,38 @@ impl Elara {
 
     // ---- backups -------------------------------------------------------------------------
 
+    /// Snapshots that belong to backups, not to users: the base snapshots reflink pools keep for
+    /// the next incremental, and the temporary snapshots of backups in flight. `snapshot list`
+    /// hides them, and `volume delete` removes a volume's base snapshots itself.
+    pub(crate) async fn backup_snapshots(&self) -> ApiResult<HashSet<String>> {
+        let mut names: HashSet<String> = self.list_backups(None, None).await?.into_iter().filter_map(|b| b.base_snapshot).collect();
+        for op in self.store.list_json::<OpRecord>(&keys::ops()).await? {
+            if op.value.kind == OpKind::CreateBackup
+                && let Some(snap) = op.value.snapshot
+            {
+                names.insert(snap);
+            }
+        }
+        Ok(names)
+    }
+
+    /// Delete the base snapshots kept for incremental backups of the volume with id `volume_id`
+    /// (the volume is going; its backups stay whole, the next backup of another volume is not
+    /// affected). Returns the snapshots that are left, which are the user's.
+    pub(crate) async fn drop_backup_bases(&self, volume_id: &str) -> ApiResult<Vec<String>> {
+        let bases: HashSet<String> = self.list_backups(None, None).await?.into_iter().filter(|b| b.volume_id == volume_id).filter_map(|b| b.base_snapshot).collect();
+        let mut left = vec![];
+        for snap in self.list_snapshots_raw().await?.into_iter().filter(|s| s.volume_id == volume_id) {
+            if bases.contains(&snap.name) {
+                self.delete_snapshot(&snap.name).await?;
+                tracing::info!(snapshot = %snap.name, "backup base snapshot removed with its volume");
+            } else {
+                left.push(snap.name);
+            }
+        }
+        Ok(left)
+    }
+
     pub async fn list_backups(&self, volume: Option<&str>, target: Option<&str>) -> ApiResult<Vec<BackupRecord>> {
         let mut v: Vec<BackupRecord> = self
             .store

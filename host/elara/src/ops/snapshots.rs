@@ -178,8 +178,11 @@ impl Elara {
         Ok(self.store.list_json::<SnapshotRecord>(&keys::snapshots()).await?.into_iter().map(|r| r.value).collect())
     }
 
+    /// The users' snapshots (those that backups keep for themselves are hidden; `snapshot
+    /// inspect` still shows them).
     pub async fn list_snapshots(&self, volume: Option<&str>) -> ApiResult<Vec<SnapshotRecord>> {
-        Ok(self.list_snapshots_raw().await?.into_iter().filter(|s| volume.is_none_or(|v| s.volume == v)).collect())
+        let internal = self.backup_snapshots().await?;
+        Ok(self.list_snapshots_raw().await?.into_iter().filter(|s| volume.is_none_or(|v| s.volume == v) && !internal.contains(&s.name)).collect())
     }
 
     pub async fn snapshot(&self, name: &str) -> ApiResult<SnapshotRecord> {

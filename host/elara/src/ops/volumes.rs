@@ -110,11 +110,14 @@ impl Elara {
             })
             .await?;
         let (backend_rec, backend) = self.backends.get(&placement.backend).await?;
-        let features = backend.driver().info().features;
+        let info = backend.driver().info();
+        let features = info.features;
         if req.iops.is_some() && !features.contains(Features::QOS) {
+            // The driver's own word on why, where it gives one (`info().notes` key `qos`).
+            let why = info.notes.iter().find(|(k, _)| k == "qos").map(|(_, v)| format!(" ({v})")).unwrap_or_default();
             return Err(ApiError::invalid(
                 "iops",
-                format!("backend {} (driver {}) cannot enforce IOPS limits", backend_rec.name, backend_rec.driver),
+                format!("backend {} (driver {}) cannot enforce IOPS limits{why}", backend_rec.name, backend_rec.driver),
             ));
         }
         if source.is_some() && !features.contains(Features::CLONE) {
@@ -320,8 +323,10 @@ impl Elara {
                 a.value.node
             )));
         }
+        // Snapshots backups keep for themselves do not hold the volume (see below).
+        let internal = self.backup_snapshots().await?;
         let snaps: Vec<String> =
-            self.list_snapshots_raw().await?.into_iter().filter(|s| s.volume_id == cur.value.id).map(|s| s.name).collect();
+            self.list_snapshots_raw().await?.into_iter().filter(|s| s.volume_id == cur.value.id && !internal.contains(&s.name)).map(|s| s.name).collect();
         if !snaps.is_empty() {
             return Err(ApiError::conflict(format!("volume {name:?} has snapshots {snaps:?}; delete them first")));
         }
@@ -329,6 +334,14 @@ impl Elara {
             && node != self.node()
         {
             return Err(ApiError::conflict(format!("volume {name:?} lives on node {node:?}; delete it there")));
+        }
+        // The base snapshots kept for incremental backups go with the volume (its backups stay
+        // whole); a backup still running on it keeps its snapshot, and the volume.
+        if cur.value.op.is_none() {
+            let left = self.drop_backup_bases(&cur.value.id).await?;
+            if !left.is_empty() {
+                return Err(ApiError::conflict(format!("volume {name:?} has snapshots {left:?} (a backup of it is running?); retry when it is done")));
+            }
         }
         let params = serde_json::json!({ "volume_id": cur.value.id, "backend": cur.value.backend });
         let mut op = self.new_op(OpKind::DeleteVolume, name, None, params);
