@@ -281,6 +281,79 @@ fn crashes(store: StoreKind) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Wait (polling, up to `limit`) until `cond` holds.
+fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> anyhow::Result<bool>) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + limit;
+    while !cond()? {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// The target vanishes mid-backup (its directory taken away, as an unmounted disk): the backup
+/// fails saying so, no backup is listed, the temporary snapshot goes. While the target is away
+/// the undo cannot collect what the backup uploaded and keeps being retried by the reconciler;
+/// once the target is back those orphans are removed. The next backup completes and restores
+/// byte-identical. (`ELARA_PAUSE_AT` holds the daemon mid-upload while the target is taken.)
+fn target_vanishes(store: StoreKind) -> anyhow::Result<()> {
+    let pause = work_dir().join(unique("pause"));
+    std::fs::write(&pause, b"")?;
+    let reached = pause.with_extension("reached");
+    let mut opts = DaemonOpts::new(store);
+    opts.env.push(("ELARA_PAUSE_AT".into(), format!("backup:mid-upload={}", pause.display())));
+    let d = Daemon::start(opts)?;
+    let dir = add_target(&d, "tg", false)?.unwrap();
+    d.ok(&["volume", "create", "src", "--size", "64M"])?;
+    let image = image_of(&d, "src")?;
+    write_known(&image, 7)?;
+    let sum = sha256(&image)?;
+
+    let job = d.json(&["backup", "create", "src", "--target", "tg", "--detach"])?;
+    let job_id = job["id"].as_str().unwrap().to_string();
+    let backup_id = job["backup"].as_str().unwrap().to_string();
+    wait_for(Duration::from_secs(60), "the backup to reach mid-upload", || Ok(reached.exists()))?;
+    let away = dir.with_extension("away");
+    std::fs::rename(&dir, &away)?;
+    std::fs::remove_file(&pause)?;
+    let _ = std::fs::remove_file(&reached);
+
+    let mut job = Value::Null;
+    wait_for(Duration::from_secs(60), "the backup job to end", || {
+        job = d.json(&["backup", "job", &job_id])?;
+        Ok(job["state"] != "running")
+    })?;
+    assert_eq!(job["state"], "failed", "{job}");
+    let err = job["error"].as_str().unwrap_or_default();
+    assert!(err.contains("gone") && err.contains(&dir.display().to_string()), "the error says the target is gone: {err}");
+    assert!(backup_ids(&d)?.is_empty(), "no backup listed");
+    assert!(d.fails(&["snapshot", "inspect", &format!("backup-{backup_id}")])?.contains("does not exist"), "temporary snapshot removed");
+    let (orphans, _) = target_state(&away)?;
+    assert!(!orphans.is_empty(), "the backup had uploaded blocks before the target went");
+
+    // The target comes back with those blocks; the reconciler's retried undo collects them.
+    std::fs::rename(&away, &dir)?;
+    d.wait_ops_settled(Duration::from_secs(60))?;
+    let (blocks, referenced) = target_state(&dir)?;
+    assert!(blocks.is_empty() && referenced.is_empty(), "orphans removed: {} blocks left", blocks.len());
+
+    // The next run completes.
+    let b = d.json(&["backup", "create", "src", "--target", "tg"])?;
+    d.ok(&["backup", "restore", b["id"].as_str().unwrap(), "--to", "r1"])?;
+    assert_eq!(sha256(&image_of(&d, "r1")?)?, sum, "restore after the vanished target is byte-identical");
+    Ok(())
+}
+
+#[test]
+fn target_vanishes_embedded() -> anyhow::Result<()> {
+    target_vanishes(StoreKind::Embedded)
+}
+
+#[test]
+fn target_vanishes_etcd() -> anyhow::Result<()> {
+    target_vanishes(StoreKind::Etcd)
+}
+
 #[test]
 fn round_trip_dir_embedded() -> anyhow::Result<()> {
     round_trip(StoreKind::Embedded, false)

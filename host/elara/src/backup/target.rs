@@ -44,6 +44,15 @@ pub fn manifest_key(backup: &str) -> String {
     format!("manifests/{backup}.json")
 }
 
+/// The top directory of a local target a key lives under (`DIR/blocks` or `DIR/manifests`).
+fn top_dir(root: &std::path::Path, key: &str) -> PathBuf {
+    root.join(key.split('/').next().unwrap_or(key))
+}
+
+fn gone(top: &std::path::Path) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::NotFound, format!("the target directory {} is gone (removed or unmounted?)", top.display()))
+}
+
 impl Target {
     pub fn open(loc: &TargetLocation) -> Target {
         match loc {
@@ -87,13 +96,19 @@ impl Target {
     }
 
     /// Write an object; a local write is atomic (temp file + rename), so a crash leaves no torn object.
+    /// A local target's `blocks/` and `manifests/` must still be there (a directory that vanished
+    /// or was unmounted is an error, never silently made again on another filesystem).
     pub async fn put(&self, key: &str, data: Bytes) -> Result<(), TargetError> {
         match self {
             Target::Local(dir) => {
                 let path = dir.join(key);
+                let top = top_dir(dir, key);
                 let key = key.to_string();
                 tokio::task::spawn_blocking(move || {
                     let parent = path.parent().expect("key has a parent");
+                    if !top.is_dir() {
+                        return Err(gone(&top));
+                    }
                     std::fs::create_dir_all(parent)?;
                     let tmp = parent.join(format!(".tmp-{}", uuid::Uuid::new_v4()));
                     std::fs::write(&tmp, &data)?;
@@ -142,6 +157,10 @@ impl Target {
                 let root = dir.clone();
                 let prefix = prefix.to_string();
                 tokio::task::spawn_blocking(move || {
+                    let top = top_dir(&root, &prefix);
+                    if !top.is_dir() {
+                        return Err(TargetError::Io { op: "listing", key: prefix.clone(), source: gone(&top) });
+                    }
                     let mut out = vec![];
                     let mut stack = vec![root.join(&prefix)];
                     while let Some(d) = stack.pop() {
