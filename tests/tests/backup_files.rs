@@ -8,6 +8,7 @@
 //! into a block volume → every tree identical to the source at that point (content hashes, types,
 //! modes, owners, mtimes, symlink targets) → a corrupted chunk is named by `verify` and fails the
 //! restore, which leaves no volume behind → deleting the full backup keeps the incremental whole.
+//! And the daemon killed mid-upload / mid-restore: nothing half-done listed, mounted or left over.
 //!
 //! Needs root, /dev/fuse and s3fs (the s3fs mounts), `ELARA_TEST_ETCD` and `ELARA_TEST_S3_*`
 //! (scripts/test.sh sets both). Without /dev/fuse the test says why and skips (every step mounts).
@@ -237,6 +238,68 @@ fn round_trip(store: StoreKind, s3_target: bool) -> anyhow::Result<()> {
     assert!(!vols.contains(&"r-bad".to_string()), "the failed restore left no volume: {vols:?}");
     assert!(mounts_under(&d.dir).is_empty(), "no mount left behind: {:?}", mounts_under(&d.dir));
     Ok(())
+}
+
+/// The daemon killed mid-upload of a file backup and mid-write of a file restore: after a restart
+/// no half backup is listed, the temporary clone (mounted with s3fs when the daemon died) and the
+/// half-restored volume are unmounted and gone, and the next run completes.
+fn crash(store: StoreKind, point: &str) -> anyhow::Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    if !Path::new("/dev/fuse").exists() {
+        eprintln!("SKIP: /dev/fuse is missing (this kernel or container has no FUSE), so s3fs cannot mount the s3 volumes every step reads or writes");
+        return Ok(());
+    }
+    let s3 = S3Server::from_env();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.subsec_nanos();
+    let tag = format!("bc{:x}{:x}-", std::process::id() & 0xffff, nanos & 0xfffff);
+    let mut opts = DaemonOpts::new(store);
+    opts.crash_at = Some(point.to_string());
+    let d = Daemon::start(opts)?;
+    let mut rig = Rig { d, s3, tag: tag.clone() };
+    let args = rig.s3.backend_add_args("s3a", &[("bucket_prefix", &tag)]);
+    rig.d.ok(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+    rig.d.ok(&["backup", "target", "add", "tg", rig.d.dir.join("target").to_str().unwrap()])?;
+    rig.d.ok(&["volume", "create", "src", "--backend", "s3a"])?;
+    write_tree(&rig.mount("src")?)?;
+    rig.unmount("src")?;
+    let tree = rig.tree("src")?;
+    let restoring = point.starts_with("backup-restore");
+    let mut before = vec![];
+    if restoring {
+        rig.d.ok(&["backup", "create", "src", "--target", "tg"])?;
+        before = ids(&rig.d)?;
+        anyhow::ensure!(!rig.d.cli(&["backup", "restore", &before[0], "--to", "r1", "--backend", "s3a"])?.status.success(), "the restore should have been cut off");
+    } else {
+        anyhow::ensure!(!rig.d.cli(&["backup", "create", "src", "--target", "tg"])?.status.success(), "the backup should have been cut off");
+    }
+    rig.d.wait_exit(Duration::from_secs(60)).map_err(|e| anyhow::anyhow!("{point}: the daemon did not die ({e})"))?;
+    rig.d.restart()?;
+    rig.d.wait_ops_settled(Duration::from_secs(90))?;
+    let d = &rig.d;
+    assert_eq!(ids(d)?, before, "{point}: no half backup listed");
+    let vols: Vec<String> = d.json(&["volume", "list"])?.as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap().to_string()).collect();
+    assert_eq!(vols, vec!["src".to_string()], "{point}: the temporary clone or half-restored volume is gone");
+    assert!(mounts_under(&d.dir).is_empty(), "{point}: nothing left mounted: {:?}", mounts_under(&d.dir));
+    let id = if restoring { before[0].clone() } else { d.json(&["backup", "create", "src", "--target", "tg"])?["id"].as_str().unwrap().to_string() };
+    d.ok(&["backup", "restore", &id, "--to", "r2", "--backend", "s3a"])?;
+    assert_eq!(rig.tree("r2")?, tree, "{point}: the next run restores the tree");
+    Ok(())
+}
+
+fn ids(d: &Daemon) -> anyhow::Result<Vec<String>> {
+    Ok(d.json(&["backup", "list"])?.as_array().unwrap().iter().map(|b| b["id"].as_str().unwrap().to_string()).collect())
+}
+
+#[test]
+fn files_crash_mid_upload_embedded() -> anyhow::Result<()> {
+    crash(StoreKind::Embedded, "backup:mid-upload")
+}
+
+#[test]
+fn files_crash_mid_restore_etcd() -> anyhow::Result<()> {
+    crash(StoreKind::Etcd, "backup-restore:mid-write")
 }
 
 #[test]
