@@ -12,6 +12,7 @@ use anyhow::{Context, bail};
 use serde_json::Value;
 
 pub mod docker;
+pub mod nfs;
 pub mod s3;
 
 /// The two metadata stores every store-backed test runs against.

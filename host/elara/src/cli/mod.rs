@@ -453,7 +453,15 @@ async fn volume(c: &Client, out: Output, cmd: VolumeCmd) -> anyhow::Result<()> {
             let q = if q.is_empty() { String::new() } else { format!("?{}", q.join("&")) };
             table(out, &c.get::<Value>(&format!("/v1/volumes{q}")).await?, &[("NAME", "/name"), ("STATUS", "/status"), ("SIZE", "/size_bytes"), ("BACKEND", "/backend"), ("POOL", "/pool"), ("NODE", "/node")])
         }
-        VolumeCmd::Inspect { name } => show(out, &c.get::<Value>(&format!("/v1/volumes/{}", enc(&name))).await?),
+        VolumeCmd::Inspect { name } => {
+            let mut v = c.get::<Value>(&format!("/v1/volumes/{}", enc(&name))).await?;
+            // What the backend says the volume uses, or why it cannot say (the record still shows).
+            v["usage"] = match c.get::<Value>(&format!("/v1/volumes/{}/stats", enc(&name))).await {
+                Ok(stats) => stats,
+                Err(e) => json!({ "error": format!("{e:#}") }),
+            };
+            show(out, &v)
+        }
         VolumeCmd::Delete { name } => c.delete(&format!("/v1/volumes/{}", enc(&name))).await?,
         VolumeCmd::Mount { name, path, holder } => {
             let v: Value = c.post(&format!("/v1/volumes/{}/mount", enc(&name)), &json!({ "path": path, "holder": holder })).await?;
