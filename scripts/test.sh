@@ -44,6 +44,7 @@ start_service etcd
 elara_apt_install docker.io busybox-static
 start_service s3
 start_service cinder
+start_service nfs
 if [ -x scripts/scheduler-cinder-venv.sh ]; then
   ELARA_CINDER_PY=$(bash scripts/scheduler-cinder-venv.sh | tail -1)
   # The comparison with Cinder's own scheduler must run, not skip.
@@ -56,7 +57,7 @@ echo "== tests"
 # tests), then the drivers' and the SDK's own unit tests (lib only: their cdylib is a wasm component).
 cargo test --no-fail-fast 2>&1 | tee "$WORK/test.log"
 status=${PIPESTATUS[0]}
-cargo test --no-fail-fast --lib -p elara-driver-local -p elara-driver-cinder -p elara-driver-s3 -p elara-driver-sdk 2>&1 | tee -a "$WORK/test.log"
+cargo test --no-fail-fast --lib -p elara-driver-local -p elara-driver-cinder -p elara-driver-s3 -p elara-driver-nfs -p elara-driver-sdk 2>&1 | tee -a "$WORK/test.log"
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 passed=$(grep -oE '^test result: [a-zA-Z]+\. [0-9]+ passed' "$WORK/test.log" | awk '{s+=$4} END {print s+0}')
 failed=$(grep -oE '[0-9]+ failed' "$WORK/test.log" | awk '{s+=$1} END {print s+0}')
