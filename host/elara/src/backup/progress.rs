@@ -42,10 +42,13 @@ impl Default for Progress {
 /// Progress as shown over REST (and in the op record).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ProgressView {
-    /// `snapshotting`, `scanning`, `uploading`, `finalising`, `downloading`, `verifying`, `done`.
+    /// `snapshotting`, `cloning` and `mounting` (file volumes), `scanning`, `uploading`,
+    /// `finalising`; `creating`, `downloading` (restore); `verifying`; `done`.
     pub phase: String,
+    /// Bytes of volume data (block backups) or of file content (file backups).
     pub bytes_done: u64,
     pub bytes_total: u64,
+    /// Blocks, or for file backups chunks (whose total grows while the files are cut).
     pub blocks_done: u64,
     pub blocks_total: u64,
     pub blocks_transferred: u64,
