@@ -472,7 +472,12 @@ impl Guest for NfsDriver {
                 ("scope".into(), "cluster".into()),
                 ("layout".into(), "a directory per volume: <export>/<path>/volumes/<id>; records in <path>/.elara".into()),
                 ("management".into(), "NFSv3 + MOUNT over TCP from the sandbox; no host mount".into()),
-                ("snapshot-method".into(), "a copy of the tree on the server, made by the driver (READ/WRITE)".into()),
+                (
+                    "snapshot-method".into(),
+                    "a copy of the tree on the server, made by the driver (READ/WRITE; NFSv3 has no server-side copy): \
+                     its time grows with the data, so raise the backend's --call-timeout (default 5 min) for big volumes"
+                        .into(),
+                ),
                 ("quota".into(), "not supported: the size is recorded and reported, not enforced by NFS".into()),
                 ("qos".into(), "not supported: a generic NFS export cannot enforce IOPS or bandwidth limits".into()),
                 ("mount".into(), "the host's kernel NFS client (mount -t nfs)".into()),
