@@ -30,10 +30,14 @@ use nfs3_client::nfs3_types::rpc::{auth_unix, opaque_auth};
 use nfs3_client::nfs3_types::xdr_codec::Opaque;
 use nfs3_client::{ConnectError, Nfs3Client, Nfs3ConnectionBuilder, RpcError};
 
+use crate::pipe::Pipe;
+
 /// Largest READ/WRITE this client asks for (the server's preferred size if smaller).
 const MAX_IO: u32 = 1 << 20;
+/// READs or WRITEs in flight at once while copying a file.
+const WINDOW: u64 = 8;
 /// A reply the server does not send within this long counts as the server being unavailable.
-const IO_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What went wrong talking to the server.
 #[derive(Debug, thiserror::Error)]
@@ -88,7 +92,12 @@ pub type NfsResult<T> = Result<T, NfsError>;
 
 /// Turn an RPC result carrying an NFS result into ours.
 fn check<T, E>(op: &'static str, path: &str, res: Result<Nfs3Result<T, E>, RpcError>) -> NfsResult<T> {
-    match res.map_err(|e| NfsError::rpc(op, path, e))? {
+    check_status(op, path, res.map_err(|e| NfsError::rpc(op, path, e))?)
+}
+
+/// Turn an NFS result into ours.
+pub(crate) fn check_status<T, E>(op: &'static str, path: &str, res: Nfs3Result<T, E>) -> NfsResult<T> {
+    match res {
         Nfs3Result::Ok(v) => Ok(v),
         Nfs3Result::Err((status, _)) => Err(NfsError::status(op, path, status)),
     }
@@ -194,6 +203,10 @@ pub struct Session {
     root: nfs_fh3,
     rsize: u32,
     wsize: u32,
+    /// The NFS program's address and our credential, for the bulk-data [`Pipe`].
+    nfs_addr: SocketAddr,
+    credential: opaque_auth<'static>,
+    pipe: Option<Pipe>,
     /// `host:port` for messages.
     pub server: String,
 }
@@ -219,7 +232,7 @@ impl Session {
         });
         let mut builder = Nfs3ConnectionBuilder::new(Connector, addr.ip().to_string(), &ep.export)
             .connect_from_privileged_port(false)
-            .credential(credential);
+            .credential(credential.clone());
         if let Some(p) = ep.port {
             builder = builder.nfs3_port(p);
         }
@@ -243,11 +256,12 @@ impl Session {
             other => NfsError::Transport(format!("mounting {:?}: {other}", ep.export)),
         })?;
         let root = conn.root_nfs_fh3();
+        let nfs_addr = SocketAddr::new(addr.ip(), conn.nfs3_port);
         let mut client = conn.into_nfs3_client();
         let info = check("FSINFO", "/", block_on(client.fsinfo(&FSINFO3args { fsroot: root.clone() })))?;
         let rsize = info.rtpref.clamp(4096, MAX_IO).min(info.rtmax.max(4096));
         let wsize = info.wtpref.clamp(4096, MAX_IO).min(info.wtmax.max(4096));
-        Ok(Session { client, root, rsize, wsize, server })
+        Ok(Session { client, root, rsize, wsize, nfs_addr, credential, pipe: None, server })
     }
 
     /// The export's root handle.
@@ -463,17 +477,10 @@ impl Session {
                 }
                 ftype3::NF3REG => {
                     let fh = self.create(dst, &name, Owner::of(&e.attr), &child)?;
-                    let mut offset = 0;
-                    while offset < e.attr.size {
-                        let data = self.read(&e.fh, offset, &child)?;
-                        if data.is_empty() {
-                            break; // the source shrank meanwhile
-                        }
-                        self.write(&fh, offset, &data, &child)?;
-                        offset += data.len() as u64;
-                        stats.bytes += data.len() as u64;
+                    self.copy_file(&e.fh, &fh, e.attr.size, &child, &mut |n| {
+                        stats.bytes += n;
                         progress(stats.bytes);
-                    }
+                    })?;
                     self.commit(&fh, &child)?;
                     self.setattr(&fh, keep_times(&e.attr), &child)?;
                 }
@@ -488,6 +495,41 @@ impl Session {
             }
             stats.entries += 1;
         }
+        Ok(())
+    }
+
+    /// Copy `size` bytes of `src` into `dst`, a window of [`WINDOW`] READs then WRITEs in flight
+    /// at a time on the bulk-data pipe; `copied` sees each window's bytes.
+    fn copy_file(&mut self, src: &nfs_fh3, dst: &nfs_fh3, size: u64, path: &str, copied: &mut dyn FnMut(u64)) -> NfsResult<()> {
+        // Taken out while in use: a pipe that failed mid-window is dropped, not reused.
+        let mut pipe = match self.pipe.take() {
+            Some(pipe) => pipe,
+            None => Pipe::connect(self.nfs_addr, self.credential.clone())?,
+        };
+        let chunk = self.rsize.min(self.wsize);
+        let mut offset = 0;
+        while offset < size {
+            let offsets: Vec<u64> = (0..WINDOW).map(|i| offset + i * u64::from(chunk)).take_while(|o| *o < size).collect();
+            let data = pipe.read_many(src, &offsets, chunk, path)?;
+            let writes: Vec<(u64, &[u8])> =
+                offsets.iter().zip(&data).filter(|(_, d)| !d.is_empty()).map(|(&at, d)| (at, d.as_slice())).collect();
+            let written = pipe.write_many(dst, &writes, path)?;
+            for (&(at, bytes), &n) in writes.iter().zip(&written) {
+                // A server may take less than asked: the rest goes one call at a time.
+                if (n as usize) < bytes.len() {
+                    self.write(dst, at + u64::from(n), &bytes[n as usize..], path)?;
+                }
+            }
+            copied(data.iter().map(|d| d.len() as u64).sum());
+            // Go on after the first short read (the server may send less than asked); an empty
+            // one is the end of the file (it shrank since it was listed).
+            match offsets.iter().zip(&data).find(|(_, d)| d.len() < chunk as usize) {
+                Some((_, d)) if d.is_empty() => break,
+                Some((&at, d)) => offset = at + d.len() as u64,
+                None => offset = offsets.last().map_or(size, |&at| at + u64::from(chunk)),
+            }
+        }
+        self.pipe = Some(pipe);
         Ok(())
     }
 

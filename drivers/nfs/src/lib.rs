@@ -28,6 +28,7 @@
 
 pub mod client;
 pub mod layout;
+pub mod pipe;
 
 use std::cell::RefCell;
 use std::time::Duration;
