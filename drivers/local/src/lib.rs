@@ -21,6 +21,7 @@
 
 pub mod layout;
 
+use elara_driver_sdk::pool::{self, PoolSettings};
 use elara_driver_sdk::prelude::*;
 use elara_driver_sdk::{debug, info};
 use layout::{Kind, SnapshotRecord, VolumeRecord, check_id};
@@ -31,54 +32,23 @@ pub struct LocalDriver;
 #[cfg(feature = "export")]
 elara_driver_sdk::export_driver!(LocalDriver);
 
-/// Settings from `configure`.
-#[derive(Debug, Clone)]
-pub struct LocalSettings {
-    pub pool: String,
-    pub reserved_percentage: u8,
-    pub max_over_subscription_ratio: String,
-}
+/// Settings from `configure`: the single pool this backend reports.
+pub type LocalSettings = PoolSettings;
 
 static SETTINGS: Settings<LocalSettings> = Settings::new();
 
 /// The configuration keys, shared by `info` and `configure`.
 pub fn config_keys() -> Vec<ConfigKey> {
-    vec![
-        ConfigKey::optional("pool", "name of the pool this backend reports", Some("default")),
-        ConfigKey::optional(
-            "reserved_percentage",
-            "share of the filesystem kept free for other uses, 0-100",
-            Some("0"),
-        ),
-        ConfigKey::optional(
-            "max_over_subscription_ratio",
-            "how far thin volumes may over-commit the pool: a number >= 1.0, or `auto`",
-            Some("20.0"),
-        ),
-    ]
+    pool::config_keys()
 }
 
 /// Parse and check the configuration pairs.
 pub fn parse_settings(pairs: Vec<(String, String)>) -> DriverResult<LocalSettings> {
-    let cfg = Config::parse(pairs, &config_keys())?;
-    let pool = cfg.required("pool")?.trim().to_string();
-    check_id("pool", &pool)?;
-    let reserved = cfg.u64("reserved_percentage")?.unwrap_or(0);
-    if reserved > 100 {
-        return Err(DriverError::invalid("reserved_percentage", format!("{reserved} is not between 0 and 100")));
-    }
-    let ratio = cfg.required("max_over_subscription_ratio")?.trim().to_string();
-    if ratio != "auto" {
-        let value = cfg.f64("max_over_subscription_ratio")?.unwrap_or(0.0);
-        if value < 1.0 {
-            return Err(DriverError::invalid(
-                "max_over_subscription_ratio",
-                format!("{ratio} is below 1.0: use a number >= 1.0 or `auto`"),
-            ));
-        }
-    }
-    Ok(LocalSettings { pool, reserved_percentage: reserved as u8, max_over_subscription_ratio: ratio })
+    PoolSettings::parse(&Config::parse(pairs, &config_keys())?)
 }
+
+/// Why `iops` and `set-qos` are refused.
+const QOS_UNSUPPORTED: &str = "qos: the local driver cannot enforce IOPS or bandwidth limits on image files";
 
 fn features() -> Features {
     Features::SNAPSHOT | Features::CLONE | Features::RESIZE | Features::QUOTA | Features::STATS
@@ -105,28 +75,6 @@ fn to_snapshot(record: &SnapshotRecord) -> Snapshot {
         size_bytes: record.size_bytes,
         backend_ref: Kind::Snapshot.image_rel(&record.id),
     }
-}
-
-/// Validate what every create shares: the id, a size > 0, our pool, no QoS limits.
-fn check_spec(spec: &VolumeSpec, settings: &LocalSettings) -> DriverResult<()> {
-    check_id("id", &spec.id)?;
-    if spec.size_bytes == 0 {
-        return Err(DriverError::invalid("size", "must be greater than 0 bytes"));
-    }
-    if spec.pool != settings.pool {
-        return Err(DriverError::invalid(
-            "pool",
-            format!("unknown pool {:?}: this backend has the pool {:?}", spec.pool, settings.pool),
-        ));
-    }
-    if let Some(qos) = &spec.qos {
-        if qos.iops.is_some() || qos.bandwidth_bytes_per_sec.is_some() {
-            return Err(DriverError::unsupported(
-                "qos: the local driver cannot enforce IOPS or bandwidth limits on image files",
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// The existing record for `spec.id`, if it matches the spec (idempotent retry), or
@@ -202,7 +150,7 @@ impl Guest for LocalDriver {
     fn configure(config: Vec<(String, String)>) -> DriverResult<()> {
         elara_driver_sdk::log::install_panic_hook();
         let settings = parse_settings(config)?;
-        debug!("configured: pool {}", settings.pool);
+        debug!("configured: pool {}", settings.name);
         SETTINGS.set(settings);
         Ok(())
     }
@@ -213,7 +161,7 @@ impl Guest for LocalDriver {
         let provisioned =
             layout::list_records::<VolumeRecord>(Kind::Volume)?.iter().map(|v| v.size_bytes).sum();
         Ok(vec![Pool {
-            name: settings.pool.clone(),
+            name: settings.name.clone(),
             total: Capacity::Bytes(stats.total_bytes),
             free: Capacity::Bytes(stats.available_bytes),
             provisioned_bytes: provisioned,
@@ -237,7 +185,7 @@ impl Guest for LocalDriver {
 
     fn create(spec: VolumeSpec) -> DriverResult<Volume> {
         let settings = SETTINGS.get()?;
-        check_spec(&spec, &settings)?;
+        settings.check_spec(&spec, QOS_UNSUPPORTED)?;
         layout::ensure_dirs()?;
         if let Some(volume) = existing_volume(&spec, None)? {
             layout::remove_temps(Kind::Volume, &spec.id)?;
@@ -250,7 +198,7 @@ impl Guest for LocalDriver {
 
     fn create_from_snapshot(spec: VolumeSpec, snapshot_id: String) -> DriverResult<Volume> {
         let settings = SETTINGS.get()?;
-        check_spec(&spec, &settings)?;
+        settings.check_spec(&spec, QOS_UNSUPPORTED)?;
         check_id("snapshot-id", &snapshot_id)?;
         layout::ensure_dirs()?;
         if let Some(volume) = existing_volume(&spec, Some(&snapshot_id))? {
@@ -287,16 +235,7 @@ impl Guest for LocalDriver {
     fn resize(volume_id: String, size_bytes: u64) -> DriverResult<Volume> {
         SETTINGS.get()?;
         let mut record = volume_record(&volume_id)?;
-        if size_bytes < record.size_bytes {
-            return Err(DriverError::invalid(
-                "size",
-                format!(
-                    "{size_bytes} bytes is smaller than the volume ({} bytes): volumes can only grow",
-                    record.size_bytes
-                ),
-            ));
-        }
-        if size_bytes > record.size_bytes {
+        if pool::check_grow(record.size_bytes, size_bytes)? {
             // Grow the image first, then the record: a crash in between leaves a larger image
             // under the old record, and the retry grows it (a no-op) and writes the record.
             layout::set_image_len(&Kind::Volume.image_rel(&volume_id), size_bytes, false)?;
@@ -375,8 +314,6 @@ impl Guest for LocalDriver {
     }
 
     fn set_qos(_volume_id: String, _qos: Qos) -> DriverResult<()> {
-        Err(DriverError::unsupported(
-            "set-qos: the local driver cannot enforce IOPS or bandwidth limits on image files",
-        ))
+        Err(DriverError::unsupported(QOS_UNSUPPORTED))
     }
 }

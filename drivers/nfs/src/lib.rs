@@ -34,6 +34,7 @@ use std::cell::RefCell;
 use std::time::Duration;
 
 use elara_driver_sdk::names::check_id;
+use elara_driver_sdk::pool::{self, PoolSettings};
 use elara_driver_sdk::prelude::*;
 use elara_driver_sdk::{debug, info};
 
@@ -59,16 +60,14 @@ pub struct NfsSettings {
     pub mount_options: Vec<(String, String)>,
     /// Mode and owner of new volume directories.
     pub owner: Owner,
-    pub pool: String,
-    pub reserved_percentage: u8,
-    pub max_over_subscription_ratio: String,
+    pub pool: PoolSettings,
 }
 
 static SETTINGS: Settings<NfsSettings> = Settings::new();
 
 /// The configuration keys, shared by `info` and `configure`.
 pub fn config_keys() -> Vec<ConfigKey> {
-    vec![
+    let mut keys = vec![
         ConfigKey::required(
             "server",
             "NFS server HOST or HOST:PORT (PORT: the NFS port; without it the server's portmapper is asked). \
@@ -86,14 +85,9 @@ pub fn config_keys() -> Vec<ConfigKey> {
         ConfigKey::optional("mode", "mode of new volume directories, octal (a volume's label `mode` overrides it)", Some("0755")),
         ConfigKey::optional("uid", "owner of new volume directories (a volume's label `uid` overrides it)", Some("0")),
         ConfigKey::optional("gid", "group of new volume directories (a volume's label `gid` overrides it)", Some("0")),
-        ConfigKey::optional("pool", "name of the pool this backend reports", Some("default")),
-        ConfigKey::optional("reserved_percentage", "share of the export kept free for other uses, 0-100", Some("0")),
-        ConfigKey::optional(
-            "max_over_subscription_ratio",
-            "how far recorded volume sizes may over-commit the export: a number >= 1.0, or `auto`",
-            Some("20.0"),
-        ),
-    ]
+    ];
+    keys.extend(pool::config_keys());
+    keys
 }
 
 /// Parse and check the configuration pairs. No I/O: `pools` is the first call that reaches the
@@ -124,19 +118,7 @@ pub fn parse_settings(pairs: Vec<(String, String)>) -> DriverResult<NfsSettings>
         uid: parse_id("uid", cfg.required("uid")?)?,
         gid: parse_id("gid", cfg.required("gid")?)?,
     };
-    let pool = cfg.required("pool")?.trim().to_string();
-    check_id("pool", &pool)?;
-    let reserved = cfg.u64("reserved_percentage")?.unwrap_or(0);
-    if reserved > 100 {
-        return Err(DriverError::invalid("reserved_percentage", format!("{reserved} is not between 0 and 100")));
-    }
-    let ratio = cfg.required("max_over_subscription_ratio")?.trim().to_string();
-    if ratio != "auto" && cfg.f64("max_over_subscription_ratio")?.unwrap_or(0.0) < 1.0 {
-        return Err(DriverError::invalid(
-            "max_over_subscription_ratio",
-            format!("{ratio} is below 1.0: use a number >= 1.0 or `auto`"),
-        ));
-    }
+    let pool = PoolSettings::parse(&cfg)?;
     Ok(NfsSettings {
         endpoint: Endpoint { host, port, mount_port, export },
         base,
@@ -144,8 +126,6 @@ pub fn parse_settings(pairs: Vec<(String, String)>) -> DriverResult<NfsSettings>
         mount_options,
         owner,
         pool,
-        reserved_percentage: reserved as u8,
-        max_over_subscription_ratio: ratio,
     })
 }
 
@@ -423,24 +403,6 @@ fn to_snapshot(r: &SnapshotRecord) -> Snapshot {
     }
 }
 
-/// Validate what every create shares: the id, a size > 0, our pool, no QoS limits.
-fn check_spec(spec: &VolumeSpec, settings: &NfsSettings) -> DriverResult<()> {
-    check_id("id", &spec.id)?;
-    if spec.size_bytes == 0 {
-        return Err(DriverError::invalid("size", "must be greater than 0 bytes"));
-    }
-    if spec.pool != settings.pool {
-        return Err(DriverError::invalid(
-            "pool",
-            format!("unknown pool {:?}: this backend has the pool {:?}", spec.pool, settings.pool),
-        ));
-    }
-    if spec.qos.as_ref().is_some_and(|q| q.iops.is_some() || q.bandwidth_bytes_per_sec.is_some()) {
-        return Err(DriverError::unsupported(QOS_UNSUPPORTED));
-    }
-    Ok(())
-}
-
 const QOS_UNSUPPORTED: &str = "qos: a generic NFS export cannot enforce IOPS or bandwidth limits";
 
 /// The existing record for `spec.id`, if it matches the spec (a retried create), or
@@ -500,14 +462,14 @@ impl Guest for NfsDriver {
             let fs = conn.session.fsstat()?;
             let provisioned = conn.list_records::<VolumeRecord>(Kind::Volume)?.iter().map(|v| v.size_bytes).sum();
             Ok(vec![Pool {
-                name: settings.pool.clone(),
+                name: settings.pool.name.clone(),
                 total: Capacity::Bytes(fs.tbytes),
                 free: Capacity::Bytes(fs.abytes),
                 provisioned_bytes: provisioned,
-                reserved_percentage: settings.reserved_percentage,
+                reserved_percentage: settings.pool.reserved_percentage,
                 thin_provisioning: true,
                 thick_provisioning: false,
-                max_over_subscription_ratio: settings.max_over_subscription_ratio.clone(),
+                max_over_subscription_ratio: settings.pool.max_over_subscription_ratio.clone(),
                 capabilities: vec![
                     ("type".into(), "file".into()),
                     ("driver".into(), "nfs".into()),
@@ -525,7 +487,7 @@ impl Guest for NfsDriver {
 
     fn create(spec: VolumeSpec) -> DriverResult<Volume> {
         let settings = SETTINGS.get()?;
-        check_spec(&spec, &settings)?;
+        settings.pool.check_spec(&spec, QOS_UNSUPPORTED)?;
         let owner = owner_for(&spec, &settings)?;
         let volume = with_conn(|conn| {
             if let Some(volume) = existing_volume(conn, &spec, None)? {
@@ -556,7 +518,7 @@ impl Guest for NfsDriver {
 
     fn create_from_snapshot(spec: VolumeSpec, snapshot_id: String) -> DriverResult<Volume> {
         let settings = SETTINGS.get()?;
-        check_spec(&spec, &settings)?;
+        settings.pool.check_spec(&spec, QOS_UNSUPPORTED)?;
         check_id("snapshot-id", &snapshot_id)?;
         let volume = with_conn(|conn| {
             if let Some(volume) = existing_volume(conn, &spec, Some(&snapshot_id))? {
@@ -607,13 +569,7 @@ impl Guest for NfsDriver {
         check_id("volume-id", &volume_id)?;
         with_conn(|conn| {
             let mut record = volume_record(conn, &volume_id)?;
-            if size_bytes < record.size_bytes {
-                return Err(Fail::Driver(DriverError::invalid(
-                    "size",
-                    format!("{size_bytes} bytes is smaller than the volume ({} bytes): volumes can only grow", record.size_bytes),
-                )));
-            }
-            if size_bytes > record.size_bytes {
+            if pool::check_grow(record.size_bytes, size_bytes)? {
                 record.size_bytes = size_bytes;
                 conn.write_record(Kind::Volume, &volume_id, &record)?;
                 info!("resized volume {volume_id} to {size_bytes} bytes (recorded; NFS does not enforce it)");

@@ -37,6 +37,7 @@ pub mod http;
 pub mod idempotency;
 pub mod log;
 pub mod names;
+pub mod pool;
 pub mod size;
 
 /// The generated bindings. Use the re-exports ([`types`], [`host`], [`Guest`]) instead.
