@@ -298,6 +298,16 @@ fn files_crash_mid_upload_embedded() -> anyhow::Result<()> {
 }
 
 #[test]
+fn files_crash_mid_upload_etcd() -> anyhow::Result<()> {
+    crash(StoreKind::Etcd, "backup:mid-upload")
+}
+
+#[test]
+fn files_crash_mid_restore_embedded() -> anyhow::Result<()> {
+    crash(StoreKind::Embedded, "backup-restore:mid-write")
+}
+
+#[test]
 fn files_crash_mid_restore_etcd() -> anyhow::Result<()> {
     crash(StoreKind::Etcd, "backup-restore:mid-write")
 }
