@@ -332,7 +332,7 @@ impl Session {
     fn expect_dir(&mut self, dir: &nfs_fh3, name: &str, path: &str) -> NfsResult<nfs_fh3> {
         match self.lookup(dir, name, path)? {
             Some((fh, attr)) if attr.type_ == ftype3::NF3DIR => Ok(fh),
-            Some((_, attr)) => Err(NfsError::Protocol(format!("{path} exists and is a {} , not a directory", attr.type_))),
+            Some((_, attr)) => Err(NfsError::Protocol(format!("{path} exists and is a {}, not a directory", attr.type_))),
             None => Err(NfsError::Protocol(format!("{path} vanished right after MKDIR"))),
         }
     }
@@ -677,7 +677,7 @@ pub fn components(path: &str) -> impl Iterator<Item = &str> {
     path.split('/').filter(|c| !c.is_empty() && *c != ".")
 }
 
-/// Calls `report(bytes, elapsed)` at most every `every` (and never for the first `every`).
+/// Paces progress reports: [`Throttle::due`] says yes at most once every `every`.
 pub struct Throttle {
     started: Instant,
     last: Instant,
