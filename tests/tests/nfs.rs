@@ -283,6 +283,34 @@ fn wait_until(limit: Duration, step: Duration, mut cond: impl FnMut() -> bool) -
     false
 }
 
+/// Wait (bounded) until a snapshot's copy has begun on the server: its first file appears.
+fn copy_begun(snapshots: &Path) -> bool {
+    wait_until(Duration::from_secs(60), Duration::from_millis(2), || {
+        std::fs::read_dir(snapshots).ok().and_then(|mut e| e.next()).and_then(|e| e.ok()).is_some_and(|e| e.path().join("f00").exists())
+    })
+}
+
+/// A volume `vol` of 16 random 32 MiB files, so that copying it takes a while; its directory.
+fn big_volume(rig: &Rig) -> anyhow::Result<PathBuf> {
+    rig.daemon.ok(&["volume", "create", "vol", "--size", "4G", "--backend", "nfs"])?;
+    let dir = rig.volume_dir(&rig.id("vol")?);
+    for i in 0..16 {
+        random_file(&dir.join(format!("f{i:02}")), 32 << 20)?;
+    }
+    Ok(dir)
+}
+
+/// `elara snapshot create vol --name NAME`, running in the background.
+fn snapshot_in_background(d: &Daemon, name: &str) -> anyhow::Result<std::process::Child> {
+    Ok(std::process::Command::new(elara_bin())
+        .arg("-s")
+        .arg(&d.socket)
+        .args(["snapshot", "create", "vol", "--name", name])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?)
+}
+
 /// The server stopped in the middle of a snapshot's copy and before a delete: each fails with a
 /// clear `unavailable`, and once the server is back the reconciler finishes what was left (the
 /// half copy removed, the delete done), with nothing left on the server.
@@ -303,30 +331,15 @@ fn server_stopped_mid_operation(store: StoreKind) -> anyhow::Result<()> {
     }
     let _restart = Restart(nfs);
 
-    d.ok(&["volume", "create", "vol", "--size", "4G", "--backend", "nfs"])?;
+    let dir = big_volume(&rig)?;
     d.ok(&["volume", "create", "other", "--size", "1G", "--backend", "nfs"])?;
     let other = rig.volume_dir(&rig.id("other")?);
     std::fs::write(other.join("data"), b"to be deleted while the server is down")?;
-    let id = rig.id("vol")?;
-    let dir = rig.volume_dir(&id);
-    // Enough data that the copy takes a while: 16 files of 32 MiB.
-    for i in 0..16 {
-        random_file(&dir.join(format!("f{i:02}")), 32 << 20)?;
-    }
     let snapshots = rig.base().join("snapshots");
 
     // A snapshot in flight; the server stops once the copy has begun.
-    let child = std::process::Command::new(elara_bin())
-        .arg("-s")
-        .arg(&d.socket)
-        .args(["snapshot", "create", "vol", "--name", "s1"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
-    let copying = wait_until(Duration::from_secs(60), Duration::from_millis(2), || {
-        std::fs::read_dir(&snapshots).ok().and_then(|mut e| e.next()).and_then(|e| e.ok()).is_some_and(|e| e.path().join("f00").exists())
-    });
-    ensure!(copying, "the snapshot's copy never started on the server:\n{}", d.log_tail());
+    let child = snapshot_in_background(d, "s1")?;
+    ensure!(copy_begun(&snapshots), "the snapshot's copy never started on the server:\n{}", d.log_tail());
     nfs.stop()?;
     let out = child.wait_with_output()?;
     let err = String::from_utf8_lossy(&out.stderr);
@@ -371,6 +384,48 @@ fn server_stopped_mid_operation_embedded() -> anyhow::Result<()> {
 #[test]
 fn server_stopped_mid_operation_etcd() -> anyhow::Result<()> {
     server_stopped_mid_operation(StoreKind::Etcd)
+}
+
+/// The daemon killed (SIGKILL) in the middle of a snapshot's copy: after a restart the
+/// reconciler undoes the snapshot (its half copy removed from the server), the volume is whole
+/// and a new snapshot of it is identical.
+fn daemon_killed_mid_copy(store: StoreKind) -> anyhow::Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let tag = unique("kill");
+    let mut rig = Rig::start(store, &tag)?;
+    let _up = rig.nfs.shared();
+    let dir = big_volume(&rig)?;
+    let before = tree(&dir)?;
+    let snapshots = rig.base().join("snapshots");
+    let mut child = snapshot_in_background(&rig.daemon, "s1")?;
+    ensure!(copy_begun(&snapshots), "the snapshot's copy never started on the server:\n{}", rig.daemon.log_tail());
+    rig.daemon.kill9();
+    let _ = child.wait();
+    ensure!(std::fs::read_dir(&snapshots)?.next().is_some(), "no half copy on the server: the kill came too late to test anything");
+
+    rig.daemon.restart()?;
+    let d = &rig.daemon;
+    d.wait_ops_settled(Duration::from_secs(60))?;
+    let snaps = d.json(&["snapshot", "list"])?;
+    ensure!(snaps.as_array().is_some_and(|a| a.is_empty()), "snapshots after the reconciler: {snaps}");
+    ensure!(std::fs::read_dir(&snapshots)?.next().is_none(), "the half copy is still on the server");
+    ensure!(tree(&dir)? == before, "the volume changed");
+    ensure!(d.json(&["volume", "inspect", "vol"])?["status"] == "available", "vol after the reconciler");
+    d.ok(&["snapshot", "create", "vol", "--name", "s2"])?;
+    assert_same_tree(&dir, &snapshots.join(rig.snapshot_id("s2")?))?;
+    Ok(())
+}
+
+#[test]
+fn daemon_killed_mid_copy_embedded() -> anyhow::Result<()> {
+    daemon_killed_mid_copy(StoreKind::Embedded)
+}
+
+#[test]
+fn daemon_killed_mid_copy_etcd() -> anyhow::Result<()> {
+    daemon_killed_mid_copy(StoreKind::Etcd)
 }
 
 /// `elara driver check` passes on the nfs driver against the real server; bad config is refused
