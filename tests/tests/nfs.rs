@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
+use elara_tests::docker::{Engine, IMAGE, Plugin};
 use elara_tests::nfs::{NfsServer, kernel_has_nfs_client};
 use elara_tests::*;
 use rand::RngCore;
@@ -426,6 +427,68 @@ fn daemon_killed_mid_copy_embedded() -> anyhow::Result<()> {
 #[test]
 fn daemon_killed_mid_copy_etcd() -> anyhow::Result<()> {
     daemon_killed_mid_copy(StoreKind::Etcd)
+}
+
+/// Through Docker: `docker volume create -d PLUGIN -o backend=nfs -o label.uid=…` makes the
+/// directory on the server with that owner; `-o iops=` is refused naming it; `docker run -v`
+/// mounts with the kernel's NFS client, or fails saying this kernel has none; `docker volume rm`
+/// removes the directory.
+fn docker_volumes(store: StoreKind) -> anyhow::Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let nfs = NfsServer::from_env();
+    let _up = nfs.shared();
+    let plugin = Plugin::new()?;
+    let mut opts = DaemonOpts::new(store);
+    opts.plugin_dir = Some(plugin.dir.clone());
+    let d = Daemon::start(opts)?;
+    let path = format!("elara-{}", unique("dock"));
+    let _cleanup = RemoveOnDrop(nfs.dir.join(&path));
+    d.ok(&nfs.backend_add_args("nfs", &path, &[]).iter().map(String::as_str).collect::<Vec<_>>())?;
+    let engine = Engine::start(&[])?;
+    let p = plugin.name.as_str();
+
+    engine.ok(&["volume", "create", "-d", p, "-o", "backend=nfs", "-o", "size=1G", "-o", "label.uid=1000", "shared"])?;
+    let id = d.json(&["volume", "inspect", "shared"])?["id"].as_str().context("id")?.to_string();
+    let dir = nfs.dir.join(&path).join("volumes").join(&id);
+    ensure!(std::fs::metadata(&dir).map(|m| m.is_dir() && m.uid() == 1000).unwrap_or(false), "{} is not a directory owned by 1000", dir.display());
+    let listed = engine.ok(&["volume", "ls", "-q", "--filter", &format!("driver={p}")])?;
+    ensure!(listed.lines().any(|l| l == "shared"), "docker volume ls: {listed}");
+
+    let err = engine.fails(&["volume", "create", "-d", p, "-o", "backend=nfs", "-o", "iops=100", "fast"])?;
+    ensure!(err.contains("iops"), "docker -o iops on nfs: {err}");
+
+    let run = engine.docker(&["run", "--rm", "-v", "shared:/data", IMAGE, "ls", "/data"])?;
+    if kernel_has_nfs_client() {
+        ensure!(run.status.success(), "docker run: {}", String::from_utf8_lossy(&run.stderr));
+    } else {
+        let err = String::from_utf8_lossy(&run.stderr);
+        ensure!(!run.status.success() && err.contains("no NFS client"), "docker run without a kernel NFS client: {err}");
+        eprintln!("SKIP (mount step only): this kernel has no NFS client, so `docker run -v shared:/data` cannot mount");
+    }
+    ensure!(d.json(&["volume", "inspect", "shared"])?["status"] == "available", "after the failed mount");
+
+    engine.ok(&["volume", "rm", "shared"])?;
+    ensure!(!dir.exists(), "docker volume rm left {}", dir.display());
+    Ok(())
+}
+
+struct RemoveOnDrop(PathBuf);
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn docker_volumes_embedded() -> anyhow::Result<()> {
+    docker_volumes(StoreKind::Embedded)
+}
+
+#[test]
+fn docker_volumes_etcd() -> anyhow::Result<()> {
+    docker_volumes(StoreKind::Etcd)
 }
 
 /// `elara driver check` passes on the nfs driver against the real server; bad config is refused
