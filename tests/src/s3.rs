@@ -78,6 +78,9 @@ elif op == "purge":
                     s3.delete_objects(Bucket=b["Name"], Delete={"Objects": keys})
             s3.delete_bucket(Bucket=b["Name"])
     print(json.dumps(True))
+elif op == "create-bucket":
+    s3.create_bucket(Bucket=args[0])
+    print(json.dumps(True))
 else:
     sys.exit("unknown op " + op)
 "#;
@@ -186,6 +189,11 @@ impl S3Server {
     /// Write `n` objects of `size` bytes named `<prefix>fNNNNN` (16 at a time).
     pub fn put_many(&self, bucket: &str, prefix: &str, n: usize, size: usize) -> anyhow::Result<()> {
         self.boto("put-many", &[bucket, prefix, &n.to_string(), &size.to_string()]).map(drop)
+    }
+
+    /// Make a bucket.
+    pub fn create_bucket(&self, bucket: &str) -> anyhow::Result<()> {
+        self.boto("create-bucket", &[bucket]).map(drop)
     }
 
     /// Remove every bucket whose name starts with `bucket_prefix`, with its objects.

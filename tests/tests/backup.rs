@@ -344,6 +344,71 @@ fn target_vanishes(store: StoreKind) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The same with an S3 target whose bucket is deleted mid-backup: the backup fails naming
+/// S3's `NoSuchBucket`, no backup is listed, the temporary snapshot goes, and nothing recreates
+/// the bucket behind the operator's back (the undo waits for it). Once the bucket is made again
+/// the reconciler settles the op and the next backup completes and restores byte-identical.
+fn s3_bucket_vanishes(store: StoreKind) -> anyhow::Result<()> {
+    let s3 = elara_tests::s3::S3Server::from_env();
+    let pause = work_dir().join(unique("pause"));
+    std::fs::write(&pause, b"")?;
+    let reached = pause.with_extension("reached");
+    let mut opts = DaemonOpts::new(store);
+    opts.env.push(("ELARA_PAUSE_AT".into(), format!("backup:mid-upload={}", pause.display())));
+    let d = Daemon::start(opts)?;
+    let bucket = format!("elara-vanish-{}", unique("b"));
+    let (endpoint, ak, sk) = s3_env();
+    d.ok(&["backup", "target", "add", "tg", &format!("s3://{bucket}/bk"), "--endpoint", &endpoint, "--access-key", &ak, "--secret-key", &sk])?;
+    d.ok(&["volume", "create", "src", "--size", "64M"])?;
+    let image = image_of(&d, "src")?;
+    write_known(&image, 11)?;
+    let sum = sha256(&image)?;
+
+    let job = d.json(&["backup", "create", "src", "--target", "tg", "--detach"])?;
+    let job_id = job["id"].as_str().unwrap().to_string();
+    let backup_id = job["backup"].as_str().unwrap().to_string();
+    wait_for(Duration::from_secs(60), "the backup to reach mid-upload", || Ok(reached.exists()))?;
+    s3.purge(&bucket)?;
+    anyhow::ensure!(!s3.buckets()?.contains(&bucket), "the bucket is still there");
+    std::fs::remove_file(&pause)?;
+    let _ = std::fs::remove_file(&reached);
+
+    let mut job = Value::Null;
+    wait_for(Duration::from_secs(60), "the backup job to end", || {
+        job = d.json(&["backup", "job", &job_id])?;
+        Ok(job["state"] != "running")
+    })?;
+    assert_eq!(job["state"], "failed", "{job}");
+    let err = job["error"].as_str().unwrap_or_default();
+    assert!(err.contains("NoSuchBucket"), "the error names S3's reason: {err}");
+    assert!(backup_ids(&d)?.is_empty(), "no backup listed");
+    assert!(d.fails(&["snapshot", "inspect", &format!("backup-{backup_id}")])?.contains("does not exist"), "temporary snapshot removed");
+    // The undo cannot collect what was uploaded while the bucket is gone: it waits, and
+    // nothing recreates the bucket behind the operator's back.
+    let ops = d.json(&["op", "list"])?;
+    assert!(ops.as_array().is_some_and(|a| !a.is_empty()), "the undo is pending: {ops}");
+    assert!(!s3.buckets()?.contains(&bucket), "the bucket was recreated behind the operator's back");
+
+    // The operator makes the bucket again: the undo settles, and the next run completes.
+    s3.create_bucket(&bucket)?;
+    d.wait_ops_settled(Duration::from_secs(60))?;
+    let b = d.json(&["backup", "create", "src", "--target", "tg"])?;
+    d.ok(&["backup", "restore", b["id"].as_str().unwrap(), "--to", "r1"])?;
+    assert_eq!(sha256(&image_of(&d, "r1")?)?, sum, "restore after the vanished bucket is byte-identical");
+    s3.purge(&bucket)?;
+    Ok(())
+}
+
+#[test]
+fn s3_bucket_vanishes_embedded() -> anyhow::Result<()> {
+    s3_bucket_vanishes(StoreKind::Embedded)
+}
+
+#[test]
+fn s3_bucket_vanishes_etcd() -> anyhow::Result<()> {
+    s3_bucket_vanishes(StoreKind::Etcd)
+}
+
 #[test]
 fn target_vanishes_embedded() -> anyhow::Result<()> {
     target_vanishes(StoreKind::Embedded)

@@ -189,7 +189,9 @@ impl S3Client {
             }
             let (status, body) = self.send("ListObjectsV2", "GET", None, &q, Bytes::new(), &[404]).await?;
             if status == 404 {
-                return Ok(out); // no bucket yet: nothing in it
+                // `target add` made the bucket: without it the target is lost (deleted, or
+                // another server), which is never the same as an empty target.
+                return Err(service_error("ListObjectsV2", &self.bucket, status, &body));
             }
             let page: ListBucketResult = quick_xml::de::from_reader(body.as_ref()).map_err(|e| S3Error::Reply { op: "ListObjectsV2", reason: e.to_string() })?;
             out.extend(page.contents.into_iter().filter_map(|c| c.key.strip_prefix(&self.prefix).map(str::to_string)));
