@@ -284,10 +284,12 @@ fn wait_until(limit: Duration, step: Duration, mut cond: impl FnMut() -> bool) -
     false
 }
 
-/// Wait (bounded) until a snapshot's copy has begun on the server: its first file appears.
+/// Wait (bounded) until a snapshot's copy has begun on the server: a file appears in its tree
+/// (whichever comes first: the server lists a directory in its own order).
 fn copy_begun(snapshots: &Path) -> bool {
     wait_until(Duration::from_secs(60), Duration::from_millis(2), || {
-        std::fs::read_dir(snapshots).ok().and_then(|mut e| e.next()).and_then(|e| e.ok()).is_some_and(|e| e.path().join("f00").exists())
+        let tree = std::fs::read_dir(snapshots).ok().and_then(|mut e| e.next()).and_then(|e| e.ok());
+        tree.and_then(|t| std::fs::read_dir(t.path()).ok()).is_some_and(|mut files| files.next().is_some())
     })
 }
 
