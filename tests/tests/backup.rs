@@ -291,19 +291,31 @@ fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> anyhow::Resul
     Ok(())
 }
 
-/// The target vanishes mid-backup (its directory taken away, as an unmounted disk): the backup
-/// fails saying so, no backup is listed, the temporary snapshot goes. While the target is away
-/// the undo cannot collect what the backup uploaded and keeps being retried by the reconciler;
-/// once the target is back those orphans are removed. The next backup completes and restores
-/// byte-identical. (`ELARA_PAUSE_AT` holds the daemon mid-upload while the target is taken.)
-fn target_vanishes(store: StoreKind) -> anyhow::Result<()> {
+/// What [`backup_losing_target`] leaves for the test to check.
+struct LostTarget {
+    d: Daemon,
+    /// The failed backup job.
+    job: Value,
+    /// sha256 of the volume `src`.
+    sum: String,
+}
+
+/// A daemon with target `tg` (made by `add_target`, which returns what `take_away` needs) and a
+/// 64 MiB volume `src` of known data; a backup of `src` held mid-upload (`ELARA_PAUSE_AT`) while
+/// `take_away` removes the target, then let go. Checks what every lost target must give: the job failed, no backup is listed,
+/// and the temporary snapshot is gone.
+fn backup_losing_target<T>(
+    store: StoreKind,
+    add_target: impl FnOnce(&Daemon) -> anyhow::Result<T>,
+    take_away: impl FnOnce(&T) -> anyhow::Result<()>,
+) -> anyhow::Result<(LostTarget, T)> {
     let pause = work_dir().join(unique("pause"));
     std::fs::write(&pause, b"")?;
     let reached = pause.with_extension("reached");
     let mut opts = DaemonOpts::new(store);
     opts.env.push(("ELARA_PAUSE_AT".into(), format!("backup:mid-upload={}", pause.display())));
     let d = Daemon::start(opts)?;
-    let dir = add_target(&d, "tg", false)?.unwrap();
+    let target = add_target(&d)?;
     d.ok(&["volume", "create", "src", "--size", "64M"])?;
     let image = image_of(&d, "src")?;
     write_known(&image, 7)?;
@@ -313,8 +325,7 @@ fn target_vanishes(store: StoreKind) -> anyhow::Result<()> {
     let job_id = job["id"].as_str().unwrap().to_string();
     let backup_id = job["backup"].as_str().unwrap().to_string();
     wait_for(Duration::from_secs(60), "the backup to reach mid-upload", || Ok(reached.exists()))?;
-    let away = dir.with_extension("away");
-    std::fs::rename(&dir, &away)?;
+    take_away(&target)?;
     std::fs::remove_file(&pause)?;
     let _ = std::fs::remove_file(&reached);
 
@@ -324,24 +335,48 @@ fn target_vanishes(store: StoreKind) -> anyhow::Result<()> {
         Ok(job["state"] != "running")
     })?;
     assert_eq!(job["state"], "failed", "{job}");
-    let err = job["error"].as_str().unwrap_or_default();
-    assert!(err.contains("gone") && err.contains(&dir.display().to_string()), "the error says the target is gone: {err}");
     assert!(backup_ids(&d)?.is_empty(), "no backup listed");
     assert!(d.fails(&["snapshot", "inspect", &format!("backup-{backup_id}")])?.contains("does not exist"), "temporary snapshot removed");
+    Ok((LostTarget { d, job, sum }, target))
+}
+
+impl LostTarget {
+    fn error(&self) -> &str {
+        self.job["error"].as_str().unwrap_or_default()
+    }
+
+    /// The next backup completes and restores byte-identical.
+    fn next_backup_restores(&self) -> anyhow::Result<()> {
+        let b = self.d.json(&["backup", "create", "src", "--target", "tg"])?;
+        self.d.ok(&["backup", "restore", b["id"].as_str().unwrap(), "--to", "r1"])?;
+        assert_eq!(sha256(&image_of(&self.d, "r1")?)?, self.sum, "restore after the vanished target is byte-identical");
+        Ok(())
+    }
+}
+
+/// The target vanishes mid-backup (its directory taken away, as an unmounted disk): the backup
+/// fails saying so, no backup is listed, the temporary snapshot goes. While the target is away
+/// the undo cannot collect what the backup uploaded and keeps being retried by the reconciler;
+/// once the target is back those orphans are removed. The next backup completes and restores
+/// byte-identical.
+fn target_vanishes(store: StoreKind) -> anyhow::Result<()> {
+    let (lost, dir) = backup_losing_target(
+        store,
+        |d| Ok(add_target(d, "tg", false)?.unwrap()),
+        |dir| Ok(std::fs::rename(dir, dir.with_extension("away"))?),
+    )?;
+    let away = dir.with_extension("away");
+    let err = lost.error();
+    assert!(err.contains("gone") && err.contains(&dir.display().to_string()), "the error says the target is gone: {err}");
     let (orphans, _) = target_state(&away)?;
     assert!(!orphans.is_empty(), "the backup had uploaded blocks before the target went");
 
     // The target comes back with those blocks; the reconciler's retried undo collects them.
     std::fs::rename(&away, &dir)?;
-    d.wait_ops_settled(Duration::from_secs(60))?;
+    lost.d.wait_ops_settled(Duration::from_secs(60))?;
     let (blocks, referenced) = target_state(&dir)?;
     assert!(blocks.is_empty() && referenced.is_empty(), "orphans removed: {} blocks left", blocks.len());
-
-    // The next run completes.
-    let b = d.json(&["backup", "create", "src", "--target", "tg"])?;
-    d.ok(&["backup", "restore", b["id"].as_str().unwrap(), "--to", "r1"])?;
-    assert_eq!(sha256(&image_of(&d, "r1")?)?, sum, "restore after the vanished target is byte-identical");
-    Ok(())
+    lost.next_backup_restores()
 }
 
 /// The same with an S3 target whose bucket is deleted mid-backup: the backup fails naming
@@ -350,51 +385,32 @@ fn target_vanishes(store: StoreKind) -> anyhow::Result<()> {
 /// the reconciler settles the op and the next backup completes and restores byte-identical.
 fn s3_bucket_vanishes(store: StoreKind) -> anyhow::Result<()> {
     let s3 = elara_tests::s3::S3Server::from_env();
-    let pause = work_dir().join(unique("pause"));
-    std::fs::write(&pause, b"")?;
-    let reached = pause.with_extension("reached");
-    let mut opts = DaemonOpts::new(store);
-    opts.env.push(("ELARA_PAUSE_AT".into(), format!("backup:mid-upload={}", pause.display())));
-    let d = Daemon::start(opts)?;
     let bucket = format!("elara-vanish-{}", unique("b"));
-    let (endpoint, ak, sk) = s3_env();
-    d.ok(&["backup", "target", "add", "tg", &format!("s3://{bucket}/bk"), "--endpoint", &endpoint, "--access-key", &ak, "--secret-key", &sk])?;
-    d.ok(&["volume", "create", "src", "--size", "64M"])?;
-    let image = image_of(&d, "src")?;
-    write_known(&image, 11)?;
-    let sum = sha256(&image)?;
-
-    let job = d.json(&["backup", "create", "src", "--target", "tg", "--detach"])?;
-    let job_id = job["id"].as_str().unwrap().to_string();
-    let backup_id = job["backup"].as_str().unwrap().to_string();
-    wait_for(Duration::from_secs(60), "the backup to reach mid-upload", || Ok(reached.exists()))?;
-    s3.purge(&bucket)?;
-    anyhow::ensure!(!s3.buckets()?.contains(&bucket), "the bucket is still there");
-    std::fs::remove_file(&pause)?;
-    let _ = std::fs::remove_file(&reached);
-
-    let mut job = Value::Null;
-    wait_for(Duration::from_secs(60), "the backup job to end", || {
-        job = d.json(&["backup", "job", &job_id])?;
-        Ok(job["state"] != "running")
-    })?;
-    assert_eq!(job["state"], "failed", "{job}");
-    let err = job["error"].as_str().unwrap_or_default();
+    let (lost, ()) = backup_losing_target(
+        store,
+        |d| {
+            let (endpoint, ak, sk) = s3_env();
+            let url = format!("s3://{bucket}/bk");
+            d.ok(&["backup", "target", "add", "tg", &url, "--endpoint", &endpoint, "--access-key", &ak, "--secret-key", &sk]).map(drop)
+        },
+        |()| {
+            s3.purge(&bucket)?;
+            anyhow::ensure!(!s3.buckets()?.contains(&bucket), "the bucket is still there");
+            Ok(())
+        },
+    )?;
+    let err = lost.error();
     assert!(err.contains("NoSuchBucket"), "the error names S3's reason: {err}");
-    assert!(backup_ids(&d)?.is_empty(), "no backup listed");
-    assert!(d.fails(&["snapshot", "inspect", &format!("backup-{backup_id}")])?.contains("does not exist"), "temporary snapshot removed");
     // The undo cannot collect what was uploaded while the bucket is gone: it waits, and
     // nothing recreates the bucket behind the operator's back.
-    let ops = d.json(&["op", "list"])?;
+    let ops = lost.d.json(&["op", "list"])?;
     assert!(ops.as_array().is_some_and(|a| !a.is_empty()), "the undo is pending: {ops}");
     assert!(!s3.buckets()?.contains(&bucket), "the bucket was recreated behind the operator's back");
 
     // The operator makes the bucket again: the undo settles, and the next run completes.
     s3.create_bucket(&bucket)?;
-    d.wait_ops_settled(Duration::from_secs(60))?;
-    let b = d.json(&["backup", "create", "src", "--target", "tg"])?;
-    d.ok(&["backup", "restore", b["id"].as_str().unwrap(), "--to", "r1"])?;
-    assert_eq!(sha256(&image_of(&d, "r1")?)?, sum, "restore after the vanished bucket is byte-identical");
+    lost.d.wait_ops_settled(Duration::from_secs(60))?;
+    lost.next_backup_restores()?;
     s3.purge(&bucket)?;
     Ok(())
 }
