@@ -6,18 +6,14 @@
 //! DeleteObjects, CopyObject (UploadPartCopy in parts above 5 GiB), Get/Put/DeleteObject,
 //! ListMultipartUploads and AbortMultipartUpload.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use aws_sigv4::http_request::{
-    PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest, SigningSettings, UriPathNormalizationMode,
-    sign,
-};
-use aws_sigv4::sign::v4;
 use base64::Engine;
 use elara_driver_sdk::http::{Client, HttpError, RequestBuilder, Response, send_all};
 use elara_driver_sdk::types::DriverError;
 use md5::{Digest, Md5};
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use elara_s3_wire::{ErrorDoc, ListBucketResult, PATH, Payload, QUERY, Signer};
+use percent_encoding::utf8_percent_encode;
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -27,11 +23,6 @@ pub const MAX_COPY_PART: u64 = 5 << 30;
 pub const MIN_COPY_PART: u64 = 5 << 20;
 /// Keys per ListObjectsV2 page and per DeleteObjects call (S3's maximum for both).
 pub const PAGE: usize = 1000;
-
-/// Characters S3 wants percent-encoded in a query value: everything but `A-Z a-z 0-9 - _ . ~`.
-const QUERY: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
-/// In a path, `/` separates key segments and stays as is.
-const PATH: &AsciiSet = &QUERY.remove(b'/');
 
 /// Why an S3 call failed.
 #[derive(Debug, Error)]
@@ -301,30 +292,10 @@ impl S3 {
     /// The signed request, ready to send.
     fn signed(&self, req: &Req<'_>) -> Result<RequestBuilder, S3Error> {
         let url = self.url(req.bucket, req.key, &req.query);
-        let identity =
-            aws_credential_types::Credentials::new(&self.access_key, &self.secret_key, None, None, "elara").into();
-        let mut settings = SigningSettings::default();
-        settings.percent_encoding_mode = PercentEncodingMode::Single;
-        settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
-        settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
-        let signing_error = |e: &dyn std::fmt::Display| S3Error::Signing { op: req.op, reason: e.to_string() };
-        let params = v4::SigningParams::builder()
-            .identity(&identity)
-            .region(&self.region)
-            .name("s3")
-            .time(SystemTime::now())
-            .settings(settings)
-            .build()
-            .map_err(|e| signing_error(&e))?
-            .into();
-        let signable = SignableRequest::new(
-            req.method,
-            &url,
-            req.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-            SignableBody::Bytes(&req.body),
-        )
-        .map_err(|e| signing_error(&e))?;
-        let (instructions, _) = sign(signable, &params).map_err(|e| signing_error(&e))?.into_parts();
+        let signer = Signer { access_key: &self.access_key, secret_key: &self.secret_key, region: &self.region };
+        let signature = signer
+            .headers(req.method, &url, &req.headers, Payload::Bytes(&req.body))
+            .map_err(|reason| S3Error::Signing { op: req.op, reason })?;
 
         let mut client = Client::new();
         if let Some(t) = req.timeout {
@@ -334,7 +305,7 @@ impl S3 {
         for (k, v) in &req.headers {
             builder = builder.header(k, v);
         }
-        for (k, v) in instructions.headers() {
+        for (k, v) in &signature {
             builder = builder.header(k, v);
         }
         if req.method != "GET" && req.method != "HEAD" {
@@ -660,20 +631,8 @@ fn check_status(req: &Req<'_>, resp: Response) -> Result<Response, S3Error> {
     Err(service_error(req.op, req.bucket, resp.status, &resp.body))
 }
 
-/// The error document of a failed call (or one embedded in a 200 reply).
-#[derive(Debug, Deserialize, Default)]
-#[serde(default)]
-struct ErrorDoc {
-    #[serde(rename = "Code")]
-    code: String,
-    #[serde(rename = "Message")]
-    message: String,
-    #[serde(rename = "BucketName")]
-    bucket_name: Option<String>,
-}
-
 fn service_error(op: &'static str, bucket: Option<&str>, status: u16, body: &[u8]) -> S3Error {
-    let doc: ErrorDoc = quick_xml::de::from_reader(body).unwrap_or_default();
+    let doc = ErrorDoc::parse(body);
     let code = if doc.code.is_empty() {
         // HEAD replies and some proxies carry no error document.
         match status {
@@ -727,25 +686,6 @@ struct Buckets {
 struct BucketEntry {
     #[serde(rename = "Name")]
     name: String,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(default)]
-struct ListBucketResult {
-    #[serde(rename = "IsTruncated")]
-    is_truncated: bool,
-    #[serde(rename = "NextContinuationToken")]
-    next_continuation_token: Option<String>,
-    #[serde(rename = "Contents")]
-    contents: Vec<Contents>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Contents {
-    #[serde(rename = "Key")]
-    key: String,
-    #[serde(rename = "Size")]
-    size: u64,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -3,25 +3,17 @@
 //! Bodies are sent `UNSIGNED-PAYLOAD` (integrity comes from the content-addressed block ids, which
 //! every restore and verify checks). Plain `http://` endpoints only for now.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use aws_sigv4::http_request::{
-    PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest, SigningSettings, UriPathNormalizationMode, sign,
-};
-use aws_sigv4::sign::v4;
+use elara_s3_wire::{ErrorDoc, ListBucketResult, PATH, Payload, QUERY, Signer};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
-use serde::Deserialize;
+use percent_encoding::utf8_percent_encode;
 use thiserror::Error;
 
-/// Characters S3 wants percent-encoded in a query value.
-const QUERY: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
-/// In a path, `/` separates key segments.
-const PATH: &AsciiSet = &QUERY.remove(b'/');
 /// Attempts per call: transient failures (connection reset, 5xx) are retried with a short backoff.
 const ATTEMPTS: u32 = 4;
 
@@ -88,31 +80,17 @@ impl S3Client {
 
     /// Sign and send once; any status is returned with its body.
     async fn send_once(&self, op: &'static str, method: &str, url: &str, body: &Bytes) -> Result<(u16, Bytes), S3Error> {
-        let identity = aws_credential_types::Credentials::new(&self.access_key, &self.secret_key, None, None, "elara").into();
-        let mut settings = SigningSettings::default();
-        settings.percent_encoding_mode = PercentEncodingMode::Single;
-        settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
-        settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
-        let signing = |e: &dyn std::fmt::Display| S3Error::Signing { op, reason: e.to_string() };
-        let params = v4::SigningParams::builder()
-            .identity(&identity)
-            .region(&self.region)
-            .name("s3")
-            .time(SystemTime::now())
-            .settings(settings)
-            .build()
-            .map_err(|e| signing(&e))?
-            .into();
-        let signable = SignableRequest::new(method, url, std::iter::empty(), SignableBody::UnsignedPayload).map_err(|e| signing(&e))?;
-        let (instructions, _) = sign(signable, &params).map_err(|e| signing(&e))?.into_parts();
+        let signer = Signer { access_key: &self.access_key, secret_key: &self.secret_key, region: &self.region };
+        let signing = |reason: String| S3Error::Signing { op, reason };
+        let headers = signer.headers(method, url, &[], Payload::Unsigned).map_err(signing)?;
         let mut req = hyper::Request::builder().method(method).uri(url);
-        for (k, v) in instructions.headers() {
+        for (k, v) in &headers {
             req = req.header(k, v);
         }
         if method == "PUT" || method == "POST" {
             req = req.header("content-length", body.len().to_string());
         }
-        let req = req.body(Full::new(body.clone())).map_err(|e| signing(&e))?;
+        let req = req.body(Full::new(body.clone())).map_err(|e| signing(e.to_string()))?;
         let http = |e: &dyn std::fmt::Display| S3Error::Http { op, key: url.to_string(), reason: e.to_string() };
         let resp = tokio::time::timeout(Duration::from_secs(120), self.http.request(req)).await.map_err(|e| http(&e))?.map_err(|e| http(&e))?;
         let status = resp.status().as_u16();
@@ -194,43 +172,17 @@ impl S3Client {
                 return Err(service_error("ListObjectsV2", &self.bucket, status, &body));
             }
             let page: ListBucketResult = quick_xml::de::from_reader(body.as_ref()).map_err(|e| S3Error::Reply { op: "ListObjectsV2", reason: e.to_string() })?;
+            token = page.next_page().map(str::to_string);
             out.extend(page.contents.into_iter().filter_map(|c| c.key.strip_prefix(&self.prefix).map(str::to_string)));
-            match page.next_continuation_token.filter(|t| page.is_truncated && !t.is_empty()) {
-                Some(t) => token = Some(t),
-                None => return Ok(out),
+            if token.is_none() {
+                return Ok(out);
             }
         }
     }
 }
 
 fn service_error(op: &'static str, key: &str, status: u16, body: &[u8]) -> S3Error {
-    let parsed: Option<ErrorDoc> = quick_xml::de::from_reader(body).ok();
-    let (code, message) = parsed.map(|e| (e.code, e.message)).unwrap_or_else(|| (format!("HTTP{status}"), String::new()));
-    S3Error::Service { op, key: key.to_string(), status, code, message }
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(default)]
-struct ErrorDoc {
-    #[serde(rename = "Code")]
-    code: String,
-    #[serde(rename = "Message")]
-    message: String,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(default)]
-struct ListBucketResult {
-    #[serde(rename = "IsTruncated")]
-    is_truncated: bool,
-    #[serde(rename = "NextContinuationToken")]
-    next_continuation_token: Option<String>,
-    #[serde(rename = "Contents")]
-    contents: Vec<Contents>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Contents {
-    #[serde(rename = "Key")]
-    key: String,
+    let doc = ErrorDoc::parse(body);
+    let code = if doc.code.is_empty() { format!("HTTP{status}") } else { doc.code };
+    S3Error::Service { op, key: key.to_string(), status, code, message: doc.message }
 }
