@@ -627,17 +627,8 @@ async fn do_backup(
         reused_blocks: out.reused_blocks,
         base_snapshot: reflink.then(|| snap_name.to_string()),
     };
-    // The record goes into the op first, so a reconciler can finish from a written manifest.
-    if let Some(p) = op.params.as_object_mut() {
-        p.insert("record".into(), serde_json::to_value(&rec).unwrap_or_default());
-    }
-    s.op_step(op, "finalising").await?;
     let body = serde_json::to_vec_pretty(&manifest).map_err(|e| ApiError::internal(e.to_string()))?;
-    target.put(&manifest_key(backup_id), body.into()).await.map_err(target_err)?;
-    s.op_step(op, "manifest-written").await?;
-    faults::point("backup:after-manifest");
-    let rec = BackupRecord { duration_ms: started.elapsed().as_millis() as u64, ..rec };
-    finish_backup(s, op, rec).await
+    commit_backup(s, op, target, body, rec, started).await
 }
 
 /// Back up a file volume: snapshot → a temporary clone of it, mounted read-only on this node →
@@ -742,12 +733,26 @@ async fn do_backup_files(
         reused_blocks: 0,
         base_snapshot: None,
     };
+    // Compact: a file manifest lists every entry.
+    let body = serde_json::to_vec(&manifest).map_err(|e| ApiError::internal(e.to_string()))?;
+    commit_backup(s, op, target, body, rec, started).await
+}
+
+/// The last steps of every backup: the record goes into the op first (so a reconciler can finish
+/// from a written manifest), then the manifest `body`, then the record is committed.
+async fn commit_backup(
+    s: &Elara,
+    op: &mut OpRecord,
+    target: &Target,
+    body: Vec<u8>,
+    rec: BackupRecord,
+    started: std::time::Instant,
+) -> ApiResult<BackupRecord> {
     if let Some(p) = op.params.as_object_mut() {
         p.insert("record".into(), serde_json::to_value(&rec).unwrap_or_default());
     }
     s.op_step(op, "finalising").await?;
-    let body = serde_json::to_vec(&manifest).map_err(|e| ApiError::internal(e.to_string()))?;
-    target.put(&manifest_key(backup_id), body.into()).await.map_err(target_err)?;
+    target.put(&manifest_key(&rec.id), body.into()).await.map_err(target_err)?;
     s.op_step(op, "manifest-written").await?;
     faults::point("backup:after-manifest");
     let rec = BackupRecord { duration_ms: started.elapsed().as_millis() as u64, ..rec };
