@@ -77,8 +77,7 @@ T0=$SECONDS
 say() { echo "cinder.sh: [$((SECONDS - T0))s] $*" >&2; }
 die() { echo "cinder.sh: ERROR: $*" >&2; exit 1; }
 
-# A live process (a zombie counts as gone).
-alive() { [ -n "$1" ] && [ -d "/proc/$1" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/service.sh"   # alive
 pid_of() { cat "$BASE/pids/$1.pid" 2>/dev/null || true; }
 # The recorded pid of service $1, if alive and still the program we started.
 running() {

@@ -54,10 +54,7 @@ install_if_missing() {
   # Debian's package enables a system dockerd; ours is private and needs nothing from it.
 }
 
-# A live process (a zombie counts as gone).
-alive() {
-  [ -d "/proc/$1" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null
-}
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/service.sh"
 
 # The pid in PIDFILE if that process is alive and is a dockerd.
 running_pid() {
@@ -74,17 +71,7 @@ answers() {
 }
 
 # Stop one process by pid: TERM, wait, then KILL.
-stop_pid() {
-  local pid=$1 what=$2
-  kill -TERM "$pid" 2>/dev/null || return 0
-  local deadline=$((SECONDS + STOP_TIMEOUT))
-  while alive "$pid" && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.1; done
-  if alive "$pid"; then
-    echo "docker.sh: $what (pid $pid) ignored TERM for ${STOP_TIMEOUT}s; sending KILL" >&2
-    kill -KILL "$pid" 2>/dev/null || true
-    while alive "$pid"; do sleep 0.1; done
-  fi
-}
+stop_pid() { stop_process "$1" "docker.sh: $2" "$STOP_TIMEOUT"; }
 
 start_dockerd() {
   local args=()

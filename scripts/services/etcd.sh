@@ -40,10 +40,7 @@ install_if_missing() {
   fi
 }
 
-# A live process (a zombie counts as gone).
-alive() {
-  [ -d "/proc/$1" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null
-}
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/service.sh"
 
 # The pid in the pid file, if that process is alive and is an etcd.
 running_pid() {
@@ -105,14 +102,7 @@ stop() {
     rm -f "$PIDFILE"
     return 0
   fi
-  kill -TERM "$pid" 2>/dev/null || true
-  local deadline=$((SECONDS + STOP_TIMEOUT))
-  while alive "$pid" && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.1; done
-  if alive "$pid"; then
-    echo "etcd.sh: etcd (pid $pid) ignored TERM for ${STOP_TIMEOUT}s; sending KILL" >&2
-    kill -KILL "$pid" 2>/dev/null || true
-    while alive "$pid"; do sleep 0.1; done
-  fi
+  stop_process "$pid" "etcd.sh: etcd" "$STOP_TIMEOUT"
   rm -f "$PIDFILE"
 }
 

@@ -55,10 +55,7 @@ install_if_missing() {
   fi
 }
 
-# A live process (a zombie counts as gone).
-alive() {
-  [ -d "/proc/$1" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null
-}
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/service.sh"
 
 # The pid of NAME (ganesha, rpcbind) if it is alive and is the program we started.
 running_pid() {
@@ -160,14 +157,7 @@ start() {
 stop_pid() {
   local name=$1 pid
   pid=$(running_pid "$name") || { rm -f "$DIR/run/$name.pid"; return 0; }
-  kill -TERM "$pid" 2>/dev/null || true
-  local deadline=$((SECONDS + STOP_TIMEOUT))
-  while alive "$pid" && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.1; done
-  if alive "$pid"; then
-    log "$name (pid $pid) ignored TERM for ${STOP_TIMEOUT}s; sending KILL"
-    kill -KILL "$pid" 2>/dev/null || true
-    while alive "$pid"; do sleep 0.1; done
-  fi
+  stop_process "$pid" "nfs.sh: $name" "$STOP_TIMEOUT"
   rm -f "$DIR/run/$name.pid"
 }
 

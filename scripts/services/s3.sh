@@ -70,10 +70,7 @@ install_if_missing() {
   fi
 }
 
-# A live process (a zombie counts as gone).
-alive() {
-  [ -d "/proc/$1" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null
-}
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/service.sh"
 
 # The pid of daemon NAME (mon.a, osd.0, rgw.a) if it is alive and is the Ceph program we started.
 running_pid() {
@@ -247,14 +244,7 @@ start() {
 stop_one() {
   local name=$1 pid
   if pid=$(running_pid "$name"); then
-    kill -TERM "$pid" 2>/dev/null || true
-    local deadline=$((SECONDS + STOP_TIMEOUT))
-    while alive "$pid" && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.1; done
-    if alive "$pid"; then
-      log "$name (pid $pid) ignored TERM for ${STOP_TIMEOUT}s; sending KILL"
-      kill -KILL "$pid" 2>/dev/null || true
-      while alive "$pid"; do sleep 0.1; done
-    fi
+    stop_process "$pid" "s3.sh: $name" "$STOP_TIMEOUT"
   fi
   rm -f "$DIR/run/$name.pid"
 }
