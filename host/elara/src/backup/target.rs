@@ -109,10 +109,14 @@ impl Target {
                     if !top.is_dir() {
                         return Err(gone(&top));
                     }
-                    std::fs::create_dir_all(parent)?;
-                    let tmp = parent.join(format!(".tmp-{}", uuid::Uuid::new_v4()));
-                    std::fs::write(&tmp, &data)?;
-                    std::fs::rename(&tmp, &path)
+                    let write = || {
+                        std::fs::create_dir_all(parent)?;
+                        let tmp = parent.join(format!(".tmp-{}", uuid::Uuid::new_v4()));
+                        std::fs::write(&tmp, &data)?;
+                        std::fs::rename(&tmp, &path)
+                    };
+                    // The target may go between the check and the write: say so, not just ENOENT.
+                    write().map_err(|e| if top.is_dir() { e } else { gone(&top) })
                 })
                 .await
                 .expect("put task")
