@@ -337,9 +337,10 @@ impl Session {
         }
     }
 
-    /// Make every directory of `path` (relative to the root) that is missing, root-owned 0755.
-    pub fn mkdir_all(&mut self, path: &str) -> NfsResult<nfs_fh3> {
-        let mut fh = self.root.clone();
+    /// Make every directory of `path` (relative to the directory `from`) that is missing,
+    /// root-owned 0755; returns the last one's handle.
+    pub fn mkdir_all(&mut self, from: &nfs_fh3, path: &str) -> NfsResult<nfs_fh3> {
+        let mut fh = from.clone();
         for name in components(path) {
             fh = match self.lookup(&fh, name, path)? {
                 Some((next, attr)) if attr.type_ == ftype3::NF3DIR => next,

@@ -202,12 +202,12 @@ struct Conn {
 impl Conn {
     fn open(settings: &NfsSettings) -> Result<Conn, NfsError> {
         let mut session = Session::connect(&settings.endpoint)?;
-        let base = session.mkdir_all(&settings.base)?;
+        let base = session.mkdir_all(&session.root(), &settings.base)?;
+        let meta = session.mkdir_all(&base, META)?;
         for kind in [Kind::Volume, Kind::Snapshot] {
-            session.mkdir_all(&join(&settings.base, kind.trees()))?;
-            session.mkdir_all(&join(&settings.base, &join(META, kind.records())))?;
+            session.mkdir_all(&base, kind.trees())?;
+            session.mkdir_all(&meta, kind.records())?;
         }
-        let meta = session.mkdir_all(&join(&settings.base, META))?;
         debug!("connected to {} export {}", session.server, settings.endpoint.export);
         Ok(Conn { session, settings: settings.clone(), base, meta })
     }
