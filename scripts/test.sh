@@ -53,6 +53,7 @@ if [ -x scripts/scheduler-cinder-venv.sh ]; then
 fi
 
 echo "== tests"
+touch "$WORK/test.started"
 # The host side (default members: store, runtime, scheduler, daemon, conformance, integration
 # tests), then the drivers' and the SDK's own unit tests (lib only: their cdylib is a wasm component).
 cargo test --no-fail-fast 2>&1 | tee "$WORK/test.log"
@@ -62,4 +63,14 @@ cargo test --no-fail-fast --lib -p elara-driver-local -p elara-driver-cinder -p 
 passed=$(grep -oE '^test result: [a-zA-Z]+\. [0-9]+ passed' "$WORK/test.log" | awk '{s+=$4} END {print s+0}')
 failed=$(grep -oE '[0-9]+ failed' "$WORK/test.log" | awk '{s+=$1} END {print s+0}')
 echo "elara: $passed passed, $failed failed"
+if [ "$status" != 0 ]; then
+  # What the services logged as errors during the run, to tell a product bug from a service fault.
+  for s in "${SERVICES[@]}"; do
+    find "$WORK/$s" -type f \( -name '*.log' -o -name '*.stdout' -o -name '*.err' \) -newer "$WORK/test.started" 2>/dev/null |
+      while IFS= read -r log; do
+        errors=$(grep -E 'ERROR|Error|Traceback|FATAL|panic' "$log" | tail -n 15) || continue
+        echo "--- errors in $log (last 15)"; echo "$errors"
+      done
+  done
+fi
 exit "$status"

@@ -26,7 +26,9 @@
 # complete iSCSI details (portal 127.0.0.1:3260, iqn, lun 0, CHAP). Everything above that (API,
 # scheduler, RPC, DB, states, attachments, user messages) is the real Cinder.
 #
-# Keystone too: keystone==30.0.0 (a venv of its own, SQLite, fernet tokens) on 127.0.0.1:5000,
+# Keystone too: keystone==30.0.0 (a venv of its own, fernet tokens) on 127.0.0.1:5000, its
+# database `keystone` in the same MariaDB (not SQLite: concurrent logins that write the user's
+# failed-login count made SQLite answer "database is locked", which Keystone turned into a 500),
 # bootstrapped with an `admin` user, plus a project `elara` whose user `elara` (password, and an
 # application credential) has the admin role there and whose user `elara-member` has the member
 # role only; and a second cinder-api on 127.0.0.1:8777
@@ -44,7 +46,7 @@
 # Env: CINDER_PORT (8776), CINDER_KEYSTONE_PORT (8777), KEYSTONE_PORT (5000), MYSQL_PORT (3306), RABBIT_PORT (5672), RABBIT_DIST_PORT (25672),
 #      EPMD_PORT (4369), CINDER_READY_TIMEOUT (seconds, 180), CINDER_DEBUG (false).
 # Files in DIR: pids/*.pid, logs/ (api, scheduler, volume, rabbit, mysql), etc/cinder.conf,
-#               pools.json, endpoint, keystone/ (keystone.conf, keystone.db, keys, env).
+#               pools.json, endpoint, keystone/ (keystone.conf, keys, env).
 # Timings on 2 cores: ~70 s from nothing, ~15-25 s with packages and venv present.
 set -euo pipefail
 
@@ -59,7 +61,7 @@ VENV=${ELARA_CINDER_VENV:-$ROOT/.work/cinder-stack-venv}
 CINDER_VERSION=29.0.0
 MARK="cinder==$CINDER_VERSION fixtures PyMySQL"
 KS_VENV=${ELARA_KEYSTONE_VENV:-$ROOT/.work/keystone-venv}
-KS_MARK="keystone==30.0.0"
+KS_MARK="keystone==30.0.0 PyMySQL"
 CINDER_PORT=${CINDER_PORT:-8776} MYSQL_PORT=${MYSQL_PORT:-3306}
 CINDER_KEYSTONE_PORT=${CINDER_KEYSTONE_PORT:-8777} KEYSTONE_PORT=${KEYSTONE_PORT:-5000}
 KS_URL=http://127.0.0.1:$KEYSTONE_PORT/v3
@@ -161,7 +163,7 @@ start_keystone() {
 [DEFAULT]
 log_file = $BASE/logs/keystone.log
 [database]
-connection = sqlite:///$ks/keystone.db
+connection = mysql+pymysql://keystone:keystone@127.0.0.1:$MYSQL_PORT/keystone?charset=utf8
 [token]
 provider = fernet
 [fernet_tokens]
@@ -170,7 +172,8 @@ key_repository = $ks/fernet-keys
 key_repository = $ks/credential-keys
 EOF
   manage="$KS_VENV/bin/keystone-manage --config-file $ks/keystone.conf"
-  if [ ! -f "$ks/bootstrapped" ]; then
+  if [ ! -f "$ks/bootstrapped-mariadb" ]; then
+    rm -f "$ks/env"   # the users are made again in this database
     mkdir -p "$ks/fernet-keys" "$ks/credential-keys"
     { $manage db_sync && $manage fernet_setup --keystone-user root --keystone-group root \
         && $manage credential_setup --keystone-user root --keystone-group root \
@@ -179,7 +182,7 @@ EOF
              --bootstrap-region-id RegionOne --bootstrap-admin-url "$KS_URL" --bootstrap-public-url "$KS_URL" \
              --bootstrap-internal-url "$KS_URL"; } \
       >"$BASE/logs/keystone-setup.log" 2>&1 || fail_start "$BASE/logs/keystone-setup.log" "keystone-manage failed"
-    touch "$ks/bootstrapped"
+    touch "$ks/bootstrapped-mariadb"
   fi
   (OS_KEYSTONE_CONFIG_FILES=$ks/keystone.conf KEYSTONE_LISTEN=127.0.0.1:$KEYSTONE_PORT setsid "$KS_VENV/bin/python" "$FILES/keystone_serve.py" \
      >"$BASE/logs/keystone.stdout" 2>&1 </dev/null & echo $! >"$BASE/pids/keystone.pid")
@@ -297,21 +300,23 @@ EOF
       >"$BASE/logs/pip.log" 2>&1 || fail_start "$BASE/logs/pip.log" "pip install of cinder failed"
     echo "$MARK" >"$VENV/.elara-installed"
   fi
-  if [ "$(cat "$KS_VENV/.elara-installed" 2>/dev/null)" != "$KS_MARK" ] || ! "$KS_VENV/bin/python" -W ignore -c 'import keystone.wsgi' 2>/dev/null; then
+  if [ "$(cat "$KS_VENV/.elara-installed" 2>/dev/null)" != "$KS_MARK" ] || ! "$KS_VENV/bin/python" -W ignore -c 'import keystone.wsgi, pymysql' 2>/dev/null; then
     say "creating $KS_VENV with $KS_MARK (~30 s)"
     python3 -m venv --clear "$KS_VENV" >&2
-    "$KS_VENV/bin/pip" install -q -c "$FILES/constraints-cinder29-py311.txt" "$KS_MARK" \
+    "$KS_VENV/bin/pip" install -q -c "$FILES/constraints-cinder29-py311.txt" $KS_MARK \
       >"$BASE/logs/pip-keystone.log" 2>&1 || fail_start "$BASE/logs/pip-keystone.log" "pip install of keystone failed"
     echo "$KS_MARK" >"$KS_VENV/.elara-installed"
   fi
   say "venvs ok ($VENV, $KS_VENV)"
-  start_keystone
 
   mysql_up() { running mysql || return 2; mariadb-admin --socket="$BASE/mysql/run/mysqld.sock" -uroot ping; }
   wait_for 60 mariadb mysql_up || fail_start "$BASE/logs/mysql-error.log" "MariaDB not ready"
   mariadb --socket="$BASE/mysql/run/mysqld.sock" -uroot -e "CREATE DATABASE IF NOT EXISTS cinder;
-    CREATE USER IF NOT EXISTS 'cinder'@'127.0.0.1' IDENTIFIED BY 'cinder'; GRANT ALL ON cinder.* TO 'cinder'@'127.0.0.1';"
+    CREATE USER IF NOT EXISTS 'cinder'@'127.0.0.1' IDENTIFIED BY 'cinder'; GRANT ALL ON cinder.* TO 'cinder'@'127.0.0.1';
+    CREATE DATABASE IF NOT EXISTS keystone;
+    CREATE USER IF NOT EXISTS 'keystone'@'127.0.0.1' IDENTIFIED BY 'keystone'; GRANT ALL ON keystone.* TO 'keystone'@'127.0.0.1';"
   say "mariadb ok"
+  start_keystone
   rabbit_up() {
     running rabbit || return 2; "$VENV/bin/python" -c "import kombu; c=kombu.Connection('amqp://guest:guest@127.0.0.1:$RABBIT_PORT//', connect_timeout=1); c.connect(); c.release()"
   }
