@@ -293,6 +293,19 @@ fn copy_begun(snapshots: &Path) -> bool {
     })
 }
 
+/// The progress the op on `volume` shows once its copy has moved: (bytes done, bytes in all).
+fn copy_progress(d: &Daemon, volume: &str) -> anyhow::Result<(u64, u64)> {
+    let mut seen = None;
+    wait_until(Duration::from_secs(30), Duration::from_millis(5), || {
+        let ops = d.json(&["op", "list"]).unwrap_or_default();
+        let op = ops.as_array().and_then(|ops| ops.iter().find(|op| op["volume"] == volume));
+        let figures = op.map(|op| &op["params"]["progress"]);
+        seen = figures.and_then(|p| Some((p["bytes_done"].as_u64()?, p["bytes_total"].as_u64()?))).filter(|(done, _)| *done > 0);
+        seen.is_some()
+    });
+    seen.with_context(|| format!("no progress of the copy in the op on {volume}:\n{}", d.log_tail()))
+}
+
 /// A volume `vol` of 16 random 32 MiB files, so that copying it takes a while; its directory.
 fn big_volume(rig: &Rig) -> anyhow::Result<PathBuf> {
     rig.daemon.ok(&["volume", "create", "vol", "--size", "4G", "--backend", "nfs"])?;
@@ -404,6 +417,9 @@ fn daemon_killed_mid_copy(store: StoreKind) -> anyhow::Result<()> {
     let snapshots = rig.base().join("snapshots");
     let mut child = snapshot_in_background(&rig.daemon, "s1")?;
     ensure!(copy_begun(&snapshots), "the snapshot's copy never started on the server:\n{}", rig.daemon.log_tail());
+    // The driver reports the copy's progress; the op shows it: bytes of the volume's 512 MiB.
+    let (done, total) = copy_progress(&rig.daemon, "vol")?;
+    ensure!(total == 16 * (32 << 20) && done > 0 && done < total, "snapshot progress: {done} of {total} bytes");
     rig.daemon.kill9();
     let _ = child.wait();
     ensure!(std::fs::read_dir(&snapshots)?.next().is_some(), "no half copy on the server: the kill came too late to test anything");

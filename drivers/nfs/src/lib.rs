@@ -17,8 +17,9 @@
 //! * `pools()` = the export's FSSTAT figures; stats = a walk of the volume's tree (bytes the
 //!   server allocated, entries).
 //! * Snapshots are a copy of the tree made by the driver on the server (READ/WRITE; NFSv3 has no
-//!   server-side copy), keeping modes, owners, times and symbolic links, with progress in the
-//!   log; create-from-snapshot copies back. Hard links become separate files; device nodes,
+//!   server-side copy), keeping modes, owners, times and symbolic links, with progress reported
+//!   to the host (the op's progress, the CLI's bar) and in the log; create-from-snapshot copies
+//!   back. Hard links become separate files; device nodes,
 //!   FIFOs and sockets are left out and counted in the snapshot's record.
 //! * Quota and QoS: a generic NFS export can enforce neither. The size is recorded and reported;
 //!   `info` says both are unsupported, so the host refuses `iops` on these volumes.
@@ -300,6 +301,7 @@ impl Conn {
         info!("copying {src_path} to {dst_path}: {} MiB", total >> 20);
         let mut throttle = Throttle::new(Duration::from_secs(2));
         let mut progress = |done: u64| {
+            elara_driver_sdk::log::progress(done, total);
             if let Some(elapsed) = throttle.due() {
                 let rate = done as f64 / elapsed.as_secs_f64().max(0.001) / 1048576.0;
                 let pct = if total == 0 { 100.0 } else { done as f64 * 100.0 / total as f64 };

@@ -19,7 +19,7 @@ use crate::bindings::{DriverWorld, DriverWorldPre};
 use crate::hostfs::PoolDir;
 use crate::net::{HttpHooks, NetPolicy};
 use crate::runtime::ticks;
-use crate::state::{CapturedStdio, CpuMeter, LogSink, MemoryLimiter, StoreState};
+use crate::state::{CapturedStdio, CpuMeter, LogSink, MemoryLimiter, ProgressFn, StoreState};
 use crate::{
     BackendSpec, CallError, Connection, Driver, DriverError, DriverInfo, Limits, NodeInfo, Pool, Qos,
     Runtime, RuntimeError, Snapshot, SnapshotSpec, Volume, VolumeSpec, VolumeStats,
@@ -83,6 +83,7 @@ impl Sandbox {
             cpu: CpuMeter { used_ticks: 0, budget_ticks: 1, exceeded: false },
             log,
             pool: self.pool.clone(),
+            progress: None,
         };
         let mut store = Store::new(&self.runtime.inner.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -234,8 +235,11 @@ impl std::fmt::Debug for Backend {
 /// as the layers of the call path are built (an allocation is cheaper than the copies).
 macro_rules! driver_call {
     ($self:ident, $op:literal, |$d:ident, $s:ident| $call:expr) => {
+        driver_call!($self, $op, None, |$d, $s| $call)
+    };
+    ($self:ident, $op:literal, $progress:expr, |$d:ident, $s:ident| $call:expr) => {
         $self
-            .call($op, move |mut inst: Instance| Box::pin(async move {
+            .call($op, $progress, move |mut inst: Instance| Box::pin(async move {
                 let r = {
                     let $d = inst.bindings.elara_driver_driver();
                     let $s = &mut inst.store;
@@ -369,13 +373,16 @@ impl Backend {
         }
     }
 
-    async fn call<R, F, Fut>(&self, op: &'static str, f: F) -> Result<R, CallError>
+    /// Run `f` on an idle (or fresh) instance; `progress`, if any, receives what the call reports.
+    async fn call<R, F, Fut>(&self, op: &'static str, progress: Option<ProgressFn>, f: F) -> Result<R, CallError>
     where
         F: FnOnce(Instance) -> Fut,
         Fut: Future<Output = (Instance, wasmtime::Result<R>)>,
     {
-        let inst = self.take_instance().await?;
-        let (inst, r) = self.inner.sandbox.run(op, inst, f).await?;
+        let mut inst = self.take_instance().await?;
+        inst.store.data_mut().progress = progress;
+        let (mut inst, r) = self.inner.sandbox.run(op, inst, f).await?;
+        inst.store.data_mut().progress = None;
         self.release(inst);
         Ok(r)
     }
@@ -405,6 +412,12 @@ impl Backend {
         flat(driver_call!(self, "create-from-snapshot", |d, s| d.call_create_from_snapshot(s, spec, snapshot_id)))
     }
 
+    /// [`Backend::create_from_snapshot`], with the copy's progress (`done`, `total` bytes) handed
+    /// to `progress` as the driver (or the host's `clone-file`) reports it.
+    pub async fn create_from_snapshot_with_progress(&self, spec: &VolumeSpec, snapshot_id: &str, progress: ProgressFn) -> Result<Volume, CallError> {
+        flat(driver_call!(self, "create-from-snapshot", Some(progress), |d, s| d.call_create_from_snapshot(s, spec, snapshot_id)))
+    }
+
     /// Delete a volume (succeeds if it does not exist).
     pub async fn delete(&self, volume_id: &str) -> Result<(), CallError> {
         flat(driver_call!(self, "delete", |d, s| d.call_delete(s, volume_id)))
@@ -418,6 +431,12 @@ impl Backend {
     /// Create a snapshot (idempotent on `spec.id`).
     pub async fn snapshot_create(&self, spec: &SnapshotSpec) -> Result<Snapshot, CallError> {
         flat(driver_call!(self, "snapshot-create", |d, s| d.call_snapshot_create(s, spec)))
+    }
+
+    /// [`Backend::snapshot_create`], with the copy's progress (`done`, `total` bytes) handed to
+    /// `progress` as the driver (or the host's `clone-file`) reports it.
+    pub async fn snapshot_create_with_progress(&self, spec: &SnapshotSpec, progress: ProgressFn) -> Result<Snapshot, CallError> {
+        flat(driver_call!(self, "snapshot-create", Some(progress), |d, s| d.call_snapshot_create(s, spec)))
     }
 
     /// Delete a snapshot (succeeds if it does not exist).

@@ -16,7 +16,7 @@ use cap_std::ambient_authority;
 use cap_std::fs::{Dir, OpenOptions};
 
 use crate::bindings::elara::driver::host::{self, CopyMethod, FsStats};
-use crate::state::StoreState;
+use crate::state::{ProgressFn, StoreState};
 use crate::{DriverError, InvalidField};
 
 /// A backend's pool directory, opened once.
@@ -80,10 +80,11 @@ fn ficlone(dst: &File, src: &File) -> io::Result<()> {
 /// trip through user space, and a server-side or shared-extent copy where the filesystem can).
 /// Returns where it stopped: `end`, or earlier if the kernel cannot copy between these files
 /// (then the caller copies the rest itself).
-fn kernel_copy(src: &File, dst: &File, mut pos: u64, end: u64) -> io::Result<u64> {
+/// `copied` hears the bytes of every step (64 MiB at most, so progress moves).
+fn kernel_copy(src: &File, dst: &File, mut pos: u64, end: u64, copied: &mut dyn FnMut(u64)) -> io::Result<u64> {
     while pos < end {
         let (mut off_in, mut off_out) = (pos as libc::loff_t, pos as libc::loff_t);
-        let want = ((end - pos) as usize).min(1 << 30);
+        let want = ((end - pos) as usize).min(64 << 20);
         // SAFETY: both fds are open; the offsets are ours and the kernel updates them.
         let n = unsafe { libc::copy_file_range(src.as_raw_fd(), &mut off_in, dst.as_raw_fd(), &mut off_out, want, 0) };
         if n < 0 {
@@ -97,14 +98,25 @@ fn kernel_copy(src: &File, dst: &File, mut pos: u64, end: u64) -> io::Result<u64
             return Ok(pos);
         }
         pos += n as u64;
+        copied(n as u64);
     }
     Ok(pos)
 }
 
 /// Copy `src` into the empty `dst`, skipping holes (SEEK_DATA/SEEK_HOLE), then give `dst`
 /// the same length. Data extents are copied by the kernel where it can (`copy_file_range`).
-fn sparse_copy(src: &File, dst: &File) -> io::Result<()> {
-    let len = src.metadata()?.len();
+/// `progress` hears (bytes copied, bytes allocated to `src`) as the copy advances.
+fn sparse_copy(src: &File, dst: &File, progress: Option<&ProgressFn>) -> io::Result<()> {
+    let meta = src.metadata()?;
+    let len = meta.len();
+    let total = (meta.blocks() * 512).min(len);
+    let mut done = 0u64;
+    let mut copied = |n: u64| {
+        done += n;
+        if let Some(report) = progress {
+            report(done.min(total), total);
+        }
+    };
     let fd = src.as_raw_fd();
     let mut buf = vec![];
     let mut off = 0u64;
@@ -124,7 +136,7 @@ fn sparse_copy(src: &File, dst: &File) -> io::Result<()> {
             let hole = unsafe { libc::lseek(fd, data as libc::off_t, libc::SEEK_HOLE) };
             (data, if hole < 0 { len } else { (hole as u64).min(len) })
         };
-        let mut pos = kernel_copy(src, dst, start, end)?;
+        let mut pos = kernel_copy(src, dst, start, end, &mut copied)?;
         if pos < end && buf.is_empty() {
             buf = vec![0u8; 1 << 20];
         }
@@ -136,6 +148,7 @@ fn sparse_copy(src: &File, dst: &File) -> io::Result<()> {
             }
             dst.write_all_at(&buf[..n], pos)?;
             pos += n as u64;
+            copied(n as u64);
         }
         off = end.max(off + 1);
     }
@@ -192,7 +205,8 @@ impl PoolDir {
     }
 
     /// Reflink-or-copy `src` to a new `dst`; `dst` appears only when complete.
-    pub(crate) fn clone_file(&self, src: &str, dst: &str) -> Result<CopyMethod, DriverError> {
+    /// Copy `src` to the new `dst` (reflink, else a sparse copy whose progress goes to `progress`).
+    pub(crate) fn clone_file(&self, src: &str, dst: &str, progress: Option<&ProgressFn>) -> Result<CopyMethod, DriverError> {
         let src_p = check_relative("src", src)?;
         let dst_p = check_relative("dst", dst)?;
         match self.dir.symlink_metadata(dst_p) {
@@ -213,7 +227,7 @@ impl PoolDir {
             let method = match ficlone(&tmp_f, &src_f) {
                 Ok(()) => CopyMethod::Reflink,
                 Err(_) => {
-                    sparse_copy(&src_f, &tmp_f).map_err(|e| DriverError::Backend(format!("copy {src} to {dst}: {e}")))?;
+                    sparse_copy(&src_f, &tmp_f, progress).map_err(|e| DriverError::Backend(format!("copy {src} to {dst}: {e}")))?;
                     CopyMethod::Copy
                 }
             };
@@ -261,7 +275,8 @@ impl host::Host for StoreState {
     }
 
     async fn clone_file(&mut self, src: String, dst: String) -> wasmtime::Result<Result<CopyMethod, DriverError>> {
-        blocking(self.pool(), move |p| p.clone_file(&src, &dst)).await
+        let progress = self.progress.clone();
+        blocking(self.pool(), move |p| p.clone_file(&src, &dst, progress.as_ref())).await
     }
 
     async fn allocated_bytes(&mut self, path: String) -> wasmtime::Result<Result<u64, DriverError>> {
@@ -292,7 +307,7 @@ mod tests {
             ("link", "b", "outside the pool"),
             ("", "b", "empty path"),
         ] {
-            let e = pool.clone_file(src, dst).unwrap_err();
+            let e = pool.clone_file(src, dst, None).unwrap_err();
             assert!(e.message().contains(want), "{src} -> {dst}: {}", e.message());
         }
         assert!(matches!(pool.allocated_bytes("link"), Err(DriverError::Invalid(_))));
@@ -309,16 +324,26 @@ mod tests {
         f.write_all_at(b"head", 0).unwrap();
         f.write_all_at(b"tail", (64 << 20) - 4).unwrap();
         drop(f);
-        let m = pool.clone_file("img", "copy").unwrap();
+        let reports = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = reports.clone();
+        let progress: ProgressFn = Arc::new(move |done, total| sink.lock().unwrap().push((done, total)));
+        let m = pool.clone_file("img", "copy", Some(&progress)).unwrap();
         let a = std::fs::read(d.path().join("img")).unwrap();
         let b = std::fs::read(d.path().join("copy")).unwrap();
         assert!(a == b, "contents differ");
+        let reports = reports.lock().unwrap().clone();
         if m == CopyMethod::Copy {
             // sparse: far less allocated than the 64 MiB length
             assert!(pool.allocated_bytes("copy").unwrap() < 8 << 20);
+            // progress: in order, ending at the source's allocated bytes
+            let allocated = pool.allocated_bytes("img").unwrap();
+            assert_eq!(reports.last(), Some(&(allocated, allocated)), "{reports:?}");
+            assert!(reports.windows(2).all(|w| w[0].0 <= w[1].0 && w[0].1 == w[1].1), "{reports:?}");
+        } else {
+            assert!(reports.is_empty(), "a reflink copies nothing: {reports:?}");
         }
-        assert!(matches!(pool.clone_file("img", "copy"), Err(DriverError::AlreadyExists(_))));
-        assert!(matches!(pool.clone_file("missing", "c2"), Err(DriverError::NotFound(_))));
+        assert!(matches!(pool.clone_file("img", "copy", None), Err(DriverError::AlreadyExists(_))));
+        assert!(matches!(pool.clone_file("missing", "c2", None), Err(DriverError::NotFound(_))));
         let leftovers: Vec<_> = std::fs::read_dir(d.path()).unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .filter(|n| n.starts_with(".elara-tmp")).collect();

@@ -1,5 +1,5 @@
 //! Elara's driver runtime: every storage driver is a WebAssembly component
-//! (`elara:driver@0.1.0`, world `driver-world`, see `wit/driver.wit`) run in a wasmtime sandbox.
+//! (`elara:driver@0.1.1`, world `driver-world`, see `wit/driver.wit`) run in a wasmtime sandbox.
 //!
 //! * [`Runtime`] owns one wasmtime engine (pooling allocator, epoch interruption, a trimmed
 //!   feature set without `component-model-async`) and caches compiled components on disk.
@@ -26,6 +26,7 @@ pub use backend::{Backend, MAX_IDLE_INSTANCES};
 pub use config::{BackendSpec, HostGrant, HostGrantError, Limits, RuntimeConfig};
 pub use error::{CallError, RuntimeError};
 pub use runtime::{Driver, Runtime, WIT_VERSION};
+pub use state::ProgressFn;
 
 pub use bindings::elara::driver::host::{CopyMethod, FsStats};
 pub use bindings::elara::driver::log::Level as LogLevel;

@@ -15,9 +15,9 @@ use crate::bindings::{DriverWorld, DriverWorldPre};
 use crate::state::StoreState;
 use crate::{BackendSpec, CallError, DriverInfo, Limits, RuntimeConfig, RuntimeError};
 
-/// The WIT package version this runtime implements (`elara:driver@0.1.0`); drivers of any
-/// `0.1.x` load.
-pub const WIT_VERSION: &str = "0.1.0";
+/// The WIT package version this runtime implements (`elara:driver@0.1.1`); drivers of any
+/// `0.1.x` load (wasmtime links a `0.1.0` import to these `0.1.1` definitions).
+pub const WIT_VERSION: &str = "0.1.1";
 
 /// The driver runtime: one wasmtime engine (pooling allocator, epoch interruption), one linker
 /// with WASI p2, `wasi:http` and the `elara:driver` host imports, and an epoch ticker thread.

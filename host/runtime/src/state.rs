@@ -28,7 +28,13 @@ pub(crate) struct StoreState {
     pub(crate) log: Arc<Mutex<LogSink>>,
     /// `None` in the configuration-less sandbox that answers `info` at load time.
     pub(crate) pool: Option<Arc<PoolDir>>,
+    /// Where the current call's progress goes (the `progress` import, and the host's own copies
+    /// in `clone-file`); set for the length of one call.
+    pub(crate) progress: Option<ProgressFn>,
 }
+
+/// Receives a call's progress: `(done, total)` bytes. See [`crate::Backend::snapshot_create_with_progress`].
+pub type ProgressFn = Arc<dyn Fn(u64, u64) + Send + Sync>;
 
 impl WasiView for StoreState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
@@ -232,6 +238,13 @@ impl LogSink {
 impl log::Host for StoreState {
     fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
         self.log.lock().unwrap().emit(level, "log", &message);
+        Ok(())
+    }
+
+    fn progress(&mut self, done: u64, total: u64) -> wasmtime::Result<()> {
+        if let Some(report) = &self.progress {
+            report(done.min(total), total);
+        }
         Ok(())
     }
 }

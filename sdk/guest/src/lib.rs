@@ -1,7 +1,7 @@
 //! # elara-driver-sdk: write Elara storage drivers
 //!
 //! An Elara storage driver is a WebAssembly component (`wasm32-wasip2`) that implements the WIT
-//! contract in `wit/driver.wit` (package `elara:driver@0.1.0`, world `driver-world`). This crate
+//! contract in `wit/driver.wit` (package `elara:driver@0.1.1`, world `driver-world`). This crate
 //! gives a driver author everything needed on the guest side:
 //!
 //! - the generated bindings of the contract, re-exported at [`types`] (records, variants, flags),

@@ -1,7 +1,6 @@
 //! `elara backup ...`: targets, create, list, inspect, delete, restore, verify. Long jobs are
 //! polled over REST and drawn as an `indicatif` progress bar (phase, bytes, rate, ETA).
 
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
@@ -110,24 +109,16 @@ fn table(out: Output, rows: &Value, cols: &[(&str, &str)]) {
 
 /// Poll a job until it ends, drawing a progress bar on a terminal; returns the final job.
 async fn follow(c: &Client, job: Value) -> anyhow::Result<Value> {
-    use indicatif::{ProgressBar, ProgressStyle};
+    use crate::cli::progress;
     let id = job["id"].as_str().context("the daemon's answer has no job id")?.to_string();
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template("{msg:>12} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}")
-            .expect("template")
-            .progress_chars("=> "),
-    );
+    let bar = progress::bar();
     let mut job = job;
     loop {
-        let p = &job["progress"];
-        bar.set_length(p["bytes_total"].as_u64().unwrap_or(0));
-        bar.set_position(p["bytes_done"].as_u64().unwrap_or(0));
-        bar.set_message(p["phase"].as_str().unwrap_or("").to_string());
+        progress::draw(&bar, &job["progress"]);
         if job["state"] != "running" {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(progress::REFRESH).await;
         job = c.get(&format!("/v1/backup-jobs/{}", enc(&id))).await?;
     }
     bar.finish_and_clear();

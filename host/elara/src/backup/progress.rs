@@ -1,7 +1,8 @@
-//! Live progress of a backup job (backup, restore or verify): phase, bytes, blocks, rate, ETA.
-//! Workers bump atomics; [`Progress::view`] turns them into the figures REST and the CLI show.
+//! Live progress of a long operation (a backup job: backup, restore or verify; a snapshot's or a
+//! clone's copy in a driver): phase, bytes, blocks, rate, ETA. Workers bump atomics;
+//! [`Progress::view`] turns them into the figures REST and the CLI show.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
@@ -43,7 +44,8 @@ impl Default for Progress {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ProgressView {
     /// `snapshotting`, `cloning` and `mounting` (file volumes), `scanning`, `uploading`,
-    /// `finalising`; `creating`, `downloading` (restore); `verifying`; `done`.
+    /// `finalising`; `creating`, `downloading` (restore); `verifying`; `done`. A snapshot's or a
+    /// clone's copy in a driver: `copying`.
     pub phase: String,
     /// Bytes of volume data (block backups) or of file content (file backups).
     pub bytes_done: u64,
@@ -74,6 +76,25 @@ impl Progress {
     pub fn add_transferred(&self, bytes: u64) {
         self.bytes_transferred.fetch_add(bytes, Relaxed);
         self.blocks_transferred.fetch_add(1, Relaxed);
+    }
+
+    /// Forget the bytes counted so far (a new phase that counts its own).
+    pub fn reset_bytes(&self) {
+        self.bytes_done.store(0, Relaxed);
+        self.bytes_total.store(0, Relaxed);
+    }
+
+    /// A sink for a driver call's progress (`done` of `total` bytes): it sets this progress's
+    /// bytes, and passes the figures on to `also` if given.
+    pub fn sink(self: &Arc<Self>, also: Option<elara_runtime::ProgressFn>) -> elara_runtime::ProgressFn {
+        let me = self.clone();
+        Arc::new(move |done, total| {
+            me.bytes_total.store(total, Relaxed);
+            me.bytes_done.store(done, Relaxed);
+            if let Some(f) = &also {
+                f(done, total);
+            }
+        })
     }
 
     pub fn view(&self) -> ProgressView {

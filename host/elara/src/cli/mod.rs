@@ -2,6 +2,7 @@
 //! the daemon's REST API over its unix socket.
 
 pub mod client;
+pub mod progress;
 
 use std::path::PathBuf;
 
@@ -339,7 +340,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Backup(cmd) => crate::backup::cli::run(&c, out, cmd).await?,
         Command::Snapshot(cmd) => match cmd {
             SnapshotCmd::Create { volume, name } => {
-                show(out, &c.post::<Value>("/v1/snapshots", &json!({ "volume": volume, "name": name })).await?)
+                let body = json!({ "volume": &volume, "name": name });
+                show(out, &progress::while_copying(&c, &volume, c.post::<Value>("/v1/snapshots", &body)).await?)
             }
             SnapshotCmd::List { volume } => {
                 let q = volume.map(|v| format!("?volume={}", enc(&v))).unwrap_or_default();
@@ -347,10 +349,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             SnapshotCmd::Inspect { name } => show(out, &c.get::<Value>(&format!("/v1/snapshots/{}", enc(&name))).await?),
             SnapshotCmd::Delete { name } => c.delete(&format!("/v1/snapshots/{}", enc(&name))).await?,
-            SnapshotCmd::Restore { name, to, size } => show(
-                out,
-                &c.post::<Value>(&format!("/v1/snapshots/{}/restore", enc(&name)), &json!({ "volume": to, "size": size })).await?,
-            ),
+            SnapshotCmd::Restore { name, to, size } => {
+                let (path, body) = (format!("/v1/snapshots/{}/restore", enc(&name)), json!({ "volume": &to, "size": size }));
+                show(out, &progress::while_copying(&c, &to, c.post::<Value>(&path, &body)).await?)
+            }
         },
         Command::Driver(cmd) => match cmd {
             DriverCmd::Install { file, name, upgrade } => {
@@ -433,13 +435,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn volume(c: &Client, out: Output, cmd: VolumeCmd) -> anyhow::Result<()> {
     match cmd {
         VolumeCmd::Create(a) => {
+            let name = a.name.clone();
             let body = json!({
                 "name": a.name, "size": a.size, "backend": a.backend, "driver": a.driver, "pool": a.pool,
                 "labels": pairs("label", &a.labels)?.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
                 "fs": a.fs, "snapshot": a.snapshot, "iops": a.iops, "type": a.volume_type,
                 "specs": split_specs(&a.specs)?.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
             });
-            show(out, &c.post::<Value>("/v1/volumes", &body).await?)
+            show(out, &progress::while_copying(c, &name, c.post::<Value>("/v1/volumes", &body)).await?)
         }
         VolumeCmd::List { backend, labels } => {
             let mut q = vec![];

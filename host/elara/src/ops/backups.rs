@@ -184,22 +184,6 @@ where
     Ok(job.snapshot())
 }
 
-/// Copy a job's progress into its op record every second (CAS: never overwrites a newer step).
-fn persist_progress(s: &Shared, op_id: String, progress: Arc<Progress>) -> tokio::task::JoinHandle<()> {
-    let s = s.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            let Ok(Some(cur)) = s.get::<OpRecord>(&keys::op(&op_id)).await else { return };
-            let mut op = cur.value;
-            if let Some(p) = op.params.as_object_mut() {
-                p.insert("progress".into(), serde_json::to_value(progress.view()).unwrap_or_default());
-            }
-            let _ = s.txn(vec![rev(keys::op(&op_id), cur.revision)], vec![put(keys::op(&op_id), &op)]).await;
-        }
-    })
-}
-
 impl Elara {
     // ---- targets -------------------------------------------------------------------------
 
@@ -515,12 +499,12 @@ pub async fn start_backup(s: Shared, req: CreateBackup) -> ApiResult<JobView> {
     let job = new_job(&op.id, "backup", &vol.name, Some(&backup_id));
     let (s2, j2) = (s.clone(), job.clone());
     run_job(job, req.wait, async move {
-        let ticker = persist_progress(&s2, op.id.clone(), j2.progress.clone());
+        let ticker = s2.persist_progress(&op.id, j2.progress.clone());
         let r = match kind {
             BackupKind::Block => do_backup(&s2, &mut op, &vol, &req.target, &target, &backup_id, &snap_name, j2.progress.clone()).await,
             BackupKind::Files => do_backup_files(&s2, &mut op, &vol, &req.target, &target, &backup_id, &snap_name, j2.progress.clone()).await,
         };
-        ticker.abort();
+        drop(ticker);
         match r {
             Ok(rec) => Ok(serde_json::to_value(rec).unwrap_or_default()),
             Err(e) => {
@@ -549,7 +533,9 @@ async fn do_backup(
 ) -> ApiResult<BackupRecord> {
     let started = std::time::Instant::now();
     progress.phase("snapshotting");
-    let snap = s.create_snapshot(super::snapshots::CreateSnapshot { volume: vol.name.clone(), name: Some(snap_name.to_string()) }).await?;
+    let req = super::snapshots::CreateSnapshot { volume: vol.name.clone(), name: Some(snap_name.to_string()) };
+    let snap = s.create_snapshot_reporting(req, Some(progress.sink(None))).await?;
+    progress.reset_bytes();
     faults::point("backup:after-snapshot");
     s.op_step(op, "uploading").await?;
     let image = s.image_path(&snap.backend, snap.backend_ref.as_deref(), &format!("snapshot {snap_name}"))?;
@@ -648,7 +634,8 @@ async fn do_backup_files(
     progress.phase("snapshotting");
     // Before the snapshot starts: a file with an older mtime cannot have changed after it.
     let snapshot_at = now();
-    let snap = s.create_snapshot(super::snapshots::CreateSnapshot { volume: vol.name.clone(), name: Some(snap_name.to_string()) }).await?;
+    let req = super::snapshots::CreateSnapshot { volume: vol.name.clone(), name: Some(snap_name.to_string()) };
+    let snap = s.create_snapshot_reporting(req, Some(progress.sink(None))).await?;
     faults::point("backup:after-snapshot");
 
     // The clone's name goes into the op before it exists, so an undo finds it (by its label).
@@ -660,7 +647,10 @@ async fn do_backup_files(
     progress.phase("cloning");
     let mut labels = BTreeMap::new();
     labels.insert(TEMP_LABEL.to_string(), op.id.clone());
-    s.create_volume(CreateVolume { name: temp.clone(), snapshot: Some(snap_name.to_string()), labels, ..Default::default() }).await?;
+    progress.reset_bytes();
+    let req = CreateVolume { name: temp.clone(), snapshot: Some(snap_name.to_string()), labels, ..Default::default() };
+    s.create_volume_reporting(req, Some(progress.sink(None))).await?;
+    progress.reset_bytes();
     let clone = s.lock_for_job(&temp, &op.id).await?;
     progress.phase("mounting");
     let mounted = s.attach_private(&clone, true).await?;
@@ -839,9 +829,9 @@ pub async fn start_restore(s: Shared, backup_id: String, req: RestoreBackup) -> 
     let job = new_job(&op.id, "restore", &req.volume, Some(&b.id));
     let (s2, j2) = (s.clone(), job.clone());
     run_job(job, req.wait, async move {
-        let ticker = persist_progress(&s2, op.id.clone(), j2.progress.clone());
+        let ticker = s2.persist_progress(&op.id, j2.progress.clone());
         let r = do_restore(&s2, &mut op, &b, &target, &req, j2.progress.clone()).await;
-        ticker.abort();
+        drop(ticker);
         match r {
             Ok(vol) => Ok(serde_json::to_value(vol).unwrap_or_default()),
             Err(e) => {

@@ -25,6 +25,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::attach::Attacher;
+use crate::backup::progress::Progress;
 use crate::config::Config;
 use crate::error::{ApiError, ApiResult};
 use crate::model::{OpKind, OpRecord, SCHEMA, keys, now};
@@ -96,6 +97,44 @@ impl Elara {
     /// Run a transaction; `false` if a compare failed.
     pub async fn txn(&self, compares: Vec<Compare>, ops: Vec<Op>) -> ApiResult<bool> {
         Ok(self.store.txn(Txn { compares, ops }).await?.succeeded)
+    }
+
+    /// Copy `progress` into the op record's `params.progress` while a long step runs, so
+    /// `GET /v1/ops` (and the CLI's progress bar) show it from any daemon: soon after it moves,
+    /// then at most twice a second. A CAS on the record's revision: it never overwrites a newer
+    /// step, and stops once the op is gone. The ticker ends when the returned guard is dropped.
+    pub fn persist_progress(&self, op_id: &str, progress: Arc<Progress>) -> ProgressTicker {
+        use std::time::{Duration, Instant};
+        let (store, key) = (self.store.clone(), keys::op(op_id));
+        ProgressTicker(tokio::spawn(async move {
+            let mut written: Option<(Instant, String, u64)> = None;
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let view = progress.view();
+                let unchanged = written.as_ref().is_some_and(|(at, phase, done)| {
+                    (*phase == view.phase && *done == view.bytes_done) || at.elapsed() < Duration::from_millis(500)
+                });
+                if unchanged {
+                    continue;
+                }
+                let Ok(Some(cur)) = store.get_json::<OpRecord>(&key).await else { return };
+                let mut op = cur.value;
+                if let Some(p) = op.params.as_object_mut() {
+                    p.insert("progress".into(), serde_json::to_value(&view).unwrap_or_default());
+                }
+                let _ = store.txn(Txn { compares: vec![rev(key.clone(), cur.revision)], ops: vec![put(key.clone(), &op)] }).await;
+                written = Some((Instant::now(), view.phase, view.bytes_done));
+            }
+        }))
+    }
+}
+
+/// Stops a [`Elara::persist_progress`] ticker when dropped.
+pub struct ProgressTicker(tokio::task::JoinHandle<()>);
+
+impl Drop for ProgressTicker {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -1,13 +1,16 @@
 //! Snapshots: create (crash-consistent: a mounted filesystem is frozen while the driver copies),
 //! list, inspect, delete. Restoring is `create_volume` with `snapshot`.
 
-use elara_runtime::{Features, SnapshotSpec};
+use std::sync::Arc;
+
+use elara_runtime::{Features, ProgressFn, SnapshotSpec};
 use elara_store::StoreExt;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::attachments::run;
 use super::{Elara, absent, del, faults, put, raced, rev};
+use crate::backup::progress::Progress;
 use crate::error::{ApiError, ApiResult};
 use crate::model::*;
 use crate::validate::check_name;
@@ -21,6 +24,12 @@ pub struct CreateSnapshot {
 
 impl Elara {
     pub async fn create_snapshot(&self, req: CreateSnapshot) -> ApiResult<SnapshotRecord> {
+        self.create_snapshot_reporting(req, None).await
+    }
+
+    /// [`Elara::create_snapshot`]; the driver's copy progress is in the op record
+    /// (`params.progress`) and also goes to `report` (a backup job's own progress).
+    pub(crate) async fn create_snapshot_reporting(&self, req: CreateSnapshot, report: Option<ProgressFn>) -> ApiResult<SnapshotRecord> {
         let name = req.name.clone().unwrap_or_else(|| format!("{}-{}", req.volume, now()));
         check_name("name", &name)?;
         let skey = keys::snapshot(&name);
@@ -93,7 +102,11 @@ impl Elara {
         };
         faults::point("snapshot:after-freeze");
         let spec = SnapshotSpec { id: snap.id.clone(), volume_id: vol.id.clone(), name: name.clone() };
-        let made = backend.snapshot_create(&spec).await;
+        let progress = Arc::new(Progress::default());
+        progress.phase("copying");
+        let ticker = self.persist_progress(&op.id, progress.clone());
+        let made = backend.snapshot_create_with_progress(&spec, progress.sink(report)).await;
+        drop(ticker);
         if let Some(mp) = &frozen {
             thaw(mp).await;
         }

@@ -1,14 +1,16 @@
 //! Volume lifecycle: create (optionally from a snapshot), inspect, list, delete, resize.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use elara_runtime::{Features, Qos, VolumeSpec};
+use elara_runtime::{Features, ProgressFn, Qos, VolumeSpec};
 use elara_store::StoreExt;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::placement::PlaceRequest;
 use super::{Elara, absent, del, faults, put, raced, rev};
+use crate::backup::progress::Progress;
 use crate::error::{ApiError, ApiResult};
 use crate::model::*;
 use crate::validate::{check_name, parse_size};
@@ -52,6 +54,12 @@ pub const DEFAULT_SIZE: u64 = 1 << 30;
 
 impl Elara {
     pub async fn create_volume(&self, req: CreateVolume) -> ApiResult<VolumeRecord> {
+        self.create_volume_reporting(req, None).await
+    }
+
+    /// [`Elara::create_volume`]; when it copies a snapshot, the driver's progress is in the op
+    /// record (`params.progress`) and also goes to `report` (a backup job's own progress).
+    pub(crate) async fn create_volume_reporting(&self, req: CreateVolume, report: Option<ProgressFn>) -> ApiResult<VolumeRecord> {
         check_name("name", &req.name)?;
         for (k, _) in &req.labels {
             if k.is_empty() || k.len() > 256 {
@@ -168,7 +176,12 @@ impl Elara {
             qos: qos.map(|q| Qos { iops: q.iops, bandwidth_bytes_per_sec: q.bandwidth_bytes_per_sec }),
         };
         let made = match &source {
-            Some(snap) => backend.create_from_snapshot(&spec, &snap.id).await,
+            Some(snap) => {
+                let progress = Arc::new(Progress::default());
+                progress.phase("copying");
+                let _ticker = self.persist_progress(&op.id, progress.clone());
+                backend.create_from_snapshot_with_progress(&spec, &snap.id, progress.sink(report)).await
+            }
             None => backend.create(&spec).await,
         };
         let made = match made {
