@@ -407,6 +407,55 @@ fn protocol_etcd() -> anyhow::Result<()> {
     protocol(StoreKind::Etcd)
 }
 
+/// dockerd retries a Create whose answer it lost. A retry that arrives while the first attempt is
+/// still creating the volume (held after its intent by `ELARA_PAUSE_AT`) waits for it and answers
+/// as it ends, rather than claiming success for a volume that may yet fail; one volume results.
+fn create_retry_waits_for_the_first_attempt(store: StoreKind) -> anyhow::Result<()> {
+    let pause = work_dir().join(unique("pause"));
+    std::fs::write(&pause, b"")?;
+    let reached = pause.with_extension("reached");
+    let at = format!("create:after-intent={}", pause.display());
+    let r = Rig::start(store, &[], &[("ELARA_PAUSE_AT", &at)])?;
+    let create = || r.plugin.call("VolumeDriver.Create", &json!({"Name": "r1", "Opts": {"size": "64M"}}));
+    let released = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let first = scope.spawn(create);
+        wait_until("the first create to reach its pause", Duration::from_secs(60), || Ok(reached.exists()))?;
+        let retry = scope.spawn(|| (create(), released.load(std::sync::atomic::Ordering::SeqCst)));
+        // A wrong answer (success before the first attempt ends) comes at once; give it 2 s.
+        let answered_early = wait_until("an early answer to the retry", Duration::from_secs(2), || Ok(retry.is_finished())).is_ok();
+        released.store(true, std::sync::atomic::Ordering::SeqCst);
+        std::fs::remove_file(&pause)?;
+        let (answer, after_release) = retry.join().expect("retry thread");
+        let answer = answer?;
+        ensure!(!answered_early && after_release, "the retry was answered while the first create was still running: {answer}");
+        ensure!(answer["Err"].as_str().is_none_or(str::is_empty), "retry: {answer}");
+        let first = first.join().expect("first thread")?;
+        ensure!(first["Err"].as_str().is_none_or(str::is_empty), "first create: {first}");
+        Ok(())
+    })?;
+    let vols = r.d.json(&["volume", "list"])?;
+    let vols = vols.as_array().context("volume list")?;
+    ensure!(vols.len() == 1 && vols[0]["name"] == "r1" && vols[0]["state"] == "available", "volumes: {vols:?}");
+    Ok(())
+}
+
+#[test]
+fn create_retry_waits_for_the_first_attempt_embedded() -> anyhow::Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    create_retry_waits_for_the_first_attempt(StoreKind::Embedded)
+}
+
+#[test]
+fn create_retry_waits_for_the_first_attempt_etcd() -> anyhow::Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    create_retry_waits_for_the_first_attempt(StoreKind::Etcd)
+}
+
 // ---------------------------------------------------------------------------------------------
 
 /// dockerd restarted with `--live-restore` while a container uses the volume: the container keeps

@@ -41,7 +41,7 @@ use tokio::sync::watch;
 
 use crate::attach::mountinfo;
 use crate::error::{ApiError, ApiResult};
-use crate::model::{AttachmentRecord, AttachmentState, VolumeRecord, keys, now};
+use crate::model::{AttachmentRecord, AttachmentState, VolumeRecord, VolumeState, keys, now};
 use crate::ops::Shared;
 use crate::ops::volumes::CreateVolume;
 
@@ -60,6 +60,9 @@ pub const RECLAIM_GRACE_SECS: i64 = 60;
 
 /// How often the reclaim sweep runs.
 const RECLAIM_EVERY: Duration = Duration::from_secs(30);
+
+/// How long a retried Create waits for the earlier attempt still creating the volume.
+const RETRY_WAIT: Duration = Duration::from_secs(120);
 
 /// Test and tuning knob: grace and period of the reclaim sweep in seconds, `0` for off.
 pub const RECLAIM_ENV: &str = "ELARA_DOCKER_RECLAIM_SECS";
@@ -252,16 +255,47 @@ async fn create(State(state): State<PluginState>, body: Bytes) -> Response {
         Ok(c) => c,
         Err(e) => return err(e),
     };
-    // dockerd retries: an existing volume of that name is this create's earlier success.
-    match s.store.get(&keys::volume(&req.name)).await {
-        Ok(Some(_)) => return ok(),
+    // dockerd retries a Create whose answer it lost: an earlier attempt's volume answers it,
+    // once that attempt has settled (gone again: it failed and was undone, so create anew).
+    match settled(&s, &req.name).await {
+        Ok(Some(v)) => return earlier_attempt(&v),
         Ok(None) => {}
-        Err(e) => return err(ApiError::from(e)),
+        Err(e) => return err(e),
     }
     match s.create_volume(create).await {
         Ok(_) => ok(),
-        Err(e) if e.status == 409 && e.field.as_deref() == Some("name") => ok(),
+        // An attempt running at the same time made the record first: its outcome is ours.
+        Err(e) if e.status == 409 && e.field.as_deref() == Some("name") => match settled(&s, &req.name).await {
+            Ok(Some(v)) => earlier_attempt(&v),
+            Ok(None) => err(e),
+            Err(e) => err(e),
+        },
         Err(e) => err(e),
+    }
+}
+
+/// The answer to a Create of a volume an earlier attempt made (see [`settled`]).
+fn earlier_attempt(v: &VolumeRecord) -> Response {
+    match v.state {
+        VolumeState::Available => ok(),
+        VolumeState::Error => err(format!("volume {:?} failed: {}", v.name, v.error.as_deref().unwrap_or("see the daemon's log"))),
+        VolumeState::Deleting => err(format!("volume {:?} is being deleted; try again when it is gone", v.name)),
+        VolumeState::Creating => err(format!("volume {:?} is still being created by an earlier request after {RETRY_WAIT:?}; try again", v.name)),
+    }
+}
+
+/// The volume `name` once no create of it is in flight (waiting at most [`RETRY_WAIT`]), or
+/// `None` if there is none.
+async fn settled(s: &Shared, name: &str) -> ApiResult<Option<VolumeRecord>> {
+    let deadline = tokio::time::Instant::now() + RETRY_WAIT;
+    loop {
+        let v = s.get::<VolumeRecord>(&keys::volume(name)).await?.map(|r| r.value);
+        match v {
+            Some(v) if v.state == VolumeState::Creating && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => return Ok(other),
+        }
     }
 }
 
