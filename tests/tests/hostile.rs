@@ -353,6 +353,41 @@ async fn a_call_that_never_returns_times_out_without_blocking_others() {
     still_serves(&hostile).await;
 }
 
+/// A call that reports advancing progress may outlast its CPU budget and wall-clock timeout:
+/// they bound the time between advances. Once the reports stop, or when they do not advance, the
+/// limits stop it as they stop any other call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_renews_the_limits_and_a_stall_is_still_stopped() {
+    let w = World::new().await;
+    let (budget, timeout) = (Duration::from_secs(1), Duration::from_secs(2));
+    let hostile = w.hostile("hostile-work", vec![], vec![], Limits { cpu_budget: budget, call_timeout: timeout, ..Limits::default() }).await;
+    let work = |labels: &[(&str, &str)]| {
+        let (hostile, spec) = (hostile.clone(), volume("w", "work", labels));
+        async move { hostile.create(&spec).await }
+    };
+
+    // 4 s of guest CPU, and 4 s asleep in the host, each reporting every 100 ms: both finish.
+    for spin in ["1", "0"] {
+        let v = work(&[("secs", "4"), ("spin", spin)]).await.unwrap_or_else(|e| panic!("spin={spin}: {e}"));
+        assert_eq!(v.backend_ref, "DONE: worked 4 s");
+    }
+    // Reports stop after 1 s: the budget (spinning) or the timeout (sleeping) stops the call.
+    match work(&[("secs", "6"), ("spin", "1"), ("report_for", "1")]).await {
+        Err(CallError::CpuBudget { budget: b, .. }) => assert_eq!(b, budget),
+        other => panic!("a spin that stopped reporting: expected the CPU budget, got {other:?}"),
+    }
+    match work(&[("secs", "6"), ("spin", "0"), ("report_for", "1")]).await {
+        Err(CallError::Timeout { after, .. }) => assert_eq!(after, timeout),
+        other => panic!("a sleep that stopped reporting: expected the timeout, got {other:?}"),
+    }
+    // Reports that never advance renew nothing.
+    match work(&[("secs", "6"), ("spin", "1"), ("step", "0")]).await {
+        Err(CallError::CpuBudget { .. }) => {}
+        other => panic!("progress that does not advance: expected the CPU budget, got {other:?}"),
+    }
+    still_serves(&hostile).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_is_reported_with_its_message() {
     let w = World::new().await;

@@ -440,7 +440,7 @@ impl Guest for NfsDriver {
                 (
                     "snapshot-method".into(),
                     "a copy of the tree on the server, made by the driver (READ/WRITE; NFSv3 has no server-side copy): \
-                     its time grows with the data, so raise the backend's --call-timeout (default 5 min) for big volumes"
+                     its time grows with the data; it reports progress, so the call's limits bound a stall, not its length"
                         .into(),
                 ),
                 ("quota".into(), "not supported: the size is recorded and reported, not enforced by NFS".into()),

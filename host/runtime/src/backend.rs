@@ -19,7 +19,7 @@ use crate::bindings::{DriverWorld, DriverWorldPre};
 use crate::hostfs::PoolDir;
 use crate::net::{HttpHooks, NetPolicy};
 use crate::runtime::ticks;
-use crate::state::{CapturedStdio, CpuMeter, LogSink, MemoryLimiter, ProgressFn, StoreState};
+use crate::state::{Advance, CapturedStdio, CpuMeter, LogSink, MemoryLimiter, ProgressFn, StoreState};
 use crate::{
     BackendSpec, CallError, Connection, Driver, DriverError, DriverInfo, Limits, NodeInfo, Pool, Qos,
     Runtime, RuntimeError, Snapshot, SnapshotSpec, Volume, VolumeSpec, VolumeStats,
@@ -84,6 +84,7 @@ impl Sandbox {
             log,
             pool: self.pool.clone(),
             progress: None,
+            advance: Arc::new(Mutex::new(Advance::new())),
         };
         let mut store = Store::new(&self.runtime.inner.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -124,6 +125,7 @@ impl Sandbox {
 
     fn begin_call(&self, store: &mut Store<StoreState>) {
         store.data_mut().cpu = CpuMeter { used_ticks: 0, budget_ticks: self.budget_ticks, exceeded: false };
+        *store.data().advance.lock().unwrap() = Advance::new();
         store.data().log.lock().unwrap().reset();
         store.set_epoch_deadline(1);
     }
@@ -135,6 +137,7 @@ impl Sandbox {
         Fut: Future<Output = (Instance, wasmtime::Result<R>)>,
     {
         self.begin_call(&mut inst.store);
+        let advance = inst.store.data().advance.clone();
         let started = tracing::enabled!(target: "driver", tracing::Level::TRACE).then(Instant::now);
         let mut call = std::pin::pin!(f(inst));
         // Most calls finish on their first poll (no host I/O, no epoch yield) and need no
@@ -142,26 +145,45 @@ impl Sandbox {
         // under the wall-clock limit from there (late by at most one epoch tick of guest time).
         let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
         let outcome = match first {
-            Poll::Ready(r) => Ok(r),
+            Poll::Ready(r) => Some(r),
             // Boxed so the timer does not grow (and get copied with) every call's future.
-            Poll::Pending => Box::pin(tokio::time::timeout(self.limits.call_timeout, call)).await,
+            Poll::Pending => Box::pin(self.within_call_timeout(call, &advance)).await,
         };
         match outcome {
-            Err(_) => {
+            None => {
                 tracing::warn!(target: "driver", backend = %self.name, op, timeout = ?self.limits.call_timeout,
                     "driver call timed out; instance discarded");
                 Err(CallError::Timeout { backend: self.name.to_string(), after: self.limits.call_timeout })
             }
-            Ok((inst, Ok(r))) => {
+            Some((inst, Ok(r))) => {
                 if let Some(started) = started {
                     tracing::trace!(target: "driver", backend = %self.name, op, elapsed = ?started.elapsed(), "driver call");
                 }
                 Ok((inst, r))
             }
-            Ok((inst, Err(e))) => {
+            Some((inst, Err(e))) => {
                 let err = self.classify(&inst.store, &e);
                 tracing::warn!(target: "driver", backend = %self.name, op, error = %err, "driver call failed; instance discarded");
                 Err(err)
+            }
+        }
+    }
+
+    /// `call`'s output, or `None` once `call_timeout` has passed since the call began or last
+    /// advanced (see [`Advance`]).
+    async fn within_call_timeout<T>(&self, call: impl Future<Output = T>, advance: &Mutex<Advance>) -> Option<T> {
+        let deadline = tokio::time::sleep(self.limits.call_timeout);
+        tokio::pin!(call, deadline);
+        loop {
+            tokio::select! {
+                out = &mut call => return Some(out),
+                _ = &mut deadline => {
+                    let renewed = advance.lock().unwrap().at + self.limits.call_timeout;
+                    if renewed <= Instant::now() {
+                        return None;
+                    }
+                    deadline.as_mut().reset(renewed.into());
+                }
             }
         }
     }

@@ -183,9 +183,11 @@ pub struct Limits {
     /// Linear memory of one instance, in bytes; growing past it traps. Default 256 MiB.
     pub memory_bytes: u64,
     /// Guest execution time allowed per call (time blocked in host calls does not count).
-    /// Default 10 s.
+    /// Default 10 s. A call that reports advancing progress (`log.progress`) gets a fresh budget
+    /// at each advance: the budget then bounds the work between advances.
     pub cpu_budget: Duration,
-    /// Wall-clock time allowed per call, host waits included. Default 300 s.
+    /// Wall-clock time allowed per call, host waits included. Default 300 s. Renewed like
+    /// `cpu_budget` by each advance of the call's progress, up to 24 h per call in all.
     pub call_timeout: Duration,
     /// Bytes of log messages and stdout/stderr kept per call; the rest is dropped with one
     /// `log capped` warning. Default 64 KiB.

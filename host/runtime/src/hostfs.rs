@@ -275,8 +275,15 @@ impl host::Host for StoreState {
     }
 
     async fn clone_file(&mut self, src: String, dst: String) -> wasmtime::Result<Result<CopyMethod, DriverError>> {
-        let progress = self.progress.clone();
-        blocking(self.pool(), move |p| p.clone_file(&src, &dst, progress.as_ref())).await
+        // The host's copy advances the call (renewing its wall-clock limit) and reports to the caller.
+        let (caller, advance) = (self.progress.clone(), self.advance.clone());
+        let report: ProgressFn = Arc::new(move |done, total| {
+            advance.lock().unwrap().report(done);
+            if let Some(caller) = &caller {
+                caller(done, total);
+            }
+        });
+        blocking(self.pool(), move |p| p.clone_file(&src, &dst, Some(&report))).await
     }
 
     async fn allocated_bytes(&mut self, path: String) -> wasmtime::Result<Result<u64, DriverError>> {

@@ -4,6 +4,7 @@
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use wasmtime::component::ResourceTable;
@@ -31,10 +32,42 @@ pub(crate) struct StoreState {
     /// Where the current call's progress goes (the `progress` import, and the host's own copies
     /// in `clone-file`); set for the length of one call.
     pub(crate) progress: Option<ProgressFn>,
+    /// How far the current call has come; shared with the wall-clock watch in `Sandbox::run`.
+    pub(crate) advance: Arc<Mutex<Advance>>,
 }
 
 /// Receives a call's progress: `(done, total)` bytes. See [`crate::Backend::snapshot_create_with_progress`].
 pub type ProgressFn = Arc<dyn Fn(u64, u64) + Send + Sync>;
+
+/// The longest a call may run however it advances: the ceiling on renewing its limits.
+pub(crate) const MAX_CALL: Duration = Duration::from_secs(24 * 3600);
+
+/// A call's progress as the limits see it: each report whose `done` is larger than any before
+/// renews the call's CPU budget and wall-clock timeout, so they bound the time between advances
+/// (a stall), not the length of a copy that keeps moving; up to [`MAX_CALL`] in all. A report
+/// that does not advance renews nothing.
+pub(crate) struct Advance {
+    pub(crate) call_started: Instant,
+    pub(crate) done: u64,
+    pub(crate) at: Instant,
+}
+
+impl Advance {
+    pub(crate) fn new() -> Self {
+        let now = Instant::now();
+        Advance { call_started: now, done: 0, at: now }
+    }
+
+    /// Note a report of `done`; true if it renews the call's limits.
+    pub(crate) fn report(&mut self, done: u64) -> bool {
+        if done <= self.done || self.call_started.elapsed() >= MAX_CALL {
+            return false;
+        }
+        self.done = done;
+        self.at = Instant::now();
+        true
+    }
+}
 
 impl WasiView for StoreState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
@@ -242,8 +275,12 @@ impl log::Host for StoreState {
     }
 
     fn progress(&mut self, done: u64, total: u64) -> wasmtime::Result<()> {
+        let done = done.min(total);
+        if self.advance.lock().unwrap().report(done) {
+            self.cpu.used_ticks = 0;
+        }
         if let Some(report) = &self.progress {
-            report(done.min(total), total);
+            report(done, total);
         }
         Ok(())
     }

@@ -22,6 +22,7 @@
 //! | `log-flood`   | `bytes` (default 64 MiB)| logs that much through `log`, stdout and stderr, returns   |
 //! | `log-huge`    | `bytes` (default 100 MiB)| one log message of that size                              |
 //! | `huge-return` | `bytes` (default 100 MiB)| returns a volume whose `backend-ref` is that long         |
+//! | `work`        | `secs`, `spin`, `report_for`, `step` | works `secs` s in 100 ms slices (spinning if `spin=1`, else sleeping), reporting `progress` after each slice for the first `report_for` s (default all), `done` growing by `step` (default 1; 0 = never advancing) |
 //!
 //! `list-volumes` on a backend configured with `amplify=N` returns N volumes whose strings all
 //! alias one 1 MiB buffer: a few MiB of guest memory that would become N MiB on the host.
@@ -138,6 +139,30 @@ fn attack(spec: &VolumeSpec) -> DriverResult<Volume> {
             let secs = number(spec, "secs", 3600)?;
             std::thread::sleep(std::time::Duration::from_secs(secs));
             done(spec, format!("slept {secs} s"))
+        }
+        "work" => {
+            use std::time::{Duration, Instant};
+            let secs = number(spec, "secs", 10)?;
+            let spin = number(spec, "spin", 0)? == 1;
+            let report_for = Duration::from_secs(number(spec, "report_for", secs)?);
+            let step = number(spec, "step", 1)?;
+            let (start, slice) = (Instant::now(), Duration::from_millis(100));
+            let mut advanced = 0;
+            while start.elapsed() < Duration::from_secs(secs) {
+                let began = Instant::now();
+                if spin {
+                    while began.elapsed() < slice {
+                        std::hint::black_box(0u64);
+                    }
+                } else {
+                    std::thread::sleep(slice);
+                }
+                if start.elapsed() < report_for {
+                    advanced += step;
+                    elara_driver_sdk::log::progress(advanced, secs * 10 * step.max(1));
+                }
+            }
+            done(spec, format!("worked {secs} s"))
         }
         "panic" => panic!("hostile driver panics on purpose"),
         "log-flood" => {
