@@ -444,7 +444,8 @@ impl Guest for S3Driver {
         settings.layout.prepare(&s3, &place)?;
         // No record: whatever an earlier attempt copied is incomplete; start over.
         settings.layout.clear(&s3, &place, &label)?;
-        copy_all(&s3, &settings.layout.place(Kind::Snapshot, &snapshot_id), &place, settings.copy_concurrency, &label)?;
+        let from = settings.layout.place(Kind::Snapshot, &snapshot_id);
+        copy_all(&s3, &from, &place, settings.copy_concurrency, snapshot.size_bytes, &label)?;
         let record = new_volume_record(&spec, Some(&snapshot_id));
         settings.layout.write(&s3, &record)?;
         info!("created volume {} from snapshot {snapshot_id} at {}", spec.id, place.uri());
@@ -507,6 +508,7 @@ impl Guest for S3Driver {
             &settings.layout.place(Kind::Volume, &spec.volume_id),
             &place,
             settings.copy_concurrency,
+            volume.size_bytes,
             &label,
         )?;
         let record = Record {

@@ -356,7 +356,9 @@ fn empty(s3: &S3, place: &Place, label: &str) -> Result<u64, S3Error> {
 
 /// Server-side copy of every object under `from` to the same relative key under `to`, a page
 /// (1 000 objects) at a time with `concurrency` copies in flight. Returns (objects, bytes).
-pub fn copy_all(s3: &S3, from: &Place, to: &Place, concurrency: usize, label: &str) -> DriverResult<(u64, u64)> {
+/// Progress goes to the host after each page: bytes copied of `size_hint` (the volume's size:
+/// the listing comes a page at a time, so the data's own total is known only at the end).
+pub fn copy_all(s3: &S3, from: &Place, to: &Place, concurrency: usize, size_hint: u64, label: &str) -> DriverResult<(u64, u64)> {
     let (mut objects, mut bytes) = (0u64, 0u64);
     let mut token: Option<String> = None;
     loop {
@@ -379,8 +381,14 @@ pub fn copy_all(s3: &S3, from: &Place, to: &Place, concurrency: usize, label: &s
         bytes += copies.iter().map(|c| c.size).sum::<u64>();
         info!("{label}: copied {objects} objects ({bytes} bytes) from {} to {}", from.uri(), to.uri());
         match page.next {
-            Some(t) => token = Some(t),
-            None => return Ok((objects, bytes)),
+            Some(t) => {
+                elara_driver_sdk::log::progress(bytes, bytes.max(size_hint));
+                token = Some(t);
+            }
+            None => {
+                elara_driver_sdk::log::progress(bytes, bytes);
+                return Ok((objects, bytes));
+            }
         }
     }
 }
