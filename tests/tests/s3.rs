@@ -392,7 +392,9 @@ fn bad_backends_fail_clearly_and_make_nothing(store: StoreKind) -> anyhow::Resul
     assert!(err.contains("endpoint"), "{err}");
 
     assert!(d.json(&["volume", "list"])?.as_array().unwrap().is_empty(), "no volume was recorded");
-    let ls = docker.ok(&["volume", "ls", "-q"])?;
+    // Only this test's plugin: dockerd finds every plugin spec on the machine, so an unfiltered
+    // list also shows a concurrent test's volume while its create runs.
+    let ls = docker.ok(&["volume", "ls", "-q", "-f", &format!("driver={plugin}")])?;
     assert!(!ls.lines().any(|l| l.starts_with("v-")), "docker lists none of them: {ls}");
     let made: Vec<String> = s3.buckets()?.into_iter().filter(|b| b.to_lowercase().starts_with(&tag)).collect();
     assert!(made.is_empty(), "no bucket was made: {made:?}");
