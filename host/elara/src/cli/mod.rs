@@ -427,7 +427,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             print_explanation(out, &explanation);
         }
-        Command::Op(OpCmd::List) => table(out, &c.get::<Value>("/v1/ops").await?, &[("ID", "/id"), ("KIND", "/kind"), ("VOLUME", "/volume"), ("STEP", "/step"), ("OWNER", "/owner"), ("ERROR", "/last_error")]),
+        Command::Op(OpCmd::List) => {
+            let cols = [("ID", "/id"), ("KIND", "/kind"), ("VOLUME", "/volume"), ("STEP", "/step"), ("DONE", "/params/progress/bytes_done"), ("TOTAL", "/params/progress/bytes_total"), ("OWNER", "/owner"), ("ERROR", "/last_error")];
+            table(out, &c.get::<Value>("/v1/ops").await?, &cols)
+        }
     }
     Ok(())
 }
@@ -549,7 +552,7 @@ fn table(out: Output, v: &Value, cols: &[(&str, &str)]) {
 }
 
 /// Columns whose values are byte counts, printed in binary units (`1.5 GiB`).
-const SIZE_COLUMNS: &[&str] = &["SIZE", "TOTAL", "FREE", "PROVISIONED", "USED", "ALLOCATED"];
+const SIZE_COLUMNS: &[&str] = &["SIZE", "TOTAL", "FREE", "PROVISIONED", "USED", "ALLOCATED", "DONE"];
 
 fn indented_table(out: Output, v: &Value, cols: &[(&str, &str)], indent: &str) {
     if out == Output::Json {
