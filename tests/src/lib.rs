@@ -63,6 +63,16 @@ pub fn elara_bin() -> PathBuf {
     p
 }
 
+/// Poll `cond` every 50 ms until it holds (a readiness check), failing after `limit`.
+pub fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> anyhow::Result<bool>) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    while !cond()? {
+        anyhow::ensure!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
 /// Built-in driver components: $ELARA_DRIVERS_DIR, else target/drivers (scripts/build-drivers.sh).
 pub fn drivers_dir() -> PathBuf {
     if let Some(p) = std::env::var_os("ELARA_DRIVERS_DIR") {

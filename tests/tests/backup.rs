@@ -282,15 +282,6 @@ fn crashes(store: StoreKind) -> anyhow::Result<()> {
 }
 
 /// Wait (polling, up to `limit`) until `cond` holds.
-fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> anyhow::Result<bool>) -> anyhow::Result<()> {
-    let deadline = std::time::Instant::now() + limit;
-    while !cond()? {
-        anyhow::ensure!(std::time::Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
-}
-
 /// What [`backup_losing_target`] leaves for the test to check.
 struct LostTarget {
     d: Daemon,

@@ -288,6 +288,68 @@ fn crash(store: StoreKind, point: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// While a file backup runs (held mid-upload by `ELARA_PAUSE_AT`), its temporary clone
+/// `backup-<id>` is hidden from `volume list` (inspect shows it, labelled with the op); once the
+/// backup is done it is gone.
+fn clone_hidden_while_running(store: StoreKind) -> anyhow::Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    if !Path::new("/dev/fuse").exists() {
+        eprintln!("SKIP: /dev/fuse is missing (this kernel or container has no FUSE), so s3fs cannot mount the s3 volumes every step reads or writes");
+        return Ok(());
+    }
+    let s3 = S3Server::from_env();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.subsec_nanos();
+    let tag = format!("bh{:x}{:x}-", std::process::id() & 0xffff, nanos & 0xfffff);
+    let pause = work_dir().join(unique("pause"));
+    std::fs::write(&pause, b"")?;
+    let reached = pause.with_extension("reached");
+    let mut opts = DaemonOpts::new(store);
+    opts.env.push(("ELARA_PAUSE_AT".into(), format!("backup:mid-upload={}", pause.display())));
+    let rig = Rig { d: Daemon::start(opts)?, s3, tag: tag.clone() };
+    let d = &rig.d;
+    let args = rig.s3.backend_add_args("s3a", &[("bucket_prefix", &tag)]);
+    d.ok(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+    d.ok(&["backup", "target", "add", "tg", d.dir.join("target").to_str().unwrap()])?;
+    d.ok(&["volume", "create", "src", "--backend", "s3a"])?;
+    write_tree(&rig.mount("src")?)?;
+    rig.unmount("src")?;
+    let names = || -> anyhow::Result<Vec<String>> {
+        Ok(d.json(&["volume", "list"])?.as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap().to_string()).collect())
+    };
+
+    let job = d.json(&["backup", "create", "src", "--target", "tg", "--detach"])?;
+    let (job_id, clone) = (job["id"].as_str().unwrap().to_string(), format!("backup-{}", job["backup"].as_str().unwrap()));
+    wait_for(Duration::from_secs(60), "the backup to reach mid-upload", || Ok(reached.exists()))?;
+    let listed = names();
+    let inspected = d.json(&["volume", "inspect", &clone]);
+    std::fs::remove_file(&pause)?;
+    assert_eq!(listed?, vec!["src".to_string()], "the temporary clone is hidden while the backup runs");
+    let inspected = inspected?;
+    assert!(inspected["labels"]["elara.backup.temp-op"].is_string(), "inspect shows the clone, with its op: {inspected}");
+
+    let mut job = serde_json::Value::Null;
+    wait_for(Duration::from_secs(120), "the backup job to end", || {
+        job = d.json(&["backup", "job", &job_id])?;
+        Ok(job["state"] != "running")
+    })?;
+    assert_eq!(job["state"], "done", "{job}");
+    assert_eq!(names()?, vec!["src".to_string()]);
+    assert!(d.fails(&["volume", "inspect", &clone])?.contains("does not exist"), "the clone is gone after the backup");
+    Ok(())
+}
+
+#[test]
+fn files_clone_hidden_while_running_embedded() -> anyhow::Result<()> {
+    clone_hidden_while_running(StoreKind::Embedded)
+}
+
+#[test]
+fn files_clone_hidden_while_running_etcd() -> anyhow::Result<()> {
+    clone_hidden_while_running(StoreKind::Etcd)
+}
+
 fn ids(d: &Daemon) -> anyhow::Result<Vec<String>> {
     Ok(d.json(&["backup", "list"])?.as_array().unwrap().iter().map(|b| b["id"].as_str().unwrap().to_string()).collect())
 }

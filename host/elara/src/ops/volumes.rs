@@ -258,13 +258,16 @@ impl Elara {
         Ok(self.store.list_json::<VolumeRecord>(&keys::volumes()).await?.into_iter().map(|r| r.value).collect())
     }
 
-    /// Volumes with their status, filtered by backend and labels.
+    /// Volumes with their status, filtered by backend and labels; not the temporary clones of
+    /// running backups.
     pub async fn list_volumes(&self, backend: Option<&str>, labels: &[(String, String)]) -> ApiResult<Vec<VolumeView>> {
         let attachments = self.store.list_json::<AttachmentRecord>(&keys::all_attachments()).await?;
+        let internal = self.job_volumes().await?;
         Ok(self
             .list_volumes_raw()
             .await?
             .into_iter()
+            .filter(|v| !internal.contains(&v.name))
             .filter(|v| backend.is_none_or(|b| v.backend == b))
             .filter(|v| labels.iter().all(|(k, val)| v.labels.get(k) == Some(val)))
             .map(|v| {
