@@ -56,10 +56,13 @@ echo "== tests"
 touch "$WORK/test.started"
 # The host side (default members: store, runtime, scheduler, daemon, conformance, integration
 # tests), then the drivers' and the SDK's own unit tests (lib only: their cdylib is a wasm component).
+# Both runs always complete (`set +e`), so a failure still gets the summary and the services' errors.
+set +e
 cargo test --no-fail-fast 2>&1 | tee "$WORK/test.log"
 status=${PIPESTATUS[0]}
 cargo test --no-fail-fast --lib -p elara-driver-local -p elara-driver-cinder -p elara-driver-s3 -p elara-driver-nfs -p elara-driver-sdk 2>&1 | tee -a "$WORK/test.log"
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
+set -e
 passed=$(grep -oE '^test result: [a-zA-Z]+\. [0-9]+ passed' "$WORK/test.log" | awk '{s+=$4} END {print s+0}')
 failed=$(grep -oE '[0-9]+ failed' "$WORK/test.log" | awk '{s+=$1} END {print s+0}')
 echo "elara: $passed passed, $failed failed"

@@ -509,9 +509,9 @@ fn dockerd_restart_live_restore_etcd() -> anyhow::Result<()> {
 /// Without live-restore: dockerd stops the container on the way down (Unmount) and a restart
 /// policy starts it again (a new Mount ID); then dockerd is killed outright and comes back. On
 /// that path dockerd 20.10 stops the orphaned container but never sends its Unmount: Elara's
-/// reclaim sweep (1 s grace here, 60 s by default) releases the volume once no container has it.
+/// reclaim sweep (5 s grace here, 60 s by default) releases the volume once no container has it.
 fn dockerd_restart_policy_and_crash(store: StoreKind) -> anyhow::Result<()> {
-    let r = Rig::start(store, &[], &[("ELARA_DOCKER_RECLAIM_SECS", "1")])?;
+    let r = Rig::start(store, &[], &[("ELARA_DOCKER_RECLAIM_SECS", RUNNING_RECLAIM_SECS)])?;
     r.create("pv", &["size=64M"])?;
     let image = r.image("pv")?;
     r.engine.ok(&["run", "-d", "--restart", "always", "--name", "ticker", "-v", "pv:/data", IMAGE, "sh", "-c", TICKER])?;
@@ -569,7 +569,7 @@ fn dockerd_restart_policy_and_crash_etcd() -> anyhow::Result<()> {
 /// writing, the count survives, new mounts and the final unmount go through, and the reclaim
 /// sweep (set to 1 s here) leaves the live container's mount alone.
 fn elara_restart(store: StoreKind) -> anyhow::Result<()> {
-    let mut r = Rig::start(store, &[], &[("ELARA_DOCKER_RECLAIM_SECS", "1")])?;
+    let mut r = Rig::start(store, &[], &[("ELARA_DOCKER_RECLAIM_SECS", RUNNING_RECLAIM_SECS)])?;
     r.create("ev", &["size=64M"])?;
     let image = r.image("ev")?;
     r.engine.ok(&["run", "-d", "--name", "ticker", "-v", "ev:/data", IMAGE, "sh", "-c", TICKER])?;
@@ -600,6 +600,11 @@ fn elara_restart(store: StoreKind) -> anyhow::Result<()> {
     assert!(!image.exists());
     Ok(())
 }
+
+/// Grace (and period) of the reclaim sweep in tests that start containers while it runs: longer
+/// than a container takes from its Mount to running on a loaded machine. With 1 s, a busy run saw
+/// a fresh mount reclaimed before runc used it ("error mounting …: no such file or directory").
+const RUNNING_RECLAIM_SECS: &str = "5";
 
 /// Wait until the daemon's log shows `n` more completed reclaim sweeps than now.
 fn wait_for_sweeps(d: &Daemon, n: usize) -> anyhow::Result<()> {
