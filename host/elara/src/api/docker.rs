@@ -422,17 +422,11 @@ async fn list(State(state): State<PluginState>, body: Bytes) -> Response {
         Ok((s, _)) => s,
         Err(e) => return e,
     };
-    let (vols, atts) = match (s.list_volumes_raw().await, s.store.list_json::<AttachmentRecord>(&keys::all_attachments()).await) {
+    let (vols, atts) = match (s.listed_volumes().await, s.store.list_json::<AttachmentRecord>(&keys::all_attachments()).await) {
         (Ok(v), Ok(a)) => (v, a),
         (Err(e), _) => return err(e),
         (_, Err(e)) => return err(ApiError::from(e)),
     };
-    // Not the temporary clones of running backups.
-    let internal = match s.job_volumes().await {
-        Ok(names) => names,
-        Err(e) => return err(e),
-    };
-    let vols: Vec<VolumeRecord> = vols.into_iter().filter(|v| !internal.contains(&v.name)).collect();
     let here: BTreeMap<&str, &AttachmentRecord> =
         atts.iter().filter(|a| a.value.node == s.node()).map(|a| (a.value.volume.as_str(), &a.value)).collect();
     let volumes: Vec<Value> = vols

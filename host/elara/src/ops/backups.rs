@@ -277,21 +277,17 @@ impl Elara {
         Ok(names)
     }
 
-    /// Delete the base snapshots kept for incremental backups of the volume with id `volume_id`
-    /// The temporary clones of the file backups running now (`backup-<id>`, labelled with their
-    /// op): `volume list` and Docker's List hide them (inspect shows them). A clone whose op is
-    /// gone is debris, and stays listed.
-    pub(crate) async fn job_volumes(&self) -> ApiResult<HashSet<String>> {
+    /// Every volume but the temporary clones of the file backups running now (`backup-<id>`,
+    /// labelled with their op): what `volume list` and Docker's List show (inspect shows the
+    /// clones too). A clone whose op is gone is debris, and stays listed.
+    pub(crate) async fn listed_volumes(&self) -> ApiResult<Vec<VolumeRecord>> {
         let live: HashSet<String> = self.store.list_json::<OpRecord>(&keys::ops()).await?.into_iter().map(|r| r.value.id).collect();
-        Ok(self
-            .list_volumes_raw()
-            .await?
-            .into_iter()
-            .filter(|v| v.labels.get(TEMP_LABEL).is_some_and(|op| live.contains(op)))
-            .map(|v| v.name)
-            .collect())
+        let mut vols = self.list_volumes_raw().await?;
+        vols.retain(|v| !v.labels.get(TEMP_LABEL).is_some_and(|op| live.contains(op)));
+        Ok(vols)
     }
 
+    /// Delete the base snapshots kept for incremental backups of the volume with id `volume_id`
     /// (the volume is going; its backups stay whole, the next backup of another volume is not
     /// affected). Returns the snapshots that are left, which are the user's.
     pub(crate) async fn drop_backup_bases(&self, volume_id: &str) -> ApiResult<Vec<String>> {

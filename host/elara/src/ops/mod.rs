@@ -127,6 +127,14 @@ impl Elara {
             }
         }))
     }
+
+    /// The progress of a driver's copy (phase `copying`) for op `op_id`: kept in the op record
+    /// while the returned ticker lives, and passed on to `report`. Hand the sink to the call.
+    pub fn copy_progress(&self, op_id: &str, report: Option<elara_runtime::ProgressFn>) -> (ProgressTicker, elara_runtime::ProgressFn) {
+        let progress = Arc::new(Progress::default());
+        progress.phase("copying");
+        (self.persist_progress(op_id, progress.clone()), progress.sink(report))
+    }
 }
 
 /// Stops a [`Elara::persist_progress`] ticker when dropped.

@@ -1,8 +1,6 @@
 //! Snapshots: create (crash-consistent: a mounted filesystem is frozen while the driver copies),
 //! list, inspect, delete. Restoring is `create_volume` with `snapshot`.
 
-use std::sync::Arc;
-
 use elara_runtime::{Features, ProgressFn, SnapshotSpec};
 use elara_store::StoreExt;
 use serde::{Deserialize, Serialize};
@@ -10,7 +8,6 @@ use utoipa::ToSchema;
 
 use super::attachments::run;
 use super::{Elara, absent, del, faults, put, raced, rev};
-use crate::backup::progress::Progress;
 use crate::error::{ApiError, ApiResult};
 use crate::model::*;
 use crate::validate::check_name;
@@ -102,10 +99,8 @@ impl Elara {
         };
         faults::point("snapshot:after-freeze");
         let spec = SnapshotSpec { id: snap.id.clone(), volume_id: vol.id.clone(), name: name.clone() };
-        let progress = Arc::new(Progress::default());
-        progress.phase("copying");
-        let ticker = self.persist_progress(&op.id, progress.clone());
-        let made = backend.snapshot_create_with_progress(&spec, progress.sink(report)).await;
+        let (ticker, sink) = self.copy_progress(&op.id, report);
+        let made = backend.snapshot_create_with_progress(&spec, sink).await;
         drop(ticker);
         if let Some(mp) = &frozen {
             thaw(mp).await;

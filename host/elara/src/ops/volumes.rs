@@ -1,7 +1,6 @@
 //! Volume lifecycle: create (optionally from a snapshot), inspect, list, delete, resize.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use elara_runtime::{Features, ProgressFn, Qos, VolumeSpec};
 use elara_store::StoreExt;
@@ -10,7 +9,6 @@ use utoipa::ToSchema;
 
 use super::placement::PlaceRequest;
 use super::{Elara, absent, del, faults, put, raced, rev};
-use crate::backup::progress::Progress;
 use crate::error::{ApiError, ApiResult};
 use crate::model::*;
 use crate::validate::{check_name, parse_size};
@@ -177,10 +175,8 @@ impl Elara {
         };
         let made = match &source {
             Some(snap) => {
-                let progress = Arc::new(Progress::default());
-                progress.phase("copying");
-                let _ticker = self.persist_progress(&op.id, progress.clone());
-                backend.create_from_snapshot_with_progress(&spec, &snap.id, progress.sink(report)).await
+                let (_ticker, sink) = self.copy_progress(&op.id, report);
+                backend.create_from_snapshot_with_progress(&spec, &snap.id, sink).await
             }
             None => backend.create(&spec).await,
         };
@@ -262,12 +258,10 @@ impl Elara {
     /// running backups.
     pub async fn list_volumes(&self, backend: Option<&str>, labels: &[(String, String)]) -> ApiResult<Vec<VolumeView>> {
         let attachments = self.store.list_json::<AttachmentRecord>(&keys::all_attachments()).await?;
-        let internal = self.job_volumes().await?;
         Ok(self
-            .list_volumes_raw()
+            .listed_volumes()
             .await?
             .into_iter()
-            .filter(|v| !internal.contains(&v.name))
             .filter(|v| backend.is_none_or(|b| v.backend == b))
             .filter(|v| labels.iter().all(|(k, val)| v.labels.get(k) == Some(val)))
             .map(|v| {
