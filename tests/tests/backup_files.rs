@@ -114,6 +114,26 @@ struct Rig {
 }
 
 impl Rig {
+    /// A daemon (`opts`) with the s3 backend `s3a` on the test S3 server, its buckets named
+    /// `<prefix><pid><nanos>-…` so they are found and purged afterwards; `None` (after saying
+    /// why) where this machine cannot run the test.
+    fn start(opts: DaemonOpts, prefix: &str) -> anyhow::Result<Option<Rig>> {
+        if !require_root() {
+            return Ok(None);
+        }
+        if !Path::new("/dev/fuse").exists() {
+            eprintln!("SKIP: /dev/fuse is missing (this kernel or container has no FUSE), so s3fs cannot mount the s3 volumes every step reads or writes");
+            return Ok(None);
+        }
+        let s3 = S3Server::from_env();
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.subsec_nanos();
+        let tag = format!("{prefix}{:x}{:x}-", std::process::id() & 0xffff, nanos & 0xfffff);
+        let rig = Rig { d: Daemon::start(opts)?, s3, tag };
+        let args = rig.s3.backend_add_args("s3a", &[("bucket_prefix", &rig.tag)]);
+        rig.d.ok(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+        Ok(Some(rig))
+    }
+
     fn mount(&self, vol: &str) -> anyhow::Result<PathBuf> {
         Ok(PathBuf::from(self.d.ok(&["volume", "mount", vol, "--holder", "test"])?.trim()))
     }
@@ -134,6 +154,11 @@ impl Drop for Rig {
     }
 }
 
+/// The names `volume list` shows.
+fn volume_names(d: &Daemon) -> anyhow::Result<Vec<String>> {
+    Ok(d.json(&["volume", "list"])?.as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap().to_string()).collect())
+}
+
 /// Blocks files of a directory target.
 fn stored_chunks(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut out = vec![];
@@ -147,21 +172,8 @@ fn stored_chunks(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 fn round_trip(store: StoreKind, s3_target: bool) -> anyhow::Result<()> {
-    if !require_root() {
-        return Ok(());
-    }
-    if !Path::new("/dev/fuse").exists() {
-        eprintln!("SKIP: /dev/fuse is missing (this kernel or container has no FUSE), so s3fs cannot mount the s3 volumes every step reads or writes");
-        return Ok(());
-    }
-    let s3 = S3Server::from_env();
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.subsec_nanos();
-    let tag = format!("bf{:x}{:x}-", std::process::id() & 0xffff, nanos & 0xfffff);
-    let d = Daemon::start(DaemonOpts::new(store))?;
-    let rig = Rig { d, s3, tag: tag.clone() };
-    let d = &rig.d;
-    let args = rig.s3.backend_add_args("s3a", &[("bucket_prefix", &tag)]);
-    d.ok(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let Some(rig) = Rig::start(DaemonOpts::new(store), "bf")? else { return Ok(()) };
+    let (d, tag) = (&rig.d, &rig.tag);
     let target_dir = if s3_target {
         let url = format!("s3://{tag}backups/files");
         d.ok(&["backup", "target", "add", "tg", &url, "--endpoint", &rig.s3.endpoint, "--access-key", &rig.s3.access_key, "--secret-key", &rig.s3.secret_key])?;
@@ -196,7 +208,7 @@ fn round_trip(store: StoreKind, s3_target: bool) -> anyhow::Result<()> {
     assert!(up_incr * 4 < up_full, "an insert at the front of the big file re-uploads only the chunks near it ({up_incr} of {up_full}): {incr}");
     // The temporary snapshots and clones are gone.
     assert!(d.json(&["snapshot", "list"])?.as_array().unwrap().is_empty(), "temporary snapshots removed");
-    let vols: Vec<String> = d.json(&["volume", "list"])?.as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap().to_string()).collect();
+    let vols = volume_names(d)?;
     assert_eq!(vols, vec!["src".to_string()], "temporary clones removed");
 
     let (fid, iid) = (full["id"].as_str().unwrap().to_string(), incr["id"].as_str().unwrap().to_string());
@@ -234,7 +246,7 @@ fn round_trip(store: StoreKind, s3_target: bool) -> anyhow::Result<()> {
     let err = d.fails(&["backup", "restore", &iid, "--to", "r-bad", "--backend", "s3a"])?;
     assert!(err.contains(&victim) && err.contains("chunk"), "restore fails naming the chunk {victim}: {err}");
     d.wait_ops_settled(Duration::from_secs(60))?;
-    let vols: Vec<String> = d.json(&["volume", "list"])?.as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap().to_string()).collect();
+    let vols = volume_names(d)?;
     assert!(!vols.contains(&"r-bad".to_string()), "the failed restore left no volume: {vols:?}");
     assert!(mounts_under(&d.dir).is_empty(), "no mount left behind: {:?}", mounts_under(&d.dir));
     Ok(())
@@ -244,22 +256,9 @@ fn round_trip(store: StoreKind, s3_target: bool) -> anyhow::Result<()> {
 /// no half backup is listed, the temporary clone (mounted with s3fs when the daemon died) and the
 /// half-restored volume are unmounted and gone, and the next run completes.
 fn crash(store: StoreKind, point: &str) -> anyhow::Result<()> {
-    if !require_root() {
-        return Ok(());
-    }
-    if !Path::new("/dev/fuse").exists() {
-        eprintln!("SKIP: /dev/fuse is missing (this kernel or container has no FUSE), so s3fs cannot mount the s3 volumes every step reads or writes");
-        return Ok(());
-    }
-    let s3 = S3Server::from_env();
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.subsec_nanos();
-    let tag = format!("bc{:x}{:x}-", std::process::id() & 0xffff, nanos & 0xfffff);
     let mut opts = DaemonOpts::new(store);
     opts.crash_at = Some(point.to_string());
-    let d = Daemon::start(opts)?;
-    let mut rig = Rig { d, s3, tag: tag.clone() };
-    let args = rig.s3.backend_add_args("s3a", &[("bucket_prefix", &tag)]);
-    rig.d.ok(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let Some(mut rig) = Rig::start(opts, "bc")? else { return Ok(()) };
     rig.d.ok(&["backup", "target", "add", "tg", rig.d.dir.join("target").to_str().unwrap()])?;
     rig.d.ok(&["volume", "create", "src", "--backend", "s3a"])?;
     write_tree(&rig.mount("src")?)?;
@@ -279,7 +278,7 @@ fn crash(store: StoreKind, point: &str) -> anyhow::Result<()> {
     rig.d.wait_ops_settled(Duration::from_secs(90))?;
     let d = &rig.d;
     assert_eq!(ids(d)?, before, "{point}: no half backup listed");
-    let vols: Vec<String> = d.json(&["volume", "list"])?.as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap().to_string()).collect();
+    let vols = volume_names(d)?;
     assert_eq!(vols, vec!["src".to_string()], "{point}: the temporary clone or half-restored volume is gone");
     assert!(mounts_under(&d.dir).is_empty(), "{point}: nothing left mounted: {:?}", mounts_under(&d.dir));
     let id = if restoring { before[0].clone() } else { d.json(&["backup", "create", "src", "--target", "tg"])?["id"].as_str().unwrap().to_string() };
@@ -292,37 +291,22 @@ fn crash(store: StoreKind, point: &str) -> anyhow::Result<()> {
 /// `backup-<id>` is hidden from `volume list` (inspect shows it, labelled with the op); once the
 /// backup is done it is gone.
 fn clone_hidden_while_running(store: StoreKind) -> anyhow::Result<()> {
-    if !require_root() {
-        return Ok(());
-    }
-    if !Path::new("/dev/fuse").exists() {
-        eprintln!("SKIP: /dev/fuse is missing (this kernel or container has no FUSE), so s3fs cannot mount the s3 volumes every step reads or writes");
-        return Ok(());
-    }
-    let s3 = S3Server::from_env();
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.subsec_nanos();
-    let tag = format!("bh{:x}{:x}-", std::process::id() & 0xffff, nanos & 0xfffff);
     let pause = work_dir().join(unique("pause"));
-    std::fs::write(&pause, b"")?;
-    let reached = pause.with_extension("reached");
     let mut opts = DaemonOpts::new(store);
     opts.env.push(("ELARA_PAUSE_AT".into(), format!("backup:mid-upload={}", pause.display())));
-    let rig = Rig { d: Daemon::start(opts)?, s3, tag: tag.clone() };
+    let Some(rig) = Rig::start(opts, "bh")? else { return Ok(()) };
+    std::fs::write(&pause, b"")?;
+    let reached = pause.with_extension("reached");
     let d = &rig.d;
-    let args = rig.s3.backend_add_args("s3a", &[("bucket_prefix", &tag)]);
-    d.ok(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
     d.ok(&["backup", "target", "add", "tg", d.dir.join("target").to_str().unwrap()])?;
     d.ok(&["volume", "create", "src", "--backend", "s3a"])?;
     write_tree(&rig.mount("src")?)?;
     rig.unmount("src")?;
-    let names = || -> anyhow::Result<Vec<String>> {
-        Ok(d.json(&["volume", "list"])?.as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap().to_string()).collect())
-    };
 
     let job = d.json(&["backup", "create", "src", "--target", "tg", "--detach"])?;
     let (job_id, clone) = (job["id"].as_str().unwrap().to_string(), format!("backup-{}", job["backup"].as_str().unwrap()));
     wait_for(Duration::from_secs(60), "the backup to reach mid-upload", || Ok(reached.exists()))?;
-    let listed = names();
+    let listed = volume_names(d);
     let inspected = d.json(&["volume", "inspect", &clone]);
     std::fs::remove_file(&pause)?;
     assert_eq!(listed?, vec!["src".to_string()], "the temporary clone is hidden while the backup runs");
@@ -335,7 +319,7 @@ fn clone_hidden_while_running(store: StoreKind) -> anyhow::Result<()> {
         Ok(job["state"] != "running")
     })?;
     assert_eq!(job["state"], "done", "{job}");
-    assert_eq!(names()?, vec!["src".to_string()]);
+    assert_eq!(volume_names(d)?, vec!["src".to_string()]);
     assert!(d.fails(&["volume", "inspect", &clone])?.contains("does not exist"), "the clone is gone after the backup");
     Ok(())
 }
