@@ -8,6 +8,8 @@ use anyhow::{Context, bail};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
+use crate::attach::PathChoice;
+
 /// `elara daemon` flags. Every flag also reads `ELARA_<NAME>` from the environment.
 #[derive(Debug, Clone, Default, Args)]
 pub struct DaemonArgs {
@@ -50,6 +52,25 @@ pub struct DaemonArgs {
     /// Seconds a node stays "up" without renewing its lease.
     #[arg(long, env = "ELARA_NODE_TTL")]
     pub node_ttl_secs: Option<u64>,
+    /// Which iSCSI initiator attaches LUNs: the kernel's (open-iscsi), the user-space one
+    /// (qemu-storage-daemon over FUSE), or `auto` (the kernel's where this node has one).
+    #[arg(long, env = "ELARA_ATTACH_ISCSI", value_enum)]
+    pub attach_iscsi: Option<PathChoice>,
+    /// Which NFS client mounts exports: the kernel's, the user-space one (`elara nfs-fuse`), or `auto`.
+    #[arg(long, env = "ELARA_ATTACH_NFS", value_enum)]
+    pub attach_nfs: Option<PathChoice>,
+    /// Seconds an iSCSI target or NFS server may leave a request unanswered before it fails (EIO).
+    #[arg(long, env = "ELARA_ATTACH_IO_TIMEOUT")]
+    pub attach_io_timeout_secs: Option<u64>,
+}
+
+/// `[attach]` in the TOML file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachFileConfig {
+    pub iscsi: Option<PathChoice>,
+    pub nfs: Option<PathChoice>,
+    pub io_timeout_secs: Option<u64>,
 }
 
 /// The same settings as in the TOML file (every key optional).
@@ -69,6 +90,7 @@ pub struct FileConfig {
     pub insecure_tcp: Option<bool>,
     pub pool_refresh_secs: Option<u64>,
     pub node_ttl_secs: Option<u64>,
+    pub attach: Option<AttachFileConfig>,
 }
 
 /// The settings in force.
@@ -87,6 +109,9 @@ pub struct Config {
     pub insecure_tcp: bool,
     pub pool_refresh_secs: u64,
     pub node_ttl_secs: u64,
+    pub attach_iscsi: PathChoice,
+    pub attach_nfs: PathChoice,
+    pub attach_io_timeout_secs: u64,
 }
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/elara";
@@ -125,6 +150,7 @@ impl Config {
             Some(s) if socket == Path::new(DEFAULT_SOCKET) => s,
             _ => socket.to_path_buf(),
         };
+        let attach = file.attach.clone().unwrap_or_default();
         let cfg = Config {
             drivers_dir: args.drivers_dir.clone().or(file.drivers_dir).or_else(default_drivers_dir),
             plugin_dir,
@@ -136,6 +162,9 @@ impl Config {
             insecure_tcp: args.insecure_tcp || file.insecure_tcp.unwrap_or(false),
             pool_refresh_secs: args.pool_refresh_secs.or(file.pool_refresh_secs).unwrap_or(30),
             node_ttl_secs: args.node_ttl_secs.or(file.node_ttl_secs).unwrap_or(10),
+            attach_iscsi: args.attach_iscsi.or(attach.iscsi).unwrap_or_default(),
+            attach_nfs: args.attach_nfs.or(attach.nfs).unwrap_or_default(),
+            attach_io_timeout_secs: args.attach_io_timeout_secs.or(attach.io_timeout_secs).unwrap_or(30),
             data_dir,
             store,
             node,
@@ -151,6 +180,9 @@ impl Config {
         if cfg.node_ttl_secs < 2 {
             bail!("node_ttl_secs: must be at least 2");
         }
+        if !(1..=3600).contains(&cfg.attach_io_timeout_secs) {
+            bail!("attach.io_timeout_secs: must be 1 to 3600 seconds, not {}", cfg.attach_io_timeout_secs);
+        }
         Ok(cfg)
     }
 
@@ -165,6 +197,14 @@ impl Config {
     }
     pub fn run_dir(&self) -> PathBuf {
         self.data_dir.join("run")
+    }
+    pub fn attach_config(&self) -> crate::attach::AttachConfig {
+        crate::attach::AttachConfig {
+            iscsi: self.attach_iscsi,
+            nfs: self.attach_nfs,
+            io_timeout: std::time::Duration::from_secs(self.attach_io_timeout_secs),
+            ..crate::attach::AttachConfig::new(self.mounts_dir(), self.run_dir())
+        }
     }
 }
 

@@ -300,6 +300,9 @@ pub enum AttachmentState {
     Attaching,
     Attached,
     Detaching,
+    /// Attached, but what served it on the node is gone (its helper process exited): its I/O
+    /// fails. The next mount brings it up anew; the last unmount takes it down.
+    Failed,
 }
 
 /// A volume brought up on one node; reference-counted by its holders.
@@ -316,6 +319,9 @@ pub struct AttachmentRecord {
     pub host: Option<AttachState>,
     pub holders: BTreeMap<String, Holder>,
     pub updated_at: i64,
+    /// Why the attachment failed (state `failed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// What an operation does.

@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 
-use crate::attach::{AttachConfig, Attacher};
+use crate::attach::Attacher;
 use crate::config::Config;
 use crate::ops::Elara;
 use crate::ops::backends::Registry;
@@ -36,7 +36,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         ..Default::default()
     })
     .context("starting the driver runtime")?;
-    let attacher = Attacher::new(AttachConfig { mount_root: cfg.mounts_dir(), run_dir: cfg.run_dir() });
+    let attacher = Attacher::new(cfg.attach_config());
+    for p in attacher.data_paths() {
+        tracing::info!(protocol = %p.protocol, mode = %p.mode, available = p.available, selected = p.selected, "data path: {}", p.detail);
+    }
     let elara = Arc::new(Elara {
         backends: Registry::new(store.clone(), runtime.clone(), cfg.pools_dir()),
         cfg: cfg.clone(),

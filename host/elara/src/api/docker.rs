@@ -447,7 +447,8 @@ async fn list(State(state): State<PluginState>, body: Bytes) -> Response {
 /// unmounts and detaches. Returns how many holders were dropped.
 async fn reclaim_volume(s: &Shared, name: &str, cutoff: Option<i64>) -> ApiResult<usize> {
     let Some(att) = attachment(s, name).await? else { return Ok(0) };
-    if att.state != AttachmentState::Attached {
+    // A failed attachment (its helper died) is reclaimed like a working one.
+    if !matches!(att.state, AttachmentState::Attached | AttachmentState::Failed) {
         return Ok(0);
     }
     let stale: Vec<String> = att

@@ -92,13 +92,24 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct Health {
     pub ready: bool,
+    /// Volumes attached on this node that no longer work here (their helper process is gone),
+    /// and why. The daemon still serves; the next mount of each brings it up anew.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_attachments: Vec<FailedAttachment>,
 }
 
-/// Readiness: the store answers.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct FailedAttachment {
+    pub volume: String,
+    pub error: String,
+}
+
+/// Readiness: the store answers. Also lists this node's failed attachments.
 #[utoipa::path(get, path = "/v1/health", responses((status = 200, body = Health), (status = 503, body = ErrorBody)))]
 async fn health(State(s): State<Shared>) -> ApiResult<Json<Health>> {
     s.store.get(&keys::node(s.node())).await?;
-    Ok(Json(Health { ready: true }))
+    let failed_attachments = s.failed_attachments().await?.into_iter().map(|(volume, error)| FailedAttachment { volume, error }).collect();
+    Ok(Json(Health { ready: true, failed_attachments }))
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]
@@ -115,6 +126,8 @@ pub struct Info {
     pub pools: Vec<PoolRecord>,
     pub volumes: usize,
     pub snapshots: usize,
+    /// How this node brings volumes up (loop, iSCSI, NFS, S3), and why where it cannot.
+    pub data_paths: Vec<crate::attach::DataPath>,
 }
 
 #[utoipa::path(get, path = "/v1/info", responses((status = 200, body = Info)))]
@@ -131,6 +144,7 @@ async fn info(State(s): State<Shared>) -> ApiResult<Json<Info>> {
         pools: s.list_pools().await?,
         volumes: s.store.list_keys(&keys::volumes()).await?.len(),
         snapshots: s.store.list_keys(&keys::snapshots()).await?.len(),
+        data_paths: s.attacher.data_paths().to_vec(),
     }))
 }
 

@@ -5,9 +5,17 @@
 //! * `image-file`: a sparse image in the backend's pool dir → `losetup` → `mkfs` (first attach
 //!   only: a device that already carries a filesystem is never formatted again) → `mount`.
 //! * `directory`: a directory in the pool dir, bind-mounted.
-//! * `nfs`: `mount -t nfs` where the kernel has an NFS client.
+//! * `iscsi` ([`iscsi`]): the kernel's initiator where this node has one, else one
+//!   `qemu-storage-daemon` per volume exporting the LUN through FUSE → loop device → `mkfs` (first
+//!   attach only) → `mount`.
+//! * `nfs` ([`nfs`]): `mount -t nfs` where the kernel has an NFS client, else one `elara nfs-fuse`
+//!   helper per volume.
 //! * `s3`: `s3fs` (FUSE) with a 0600 credentials file under the run dir.
-//! * `iscsi`, `other`: refused as unsupported on this host, saying why.
+//! * `other`: refused as unsupported on this host, saying why.
+//!
+//! Helpers ([`helper`]) run in sessions of their own and are recorded in the volume's attach dir
+//! (`<run dir>/attach/<volume id>/`), so a restarted daemon adopts them, and every host command
+//! has a deadline ([`cmd`]): a dead server or portal fails an attach or detach, it never hangs it.
 //!
 //! Every connection comes from an untrusted driver, so paths are checked to stay inside the pool
 //! dir and to name a regular file (an image path cannot point the host at `/dev/sda`).
@@ -16,21 +24,54 @@
 //! its own partial work on failure; `detach` and `detach_by_volume` are safe to repeat and remove
 //! only what belongs to the volume.
 
+pub mod cmd;
+pub mod helper;
+pub mod iscsi;
 pub mod mountinfo;
+pub mod nfs;
+pub mod paths;
+mod qmp;
 
 use std::path::{Component, Path, PathBuf};
-use std::process::Output;
+use std::time::Duration;
 
 use elara_runtime::Connection;
 use serde::{Deserialize, Serialize};
-use tokio::process::Command;
 
-/// Where the attach layer keeps its state on this node.
+use cmd::{command_error, run};
+pub use helper::HelperState;
+pub use paths::{DataPath, DataPaths, PathChoice};
+
+/// Where the attach layer keeps its state on this node, and which clients it uses.
+#[derive(Clone, Debug)]
 pub struct AttachConfig {
     /// Volumes are mounted at `<mount_root>/<volume id>`.
     pub mount_root: PathBuf,
-    /// Runtime files (s3fs credential files).
+    /// Runtime files: s3fs credential files, and each helper-served volume's attach dir.
     pub run_dir: PathBuf,
+    /// Which iSCSI initiator brings LUNs up.
+    pub iscsi: PathChoice,
+    /// Which NFS client mounts exports.
+    pub nfs: PathChoice,
+    /// A request to an iSCSI target or NFS server unanswered this long fails (EIO) rather than hangs.
+    pub io_timeout: Duration,
+    /// The `elara` binary, which runs the `nfs-fuse` helper.
+    pub helper_exe: PathBuf,
+}
+
+impl AttachConfig {
+    /// Defaults for `mount_root` and `run_dir`: the kernel's clients where present, 30 s I/O
+    /// timeout, this executable as the helper.
+    pub fn new(mount_root: PathBuf, run_dir: PathBuf) -> Self {
+        AttachConfig {
+            mount_root,
+            run_dir,
+            iscsi: PathChoice::Auto,
+            nfs: PathChoice::Auto,
+            io_timeout: Duration::from_secs(30),
+            helper_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("elara")),
+        }
+    }
 }
 
 /// Filesystems the host makes on block volumes.
@@ -74,16 +115,47 @@ pub struct AttachRequest<'a> {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct AttachState {
     pub mountpoint: PathBuf,
-    /// The loop device, for image files.
+    /// The block device: a loop device (image files, user-space iSCSI) or the kernel's LUN.
     pub device: Option<PathBuf>,
-    /// The image file behind `device`.
+    /// The file behind a loop `device`: the image, or the user-space iSCSI helper's FUSE export.
     pub backing_file: Option<PathBuf>,
-    /// `image-file`, `directory`, `nfs` or `s3`.
+    /// `image-file`, `directory`, `nfs`, `iscsi` or `s3`.
     pub kind: String,
+    /// `kernel` or `user`: which client serves an `iscsi` or `nfs` volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
     /// Whether this attach made the filesystem.
     pub formatted_now: bool,
     /// The s3fs credentials file, removed on detach.
     pub creds_file: Option<PathBuf>,
+    /// The user-space helper serving the volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub helper: Option<HelperState>,
+    /// The volume's attach dir (helper files, CHAP secret, kernel session share), removed on detach.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attach_dir: Option<PathBuf>,
+}
+
+impl AttachState {
+    fn plain(kind: &str, mountpoint: PathBuf) -> AttachState {
+        AttachState {
+            mountpoint,
+            device: None,
+            backing_file: None,
+            kind: kind.into(),
+            mode: None,
+            formatted_now: false,
+            creds_file: None,
+            helper: None,
+            attach_dir: None,
+        }
+    }
+
+    /// Why the volume no longer works on this node, if its helper has gone.
+    pub fn failure(&self) -> Option<String> {
+        let h = self.helper.as_ref()?;
+        (!h.alive()).then(|| format!("{} serving this volume exited; its log {}: {}", h.describe(), h.log.display(), helper::log_tail(&h.log)))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +170,10 @@ pub enum AttachError {
     Unsupported { kind: String, reason: String },
     #[error("{} is busy (still in use by a process); stop what uses it and retry", path.display())]
     Busy { path: PathBuf },
+    #[error("`{command}` did not finish within {after:?} (a dead server, portal or device?)")]
+    Timeout { command: String, after: Duration },
+    #[error("{program}: {reason}")]
+    Helper { program: String, reason: String },
 }
 
 impl AttachError {
@@ -110,13 +186,32 @@ type Result<T> = std::result::Result<T, AttachError>;
 
 pub struct Attacher {
     cfg: AttachConfig,
+    paths: DataPaths,
     /// Loop device set-up is serialised: two `losetup --find` at once can pick the same device.
     loop_lock: tokio::sync::Mutex<()>,
+    /// Kernel iSCSI logins and logouts are serialised: sessions are shared by a target's LUNs.
+    iscsi_sessions: tokio::sync::Mutex<()>,
 }
 
 impl Attacher {
     pub fn new(cfg: AttachConfig) -> Self {
-        Attacher { cfg, loop_lock: tokio::sync::Mutex::new(()) }
+        let paths = DataPaths::probe(cfg.iscsi, cfg.nfs, &cfg.helper_exe);
+        Attacher { cfg, paths, loop_lock: tokio::sync::Mutex::new(()), iscsi_sessions: tokio::sync::Mutex::new(()) }
+    }
+
+    /// This node's data paths, as probed at start.
+    pub fn data_paths(&self) -> &[DataPath] {
+        &self.paths.all
+    }
+
+    /// Where a helper-served volume keeps its files on this node.
+    fn attach_dir(&self, volume_id: &str) -> PathBuf {
+        self.cfg.run_dir.join("attach").join(volume_id)
+    }
+
+    /// The mode `protocol` attaches with here, or `Unsupported` saying why there is none.
+    fn mode(&self, protocol: &str, choice: PathChoice) -> Result<&'static str> {
+        self.paths.selected(protocol, choice).map_err(|reason| AttachError::Unsupported { kind: protocol.into(), reason })
     }
 
     fn mountpoint(&self, volume_id: &str) -> PathBuf {
@@ -147,41 +242,84 @@ impl Attacher {
                     }
                     run("mount", &args).await?;
                 }
-                Ok(AttachState { mountpoint, device: None, backing_file: None, kind: "directory".into(), formatted_now: false, creds_file: None })
+                Ok(AttachState::plain("directory", mountpoint))
             }
-            Connection::Nfs(nfs) => {
-                if !kernel_has_fs("nfs").await && !kernel_has_fs("nfs4").await {
-                    let _ = run("modprobe", &["nfs".to_string()]).await;
-                    if !kernel_has_fs("nfs").await && !kernel_has_fs("nfs4").await {
-                        return Err(AttachError::Unsupported {
-                            kind: "nfs".into(),
-                            reason: "this kernel has no NFS client (nfs is not in /proc/filesystems and `modprobe nfs` failed)".into(),
-                        });
-                    }
-                }
-                if mountinfo::find(&mountpoint)?.is_none() {
-                    let mut opts = vec![format!("vers={}", nfs.version)];
-                    if let Some(port) = nfs.port {
-                        opts.push(format!("port={port}"));
-                    }
-                    for (k, v) in &nfs.options {
-                        opts.push(if v.is_empty() { k.clone() } else { format!("{k}={v}") });
-                    }
-                    if req.read_only {
-                        opts.push("ro".into());
-                    }
-                    let source = format!("{}:{}", nfs.server, nfs.export);
-                    run("mount", &["-t".into(), "nfs".into(), "-o".into(), opts.join(","), source, path_str(&mountpoint)]).await?;
-                }
-                Ok(AttachState { mountpoint, device: None, backing_file: None, kind: "nfs".into(), formatted_now: false, creds_file: None })
-            }
+            Connection::Nfs(nfs) => self.attach_nfs(&req, nfs, mountpoint).await,
             Connection::S3(s3) => self.attach_s3(&req, s3, mountpoint).await,
-            Connection::Iscsi(_) => Err(AttachError::Unsupported {
-                kind: "iscsi".into(),
-                reason: "this host has no iSCSI initiator support in Elara yet (open-iscsi login is not implemented)".into(),
-            }),
+            Connection::Iscsi(c) => self.attach_iscsi(&req, c, mountpoint).await,
             Connection::Other((kind, _)) => Err(AttachError::Unsupported { kind: kind.clone(), reason: "Elara's host does not know this protocol".into() }),
         }
+    }
+
+    async fn attach_nfs(&self, req: &AttachRequest<'_>, c: &elara_runtime::NfsConnection, mountpoint: PathBuf) -> Result<AttachState> {
+        let mode = self.mode("nfs", self.cfg.nfs)?;
+        let mut state = AttachState { mode: Some(mode.into()), ..AttachState::plain("nfs", mountpoint.clone()) };
+        if mode == "kernel" {
+            if mountinfo::find(&mountpoint)?.is_none() {
+                self.nfs_kernel_mount(c, &mountpoint, req.read_only).await?;
+            }
+            return Ok(state);
+        }
+        state.helper = Some(self.nfs_user_mount(req.volume_id, c, &mountpoint, req.read_only).await?);
+        state.attach_dir = Some(self.attach_dir(req.volume_id));
+        Ok(state)
+    }
+
+    async fn attach_iscsi(&self, req: &AttachRequest<'_>, c: &elara_runtime::IscsiConnection, mountpoint: PathBuf) -> Result<AttachState> {
+        let mode = self.mode("iscsi", self.cfg.iscsi)?;
+        let dir = self.attach_dir(req.volume_id);
+        let mut state = AttachState { mode: Some(mode.into()), attach_dir: Some(dir.clone()), ..AttachState::plain("iscsi", mountpoint.clone()) };
+        let device = if mode == "kernel" {
+            self.iscsi_kernel_device(req.volume_id, c).await?
+        } else {
+            let (device, helper) = self.iscsi_user_device(req.volume_id, c, req.read_only).await?;
+            state.backing_file = Some(dir.join("lun"));
+            state.helper = Some(helper);
+            device
+        };
+        state.device = Some(device.clone());
+        // Already mounted from this device (a repeated attach, or a restart after the mount step).
+        if let Some(m) = mountinfo::find(&mountpoint)? {
+            if m.source == path_str(&device) {
+                return Ok(state);
+            }
+            return Err(AttachError::BadConnection {
+                field: "mountpoint",
+                reason: format!("{} is already mounted from {}, not from {}", mountpoint.display(), m.source, device.display()),
+            });
+        }
+        match self.format_and_mount(req, &device, &mountpoint).await {
+            Ok(formatted_now) => {
+                state.formatted_now = formatted_now;
+                Ok(state)
+            }
+            Err(e) => {
+                if let Err(undo) = self.detach(&state).await {
+                    tracing::error!(volume = req.volume_id, "undoing a failed iSCSI attach: {undo}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// A loop device over `backing` (an existing one is reused). `direct_io`: no page cache of the
+    /// loop's own, for a file that is itself a device (a FUSE export): without it every write is
+    /// cached twice and counted twice.
+    async fn loop_device(&self, backing: &Path, read_only: bool, direct_io: bool) -> Result<PathBuf> {
+        let _guard = self.loop_lock.lock().await;
+        if let Some(dev) = loop_devices_of(backing).await?.into_iter().next() {
+            return Ok(dev);
+        }
+        let mut args = vec!["--find".to_string(), "--show".into()];
+        if read_only {
+            args.push("--read-only".into());
+        }
+        if direct_io {
+            args.push("--direct-io=on".into());
+        }
+        args.push(path_str(backing));
+        let out = run("losetup", &args).await?;
+        Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
     }
 
     async fn attach_image(&self, req: &AttachRequest<'_>, path: &str, mountpoint: PathBuf) -> Result<AttachState> {
@@ -195,14 +333,7 @@ impl Attacher {
         if let Some(m) = mountinfo::find(&mountpoint)? {
             let devices = loop_devices_of(&backing).await?;
             if let Some(dev) = devices.into_iter().find(|d| path_str(d) == m.source) {
-                return Ok(AttachState {
-                    mountpoint,
-                    device: Some(dev),
-                    backing_file: Some(backing),
-                    kind: "image-file".into(),
-                    formatted_now: false,
-                    creds_file: None,
-                });
+                return Ok(AttachState { device: Some(dev), backing_file: Some(backing), ..AttachState::plain("image-file", mountpoint) });
             }
             return Err(AttachError::BadConnection {
                 field: "mountpoint",
@@ -210,30 +341,14 @@ impl Attacher {
             });
         }
 
-        let device = {
-            let _guard = self.loop_lock.lock().await;
-            match loop_devices_of(&backing).await?.into_iter().next() {
-                Some(dev) => dev,
-                None => {
-                    let mut args = vec!["--find".to_string(), "--show".into()];
-                    if req.read_only {
-                        args.push("--read-only".into());
-                    }
-                    args.push(path_str(&backing));
-                    let out = run("losetup", &args).await?;
-                    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-                }
-            }
-        };
+        let device = self.loop_device(&backing, req.read_only, false).await?;
 
         match self.format_and_mount(req, &device, &mountpoint).await {
             Ok(formatted_now) => Ok(AttachState {
-                mountpoint,
                 device: Some(device),
                 backing_file: Some(backing),
-                kind: "image-file".into(),
                 formatted_now,
-                creds_file: None,
+                ..AttachState::plain("image-file", mountpoint)
             }),
             Err(e) => {
                 if let Err(undo) = detach_loop(&device, &backing).await {
@@ -260,8 +375,10 @@ impl Attacher {
                 let dev = path_str(device);
                 match req.fs_type {
                     // lazy init: a large image formats in a second; nodiscard: keep the image sparse-friendly.
-                    FsType::Ext4 => run("mkfs.ext4", &["-q".into(), "-F".into(), "-E".into(), "nodiscard".into(), dev]).await?,
-                    FsType::Xfs => run("mkfs.xfs", &["-q".into(), "-f".into(), "-K".into(), dev]).await?,
+                    // nodiscard also matters on a loop over a FUSE export, which answers discard and
+                    // zeroout with "not supported": mkfs.ext4 then made an unmountable filesystem.
+                    FsType::Ext4 => cmd::run_within(cmd::LONG, "mkfs.ext4", &["-q".into(), "-F".into(), "-E".into(), "nodiscard".into(), dev]).await?,
+                    FsType::Xfs => cmd::run_within(cmd::LONG, "mkfs.xfs", &["-q".into(), "-f".into(), "-K".into(), dev]).await?,
                 };
                 (req.fs_type.name().to_string(), true)
             }
@@ -293,18 +410,11 @@ impl Attacher {
 
     async fn attach_s3(&self, req: &AttachRequest<'_>, s3: &elara_runtime::S3Connection, mountpoint: PathBuf) -> Result<AttachState> {
         let creds = self.creds_file(req.volume_id);
-        let state = AttachState {
-            mountpoint: mountpoint.clone(),
-            device: None,
-            backing_file: None,
-            kind: "s3".into(),
-            formatted_now: false,
-            creds_file: Some(creds.clone()),
-        };
+        let state = AttachState { creds_file: Some(creds.clone()), ..AttachState::plain("s3", mountpoint.clone()) };
         if mountinfo::find(&mountpoint)?.is_some() {
             return Ok(state);
         }
-        if which("s3fs").await.is_none() {
+        if cmd::which("s3fs").is_none() {
             return Err(AttachError::Unsupported { kind: "s3".into(), reason: "s3fs is not installed (Debian package s3fs)".into() });
         }
         if !Path::new("/dev/fuse").exists() {
@@ -343,9 +453,33 @@ impl Attacher {
         }
     }
 
+    /// After the backend grew a mounted volume to `size_bytes`: make the device see it (the
+    /// user-space iSCSI helper re-reads the LUN's capacity, the loop device its file's size), then
+    /// grow the filesystem online.
+    pub async fn grow(&self, state: &AttachState, size_bytes: u64, fs: FsType) -> Result<()> {
+        let Some(device) = &state.device else { return Ok(()) };
+        if let Some(qmp) = state.helper.as_ref().and_then(|h| h.qmp.as_ref()) {
+            qmp::execute(qmp, "block_resize", serde_json::json!({ "node-name": "lun", "size": size_bytes })).await?;
+        }
+        if state.backing_file.is_some() {
+            run("losetup", &["--set-capacity".into(), path_str(device)]).await?;
+        } else if state.kind == "iscsi" {
+            // The kernel's SCSI disk re-reads its capacity on a rescan.
+            let name = device.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let rescan = PathBuf::from(format!("/sys/class/block/{name}/device/rescan"));
+            tokio::fs::write(&rescan, b"1").await.map_err(|e| AttachError::io("write", &rescan, e))?;
+        }
+        match fs {
+            FsType::Ext4 => cmd::run_within(cmd::LONG, "resize2fs", &[path_str(device)]).await.map(drop),
+            FsType::Xfs => cmd::run_within(cmd::LONG, "xfs_growfs", &[path_str(&state.mountpoint)]).await.map(drop),
+        }
+    }
+
     /// Take down exactly what `attach` set up. Safe to repeat.
     pub async fn detach(&self, state: &AttachState) -> Result<()> {
-        unmount(&state.mountpoint).await?;
+        // A volume whose helper died can only be unmounted lazily: its I/O fails anyway.
+        let helper_dead = state.helper.as_ref().is_some_and(|h| !h.alive());
+        unmount(&state.mountpoint, helper_dead).await?;
         if let (Some(dev), Some(backing)) = (&state.device, &state.backing_file) {
             detach_loop(dev, backing).await?;
         }
@@ -357,20 +491,42 @@ impl Attacher {
         if let Some(creds) = &state.creds_file {
             remove_if_exists(creds).await?;
         }
+        if let Some(dir) = &state.attach_dir {
+            self.release_attach_dir(dir).await?;
+        }
         remove_dir_if_exists(&state.mountpoint).await
+    }
+
+    /// Stop the helper in a volume's attach dir, give back its kernel iSCSI session share, and
+    /// remove the dir.
+    async fn release_attach_dir(&self, dir: &Path) -> Result<()> {
+        if !dir.exists() {
+            return Ok(());
+        }
+        self.stop_helper_in(dir).await?;
+        if let Some(volume_id) = dir.file_name().and_then(|n| n.to_str()) {
+            self.release_kernel_session(volume_id).await?;
+        }
+        match tokio::fs::remove_dir_all(dir).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(AttachError::io("remove", dir, e)),
+            _ => Ok(()),
+        }
     }
 
     /// Take down whatever a volume may have on this node when the attach state was never recorded
     /// (a crash between the host step and the store write): its mountpoint, loop devices of its
-    /// image file, its credentials file.
+    /// image file, its helper and attach dir, its credentials file.
     pub async fn detach_by_volume(&self, volume_id: &str, backing_file: Option<&Path>) -> Result<()> {
         let mountpoint = self.mountpoint(volume_id);
-        unmount(&mountpoint).await?;
-        if let Some(backing) = backing_file {
+        let dir = self.attach_dir(volume_id);
+        let helper_dead = helper::load(&dir).is_some_and(|h| !h.alive());
+        unmount(&mountpoint, helper_dead).await?;
+        for backing in backing_file.into_iter().chain(Some(dir.join("lun").as_path())) {
             for dev in loop_devices_of(backing).await? {
                 detach_loop(&dev, backing).await?;
             }
         }
+        self.release_attach_dir(&dir).await?;
         remove_if_exists(&self.creds_file(volume_id)).await?;
         remove_dir_if_exists(&mountpoint).await
     }
@@ -405,12 +561,13 @@ async fn grow_ext4_offline(device: &Path) -> Result<()> {
     }
     tracing::info!(device = %device.display(), "growing ext4 from {} to {dev_bytes} bytes", blocks * block_size);
     // resize2fs insists on a freshly checked filesystem; -p repairs only what is safe unattended.
-    let fsck = Command::new("e2fsck").args(["-f", "-p"]).arg(device).output().await.map_err(|e| AttachError::io("run e2fsck on", device, e))?;
+    let shown = format!("e2fsck -f -p {}", device.display());
+    let fsck = cmd::output_within(cmd::LONG, tokio::process::Command::new("e2fsck").args(["-f", "-p"]).arg(device), &shown).await?;
     // 0: clean, 1: errors corrected.
     if !matches!(fsck.status.code(), Some(0 | 1)) {
         return Err(command_error("e2fsck -f -p", &fsck));
     }
-    run("resize2fs", &[path_str(device)]).await.map(drop)
+    cmd::run_within(cmd::LONG, "resize2fs", &[path_str(device)]).await.map(drop)
 }
 
 /// The filesystem type on a device, or `None` if blank.
@@ -424,12 +581,8 @@ async fn probe_fs(device: &Path) -> Result<Option<String>> {
     if sb.starts_with(b"XFSB") {
         return Ok(Some("xfs".into()));
     }
-    let out = Command::new("blkid")
-        .args(["-p", "-o", "value", "-s", "TYPE"])
-        .arg(device)
-        .output()
-        .await
-        .map_err(|e| AttachError::io("run blkid on", device, e))?;
+    let shown = format!("blkid {}", device.display());
+    let out = cmd::output_within(cmd::QUICK, tokio::process::Command::new("blkid").args(["-p", "-o", "value", "-s", "TYPE"]).arg(device), &shown).await?;
     match out.status.code() {
         Some(0) => {
             let t = String::from_utf8_lossy(&out.stdout).trim().to_string();
@@ -444,7 +597,9 @@ async fn probe_fs(device: &Path) -> Result<Option<String>> {
 /// The first 4 KiB of a device (ext4's superblock sits at 1024, xfs's at 0) and its size.
 async fn read_superblock(device: &Path) -> Result<(Vec<u8>, u64)> {
     let dev = device.to_path_buf();
-    tokio::task::spawn_blocking(move || {
+    // A device over a dead portal can block a read in the kernel: give up waiting (the blocked
+    // thread is the kernel's to release).
+    let read = tokio::task::spawn_blocking(move || {
         use std::io::{Read, Seek, SeekFrom};
         let mut f = std::fs::File::open(&dev)?;
         let mut buf = vec![0u8; 4096];
@@ -458,10 +613,11 @@ async fn read_superblock(device: &Path) -> Result<(Vec<u8>, u64)> {
         buf.truncate(got);
         let size = f.seek(SeekFrom::End(0))?;
         Ok((buf, size))
-    })
-    .await
-    .expect("superblock read panicked")
-    .map_err(|e| AttachError::io("read the superblock of", device, e))
+    });
+    match tokio::time::timeout(cmd::QUICK, read).await {
+        Ok(done) => done.expect("superblock read panicked").map_err(|e| AttachError::io("read the superblock of", device, e)),
+        Err(_) => Err(AttachError::Timeout { command: format!("reading the superblock of {}", device.display()), after: cmd::QUICK }),
+    }
 }
 
 /// (block count, block size) of an ext4 superblock (ext magic with the extents feature, as
@@ -514,30 +670,27 @@ async fn detach_loop(device: &Path, backing: &Path) -> Result<()> {
     run("losetup", &["--detach".into(), path_str(device)]).await.map(drop)
 }
 
-async fn unmount(mountpoint: &Path) -> Result<()> {
+/// Unmount everything stacked at `mountpoint`. `lazy_if_stuck`: for a volume whose helper is
+/// gone, detach lazily when a plain unmount fails or does not finish in time.
+async fn unmount(mountpoint: &Path, lazy_if_stuck: bool) -> Result<()> {
     while mountinfo::find(mountpoint)?.is_some() {
-        let out = Command::new("umount").arg(mountpoint).output().await.map_err(|e| AttachError::io("run umount on", mountpoint, e))?;
-        if !out.status.success() {
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            if stderr.contains("busy") {
+        let shown = format!("umount {}", mountpoint.display());
+        let out = cmd::output_within(cmd::QUICK, tokio::process::Command::new("umount").arg(mountpoint), &shown).await;
+        let failure = match out {
+            Ok(out) if out.status.success() => continue,
+            Ok(out) if String::from_utf8_lossy(&out.stderr).contains("busy") && !lazy_if_stuck => {
                 return Err(AttachError::Busy { path: mountpoint.to_path_buf() });
             }
-            return Err(command_error(&format!("umount {}", mountpoint.display()), &out));
+            Ok(out) => command_error(&shown, &out),
+            Err(e) => e,
+        };
+        if !lazy_if_stuck {
+            return Err(failure);
         }
+        tracing::warn!(mountpoint = %mountpoint.display(), "{failure}; its helper is gone: detaching lazily");
+        run("umount", &["-l".into(), path_str(mountpoint)]).await?;
     }
     Ok(())
-}
-
-async fn kernel_has_fs(name: &str) -> bool {
-    tokio::fs::read_to_string("/proc/filesystems")
-        .await
-        .map(|t| t.lines().any(|l| l.split_whitespace().last() == Some(name)))
-        .unwrap_or(false)
-}
-
-async fn which(cmd: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(cmd)).find(|p| p.is_file())
 }
 
 async fn write_secret(path: &Path, content: &str) -> Result<()> {
@@ -555,6 +708,13 @@ async fn write_secret(path: &Path, content: &str) -> Result<()> {
     .await
     .expect("write task panicked")
     .map_err(|e| AttachError::io("write", path, e))
+}
+
+/// A directory only root can enter (a helper's files: its CHAP secret, its QMP socket).
+async fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    create_dir(dir).await?;
+    tokio::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).await.map_err(|e| AttachError::io("chmod", dir, e))
 }
 
 async fn create_dir(dir: &Path) -> Result<()> {
@@ -577,22 +737,6 @@ async fn remove_dir_if_exists(path: &Path) -> Result<()> {
 
 fn path_str(p: &Path) -> String {
     p.display().to_string()
-}
-
-fn command_error(command: &str, out: &Output) -> AttachError {
-    AttachError::Command {
-        command: command.to_string(),
-        status: out.status.to_string(),
-        stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-    }
-}
-
-async fn run(cmd: &str, args: &[String]) -> Result<Output> {
-    let out = Command::new(cmd).args(args).output().await.map_err(|e| AttachError::io("run", Path::new(cmd), e))?;
-    if !out.status.success() {
-        return Err(command_error(&format!("{cmd} {}", args.join(" ")), &out));
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

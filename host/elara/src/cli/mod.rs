@@ -619,4 +619,11 @@ fn print_info(out: Output, v: &Value) {
     indented_table(out, &v["backends"], &[("NAME", "/name"), ("DRIVER", "/driver"), ("SCOPE", "/scope")], "  ");
     println!("Pools:");
     indented_table(out, &v["pools"], &[("BACKEND", "/backend"), ("NODE", "/node"), ("POOL", "/pool/name"), ("TOTAL", "/pool/total"), ("FREE", "/pool/free")], "  ");
+    println!("Data paths:");
+    indented_table(
+        out,
+        &v["data_paths"],
+        &[("PROTOCOL", "/protocol"), ("MODE", "/mode"), ("AVAILABLE", "/available"), ("IN USE", "/selected"), ("DETAIL", "/detail")],
+        "  ",
+    );
 }

@@ -54,6 +54,9 @@ impl Elara {
         }
         let att_key = keys::attachment(name, self.node());
         if let Some(att) = self.get::<AttachmentRecord>(&att_key).await? {
+            if att.value.state == AttachmentState::Failed {
+                return self.remount_failed(&vol, att, holder, path).await;
+            }
             if att.value.state != AttachmentState::Attached {
                 return Err(ApiError::busy("volume", name, &format!("{:?}", att.value.state).to_lowercase()));
             }
@@ -84,7 +87,7 @@ impl Elara {
             )));
         }
         let params = serde_json::json!({ "volume_id": vol.id, "holder": holder, "path": path });
-        let mut op = self.new_op(OpKind::Attach, name, None, params);
+        let op = self.new_op(OpKind::Attach, name, None, params);
         let key = keys::volume(name);
         let cur = self.get::<VolumeRecord>(&key).await?.ok_or_else(|| ApiError::not_found("volume", name))?;
         if let Some(other) = &cur.value.op {
@@ -95,7 +98,7 @@ impl Elara {
         }
         let mut locked = cur.value.clone();
         locked.op = Some(op.id.clone());
-        let mut att = AttachmentRecord {
+        let att = AttachmentRecord {
             v: SCHEMA,
             volume: name.to_string(),
             volume_id: vol.id.clone(),
@@ -105,6 +108,7 @@ impl Elara {
             host: None,
             holders: [(holder.to_string(), Holder { since: now(), path: path.clone() })].into(),
             updated_at: now(),
+            error: None,
         };
         let ok = self
             .txn(
@@ -116,8 +120,13 @@ impl Elara {
             return Err(ApiError::busy("volume", name, "attach"));
         }
         faults::point("mount:after-intent");
+        self.bring_up_or_undo(op, &locked, att, path).await
+    }
 
-        match self.bring_up(&mut op, &locked, &mut att).await {
+    /// The forward steps of an attach whose intent is recorded; on failure, undo them.
+    async fn bring_up_or_undo(&self, mut op: OpRecord, locked: &VolumeRecord, mut att: AttachmentRecord, path: Option<PathBuf>) -> ApiResult<PathBuf> {
+        let name = locked.name.as_str();
+        match self.bring_up(&mut op, locked, &mut att).await {
             Ok(mountpoint) => {
                 if let Some(p) = &path {
                     bind_mount(&mountpoint, p).await?;
@@ -126,13 +135,92 @@ impl Elara {
             }
             Err(e) => {
                 tracing::warn!(volume = %name, "mount failed: {e}; undoing");
-                if let Err(undo) = self.tear_down(&mut op, &locked, &att).await {
+                if let Err(undo) = self.tear_down(&mut op, locked, &att).await {
                     tracing::error!(volume = %name, "undo of a failed mount failed: {undo}; the reconciler will retry");
                     self.op_abandon(&mut op, &format!("{e}; undo: {undo}")).await;
                 }
                 Err(e)
             }
         }
+    }
+
+    /// A mount of a volume whose attachment failed here (its helper died): under the volume's
+    /// lock, take down what is left of the old bring-up and bring it up anew, keeping its holders.
+    async fn remount_failed(&self, vol: &VolumeRecord, att: elara_store::Record<AttachmentRecord>, holder: &str, path: Option<PathBuf>) -> ApiResult<PathBuf> {
+        let name = vol.name.as_str();
+        let key = keys::volume(name);
+        let att_key = keys::attachment(name, self.node());
+        let cur = self.get::<VolumeRecord>(&key).await?.ok_or_else(|| ApiError::not_found("volume", name))?;
+        if let Some(other) = &cur.value.op {
+            return Err(ApiError::busy("volume", name, other));
+        }
+        let params = serde_json::json!({ "volume_id": vol.id, "holder": holder, "path": path });
+        let mut op = self.new_op(OpKind::Attach, name, None, params);
+        let mut locked = cur.value.clone();
+        locked.op = Some(op.id.clone());
+        let mut a = att.value.clone();
+        let old_host = a.host.take();
+        a.state = AttachmentState::Attaching;
+        a.holders.insert(holder.to_string(), Holder { since: now(), path: path.clone() });
+        a.updated_at = now();
+        let ok = self
+            .txn(
+                vec![rev(key.clone(), cur.revision), rev(att_key.clone(), att.revision)],
+                vec![put(key, &locked), put(att_key, &a), put(keys::op(&op.id), &op)],
+            )
+            .await?;
+        if !ok {
+            return Err(ApiError::busy("volume", name, "attach"));
+        }
+        tracing::warn!(volume = %name, error = a.error.as_deref().unwrap_or(""), "mounting a failed attachment anew");
+        let taken_down = match &old_host {
+            Some(host) => self.attacher.detach(host).await,
+            None => self.attacher.detach_by_volume(&vol.id, None).await,
+        };
+        if let Err(e) = taken_down {
+            let e = ApiError::new(500, "detach-failed", format!("volume {name}: taking down its failed attachment: {e}"));
+            self.op_abandon(&mut op, &e.to_string()).await;
+            return Err(e);
+        }
+        a.error = None;
+        self.bring_up_or_undo(op, &locked, a, path).await
+    }
+
+    /// Mark attachments on this node whose helper process has gone as failed (their I/O fails),
+    /// so `volume inspect` and `/v1/health` say so and the next mount brings them up anew.
+    /// Returns the volumes it marked.
+    pub async fn watch_helpers(&self) -> ApiResult<Vec<String>> {
+        let mut marked = vec![];
+        for rec in self.store.list_json::<AttachmentRecord>(&keys::all_attachments()).await? {
+            let att = rec.value;
+            if att.node != self.node() || att.state != AttachmentState::Attached {
+                continue;
+            }
+            let Some(why) = att.host.as_ref().and_then(AttachState::failure) else { continue };
+            let key = keys::attachment(&att.volume, &att.node);
+            let mut a = att.clone();
+            a.state = AttachmentState::Failed;
+            a.error = Some(why.clone());
+            a.updated_at = now();
+            if self.txn(vec![rev(key.clone(), rec.revision)], vec![put(key, &a)]).await? {
+                tracing::error!(volume = %att.volume, "attachment failed: {why}");
+                marked.push(att.volume.clone());
+            }
+        }
+        Ok(marked)
+    }
+
+    /// The attachments on this node that have failed: `(volume, why)`.
+    pub async fn failed_attachments(&self) -> ApiResult<Vec<(String, String)>> {
+        Ok(self
+            .store
+            .list_json::<AttachmentRecord>(&keys::all_attachments())
+            .await?
+            .into_iter()
+            .map(|r| r.value)
+            .filter(|a| a.node == self.node() && a.state == AttachmentState::Failed)
+            .map(|a| (a.volume, a.error.unwrap_or_default()))
+            .collect())
     }
 
     /// Driver attach, host attach, record: the attach op's forward steps.
@@ -159,6 +247,7 @@ impl Elara {
         faults::point("mount:after-host-attach");
         att.host = Some(state.clone());
         att.state = AttachmentState::Attached;
+        att.error = None;
         att.updated_at = now();
         let att_key = keys::attachment(&vol.name, self.node());
         let vkey = keys::volume(&vol.name);
@@ -235,7 +324,7 @@ impl Elara {
             }
             return Ok(());
         };
-        if att.value.state != AttachmentState::Attached {
+        if !matches!(att.value.state, AttachmentState::Attached | AttachmentState::Failed) {
             return Err(ApiError::busy("volume", name, &format!("{:?}", att.value.state).to_lowercase()));
         }
         let Some(h) = att.value.holders.get(holder).cloned() else { return Ok(()) };
@@ -288,12 +377,10 @@ impl Elara {
             return Ok(());
         };
         let Some(state) = att.value.host else { return Ok(()) };
-        let Some(device) = &state.device else { return Ok(()) };
-        run("losetup", &["--set-capacity", &device.display().to_string()]).await?;
-        match vol.fs {
-            FsType::Ext4 => run("resize2fs", &[&device.display().to_string()]).await,
-            FsType::Xfs => run("xfs_growfs", &[&state.mountpoint.display().to_string()]).await,
-        }
+        self.attacher
+            .grow(&state, vol.size_bytes, vol.fs.into())
+            .await
+            .map_err(|e| ApiError::new(500, "resize-failed", format!("volume {}: growing it where it is mounted: {e}", vol.name)))
     }
 
     /// The mountpoint of a block volume mounted on this node, for freezing during a snapshot.

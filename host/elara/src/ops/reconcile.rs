@@ -168,6 +168,9 @@ impl Elara {
     /// Run the reconciler every few seconds until the daemon stops.
     pub async fn reconcile_loop(self: std::sync::Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
         loop {
+            if let Err(e) = self.watch_helpers().await {
+                tracing::warn!("checking this node's helper processes failed: {e}");
+            }
             if let Err(e) = self.reconcile_once().await {
                 tracing::warn!("reconciler pass failed: {e}");
             }
