@@ -13,18 +13,27 @@
 #                                            ELARA_TEST_KEYSTONE_PROJECT=elara ..._PROJECT_ID=<id>
 #                                            ELARA_TEST_KEYSTONE_APPCRED_ID=... ..._APPCRED_SECRET=...
 #                                            ELARA_TEST_KEYSTONE_ADMIN_PASSWORD=... (user `admin`)
+#                                            ELARA_TEST_CINDER_LUN_TYPE=elara-test-lun
+#                                            ELARA_TEST_TGT_PORTAL=127.0.0.1:3260
+#                                            ELARA_TEST_TGT_SERVICE=DIR/tgt  ELARA_TEST_TGT_LUNS=DIR/tgt/luns
 #                                          (a no-op that prints the same lines when already running)
 #   scripts/services/cinder.sh stop DIR    stop what `start` started in DIR, by the recorded pids
 #   scripts/services/cinder.sh status DIR  exit 0 and print the env lines if the stack is up
 #
 # The stack: cinder==29.0.0 from PyPI in a venv (api + scheduler + volume), RabbitMQ and MariaDB
 # from Debian, each on 127.0.0.1, with auth_strategy=noauth (the token `admin:<project>` is an
-# admin of <project>). Two Cinder backends (scripts/services/cinder/multipool_driver.py): `fake`
-# (one pool of infinite capacity) and `multi` (the pools in DIR/pools.json, copied from
+# admin of <project>). Three Cinder backends. Two fake ones (scripts/services/cinder/multipool_driver.py):
+# `fake` (one pool of infinite capacity) and `multi` (the pools in DIR/pools.json, copied from
 # scripts/services/cinder/pools.json on the first start). Both are Cinder's FakeLoggingVolumeDriver
 # below the API: volumes exist in Cinder's database only, and initialize_connection answers
-# complete iSCSI details (portal 127.0.0.1:3260, iqn, lun 0, CHAP). Everything above that (API,
-# scheduler, RPC, DB, states, attachments, user messages) is the real Cinder.
+# complete iSCSI details (portal 127.0.0.1:3260, iqn, lun 0, CHAP) that no target serves.
+# And `lun` (scripts/services/cinder/tgt_driver.py), whose volumes are real: each a sparse file in
+# DIR/tgt/luns served over iSCSI with CHAP by the tgtd of scripts/services/tgt.sh (started first,
+# as `tgt.sh start DIR/tgt`; tests stop and start it with that script, and its targets come back);
+# one pool `elara-test@lun#lun` with the file system's capacity, reached through the public
+# volume type `elara-test-lun` (volume_backend_name=lun, made at start if missing).
+# scripts/services/cinder/check_lun.py checks that data path end to end. Everything above the
+# drivers (API, scheduler, RPC, DB, states, attachments, user messages) is the real Cinder.
 #
 # Keystone too: keystone==30.0.0 (a venv of its own, fernet tokens) on 127.0.0.1:5000, its
 # database `keystone` in the same MariaDB (not SQLite: concurrent logins that write the user's
@@ -37,7 +46,7 @@
 # also shows (token admin:<project id>).
 #
 # Installs only what is missing: Debian packages rabbitmq-server, mariadb-server, python3-venv,
-# curl; the venvs ($ELARA_CINDER_VENV, default <repo>/.work/cinder-stack-venv, and
+# curl (and what tgt.sh installs: tgt, libiscsi-bin, qemu-block-extra); the venvs ($ELARA_CINDER_VENV, default <repo>/.work/cinder-stack-venv, and
 # $ELARA_KEYSTONE_VENV, default <repo>/.work/keystone-venv; kept across stops).
 # Every wait is a readiness poll with a deadline; on failure the relevant log is printed and the
 # half-started stack is stopped. Each service is started with setsid, so its pid is its process
@@ -46,7 +55,8 @@
 # Env: CINDER_PORT (8776), CINDER_KEYSTONE_PORT (8777), KEYSTONE_PORT (5000), MYSQL_PORT (3306), RABBIT_PORT (5672), RABBIT_DIST_PORT (25672),
 #      EPMD_PORT (4369), CINDER_READY_TIMEOUT (seconds, 180), CINDER_DEBUG (false).
 # Files in DIR: pids/*.pid, logs/ (api, scheduler, volume, rabbit, mysql), etc/cinder.conf,
-#               pools.json, endpoint, keystone/ (keystone.conf, keys, env).
+#               pools.json, endpoint, keystone/ (keystone.conf, keys, env), tgt/ (tgt.sh's DIR:
+#               luns/ the volumes' and snapshots' files, targets/ their targets' definitions).
 # Timings on 2 cores: ~70 s from nothing, ~15-25 s with packages and venv present.
 set -euo pipefail
 
@@ -72,6 +82,7 @@ PROJECT=4f9c8f1ea1b24d0c9a5e0c1f2b3a4d5e
 TOKEN=admin:$PROJECT
 ENDPOINT=http://127.0.0.1:$CINDER_PORT/v3/$PROJECT
 SERVICES=(epmd rabbit mysql keystone api api-keystone scheduler volume)
+TGT=$ROOT/scripts/services/tgt.sh TGT_DIR=$BASE/tgt LUN_TYPE=elara-test-lun
 declare -A EXPECT=([api]=cinder-api [api-keystone]=cinder-api [scheduler]=cinder-scheduler [volume]=cinder-volume
                    [rabbit]=rabbitmq [mysql]=mariadbd [epmd]=epmd [keystone]=keystone_serve)
 
@@ -108,6 +119,8 @@ print_env() {
   echo "ELARA_TEST_CINDER_KEYSTONE=http://127.0.0.1:$CINDER_KEYSTONE_PORT/v3"
   cat "$BASE/keystone/env"
   echo "ELARA_TEST_KEYSTONE_ADMIN_PASSWORD=$KS_ADMIN_PASSWORD"
+  echo "ELARA_TEST_CINDER_LUN_TYPE=$LUN_TYPE"
+  cat "$TGT_DIR/tgt.env"
 }
 stack_up() {
   for s in rabbit mysql keystone api api-keystone scheduler volume; do running "$s" || return 1; done
@@ -147,6 +160,7 @@ stop() {
   stop_groups 20 api api-keystone scheduler volume keystone
   stop_groups 30 rabbit mysql
   stop_groups 5 epmd
+  bash "$TGT" stop "$TGT_DIR" >&2
 }
 
 fail_start() { # print the log, stop what was started, fail
@@ -234,8 +248,19 @@ PY
   mv "$ks/env.tmp" "$ks/env"
 }
 
+# The public volume type of the `lun` backend, made when missing.
+lun_type() {
+  curl -sf -m 10 -H "X-Auth-Token: $TOKEN" "$ENDPOINT/types?is_public=None" \
+    | python3 -c "import json,sys; sys.exit(not any(t['name'] == '$LUN_TYPE' for t in json.load(sys.stdin)['volume_types']))" \
+    && return 0
+  curl -sf -m 10 -o /dev/null -H "X-Auth-Token: $TOKEN" -H 'Content-Type: application/json' -X POST "$ENDPOINT/types" \
+    -d "{\"volume_type\": {\"name\": \"$LUN_TYPE\", \"os-volume-type-access:is_public\": true,
+         \"description\": \"Real iSCSI LUNs (tgt) of the backend lun\", \"extra_specs\": {\"volume_backend_name\": \"lun\"}}}"
+}
+
 start() {
-  if stack_up; then print_env; return 0; fi
+  # Up: only tgt is (re)started if a test left it stopped (a no-op when it runs).
+  if stack_up; then bash "$TGT" start "$TGT_DIR" >/dev/null; print_env; return 0; fi
   # Anything of ours half-running is stopped first.
   for s in "${SERVICES[@]}"; do
     if [ -f "$BASE/pids/$s.pid" ]; then say "stopping a partial stack in $BASE"; stop; break; fi
@@ -250,6 +275,10 @@ start() {
   mkdir -p "$BASE"/{rabbit/mnesia,rabbit/log,mysql/data,mysql/run,etc,logs,state,locks,pids,keystone}
   [ -f "$BASE/pools.json" ] || cp "$FILES/pools.json" "$BASE/pools.json"
   say "packages ok"
+
+  # 1b. The iSCSI target of the `lun` backend (installs tgt, libiscsi-bin, qemu-block-extra).
+  bash "$TGT" start "$TGT_DIR" >/dev/null 2>"$BASE/logs/tgt-start.log" || fail_start "$BASE/logs/tgt-start.log" "tgt.sh start failed"
+  say "tgt ok"
 
   # 2. epmd (ours, in the foreground, so it stops by pid) and RabbitMQ on loopback.
   local erts_bin
@@ -337,7 +366,7 @@ transport_url = rabbit://guest:guest@127.0.0.1:$RABBIT_PORT/
 osapi_volume_listen = 127.0.0.1
 osapi_volume_listen_port = $CINDER_PORT
 osapi_volume_workers = 1
-enabled_backends = fake,multi
+enabled_backends = fake,multi,lun
 state_path = $BASE/state
 api_paste_config = $BASE/etc/api-paste.ini
 resource_query_filters_file = $BASE/etc/resource_filters.json
@@ -368,6 +397,9 @@ volume_backend_name = fake
 [multi]
 volume_driver = multipool_driver.MultiPoolFakeDriver
 volume_backend_name = multi
+[lun]
+volume_driver = tgt_driver.TgtFileDriver
+volume_backend_name = lun
 EOF
   # The same Cinder behind Keystone: a second API process on its own port.
   sed -e "s/^auth_strategy = noauth/auth_strategy = keystone/" \
@@ -394,13 +426,15 @@ EOF
 
   # 6. The Cinder services, each a process-group leader.
   for s in api scheduler volume; do
-    (PYTHONPATH=$FILES ELARA_CINDER_POOLS_FILE=$BASE/pools.json setsid "$VENV/bin/cinder-$s" \
+    (PYTHONPATH=$FILES ELARA_CINDER_POOLS_FILE=$BASE/pools.json ELARA_TGT_LUNS_DIR=$TGT_DIR/luns \
+       ELARA_TGT_TARGETS_DIR=$TGT_DIR/targets ELARA_TGT_PORTAL=127.0.0.1:3260 setsid "$VENV/bin/cinder-$s" \
        --config-file "$BASE/etc/cinder.conf" >"$BASE/logs/$s.stdout" 2>&1 </dev/null & echo $! >"$BASE/pids/$s.pid")
   done
   (setsid "$VENV/bin/cinder-api" --config-file "$BASE/etc/cinder-keystone.conf" \
      >"$BASE/logs/api-keystone.stdout" 2>&1 </dev/null & echo $! >"$BASE/pids/api-keystone.pid")
   local want
-  want=$((1 + $(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))))' "$BASE/pools.json")))
+  # fake's pool, multi's pools, lun's pool.
+  want=$((2 + $(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))))' "$BASE/pools.json")))
   cinder_up() {
     for s in api api-keystone scheduler volume; do running "$s" || { say "cinder-$s exited"; return 2; }; done
     curl -s -m 2 -o /dev/null "http://127.0.0.1:$CINDER_KEYSTONE_PORT/" || return 1
@@ -417,6 +451,7 @@ EOF
     fi
     sleep 0.2
   done
+  lun_type || fail_start "$BASE/logs/cinder-api.log" "making the volume type $LUN_TYPE failed"
   echo "$ENDPOINT" >"$BASE/endpoint"
   say "cinder ready: $want pools at $ENDPOINT"
   print_env
@@ -425,6 +460,6 @@ EOF
 case "$ACTION" in
   start) start ;;
   stop) stop ;;
-  status) if stack_up; then print_env; else exit 1; fi ;;
+  status) if stack_up && bash "$TGT" status "$TGT_DIR" >/dev/null; then print_env; else exit 1; fi ;;
   *) usage ;;
 esac
