@@ -17,6 +17,7 @@ definitions directly. The steps:
  4. bytes written over iSCSI (qemu-io) are in the backing file; bytes written into the file are
     read back over iSCSI (qemu-img convert);
  5. a snapshot, and a volume from it (its own target and CHAP) holding those bytes over iSCSI;
+    a clone of the volume holding them;
  6. extend to 2 GiB while attached: 2 GiB over iSCSI;
  7. tgt stopped (tgt.sh stop) and started again while qemu-storage-daemon holds an iSCSI session
     to the LUN: the LUN is refused while down, answers again after, and the held session reads
@@ -284,8 +285,15 @@ def main():
         ensure(q2.read(off2, len(back), os.path.join(tmp, "read3")) == back, "v2 lacks the file-written bytes over iSCSI")
         cross = dict(c2, auth_username=c1["auth_username"], auth_password=c1["auth_password"])
         ensure(run("iscsi-inq", "-i", INITIATOR, url(cross), check=False).returncode != 0, "v1's CHAP opens v2's target")
-        say("ok 5: snapshot %s (%s) and volume %s from it hold the bytes (over iSCSI, its own target and CHAP; v1's CHAP refused there)"
-            % (s1, os.path.basename(sf), v2))
+        _, v = call("POST", "/volumes", {"volume": {"size": 1, "name": tag + "-v3", "source_volid": v1, "volume_type": LUN_TYPE}})
+        v3 = v["volume"]["id"]
+        made["volumes"].append(v3)
+        wait_status("volumes", v3, "available")
+        f3 = os.path.join(LUNS, "volume-%s.img" % v3)
+        ensure(file_bytes(f3, off, len(data)) == data and os.path.getsize(f3) == GiB, "the clone %s lacks the bytes" % f3)
+        ensure("iqn.2010-10.org.openstack:volume-%s" % v3 in tgt_targets(), "the clone has no target")
+        say("ok 5: snapshot %s (%s) and volume %s from it hold the bytes (over iSCSI, its own target and CHAP; v1's CHAP "
+            "refused there); the clone %s of v1 too (its file, its target)" % (s1, os.path.basename(sf), v2, v3))
 
         # 6. Extend while attached (3.42+): the new size over iSCSI.
         call("POST", "/volumes/%s/action" % v1, {"os-extend": {"new_size": 2}})
@@ -341,10 +349,11 @@ def main():
         # 8. Delete everything.
         cleanup(made)
         defs = os.path.join(TGT_DIR, "targets")
-        left = [p for p in (f1, sf, os.path.join(LUNS, "volume-%s.img" % v2),
-                            os.path.join(defs, iqn1 + ".conf"), os.path.join(defs, c2["target_iqn"] + ".conf")) if os.path.exists(p)]
+        iqns = {"iqn.2010-10.org.openstack:volume-%s" % x for x in (v1, v2, v3)}
+        left = [p for p in [f1, sf, f3, os.path.join(LUNS, "volume-%s.img" % v2)] + [os.path.join(defs, i + ".conf") for i in iqns]
+                if os.path.exists(p)]
         ensure(not left, "files left: %s" % left)
-        ensure(not ({iqn1, c2["target_iqn"]} & tgt_targets()), "targets left: %s" % tgt_targets())
+        ensure(not (iqns & tgt_targets()), "targets left: %s" % tgt_targets())
         ensure(not ({c1["auth_username"], c2["auth_username"]} & tgt_accounts()), "CHAP accounts left: %s" % tgt_accounts())
         _, all_vs = call("GET", "/volumes/detail?all_tenants=1")
         mine = [x["id"] for x in all_vs["volumes"] if x["name"].startswith(tag)]
