@@ -16,7 +16,8 @@
 #                                            ELARA_TEST_CINDER_LUN_TYPE=elara-test-lun
 #                                            ELARA_TEST_TGT_PORTAL=127.0.0.1:3260
 #                                            ELARA_TEST_TGT_SERVICE=DIR/tgt  ELARA_TEST_TGT_LUNS=DIR/tgt/luns
-#                                          (a no-op that prints the same lines when already running)
+#                                          (a no-op that prints the same lines when already running,
+#                                          but for starting tgt again if it was stopped)
 #   scripts/services/cinder.sh stop DIR    stop what `start` started in DIR, by the recorded pids
 #   scripts/services/cinder.sh status DIR  exit 0 and print the env lines if the stack is up
 #
@@ -46,8 +47,9 @@
 # also shows (token admin:<project id>).
 #
 # Installs only what is missing: Debian packages rabbitmq-server, mariadb-server, python3-venv,
-# curl (and what tgt.sh installs: tgt, libiscsi-bin, qemu-block-extra); the venvs ($ELARA_CINDER_VENV, default <repo>/.work/cinder-stack-venv, and
-# $ELARA_KEYSTONE_VENV, default <repo>/.work/keystone-venv; kept across stops).
+# curl, and through tgt.sh tgt, libiscsi-bin and qemu-block-extra (bookworm-backports); the venvs
+# ($ELARA_CINDER_VENV, default <repo>/.work/cinder-stack-venv, and $ELARA_KEYSTONE_VENV, default
+# <repo>/.work/keystone-venv; kept across stops).
 # Every wait is a readiness poll with a deadline; on failure the relevant log is printed and the
 # half-started stack is stopped. Each service is started with setsid, so its pid is its process
 # group, and `stop` ends exactly those groups (TERM, then KILL after a deadline); never by name.
@@ -57,7 +59,8 @@
 # Files in DIR: pids/*.pid, logs/ (api, scheduler, volume, rabbit, mysql), etc/cinder.conf,
 #               pools.json, endpoint, keystone/ (keystone.conf, keys, env), tgt/ (tgt.sh's DIR:
 #               luns/ the volumes' and snapshots' files, targets/ their targets' definitions).
-# Timings on 2 cores: ~70 s from nothing, ~15-25 s with packages and venv present.
+# Timings on 2 cores: ~70-115 s from nothing (tgt's packages and the backports suite add ~15 s),
+# ~13-25 s with packages and venvs present; tgt.sh stop/start take ~0.15/0.25 s.
 set -euo pipefail
 
 usage() { echo "usage: $0 start|stop|status DIR" >&2; exit 2; }
