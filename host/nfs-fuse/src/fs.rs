@@ -112,6 +112,8 @@ pub struct Core {
     silly_seq: AtomicU64,
     ttl: Duration,
     read_only: bool,
+    /// Tells the kernel to drop what it cached of an inode (set once the session exists).
+    notifier: std::sync::OnceLock<fuser::Notifier>,
 }
 
 /// The fuser file system: hands every request to a task on `rt`.
@@ -212,7 +214,12 @@ impl Core {
             silly_seq: AtomicU64::new(0),
             ttl,
             read_only,
+            notifier: std::sync::OnceLock::new(),
         }
+    }
+
+    pub fn set_notifier(&self, n: fuser::Notifier) {
+        let _ = self.notifier.set(n);
     }
 
     fn node(&self, ino: INodeNo) -> Res<Arc<Node>> {
@@ -1268,6 +1275,33 @@ impl Core {
         res
     }
 
+    /// fallocate(2) mode 0: NFSv3 cannot reserve blocks, but the size grows as asked.
+    async fn fallocate(&self, ino: INodeNo, offset: u64, length: u64, mode: i32) -> Res<()> {
+        self.check_writable()?;
+        if mode != 0 {
+            return Err(libc::EOPNOTSUPP);
+        }
+        let node = self.node(ino)?;
+        node.wb.drain().await;
+        let attr = self.fetch_attr(&node).await?;
+        let end = offset.checked_add(length).ok_or(libc::EFBIG)?;
+        if end > attr.size {
+            let sattr = sattr3 {
+                size: Nfs3Option::Some(end),
+                ..Default::default()
+            };
+            let attr = self
+                .setattr_raw(&node.fh, sattr)
+                .await
+                .map_err(|e| fail("SETATTR", e))?;
+            self.set_attr(&node, &attr);
+            if let Some(n) = self.notifier.get() {
+                let _ = n.inval_inode(ino, -1, 0);
+            }
+        }
+        Ok(())
+    }
+
     async fn statfs(&self) -> Res<(u64, u64, u64, u64, u64, u32, u32, u32)> {
         let s = self.nfs.fsstat().await.map_err(|e| fail("FSSTAT", e))?;
         let bsize: u64 = 4096;
@@ -1915,5 +1949,70 @@ impl fuser::Filesystem for NfsFs {
                 Err(e) => reply.error(errno(e)),
             }
         });
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn(|core| async move {
+            match core.fallocate(ino, offset, length, mode).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    // No extended attributes over NFSv3: ENOSYS makes the kernel answer EOPNOTSUPP itself from
+    // then on, without asking again.
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: fuser::ReplyXattr,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: fuser::ReplyXattr) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    // The kernel's generic SEEK_DATA/SEEK_HOLE and copy_file_range fallbacks serve.
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: i64,
+        _whence: i32,
+        reply: fuser::ReplyLseek,
+    ) {
+        reply.error(Errno::ENOSYS);
     }
 }

@@ -171,6 +171,7 @@ fn serve_on(rt: &tokio::runtime::Runtime, opts: &MountOptions, source: &str) -> 
             );
         }
     };
+    core.set_notifier(session.notifier());
     if let Some(dev) = dev {
         tune_readahead(dev);
     }

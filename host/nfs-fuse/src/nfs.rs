@@ -37,13 +37,6 @@ impl NfsError {
             NfsError::Rpc(_) => libc::EIO,
         }
     }
-
-    pub fn status(&self) -> Option<nfsstat3> {
-        match self {
-            NfsError::Status(s) => Some(*s),
-            NfsError::Rpc(_) => None,
-        }
-    }
 }
 
 /// The errno for an NFS status (RFC 1813 takes most of them from Unix errno values).
@@ -114,7 +107,6 @@ pub struct Written {
     pub count: u32,
     pub committed: stable_how,
     pub verf: writeverf3,
-    pub attr: Option<fattr3>,
 }
 
 /// An NFSv3 session with a mounted export.
@@ -256,10 +248,6 @@ impl Nfs {
 
     pub fn server(&self) -> &str {
         self.rpc.server()
-    }
-
-    pub fn timeout(&self) -> Duration {
-        self.rpc.timeout
     }
 
     /// One call; an NFS3ERR_JUKEBOX answer (the server is busy, e.g. in its grace period) is
@@ -433,7 +421,6 @@ impl Nfs {
                 count: ok.count,
                 committed: ok.committed,
                 verf: ok.verf,
-                attr: post_op(ok.file_wcc.after),
             }),
             Nfs3Result::Err((s, _)) => Err(NfsError::Status(s)),
         }
