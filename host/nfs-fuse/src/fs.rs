@@ -458,20 +458,20 @@ impl Core {
                 .map_err(|e| fail("GETATTR", e))?,
         };
         let mut fix = sattr3::default();
-        if let Nfs3Option::Some(u) = want.uid {
-            if attr.uid != u {
-                fix.uid = Nfs3Option::Some(u);
-            }
+        if let Nfs3Option::Some(u) = want.uid
+            && attr.uid != u
+        {
+            fix.uid = Nfs3Option::Some(u);
         }
-        if let Nfs3Option::Some(g) = want.gid {
-            if attr.gid != g {
-                fix.gid = Nfs3Option::Some(g);
-            }
+        if let Nfs3Option::Some(g) = want.gid
+            && attr.gid != g
+        {
+            fix.gid = Nfs3Option::Some(g);
         }
-        if let Nfs3Option::Some(m) = want.mode {
-            if attr.mode & 0o7777 != m {
-                fix.mode = Nfs3Option::Some(m);
-            }
+        if let Nfs3Option::Some(m) = want.mode
+            && attr.mode & 0o7777 != m
+        {
+            fix.mode = Nfs3Option::Some(m);
         }
         if fix.uid.is_some() || fix.gid.is_some() || fix.mode.is_some() {
             attr = self

@@ -65,7 +65,8 @@ fn server_outage_fails_fast_and_the_mount_recovers() {
     std::thread::sleep(Duration::from_millis(600)); // past the attribute cache
 
     // Every kind of call fails with EIO, each within the timeout (plus slack), none hangs.
-    let probes: [(&str, Box<dyn Fn() -> std::io::Result<()>>); 4] = [
+    type Probe<'a> = Box<dyn Fn() -> std::io::Result<()> + 'a>;
+    let probes: [(&str, Probe); 4] = [
         (
             "read of an unopened file",
             Box::new(|| fs::read(m.p("before")).map(drop)),
