@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::Value;
 
+pub mod cinder;
 pub mod docker;
 pub mod nfs;
 pub mod s3;
@@ -26,7 +27,10 @@ pub const STORES: [StoreKind; 2] = [StoreKind::Embedded, StoreKind::Etcd];
 
 /// The workspace root (tests/ is one level below it).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 /// `target/<dir>/<name>.wasm` (`dir`: `drivers` or `test-drivers`), after building every driver
@@ -45,12 +49,17 @@ pub fn built_component(dir: &str, name: &str) -> Vec<u8> {
             String::from_utf8_lossy(&out.stderr)
         );
     });
-    let path = repo_root().join("target").join(dir).join(format!("{name}.wasm"));
+    let path = repo_root()
+        .join("target")
+        .join(dir)
+        .join(format!("{name}.wasm"));
     std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }
 
 fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"))
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"))
 }
 
 /// The `elara` binary under test: $ELARA_BIN, else target/debug/elara (scripts/test.sh builds it).
@@ -59,15 +68,26 @@ pub fn elara_bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let p = target_dir().join("debug/elara");
-    assert!(p.exists(), "{} is missing: build it with `cargo build -p elara` (scripts/test.sh does)", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: build it with `cargo build -p elara` (scripts/test.sh does)",
+        p.display()
+    );
     p
 }
 
 /// Poll `cond` every 50 ms until it holds (a readiness check), failing after `limit`.
-pub fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> anyhow::Result<bool>) -> anyhow::Result<()> {
+pub fn wait_for(
+    limit: Duration,
+    what: &str,
+    mut cond: impl FnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + limit;
     while !cond()? {
-        anyhow::ensure!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(())
@@ -79,7 +99,11 @@ pub fn drivers_dir() -> PathBuf {
         return PathBuf::from(p);
     }
     let p = target_dir().join("drivers");
-    assert!(p.join("local.wasm").exists(), "{} has no local.wasm: run scripts/build-drivers.sh", p.display());
+    assert!(
+        p.join("local.wasm").exists(),
+        "{} has no local.wasm: run scripts/build-drivers.sh",
+        p.display()
+    );
     p
 }
 
@@ -98,7 +122,10 @@ pub fn unique(prefix: &str) -> String {
 fn uuid_ish() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
     format!("{:x}{:x}", t, N.fetch_add(1, Ordering::Relaxed))
 }
 
@@ -144,9 +171,17 @@ pub struct Daemon {
 impl Daemon {
     /// Start a daemon in a fresh directory and wait until it is ready.
     pub fn start(opts: DaemonOpts) -> anyhow::Result<Daemon> {
-        let tmp = tempfile::Builder::new().prefix("elara-test-").tempdir_in(work_dir())?;
+        let tmp = tempfile::Builder::new()
+            .prefix("elara-test-")
+            .tempdir_in(work_dir())?;
         let dir = tmp.path().to_path_buf();
-        let mut d = Daemon { socket: dir.join("elara.sock"), opts, dir, child: None, _tmp: Some(tmp) };
+        let mut d = Daemon {
+            socket: dir.join("elara.sock"),
+            opts,
+            dir,
+            child: None,
+            _tmp: Some(tmp),
+        };
         d.spawn()?;
         Ok(d)
     }
@@ -168,13 +203,29 @@ impl Daemon {
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("daemon.log"))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("daemon.log"))?;
         let mut cmd = Command::new(elara_bin());
         cmd.arg("-s").arg(&self.socket).arg("daemon");
-        cmd.arg("--data-dir").arg(&self.dir).arg("--store").arg(self.store_url()).arg("--node").arg(&self.opts.node);
+        cmd.arg("--data-dir")
+            .arg(&self.dir)
+            .arg("--store")
+            .arg(self.store_url())
+            .arg("--node")
+            .arg(&self.opts.node);
         cmd.arg("--drivers-dir").arg(drivers_dir());
-        cmd.arg("--plugin-dir").arg(self.opts.plugin_dir.clone().unwrap_or_else(|| "none".into()));
-        cmd.arg("--node-ttl-secs").arg("3").arg("--pool-refresh-secs").arg("5");
+        cmd.arg("--plugin-dir").arg(
+            self.opts
+                .plugin_dir
+                .clone()
+                .unwrap_or_else(|| "none".into()),
+        );
+        cmd.arg("--node-ttl-secs")
+            .arg("3")
+            .arg("--pool-refresh-secs")
+            .arg("5");
         cmd.args(&self.opts.extra_args);
         cmd.env("ELARA_LOG", "info,elara=debug");
         cmd.env_remove("ELARA_CRASH_AT");
@@ -184,7 +235,9 @@ impl Daemon {
         for (k, v) in &self.opts.env {
             cmd.env(k, v);
         }
-        cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
         self.child = Some(cmd.spawn().context("starting elara daemon")?);
         self.wait_ready(Duration::from_secs(120))
     }
@@ -193,14 +246,29 @@ impl Daemon {
     pub fn wait_ready(&mut self, limit: Duration) -> anyhow::Result<()> {
         let start = Instant::now();
         loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                bail!("elara daemon exited ({status}) before it was ready:\n{}", self.log_tail());
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!(
+                    "elara daemon exited ({status}) before it was ready:\n{}",
+                    self.log_tail()
+                );
             }
-            if self.socket.exists() && self.cli(&["node", "info"]).map(|o| o.status.success()).unwrap_or(false) {
+            if self.socket.exists()
+                && self
+                    .cli(&["node", "info"])
+                    .map(|o| o.status.success())
+                    .unwrap_or(false)
+            {
                 return Ok(());
             }
             if start.elapsed() > limit {
-                bail!("elara daemon not ready after {limit:?}:\n{}", self.log_tail());
+                bail!(
+                    "elara daemon not ready after {limit:?}:\n{}",
+                    self.log_tail()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -214,7 +282,10 @@ impl Daemon {
 
     /// Whether the daemon process has exited (e.g. at a crash point).
     pub fn exited(&mut self) -> bool {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()).is_some()
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+            .is_some()
     }
 
     /// Wait for the daemon to die by itself (a crash point), bounded.
@@ -233,7 +304,13 @@ impl Daemon {
     pub fn rss_kib(&self) -> Option<u64> {
         let pid = self.child.as_ref()?.id();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
     }
 
     pub fn kill9(&mut self) {
@@ -252,14 +329,23 @@ impl Daemon {
 
     /// Run `elara -s SOCKET ARGS...`.
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<Output> {
-        Ok(Command::new(elara_bin()).arg("-s").arg(&self.socket).args(args).output()?)
+        Ok(Command::new(elara_bin())
+            .arg("-s")
+            .arg(&self.socket)
+            .args(args)
+            .output()?)
     }
 
     /// Run the CLI and require success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> anyhow::Result<String> {
         let o = self.cli(args)?;
         if !o.status.success() {
-            bail!("`elara {}` failed: {}\n{}", args.join(" "), String::from_utf8_lossy(&o.stderr), String::from_utf8_lossy(&o.stdout));
+            bail!(
+                "`elara {}` failed: {}\n{}",
+                args.join(" "),
+                String::from_utf8_lossy(&o.stderr),
+                String::from_utf8_lossy(&o.stdout)
+            );
         }
         Ok(String::from_utf8_lossy(&o.stdout).into_owned())
     }
@@ -268,7 +354,11 @@ impl Daemon {
     pub fn fails(&self, args: &[&str]) -> anyhow::Result<String> {
         let o = self.cli(args)?;
         if o.status.success() {
-            bail!("`elara {}` succeeded but should have failed: {}", args.join(" "), String::from_utf8_lossy(&o.stdout));
+            bail!(
+                "`elara {}` succeeded but should have failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&o.stdout)
+            );
         }
         Ok(String::from_utf8_lossy(&o.stderr).into_owned())
     }
@@ -282,7 +372,10 @@ impl Daemon {
                 return Ok(());
             }
             if start.elapsed() > limit {
-                bail!("ops still in flight after {limit:?}: {ops}\n{}", self.log_tail());
+                bail!(
+                    "ops still in flight after {limit:?}: {ops}\n{}",
+                    self.log_tail()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -293,7 +386,8 @@ impl Daemon {
         let mut full = vec!["-o", "json"];
         full.extend_from_slice(args);
         let out = self.ok(&full)?;
-        serde_json::from_str(&out).with_context(|| format!("parsing output of `elara {}`: {out}", args.join(" ")))
+        serde_json::from_str(&out)
+            .with_context(|| format!("parsing output of `elara {}`: {out}", args.join(" ")))
     }
 
     /// The local backend's pool directory on this daemon.
@@ -310,9 +404,16 @@ impl Drop for Daemon {
     }
 }
 
-/// Unmount everything under `dir` and detach loop devices backed by files under it.
+/// Stop the daemon's attach helpers (they outlive it on purpose), unmount everything under `dir`
+/// and detach loop devices backed by files under it.
 pub fn cleanup_host(dir: &Path) {
     let d = dir.display().to_string();
+    for pid in helpers_under(dir) {
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .arg(pid.to_string())
+            .status();
+    }
     for m in mounts_under(dir).into_iter().rev() {
         let _ = Command::new("umount").arg("-l").arg(&m).status();
     }
@@ -321,6 +422,33 @@ pub fn cleanup_host(dir: &Path) {
             let _ = Command::new("losetup").arg("-d").arg(&dev).status();
         }
     }
+}
+
+/// Pids of attach helpers (`qemu-storage-daemon`, `elara nfs-fuse`) serving volumes of the daemon
+/// whose data dir is `dir`: their command lines name paths under it.
+pub fn helpers_under(dir: &Path) -> Vec<u32> {
+    let d = dir.display().to_string();
+    let mut pids = vec![];
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let helper = args
+            .first()
+            .is_some_and(|a| a.ends_with("qemu-storage-daemon"))
+            || args.get(1).is_some_and(|a| a == "nfs-fuse");
+        if helper && args.iter().any(|a| a.contains(&d)) {
+            pids.push(pid);
+        }
+    }
+    pids
 }
 
 /// Mountpoints at or below `dir`, from /proc/self/mountinfo.
@@ -344,7 +472,10 @@ pub fn loop_devices() -> Vec<(String, String)> {
                 continue;
             }
             if let Ok(b) = std::fs::read_to_string(e.path().join("loop/backing_file")) {
-                out.push((format!("/dev/{name}"), b.trim().trim_end_matches(" (deleted)").to_string()));
+                out.push((
+                    format!("/dev/{name}"),
+                    b.trim().trim_end_matches(" (deleted)").to_string(),
+                ));
             }
         }
     }
@@ -370,7 +501,11 @@ pub fn require_root() -> bool {
 fn nix_is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
         .unwrap_or(false)
 }
 
@@ -390,8 +525,11 @@ pub mod rest {
 
     impl Conn {
         pub async fn open(socket: &PathBuf) -> anyhow::Result<Conn> {
-            let stream = tokio::net::UnixStream::connect(socket).await.context("connecting to the daemon")?;
-            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            let stream = tokio::net::UnixStream::connect(socket)
+                .await
+                .context("connecting to the daemon")?;
+            let (sender, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
             tokio::spawn(async move {
                 let _ = conn.await;
             });
@@ -399,7 +537,12 @@ pub mod rest {
         }
 
         /// One request on this keep-alive connection; returns (status, body).
-        pub async fn call(&mut self, method: &str, path: &str, body: Option<serde_json::Value>) -> anyhow::Result<(u16, Bytes)> {
+        pub async fn call(
+            &mut self,
+            method: &str,
+            path: &str,
+            body: Option<serde_json::Value>,
+        ) -> anyhow::Result<(u16, Bytes)> {
             self.sender.ready().await?;
             let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
             let req = hyper::Request::builder()

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 static KEYSTONE_USER: Mutex<()> = Mutex::new(());
 
 use anyhow::{Context, bail, ensure};
+use elara_tests::cinder::{Cinder, MULTI_TYPE};
 use elara_tests::*;
 use serde_json::{Value, json};
 
@@ -25,148 +26,6 @@ use serde_json::{Value, json};
 /// p2 50, p3 20 thin): not the one Cinder's own weigher would pick, so landing there shows the
 /// driver's pinning.
 const PINNED_POOL: &str = "elara-test@multi#p2";
-/// A public volume type of the `multi` backend, made by the tests when missing.
-const MULTI_TYPE: &str = "elara-test-multi";
-
-/// The Cinder that `scripts/services/cinder.sh start` runs, and a client of its API (curl).
-struct Cinder {
-    /// `http://127.0.0.1:8776/v3/<project>`.
-    endpoint: String,
-    project: String,
-    token: String,
-}
-
-impl Cinder {
-    fn from_env() -> Cinder {
-        let var = |k: &str| {
-            std::env::var(k).unwrap_or_else(|_| {
-                panic!(
-                    "{k} is not set: start Cinder with `scripts/services/cinder.sh start .work/cinder` and export \
-                     the lines it prints (scripts/test.sh does)"
-                )
-            })
-        };
-        Cinder {
-            endpoint: var("ELARA_TEST_CINDER"),
-            project: var("ELARA_TEST_CINDER_PROJECT"),
-            token: var("ELARA_TEST_CINDER_TOKEN"),
-        }
-    }
-
-    fn host_port(&self) -> String {
-        let rest = self.endpoint.trim_start_matches("http://");
-        rest.split('/').next().unwrap_or(rest).to_string()
-    }
-
-    /// `backend add NAME --driver cinder` with noauth for this Cinder, the unique `tag`, and `extra`.
-    fn backend_add(&self, name: &str, tag: &str, extra: &[(&str, &str)]) -> Vec<String> {
-        let mut args: Vec<String> = ["backend", "add", name, "--driver", "cinder"].map(String::from).to_vec();
-        let mut config = vec![
-            ("endpoint".to_string(), self.endpoint.clone()),
-            ("auth".into(), "noauth".into()),
-            ("project_id".into(), self.project.clone()),
-            ("tag".into(), tag.to_string()),
-        ];
-        for (k, v) in extra {
-            config.retain(|(ck, _)| ck != k);
-            config.push((k.to_string(), v.to_string()));
-        }
-        for (k, v) in config {
-            args.push("--config".into());
-            args.push(format!("{k}={v}"));
-        }
-        args.push("--allow-host".into());
-        args.push(self.host_port());
-        args
-    }
-
-    /// One API call with curl: (HTTP status, JSON body or null). `query` pairs are URL-encoded by curl.
-    fn call(&self, method: &str, path: &str, query: &[(&str, String)], body: Option<&Value>) -> anyhow::Result<(u16, Value)> {
-        let (token, endpoint) = (&self.token, &self.endpoint);
-        let mut cmd = Command::new("curl");
-        cmd.args(["-sS", "-m", "30", "-w", "\n%{http_code}", "-H", &format!("X-Auth-Token: {token}")]);
-        cmd.args(["-H", "Accept: application/json", "-H", "OpenStack-API-Version: volume 3.71"]);
-        if !query.is_empty() {
-            cmd.arg("-G");
-            for (k, v) in query {
-                cmd.arg("--data-urlencode").arg(format!("{k}={v}"));
-            }
-        } else {
-            cmd.args(["-X", method]);
-        }
-        if let Some(b) = body {
-            cmd.args(["-H", "Content-Type: application/json", "--data-binary", &b.to_string()]);
-        }
-        cmd.arg(format!("{endpoint}{path}"));
-        let out = cmd.output().context("running curl")?;
-        ensure!(out.status.success(), "curl {method} {path}: {}", String::from_utf8_lossy(&out.stderr));
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-        let code: u16 = code.trim().parse().with_context(|| format!("curl status of {path}: {text:?}"))?;
-        let value = if body.trim().is_empty() { Value::Null } else { serde_json::from_str(body).unwrap_or(Value::String(body.into())) };
-        Ok((code, value))
-    }
-
-    fn get(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<Value> {
-        let (code, v) = self.call("GET", path, query, None)?;
-        ensure!((200..300).contains(&code), "GET {path}: HTTP {code}: {v}");
-        Ok(v)
-    }
-
-    /// Volumes whose metadata has `key=value`.
-    fn volumes_where(&self, key: &str, value: &str) -> anyhow::Result<Vec<Value>> {
-        let v = self.get("/volumes/detail", &[("metadata", json!({ key: value }).to_string())])?;
-        Ok(v["volumes"].as_array().cloned().unwrap_or_default())
-    }
-
-    fn snapshots_where(&self, key: &str, value: &str) -> anyhow::Result<Vec<Value>> {
-        let v = self.get("/snapshots/detail", &[("metadata", json!({ key: value }).to_string())])?;
-        Ok(v["snapshots"].as_array().cloned().unwrap_or_default())
-    }
-
-    /// The one Cinder volume carrying Elara's id (fails on none or several).
-    fn volume_of(&self, elara_id: &str) -> anyhow::Result<Value> {
-        let vols = self.volumes_where("elara-id", elara_id)?;
-        ensure!(vols.len() == 1, "expected exactly one Cinder volume with elara-id={elara_id}, found {}: {vols:?}", vols.len());
-        Ok(vols[0].clone())
-    }
-
-    fn volume(&self, uuid: &str) -> anyhow::Result<Value> {
-        Ok(self.get(&format!("/volumes/{uuid}"), &[])?["volume"].clone())
-    }
-
-    fn attachments(&self, volume_uuid: &str) -> anyhow::Result<Vec<Value>> {
-        let v = self.get("/attachments/detail", &[("volume_id", volume_uuid.to_string())])?;
-        Ok(v["attachments"].as_array().cloned().unwrap_or_default())
-    }
-
-    /// Make the public type [`MULTI_TYPE`] (volume_backend_name=multi) if it is missing.
-    fn ensure_multi_type(&self) -> anyhow::Result<()> {
-        let types = self.get("/types", &[])?;
-        if types["volume_types"].as_array().into_iter().flatten().any(|t| t["name"] == MULTI_TYPE) {
-            return Ok(());
-        }
-        let body = json!({ "volume_type": { "name": MULTI_TYPE, "extra_specs": { "volume_backend_name": "multi" } } });
-        let (code, v) = self.call("POST", "/types", &[], Some(&body))?;
-        // 409: a parallel test made it first.
-        ensure!(code == 200 || code == 409, "creating type {MULTI_TYPE}: HTTP {code}: {v}");
-        Ok(())
-    }
-
-    /// Wait (bounded) until `check` holds, reading Cinder each time.
-    fn wait_for(&self, what: &str, limit: Duration, mut check: impl FnMut() -> anyhow::Result<bool>) -> anyhow::Result<()> {
-        let start = Instant::now();
-        loop {
-            if check()? {
-                return Ok(());
-            }
-            if start.elapsed() > limit {
-                bail!("Cinder: {what} not reached within {limit:?}");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
 
 fn s<'a>(v: &'a Value, key: &str) -> &'a str {
     v[key].as_str().unwrap_or_default()
@@ -185,7 +44,9 @@ fn find_object<'a>(v: &'a Value, key: &str) -> Option<&'a serde_json::Map<String
 /// The attachment record of `volume` on `node`, read from the daemon's store directly (the daemon
 /// must be stopped for the embedded store).
 fn stored_attachment(d: &Daemon, volume: &str, node: &str) -> anyhow::Result<Option<Value>> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let store = elara_store::open(&d.store_url()).await?;
         let key = format!("{}attachments/{volume}/{node}", elara_store::PREFIX);
@@ -196,8 +57,8 @@ fn stored_attachment(d: &Daemon, volume: &str, node: &str) -> anyhow::Result<Opt
     })
 }
 
-/// Create, extend, snapshot, restore, attach (connection returned and recorded), detach, the
-/// host's refusal to bring iSCSI up, and delete — each checked in Cinder.
+/// Create, extend, snapshot, restore, attach (connection returned and recorded), detach, a
+/// mount the host cannot bring up, and delete — each checked in Cinder.
 fn lifecycle(store: StoreKind) -> anyhow::Result<()> {
     let cinder = Cinder::from_env();
     let tag = unique("life");
@@ -205,29 +66,73 @@ fn lifecycle(store: StoreKind) -> anyhow::Result<()> {
     // The first mount dies right after the driver's attach, with the connection recorded.
     opts.crash_at = Some("mount:after-driver-attach".into());
     let mut d = Daemon::start(opts)?;
-    d.ok(&cinder.backend_add("cin", &tag, &[]).iter().map(String::as_str).collect::<Vec<_>>())?;
+    d.ok(&cinder
+        .backend_add("cin", &tag, &[])
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>())?;
 
     // Pools: Cinder's, with its capability vocabulary.
     let pools = d.json(&["pool", "list"])?;
-    let names: Vec<&str> = pools.as_array().unwrap().iter().filter(|p| p["backend"] == "cin").filter_map(|p| p["pool"]["name"].as_str()).collect();
-    for want in ["elara-test@fake#fake", "elara-test@multi#p1", PINNED_POOL, "elara-test@multi#p3"] {
+    let names: Vec<&str> = pools
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["backend"] == "cin")
+        .filter_map(|p| p["pool"]["name"].as_str())
+        .collect();
+    for want in [
+        "elara-test@fake#fake",
+        "elara-test@multi#p1",
+        PINNED_POOL,
+        "elara-test@multi#p3",
+    ] {
         ensure!(names.contains(&want), "pool {want} not reported: {names:?}");
     }
 
     // Create in a chosen pool.
-    d.ok(&["volume", "create", "v1", "--size", "1G", "--backend", "cin", "--pool", PINNED_POOL])?;
+    d.ok(&[
+        "volume",
+        "create",
+        "v1",
+        "--size",
+        "1G",
+        "--backend",
+        "cin",
+        "--pool",
+        PINNED_POOL,
+    ])?;
     let v1 = d.json(&["volume", "inspect", "v1"])?;
     let (id1, ref1) = (s(&v1, "id").to_string(), s(&v1, "backend_ref").to_string());
     let c1 = cinder.volume_of(&id1)?;
-    ensure!(s(&c1, "id") == ref1, "Elara's backend_ref {ref1} is not the Cinder volume {}", c1["id"]);
-    ensure!(c1["status"] == "available" && c1["size"] == 1, "Cinder volume after create: {c1}");
-    ensure!(s(&c1, "os-vol-host-attr:host") == PINNED_POOL, "landed in {} instead of {PINNED_POOL}", c1["os-vol-host-attr:host"]);
-    ensure!(c1["metadata"]["elara-tag"] == tag.as_str() && c1["name"] == "v1", "metadata/name: {c1}");
+    ensure!(
+        s(&c1, "id") == ref1,
+        "Elara's backend_ref {ref1} is not the Cinder volume {}",
+        c1["id"]
+    );
+    ensure!(
+        c1["status"] == "available" && c1["size"] == 1,
+        "Cinder volume after create: {c1}"
+    );
+    ensure!(
+        s(&c1, "os-vol-host-attr:host") == PINNED_POOL,
+        "landed in {} instead of {PINNED_POOL}",
+        c1["os-vol-host-attr:host"]
+    );
+    ensure!(
+        c1["metadata"]["elara-tag"] == tag.as_str() && c1["name"] == "v1",
+        "metadata/name: {c1}"
+    );
 
     // Extend.
     d.ok(&["volume", "resize", "v1", "--size", "2G"])?;
     let c1 = cinder.volume(&ref1)?;
-    ensure!(c1["size"] == 2 && c1["status"] == "available", "after resize to 2G Cinder shows {} GiB, {}", c1["size"], c1["status"]);
+    ensure!(
+        c1["size"] == 2 && c1["status"] == "available",
+        "after resize to 2G Cinder shows {} GiB, {}",
+        c1["size"],
+        c1["status"]
+    );
 
     // Snapshot.
     d.ok(&["snapshot", "create", "v1", "--name", "s1"])?;
@@ -235,14 +140,24 @@ fn lifecycle(store: StoreKind) -> anyhow::Result<()> {
     let snaps = cinder.snapshots_where("elara-id", s(&s1, "id"))?;
     ensure!(snaps.len() == 1, "Cinder snapshots for s1: {snaps:?}");
     let cs1 = &snaps[0];
-    ensure!(cs1["status"] == "available" && s(cs1, "volume_id") == ref1, "Cinder snapshot: {cs1}");
+    ensure!(
+        cs1["status"] == "available" && s(cs1, "volume_id") == ref1,
+        "Cinder snapshot: {cs1}"
+    );
 
     // Restore from the snapshot.
     d.ok(&["snapshot", "restore", "s1", "--to", "v2"])?;
     let v2 = d.json(&["volume", "inspect", "v2"])?;
     let c2 = cinder.volume_of(s(&v2, "id"))?;
-    ensure!(c2["status"] == "available" && s(&c2, "snapshot_id") == s(cs1, "id"), "restored Cinder volume: {c2}");
-    ensure!(c2["size"].as_u64() >= Some(2), "restored volume is {} GiB", c2["size"]);
+    ensure!(
+        c2["status"] == "available" && s(&c2, "snapshot_id") == s(cs1, "id"),
+        "restored Cinder volume: {c2}"
+    );
+    ensure!(
+        c2["size"].as_u64() >= Some(2),
+        "restored volume is {} GiB",
+        c2["size"]
+    );
     ensure!(
         s(&c2, "os-vol-host-attr:host") == s(&c2["metadata"], "elara-pool"),
         "the restored volume's recorded pool {} is not where Cinder put it ({})",
@@ -252,20 +167,48 @@ fn lifecycle(store: StoreKind) -> anyhow::Result<()> {
 
     // Attach: the daemon dies right after the driver's attach; the connection is recorded.
     let out = d.cli(&["volume", "mount", "v1"])?;
-    d.wait_exit(Duration::from_secs(60))
-        .map_err(|e| anyhow::anyhow!("the daemon did not die at mount:after-driver-attach ({e}); mount said {out:?}"))?;
-    let att = stored_attachment(&d, "v1", &d.opts.node)?.context("no attachment record for v1 in the store")?;
-    let conn = find_object(&att["connection"], "portal").with_context(|| format!("recorded connection has no iSCSI portal: {att}"))?;
+    d.wait_exit(Duration::from_secs(60)).map_err(|e| {
+        anyhow::anyhow!(
+            "the daemon did not die at mount:after-driver-attach ({e}); mount said {out:?}"
+        )
+    })?;
+    let att = stored_attachment(&d, "v1", &d.opts.node)?
+        .context("no attachment record for v1 in the store")?;
+    let conn = find_object(&att["connection"], "portal")
+        .with_context(|| format!("recorded connection has no iSCSI portal: {att}"))?;
     let c1 = cinder.volume(&ref1)?;
-    ensure!(c1["status"] == "in-use", "Cinder volume after attach: {}", c1["status"]);
-    let cinder_atts = c1["attachments"].as_array().cloned().unwrap_or_default();
-    ensure!(cinder_atts.len() == 1 && cinder_atts[0]["host_name"] == d.opts.node.as_str(), "Cinder attachments: {cinder_atts:?}");
-    let info = cinder.get(&format!("/attachments/{}", s(&cinder_atts[0], "attachment_id")), &[])?["attachment"]["connection_info"].clone();
-    ensure!(info["driver_volume_type"] == "iscsi", "connection info: {info}");
-    ensure!(conn["portal"] == info["target_portal"] && conn["iqn"] == info["target_iqn"], "recorded {conn:?} vs Cinder's {info}");
-    ensure!(conn["lun"] == info["target_lun"], "lun: recorded {} vs Cinder's {}", conn["lun"], info["target_lun"]);
     ensure!(
-        find_object(&conn["auth"], "username").is_some_and(|a| a["username"] == info["auth_username"]),
+        c1["status"] == "in-use",
+        "Cinder volume after attach: {}",
+        c1["status"]
+    );
+    let cinder_atts = c1["attachments"].as_array().cloned().unwrap_or_default();
+    ensure!(
+        cinder_atts.len() == 1 && cinder_atts[0]["host_name"] == d.opts.node.as_str(),
+        "Cinder attachments: {cinder_atts:?}"
+    );
+    let info = cinder.get(
+        &format!("/attachments/{}", s(&cinder_atts[0], "attachment_id")),
+        &[],
+    )?["attachment"]["connection_info"]
+        .clone();
+    ensure!(
+        info["driver_volume_type"] == "iscsi",
+        "connection info: {info}"
+    );
+    ensure!(
+        conn["portal"] == info["target_portal"] && conn["iqn"] == info["target_iqn"],
+        "recorded {conn:?} vs Cinder's {info}"
+    );
+    ensure!(
+        conn["lun"] == info["target_lun"],
+        "lun: recorded {} vs Cinder's {}",
+        conn["lun"],
+        info["target_lun"]
+    );
+    ensure!(
+        find_object(&conn["auth"], "username")
+            .is_some_and(|a| a["username"] == info["auth_username"]),
         "CHAP not recorded: {conn:?}"
     );
 
@@ -274,24 +217,57 @@ fn lifecycle(store: StoreKind) -> anyhow::Result<()> {
     d.wait_ops_settled(Duration::from_secs(90))?;
     cinder.wait_for("v1 detached", Duration::from_secs(60), || {
         let v = cinder.volume(&ref1)?;
-        Ok(v["status"] == "available" && v["attachments"].as_array().is_some_and(|a| a.is_empty()) && cinder.attachments(&ref1)?.is_empty())
+        Ok(v["status"] == "available"
+            && v["attachments"].as_array().is_some_and(|a| a.is_empty())
+            && cinder.attachments(&ref1)?.is_empty())
     })?;
     let v1 = d.json(&["volume", "inspect", "v1"])?;
-    ensure!(v1["status"] == "available" && v1["attachments"].as_array().is_some_and(|a| a.is_empty()), "v1 after recovery: {v1}");
+    ensure!(
+        v1["status"] == "available" && v1["attachments"].as_array().is_some_and(|a| a.is_empty()),
+        "v1 after recovery: {v1}"
+    );
 
-    // A plain mount: attach works, the host refuses iSCSI with its reason, and the undo detaches.
+    // A plain mount: the driver attaches, but the `multi` backend's LUN exists in Cinder's
+    // database only, so the host's initiator cannot log in: the error names the volume and the
+    // cause, and the undo leaves no half attachment (no helper, no Cinder attachment).
     let err = d.fails(&["volume", "mount", "v1"])?;
-    ensure!(err.contains("iscsi") && err.contains("initiator"), "mount error does not say why: {err}");
-    ensure!(cinder.attachments(&ref1)?.is_empty(), "an attachment is left after the refused mount");
-    ensure!(cinder.volume(&ref1)?["status"] == "available", "v1 not available after the refused mount");
+    ensure!(
+        err.contains("v1")
+            && err.contains("iSCSI")
+            && err.contains(conn["iqn"].as_str().unwrap_or("?")),
+        "mount error does not say why: {err}"
+    );
+    ensure!(
+        helpers_under(&d.dir).is_empty(),
+        "a helper is left after the failed mount: {:?}",
+        helpers_under(&d.dir)
+    );
+    ensure!(
+        cinder.attachments(&ref1)?.is_empty(),
+        "an attachment is left after the refused mount"
+    );
+    ensure!(
+        cinder.volume(&ref1)?["status"] == "available",
+        "v1 not available after the refused mount"
+    );
 
     // Delete everything; Cinder must end empty for this tag.
     d.ok(&["volume", "delete", "v2"])?;
     d.ok(&["snapshot", "delete", "s1"])?;
     d.ok(&["volume", "delete", "v1"])?;
-    ensure!(cinder.volumes_where("elara-tag", &tag)?.is_empty(), "Cinder volumes left: {:?}", cinder.volumes_where("elara-tag", &tag)?);
-    ensure!(cinder.snapshots_where("elara-id", s(&s1, "id"))?.is_empty(), "Cinder snapshot left");
-    ensure!(cinder.get(&format!("/volumes/{ref1}"), &[]).is_err(), "v1 still in Cinder");
+    ensure!(
+        cinder.volumes_where("elara-tag", &tag)?.is_empty(),
+        "Cinder volumes left: {:?}",
+        cinder.volumes_where("elara-tag", &tag)?
+    );
+    ensure!(
+        cinder.snapshots_where("elara-id", s(&s1, "id"))?.is_empty(),
+        "Cinder snapshot left"
+    );
+    ensure!(
+        cinder.get(&format!("/volumes/{ref1}"), &[]).is_err(),
+        "v1 still in Cinder"
+    );
     Ok(())
 }
 
@@ -306,23 +282,61 @@ fn errors(store: StoreKind) -> anyhow::Result<()> {
     // Bad input: the field is named and no backend is added.
     let args = cinder.backend_add("bad", &tag, &[("auth", "kerberos")]);
     let err = d.fails(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
-    ensure!(err.contains("auth") && err.contains("kerberos"), "bad auth mode: {err}");
+    ensure!(
+        err.contains("auth") && err.contains("kerberos"),
+        "bad auth mode: {err}"
+    );
     let args = cinder.backend_add("bad", &tag, &[("pools", "all")]);
     let err = d.fails(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
     ensure!(err.contains("pools"), "bad pools: {err}");
-    ensure!(d.fails(&["backend", "inspect", "bad"]).is_ok(), "a refused backend was added");
+    ensure!(
+        d.fails(&["backend", "inspect", "bad"]).is_ok(),
+        "a refused backend was added"
+    );
 
     // No valid backend: one pool per type (capacity unknown to Elara), more than any multi pool has.
-    let args = cinder.backend_add("cint", &tag, &[("pools", "types"), ("volume_type", MULTI_TYPE)]);
+    let args = cinder.backend_add(
+        "cint",
+        &tag,
+        &[("pools", "types"), ("volume_type", MULTI_TYPE)],
+    );
     d.ok(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
-    let err = d.fails(&["volume", "create", "big", "--size", "500G", "--backend", "cint"])?;
-    ensure!(err.contains("Could not find any available weighted backend"), "no Cinder message in: {err}");
-    ensure!(d.fails(&["volume", "inspect", "big"]).is_ok(), "the failed volume is still listed");
-    cinder.wait_for("the failed volume removed", Duration::from_secs(30), || Ok(cinder.volumes_where("elara-tag", &tag)?.is_empty()))?;
+    let err = d.fails(&[
+        "volume",
+        "create",
+        "big",
+        "--size",
+        "500G",
+        "--backend",
+        "cint",
+    ])?;
+    ensure!(
+        err.contains("Could not find any available weighted backend"),
+        "no Cinder message in: {err}"
+    );
+    ensure!(
+        d.fails(&["volume", "inspect", "big"]).is_ok(),
+        "the failed volume is still listed"
+    );
+    cinder.wait_for("the failed volume removed", Duration::from_secs(30), || {
+        Ok(cinder.volumes_where("elara-tag", &tag)?.is_empty())
+    })?;
     // The same type takes a volume that fits.
-    d.ok(&["volume", "create", "small", "--size", "1G", "--backend", "cint"])?;
+    d.ok(&[
+        "volume",
+        "create",
+        "small",
+        "--size",
+        "1G",
+        "--backend",
+        "cint",
+    ])?;
     let small = cinder.volume_of(s(&d.json(&["volume", "inspect", "small"])?, "id"))?;
-    ensure!(small["volume_type"] == MULTI_TYPE && s(&small, "os-vol-host-attr:host").starts_with("elara-test@multi#"), "{small}");
+    ensure!(
+        small["volume_type"] == MULTI_TYPE
+            && s(&small, "os-vol-host-attr:host").starts_with("elara-test@multi#"),
+        "{small}"
+    );
     d.ok(&["volume", "delete", "small"])?;
 
     // Quota: a project of its own with no volumes allowed.
@@ -330,17 +344,49 @@ fn errors(store: StoreKind) -> anyhow::Result<()> {
     let project = {
         use std::hash::{BuildHasher, RandomState};
         let h = RandomState::new();
-        format!("{:016x}{:016x}", h.hash_one(unique("p")), h.hash_one(std::process::id()))
+        format!(
+            "{:016x}{:016x}",
+            h.hash_one(unique("p")),
+            h.hash_one(std::process::id())
+        )
     };
     let admin_endpoint = cinder.endpoint.replace(&cinder.project, &project);
-    let (code, v) = cinder.call("PUT", &format!("/os-quota-sets/{project}"), &[], Some(&json!({ "quota_set": { "volumes": 0 } })))?;
+    let (code, v) = cinder.call(
+        "PUT",
+        &format!("/os-quota-sets/{project}"),
+        &[],
+        Some(&json!({ "quota_set": { "volumes": 0 } })),
+    )?;
     ensure!(code == 200, "setting the quota: HTTP {code}: {v}");
-    let args = cinder.backend_add("cinq", &tag, &[("project_id", &project), ("endpoint", &admin_endpoint)]);
+    let args = cinder.backend_add(
+        "cinq",
+        &tag,
+        &[("project_id", &project), ("endpoint", &admin_endpoint)],
+    );
     d.ok(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
-    let err = d.fails(&["volume", "create", "q1", "--size", "1G", "--backend", "cinq", "--pool", PINNED_POOL])?;
-    ensure!(err.contains("quota") && err.contains("volumes"), "quota error: {err}");
-    ensure!(d.fails(&["volume", "inspect", "q1"]).is_ok(), "the refused volume is still listed");
-    ensure!(cinder.volumes_where("elara-tag", &tag)?.is_empty(), "Cinder volumes left");
+    let err = d.fails(&[
+        "volume",
+        "create",
+        "q1",
+        "--size",
+        "1G",
+        "--backend",
+        "cinq",
+        "--pool",
+        PINNED_POOL,
+    ])?;
+    ensure!(
+        err.contains("quota") && err.contains("volumes"),
+        "quota error: {err}"
+    );
+    ensure!(
+        d.fails(&["volume", "inspect", "q1"]).is_ok(),
+        "the refused volume is still listed"
+    );
+    ensure!(
+        cinder.volumes_where("elara-tag", &tag)?.is_empty(),
+        "Cinder volumes left"
+    );
     Ok(())
 }
 
@@ -350,62 +396,131 @@ fn errors(store: StoreKind) -> anyhow::Result<()> {
 /// volume again gives exactly one Cinder volume for it.
 fn crash_during_create(store: StoreKind) -> anyhow::Result<()> {
     let cinder = Cinder::from_env();
-    for point in ["create:after-intent", "create:after-driver", "kill-while-cinder-creates"] {
+    for point in [
+        "create:after-intent",
+        "create:after-driver",
+        "kill-while-cinder-creates",
+    ] {
         let tag = unique("crash");
         let mut opts = DaemonOpts::new(store);
         if point.starts_with("create:") {
             opts.crash_at = Some(point.into());
         }
         let mut d = Daemon::start(opts)?;
-        d.ok(&cinder.backend_add("cin", &tag, &[]).iter().map(String::as_str).collect::<Vec<_>>())?;
+        d.ok(&cinder
+            .backend_add("cin", &tag, &[])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>())?;
         // The pools are known before the create, so the kill lands in the create itself.
         d.ok(&["pool", "list"])?;
         let mut create = Command::new(elara_bin());
-        create.arg("-s").arg(&d.socket).args(["volume", "create", "cv", "--size", "1G", "--backend", "cin", "--pool", PINNED_POOL]);
+        create.arg("-s").arg(&d.socket).args([
+            "volume",
+            "create",
+            "cv",
+            "--size",
+            "1G",
+            "--backend",
+            "cin",
+            "--pool",
+            PINNED_POOL,
+        ]);
         if point.starts_with("create:") {
             let out = create.output()?;
-            d.wait_exit(Duration::from_secs(60))
-                .map_err(|e| anyhow::anyhow!("{point}: the daemon did not die ({e}); create said {out:?}"))?;
+            d.wait_exit(Duration::from_secs(60)).map_err(|e| {
+                anyhow::anyhow!("{point}: the daemon did not die ({e}); create said {out:?}")
+            })?;
         } else {
             // Kill the daemon as soon as Cinder shows the volume being made for it.
-            let mut child = create.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn()?;
+            let mut child = create
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()?;
             let mut seen = String::new();
             cinder.wait_for("a Cinder volume for cv", Duration::from_secs(60), || {
                 let vols = cinder.volumes_where("elara-tag", &tag)?;
-                seen = vols.first().map(|v| s(v, "status").to_string()).unwrap_or_default();
+                seen = vols
+                    .first()
+                    .map(|v| s(v, "status").to_string())
+                    .unwrap_or_default();
                 Ok(!vols.is_empty())
             })?;
             d.kill9();
             let _ = child.wait();
-            eprintln!("{point} ({store:?}): killed the daemon while Cinder showed the volume {seen}");
+            eprintln!(
+                "{point} ({store:?}): killed the daemon while Cinder showed the volume {seen}"
+            );
         }
         d.restart()?;
-        d.wait_ops_settled(Duration::from_secs(120)).with_context(|| point.to_string())?;
+        d.wait_ops_settled(Duration::from_secs(120))
+            .with_context(|| point.to_string())?;
         let check = |when: &str| -> anyhow::Result<()> {
-            let elara: Vec<Value> = d.json(&["volume", "list", "--backend", "cin"]).map(|v| v.as_array().cloned().unwrap_or_default())?;
+            let elara: Vec<Value> = d
+                .json(&["volume", "list", "--backend", "cin"])
+                .map(|v| v.as_array().cloned().unwrap_or_default())?;
             let tagged = cinder.volumes_where("elara-tag", &tag)?;
             for v in &elara {
-                ensure!(v["status"] == "available", "{point} {when}: volume {} is {}", v["name"], v["status"]);
-                let mine: Vec<&Value> = tagged.iter().filter(|c| c["metadata"]["elara-id"] == v["id"]).collect();
-                ensure!(mine.len() == 1, "{point} {when}: {} Cinder volumes for Elara volume {}: {tagged:?}", mine.len(), v["name"]);
-                ensure!(mine[0]["id"] == v["backend_ref"] && mine[0]["status"] == "available", "{point} {when}: {:?}", mine[0]);
+                ensure!(
+                    v["status"] == "available",
+                    "{point} {when}: volume {} is {}",
+                    v["name"],
+                    v["status"]
+                );
+                let mine: Vec<&Value> = tagged
+                    .iter()
+                    .filter(|c| c["metadata"]["elara-id"] == v["id"])
+                    .collect();
+                ensure!(
+                    mine.len() == 1,
+                    "{point} {when}: {} Cinder volumes for Elara volume {}: {tagged:?}",
+                    mine.len(),
+                    v["name"]
+                );
+                ensure!(
+                    mine[0]["id"] == v["backend_ref"] && mine[0]["status"] == "available",
+                    "{point} {when}: {:?}",
+                    mine[0]
+                );
             }
-            let orphans: Vec<&Value> = tagged.iter().filter(|c| !elara.iter().any(|v| v["id"] == c["metadata"]["elara-id"])).collect();
-            ensure!(orphans.is_empty(), "{point} {when}: Cinder volumes without an Elara volume: {orphans:?}");
+            let orphans: Vec<&Value> = tagged
+                .iter()
+                .filter(|c| !elara.iter().any(|v| v["id"] == c["metadata"]["elara-id"]))
+                .collect();
+            ensure!(
+                orphans.is_empty(),
+                "{point} {when}: Cinder volumes without an Elara volume: {orphans:?}"
+            );
             Ok(())
         };
         check("after restart")?;
         let kept = d.fails(&["volume", "inspect", "cv"]).is_err();
-        eprintln!("{point} ({store:?}): after restart the create was {}", if kept { "completed" } else { "undone" });
+        eprintln!(
+            "{point} ({store:?}): after restart the create was {}",
+            if kept { "completed" } else { "undone" }
+        );
         // However the reconciler settled it, creating the volume (again) gives exactly one.
         if !kept {
-            d.ok(&["volume", "create", "cv", "--size", "1G", "--backend", "cin", "--pool", PINNED_POOL])?;
+            d.ok(&[
+                "volume",
+                "create",
+                "cv",
+                "--size",
+                "1G",
+                "--backend",
+                "cin",
+                "--pool",
+                PINNED_POOL,
+            ])?;
         }
         check("after create")?;
         let cv = d.json(&["volume", "inspect", "cv"])?;
         cinder.volume_of(s(&cv, "id"))?;
         d.ok(&["volume", "delete", "cv"])?;
-        ensure!(cinder.volumes_where("elara-tag", &tag)?.is_empty(), "{point}: Cinder volumes left after delete");
+        ensure!(
+            cinder.volumes_where("elara-tag", &tag)?.is_empty(),
+            "{point}: Cinder volumes left after delete"
+        );
         eprintln!("{point} ({store:?}): consistent");
     }
     Ok(())
@@ -446,23 +561,58 @@ fn cinder_crash_during_create_etcd() -> anyhow::Result<()> {
 fn cinder_driver_check() -> anyhow::Result<()> {
     let cinder = Cinder::from_env();
     let wasm = drivers_dir().join("cinder.wasm");
-    ensure!(wasm.exists(), "{} is missing: run scripts/build-drivers.sh", wasm.display());
+    ensure!(
+        wasm.exists(),
+        "{} is missing: run scripts/build-drivers.sh",
+        wasm.display()
+    );
     let tag = unique("conf");
     let out = Command::new(elara_bin())
         .args(["driver", "check"])
         .arg(&wasm)
-        .args(["--config", &format!("endpoint={}", cinder.endpoint), "--config", "auth=noauth"])
-        .args(["--config", &format!("project_id={}", cinder.project), "--config", &format!("tag={tag}")])
+        .args([
+            "--config",
+            &format!("endpoint={}", cinder.endpoint),
+            "--config",
+            "auth=noauth",
+        ])
+        .args([
+            "--config",
+            &format!("project_id={}", cinder.project),
+            "--config",
+            &format!("tag={tag}"),
+        ])
         .args(["--allow-host", &cinder.host_port()])
         .output()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("{stdout}");
-    ensure!(out.status.success(), "driver check failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    ensure!(stdout.contains("CONFORMS") && !stdout.contains("DOES NOT CONFORM"), "{stdout}");
-    for check in ["create-idempotent", "create-from-snapshot", "attach", "detach", "resize"] {
-        ensure!(stdout.lines().any(|l| l.starts_with("PASS") && l.contains(check)), "{check} did not pass:\n{stdout}");
+    ensure!(
+        out.status.success(),
+        "driver check failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        stdout.contains("CONFORMS") && !stdout.contains("DOES NOT CONFORM"),
+        "{stdout}"
+    );
+    for check in [
+        "create-idempotent",
+        "create-from-snapshot",
+        "attach",
+        "detach",
+        "resize",
+    ] {
+        ensure!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with("PASS") && l.contains(check)),
+            "{check} did not pass:\n{stdout}"
+        );
     }
-    ensure!(cinder.volumes_where("elara-tag", &tag)?.is_empty(), "the suite left Cinder volumes");
+    ensure!(
+        cinder.volumes_where("elara-tag", &tag)?.is_empty(),
+        "the suite left Cinder volumes"
+    );
     Ok(())
 }
 
@@ -472,10 +622,16 @@ fn cinder_driver_check() -> anyhow::Result<()> {
 /// driver's half of crash safety, without the daemon's reconciler in between.
 #[test]
 fn cinder_create_retried_after_interruption() -> anyhow::Result<()> {
-    use elara_runtime::{BackendSpec, CallError, HostGrant, Limits, Runtime, RuntimeConfig, VolumeSpec};
+    use elara_runtime::{
+        BackendSpec, CallError, HostGrant, Limits, Runtime, RuntimeConfig, VolumeSpec,
+    };
     let cinder = Cinder::from_env();
-    let wasm = std::fs::read(drivers_dir().join("cinder.wasm")).context("reading cinder.wasm (scripts/build-drivers.sh)")?;
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let wasm = std::fs::read(drivers_dir().join("cinder.wasm"))
+        .context("reading cinder.wasm (scripts/build-drivers.sh)")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let runtime = Runtime::new(RuntimeConfig {
             cache_dir: std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cinder-driver-cache"),
@@ -574,13 +730,28 @@ impl Keystone {
     }
 
     fn hosts(&self) -> Vec<String> {
-        [&self.url, &self.cinder].iter().map(|u| u.trim_start_matches("http://").split('/').next().unwrap_or_default().to_string()).collect()
+        [&self.url, &self.cinder]
+            .iter()
+            .map(|u| {
+                u.trim_start_matches("http://")
+                    .split('/')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect()
     }
 
     /// `backend add` arguments for a Keystone-authenticated backend (`auth` pairs given by the caller).
     fn backend_add(&self, name: &str, tag: &str, auth: &[(&str, &str)]) -> Vec<String> {
-        let mut args: Vec<String> = ["backend", "add", name, "--driver", "cinder"].map(String::from).to_vec();
-        let mut config = vec![("endpoint".to_string(), self.cinder.clone()), ("auth_url".into(), self.url.clone()), ("tag".into(), tag.into())];
+        let mut args: Vec<String> = ["backend", "add", name, "--driver", "cinder"]
+            .map(String::from)
+            .to_vec();
+        let mut config = vec![
+            ("endpoint".to_string(), self.cinder.clone()),
+            ("auth_url".into(), self.url.clone()),
+            ("tag".into(), tag.into()),
+        ];
         config.extend(auth.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         for (k, v) in config {
             args.push("--config".into());
@@ -594,7 +765,11 @@ impl Keystone {
     }
 
     fn password_auth(&self) -> Vec<(&str, &str)> {
-        vec![("username", &self.user), ("password", &self.password), ("project_name", &self.project)]
+        vec![
+            ("username", &self.user),
+            ("password", &self.password),
+            ("project_name", &self.project),
+        ]
     }
 
     /// The noauth view of the Keystone project's volumes (an independent check).
@@ -607,17 +782,46 @@ impl Keystone {
     }
 
     /// A password token for `user` scoped to `project` (curl), or the HTTP status that refused it.
-    fn token(&self, user: &str, password: &str, project: &str) -> anyhow::Result<Result<String, u16>> {
+    fn token(
+        &self,
+        user: &str,
+        password: &str,
+        project: &str,
+    ) -> anyhow::Result<Result<String, u16>> {
         let body = json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {
             "name": user, "domain": {"id": "default"}, "password": password}}},
             "scope": {"project": {"name": project, "domain": {"id": "default"}}}}});
         let out = Command::new("curl")
-            .args(["-sS", "-m", "30", "-o", "/dev/null", "-D", "-", "-H", "Content-Type: application/json"])
-            .args(["--data-binary", &body.to_string(), &format!("{}/auth/tokens", self.url)])
+            .args([
+                "-sS",
+                "-m",
+                "30",
+                "-o",
+                "/dev/null",
+                "-D",
+                "-",
+                "-H",
+                "Content-Type: application/json",
+            ])
+            .args([
+                "--data-binary",
+                &body.to_string(),
+                &format!("{}/auth/tokens", self.url),
+            ])
             .output()?;
         let head = String::from_utf8_lossy(&out.stdout);
-        let status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let token = head.lines().find_map(|l| l.strip_prefix("x-subject-token:").or_else(|| l.strip_prefix("X-Subject-Token:"))).map(|t| t.trim().to_string());
+        let status: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let token = head
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("x-subject-token:")
+                    .or_else(|| l.strip_prefix("X-Subject-Token:"))
+            })
+            .map(|t| t.trim().to_string());
         Ok(match (status, token) {
             (201, Some(t)) => Ok(t),
             (s, _) => Err(s),
@@ -625,42 +829,91 @@ impl Keystone {
     }
 
     /// `curl` against Keystone with a token; the HTTP status.
-    fn keystone_call(&self, token: &str, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<(u16, Value)> {
+    fn keystone_call(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<(u16, Value)> {
         let mut cmd = Command::new("curl");
-        cmd.args(["-sS", "-m", "30", "-w", "\n%{http_code}", "-X", method, "-H", &format!("X-Auth-Token: {token}")]);
+        cmd.args([
+            "-sS",
+            "-m",
+            "30",
+            "-w",
+            "\n%{http_code}",
+            "-X",
+            method,
+            "-H",
+            &format!("X-Auth-Token: {token}"),
+        ]);
         if let Some(b) = body {
-            cmd.args(["-H", "Content-Type: application/json", "--data-binary", &b.to_string()]);
+            cmd.args([
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                &b.to_string(),
+            ]);
         }
         let out = cmd.arg(format!("{}{path}", self.url)).output()?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-        Ok((code.trim().parse().unwrap_or(0), serde_json::from_str(body).unwrap_or(Value::Null)))
+        Ok((
+            code.trim().parse().unwrap_or(0),
+            serde_json::from_str(body).unwrap_or(Value::Null),
+        ))
     }
 
     /// Revoke every token of the test user (disable, then enable it), and wait until a fresh
     /// token of the user is accepted by Cinder again (Keystone's revocation events have
     /// one-second granularity: tokens issued in the same second are refused too).
     fn revoke_user_tokens(&self) -> anyhow::Result<()> {
-        let admin = self.token("admin", &self.admin_password, "admin")?.map_err(|s| anyhow::anyhow!("admin login: HTTP {s}"))?;
-        let (code, users) = self.keystone_call(&admin, "GET", &format!("/users?name={}", self.user), None)?;
+        let admin = self
+            .token("admin", &self.admin_password, "admin")?
+            .map_err(|s| anyhow::anyhow!("admin login: HTTP {s}"))?;
+        let (code, users) =
+            self.keystone_call(&admin, "GET", &format!("/users?name={}", self.user), None)?;
         ensure!(code == 200, "listing users: HTTP {code}");
-        let id = users["users"][0]["id"].as_str().context("no such user")?.to_string();
+        let id = users["users"][0]["id"]
+            .as_str()
+            .context("no such user")?
+            .to_string();
         for enabled in [false, true] {
-            let (code, v) = self.keystone_call(&admin, "PATCH", &format!("/users/{id}"), Some(&json!({"user": {"enabled": enabled}})))?;
+            let (code, v) = self.keystone_call(
+                &admin,
+                "PATCH",
+                &format!("/users/{id}"),
+                Some(&json!({"user": {"enabled": enabled}})),
+            )?;
             ensure!(code == 200, "setting enabled={enabled}: HTTP {code}: {v}");
         }
         let start = Instant::now();
         loop {
             if let Ok(t) = self.token(&self.user, &self.password, &self.project)? {
                 let out = Command::new("curl")
-                    .args(["-sS", "-m", "30", "-o", "/dev/null", "-w", "%{http_code}", "-H", &format!("X-Auth-Token: {t}")])
+                    .args([
+                        "-sS",
+                        "-m",
+                        "30",
+                        "-o",
+                        "/dev/null",
+                        "-w",
+                        "%{http_code}",
+                        "-H",
+                        &format!("X-Auth-Token: {t}"),
+                    ])
                     .arg(format!("{}/{}/volumes", self.cinder, self.project_id))
                     .output()?;
                 if String::from_utf8_lossy(&out.stdout).trim() == "200" {
                     return Ok(());
                 }
             }
-            ensure!(start.elapsed() < Duration::from_secs(30), "fresh tokens of {} still refused after 30 s", self.user);
+            ensure!(
+                start.elapsed() < Duration::from_secs(30),
+                "fresh tokens of {} still refused after 30 s",
+                self.user
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -681,7 +934,10 @@ async fn sweep(cinder: &Cinder, backend: &elara_runtime::Backend, tag: &str) -> 
             backend.delete(s(&v["metadata"], "elara-id")).await?;
             quiet_since = Instant::now();
         }
-        ensure!(start.elapsed() < Duration::from_secs(60), "Cinder volumes of tag {tag} keep appearing: {left:?}");
+        ensure!(
+            start.elapsed() < Duration::from_secs(60),
+            "Cinder volumes of tag {tag} keep appearing: {left:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -702,39 +958,116 @@ fn keystone_auth(store: StoreKind) -> anyhow::Result<()> {
     add(ks.backend_add(
         "ksac",
         &tag,
-        &[("auth", "application_credential"), ("application_credential_id", &ks.appcred_id), ("application_credential_secret", &ks.appcred_secret)],
+        &[
+            ("auth", "application_credential"),
+            ("application_credential_id", &ks.appcred_id),
+            ("application_credential_secret", &ks.appcred_secret),
+        ],
     ))?;
     // The secrets are stored, never shown.
     let shown = d.ok(&["backend", "inspect", "ksac"])? + &d.ok(&["backend", "inspect", "kspw"])?;
-    ensure!(!shown.contains(&ks.appcred_secret) && !shown.contains(&ks.password), "a secret is shown by backend inspect:\n{shown}");
+    ensure!(
+        !shown.contains(&ks.appcred_secret) && !shown.contains(&ks.password),
+        "a secret is shown by backend inspect:\n{shown}"
+    );
 
     for (backend, name) in [("kspw", "kv1"), ("ksac", "kv2")] {
-        d.ok(&["volume", "create", name, "--size", "1G", "--backend", backend, "--pool", PINNED_POOL])?;
+        d.ok(&[
+            "volume",
+            "create",
+            name,
+            "--size",
+            "1G",
+            "--backend",
+            backend,
+            "--pool",
+            PINNED_POOL,
+        ])?;
         let v = d.json(&["volume", "inspect", name])?;
         let c = view.volume_of(s(&v, "id"))?;
-        ensure!(c["status"] == "available" && s(&c, "os-vol-tenant-attr:tenant_id") == ks.project_id, "{backend}: {c}");
-        ensure!(s(&c, "os-vol-host-attr:host") == PINNED_POOL, "{backend}: landed in {}", c["os-vol-host-attr:host"]);
+        ensure!(
+            c["status"] == "available" && s(&c, "os-vol-tenant-attr:tenant_id") == ks.project_id,
+            "{backend}: {c}"
+        );
+        ensure!(
+            s(&c, "os-vol-host-attr:host") == PINNED_POOL,
+            "{backend}: landed in {}",
+            c["os-vol-host-attr:host"]
+        );
     }
 
     // Without admin rights: one pool per volume type, capacity unknown; Cinder places the volume.
     cinder.ensure_multi_type()?;
-    let member = [("username", ks.member_user.as_str()), ("password", &ks.password), ("project_name", &ks.project), ("volume_type", MULTI_TYPE)];
+    let member = [
+        ("username", ks.member_user.as_str()),
+        ("password", &ks.password),
+        ("project_name", &ks.project),
+        ("volume_type", MULTI_TYPE),
+    ];
     add(ks.backend_add("ksmember", &tag, &member))?;
-    let pools: Vec<Value> = d.json(&["pool", "list"])?.as_array().cloned().unwrap_or_default().into_iter().filter(|p| p["backend"] == "ksmember").collect();
-    ensure!(pools.len() == 1 && pools[0]["pool"]["name"] == MULTI_TYPE, "member pools: {pools:?}");
-    ensure!(!pools[0]["pool"]["total"].to_string().contains("ytes"), "a member cannot know the capacity: {}", pools[0]);
-    d.ok(&["volume", "create", "kv4", "--size", "1G", "--backend", "ksmember"])?;
+    let pools: Vec<Value> = d
+        .json(&["pool", "list"])?
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p["backend"] == "ksmember")
+        .collect();
+    ensure!(
+        pools.len() == 1 && pools[0]["pool"]["name"] == MULTI_TYPE,
+        "member pools: {pools:?}"
+    );
+    ensure!(
+        !pools[0]["pool"]["total"].to_string().contains("ytes"),
+        "a member cannot know the capacity: {}",
+        pools[0]
+    );
+    d.ok(&[
+        "volume",
+        "create",
+        "kv4",
+        "--size",
+        "1G",
+        "--backend",
+        "ksmember",
+    ])?;
     let c = view.volume_of(s(&d.json(&["volume", "inspect", "kv4"])?, "id"))?;
-    ensure!(c["volume_type"] == MULTI_TYPE && s(&c, "os-vol-host-attr:host").starts_with("elara-test@multi#"), "member volume: {c}");
+    ensure!(
+        c["volume_type"] == MULTI_TYPE
+            && s(&c, "os-vol-host-attr:host").starts_with("elara-test@multi#"),
+        "member volume: {c}"
+    );
     d.ok(&["volume", "delete", "kv4"])?;
 
-    add(ks.backend_add("ksbad", &tag, &[("username", &ks.user), ("password", "not-the-password"), ("project_name", &ks.project)]))?;
-    let err = d.fails(&["volume", "create", "kv3", "--size", "1G", "--backend", "ksbad"])?;
-    ensure!(err.contains("password") && err.contains("refused the credentials"), "wrong password: {err}");
+    add(ks.backend_add(
+        "ksbad",
+        &tag,
+        &[
+            ("username", &ks.user),
+            ("password", "not-the-password"),
+            ("project_name", &ks.project),
+        ],
+    ))?;
+    let err = d.fails(&[
+        "volume",
+        "create",
+        "kv3",
+        "--size",
+        "1G",
+        "--backend",
+        "ksbad",
+    ])?;
+    ensure!(
+        err.contains("password") && err.contains("refused the credentials"),
+        "wrong password: {err}"
+    );
 
     d.ok(&["volume", "delete", "kv1"])?;
     d.ok(&["volume", "delete", "kv2"])?;
-    ensure!(view.volumes_where("elara-tag", &tag)?.is_empty(), "volumes left in the Keystone project");
+    ensure!(
+        view.volumes_where("elara-tag", &tag)?.is_empty(),
+        "volumes left in the Keystone project"
+    );
     Ok(())
 }
 
@@ -758,11 +1091,16 @@ fn cinder_keystone_token_renewed_after_revocation() -> anyhow::Result<()> {
     let cinder = Cinder::from_env();
     let ks = Keystone::from_env();
     let view = ks.noauth_view(&cinder);
-    let wasm = std::fs::read(drivers_dir().join("cinder.wasm")).context("reading cinder.wasm (scripts/build-drivers.sh)")?;
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let wasm = std::fs::read(drivers_dir().join("cinder.wasm"))
+        .context("reading cinder.wasm (scripts/build-drivers.sh)")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let runtime = Runtime::new(RuntimeConfig {
-            cache_dir: std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cinder-driver-cache"),
+            cache_dir: std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+                .join("cinder-driver-cache"),
             ..Default::default()
         })?;
         let driver = runtime.load_driver(&wasm).await?;
@@ -773,20 +1111,47 @@ fn cinder_keystone_token_renewed_after_revocation() -> anyhow::Result<()> {
             ("auth_url".into(), ks.url.clone()),
             ("tag".into(), tag.clone()),
         ];
-        config.extend(ks.password_auth().iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let grants = ks.hosts().iter().map(|h| h.parse::<HostGrant>()).collect::<Result<Vec<_>, _>>()?;
-        let spec = BackendSpec { name: "cinder-keystone".into(), pool_dir: pool_dir.path().to_path_buf(), config, grants, limits: Limits::default() };
+        config.extend(
+            ks.password_auth()
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        let grants = ks
+            .hosts()
+            .iter()
+            .map(|h| h.parse::<HostGrant>())
+            .collect::<Result<Vec<_>, _>>()?;
+        let spec = BackendSpec {
+            name: "cinder-keystone".into(),
+            pool_dir: pool_dir.path().to_path_buf(),
+            config,
+            grants,
+            limits: Limits::default(),
+        };
         let backend = runtime.open_backend(&driver, spec).await?;
         let id = unique("renew-vol");
-        let vspec = VolumeSpec { id: id.clone(), name: id.clone(), size_bytes: 1 << 30, pool: PINNED_POOL.into(), labels: vec![], qos: None };
+        let vspec = VolumeSpec {
+            id: id.clone(),
+            name: id.clone(),
+            size_bytes: 1 << 30,
+            pool: PINNED_POOL.into(),
+            labels: vec![],
+            qos: None,
+        };
         let made = backend.create(&vspec).await?;
         ks.revoke_user_tokens()?;
-        let grown = backend.resize(&id, 2 << 30).await.context("resize after the token was revoked")?;
+        let grown = backend
+            .resize(&id, 2 << 30)
+            .await
+            .context("resize after the token was revoked")?;
         ensure!(grown.size_bytes == 2 << 30, "{grown:?}");
         let c = view.volume_of(&id)?;
         ensure!(c["size"] == 2 && s(&c, "id") == made.backend_ref, "{c}");
         backend.delete(&id).await?;
-        ensure!(view.volumes_where("elara-tag", &tag)?.is_empty(), "volume left");
+        ensure!(
+            view.volumes_where("elara-tag", &tag)?.is_empty(),
+            "volume left"
+        );
         Ok(())
     })
 }

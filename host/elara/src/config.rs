@@ -126,7 +126,11 @@ impl Config {
             None if Path::new(DEFAULT_CONFIG).exists() => load_file(Path::new(DEFAULT_CONFIG))?,
             None => FileConfig::default(),
         };
-        let data_dir = args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into());
+        let data_dir = args
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| DEFAULT_DATA_DIR.into());
         let store = args
             .store
             .clone()
@@ -152,7 +156,11 @@ impl Config {
         };
         let attach = file.attach.clone().unwrap_or_default();
         let cfg = Config {
-            drivers_dir: args.drivers_dir.clone().or(file.drivers_dir).or_else(default_drivers_dir),
+            drivers_dir: args
+                .drivers_dir
+                .clone()
+                .or(file.drivers_dir)
+                .or_else(default_drivers_dir),
             plugin_dir,
             socket,
             listen: args.listen.or(file.listen),
@@ -160,28 +168,41 @@ impl Config {
             tls_key: args.tls_key.clone().or(file.tls_key),
             token_file: args.token_file.clone().or(file.token_file),
             insecure_tcp: args.insecure_tcp || file.insecure_tcp.unwrap_or(false),
-            pool_refresh_secs: args.pool_refresh_secs.or(file.pool_refresh_secs).unwrap_or(30),
+            pool_refresh_secs: args
+                .pool_refresh_secs
+                .or(file.pool_refresh_secs)
+                .unwrap_or(30),
             node_ttl_secs: args.node_ttl_secs.or(file.node_ttl_secs).unwrap_or(10),
             attach_iscsi: args.attach_iscsi.or(attach.iscsi).unwrap_or_default(),
             attach_nfs: args.attach_nfs.or(attach.nfs).unwrap_or_default(),
-            attach_io_timeout_secs: args.attach_io_timeout_secs.or(attach.io_timeout_secs).unwrap_or(30),
+            attach_io_timeout_secs: args
+                .attach_io_timeout_secs
+                .or(attach.io_timeout_secs)
+                .unwrap_or(30),
             data_dir,
             store,
             node,
         };
         if cfg.listen.is_some() {
             if cfg.token_file.is_none() {
-                bail!("--listen needs --token-file: the TCP listener always requires a bearer token");
+                bail!(
+                    "--listen needs --token-file: the TCP listener always requires a bearer token"
+                );
             }
             if !cfg.insecure_tcp && (cfg.tls_cert.is_none() || cfg.tls_key.is_none()) {
-                bail!("--listen needs --tls-cert and --tls-key (or --insecure-tcp to serve plain TCP, which exposes the token)");
+                bail!(
+                    "--listen needs --tls-cert and --tls-key (or --insecure-tcp to serve plain TCP, which exposes the token)"
+                );
             }
         }
         if cfg.node_ttl_secs < 2 {
             bail!("node_ttl_secs: must be at least 2");
         }
         if !(1..=3600).contains(&cfg.attach_io_timeout_secs) {
-            bail!("attach.io_timeout_secs: must be 1 to 3600 seconds, not {}", cfg.attach_io_timeout_secs);
+            bail!(
+                "attach.io_timeout_secs: must be 1 to 3600 seconds, not {}",
+                cfg.attach_io_timeout_secs
+            );
         }
         Ok(cfg)
     }
@@ -209,7 +230,8 @@ impl Config {
 }
 
 fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
 }
 
@@ -223,5 +245,7 @@ fn default_drivers_dir() -> Option<PathBuf> {
         bin.join("../drivers"), // target/{debug,release}/elara → target/drivers
         PathBuf::from("/usr/local/lib/elara/drivers"),
     ];
-    candidates.into_iter().find(|p| p.join("local.wasm").exists())
+    candidates
+        .into_iter()
+        .find(|p| p.join("local.wasm").exists())
 }

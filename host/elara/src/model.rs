@@ -245,7 +245,11 @@ pub struct BackendLimits {
 
 impl Default for BackendLimits {
     fn default() -> Self {
-        BackendLimits { memory_bytes: 256 << 20, call_timeout_secs: 300, cpu_budget_secs: 30 }
+        BackendLimits {
+            memory_bytes: 256 << 20,
+            call_timeout_secs: 300,
+            cpu_budget_secs: 30,
+        }
     }
 }
 

@@ -19,18 +19,30 @@ use crate::ops::backends::Registry;
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let started = Instant::now();
-    for dir in [&cfg.data_dir, &cfg.pools_dir(), &cfg.mounts_dir(), &cfg.cache_dir(), &cfg.run_dir()] {
+    for dir in [
+        &cfg.data_dir,
+        &cfg.pools_dir(),
+        &cfg.mounts_dir(),
+        &cfg.cache_dir(),
+        &cfg.run_dir(),
+    ] {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let (stop_tx, stop_rx) = watch::channel(false);
 
     // The Docker plugin socket answers Plugin.Activate before the store is up.
     let docker = match &cfg.plugin_dir {
-        Some(dir) => Some(crate::api::docker::Listener::bind(dir, &cfg.store).await?.start(stop_rx.clone())),
+        Some(dir) => Some(
+            crate::api::docker::Listener::bind(dir, &cfg.store)
+                .await?
+                .start(stop_rx.clone()),
+        ),
         None => None,
     };
 
-    let store = elara_store::open(&cfg.store).await.with_context(|| format!("opening the metadata store {}", cfg.store))?;
+    let store = elara_store::open(&cfg.store)
+        .await
+        .with_context(|| format!("opening the metadata store {}", cfg.store))?;
     let runtime = elara_runtime::Runtime::new(elara_runtime::RuntimeConfig {
         cache_dir: cfg.cache_dir(),
         ..Default::default()
@@ -50,10 +62,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         lease: Default::default(),
         consumed: Default::default(),
     });
-    elara.register_self().await.context("registering this node")?;
+    elara
+        .register_self()
+        .await
+        .context("registering this node")?;
     // Renew the node lease from now on: installing the built-in drivers can outlast its TTL.
     tokio::spawn(elara.clone().keep_alive_loop(stop_rx.clone()));
-    elara.install_builtin().await.context("installing the built-in drivers")?;
+    elara
+        .install_builtin()
+        .await
+        .context("installing the built-in drivers")?;
     match elara.reconcile_once().await {
         Ok(0) => {}
         Ok(n) => tracing::info!("settled {n} operation(s) left by a previous run"),
@@ -70,11 +88,21 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let app = app.clone();
         let mut stop = stop_rx.clone();
         servers.spawn(async move {
-            axum::serve(unix, app).with_graceful_shutdown(async move { let _ = stop.changed().await; }).await.context("REST on the unix socket")
+            axum::serve(unix, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.changed().await;
+                })
+                .await
+                .context("REST on the unix socket")
         });
     }
     if let Some(addr) = cfg.listen {
-        servers.spawn(crate::api::tcp::serve(addr, cfg.clone(), app.clone(), stop_rx.clone()));
+        servers.spawn(crate::api::tcp::serve(
+            addr,
+            cfg.clone(),
+            app.clone(),
+            stop_rx.clone(),
+        ));
     }
     if let Some((ready, task)) = docker {
         ready.send_replace(Some(elara.clone()));
@@ -100,7 +128,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     let _ = stop_tx.send(true);
     let drain = async { while servers.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(30), drain).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(30), drain)
+        .await
+        .is_err()
+    {
         tracing::warn!("requests still running after 30 s; stopping anyway");
     }
     elara.deregister_self().await;
@@ -118,9 +149,11 @@ pub fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             bail!("{} is in use by another running daemon", path.display());
         }
-        std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing stale socket {}", path.display()))?;
     }
-    let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
     Ok(listener)
 }
@@ -135,4 +168,3 @@ async fn pool_refresh_loop(elara: Arc<Elara>, mut stop: watch::Receiver<bool>) {
         }
     }
 }
-

@@ -49,7 +49,19 @@ pub const PLUGIN_NAME: &str = "elara";
 const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1.2+json";
 
 /// The options `docker volume create -d elara -o KEY=VALUE` accepts.
-pub const OPTIONS: &[&str] = &["size", "backend", "driver-name", "pool", "type", "spec", "fs", "snapshot", "iops", "labels", "label.<key>"];
+pub const OPTIONS: &[&str] = &[
+    "size",
+    "backend",
+    "driver-name",
+    "pool",
+    "type",
+    "spec",
+    "fs",
+    "snapshot",
+    "iops",
+    "labels",
+    "label.<key>",
+];
 
 /// How long a volume call waits for a starting daemon before answering with an error.
 pub const READY_WAIT: Duration = Duration::from_secs(20);
@@ -89,7 +101,11 @@ pub type Ready = watch::Sender<Option<Shared>>;
 
 /// Docker's volume scope for a store URL: `global` on etcd (every node sees every volume).
 pub fn scope_of(store_url: &str) -> &'static str {
-    if store_url.starts_with("etcd://") { "global" } else { "local" }
+    if store_url.starts_with("etcd://") {
+        "global"
+    } else {
+        "local"
+    }
 }
 
 impl Listener {
@@ -98,12 +114,23 @@ impl Listener {
         let path = dir.join(format!("{PLUGIN_NAME}.sock"));
         let listener = crate::server::bind_unix(&path).context("the Docker plugin socket")?;
         let (ready, elara) = watch::channel(None);
-        Ok(Listener { listener, path, ready, state: PluginState { elara, scope: scope_of(store_url) } })
+        Ok(Listener {
+            listener,
+            path,
+            ready,
+            state: PluginState {
+                elara,
+                scope: scope_of(store_url),
+            },
+        })
     }
 
     /// Serve at once; volume calls wait until the daemon is sent on the returned channel. Also
     /// runs the reclaim sweep once the daemon is ready.
-    pub fn start(self, stop: watch::Receiver<bool>) -> (Ready, tokio::task::JoinHandle<anyhow::Result<()>>) {
+    pub fn start(
+        self,
+        stop: watch::Receiver<bool>,
+    ) -> (Ready, tokio::task::JoinHandle<anyhow::Result<()>>) {
         let ready = self.ready;
         let app = router(self.state.clone());
         let path = self.path.clone();
@@ -126,7 +153,10 @@ impl Listener {
 
 fn router(state: PluginState) -> Router {
     Router::new()
-        .route("/Plugin.Activate", post(|| async { reply(json!({ "Implements": ["VolumeDriver"] })) }))
+        .route(
+            "/Plugin.Activate",
+            post(|| async { reply(json!({ "Implements": ["VolumeDriver"] })) }),
+        )
         .route("/VolumeDriver.Capabilities", post(capabilities))
         .route("/VolumeDriver.Create", post(create))
         .route("/VolumeDriver.Remove", post(remove))
@@ -155,7 +185,9 @@ fn ok() -> Response {
 async fn ready(state: &PluginState) -> Result<Shared, Response> {
     match tokio::time::timeout(READY_WAIT, state.daemon()).await {
         Ok(Some(s)) => Ok(s),
-        _ => Err(err(format!("elara is still starting (its metadata store is not open after {READY_WAIT:?}); try again"))),
+        _ => Err(err(format!(
+            "elara is still starting (its metadata store is not open after {READY_WAIT:?}); try again"
+        ))),
     }
 }
 
@@ -196,7 +228,11 @@ async fn begin(state: &PluginState, body: &Bytes, call: &str) -> Result<(Shared,
 
 fn holder(id: &str) -> String {
     // Docker has sent a mount ID since 1.12; an older engine's mounts share one holder.
-    if id.is_empty() { format!("{HOLDER_PREFIX}anonymous") } else { format!("{HOLDER_PREFIX}{id}") }
+    if id.is_empty() {
+        format!("{HOLDER_PREFIX}anonymous")
+    } else {
+        format!("{HOLDER_PREFIX}{id}")
+    }
 }
 
 async fn capabilities(State(state): State<PluginState>) -> Response {
@@ -205,7 +241,10 @@ async fn capabilities(State(state): State<PluginState>) -> Response {
 
 /// Turn `-o` options into a create request; unknown or malformed options are refused by name.
 pub fn create_request(name: &str, opts: &BTreeMap<String, String>) -> ApiResult<CreateVolume> {
-    let mut req = CreateVolume { name: name.to_string(), ..Default::default() };
+    let mut req = CreateVolume {
+        name: name.to_string(),
+        ..Default::default()
+    };
     for (k, v) in opts {
         match k.as_str() {
             "size" => req.size = Some(v.clone()),
@@ -216,14 +255,17 @@ pub fn create_request(name: &str, opts: &BTreeMap<String, String>) -> ApiResult<
             // `-o spec='iops>=1000'`; several specs separated by `;`.
             "spec" => {
                 for one in v.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-                    let (sk, sv) = elara_scheduler::parse_spec_arg(one).map_err(|e| ApiError::invalid("spec", e.to_string()))?;
+                    let (sk, sv) = elara_scheduler::parse_spec_arg(one)
+                        .map_err(|e| ApiError::invalid("spec", e.to_string()))?;
                     req.specs.insert(sk, sv);
                 }
             }
             "fs" => req.fs = Some(v.clone()),
             "snapshot" => req.snapshot = Some(v.clone()),
             "iops" => {
-                req.iops = Some(v.trim().parse().map_err(|_| ApiError::invalid("iops", format!("{v:?} is not a whole number")))?)
+                req.iops = Some(v.trim().parse().map_err(|_| {
+                    ApiError::invalid("iops", format!("{v:?} is not a whole number"))
+                })?)
             }
             "labels" => {
                 for pair in v.split(',').filter(|p| !p.is_empty()) {
@@ -235,7 +277,13 @@ pub fn create_request(name: &str, opts: &BTreeMap<String, String>) -> ApiResult<
                 req.labels.insert(other[6..].to_string(), v.clone());
             }
             other => {
-                return Err(ApiError::invalid(other, format!("unknown option {other:?}; elara accepts {}", OPTIONS.join(", "))));
+                return Err(ApiError::invalid(
+                    other,
+                    format!(
+                        "unknown option {other:?}; elara accepts {}",
+                        OPTIONS.join(", ")
+                    ),
+                ));
             }
         }
     }
@@ -265,11 +313,13 @@ async fn create(State(state): State<PluginState>, body: Bytes) -> Response {
     match s.create_volume(create).await {
         Ok(_) => ok(),
         // An attempt running at the same time made the record first: its outcome is ours.
-        Err(e) if e.status == 409 && e.field.as_deref() == Some("name") => match settled(&s, &req.name).await {
-            Ok(Some(v)) => earlier_attempt(&v),
-            Ok(None) => err(e),
-            Err(e) => err(e),
-        },
+        Err(e) if e.status == 409 && e.field.as_deref() == Some("name") => {
+            match settled(&s, &req.name).await {
+                Ok(Some(v)) => earlier_attempt(&v),
+                Ok(None) => err(e),
+                Err(e) => err(e),
+            }
+        }
         Err(e) => err(e),
     }
 }
@@ -278,9 +328,19 @@ async fn create(State(state): State<PluginState>, body: Bytes) -> Response {
 fn earlier_attempt(v: &VolumeRecord) -> Response {
     match v.state {
         VolumeState::Available => ok(),
-        VolumeState::Error => err(format!("volume {:?} failed: {}", v.name, v.error.as_deref().unwrap_or("see the daemon's log"))),
-        VolumeState::Deleting => err(format!("volume {:?} is being deleted; try again when it is gone", v.name)),
-        VolumeState::Creating => err(format!("volume {:?} is still being created by an earlier request after {RETRY_WAIT:?}; try again", v.name)),
+        VolumeState::Error => err(format!(
+            "volume {:?} failed: {}",
+            v.name,
+            v.error.as_deref().unwrap_or("see the daemon's log")
+        )),
+        VolumeState::Deleting => err(format!(
+            "volume {:?} is being deleted; try again when it is gone",
+            v.name
+        )),
+        VolumeState::Creating => err(format!(
+            "volume {:?} is still being created by an earlier request after {RETRY_WAIT:?}; try again",
+            v.name
+        )),
     }
 }
 
@@ -289,9 +349,14 @@ fn earlier_attempt(v: &VolumeRecord) -> Response {
 async fn settled(s: &Shared, name: &str) -> ApiResult<Option<VolumeRecord>> {
     let deadline = tokio::time::Instant::now() + RETRY_WAIT;
     loop {
-        let v = s.get::<VolumeRecord>(&keys::volume(name)).await?.map(|r| r.value);
+        let v = s
+            .get::<VolumeRecord>(&keys::volume(name))
+            .await?
+            .map(|r| r.value);
         match v {
-            Some(v) if v.state == VolumeState::Creating && tokio::time::Instant::now() < deadline => {
+            Some(v)
+                if v.state == VolumeState::Creating && tokio::time::Instant::now() < deadline =>
+            {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             other => return Ok(other),
@@ -341,18 +406,26 @@ async fn unmount(State(state): State<PluginState>, body: Bytes) -> Response {
 
 /// This node's attachment of `name`, from the store.
 async fn attachment(s: &Shared, name: &str) -> ApiResult<Option<AttachmentRecord>> {
-    Ok(s.store.get_json::<AttachmentRecord>(&keys::attachment(name, s.node())).await?.map(|r| r.value))
+    Ok(s.store
+        .get_json::<AttachmentRecord>(&keys::attachment(name, s.node()))
+        .await?
+        .map(|r| r.value))
 }
 
 /// The mountpoint of an attachment, or "" when it is not (yet) mounted.
 fn mountpoint(att: Option<&AttachmentRecord>) -> String {
-    att.and_then(|a| a.host.as_ref()).map(|h| h.mountpoint.display().to_string()).unwrap_or_default()
+    att.and_then(|a| a.host.as_ref())
+        .map(|h| h.mountpoint.display().to_string())
+        .unwrap_or_default()
 }
 
 fn created_at(secs: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(secs)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_default()
 }
 
@@ -381,7 +454,11 @@ async fn get(State(state): State<PluginState>, body: Bytes) -> Response {
         Ok(x) => x,
         Err(e) => return e,
     };
-    let rec = match s.store.get_json::<VolumeRecord>(&keys::volume(&req.name)).await {
+    let rec = match s
+        .store
+        .get_json::<VolumeRecord>(&keys::volume(&req.name))
+        .await
+    {
         Ok(Some(r)) => r.value,
         Ok(None) => return err(format!("volume {:?} does not exist", req.name)),
         Err(e) => return err(ApiError::from(e)),
@@ -400,7 +477,12 @@ async fn get(State(state): State<PluginState>, body: Bytes) -> Response {
         ("labels".to_string(), json!(rec.labels)),
     ]
     .into();
-    for (k, v) in [("node", json!(rec.node)), ("type", json!(rec.volume_type)), ("snapshot", json!(rec.source_snapshot)), ("error", json!(rec.error))] {
+    for (k, v) in [
+        ("node", json!(rec.node)),
+        ("type", json!(rec.volume_type)),
+        ("snapshot", json!(rec.source_snapshot)),
+        ("error", json!(rec.error)),
+    ] {
         if !v.is_null() {
             status.insert(k.to_string(), v);
         }
@@ -413,7 +495,12 @@ async fn get(State(state): State<PluginState>, body: Bytes) -> Response {
     if let Some(a) = &att {
         status.insert("mounts".into(), json!(a.holders.len()));
     }
-    let vol = DockerVolume { name: rec.name, mountpoint: mountpoint(att.as_ref()), created_at: created_at(rec.created_at), status };
+    let vol = DockerVolume {
+        name: rec.name,
+        mountpoint: mountpoint(att.as_ref()),
+        created_at: created_at(rec.created_at),
+        status,
+    };
     reply(json!({ "Volume": vol, "Err": "" }))
 }
 
@@ -422,13 +509,21 @@ async fn list(State(state): State<PluginState>, body: Bytes) -> Response {
         Ok((s, _)) => s,
         Err(e) => return e,
     };
-    let (vols, atts) = match (s.listed_volumes().await, s.store.list_json::<AttachmentRecord>(&keys::all_attachments()).await) {
+    let (vols, atts) = match (
+        s.listed_volumes().await,
+        s.store
+            .list_json::<AttachmentRecord>(&keys::all_attachments())
+            .await,
+    ) {
         (Ok(v), Ok(a)) => (v, a),
         (Err(e), _) => return err(e),
         (_, Err(e)) => return err(ApiError::from(e)),
     };
-    let here: BTreeMap<&str, &AttachmentRecord> =
-        atts.iter().filter(|a| a.value.node == s.node()).map(|a| (a.value.volume.as_str(), &a.value)).collect();
+    let here: BTreeMap<&str, &AttachmentRecord> = atts
+        .iter()
+        .filter(|a| a.value.node == s.node())
+        .map(|a| (a.value.volume.as_str(), &a.value))
+        .collect();
     let volumes: Vec<Value> = vols
         .iter()
         .map(|v| {
@@ -446,9 +541,14 @@ async fn list(State(state): State<PluginState>, body: Bytes) -> Response {
 /// (all of them with `None`), if no container has the volume mounted; the last holder to go
 /// unmounts and detaches. Returns how many holders were dropped.
 async fn reclaim_volume(s: &Shared, name: &str, cutoff: Option<i64>) -> ApiResult<usize> {
-    let Some(att) = attachment(s, name).await? else { return Ok(0) };
+    let Some(att) = attachment(s, name).await? else {
+        return Ok(0);
+    };
     // A failed attachment (its helper died) is reclaimed like a working one.
-    if !matches!(att.state, AttachmentState::Attached | AttachmentState::Failed) {
+    if !matches!(
+        att.state,
+        AttachmentState::Attached | AttachmentState::Failed
+    ) {
         return Ok(0);
     }
     let stale: Vec<String> = att
@@ -465,7 +565,11 @@ async fn reclaim_volume(s: &Shared, name: &str, cutoff: Option<i64>) -> ApiResul
     let in_use = tokio::task::spawn_blocking(move || used_by_another_namespace(&mountpoint))
         .await
         .map_err(|e| ApiError::internal(format!("reclaim scan: {e}")))?
-        .map_err(|e| ApiError::internal(format!("cannot tell whether a container still uses volume {name:?}: {e}")))?;
+        .map_err(|e| {
+            ApiError::internal(format!(
+                "cannot tell whether a container still uses volume {name:?}: {e}"
+            ))
+        })?;
     if in_use {
         return Ok(0);
     }
@@ -482,7 +586,10 @@ async fn reclaim_volume(s: &Shared, name: &str, cutoff: Option<i64>) -> ApiResul
 
 /// The sweep's grace (and period), from [`RECLAIM_ENV`]; `None` when turned off.
 fn reclaim_grace() -> Option<(i64, Duration)> {
-    match std::env::var(RECLAIM_ENV).ok().and_then(|v| v.trim().parse::<u64>().ok()) {
+    match std::env::var(RECLAIM_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    {
         Some(0) => None,
         Some(n) => Some((n as i64, Duration::from_secs(n))),
         None => Some((RECLAIM_GRACE_SECS, RECLAIM_EVERY)),
@@ -516,11 +623,19 @@ async fn reclaim_loop(state: PluginState, mut stop: watch::Receiver<bool>) {
 /// One sweep over this node's attachments: Docker holders older than `grace` seconds of volumes
 /// no container has mounted are dropped. Returns how many.
 pub async fn reclaim_once(s: &Shared, grace: i64) -> ApiResult<usize> {
-    let atts = s.store.list_json::<AttachmentRecord>(&keys::all_attachments()).await?;
+    let atts = s
+        .store
+        .list_json::<AttachmentRecord>(&keys::all_attachments())
+        .await?;
     let cutoff = now() - grace;
     let mut reclaimed = 0;
     for a in atts.into_iter().map(|r| r.value) {
-        if a.node != s.node() || !a.holders.iter().any(|(h, v)| h.starts_with(HOLDER_PREFIX) && v.since <= cutoff) {
+        if a.node != s.node()
+            || !a
+                .holders
+                .iter()
+                .any(|(h, v)| h.starts_with(HOLDER_PREFIX) && v.since <= cutoff)
+        {
             continue;
         }
         match reclaim_volume(s, &a.volume, Some(cutoff)).await {
@@ -548,14 +663,20 @@ fn used_by_another_namespace(mountpoint: &Path) -> std::io::Result<bool> {
         if !pid.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
             continue;
         }
-        let Ok(ns) = std::fs::read_link(p.path().join("ns/mnt")) else { continue };
+        let Ok(ns) = std::fs::read_link(p.path().join("ns/mnt")) else {
+            continue;
+        };
         if !seen.insert(ns) {
             continue;
         }
-        let Ok(text) = std::fs::read_to_string(p.path().join("mountinfo")) else { continue };
-        let holds = mountinfo::parse(&text)
-            .iter()
-            .any(|m| m.dev == entry.dev && m.root.starts_with(&entry.root) && m.mount_point != entry.mount_point);
+        let Ok(text) = std::fs::read_to_string(p.path().join("mountinfo")) else {
+            continue;
+        };
+        let holds = mountinfo::parse(&text).iter().any(|m| {
+            m.dev == entry.dev
+                && m.root.starts_with(&entry.root)
+                && m.mount_point != entry.mount_point
+        });
         if holds {
             return Ok(true);
         }

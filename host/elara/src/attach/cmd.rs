@@ -24,7 +24,12 @@ pub async fn run(cmd: &str, args: &[String]) -> Result<Output> {
 
 /// Run `cmd args` within `limit`; a non-zero exit is an error carrying its stderr.
 pub async fn run_within(limit: Duration, cmd: &str, args: &[String]) -> Result<Output> {
-    let out = output_within(limit, Command::new(cmd).args(args), &format!("{cmd} {}", args.join(" "))).await?;
+    let out = output_within(
+        limit,
+        Command::new(cmd).args(args),
+        &format!("{cmd} {}", args.join(" ")),
+    )
+    .await?;
     if !out.status.success() {
         return Err(command_error(&format!("{cmd} {}", args.join(" ")), &out));
     }
@@ -38,7 +43,10 @@ pub async fn output_within(limit: Duration, command: &mut Command, shown: &str) 
     let child = command.output();
     match tokio::time::timeout(limit, child).await {
         Ok(out) => out.map_err(|e| AttachError::io("run", Path::new(&program), e)),
-        Err(_) => Err(AttachError::Timeout { command: shown.to_string(), after: limit }),
+        Err(_) => Err(AttachError::Timeout {
+            command: shown.to_string(),
+            after: limit,
+        }),
     }
 }
 
@@ -53,7 +61,9 @@ pub fn command_error(command: &str, out: &Output) -> AttachError {
 /// The first executable named `cmd` on `PATH`.
 pub fn which(cmd: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(cmd)).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|d| d.join(cmd))
+        .find(|p| p.is_file())
 }
 
 #[cfg(test)]
@@ -63,7 +73,9 @@ mod tests {
     #[tokio::test]
     async fn a_command_past_its_deadline_is_killed_and_reported() {
         let t = std::time::Instant::now();
-        let err = run_within(Duration::from_millis(300), "sleep", &["30".into()]).await.unwrap_err();
+        let err = run_within(Duration::from_millis(300), "sleep", &["30".into()])
+            .await
+            .unwrap_err();
         assert!(matches!(err, AttachError::Timeout { .. }), "{err}");
         assert!(err.to_string().contains("sleep 30"), "{err}");
         assert!(t.elapsed() < Duration::from_secs(5));
@@ -71,7 +83,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_failing_command_carries_its_stderr() {
-        let err = run("sh", &["-c".into(), "echo nope >&2; exit 3".into()]).await.unwrap_err();
-        assert!(err.to_string().contains("nope") && err.to_string().contains("3"), "{err}");
+        let err = run("sh", &["-c".into(), "echo nope >&2; exit 3".into()])
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("nope") && err.to_string().contains("3"),
+            "{err}"
+        );
     }
 }

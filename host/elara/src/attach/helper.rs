@@ -36,12 +36,27 @@ pub struct HelperState {
 
 impl HelperState {
     /// The running process `pid`, identified by its start time now.
-    pub fn identify(program: &str, pid: u32, log: PathBuf, qmp: Option<PathBuf>) -> Result<HelperState> {
+    pub fn identify(
+        program: &str,
+        pid: u32,
+        log: PathBuf,
+        qmp: Option<PathBuf>,
+    ) -> Result<HelperState> {
         let (_, start_time) = proc_stat(pid).ok_or_else(|| AttachError::Helper {
             program: program.to_string(),
-            reason: format!("pid {pid} exited right after it started; its log {}: {}", log.display(), log_tail(&log)),
+            reason: format!(
+                "pid {pid} exited right after it started; its log {}: {}",
+                log.display(),
+                log_tail(&log)
+            ),
         })?;
-        Ok(HelperState { program: program.to_string(), pid, start_time, qmp, log })
+        Ok(HelperState {
+            program: program.to_string(),
+            pid,
+            start_time,
+            qmp,
+            log,
+        })
     }
 
     /// Whether this very process still runs (not a zombie, not another process on a reused pid).
@@ -73,7 +88,10 @@ impl HelperState {
         if self.wait_gone(Duration::from_secs(10)).await {
             return Ok(());
         }
-        Err(AttachError::Helper { program: self.program.clone(), reason: format!("pid {} survives SIGKILL (stuck in the kernel?)", self.pid) })
+        Err(AttachError::Helper {
+            program: self.program.clone(),
+            reason: format!("pid {} survives SIGKILL (stuck in the kernel?)", self.pid),
+        })
     }
 
     async fn wait_gone(&self, limit: Duration) -> bool {
@@ -120,22 +138,41 @@ pub fn log_tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     let tail = lines[lines.len().saturating_sub(5)..].join(" | ");
-    if tail.is_empty() { "(empty)".into() } else { tail }
+    if tail.is_empty() {
+        "(empty)".into()
+    } else {
+        tail
+    }
 }
 
 /// Start `program args` in a session of its own (so it outlives this daemon), with stdin from
 /// /dev/null and stdout and stderr appended to `log`.
 pub fn spawn_session(program: &Path, args: &[String], log: &Path) -> Result<tokio::process::Child> {
     use std::os::unix::process::CommandExt;
-    let out = std::fs::OpenOptions::new().create(true).append(true).open(log).map_err(|e| AttachError::io("open", log, e))?;
-    let err = out.try_clone().map_err(|e| AttachError::io("open", log, e))?;
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| AttachError::io("open", log, e))?;
+    let err = out
+        .try_clone()
+        .map_err(|e| AttachError::io("open", log, e))?;
     let mut cmd = std::process::Command::new(program);
-    cmd.args(args).stdin(std::process::Stdio::null()).stdout(out).stderr(err);
+    cmd.args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err);
     // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
     unsafe {
-        cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(std::io::Error::from));
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(drop)
+                .map_err(std::io::Error::from)
+        });
     }
-    let child = tokio::process::Command::from(cmd).spawn().map_err(|e| AttachError::io("start", program, e))?;
+    let child = tokio::process::Command::from(cmd)
+        .spawn()
+        .map_err(|e| AttachError::io("start", program, e))?;
     Ok(child)
 }
 
@@ -162,7 +199,10 @@ mod tests {
         save(dir.path(), &h).unwrap();
         assert_eq!(load(dir.path()).as_ref(), Some(&h));
         // The same pid with another start time is another process.
-        let other = HelperState { start_time: h.start_time + 1, ..h.clone() };
+        let other = HelperState {
+            start_time: h.start_time + 1,
+            ..h.clone()
+        };
         assert!(!other.alive());
         h.stop().await.unwrap();
         assert!(!h.alive());

@@ -154,16 +154,31 @@ impl AttachState {
     /// Why the volume no longer works on this node, if its helper has gone.
     pub fn failure(&self) -> Option<String> {
         let h = self.helper.as_ref()?;
-        (!h.alive()).then(|| format!("{} serving this volume exited; its log {}: {}", h.describe(), h.log.display(), helper::log_tail(&h.log)))
+        (!h.alive()).then(|| {
+            format!(
+                "{} serving this volume exited; its log {}: {}",
+                h.describe(),
+                h.log.display(),
+                helper::log_tail(&h.log)
+            )
+        })
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
     #[error("{op} {}: {source}", path.display())]
-    Io { op: &'static str, path: PathBuf, source: std::io::Error },
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("`{command}` failed ({status}): {stderr}")]
-    Command { command: String, status: String, stderr: String },
+    Command {
+        command: String,
+        status: String,
+        stderr: String,
+    },
     #[error("the driver returned a bad connection: {field}: {reason}")]
     BadConnection { field: &'static str, reason: String },
     #[error("{kind} volumes cannot be attached on this node: {reason}")]
@@ -178,7 +193,11 @@ pub enum AttachError {
 
 impl AttachError {
     pub(crate) fn io(op: &'static str, path: &Path, source: std::io::Error) -> Self {
-        AttachError::Io { op, path: path.to_path_buf(), source }
+        AttachError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }
 
@@ -191,12 +210,20 @@ pub struct Attacher {
     loop_lock: tokio::sync::Mutex<()>,
     /// Kernel iSCSI logins and logouts are serialised: sessions are shared by a target's LUNs.
     iscsi_sessions: tokio::sync::Mutex<()>,
+    /// Since when each user-space iSCSI volume has had I/O waiting on a target that is down.
+    stalls: tokio::sync::Mutex<std::collections::HashMap<String, tokio::time::Instant>>,
 }
 
 impl Attacher {
     pub fn new(cfg: AttachConfig) -> Self {
         let paths = DataPaths::probe(cfg.iscsi, cfg.nfs, &cfg.helper_exe);
-        Attacher { cfg, paths, loop_lock: tokio::sync::Mutex::new(()), iscsi_sessions: tokio::sync::Mutex::new(()) }
+        Attacher {
+            cfg,
+            paths,
+            loop_lock: Default::default(),
+            iscsi_sessions: Default::default(),
+            stalls: Default::default(),
+        }
     }
 
     /// This node's data paths, as probed at start.
@@ -211,7 +238,12 @@ impl Attacher {
 
     /// The mode `protocol` attaches with here, or `Unsupported` saying why there is none.
     fn mode(&self, protocol: &str, choice: PathChoice) -> Result<&'static str> {
-        self.paths.selected(protocol, choice).map_err(|reason| AttachError::Unsupported { kind: protocol.into(), reason })
+        self.paths
+            .selected(protocol, choice)
+            .map_err(|reason| AttachError::Unsupported {
+                kind: protocol.into(),
+                reason,
+            })
     }
 
     fn mountpoint(&self, volume_id: &str) -> PathBuf {
@@ -219,7 +251,10 @@ impl Attacher {
     }
 
     fn creds_file(&self, volume_id: &str) -> PathBuf {
-        self.cfg.run_dir.join("s3").join(format!("{volume_id}.passwd"))
+        self.cfg
+            .run_dir
+            .join("s3")
+            .join(format!("{volume_id}.passwd"))
     }
 
     /// Bring a volume up at its mountpoint. Idempotent; on failure nothing of it is left behind.
@@ -230,12 +265,18 @@ impl Attacher {
             Connection::ImageFile(f) => self.attach_image(&req, &f.path, mountpoint).await,
             Connection::Directory(dir) => {
                 let src = confined(req.pool_dir, dir, "directory")?;
-                let meta = tokio::fs::symlink_metadata(&src).await.map_err(|e| AttachError::io("stat", &src, e))?;
+                let meta = tokio::fs::symlink_metadata(&src)
+                    .await
+                    .map_err(|e| AttachError::io("stat", &src, e))?;
                 if !meta.is_dir() {
-                    return Err(AttachError::BadConnection { field: "directory", reason: format!("{} is not a directory", src.display()) });
+                    return Err(AttachError::BadConnection {
+                        field: "directory",
+                        reason: format!("{} is not a directory", src.display()),
+                    });
                 }
                 if mountinfo::find(&mountpoint)?.is_none() {
-                    let mut args = vec!["--bind".to_string(), path_str(&src), path_str(&mountpoint)];
+                    let mut args =
+                        vec!["--bind".to_string(), path_str(&src), path_str(&mountpoint)];
                     if req.read_only {
                         args.insert(0, "-o".into());
                         args.insert(1, "ro".into());
@@ -247,32 +288,57 @@ impl Attacher {
             Connection::Nfs(nfs) => self.attach_nfs(&req, nfs, mountpoint).await,
             Connection::S3(s3) => self.attach_s3(&req, s3, mountpoint).await,
             Connection::Iscsi(c) => self.attach_iscsi(&req, c, mountpoint).await,
-            Connection::Other((kind, _)) => Err(AttachError::Unsupported { kind: kind.clone(), reason: "Elara's host does not know this protocol".into() }),
+            Connection::Other((kind, _)) => Err(AttachError::Unsupported {
+                kind: kind.clone(),
+                reason: "Elara's host does not know this protocol".into(),
+            }),
         }
     }
 
-    async fn attach_nfs(&self, req: &AttachRequest<'_>, c: &elara_runtime::NfsConnection, mountpoint: PathBuf) -> Result<AttachState> {
+    async fn attach_nfs(
+        &self,
+        req: &AttachRequest<'_>,
+        c: &elara_runtime::NfsConnection,
+        mountpoint: PathBuf,
+    ) -> Result<AttachState> {
         let mode = self.mode("nfs", self.cfg.nfs)?;
-        let mut state = AttachState { mode: Some(mode.into()), ..AttachState::plain("nfs", mountpoint.clone()) };
+        let mut state = AttachState {
+            mode: Some(mode.into()),
+            ..AttachState::plain("nfs", mountpoint.clone())
+        };
         if mode == "kernel" {
             if mountinfo::find(&mountpoint)?.is_none() {
                 self.nfs_kernel_mount(c, &mountpoint, req.read_only).await?;
             }
             return Ok(state);
         }
-        state.helper = Some(self.nfs_user_mount(req.volume_id, c, &mountpoint, req.read_only).await?);
+        state.helper = Some(
+            self.nfs_user_mount(req.volume_id, c, &mountpoint, req.read_only)
+                .await?,
+        );
         state.attach_dir = Some(self.attach_dir(req.volume_id));
         Ok(state)
     }
 
-    async fn attach_iscsi(&self, req: &AttachRequest<'_>, c: &elara_runtime::IscsiConnection, mountpoint: PathBuf) -> Result<AttachState> {
+    async fn attach_iscsi(
+        &self,
+        req: &AttachRequest<'_>,
+        c: &elara_runtime::IscsiConnection,
+        mountpoint: PathBuf,
+    ) -> Result<AttachState> {
         let mode = self.mode("iscsi", self.cfg.iscsi)?;
         let dir = self.attach_dir(req.volume_id);
-        let mut state = AttachState { mode: Some(mode.into()), attach_dir: Some(dir.clone()), ..AttachState::plain("iscsi", mountpoint.clone()) };
+        let mut state = AttachState {
+            mode: Some(mode.into()),
+            attach_dir: Some(dir.clone()),
+            ..AttachState::plain("iscsi", mountpoint.clone())
+        };
         let device = if mode == "kernel" {
             self.iscsi_kernel_device(req.volume_id, c).await?
         } else {
-            let (device, helper) = self.iscsi_user_device(req.volume_id, c, req.read_only).await?;
+            let (device, helper) = self
+                .iscsi_user_device(req.volume_id, c, req.read_only)
+                .await?;
             state.backing_file = Some(dir.join("lun"));
             state.helper = Some(helper);
             device
@@ -285,7 +351,12 @@ impl Attacher {
             }
             return Err(AttachError::BadConnection {
                 field: "mountpoint",
-                reason: format!("{} is already mounted from {}, not from {}", mountpoint.display(), m.source, device.display()),
+                reason: format!(
+                    "{} is already mounted from {}, not from {}",
+                    mountpoint.display(),
+                    m.source,
+                    device.display()
+                ),
             });
         }
         match self.format_and_mount(req, &device, &mountpoint).await {
@@ -295,17 +366,19 @@ impl Attacher {
             }
             Err(e) => {
                 if let Err(undo) = self.detach(&state).await {
-                    tracing::error!(volume = req.volume_id, "undoing a failed iSCSI attach: {undo}");
+                    tracing::error!(
+                        volume = req.volume_id,
+                        "undoing a failed iSCSI attach: {undo}"
+                    );
                 }
                 Err(e)
             }
         }
     }
 
-    /// A loop device over `backing` (an existing one is reused). `direct_io`: no page cache of the
-    /// loop's own, for a file that is itself a device (a FUSE export): without it every write is
-    /// cached twice and counted twice.
-    async fn loop_device(&self, backing: &Path, read_only: bool, direct_io: bool) -> Result<PathBuf> {
+    /// A loop device over `backing` (an existing one is reused), with the loop's buffered I/O:
+    /// never `--direct-io=on` over a FUSE export, see [`iscsi`].
+    async fn loop_device(&self, backing: &Path, read_only: bool) -> Result<PathBuf> {
         let _guard = self.loop_lock.lock().await;
         if let Some(dev) = loop_devices_of(backing).await?.into_iter().next() {
             return Ok(dev);
@@ -314,34 +387,50 @@ impl Attacher {
         if read_only {
             args.push("--read-only".into());
         }
-        if direct_io {
-            args.push("--direct-io=on".into());
-        }
         args.push(path_str(backing));
         let out = run("losetup", &args).await?;
         Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
     }
 
-    async fn attach_image(&self, req: &AttachRequest<'_>, path: &str, mountpoint: PathBuf) -> Result<AttachState> {
+    async fn attach_image(
+        &self,
+        req: &AttachRequest<'_>,
+        path: &str,
+        mountpoint: PathBuf,
+    ) -> Result<AttachState> {
         let backing = confined(req.pool_dir, path, "image-file.path")?;
-        let meta = tokio::fs::symlink_metadata(&backing).await.map_err(|e| AttachError::io("stat", &backing, e))?;
+        let meta = tokio::fs::symlink_metadata(&backing)
+            .await
+            .map_err(|e| AttachError::io("stat", &backing, e))?;
         if !meta.is_file() {
-            return Err(AttachError::BadConnection { field: "image-file.path", reason: format!("{} is not a regular file", backing.display()) });
+            return Err(AttachError::BadConnection {
+                field: "image-file.path",
+                reason: format!("{} is not a regular file", backing.display()),
+            });
         }
 
         // Already up (a repeated attach, or a restart after the mount step): hand back what is there.
         if let Some(m) = mountinfo::find(&mountpoint)? {
             let devices = loop_devices_of(&backing).await?;
             if let Some(dev) = devices.into_iter().find(|d| path_str(d) == m.source) {
-                return Ok(AttachState { device: Some(dev), backing_file: Some(backing), ..AttachState::plain("image-file", mountpoint) });
+                return Ok(AttachState {
+                    device: Some(dev),
+                    backing_file: Some(backing),
+                    ..AttachState::plain("image-file", mountpoint)
+                });
             }
             return Err(AttachError::BadConnection {
                 field: "mountpoint",
-                reason: format!("{} is already mounted from {}, not from {}", mountpoint.display(), m.source, backing.display()),
+                reason: format!(
+                    "{} is already mounted from {}, not from {}",
+                    mountpoint.display(),
+                    m.source,
+                    backing.display()
+                ),
             });
         }
 
-        let device = self.loop_device(&backing, req.read_only, false).await?;
+        let device = self.loop_device(&backing, req.read_only).await?;
 
         match self.format_and_mount(req, &device, &mountpoint).await {
             Ok(formatted_now) => Ok(AttachState {
@@ -360,7 +449,12 @@ impl Attacher {
     }
 
     /// Make the filesystem if the device is blank, then mount it. Returns whether it formatted.
-    async fn format_and_mount(&self, req: &AttachRequest<'_>, device: &Path, mountpoint: &Path) -> Result<bool> {
+    async fn format_and_mount(
+        &self,
+        req: &AttachRequest<'_>,
+        device: &Path,
+        mountpoint: &Path,
+    ) -> Result<bool> {
         let existing = probe_fs(device).await?;
         let (fs, formatted_now) = match existing {
             Some(fs) if fs == "ext4" && !req.read_only => {
@@ -369,7 +463,10 @@ impl Attacher {
             }
             Some(fs) => (fs, false),
             None if req.read_only => {
-                return Err(AttachError::BadConnection { field: "read_only", reason: "a blank volume cannot be attached read-only".into() });
+                return Err(AttachError::BadConnection {
+                    field: "read_only",
+                    reason: "a blank volume cannot be attached read-only".into(),
+                });
             }
             None => {
                 let dev = path_str(device);
@@ -377,8 +474,28 @@ impl Attacher {
                     // lazy init: a large image formats in a second; nodiscard: keep the image sparse-friendly.
                     // nodiscard also matters on a loop over a FUSE export, which answers discard and
                     // zeroout with "not supported": mkfs.ext4 then made an unmountable filesystem.
-                    FsType::Ext4 => cmd::run_within(cmd::LONG, "mkfs.ext4", &["-q".into(), "-F".into(), "-E".into(), "nodiscard".into(), dev]).await?,
-                    FsType::Xfs => cmd::run_within(cmd::LONG, "mkfs.xfs", &["-q".into(), "-f".into(), "-K".into(), dev]).await?,
+                    FsType::Ext4 => {
+                        cmd::run_within(
+                            cmd::LONG,
+                            "mkfs.ext4",
+                            &[
+                                "-q".into(),
+                                "-F".into(),
+                                "-E".into(),
+                                "nodiscard".into(),
+                                dev,
+                            ],
+                        )
+                        .await?
+                    }
+                    FsType::Xfs => {
+                        cmd::run_within(
+                            cmd::LONG,
+                            "mkfs.xfs",
+                            &["-q".into(), "-f".into(), "-K".into(), dev],
+                        )
+                        .await?
+                    }
                 };
                 (req.fs_type.name().to_string(), true)
             }
@@ -408,20 +525,38 @@ impl Attacher {
         Ok(formatted_now)
     }
 
-    async fn attach_s3(&self, req: &AttachRequest<'_>, s3: &elara_runtime::S3Connection, mountpoint: PathBuf) -> Result<AttachState> {
+    async fn attach_s3(
+        &self,
+        req: &AttachRequest<'_>,
+        s3: &elara_runtime::S3Connection,
+        mountpoint: PathBuf,
+    ) -> Result<AttachState> {
         let creds = self.creds_file(req.volume_id);
-        let state = AttachState { creds_file: Some(creds.clone()), ..AttachState::plain("s3", mountpoint.clone()) };
+        let state = AttachState {
+            creds_file: Some(creds.clone()),
+            ..AttachState::plain("s3", mountpoint.clone())
+        };
         if mountinfo::find(&mountpoint)?.is_some() {
             return Ok(state);
         }
         if cmd::which("s3fs").is_none() {
-            return Err(AttachError::Unsupported { kind: "s3".into(), reason: "s3fs is not installed (Debian package s3fs)".into() });
+            return Err(AttachError::Unsupported {
+                kind: "s3".into(),
+                reason: "s3fs is not installed (Debian package s3fs)".into(),
+            });
         }
         if !Path::new("/dev/fuse").exists() {
-            return Err(AttachError::Unsupported { kind: "s3".into(), reason: "/dev/fuse is missing: this kernel or container has no FUSE".into() });
+            return Err(AttachError::Unsupported {
+                kind: "s3".into(),
+                reason: "/dev/fuse is missing: this kernel or container has no FUSE".into(),
+            });
         }
         write_secret(&creds, &format!("{}:{}\n", s3.access_key, s3.secret_key)).await?;
-        let bucket = if s3.prefix.is_empty() { s3.bucket.clone() } else { format!("{}:/{}", s3.bucket, s3.prefix.trim_matches('/')) };
+        let bucket = if s3.prefix.is_empty() {
+            s3.bucket.clone()
+        } else {
+            format!("{}:/{}", s3.bucket, s3.prefix.trim_matches('/'))
+        };
         let mut opts = vec![
             format!("passwd_file={}", creds.display()),
             format!("url={}", s3.endpoint),
@@ -435,7 +570,12 @@ impl Attacher {
         if req.read_only {
             opts.push("ro".into());
         }
-        if let Err(e) = run("s3fs", &[bucket, path_str(&mountpoint), "-o".into(), opts.join(",")]).await {
+        if let Err(e) = run(
+            "s3fs",
+            &[bucket, path_str(&mountpoint), "-o".into(), opts.join(",")],
+        )
+        .await
+        {
             let _ = tokio::fs::remove_file(&creds).await;
             return Err(e);
         }
@@ -457,21 +597,37 @@ impl Attacher {
     /// user-space iSCSI helper re-reads the LUN's capacity, the loop device its file's size), then
     /// grow the filesystem online.
     pub async fn grow(&self, state: &AttachState, size_bytes: u64, fs: FsType) -> Result<()> {
-        let Some(device) = &state.device else { return Ok(()) };
+        let Some(device) = &state.device else {
+            return Ok(());
+        };
         if let Some(qmp) = state.helper.as_ref().and_then(|h| h.qmp.as_ref()) {
-            qmp::execute(qmp, "block_resize", serde_json::json!({ "node-name": "lun", "size": size_bytes })).await?;
+            qmp::execute(
+                qmp,
+                "block_resize",
+                serde_json::json!({ "node-name": "lun", "size": size_bytes }),
+            )
+            .await?;
         }
         if state.backing_file.is_some() {
             run("losetup", &["--set-capacity".into(), path_str(device)]).await?;
         } else if state.kind == "iscsi" {
             // The kernel's SCSI disk re-reads its capacity on a rescan.
-            let name = device.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = device
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             let rescan = PathBuf::from(format!("/sys/class/block/{name}/device/rescan"));
-            tokio::fs::write(&rescan, b"1").await.map_err(|e| AttachError::io("write", &rescan, e))?;
+            tokio::fs::write(&rescan, b"1")
+                .await
+                .map_err(|e| AttachError::io("write", &rescan, e))?;
         }
         match fs {
-            FsType::Ext4 => cmd::run_within(cmd::LONG, "resize2fs", &[path_str(device)]).await.map(drop),
-            FsType::Xfs => cmd::run_within(cmd::LONG, "xfs_growfs", &[path_str(&state.mountpoint)]).await.map(drop),
+            FsType::Ext4 => cmd::run_within(cmd::LONG, "resize2fs", &[path_str(device)])
+                .await
+                .map(drop),
+            FsType::Xfs => cmd::run_within(cmd::LONG, "xfs_growfs", &[path_str(&state.mountpoint)])
+                .await
+                .map(drop),
         }
     }
 
@@ -508,7 +664,9 @@ impl Attacher {
             self.release_kernel_session(volume_id).await?;
         }
         match tokio::fs::remove_dir_all(dir).await {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(AttachError::io("remove", dir, e)),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(AttachError::io("remove", dir, e))
+            }
             _ => Ok(()),
         }
     }
@@ -516,12 +674,19 @@ impl Attacher {
     /// Take down whatever a volume may have on this node when the attach state was never recorded
     /// (a crash between the host step and the store write): its mountpoint, loop devices of its
     /// image file, its helper and attach dir, its credentials file.
-    pub async fn detach_by_volume(&self, volume_id: &str, backing_file: Option<&Path>) -> Result<()> {
+    pub async fn detach_by_volume(
+        &self,
+        volume_id: &str,
+        backing_file: Option<&Path>,
+    ) -> Result<()> {
         let mountpoint = self.mountpoint(volume_id);
         let dir = self.attach_dir(volume_id);
         let helper_dead = helper::load(&dir).is_some_and(|h| !h.alive());
         unmount(&mountpoint, helper_dead).await?;
-        for backing in backing_file.into_iter().chain(Some(dir.join("lun").as_path())) {
+        for backing in backing_file
+            .into_iter()
+            .chain(Some(dir.join("lun").as_path()))
+        {
             for dev in loop_devices_of(backing).await? {
                 detach_loop(&dev, backing).await?;
             }
@@ -535,14 +700,25 @@ impl Attacher {
 /// `rel` resolved inside `root`: relative, no `..`, and (after symlinks) still inside `root`.
 fn confined(root: &Path, rel: &str, field: &'static str) -> Result<PathBuf> {
     let p = Path::new(rel);
-    if rel.is_empty() || p.is_absolute() || p.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
-        return Err(AttachError::BadConnection { field, reason: format!("{rel:?} must be a relative path inside the pool dir") });
+    if rel.is_empty()
+        || p.is_absolute()
+        || p.components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(AttachError::BadConnection {
+            field,
+            reason: format!("{rel:?} must be a relative path inside the pool dir"),
+        });
     }
     let root = std::fs::canonicalize(root).map_err(|e| AttachError::io("resolve", root, e))?;
     let joined = root.join(p);
-    let real = std::fs::canonicalize(&joined).map_err(|e| AttachError::io("resolve", &joined, e))?;
+    let real =
+        std::fs::canonicalize(&joined).map_err(|e| AttachError::io("resolve", &joined, e))?;
     if !real.starts_with(&root) {
-        return Err(AttachError::BadConnection { field, reason: format!("{rel:?} leads outside the pool dir (to {})", real.display()) });
+        return Err(AttachError::BadConnection {
+            field,
+            reason: format!("{rel:?} leads outside the pool dir (to {})", real.display()),
+        });
     }
     Ok(real)
 }
@@ -562,12 +738,21 @@ async fn grow_ext4_offline(device: &Path) -> Result<()> {
     tracing::info!(device = %device.display(), "growing ext4 from {} to {dev_bytes} bytes", blocks * block_size);
     // resize2fs insists on a freshly checked filesystem; -p repairs only what is safe unattended.
     let shown = format!("e2fsck -f -p {}", device.display());
-    let fsck = cmd::output_within(cmd::LONG, tokio::process::Command::new("e2fsck").args(["-f", "-p"]).arg(device), &shown).await?;
+    let fsck = cmd::output_within(
+        cmd::LONG,
+        tokio::process::Command::new("e2fsck")
+            .args(["-f", "-p"])
+            .arg(device),
+        &shown,
+    )
+    .await?;
     // 0: clean, 1: errors corrected.
     if !matches!(fsck.status.code(), Some(0 | 1)) {
         return Err(command_error("e2fsck -f -p", &fsck));
     }
-    cmd::run_within(cmd::LONG, "resize2fs", &[path_str(device)]).await.map(drop)
+    cmd::run_within(cmd::LONG, "resize2fs", &[path_str(device)])
+        .await
+        .map(drop)
 }
 
 /// The filesystem type on a device, or `None` if blank.
@@ -582,7 +767,14 @@ async fn probe_fs(device: &Path) -> Result<Option<String>> {
         return Ok(Some("xfs".into()));
     }
     let shown = format!("blkid {}", device.display());
-    let out = cmd::output_within(cmd::QUICK, tokio::process::Command::new("blkid").args(["-p", "-o", "value", "-s", "TYPE"]).arg(device), &shown).await?;
+    let out = cmd::output_within(
+        cmd::QUICK,
+        tokio::process::Command::new("blkid")
+            .args(["-p", "-o", "value", "-s", "TYPE"])
+            .arg(device),
+        &shown,
+    )
+    .await?;
     match out.status.code() {
         Some(0) => {
             let t = String::from_utf8_lossy(&out.stdout).trim().to_string();
@@ -615,16 +807,26 @@ async fn read_superblock(device: &Path) -> Result<(Vec<u8>, u64)> {
         Ok((buf, size))
     });
     match tokio::time::timeout(cmd::QUICK, read).await {
-        Ok(done) => done.expect("superblock read panicked").map_err(|e| AttachError::io("read the superblock of", device, e)),
-        Err(_) => Err(AttachError::Timeout { command: format!("reading the superblock of {}", device.display()), after: cmd::QUICK }),
+        Ok(done) => done
+            .expect("superblock read panicked")
+            .map_err(|e| AttachError::io("read the superblock of", device, e)),
+        Err(_) => Err(AttachError::Timeout {
+            command: format!("reading the superblock of {}", device.display()),
+            after: cmd::QUICK,
+        }),
     }
 }
 
 /// (block count, block size) of an ext4 superblock (ext magic with the extents feature, as
 /// mkfs.ext4 makes it), or `None` if `sb` holds no ext4.
 fn ext4_size(sb: &[u8]) -> Option<(u64, u64)> {
-    let u32_at = |off: usize| sb.get(off..off + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-    let magic = sb.get(1024 + 0x38..1024 + 0x3a).map(|b| u16::from_le_bytes([b[0], b[1]]))?;
+    let u32_at = |off: usize| {
+        sb.get(off..off + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let magic = sb
+        .get(1024 + 0x38..1024 + 0x3a)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]))?;
     let incompat = u32_at(1024 + 0x60)?;
     const EXTENTS: u32 = 0x40;
     const BIT64: u32 = 0x80;
@@ -632,7 +834,11 @@ fn ext4_size(sb: &[u8]) -> Option<(u64, u64)> {
         return None;
     }
     let lo = u64::from(u32_at(1024 + 0x4)?);
-    let hi = if incompat & BIT64 != 0 { u64::from(u32_at(1024 + 0x150)?) } else { 0 };
+    let hi = if incompat & BIT64 != 0 {
+        u64::from(u32_at(1024 + 0x150)?)
+    } else {
+        0
+    };
     let log = u32_at(1024 + 0x18)?;
     (log <= 6).then(|| ((hi << 32) | lo, 1024u64 << log))
 }
@@ -653,7 +859,9 @@ async fn loop_devices_of(file: &Path) -> Result<Vec<PathBuf>> {
             continue;
         }
         // No backing_file: an unbound loop device.
-        let Ok(back) = std::fs::read_to_string(e.path().join("loop/backing_file")) else { continue };
+        let Ok(back) = std::fs::read_to_string(e.path().join("loop/backing_file")) else {
+            continue;
+        };
         if back.trim_end_matches('\n').trim_end_matches(" (deleted)") == want {
             out.push(PathBuf::from("/dev").join(&name));
         }
@@ -667,7 +875,9 @@ async fn detach_loop(device: &Path, backing: &Path) -> Result<()> {
     if !loop_devices_of(backing).await?.iter().any(|d| d == device) {
         return Ok(());
     }
-    run("losetup", &["--detach".into(), path_str(device)]).await.map(drop)
+    run("losetup", &["--detach".into(), path_str(device)])
+        .await
+        .map(drop)
 }
 
 /// Unmount everything stacked at `mountpoint`. `lazy_if_stuck`: for a volume whose helper is
@@ -675,11 +885,18 @@ async fn detach_loop(device: &Path, backing: &Path) -> Result<()> {
 async fn unmount(mountpoint: &Path, lazy_if_stuck: bool) -> Result<()> {
     while mountinfo::find(mountpoint)?.is_some() {
         let shown = format!("umount {}", mountpoint.display());
-        let out = cmd::output_within(cmd::QUICK, tokio::process::Command::new("umount").arg(mountpoint), &shown).await;
+        let out = cmd::output_within(
+            cmd::QUICK,
+            tokio::process::Command::new("umount").arg(mountpoint),
+            &shown,
+        )
+        .await;
         let failure = match out {
             Ok(out) if out.status.success() => continue,
             Ok(out) if String::from_utf8_lossy(&out.stderr).contains("busy") && !lazy_if_stuck => {
-                return Err(AttachError::Busy { path: mountpoint.to_path_buf() });
+                return Err(AttachError::Busy {
+                    path: mountpoint.to_path_buf(),
+                });
             }
             Ok(out) => command_error(&shown, &out),
             Err(e) => e,
@@ -702,7 +919,12 @@ async fn write_secret(path: &Path, content: &str) -> Result<()> {
     let content = content.to_string();
     tokio::task::spawn_blocking(move || {
         use std::io::Write;
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&target)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&target)?;
         f.write_all(content.as_bytes())
     })
     .await
@@ -714,23 +936,31 @@ async fn write_secret(path: &Path, content: &str) -> Result<()> {
 async fn create_private_dir(dir: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     create_dir(dir).await?;
-    tokio::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).await.map_err(|e| AttachError::io("chmod", dir, e))
+    tokio::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .await
+        .map_err(|e| AttachError::io("chmod", dir, e))
 }
 
 async fn create_dir(dir: &Path) -> Result<()> {
-    tokio::fs::create_dir_all(dir).await.map_err(|e| AttachError::io("create", dir, e))
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|e| AttachError::io("create", dir, e))
 }
 
 async fn remove_if_exists(path: &Path) -> Result<()> {
     match tokio::fs::remove_file(path).await {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(AttachError::io("remove", path, e)),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(AttachError::io("remove", path, e))
+        }
         _ => Ok(()),
     }
 }
 
 async fn remove_dir_if_exists(path: &Path) -> Result<()> {
     match tokio::fs::remove_dir(path).await {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(AttachError::io("remove", path, e)),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(AttachError::io("remove", path, e))
+        }
         _ => Ok(()),
     }
 }
@@ -748,17 +978,35 @@ mod tests {
     async fn superblock_probe() {
         let dir = tempfile::tempdir().unwrap();
         let img = dir.path().join("v.img");
-        std::fs::File::create(&img).unwrap().set_len(64 << 20).unwrap();
-        assert_eq!(ext4_size(&read_superblock(&img).await.unwrap().0), None, "blank");
-        let ok = std::process::Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&img).status().unwrap();
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(64 << 20)
+            .unwrap();
+        assert_eq!(
+            ext4_size(&read_superblock(&img).await.unwrap().0),
+            None,
+            "blank"
+        );
+        let ok = std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&img)
+            .status()
+            .unwrap();
         assert!(ok.success());
         let (sb, size) = read_superblock(&img).await.unwrap();
         let (blocks, bs) = ext4_size(&sb).expect("ext4 found");
         assert_eq!(blocks * bs, 64 << 20);
         assert_eq!(size, 64 << 20);
         assert_eq!(probe_fs(&img).await.unwrap().as_deref(), Some("ext4"));
-        std::fs::File::create(&img).unwrap().set_len(320 << 20).unwrap();
-        let ok = std::process::Command::new("mkfs.xfs").args(["-q", "-f"]).arg(&img).status().unwrap();
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(320 << 20)
+            .unwrap();
+        let ok = std::process::Command::new("mkfs.xfs")
+            .args(["-q", "-f"])
+            .arg(&img)
+            .status()
+            .unwrap();
         assert!(ok.success());
         assert_eq!(probe_fs(&img).await.unwrap().as_deref(), Some("xfs"));
     }
@@ -771,8 +1019,19 @@ mod tests {
         assert!(confined(dir.path(), "ok.img", "p").is_ok());
         for bad in ["", "/etc/passwd", "../x", "a/../../x", "out"] {
             let err = confined(dir.path(), bad, "p").unwrap_err();
-            assert!(matches!(err, AttachError::BadConnection { .. } | AttachError::Io { .. }), "{bad}: {err}");
+            assert!(
+                matches!(
+                    err,
+                    AttachError::BadConnection { .. } | AttachError::Io { .. }
+                ),
+                "{bad}: {err}"
+            );
         }
-        assert!(confined(dir.path(), "out", "p").unwrap_err().to_string().contains("outside the pool dir"));
+        assert!(
+            confined(dir.path(), "out", "p")
+                .unwrap_err()
+                .to_string()
+                .contains("outside the pool dir")
+        );
     }
 }

@@ -54,27 +54,57 @@ struct Export<'a> {
 fn check<'a>(c: &'a NfsConnection) -> Result<Export<'a>> {
     let bad = |field, reason: String| AttachError::BadConnection { field, reason };
     let server = c.server.trim_start_matches('[').trim_end_matches(']');
-    if server.is_empty() || !server.chars().all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '-' | ':')) {
-        return Err(bad("nfs.server", format!("{:?} is not a host name or address", c.server)));
+    if server.is_empty()
+        || !server
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '-' | ':'))
+    {
+        return Err(bad(
+            "nfs.server",
+            format!("{:?} is not a host name or address", c.server),
+        ));
     }
-    if !c.export.starts_with('/') || c.export.chars().any(|ch| ch.is_control() || ch == ',') || c.export.split('/').any(|p| p == "..") {
-        return Err(bad("nfs.export", format!("{:?} must be an absolute path without `..`, commas or control characters", c.export)));
+    if !c.export.starts_with('/')
+        || c.export.chars().any(|ch| ch.is_control() || ch == ',')
+        || c.export.split('/').any(|p| p == "..")
+    {
+        return Err(bad(
+            "nfs.export",
+            format!(
+                "{:?} must be an absolute path without `..`, commas or control characters",
+                c.export
+            ),
+        ));
     }
     let mut mount_port = None;
     for (k, v) in &c.options {
         if k == "mountport" {
-            mount_port = Some(v.parse().map_err(|_| bad("nfs.options", format!("mountport={v:?} is not a port")))?);
+            mount_port = Some(
+                v.parse()
+                    .map_err(|_| bad("nfs.options", format!("mountport={v:?} is not a port")))?,
+            );
         }
     }
-    Ok(Export { server, port: c.port.unwrap_or(2049), mount_port, export: &c.export })
+    Ok(Export {
+        server,
+        port: c.port.unwrap_or(2049),
+        mount_port,
+        export: &c.export,
+    })
 }
 
 /// The driver's options as `mount -o` text: allow-listed names, values of letters, digits and
 /// `.`/`-`/`:` only.
 fn kernel_options(c: &NfsConnection, read_only: bool) -> Result<String> {
-    let bad = |reason: String| AttachError::BadConnection { field: "nfs.options", reason };
+    let bad = |reason: String| AttachError::BadConnection {
+        field: "nfs.options",
+        reason,
+    };
     if !matches!(c.version.as_str(), "3" | "4" | "4.0" | "4.1" | "4.2") {
-        return Err(AttachError::BadConnection { field: "nfs.version", reason: format!("{:?} is not 3, 4, 4.1 or 4.2", c.version) });
+        return Err(AttachError::BadConnection {
+            field: "nfs.version",
+            reason: format!("{:?} is not 3, 4, 4.1 or 4.2", c.version),
+        });
     }
     let mut opts = vec![format!("vers={}", c.version)];
     if let Some(port) = c.port {
@@ -82,20 +112,36 @@ fn kernel_options(c: &NfsConnection, read_only: bool) -> Result<String> {
     }
     for (k, v) in &c.options {
         let Some((_, takes_value)) = KERNEL_OPTIONS.iter().find(|(name, _)| name == k) else {
-            return Err(bad(format!("{k:?} is not a mount option Elara passes on (allowed: {})", KERNEL_OPTIONS.iter().map(|o| o.0).collect::<Vec<_>>().join(", "))));
+            return Err(bad(format!(
+                "{k:?} is not a mount option Elara passes on (allowed: {})",
+                KERNEL_OPTIONS
+                    .iter()
+                    .map(|o| o.0)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
         };
         match (takes_value, v.is_empty()) {
             (true, true) => return Err(bad(format!("{k} needs a value"))),
             (false, false) => return Err(bad(format!("{k} takes no value"))),
             _ => {}
         }
-        if !v.chars().all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '-' | ':')) {
-            return Err(bad(format!("{k}={v:?}: a value may hold letters, digits, '.', '-' and ':' only")));
+        if !v
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '-' | ':'))
+        {
+            return Err(bad(format!(
+                "{k}={v:?}: a value may hold letters, digits, '.', '-' and ':' only"
+            )));
         }
         if k == "port" && c.port.is_some() {
             continue;
         }
-        opts.push(if v.is_empty() { k.clone() } else { format!("{k}={v}") });
+        opts.push(if v.is_empty() {
+            k.clone()
+        } else {
+            format!("{k}={v}")
+        });
     }
     opts.push(if read_only { "ro" } else { "rw" }.into());
     opts.push("nosuid".into());
@@ -105,17 +151,44 @@ fn kernel_options(c: &NfsConnection, read_only: bool) -> Result<String> {
 
 impl Attacher {
     /// `mount -t nfs` with the kernel's client.
-    pub(super) async fn nfs_kernel_mount(&self, c: &NfsConnection, mountpoint: &Path, read_only: bool) -> Result<()> {
+    pub(super) async fn nfs_kernel_mount(
+        &self,
+        c: &NfsConnection,
+        mountpoint: &Path,
+        read_only: bool,
+    ) -> Result<()> {
         let e = check(c)?;
         let opts = kernel_options(c, read_only)?;
-        let host = if e.server.contains(':') { format!("[{}]", e.server) } else { e.server.to_string() };
+        let host = if e.server.contains(':') {
+            format!("[{}]", e.server)
+        } else {
+            e.server.to_string()
+        };
         let source = format!("{host}:{}", e.export);
-        cmd::run("mount", &["-t".into(), "nfs".into(), "-o".into(), opts, source, mountpoint.display().to_string()]).await.map(drop)
+        cmd::run(
+            "mount",
+            &[
+                "-t".into(),
+                "nfs".into(),
+                "-o".into(),
+                opts,
+                source,
+                mountpoint.display().to_string(),
+            ],
+        )
+        .await
+        .map(drop)
     }
 
     /// Serve the export at `mountpoint` through an `elara nfs-fuse` helper. Idempotent: a live
     /// helper for this volume is adopted.
-    pub(super) async fn nfs_user_mount(&self, volume_id: &str, c: &NfsConnection, mountpoint: &Path, read_only: bool) -> Result<HelperState> {
+    pub(super) async fn nfs_user_mount(
+        &self,
+        volume_id: &str,
+        c: &NfsConnection,
+        mountpoint: &Path,
+        read_only: bool,
+    ) -> Result<HelperState> {
         let e = check(c)?;
         let dir = self.attach_dir(volume_id);
         if let Some(h) = helper::load(&dir) {
@@ -156,7 +229,10 @@ impl Attacher {
             args.push("--read-only".into());
         }
         let mut child = helper::spawn_session(&self.cfg.helper_exe, &args, &log)?;
-        let pid = child.id().ok_or_else(|| AttachError::Helper { program: "elara nfs-fuse".into(), reason: "exited at once".into() })?;
+        let pid = child.id().ok_or_else(|| AttachError::Helper {
+            program: "elara nfs-fuse".into(),
+            reason: "exited at once".into(),
+        })?;
         let state = HelperState::identify("elara nfs-fuse", pid, log.clone(), None)?;
         helper::save(&dir, &state)?;
         // Ready when its FUSE mount appears; if it exits first, its log says why.
@@ -169,13 +245,21 @@ impl Attacher {
                 super::remove_if_exists(&dir.join("helper.json")).await?;
                 return Err(AttachError::Helper {
                     program: "elara nfs-fuse".into(),
-                    reason: format!("could not mount {}:{} ({status}): {}", e.server, e.export, helper::log_tail(&log)),
+                    reason: format!(
+                        "could not mount {}:{} ({status}): {}",
+                        e.server,
+                        e.export,
+                        helper::log_tail(&log)
+                    ),
                 });
             }
             if tokio::time::Instant::now() >= deadline {
                 state.stop().await.ok();
                 super::remove_if_exists(&dir.join("helper.json")).await?;
-                return Err(AttachError::Timeout { command: format!("elara nfs-fuse for {}:{}", e.server, e.export), after: HELPER_READY });
+                return Err(AttachError::Timeout {
+                    command: format!("elara nfs-fuse for {}:{}", e.server, e.export),
+                    after: HELPER_READY,
+                });
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -200,13 +284,19 @@ mod tests {
             port: Some(2049),
             export: "/export/volumes/v1".into(),
             version: "3".into(),
-            options: options.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            options: options
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         }
     }
 
     #[test]
     fn kernel_options_are_allow_listed_and_checked() {
-        assert_eq!(kernel_options(&conn(&[("mountport", "20048"), ("hard", "")]), false).unwrap(), "vers=3,port=2049,mountport=20048,hard,rw,nosuid,nodev");
+        assert_eq!(
+            kernel_options(&conn(&[("mountport", "20048"), ("hard", "")]), false).unwrap(),
+            "vers=3,port=2049,mountport=20048,hard,rw,nosuid,nodev"
+        );
         for opts in [
             vec![("exec", "")],
             vec![("mountport", "1,exec")],
@@ -216,7 +306,16 @@ mod tests {
             vec![("context", "x")],
         ] {
             let err = kernel_options(&conn(&opts), false).unwrap_err();
-            assert!(matches!(err, AttachError::BadConnection { field: "nfs.options", .. }), "{opts:?}: {err}");
+            assert!(
+                matches!(
+                    err,
+                    AttachError::BadConnection {
+                        field: "nfs.options",
+                        ..
+                    }
+                ),
+                "{opts:?}: {err}"
+            );
         }
         let mut v = conn(&[]);
         v.version = "3,exec".into();
@@ -235,6 +334,9 @@ mod tests {
         let mut s = conn(&[]);
         s.server = "h -o x".into();
         assert!(check(&s).is_err());
-        assert_eq!(check(&conn(&[("mountport", "20048")])).unwrap().mount_port, Some(20048));
+        assert_eq!(
+            check(&conn(&[("mountport", "20048")])).unwrap().mount_port,
+            Some(20048)
+        );
     }
 }

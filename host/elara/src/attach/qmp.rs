@@ -18,7 +18,10 @@ pub async fn execute(socket: &Path, command: &str, arguments: Value) -> Result<V
     let shown = format!("QMP {command} on {}", socket.display());
     match tokio::time::timeout(QMP_TIMEOUT, session(socket, command, arguments)).await {
         Ok(r) => r,
-        Err(_) => Err(AttachError::Timeout { command: shown, after: QMP_TIMEOUT }),
+        Err(_) => Err(AttachError::Timeout {
+            command: shown,
+            after: QMP_TIMEOUT,
+        }),
     }
 }
 
@@ -30,14 +33,18 @@ async fn session(socket: &Path, command: &str, arguments: Value) -> Result<Value
     // The greeting, then capabilities negotiation.
     next_reply(&mut lines, socket).await?;
     for (cmd, args) in [("qmp_capabilities", json!({})), (command, arguments)] {
-        let mut line = serde_json::to_vec(&json!({ "execute": cmd, "arguments": args })).expect("json");
+        let mut line =
+            serde_json::to_vec(&json!({ "execute": cmd, "arguments": args })).expect("json");
         line.push(b'\n');
         write.write_all(&line).await.map_err(io)?;
         let reply = next_reply(&mut lines, socket).await?;
         if let Some(err) = reply.get("error") {
             return Err(AttachError::Helper {
                 program: "qemu-storage-daemon".into(),
-                reason: format!("QMP {cmd}: {}", err.get("desc").and_then(Value::as_str).unwrap_or("error")),
+                reason: format!(
+                    "QMP {cmd}: {}",
+                    err.get("desc").and_then(Value::as_str).unwrap_or("error")
+                ),
             });
         }
         if cmd == command {
@@ -48,12 +55,19 @@ async fn session(socket: &Path, command: &str, arguments: Value) -> Result<Value
 }
 
 /// The next line that is not an event.
-async fn next_reply(lines: &mut tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>, socket: &Path) -> Result<Value> {
+async fn next_reply(
+    lines: &mut tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
+    socket: &Path,
+) -> Result<Value> {
     loop {
-        let line = lines.next_line().await.map_err(|e| AttachError::io("read QMP from", socket, e))?.ok_or_else(|| AttachError::Helper {
-            program: "qemu-storage-daemon".into(),
-            reason: format!("closed its QMP socket {}", socket.display()),
-        })?;
+        let line = lines
+            .next_line()
+            .await
+            .map_err(|e| AttachError::io("read QMP from", socket, e))?
+            .ok_or_else(|| AttachError::Helper {
+                program: "qemu-storage-daemon".into(),
+                reason: format!("closed its QMP socket {}", socket.display()),
+            })?;
         let v: Value = serde_json::from_str(&line).map_err(|e| AttachError::Helper {
             program: "qemu-storage-daemon".into(),
             reason: format!("sent a line that is not JSON on QMP: {e}"),

@@ -14,7 +14,11 @@ use crate::config::{DEFAULT_SOCKET, DaemonArgs};
 use client::{Client, enc};
 
 #[derive(Parser)]
-#[command(name = "elara", version, about = "Elara: container volumes on sandboxed WebAssembly storage drivers")]
+#[command(
+    name = "elara",
+    version,
+    about = "Elara: container volumes on sandboxed WebAssembly storage drivers"
+)]
 pub struct Cli {
     /// The daemon's REST socket.
     #[arg(short = 's', long, global = true, env = "ELARA_SOCKET", default_value = DEFAULT_SOCKET)]
@@ -78,14 +82,23 @@ pub enum Command {
 #[derive(Subcommand)]
 pub enum NodeCmd {
     /// This node (or NAME).
-    Info { name: Option<String> },
+    Info {
+        name: Option<String>,
+    },
     List,
     /// Record a node before its daemon first starts.
-    Register { name: String },
+    Register {
+        name: String,
+    },
     /// Remove a node that is down and holds nothing.
-    Unregister { name: String },
+    Unregister {
+        name: String,
+    },
     /// Rename a node that is down.
-    Rename { name: String, new_name: String },
+    Rename {
+        name: String,
+        new_name: String,
+    },
 }
 
 #[derive(Args)]
@@ -132,8 +145,12 @@ pub enum TypeCmd {
         description: String,
     },
     List,
-    Inspect { name: String },
-    Delete { name: String },
+    Inspect {
+        name: String,
+    },
+    Delete {
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -171,8 +188,12 @@ pub enum VolumeCmd {
         #[arg(long = "label")]
         labels: Vec<String>,
     },
-    Inspect { name: String },
-    Delete { name: String },
+    Inspect {
+        name: String,
+    },
+    Delete {
+        name: String,
+    },
     /// Mount on this node; prints the mountpoint.
     Mount {
         name: String,
@@ -197,7 +218,9 @@ pub enum VolumeCmd {
         size: String,
     },
     /// Usage figures from the driver.
-    Stats { name: String },
+    Stats {
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -211,8 +234,12 @@ pub enum SnapshotCmd {
         #[arg(long)]
         volume: Option<String>,
     },
-    Inspect { name: String },
-    Delete { name: String },
+    Inspect {
+        name: String,
+    },
+    Delete {
+        name: String,
+    },
     /// Restore into a new volume.
     Restore {
         name: String,
@@ -235,9 +262,13 @@ pub enum DriverCmd {
         upgrade: bool,
     },
     List,
-    Inspect { name: String },
+    Inspect {
+        name: String,
+    },
     /// Remove a driver no backend uses.
-    Remove { name: String },
+    Remove {
+        name: String,
+    },
     /// Run the conformance suite against a throw-away backend of this driver (no daemon needed).
     Check {
         file: PathBuf,
@@ -276,14 +307,18 @@ pub enum BackendCmd {
         opts: BackendOpts,
     },
     List,
-    Inspect { name: String },
+    Inspect {
+        name: String,
+    },
     /// Change config keys (key= removes one), grants or limits.
     Update {
         name: String,
         #[command(flatten)]
         opts: BackendOpts,
     },
-    Remove { name: String },
+    Remove {
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -300,22 +335,45 @@ pub enum OpCmd {
 
 /// `--spec KEY=VALUE` arguments, split as the scheduler reads them (`iops>=1000` → `iops`, `>= 1000`).
 fn split_specs(items: &[String]) -> anyhow::Result<Vec<(String, String)>> {
-    items.iter().map(|i| elara_scheduler::parse_spec_arg(i).with_context(|| format!("--spec {i:?}"))).collect()
+    items
+        .iter()
+        .map(|i| elara_scheduler::parse_spec_arg(i).with_context(|| format!("--spec {i:?}")))
+        .collect()
 }
 
 fn print_explanation(out: Output, v: &Value) {
     if out == Output::Json {
         return show(out, v);
     }
-    println!("chosen: {}", v["chosen"].as_str().unwrap_or("none: no pool fits"));
+    println!(
+        "chosen: {}",
+        v["chosen"].as_str().unwrap_or("none: no pool fits")
+    );
     println!("ranked:");
-    indented_table(out, &v["ranked"], &[("POOL", "/pool"), ("WEIGHT", "/weight")], "  ");
+    indented_table(
+        out,
+        &v["ranked"],
+        &[("POOL", "/pool"), ("WEIGHT", "/weight")],
+        "  ",
+    );
     println!("rejected:");
-    indented_table(out, &v["rejected"], &[("POOL", "/pool"), ("FILTER", "/filter"), ("REASON", "/reason")], "  ");
+    indented_table(
+        out,
+        &v["rejected"],
+        &[
+            ("POOL", "/pool"),
+            ("FILTER", "/filter"),
+            ("REASON", "/reason"),
+        ],
+        "  ",
+    );
 }
 
 fn pairs(field: &str, items: &[String]) -> anyhow::Result<Vec<(String, String)>> {
-    items.iter().map(|i| crate::validate::parse_pair(field, i).map_err(anyhow::Error::new)).collect()
+    items
+        .iter()
+        .map(|i| crate::validate::parse_pair(field, i).map_err(anyhow::Error::new))
+        .collect()
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -328,46 +386,128 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             print_info(out, &v);
         }
         Command::Node(cmd) => match cmd {
-            NodeCmd::Info { name } => show(out, &c.get::<Value>(&format!("/v1/nodes/{}", enc(name.as_deref().unwrap_or("self")))).await?),
-            NodeCmd::List => table(out, &c.get::<Value>("/v1/nodes").await?, &[("NAME", "/name"), ("STATUS", "/status"), ("HOSTNAME", "/hostname"), ("VERSION", "/version")]),
-            NodeCmd::Register { name } => show(out, &c.post::<Value>("/v1/nodes", &json!({ "name": name })).await?),
+            NodeCmd::Info { name } => show(
+                out,
+                &c.get::<Value>(&format!(
+                    "/v1/nodes/{}",
+                    enc(name.as_deref().unwrap_or("self"))
+                ))
+                .await?,
+            ),
+            NodeCmd::List => table(
+                out,
+                &c.get::<Value>("/v1/nodes").await?,
+                &[
+                    ("NAME", "/name"),
+                    ("STATUS", "/status"),
+                    ("HOSTNAME", "/hostname"),
+                    ("VERSION", "/version"),
+                ],
+            ),
+            NodeCmd::Register { name } => show(
+                out,
+                &c.post::<Value>("/v1/nodes", &json!({ "name": name }))
+                    .await?,
+            ),
             NodeCmd::Unregister { name } => c.delete(&format!("/v1/nodes/{}", enc(&name))).await?,
-            NodeCmd::Rename { name, new_name } => {
-                show(out, &c.post::<Value>(&format!("/v1/nodes/{}/rename", enc(&name)), &json!({ "new_name": new_name })).await?)
-            }
+            NodeCmd::Rename { name, new_name } => show(
+                out,
+                &c.post::<Value>(
+                    &format!("/v1/nodes/{}/rename", enc(&name)),
+                    &json!({ "new_name": new_name }),
+                )
+                .await?,
+            ),
         },
         Command::Volume(cmd) => volume(&c, out, cmd).await?,
         Command::Backup(cmd) => crate::backup::cli::run(&c, out, cmd).await?,
         Command::Snapshot(cmd) => match cmd {
             SnapshotCmd::Create { volume, name } => {
                 let body = json!({ "volume": &volume, "name": name });
-                show(out, &progress::while_copying(&c, &volume, c.post::<Value>("/v1/snapshots", &body)).await?)
+                show(
+                    out,
+                    &progress::while_copying(&c, &volume, c.post::<Value>("/v1/snapshots", &body))
+                        .await?,
+                )
             }
             SnapshotCmd::List { volume } => {
-                let q = volume.map(|v| format!("?volume={}", enc(&v))).unwrap_or_default();
-                table(out, &c.get::<Value>(&format!("/v1/snapshots{q}")).await?, &[("NAME", "/name"), ("VOLUME", "/volume"), ("STATE", "/state"), ("SIZE", "/size_bytes"), ("BACKEND", "/backend")])
+                let q = volume
+                    .map(|v| format!("?volume={}", enc(&v)))
+                    .unwrap_or_default();
+                table(
+                    out,
+                    &c.get::<Value>(&format!("/v1/snapshots{q}")).await?,
+                    &[
+                        ("NAME", "/name"),
+                        ("VOLUME", "/volume"),
+                        ("STATE", "/state"),
+                        ("SIZE", "/size_bytes"),
+                        ("BACKEND", "/backend"),
+                    ],
+                )
             }
-            SnapshotCmd::Inspect { name } => show(out, &c.get::<Value>(&format!("/v1/snapshots/{}", enc(&name))).await?),
-            SnapshotCmd::Delete { name } => c.delete(&format!("/v1/snapshots/{}", enc(&name))).await?,
+            SnapshotCmd::Inspect { name } => show(
+                out,
+                &c.get::<Value>(&format!("/v1/snapshots/{}", enc(&name)))
+                    .await?,
+            ),
+            SnapshotCmd::Delete { name } => {
+                c.delete(&format!("/v1/snapshots/{}", enc(&name))).await?
+            }
             SnapshotCmd::Restore { name, to, size } => {
-                let (path, body) = (format!("/v1/snapshots/{}/restore", enc(&name)), json!({ "volume": &to, "size": size }));
-                show(out, &progress::while_copying(&c, &to, c.post::<Value>(&path, &body)).await?)
+                let (path, body) = (
+                    format!("/v1/snapshots/{}/restore", enc(&name)),
+                    json!({ "volume": &to, "size": size }),
+                );
+                show(
+                    out,
+                    &progress::while_copying(&c, &to, c.post::<Value>(&path, &body)).await?,
+                )
             }
         },
         Command::Driver(cmd) => match cmd {
-            DriverCmd::Install { file, name, upgrade } => {
-                let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            DriverCmd::Install {
+                file,
+                name,
+                upgrade,
+            } => {
+                let bytes =
+                    std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
                 let mut q = format!("?upgrade={upgrade}");
                 if let Some(n) = name {
                     q.push_str(&format!("&name={}", enc(&n)));
                 }
-                let (status, body) = c.request("POST", &format!("/v1/drivers{q}"), Some((bytes, "application/wasm"))).await?;
+                let (status, body) = c
+                    .request(
+                        "POST",
+                        &format!("/v1/drivers{q}"),
+                        Some((bytes, "application/wasm")),
+                    )
+                    .await?;
                 show(out, &client::decode::<Value>(status, &body)?);
             }
-            DriverCmd::List => table(out, &c.get::<Value>("/v1/drivers").await?, &[("NAME", "/name"), ("VERSION", "/info/version"), ("KIND", "/info/kind"), ("SHA256", "/sha256"), ("BUILTIN", "/builtin")]),
-            DriverCmd::Inspect { name } => show(out, &c.get::<Value>(&format!("/v1/drivers/{}", enc(&name))).await?),
+            DriverCmd::List => table(
+                out,
+                &c.get::<Value>("/v1/drivers").await?,
+                &[
+                    ("NAME", "/name"),
+                    ("VERSION", "/info/version"),
+                    ("KIND", "/info/kind"),
+                    ("SHA256", "/sha256"),
+                    ("BUILTIN", "/builtin"),
+                ],
+            ),
+            DriverCmd::Inspect { name } => show(
+                out,
+                &c.get::<Value>(&format!("/v1/drivers/{}", enc(&name)))
+                    .await?,
+            ),
             DriverCmd::Remove { name } => c.delete(&format!("/v1/drivers/{}", enc(&name))).await?,
-            DriverCmd::Check { file, config, allow_hosts } => return driver_check(out, &file, &config, &allow_hosts).await,
+            DriverCmd::Check {
+                file,
+                config,
+                allow_hosts,
+            } => return driver_check(out, &file, &config, &allow_hosts).await,
         },
         Command::Backend(cmd) => match cmd {
             BackendCmd::Add { name, driver, opts } => {
@@ -378,48 +518,126 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 });
                 show(out, &c.post::<Value>("/v1/backends", &body).await?)
             }
-            BackendCmd::List => table(out, &c.get::<Value>("/v1/backends").await?, &[("NAME", "/name"), ("DRIVER", "/driver"), ("SCOPE", "/scope"), ("ALLOWED HOSTS", "/allow_hosts")]),
-            BackendCmd::Inspect { name } => show(out, &c.get::<Value>(&format!("/v1/backends/{}", enc(&name))).await?),
+            BackendCmd::List => table(
+                out,
+                &c.get::<Value>("/v1/backends").await?,
+                &[
+                    ("NAME", "/name"),
+                    ("DRIVER", "/driver"),
+                    ("SCOPE", "/scope"),
+                    ("ALLOWED HOSTS", "/allow_hosts"),
+                ],
+            ),
+            BackendCmd::Inspect { name } => show(
+                out,
+                &c.get::<Value>(&format!("/v1/backends/{}", enc(&name)))
+                    .await?,
+            ),
             BackendCmd::Update { name, opts } => {
                 let body = json!({
                     "config": pairs("config", &opts.config)?.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
                     "allow_hosts": if opts.allow_hosts.is_empty() { None } else { Some(opts.allow_hosts) },
                     "memory": opts.memory, "call_timeout": opts.call_timeout,
                 });
-                show(out, &c.call::<Value>("PATCH", &format!("/v1/backends/{}", enc(&name)), Some(&body)).await?)
+                show(
+                    out,
+                    &c.call::<Value>(
+                        "PATCH",
+                        &format!("/v1/backends/{}", enc(&name)),
+                        Some(&body),
+                    )
+                    .await?,
+                )
             }
-            BackendCmd::Remove { name } => c.delete(&format!("/v1/backends/{}", enc(&name))).await?,
+            BackendCmd::Remove { name } => {
+                c.delete(&format!("/v1/backends/{}", enc(&name))).await?
+            }
         },
         Command::Pool(cmd) => {
             let v: Value = match cmd {
                 PoolCmd::List => c.get("/v1/pools").await?,
                 PoolCmd::Refresh => c.post("/v1/pools/refresh", &json!({})).await?,
             };
-            table(out, &v, &[("BACKEND", "/backend"), ("NODE", "/node"), ("POOL", "/pool/name"), ("TOTAL", "/pool/total"), ("FREE", "/pool/free"), ("PROVISIONED", "/pool/provisioned_bytes"), ("UPDATED", "/updated_at")]);
+            table(
+                out,
+                &v,
+                &[
+                    ("BACKEND", "/backend"),
+                    ("NODE", "/node"),
+                    ("POOL", "/pool/name"),
+                    ("TOTAL", "/pool/total"),
+                    ("FREE", "/pool/free"),
+                    ("PROVISIONED", "/pool/provisioned_bytes"),
+                    ("UPDATED", "/updated_at"),
+                ],
+            );
         }
         Command::Type(cmd) => match cmd {
-            TypeCmd::Create { name, specs, description } => {
-                let specs: std::collections::BTreeMap<_, _> = split_specs(&specs)?.into_iter().collect();
-                show(out, &c.post::<Value>("/v1/types", &json!({ "name": name, "specs": specs, "description": description })).await?)
+            TypeCmd::Create {
+                name,
+                specs,
+                description,
+            } => {
+                let specs: std::collections::BTreeMap<_, _> =
+                    split_specs(&specs)?.into_iter().collect();
+                show(
+                    out,
+                    &c.post::<Value>(
+                        "/v1/types",
+                        &json!({ "name": name, "specs": specs, "description": description }),
+                    )
+                    .await?,
+                )
             }
-            TypeCmd::List => table(out, &c.get::<Value>("/v1/types").await?, &[("NAME", "/name"), ("SPECS", "/specs"), ("DESCRIPTION", "/description")]),
-            TypeCmd::Inspect { name } => show(out, &c.get::<Value>(&format!("/v1/types/{}", enc(&name))).await?),
+            TypeCmd::List => table(
+                out,
+                &c.get::<Value>("/v1/types").await?,
+                &[
+                    ("NAME", "/name"),
+                    ("SPECS", "/specs"),
+                    ("DESCRIPTION", "/description"),
+                ],
+            ),
+            TypeCmd::Inspect { name } => show(
+                out,
+                &c.get::<Value>(&format!("/v1/types/{}", enc(&name))).await?,
+            ),
             TypeCmd::Delete { name } => c.delete(&format!("/v1/types/{}", enc(&name))).await?,
         },
-        Command::Scheduler(SchedulerCmd::Explain { size, specs, volume_type, backend, driver, pool, pools }) => {
+        Command::Scheduler(SchedulerCmd::Explain {
+            size,
+            specs,
+            volume_type,
+            backend,
+            driver,
+            pool,
+            pools,
+        }) => {
             let specs = split_specs(&specs)?;
             let explanation = match pools {
                 Some(file) => {
-                    let text = std::fs::read_to_string(&file).with_context(|| format!("reading --pools {}", file.display()))?;
+                    let text = std::fs::read_to_string(&file)
+                        .with_context(|| format!("reading --pools {}", file.display()))?;
                     let size_gb = match size.parse::<f64>() {
                         Ok(gb) => gb,
-                        Err(_) => crate::validate::parse_size("size", &size)? as f64 / (1u64 << 30) as f64,
+                        Err(_) => {
+                            crate::validate::parse_size("size", &size)? as f64 / (1u64 << 30) as f64
+                        }
                     };
-                    let e = elara_scheduler::explain_offline(&text, size_gb, &specs, &elara_scheduler::Scheduler::default())?;
+                    let e = elara_scheduler::explain_offline(
+                        &text,
+                        size_gb,
+                        &specs,
+                        &elara_scheduler::Scheduler::default(),
+                    )?;
                     serde_json::to_value(e)?
                 }
                 None => {
-                    let size = if size.parse::<f64>().is_ok() { format!("{size}G") } else { size };
+                    let size = if size.parse::<f64>().is_ok() {
+                        format!("{size}G")
+                    } else {
+                        size
+                    };
                     let specs: std::collections::BTreeMap<_, _> = specs.into_iter().collect();
                     let body = json!({ "size": size, "specs": specs, "type": volume_type, "backend": backend, "driver": driver, "pool": pool });
                     c.post::<Value>("/v1/scheduler/explain", &body).await?
@@ -428,7 +646,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             print_explanation(out, &explanation);
         }
         Command::Op(OpCmd::List) => {
-            let cols = [("ID", "/id"), ("KIND", "/kind"), ("VOLUME", "/volume"), ("STEP", "/step"), ("DONE", "/params/progress/bytes_done"), ("TOTAL", "/params/progress/bytes_total"), ("OWNER", "/owner"), ("ERROR", "/last_error")];
+            let cols = [
+                ("ID", "/id"),
+                ("KIND", "/kind"),
+                ("VOLUME", "/volume"),
+                ("STEP", "/step"),
+                ("DONE", "/params/progress/bytes_done"),
+                ("TOTAL", "/params/progress/bytes_total"),
+                ("OWNER", "/owner"),
+                ("ERROR", "/last_error"),
+            ];
             table(out, &c.get::<Value>("/v1/ops").await?, &cols)
         }
     }
@@ -445,7 +672,10 @@ async fn volume(c: &Client, out: Output, cmd: VolumeCmd) -> anyhow::Result<()> {
                 "fs": a.fs, "snapshot": a.snapshot, "iops": a.iops, "type": a.volume_type,
                 "specs": split_specs(&a.specs)?.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
             });
-            show(out, &progress::while_copying(c, &name, c.post::<Value>("/v1/volumes", &body)).await?)
+            show(
+                out,
+                &progress::while_copying(c, &name, c.post::<Value>("/v1/volumes", &body)).await?,
+            )
         }
         VolumeCmd::List { backend, labels } => {
             let mut q = vec![];
@@ -456,13 +686,33 @@ async fn volume(c: &Client, out: Output, cmd: VolumeCmd) -> anyhow::Result<()> {
                 pairs("label", &labels)?;
                 q.push(format!("label={}", enc(&labels.join(","))));
             }
-            let q = if q.is_empty() { String::new() } else { format!("?{}", q.join("&")) };
-            table(out, &c.get::<Value>(&format!("/v1/volumes{q}")).await?, &[("NAME", "/name"), ("STATUS", "/status"), ("SIZE", "/size_bytes"), ("BACKEND", "/backend"), ("POOL", "/pool"), ("NODE", "/node")])
+            let q = if q.is_empty() {
+                String::new()
+            } else {
+                format!("?{}", q.join("&"))
+            };
+            table(
+                out,
+                &c.get::<Value>(&format!("/v1/volumes{q}")).await?,
+                &[
+                    ("NAME", "/name"),
+                    ("STATUS", "/status"),
+                    ("SIZE", "/size_bytes"),
+                    ("BACKEND", "/backend"),
+                    ("POOL", "/pool"),
+                    ("NODE", "/node"),
+                ],
+            )
         }
         VolumeCmd::Inspect { name } => {
-            let mut v = c.get::<Value>(&format!("/v1/volumes/{}", enc(&name))).await?;
+            let mut v = c
+                .get::<Value>(&format!("/v1/volumes/{}", enc(&name)))
+                .await?;
             // What the backend says the volume uses, or why it cannot say (the record still shows).
-            v["usage"] = match c.get::<Value>(&format!("/v1/volumes/{}/stats", enc(&name))).await {
+            v["usage"] = match c
+                .get::<Value>(&format!("/v1/volumes/{}/stats", enc(&name)))
+                .await
+            {
                 Ok(stats) => stats,
                 Err(e) => json!({ "error": format!("{e:#}") }),
             };
@@ -470,37 +720,76 @@ async fn volume(c: &Client, out: Output, cmd: VolumeCmd) -> anyhow::Result<()> {
         }
         VolumeCmd::Delete { name } => c.delete(&format!("/v1/volumes/{}", enc(&name))).await?,
         VolumeCmd::Mount { name, path, holder } => {
-            let v: Value = c.post(&format!("/v1/volumes/{}/mount", enc(&name)), &json!({ "path": path, "holder": holder })).await?;
+            let v: Value = c
+                .post(
+                    &format!("/v1/volumes/{}/mount", enc(&name)),
+                    &json!({ "path": path, "holder": holder }),
+                )
+                .await?;
             match out {
                 Output::Json => show(out, &v),
                 Output::Table => println!("{}", v["mountpoint"].as_str().unwrap_or_default()),
             }
         }
         VolumeCmd::Unmount { name, holder } => {
-            c.call::<Value>("POST", &format!("/v1/volumes/{}/unmount", enc(&name)), Some(&json!({ "holder": holder }))).await?;
+            c.call::<Value>(
+                "POST",
+                &format!("/v1/volumes/{}/unmount", enc(&name)),
+                Some(&json!({ "holder": holder })),
+            )
+            .await?;
         }
-        VolumeCmd::Resize { name, size } => show(out, &c.post::<Value>(&format!("/v1/volumes/{}/resize", enc(&name)), &json!({ "size": size })).await?),
-        VolumeCmd::Stats { name } => show(out, &c.get::<Value>(&format!("/v1/volumes/{}/stats", enc(&name))).await?),
+        VolumeCmd::Resize { name, size } => show(
+            out,
+            &c.post::<Value>(
+                &format!("/v1/volumes/{}/resize", enc(&name)),
+                &json!({ "size": size }),
+            )
+            .await?,
+        ),
+        VolumeCmd::Stats { name } => show(
+            out,
+            &c.get::<Value>(&format!("/v1/volumes/{}/stats", enc(&name)))
+                .await?,
+        ),
     }
     Ok(())
 }
 
-async fn driver_check(out: Output, file: &std::path::Path, config: &[String], allow_hosts: &[String]) -> anyhow::Result<()> {
+async fn driver_check(
+    out: Output,
+    file: &std::path::Path,
+    config: &[String],
+    allow_hosts: &[String],
+) -> anyhow::Result<()> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let grants = allow_hosts
         .iter()
-        .map(|h| h.parse::<elara_runtime::HostGrant>().map_err(|e| anyhow::anyhow!("allow-host: {h:?}: {e}")))
+        .map(|h| {
+            h.parse::<elara_runtime::HostGrant>()
+                .map_err(|e| anyhow::anyhow!("allow-host: {h:?}: {e}"))
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let cache = tempfile::tempdir()?;
-    let runtime = elara_runtime::Runtime::new(elara_runtime::RuntimeConfig { cache_dir: cache.path().to_path_buf(), ..Default::default() })?;
-    let opts = elara_conformance::CheckOptions { config: pairs("config", config)?, grants, ..Default::default() };
+    let runtime = elara_runtime::Runtime::new(elara_runtime::RuntimeConfig {
+        cache_dir: cache.path().to_path_buf(),
+        ..Default::default()
+    })?;
+    let opts = elara_conformance::CheckOptions {
+        config: pairs("config", config)?,
+        grants,
+        ..Default::default()
+    };
     let report = elara_conformance::run(&runtime, &bytes, opts).await?;
     match out {
         Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         Output::Table => println!("{report}"),
     }
     if !report.passed() {
-        anyhow::bail!("{} does not conform to the elara:driver contract", file.display());
+        anyhow::bail!(
+            "{} does not conform to the elara:driver contract",
+            file.display()
+        );
     }
     Ok(())
 }
@@ -519,7 +808,9 @@ fn serde_yaml_like(v: &Value, indent: usize) -> String {
         Value::Object(m) if !m.is_empty() => m
             .iter()
             .map(|(k, val)| match val {
-                Value::Object(o) if !o.is_empty() => format!("{pad}{k}:\n{}", serde_yaml_like(val, indent + 1)),
+                Value::Object(o) if !o.is_empty() => {
+                    format!("{pad}{k}:\n{}", serde_yaml_like(val, indent + 1))
+                }
                 Value::Array(a) if !a.is_empty() && a.iter().any(|x| x.is_object()) => {
                     format!("{pad}{k}:\n{}", serde_yaml_like(val, indent + 1))
                 }
@@ -552,7 +843,15 @@ fn table(out: Output, v: &Value, cols: &[(&str, &str)]) {
 }
 
 /// Columns whose values are byte counts, printed in binary units (`1.5 GiB`).
-const SIZE_COLUMNS: &[&str] = &["SIZE", "TOTAL", "FREE", "PROVISIONED", "USED", "ALLOCATED", "DONE"];
+const SIZE_COLUMNS: &[&str] = &[
+    "SIZE",
+    "TOTAL",
+    "FREE",
+    "PROVISIONED",
+    "USED",
+    "ALLOCATED",
+    "DONE",
+];
 
 fn indented_table(out: Output, v: &Value, cols: &[(&str, &str)], indent: &str) {
     if out == Output::Json {
@@ -562,17 +861,38 @@ fn indented_table(out: Output, v: &Value, cols: &[(&str, &str)], indent: &str) {
         .as_array()
         .map(|a| {
             a.iter()
-                .map(|row| cols.iter().map(|(h, p)| cell(row.pointer(p), SIZE_COLUMNS.contains(h))).collect())
+                .map(|row| {
+                    cols.iter()
+                        .map(|(h, p)| cell(row.pointer(p), SIZE_COLUMNS.contains(h)))
+                        .collect()
+                })
                 .collect()
         })
         .unwrap_or_default();
-    let widths: Vec<usize> =
-        cols.iter().enumerate().map(|(i, (h, _))| rows.iter().map(|r| r[i].len()).chain([h.len()]).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = cols
+        .iter()
+        .enumerate()
+        .map(|(i, (h, _))| {
+            rows.iter()
+                .map(|r| r[i].len())
+                .chain([h.len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
     let line = |cells: Vec<String>| {
-        let l = cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect::<Vec<_>>().join("  ");
+        let l = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect::<Vec<_>>()
+            .join("  ");
         format!("{indent}{}", l.trim_end())
     };
-    println!("{}", line(cols.iter().map(|(h, _)| h.to_string()).collect()));
+    println!(
+        "{}",
+        line(cols.iter().map(|(h, _)| h.to_string()).collect())
+    );
     for r in rows {
         println!("{}", line(r));
     }
@@ -584,7 +904,11 @@ fn cell(v: Option<&Value>, bytes: bool) -> String {
         // A capacity variant: {"Bytes": n}, "Infinite", "Unknown".
         Some(Value::Object(o)) if o.len() == 1 => {
             let (k, val) = o.iter().next().expect("one entry");
-            if bytes && k == "Bytes" { human_bytes(val) } else { format!("{k}:{}", scalar(val)) }
+            if bytes && k == "Bytes" {
+                human_bytes(val)
+            } else {
+                format!("{k}:{}", scalar(val))
+            }
         }
         Some(Value::String(s)) if bytes => s.to_lowercase(),
         Some(v) if bytes => human_bytes(v),
@@ -593,7 +917,9 @@ fn cell(v: Option<&Value>, bytes: bool) -> String {
 }
 
 fn human_bytes(v: &Value) -> String {
-    let Some(n) = v.as_u64() else { return scalar(v) };
+    let Some(n) = v.as_u64() else {
+        return scalar(v);
+    };
     const UNITS: &[&str] = &["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
     let mut x = n as f64;
     let mut unit = 0;
@@ -601,29 +927,83 @@ fn human_bytes(v: &Value) -> String {
         x /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{n} B") } else if x.fract() == 0.0 { format!("{x:.0} {}", UNITS[unit]) } else { format!("{x:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{n} B")
+    } else if x.fract() == 0.0 {
+        format!("{x:.0} {}", UNITS[unit])
+    } else {
+        format!("{x:.1} {}", UNITS[unit])
+    }
 }
 
 fn print_info(out: Output, v: &Value) {
     if out == Output::Json {
         return show(out, v);
     }
-    println!("Version:     {} (driver contract elara:driver@{})", scalar(&v["version"]), scalar(&v["wit_version"]));
+    println!(
+        "Version:     {} (driver contract elara:driver@{})",
+        scalar(&v["version"]),
+        scalar(&v["wit_version"])
+    );
     println!("Node:        {}", scalar(&v["node"]));
-    println!("Store:       {} ({})", scalar(&v["store"]), scalar(&v["store_location"]));
+    println!(
+        "Store:       {} ({})",
+        scalar(&v["store"]),
+        scalar(&v["store_location"])
+    );
     println!("Data dir:    {}", scalar(&v["data_dir"]));
-    println!("Volumes:     {}   Snapshots: {}", scalar(&v["volumes"]), scalar(&v["snapshots"]));
+    println!(
+        "Volumes:     {}   Snapshots: {}",
+        scalar(&v["volumes"]),
+        scalar(&v["snapshots"])
+    );
     println!("Drivers:");
-    indented_table(out, &v["drivers"], &[("NAME", "/name"), ("VERSION", "/info/version"), ("KIND", "/info/kind"), ("SHA256", "/sha256")], "  ");
+    indented_table(
+        out,
+        &v["drivers"],
+        &[
+            ("NAME", "/name"),
+            ("VERSION", "/info/version"),
+            ("KIND", "/info/kind"),
+            ("SHA256", "/sha256"),
+        ],
+        "  ",
+    );
     println!("Backends:");
-    indented_table(out, &v["backends"], &[("NAME", "/name"), ("DRIVER", "/driver"), ("SCOPE", "/scope")], "  ");
+    indented_table(
+        out,
+        &v["backends"],
+        &[
+            ("NAME", "/name"),
+            ("DRIVER", "/driver"),
+            ("SCOPE", "/scope"),
+        ],
+        "  ",
+    );
     println!("Pools:");
-    indented_table(out, &v["pools"], &[("BACKEND", "/backend"), ("NODE", "/node"), ("POOL", "/pool/name"), ("TOTAL", "/pool/total"), ("FREE", "/pool/free")], "  ");
+    indented_table(
+        out,
+        &v["pools"],
+        &[
+            ("BACKEND", "/backend"),
+            ("NODE", "/node"),
+            ("POOL", "/pool/name"),
+            ("TOTAL", "/pool/total"),
+            ("FREE", "/pool/free"),
+        ],
+        "  ",
+    );
     println!("Data paths:");
     indented_table(
         out,
         &v["data_paths"],
-        &[("PROTOCOL", "/protocol"), ("MODE", "/mode"), ("AVAILABLE", "/available"), ("IN USE", "/selected"), ("DETAIL", "/detail")],
+        &[
+            ("PROTOCOL", "/protocol"),
+            ("MODE", "/mode"),
+            ("AVAILABLE", "/available"),
+            ("IN USE", "/selected"),
+            ("DETAIL", "/detail"),
+        ],
         "  ",
     );
 }

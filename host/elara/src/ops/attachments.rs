@@ -22,17 +22,30 @@ const BUSY_WAIT: Duration = Duration::from_secs(120);
 
 impl Elara {
     pub fn node_info(&self) -> NodeInfo {
-        let hostname = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
-        NodeInfo { name: self.node().to_string(), connector: vec![("hostname".into(), hostname)] }
+        let hostname = nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        NodeInfo {
+            name: self.node().to_string(),
+            connector: vec![("hostname".into(), hostname)],
+        }
     }
 
     /// Mount `name` on this node for `holder` and return the mountpoint. Idempotent per holder.
     /// With `path`, the volume is also bind-mounted there for this holder.
-    pub async fn mount_volume(&self, name: &str, holder: &str, path: Option<PathBuf>) -> ApiResult<PathBuf> {
+    pub async fn mount_volume(
+        &self,
+        name: &str,
+        holder: &str,
+        path: Option<PathBuf>,
+    ) -> ApiResult<PathBuf> {
         if let Some(p) = &path
             && !p.is_absolute()
         {
-            return Err(ApiError::invalid("path", format!("{} is not an absolute path", p.display())));
+            return Err(ApiError::invalid(
+                "path",
+                format!("{} is not an absolute path", p.display()),
+            ));
         }
         let deadline = tokio::time::Instant::now() + BUSY_WAIT;
         loop {
@@ -45,12 +58,23 @@ impl Elara {
         }
     }
 
-    async fn try_mount(&self, name: &str, holder: &str, path: Option<PathBuf>) -> ApiResult<PathBuf> {
-        let vol = self.get::<VolumeRecord>(&keys::volume(name)).await?.ok_or_else(|| ApiError::not_found("volume", name))?.value;
+    async fn try_mount(
+        &self,
+        name: &str,
+        holder: &str,
+        path: Option<PathBuf>,
+    ) -> ApiResult<PathBuf> {
+        let vol = self
+            .get::<VolumeRecord>(&keys::volume(name))
+            .await?
+            .ok_or_else(|| ApiError::not_found("volume", name))?
+            .value;
         if let Some(node) = &vol.node
             && node != self.node()
         {
-            return Err(ApiError::conflict(format!("volume {name:?} lives on node {node:?}; mount it there")));
+            return Err(ApiError::conflict(format!(
+                "volume {name:?} lives on node {node:?}; mount it there"
+            )));
         }
         let att_key = keys::attachment(name, self.node());
         if let Some(att) = self.get::<AttachmentRecord>(&att_key).await? {
@@ -58,9 +82,17 @@ impl Elara {
                 return self.remount_failed(&vol, att, holder, path).await;
             }
             if att.value.state != AttachmentState::Attached {
-                return Err(ApiError::busy("volume", name, &format!("{:?}", att.value.state).to_lowercase()));
+                return Err(ApiError::busy(
+                    "volume",
+                    name,
+                    &format!("{:?}", att.value.state).to_lowercase(),
+                ));
             }
-            let host = att.value.host.clone().ok_or_else(|| ApiError::internal("attached without host state"))?;
+            let host = att
+                .value
+                .host
+                .clone()
+                .ok_or_else(|| ApiError::internal("attached without host state"))?;
             if att.value.holders.contains_key(holder) {
                 return Ok(host.mountpoint);
             }
@@ -68,9 +100,16 @@ impl Elara {
                 bind_mount(&host.mountpoint, p).await?;
             }
             let mut a = att.value;
-            a.holders.insert(holder.to_string(), Holder { since: now(), path });
+            a.holders
+                .insert(holder.to_string(), Holder { since: now(), path });
             a.updated_at = now();
-            if !self.txn(vec![rev(att_key.clone(), att.revision)], vec![put(att_key, &a)]).await? {
+            if !self
+                .txn(
+                    vec![rev(att_key.clone(), att.revision)],
+                    vec![put(att_key, &a)],
+                )
+                .await?
+            {
                 return Err(ApiError::busy("volume", name, "attachment update"));
             }
             return Ok(host.mountpoint);
@@ -79,7 +118,10 @@ impl Elara {
         // First holder on this node: bring the volume up under its lock.
         let (_, backend) = self.backends.get(&vol.backend).await?;
         let kind = backend.driver().info().kind;
-        let others = self.store.list_json::<AttachmentRecord>(&keys::attachments(name)).await?;
+        let others = self
+            .store
+            .list_json::<AttachmentRecord>(&keys::attachments(name))
+            .await?;
         if kind == elara_runtime::VolumeKind::Block && !others.is_empty() {
             return Err(ApiError::conflict(format!(
                 "volume {name:?} is a block volume already attached on node {}; it can be used on one node at a time",
@@ -89,12 +131,17 @@ impl Elara {
         let params = serde_json::json!({ "volume_id": vol.id, "holder": holder, "path": path });
         let op = self.new_op(OpKind::Attach, name, None, params);
         let key = keys::volume(name);
-        let cur = self.get::<VolumeRecord>(&key).await?.ok_or_else(|| ApiError::not_found("volume", name))?;
+        let cur = self
+            .get::<VolumeRecord>(&key)
+            .await?
+            .ok_or_else(|| ApiError::not_found("volume", name))?;
         if let Some(other) = &cur.value.op {
             return Err(ApiError::busy("volume", name, other));
         }
         if cur.value.state != VolumeState::Available {
-            return Err(ApiError::conflict(format!("volume {name:?} is {:?}", cur.value.state).to_lowercase()));
+            return Err(ApiError::conflict(
+                format!("volume {name:?} is {:?}", cur.value.state).to_lowercase(),
+            ));
         }
         let mut locked = cur.value.clone();
         locked.op = Some(op.id.clone());
@@ -106,14 +153,28 @@ impl Elara {
             state: AttachmentState::Attaching,
             connection: None,
             host: None,
-            holders: [(holder.to_string(), Holder { since: now(), path: path.clone() })].into(),
+            holders: [(
+                holder.to_string(),
+                Holder {
+                    since: now(),
+                    path: path.clone(),
+                },
+            )]
+            .into(),
             updated_at: now(),
             error: None,
         };
         let ok = self
             .txn(
-                vec![rev(key.clone(), cur.revision), super::absent(att_key.clone())],
-                vec![put(key, &locked), put(att_key.clone(), &att), put(keys::op(&op.id), &op)],
+                vec![
+                    rev(key.clone(), cur.revision),
+                    super::absent(att_key.clone()),
+                ],
+                vec![
+                    put(key, &locked),
+                    put(att_key.clone(), &att),
+                    put(keys::op(&op.id), &op),
+                ],
             )
             .await?;
         if !ok {
@@ -124,7 +185,13 @@ impl Elara {
     }
 
     /// The forward steps of an attach whose intent is recorded; on failure, undo them.
-    async fn bring_up_or_undo(&self, mut op: OpRecord, locked: &VolumeRecord, mut att: AttachmentRecord, path: Option<PathBuf>) -> ApiResult<PathBuf> {
+    async fn bring_up_or_undo(
+        &self,
+        mut op: OpRecord,
+        locked: &VolumeRecord,
+        mut att: AttachmentRecord,
+        path: Option<PathBuf>,
+    ) -> ApiResult<PathBuf> {
         let name = locked.name.as_str();
         match self.bring_up(&mut op, locked, &mut att).await {
             Ok(mountpoint) => {
@@ -137,7 +204,8 @@ impl Elara {
                 tracing::warn!(volume = %name, "mount failed: {e}; undoing");
                 if let Err(undo) = self.tear_down(&mut op, locked, &att).await {
                     tracing::error!(volume = %name, "undo of a failed mount failed: {undo}; the reconciler will retry");
-                    self.op_abandon(&mut op, &format!("{e}; undo: {undo}")).await;
+                    self.op_abandon(&mut op, &format!("{e}; undo: {undo}"))
+                        .await;
                 }
                 Err(e)
             }
@@ -146,11 +214,20 @@ impl Elara {
 
     /// A mount of a volume whose attachment failed here (its helper died): under the volume's
     /// lock, take down what is left of the old bring-up and bring it up anew, keeping its holders.
-    async fn remount_failed(&self, vol: &VolumeRecord, att: elara_store::Record<AttachmentRecord>, holder: &str, path: Option<PathBuf>) -> ApiResult<PathBuf> {
+    async fn remount_failed(
+        &self,
+        vol: &VolumeRecord,
+        att: elara_store::Record<AttachmentRecord>,
+        holder: &str,
+        path: Option<PathBuf>,
+    ) -> ApiResult<PathBuf> {
         let name = vol.name.as_str();
         let key = keys::volume(name);
         let att_key = keys::attachment(name, self.node());
-        let cur = self.get::<VolumeRecord>(&key).await?.ok_or_else(|| ApiError::not_found("volume", name))?;
+        let cur = self
+            .get::<VolumeRecord>(&key)
+            .await?
+            .ok_or_else(|| ApiError::not_found("volume", name))?;
         if let Some(other) = &cur.value.op {
             return Err(ApiError::busy("volume", name, other));
         }
@@ -161,12 +238,25 @@ impl Elara {
         let mut a = att.value.clone();
         let old_host = a.host.take();
         a.state = AttachmentState::Attaching;
-        a.holders.insert(holder.to_string(), Holder { since: now(), path: path.clone() });
+        a.holders.insert(
+            holder.to_string(),
+            Holder {
+                since: now(),
+                path: path.clone(),
+            },
+        );
         a.updated_at = now();
         let ok = self
             .txn(
-                vec![rev(key.clone(), cur.revision), rev(att_key.clone(), att.revision)],
-                vec![put(key, &locked), put(att_key, &a), put(keys::op(&op.id), &op)],
+                vec![
+                    rev(key.clone(), cur.revision),
+                    rev(att_key.clone(), att.revision),
+                ],
+                vec![
+                    put(key, &locked),
+                    put(att_key, &a),
+                    put(keys::op(&op.id), &op),
+                ],
             )
             .await?;
         if !ok {
@@ -178,7 +268,11 @@ impl Elara {
             None => self.attacher.detach_by_volume(&vol.id, None).await,
         };
         if let Err(e) = taken_down {
-            let e = ApiError::new(500, "detach-failed", format!("volume {name}: taking down its failed attachment: {e}"));
+            let e = ApiError::new(
+                500,
+                "detach-failed",
+                format!("volume {name}: taking down its failed attachment: {e}"),
+            );
             self.op_abandon(&mut op, &e.to_string()).await;
             return Err(e);
         }
@@ -191,18 +285,39 @@ impl Elara {
     /// Returns the volumes it marked.
     pub async fn watch_helpers(&self) -> ApiResult<Vec<String>> {
         let mut marked = vec![];
-        for rec in self.store.list_json::<AttachmentRecord>(&keys::all_attachments()).await? {
+        for rec in self
+            .store
+            .list_json::<AttachmentRecord>(&keys::all_attachments())
+            .await?
+        {
             let att = rec.value;
             if att.node != self.node() || att.state != AttachmentState::Attached {
                 continue;
             }
-            let Some(why) = att.host.as_ref().and_then(AttachState::failure) else { continue };
+            let Some(host) = &att.host else { continue };
+            let stalled = match &att.connection {
+                Some(elara_runtime::Connection::Iscsi(c)) if host.helper.is_some() => self
+                    .attacher
+                    .iscsi_watchdog(&att.volume_id, host, c)
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(volume = %att.volume, "iSCSI stall check: {e}");
+                        None
+                    }),
+                _ => None,
+            };
+            let Some(why) = stalled.or_else(|| host.failure()) else {
+                continue;
+            };
             let key = keys::attachment(&att.volume, &att.node);
             let mut a = att.clone();
             a.state = AttachmentState::Failed;
             a.error = Some(why.clone());
             a.updated_at = now();
-            if self.txn(vec![rev(key.clone(), rec.revision)], vec![put(key, &a)]).await? {
+            if self
+                .txn(vec![rev(key.clone(), rec.revision)], vec![put(key, &a)])
+                .await?
+            {
                 tracing::error!(volume = %att.volume, "attachment failed: {why}");
                 marked.push(att.volume.clone());
             }
@@ -224,11 +339,25 @@ impl Elara {
     }
 
     /// Driver attach, host attach, record: the attach op's forward steps.
-    async fn bring_up(&self, op: &mut OpRecord, vol: &VolumeRecord, att: &mut AttachmentRecord) -> ApiResult<PathBuf> {
+    async fn bring_up(
+        &self,
+        op: &mut OpRecord,
+        vol: &VolumeRecord,
+        att: &mut AttachmentRecord,
+    ) -> ApiResult<PathBuf> {
         let (_, backend) = self.backends.get(&vol.backend).await?;
-        let connection = backend.attach(&vol.id, &self.node_info()).await.map_err(|e| ApiError::from_call(&vol.backend, e))?;
+        let connection = backend
+            .attach(&vol.id, &self.node_info())
+            .await
+            .map_err(|e| ApiError::from_call(&vol.backend, e))?;
         att.connection = Some(connection.clone());
-        self.store.put(&keys::attachment(&vol.name, self.node()), elara_store::encode(&*att), None).await?;
+        self.store
+            .put(
+                &keys::attachment(&vol.name, self.node()),
+                elara_store::encode(&*att),
+                None,
+            )
+            .await?;
         faults::point("mount:after-driver-attach");
         self.op_step(op, "driver-attached").await?;
 
@@ -243,7 +372,9 @@ impl Elara {
                 read_only: false,
             })
             .await
-            .map_err(|e| ApiError::new(500, "attach-failed", format!("volume {}: {e}", vol.name)))?;
+            .map_err(|e| {
+                ApiError::new(500, "attach-failed", format!("volume {}: {e}", vol.name))
+            })?;
         faults::point("mount:after-host-attach");
         att.host = Some(state.clone());
         att.state = AttachmentState::Attached;
@@ -251,11 +382,20 @@ impl Elara {
         att.updated_at = now();
         let att_key = keys::attachment(&vol.name, self.node());
         let vkey = keys::volume(&vol.name);
-        let cur = self.get::<VolumeRecord>(&vkey).await?.ok_or_else(|| ApiError::internal("volume vanished during mount"))?;
+        let cur = self
+            .get::<VolumeRecord>(&vkey)
+            .await?
+            .ok_or_else(|| ApiError::internal("volume vanished during mount"))?;
         let mut v = cur.value;
         v.op = None;
         v.formatted = v.formatted || state.formatted_now;
-        if !self.txn(vec![rev(vkey.clone(), cur.revision)], vec![put(vkey, &v), put(att_key, &*att), del(keys::op(&op.id))]).await? {
+        if !self
+            .txn(
+                vec![rev(vkey.clone(), cur.revision)],
+                vec![put(vkey, &v), put(att_key, &*att), del(keys::op(&op.id))],
+            )
+            .await?
+        {
             return Err(raced("volume", &vol.name));
         }
         tracing::info!(volume = %vol.name, mountpoint = %state.mountpoint.display(), "volume mounted");
@@ -264,7 +404,12 @@ impl Elara {
 
     /// Undo an attach (or finish a detach): host teardown, driver detach, drop the attachment and the
     /// lock. Safe to repeat at any point.
-    pub(crate) async fn tear_down(&self, op: &mut OpRecord, vol: &VolumeRecord, att: &AttachmentRecord) -> ApiResult<()> {
+    pub(crate) async fn tear_down(
+        &self,
+        op: &mut OpRecord,
+        vol: &VolumeRecord,
+        att: &AttachmentRecord,
+    ) -> ApiResult<()> {
         for h in att.holders.values() {
             if let Some(p) = &h.path {
                 unmount_path(p).await?;
@@ -274,17 +419,24 @@ impl Elara {
             Some(state) => self.attacher.detach(state).await,
             None => {
                 let backing = match &att.connection {
-                    Some(elara_runtime::Connection::ImageFile(f)) => Some(self.backends.pool_dir(&vol.backend).join(&f.path)),
+                    Some(elara_runtime::Connection::ImageFile(f)) => {
+                        Some(self.backends.pool_dir(&vol.backend).join(&f.path))
+                    }
                     _ => None,
                 };
-                self.attacher.detach_by_volume(&vol.id, backing.as_deref()).await
+                self.attacher
+                    .detach_by_volume(&vol.id, backing.as_deref())
+                    .await
             }
         }
         .map_err(|e| ApiError::new(500, "detach-failed", format!("volume {}: {e}", vol.name)))?;
         faults::point("unmount:after-host-detach");
         self.op_step(op, "host-detached").await?;
         let (_, backend) = self.backends.get(&vol.backend).await?;
-        backend.detach(&vol.id, &self.node_info()).await.map_err(|e| ApiError::from_call(&vol.backend, e))?;
+        backend
+            .detach(&vol.id, &self.node_info())
+            .await
+            .map_err(|e| ApiError::from_call(&vol.backend, e))?;
         let att_key = keys::attachment(&vol.name, &att.node);
         let vkey = keys::volume(&vol.name);
         let mut ops = vec![del(att_key), del(keys::op(&op.id))];
@@ -324,10 +476,19 @@ impl Elara {
             }
             return Ok(());
         };
-        if !matches!(att.value.state, AttachmentState::Attached | AttachmentState::Failed) {
-            return Err(ApiError::busy("volume", name, &format!("{:?}", att.value.state).to_lowercase()));
+        if !matches!(
+            att.value.state,
+            AttachmentState::Attached | AttachmentState::Failed
+        ) {
+            return Err(ApiError::busy(
+                "volume",
+                name,
+                &format!("{:?}", att.value.state).to_lowercase(),
+            ));
         }
-        let Some(h) = att.value.holders.get(holder).cloned() else { return Ok(()) };
+        let Some(h) = att.value.holders.get(holder).cloned() else {
+            return Ok(());
+        };
         if att.value.holders.len() > 1 {
             if let Some(p) = &h.path {
                 unmount_path(p).await?;
@@ -335,14 +496,23 @@ impl Elara {
             let mut a = att.value;
             a.holders.remove(holder);
             a.updated_at = now();
-            if !self.txn(vec![rev(att_key.clone(), att.revision)], vec![put(att_key, &a)]).await? {
+            if !self
+                .txn(
+                    vec![rev(att_key.clone(), att.revision)],
+                    vec![put(att_key, &a)],
+                )
+                .await?
+            {
                 return Err(ApiError::busy("volume", name, "attachment update"));
             }
             return Ok(());
         }
         // Last holder: take the volume lock and tear down.
         let vkey = keys::volume(name);
-        let cur = self.get::<VolumeRecord>(&vkey).await?.ok_or_else(|| ApiError::not_found("volume", name))?;
+        let cur = self
+            .get::<VolumeRecord>(&vkey)
+            .await?
+            .ok_or_else(|| ApiError::not_found("volume", name))?;
         if let Some(other) = &cur.value.op {
             return Err(ApiError::busy("volume", name, other));
         }
@@ -355,7 +525,10 @@ impl Elara {
         a.updated_at = now();
         let ok = self
             .txn(
-                vec![rev(vkey.clone(), cur.revision), rev(att_key.clone(), att.revision)],
+                vec![
+                    rev(vkey.clone(), cur.revision),
+                    rev(att_key.clone(), att.revision),
+                ],
                 vec![put(vkey, &v), put(att_key, &a), put(keys::op(&op.id), &op)],
             )
             .await?;
@@ -373,29 +546,54 @@ impl Elara {
 
     /// After a resize: grow the loop device and the filesystem of a volume mounted on this node.
     pub(crate) async fn grow_attached(&self, vol: &VolumeRecord) -> ApiResult<()> {
-        let Some(att) = self.get::<AttachmentRecord>(&keys::attachment(&vol.name, self.node())).await? else {
+        let Some(att) = self
+            .get::<AttachmentRecord>(&keys::attachment(&vol.name, self.node()))
+            .await?
+        else {
             return Ok(());
         };
-        let Some(state) = att.value.host else { return Ok(()) };
+        let Some(state) = att.value.host else {
+            return Ok(());
+        };
         self.attacher
             .grow(&state, vol.size_bytes, vol.fs.into())
             .await
-            .map_err(|e| ApiError::new(500, "resize-failed", format!("volume {}: growing it where it is mounted: {e}", vol.name)))
+            .map_err(|e| {
+                ApiError::new(
+                    500,
+                    "resize-failed",
+                    format!("volume {}: growing it where it is mounted: {e}", vol.name),
+                )
+            })
     }
 
     /// The mountpoint of a block volume mounted on this node, for freezing during a snapshot.
     pub(crate) async fn mounted_block(&self, vol: &VolumeRecord) -> ApiResult<Option<AttachState>> {
-        let att = self.get::<AttachmentRecord>(&keys::attachment(&vol.name, self.node())).await?;
-        Ok(att.and_then(|a| a.value.host).filter(|h| h.device.is_some()))
+        let att = self
+            .get::<AttachmentRecord>(&keys::attachment(&vol.name, self.node()))
+            .await?;
+        Ok(att
+            .and_then(|a| a.value.host)
+            .filter(|h| h.device.is_some()))
     }
 }
 
 async fn bind_mount(src: &Path, dst: &Path) -> ApiResult<()> {
-    tokio::fs::create_dir_all(dst).await.map_err(|e| ApiError::invalid("path", format!("{}: {e}", dst.display())))?;
+    tokio::fs::create_dir_all(dst)
+        .await
+        .map_err(|e| ApiError::invalid("path", format!("{}: {e}", dst.display())))?;
     if is_mountpoint(dst) {
         return Ok(());
     }
-    run("mount", &["--bind", &src.display().to_string(), &dst.display().to_string()]).await
+    run(
+        "mount",
+        &[
+            "--bind",
+            &src.display().to_string(),
+            &dst.display().to_string(),
+        ],
+    )
+    .await
 }
 
 async fn unmount_path(p: &Path) -> ApiResult<()> {

@@ -31,7 +31,8 @@ impl Elara {
         let mut settled = 0;
         for rec in self.store.list_json::<OpRecord>(&keys::ops()).await? {
             let op = rec.value;
-            let orphaned = op.owner_incarnation.is_empty() || incarnation_of(&op.owner).as_deref() != Some(op.owner_incarnation.as_str());
+            let orphaned = op.owner_incarnation.is_empty()
+                || incarnation_of(&op.owner).as_deref() != Some(op.owner_incarnation.as_str());
             if !orphaned {
                 continue;
             }
@@ -53,7 +54,13 @@ impl Elara {
             mine.owner_incarnation = self.incarnation.clone();
             mine.owner_lease = self.lease();
             mine.updated_at = now();
-            if !self.txn(vec![rev(keys::op(&op.id), rec.revision)], vec![put(keys::op(&op.id), &mine)]).await? {
+            if !self
+                .txn(
+                    vec![rev(keys::op(&op.id), rec.revision)],
+                    vec![put(keys::op(&op.id), &mine)],
+                )
+                .await?
+            {
                 continue; // another daemon took it
             }
             tracing::info!(op = %op.id, kind = ?op.kind, volume = %op.volume, step = %op.step, "reconciler: taking over");
@@ -70,9 +77,19 @@ impl Elara {
 
     /// Finish or undo one op.
     async fn recover(&self, op: &mut OpRecord) -> ApiResult<()> {
-        let param = |k: &str| op.params.get(k).and_then(|v| v.as_str()).map(str::to_string).unwrap_or_default();
+        let param = |k: &str| {
+            op.params
+                .get(k)
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+                .unwrap_or_default()
+        };
         let volume_id = param("volume_id");
-        let vol = self.get::<VolumeRecord>(&keys::volume(&op.volume)).await?.map(|r| r.value).filter(|v| v.id == volume_id || volume_id.is_empty());
+        let vol = self
+            .get::<VolumeRecord>(&keys::volume(&op.volume))
+            .await?
+            .map(|r| r.value)
+            .filter(|v| v.id == volume_id || volume_id.is_empty());
         match op.kind {
             OpKind::CreateVolume => {
                 let Some(vol) = vol else {
@@ -81,17 +98,26 @@ impl Elara {
                 };
                 if op.step == "driver-done" {
                     let (_, backend) = self.backends.get(&vol.backend).await?;
-                    let listed = backend.list_volumes().await.map_err(|e| ApiError::from_call(&vol.backend, e))?;
+                    let listed = backend
+                        .list_volumes()
+                        .await
+                        .map_err(|e| ApiError::from_call(&vol.backend, e))?;
                     if let Some(made) = listed.into_iter().find(|v| v.id == vol.id) {
                         self.finish_create(op, made).await?;
                         return Ok(());
                     }
                 }
-                let why = op.last_error.clone().unwrap_or_else(|| "the daemon stopped during the create".into());
+                let why = op
+                    .last_error
+                    .clone()
+                    .unwrap_or_else(|| "the daemon stopped during the create".into());
                 let mut copy = op.clone();
                 self.undo_create(&mut copy, &vol, &why).await;
                 if self.store.get(&keys::op(&op.id)).await?.is_some() {
-                    return Err(ApiError::unavailable(format!("undo of the create of {} is pending", vol.name)));
+                    return Err(ApiError::unavailable(format!(
+                        "undo of the create of {} is pending",
+                        vol.name
+                    )));
                 }
                 Ok(())
             }
@@ -102,14 +128,20 @@ impl Elara {
                     let backend = param("backend");
                     if !backend.is_empty() && !volume_id.is_empty() {
                         let (_, b) = self.backends.get(&backend).await?;
-                        b.delete(&volume_id).await.map_err(|e| ApiError::from_call(&backend, e))?;
+                        b.delete(&volume_id)
+                            .await
+                            .map_err(|e| ApiError::from_call(&backend, e))?;
                     }
                     self.store.delete(&keys::op(&op.id)).await?;
                     Ok(())
                 }
             },
             OpKind::ResizeVolume => {
-                let size = op.params.get("size_bytes").and_then(|v| v.as_u64()).unwrap_or(0);
+                let size = op
+                    .params
+                    .get("size_bytes")
+                    .and_then(|v| v.as_u64())
+                    .unwrap_or(0);
                 match vol {
                     Some(vol) if size > 0 => self.finish_resize(op, &vol, size).await.map(|_| ()),
                     Some(vol) => self.unlock_volume(&vol.name, op, |_| {}).await.map(|_| ()),
@@ -118,20 +150,31 @@ impl Elara {
             }
             OpKind::CreateSnapshot => {
                 let name = op.snapshot.clone().unwrap_or_default();
-                let snap = self.get::<SnapshotRecord>(&keys::snapshot(&name)).await?.map(|r| r.value);
+                let snap = self
+                    .get::<SnapshotRecord>(&keys::snapshot(&name))
+                    .await?
+                    .map(|r| r.value);
                 match snap {
                     Some(snap) if snap.id == param("snapshot_id") => {
                         if op.step == "driver-done" {
-                            if let Some(state) = self.mounted_block(vol.as_ref().unwrap_or(&placeholder(&snap))).await? {
+                            if let Some(state) = self
+                                .mounted_block(vol.as_ref().unwrap_or(&placeholder(&snap)))
+                                .await?
+                            {
                                 super::snapshots::thaw(&state.mountpoint).await;
                             }
                             self.finish_snapshot(op, snap).await.map(|_| ())
                         } else {
-                            let why = op.last_error.clone().unwrap_or_else(|| "the daemon stopped during the snapshot".into());
+                            let why = op
+                                .last_error
+                                .clone()
+                                .unwrap_or_else(|| "the daemon stopped during the snapshot".into());
                             let mut copy = op.clone();
                             self.undo_snapshot(&mut copy, &snap, &why).await;
                             if self.store.get(&keys::op(&op.id)).await?.is_some() {
-                                return Err(ApiError::unavailable(format!("undo of snapshot {name} is pending")));
+                                return Err(ApiError::unavailable(format!(
+                                    "undo of snapshot {name} is pending"
+                                )));
                             }
                             Ok(())
                         }
@@ -155,10 +198,15 @@ impl Elara {
             }
             OpKind::CreateBackup | OpKind::RestoreBackup => self.recover_backup_op(op).await,
             OpKind::Attach | OpKind::Detach => {
-                let att = self.get::<AttachmentRecord>(&keys::attachment(&op.volume, self.node())).await?.map(|r| r.value);
+                let att = self
+                    .get::<AttachmentRecord>(&keys::attachment(&op.volume, self.node()))
+                    .await?
+                    .map(|r| r.value);
                 match (vol, att) {
                     (Some(vol), Some(att)) => self.tear_down(op, &vol, &att).await,
-                    (Some(vol), None) => self.unlock_volume(&vol.name, op, |_| {}).await.map(|_| ()),
+                    (Some(vol), None) => {
+                        self.unlock_volume(&vol.name, op, |_| {}).await.map(|_| ())
+                    }
                     (None, _) => Ok(self.store.delete(&keys::op(&op.id)).await.map(|_| ())?),
                 }
             }
@@ -166,7 +214,10 @@ impl Elara {
     }
 
     /// Run the reconciler every few seconds until the daemon stops.
-    pub async fn reconcile_loop(self: std::sync::Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    pub async fn reconcile_loop(
+        self: std::sync::Arc<Self>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
         loop {
             if let Err(e) = self.watch_helpers().await {
                 tracing::warn!("checking this node's helper processes failed: {e}");
