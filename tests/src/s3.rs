@@ -107,11 +107,7 @@ impl S3Server {
 
     /// `host:port` of the endpoint, for `--allow-host`.
     pub fn host_port(&self) -> String {
-        self.endpoint
-            .trim_start_matches("http://")
-            .trim_start_matches("https://")
-            .trim_end_matches('/')
-            .to_string()
+        self.endpoint.trim_start_matches("http://").trim_start_matches("https://").trim_end_matches('/').to_string()
     }
 
     /// `elara backend add NAME --driver s3 ...` arguments with this server's endpoint, region,
@@ -127,13 +123,7 @@ impl S3Server {
             config.retain(|(ck, _)| ck != k);
             config.push((k.to_string(), v.to_string()));
         }
-        let mut args: Vec<String> = vec![
-            "backend".into(),
-            "add".into(),
-            name.into(),
-            "--driver".into(),
-            "s3".into(),
-        ];
+        let mut args: Vec<String> = vec!["backend".into(), "add".into(), name.into(), "--driver".into(), "s3".into()];
         for (k, v) in config {
             args.push("--config".into());
             args.push(format!("{k}={v}"));
@@ -155,10 +145,7 @@ impl S3Server {
             .output()
             .with_context(|| format!("running {} (boto3)", self.python))?;
         if !out.status.success() {
-            bail!(
-                "boto3 {op} {args:?} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            bail!("boto3 {op} {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
         }
         serde_json::from_slice(&out.stdout)
             .with_context(|| format!("boto3 {op}: {}", String::from_utf8_lossy(&out.stdout)))
@@ -170,14 +157,8 @@ impl S3Server {
     }
 
     /// (key, size) of every object under `prefix`, or `None` if the bucket does not exist.
-    pub fn objects(
-        &self,
-        bucket: &str,
-        prefix: &str,
-    ) -> anyhow::Result<Option<Vec<(String, u64)>>> {
-        Ok(serde_json::from_value(
-            self.boto("objects", &[bucket, prefix])?,
-        )?)
+    pub fn objects(&self, bucket: &str, prefix: &str) -> anyhow::Result<Option<Vec<(String, u64)>>> {
+        Ok(serde_json::from_value(self.boto("objects", &[bucket, prefix])?)?)
     }
 
     /// An object's body as text, or `None`.
@@ -192,16 +173,12 @@ impl S3Server {
 
     /// Write `size` random bytes; returns their SHA-256 (hex).
     pub fn put_random(&self, bucket: &str, key: &str, size: usize) -> anyhow::Result<String> {
-        Ok(serde_json::from_value(
-            self.boto("put-random", &[bucket, key, &size.to_string()])?,
-        )?)
+        Ok(serde_json::from_value(self.boto("put-random", &[bucket, key, &size.to_string()])?)?)
     }
 
     /// The SHA-256 (hex) of an object's body.
     pub fn sha256(&self, bucket: &str, key: &str) -> anyhow::Result<String> {
-        Ok(serde_json::from_value(
-            self.boto("sha256", &[bucket, key])?,
-        )?)
+        Ok(serde_json::from_value(self.boto("sha256", &[bucket, key])?)?)
     }
 
     /// An object's ETag (a multipart object's ends in `-<parts>`).
@@ -210,18 +187,8 @@ impl S3Server {
     }
 
     /// Write `n` objects of `size` bytes named `<prefix>fNNNNN` (16 at a time).
-    pub fn put_many(
-        &self,
-        bucket: &str,
-        prefix: &str,
-        n: usize,
-        size: usize,
-    ) -> anyhow::Result<()> {
-        self.boto(
-            "put-many",
-            &[bucket, prefix, &n.to_string(), &size.to_string()],
-        )
-        .map(drop)
+    pub fn put_many(&self, bucket: &str, prefix: &str, n: usize, size: usize) -> anyhow::Result<()> {
+        self.boto("put-many", &[bucket, prefix, &n.to_string(), &size.to_string()]).map(drop)
     }
 
     /// Make a bucket.

@@ -19,10 +19,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let daemon = matches!(cli.command, Command::Daemon(_));
     init_tracing(daemon);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let result = rt.block_on(async move {
         match cli.command {
             Command::Daemon(ref args) => {
@@ -30,12 +27,7 @@ fn main() -> std::process::ExitCode {
                 server::run(cfg).await
             }
             Command::Completions { shell } => {
-                clap_complete::generate(
-                    shell,
-                    &mut Cli::command(),
-                    "elara",
-                    &mut std::io::stdout(),
-                );
+                clap_complete::generate(shell, &mut Cli::command(), "elara", &mut std::io::stdout());
                 Ok(())
             }
             _ => cli::run(cli).await,
@@ -54,9 +46,5 @@ fn init_tracing(daemon: bool) {
     use tracing_subscriber::EnvFilter;
     let default = if daemon { "info" } else { "warn" };
     let filter = EnvFilter::try_from_env("ELARA_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
 }

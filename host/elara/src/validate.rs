@@ -8,23 +8,15 @@ use crate::error::ApiError;
 pub fn parse_size(field: &str, text: &str) -> Result<u64, ApiError> {
     let t = text.trim();
     if t.is_empty() {
-        return Err(ApiError::invalid(
-            field,
-            "is empty; give a size such as 10G or 512MiB",
-        ));
+        return Err(ApiError::invalid(field, "is empty; give a size such as 10G or 512MiB"));
     }
     if t.starts_with('-') {
         return Err(ApiError::invalid(field, format!("{t:?} is negative")));
     }
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     if num.is_empty() {
-        return Err(ApiError::invalid(
-            field,
-            format!("{t:?} does not start with a number"),
-        ));
+        return Err(ApiError::invalid(field, format!("{t:?} does not start with a number")));
     }
     let mult: u128 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
@@ -41,9 +33,7 @@ pub fn parse_size(field: &str, text: &str) -> Result<u64, ApiError> {
         other => {
             return Err(ApiError::invalid(
                 field,
-                format!(
-                    "unknown unit {other:?} in {t:?}; use K, M, G, T (binary) or KB, MB, GB, TB"
-                ),
+                format!("unknown unit {other:?} in {t:?}; use K, M, G, T (binary) or KB, MB, GB, TB"),
             ));
         }
     };
@@ -51,19 +41,9 @@ pub fn parse_size(field: &str, text: &str) -> Result<u64, ApiError> {
         if frac.contains('.') || (int.is_empty() && frac.is_empty()) {
             return Err(ApiError::invalid(field, format!("{t:?} is not a number")));
         }
-        let int: u128 = if int.is_empty() {
-            0
-        } else {
-            int.parse().map_err(|_| overflow(field, t))?
-        };
-        let scale = 10u128
-            .checked_pow(frac.len() as u32)
-            .ok_or_else(|| overflow(field, t))?;
-        let frac_v: u128 = if frac.is_empty() {
-            0
-        } else {
-            frac.parse().map_err(|_| overflow(field, t))?
-        };
+        let int: u128 = if int.is_empty() { 0 } else { int.parse().map_err(|_| overflow(field, t))? };
+        let scale = 10u128.checked_pow(frac.len() as u32).ok_or_else(|| overflow(field, t))?;
+        let frac_v: u128 = if frac.is_empty() { 0 } else { frac.parse().map_err(|_| overflow(field, t))? };
         let whole = int.checked_mul(mult).ok_or_else(|| overflow(field, t))?;
         whole + frac_v.checked_mul(mult).ok_or_else(|| overflow(field, t))? / scale
     } else {
@@ -89,23 +69,15 @@ fn overflow(field: &str, t: &str) -> ApiError {
 pub fn check_name(field: &str, name: &str) -> Result<(), ApiError> {
     let mut chars = name.chars();
     let ok_first = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
-    let ok_rest = name
-        .chars()
-        .skip(1)
-        .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    let ok_rest = name.chars().skip(1).all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
     if name.len() < 2 || !ok_first || !ok_rest {
         return Err(ApiError::invalid(
             field,
-            format!(
-                "{name:?} is not a valid name: use [a-zA-Z0-9][a-zA-Z0-9_.-]+ (at least 2 characters)"
-            ),
+            format!("{name:?} is not a valid name: use [a-zA-Z0-9][a-zA-Z0-9_.-]+ (at least 2 characters)"),
         ));
     }
     if name.len() > 128 {
-        return Err(ApiError::invalid(
-            field,
-            format!("is {} characters long; the limit is 128", name.len()),
-        ));
+        return Err(ApiError::invalid(field, format!("is {} characters long; the limit is 128", name.len())));
     }
     Ok(())
 }
@@ -114,10 +86,7 @@ pub fn check_name(field: &str, name: &str) -> Result<(), ApiError> {
 pub fn parse_pair(field: &str, text: &str) -> Result<(String, String), ApiError> {
     match text.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
-        _ => Err(ApiError::invalid(
-            field,
-            format!("{text:?} is not of the form key=value"),
-        )),
+        _ => Err(ApiError::invalid(field, format!("{text:?} is not of the form key=value"))),
     }
 }
 
@@ -126,23 +95,15 @@ pub fn parse_duration(field: &str, text: &str) -> Result<std::time::Duration, Ap
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| {
-        ApiError::invalid(
-            field,
-            format!("{t:?} is not a duration such as 30s, 5m or 1h"),
-        )
-    })?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| ApiError::invalid(field, format!("{t:?} is not a duration such as 30s, 5m or 1h")))?;
     let secs = match unit {
         "" | "s" => n,
         "m" => n.saturating_mul(60),
         "h" => n.saturating_mul(3600),
         "ms" => return Ok(std::time::Duration::from_millis(n)),
-        _ => {
-            return Err(ApiError::invalid(
-                field,
-                format!("unknown unit {unit:?} in {t:?}; use ms, s, m or h"),
-            ));
-        }
+        _ => return Err(ApiError::invalid(field, format!("unknown unit {unit:?} in {t:?}; use ms, s, m or h"))),
     };
     if secs == 0 {
         return Err(ApiError::invalid(field, "must be greater than zero"));
@@ -162,17 +123,7 @@ mod tests {
         assert_eq!(parse_size("size", "1.5G").unwrap(), 3 << 29);
         assert_eq!(parse_size("size", "4096").unwrap(), 4096);
         assert_eq!(parse_size("size", "512m").unwrap(), 512 << 20);
-        for bad in [
-            "0",
-            "0G",
-            "-1G",
-            "",
-            "G",
-            "10X",
-            "99999999999999999999999P",
-            "1.2.3G",
-            "9E",
-        ] {
+        for bad in ["0", "0G", "-1G", "", "G", "10X", "99999999999999999999999P", "1.2.3G", "9E"] {
             let e = parse_size("size", bad).unwrap_err();
             assert_eq!(e.field.as_deref(), Some("size"), "{bad}: {e}");
         }
@@ -183,16 +134,7 @@ mod tests {
         for ok in ["v1", "my-vol", "A.b_c-d", "0abc"] {
             check_name("name", ok).unwrap();
         }
-        for bad in [
-            "",
-            "a",
-            "-abc",
-            ".abc",
-            "a b",
-            "a/b",
-            "ä1",
-            &"x".repeat(129),
-        ] {
+        for bad in ["", "a", "-abc", ".abc", "a b", "a/b", "ä1", &"x".repeat(129)] {
             assert!(check_name("name", bad).is_err(), "{bad}");
         }
     }

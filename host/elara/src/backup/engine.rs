@@ -8,8 +8,8 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -44,17 +44,9 @@ pub enum EngineError {
         source: Box<TargetError>,
     },
     #[error("block {index} ({id}) is bad: {reason}")]
-    BadBlock {
-        index: u64,
-        id: String,
-        reason: String,
-    },
+    BadBlock { index: u64, id: String, reason: String },
     #[error("chunk {id} of {path} is bad: {reason}")]
-    BadChunk {
-        path: String,
-        id: String,
-        reason: String,
-    },
+    BadChunk { path: String, id: String, reason: String },
     #[error("uploading chunk {id} of {path}: {source}")]
     UploadChunk {
         path: String,
@@ -62,9 +54,7 @@ pub enum EngineError {
         #[source]
         source: Box<TargetError>,
     },
-    #[error(
-        "the whole-volume digest does not match: manifest says {expected}, the blocks give {actual}"
-    )]
+    #[error("the whole-volume digest does not match: manifest says {expected}, the blocks give {actual}")]
     Digest { expected: String, actual: String },
     #[error("manifest {backup}: {reason}")]
     BadManifest { backup: String, reason: String },
@@ -105,17 +95,8 @@ pub fn volume_digest(size: u64, block_size: u64, blocks: &[Option<String>]) -> S
 /// blake3 of an all-zero block of `len` bytes (cached for the full block size).
 fn zero_id(len: usize, block_size: u64) -> blake3::Hash {
     static FULL: OnceLock<(usize, blake3::Hash)> = OnceLock::new();
-    let (n, h) = FULL.get_or_init(|| {
-        (
-            block_size as usize,
-            blake3::hash(&vec![0u8; block_size as usize]),
-        )
-    });
-    if *n == len {
-        *h
-    } else {
-        blake3::hash(&vec![0u8; len])
-    }
+    let (n, h) = FULL.get_or_init(|| (block_size as usize, blake3::hash(&vec![0u8; block_size as usize])));
+    if *n == len { *h } else { blake3::hash(&vec![0u8; len]) }
 }
 
 /// Which blocks of `file` hold any data, by `SEEK_DATA`/`SEEK_HOLE`. A filesystem without hole
@@ -165,20 +146,13 @@ pub async fn backup(
 ) -> Result<BackupOutcome, EngineError> {
     let io = |op: &'static str| {
         let path = image.to_path_buf();
-        move |source| EngineError::Io {
-            op,
-            path: path.clone(),
-            source,
-        }
+        move |source| EngineError::Io { op, path: path.clone(), source }
     };
     let file = Arc::new(File::open(image).map_err(io("opening"))?);
     progress.phase("scanning");
     let data = {
         let f = file.clone();
-        tokio::task::spawn_blocking(move || data_blocks(&f, size, block_size))
-            .await
-            .expect("scan task")
-            .map_err(io("scanning"))?
+        tokio::task::spawn_blocking(move || data_blocks(&f, size, block_size)).await.expect("scan task").map_err(io("scanning"))?
     };
     let nblocks = data.len();
     // Unchanged blocks by FIEMAP against the parent's reflink snapshot (when there is one).
@@ -192,16 +166,11 @@ pub async fn backup(
                     (Ok(o), Ok(n)) => (0..nblocks as u64)
                         .map(|i| {
                             let (from, to) = (i * block_size, ((i + 1) * block_size).min(size));
-                            super::fiemap::same_block(&o, &n, from, to)
-                                .then(|| parent[i as usize].clone())
+                            super::fiemap::same_block(&o, &n, from, to).then(|| parent[i as usize].clone())
                         })
                         .collect(),
                     (o, n) => {
-                        tracing::info!(
-                            "FIEMAP unavailable ({:?} / {:?}); reading every block",
-                            o.err(),
-                            n.err()
-                        );
+                        tracing::info!("FIEMAP unavailable ({:?} / {:?}); reading every block", o.err(), n.err());
                         vec![None; nblocks]
                     }
                 }
@@ -211,32 +180,18 @@ pub async fn backup(
         }
         _ => vec![None; nblocks],
     };
-    let to_read: Vec<u64> = (0..nblocks as u64)
-        .filter(|&i| data[i as usize] && reused[i as usize].is_none())
-        .collect();
-    progress
-        .blocks_total
-        .store(nblocks as u64, std::sync::atomic::Ordering::Relaxed);
-    progress
-        .bytes_total
-        .store(size, std::sync::atomic::Ordering::Relaxed);
+    let to_read: Vec<u64> = (0..nblocks as u64).filter(|&i| data[i as usize] && reused[i as usize].is_none()).collect();
+    progress.blocks_total.store(nblocks as u64, std::sync::atomic::Ordering::Relaxed);
+    progress.bytes_total.store(size, std::sync::atomic::Ordering::Relaxed);
     // Holes count as done at once.
     let hole_blocks = nblocks as u64 - to_read.len() as u64;
-    progress
-        .blocks_done
-        .fetch_add(hole_blocks, std::sync::atomic::Ordering::Relaxed);
-    progress.bytes_done.fetch_add(
-        hole_blocks * block_size,
-        std::sync::atomic::Ordering::Relaxed,
-    );
+    progress.blocks_done.fetch_add(hole_blocks, std::sync::atomic::Ordering::Relaxed);
+    progress.bytes_done.fetch_add(hole_blocks * block_size, std::sync::atomic::Ordering::Relaxed);
     progress.phase("uploading");
 
     let known = Arc::new(known);
     let claimed = Arc::new(Mutex::new(HashSet::<String>::new()));
-    let mut out = BackupOutcome {
-        blocks: vec![None; nblocks],
-        ..Default::default()
-    };
+    let mut out = BackupOutcome { blocks: vec![None; nblocks], ..Default::default() };
     // Reused blocks count as done at once, like holes.
     for (i, r) in reused.iter().enumerate() {
         if let Some(id) = r
@@ -246,12 +201,8 @@ pub async fn backup(
             out.data_blocks += id.is_some() as u64;
             out.reused_blocks += 1;
             let len = block_size.min(size - i as u64 * block_size);
-            progress
-                .blocks_done
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            progress
-                .bytes_done
-                .fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+            progress.blocks_done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            progress.bytes_done.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
         }
     }
     let mut stream = futures::stream::iter(to_read)
@@ -266,41 +217,28 @@ pub async fn backup(
                 let offset = index * block_size;
                 let len = block_size.min(size - offset) as usize;
                 // Read, hash, and compress unless the target has it: CPU work on the blocking pool.
-                let work = tokio::task::spawn_blocking(
-                    move || -> std::io::Result<(Option<String>, Option<Bytes>, usize)> {
-                        let mut buf = vec![0u8; len];
-                        file.read_exact_at(&mut buf, offset)?;
-                        let hash = blake3::hash(&buf);
-                        if hash == zero_id(len, block_size) {
-                            return Ok((None, None, len));
-                        }
-                        let id = hash.to_hex().to_string();
-                        let fresh = !known.contains(&id)
-                            && claimed.lock().expect("claimed").insert(id.clone());
-                        if !fresh {
-                            return Ok((Some(id), None, len));
-                        }
-                        let packed = zstd::bulk::compress(&buf, ZSTD_LEVEL)?;
-                        Ok((Some(id), Some(Bytes::from(packed)), len))
-                    },
-                )
+                let work = tokio::task::spawn_blocking(move || -> std::io::Result<(Option<String>, Option<Bytes>, usize)> {
+                    let mut buf = vec![0u8; len];
+                    file.read_exact_at(&mut buf, offset)?;
+                    let hash = blake3::hash(&buf);
+                    if hash == zero_id(len, block_size) {
+                        return Ok((None, None, len));
+                    }
+                    let id = hash.to_hex().to_string();
+                    let fresh = !known.contains(&id) && claimed.lock().expect("claimed").insert(id.clone());
+                    if !fresh {
+                        return Ok((Some(id), None, len));
+                    }
+                    let packed = zstd::bulk::compress(&buf, ZSTD_LEVEL)?;
+                    Ok((Some(id), Some(Bytes::from(packed)), len))
+                })
                 .await
                 .expect("block task")
-                .map_err(|source| EngineError::Io {
-                    op: "reading",
-                    path: image,
-                    source,
-                })?;
+                .map_err(|source| EngineError::Io { op: "reading", path: image, source })?;
                 let (id, packed, len) = work;
                 if let (Some(id), Some(packed)) = (&id, packed) {
                     let n = packed.len() as u64;
-                    target.put(&block_key(id), packed).await.map_err(|source| {
-                        EngineError::Upload {
-                            index,
-                            id: id.clone(),
-                            source: Box::new(source),
-                        }
-                    })?;
+                    target.put(&block_key(id), packed).await.map_err(|source| EngineError::Upload { index, id: id.clone(), source: Box::new(source) })?;
                     progress.add_transferred(n);
                 }
                 progress.add_done(len as u64);
@@ -317,49 +255,24 @@ pub async fn backup(
         out.blocks[index as usize] = id;
         hook(&progress);
     }
-    out.uploaded_blocks = progress
-        .blocks_transferred
-        .load(std::sync::atomic::Ordering::Relaxed);
-    out.uploaded_bytes = progress
-        .bytes_transferred
-        .load(std::sync::atomic::Ordering::Relaxed);
+    out.uploaded_blocks = progress.blocks_transferred.load(std::sync::atomic::Ordering::Relaxed);
+    out.uploaded_bytes = progress.bytes_transferred.load(std::sync::atomic::Ordering::Relaxed);
     Ok(out)
 }
 
 /// Fetch block `index` and check it: decompresses to at most one block, hashes to its id.
-async fn fetch_checked(
-    target: &Target,
-    index: u64,
-    id: &str,
-    len: usize,
-    progress: &Progress,
-) -> Result<Vec<u8>, EngineError> {
-    fetch_object(target, id, len, progress)
-        .await
-        .map_err(|reason| EngineError::BadBlock {
-            index,
-            id: id.to_string(),
-            reason,
-        })
+async fn fetch_checked(target: &Target, index: u64, id: &str, len: usize, progress: &Progress) -> Result<Vec<u8>, EngineError> {
+    fetch_object(target, id, len, progress).await.map_err(|reason| EngineError::BadBlock { index, id: id.to_string(), reason })
 }
 
 /// Fetch the block or chunk `id` of `len` bytes and check it (decompresses to exactly `len`
 /// bytes that hash to `id`); the error says what is wrong with it.
-pub(crate) async fn fetch_object(
-    target: &Target,
-    id: &str,
-    len: usize,
-    progress: &Progress,
-) -> Result<Vec<u8>, String> {
-    let packed = target
-        .get(&block_key(id))
-        .await
-        .map_err(|e| e.to_string())?;
+pub(crate) async fn fetch_object(target: &Target, id: &str, len: usize, progress: &Progress) -> Result<Vec<u8>, String> {
+    let packed = target.get(&block_key(id)).await.map_err(|e| e.to_string())?;
     progress.add_transferred(packed.len() as u64);
     let id_owned = id.to_string();
     tokio::task::spawn_blocking(move || {
-        let data = zstd::bulk::decompress(&packed, len)
-            .map_err(|e| format!("does not decompress: {e}"))?;
+        let data = zstd::bulk::decompress(&packed, len).map_err(|e| format!("does not decompress: {e}"))?;
         if data.len() != len {
             return Err(format!("holds {} bytes, expected {len}", data.len()));
         }
@@ -374,29 +287,14 @@ pub(crate) async fn fetch_object(
 }
 
 fn check_manifest(m: &Manifest) -> Result<(), EngineError> {
-    let bad = |reason: String| EngineError::BadManifest {
-        backup: m.id.clone(),
-        reason,
-    };
+    let bad = |reason: String| EngineError::BadManifest { backup: m.id.clone(), reason };
     if m.format != super::FORMAT {
-        return Err(bad(format!(
-            "format {:?}, expected {:?}",
-            m.format,
-            super::FORMAT
-        )));
+        return Err(bad(format!("format {:?}, expected {:?}", m.format, super::FORMAT)));
     }
-    if m.block_size == 0
-        || m.block_size > 64 << 20
-        || m.blocks.len() as u64 != m.size_bytes.div_ceil(m.block_size)
-    {
-        return Err(bad(
-            "block size and block count do not fit the volume size".into()
-        ));
+    if m.block_size == 0 || m.block_size > 64 << 20 || m.blocks.len() as u64 != m.size_bytes.div_ceil(m.block_size) {
+        return Err(bad("block size and block count do not fit the volume size".into()));
     }
-    if let Some((i, _)) = m.blocks.iter().enumerate().find(|(_, b)| {
-        b.as_ref()
-            .is_some_and(|id| id.len() != 64 || hex::decode(id).is_err())
-    }) {
+    if let Some((i, _)) = m.blocks.iter().enumerate().find(|(_, b)| b.as_ref().is_some_and(|id| id.len() != 64 || hex::decode(id).is_err())) {
         return Err(bad(format!("block {i} has a malformed id")));
     }
     Ok(())
@@ -409,48 +307,23 @@ fn start_writeback(file: &File, offset: u64, len: usize) {
     use std::os::fd::AsRawFd;
     // SAFETY: sync_file_range on an open fd with a range inside the file; no memory is passed.
     unsafe {
-        libc::sync_file_range(
-            file.as_raw_fd(),
-            offset as libc::off64_t,
-            len as libc::off64_t,
-            libc::SYNC_FILE_RANGE_WRITE,
-        );
+        libc::sync_file_range(file.as_raw_fd(), offset as libc::off64_t, len as libc::off64_t, libc::SYNC_FILE_RANGE_WRITE);
     }
 }
 
 /// Restore a manifest into `image` (an existing, zero-filled file of at least the volume's size).
 /// Every block is checked before it is written; the first bad block fails the restore, naming it.
-pub async fn restore(
-    m: &Manifest,
-    target: &Target,
-    image: &Path,
-    progress: Arc<Progress>,
-    hook: Hook,
-) -> Result<(), EngineError> {
+pub async fn restore(m: &Manifest, target: &Target, image: &Path, progress: Arc<Progress>, hook: Hook) -> Result<(), EngineError> {
     check_manifest(m)?;
     let digest = volume_digest(m.size_bytes, m.block_size, &m.blocks);
     if digest != m.digest {
-        return Err(EngineError::Digest {
-            expected: m.digest.clone(),
-            actual: digest,
-        });
+        return Err(EngineError::Digest { expected: m.digest.clone(), actual: digest });
     }
     let file = Arc::new(
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(image)
-            .map_err(|source| EngineError::Io {
-                op: "opening",
-                path: image.into(),
-                source,
-            })?,
+        std::fs::OpenOptions::new().write(true).open(image).map_err(|source| EngineError::Io { op: "opening", path: image.into(), source })?,
     );
-    progress
-        .blocks_total
-        .store(m.blocks.len() as u64, std::sync::atomic::Ordering::Relaxed);
-    progress
-        .bytes_total
-        .store(m.size_bytes, std::sync::atomic::Ordering::Relaxed);
+    progress.blocks_total.store(m.blocks.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    progress.bytes_total.store(m.size_bytes, std::sync::atomic::Ordering::Relaxed);
     progress.phase("downloading");
     let (size, bs) = (m.size_bytes, m.block_size);
     let mut stream = futures::stream::iter(m.blocks.iter().cloned().enumerate())
@@ -469,13 +342,9 @@ pub async fn restore(
                         start_writeback(&file, offset, data.len());
                         Ok(())
                     })
-                    .await
-                    .expect("write task")
-                    .map_err(|source| EngineError::Io {
-                        op: "writing",
-                        path: image,
-                        source,
-                    })?;
+                        .await
+                        .expect("write task")
+                        .map_err(|source| EngineError::Io { op: "writing", path: image, source })?;
                 }
                 progress.add_done(len as u64);
                 Ok::<_, EngineError>(())
@@ -492,28 +361,16 @@ pub async fn restore(
     tokio::task::spawn_blocking(move || f.sync_all())
         .await
         .expect("sync task")
-        .map_err(|source| EngineError::Io {
-            op: "syncing",
-            path: image.into(),
-            source,
-        })?;
+        .map_err(|source| EngineError::Io { op: "syncing", path: image.into(), source })?;
     Ok(())
 }
 
 /// Check every block of a manifest (fetch, decompress, hash) and the whole-volume digest.
-pub async fn verify(
-    m: &Manifest,
-    target: &Target,
-    progress: Arc<Progress>,
-) -> Result<(Vec<BadBlock>, bool), EngineError> {
+pub async fn verify(m: &Manifest, target: &Target, progress: Arc<Progress>) -> Result<(Vec<BadBlock>, bool), EngineError> {
     check_manifest(m)?;
     let digest_ok = volume_digest(m.size_bytes, m.block_size, &m.blocks) == m.digest;
-    progress
-        .blocks_total
-        .store(m.blocks.len() as u64, std::sync::atomic::Ordering::Relaxed);
-    progress
-        .bytes_total
-        .store(m.size_bytes, std::sync::atomic::Ordering::Relaxed);
+    progress.blocks_total.store(m.blocks.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    progress.bytes_total.store(m.size_bytes, std::sync::atomic::Ordering::Relaxed);
     progress.phase("verifying");
     let (size, bs) = (m.size_bytes, m.block_size);
     let mut bad = vec![];
@@ -524,9 +381,7 @@ pub async fn verify(
                 let index = index as u64;
                 let len = bs.min(size - index * bs) as usize;
                 let r = match id {
-                    Some(id) => fetch_checked(target, index, &id, len, &progress)
-                        .await
-                        .map(drop),
+                    Some(id) => fetch_checked(target, index, &id, len, &progress).await.map(drop),
                     None => Ok(()),
                 };
                 progress.add_done(len as u64);
@@ -537,12 +392,7 @@ pub async fn verify(
     while let Some(r) = stream.next().await {
         match r {
             Ok(()) => {}
-            Err(EngineError::BadBlock { index, id, reason }) => bad.push(BadBlock {
-                index,
-                id,
-                reason,
-                path: None,
-            }),
+            Err(EngineError::BadBlock { index, id, reason }) => bad.push(BadBlock { index, id, reason, path: None }),
             Err(e) => return Err(e),
         }
     }

@@ -88,56 +88,30 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Engin
 fn scan(root: &Path) -> Result<(Vec<FileEntry>, u64), EngineError> {
     let mut out = vec![];
     let mut skipped = 0;
-    for item in walkdir::WalkDir::new(root)
-        .min_depth(1)
-        .follow_links(false)
-        .sort_by_file_name()
-    {
+    for item in walkdir::WalkDir::new(root).min_depth(1).follow_links(false).sort_by_file_name() {
         let item = item.map_err(|e| {
-            let path = e
-                .path()
-                .map(Path::to_path_buf)
-                .unwrap_or_else(|| root.to_path_buf());
-            EngineError::Io {
-                op: "walking",
-                path,
-                source: e.into(),
-            }
+            let path = e.path().map(Path::to_path_buf).unwrap_or_else(|| root.to_path_buf());
+            EngineError::Io { op: "walking", path, source: e.into() }
         })?;
-        let rel = item
-            .path()
-            .strip_prefix(root)
-            .expect("walkdir stays under its root");
+        let rel = item.path().strip_prefix(root).expect("walkdir stays under its root");
         let rel = rel.to_str().ok_or_else(|| EngineError::Io {
             op: "backing up",
             path: item.path().to_path_buf(),
-            source: std::io::Error::other(
-                "the name is not UTF-8 (not supported by file backups yet)",
-            ),
+            source: std::io::Error::other("the name is not UTF-8 (not supported by file backups yet)"),
         })?;
-        let meta = item.metadata().map_err(|e| EngineError::Io {
-            op: "reading metadata of",
-            path: item.path().to_path_buf(),
-            source: e.into(),
-        })?;
+        let meta = item.metadata().map_err(|e| EngineError::Io { op: "reading metadata of", path: item.path().to_path_buf(), source: e.into() })?;
         let ft = item.file_type();
         let (kind, size, target) = if ft.is_dir() {
             (EntryKind::Dir, 0, None)
         } else if ft.is_file() {
             (EntryKind::File, meta.len(), None)
         } else if ft.is_symlink() {
-            let t =
-                std::fs::read_link(item.path()).map_err(io_err("reading the link", item.path()))?;
-            let t = t
-                .into_os_string()
-                .into_string()
-                .map_err(|_| EngineError::Io {
-                    op: "backing up",
-                    path: item.path().to_path_buf(),
-                    source: std::io::Error::other(
-                        "the symlink target is not UTF-8 (not supported by file backups yet)",
-                    ),
-                })?;
+            let t = std::fs::read_link(item.path()).map_err(io_err("reading the link", item.path()))?;
+            let t = t.into_os_string().into_string().map_err(|_| EngineError::Io {
+                op: "backing up",
+                path: item.path().to_path_buf(),
+                source: std::io::Error::other("the symlink target is not UTF-8 (not supported by file backups yet)"),
+            })?;
             (EntryKind::Symlink, 0, Some(t))
         } else {
             tracing::warn!(path = %item.path().display(), "not a directory, file or symlink; not backed up");
@@ -179,26 +153,13 @@ pub async fn backup(
 ) -> Result<FilesOutcome, EngineError> {
     progress.phase("scanning");
     let r = root.to_path_buf();
-    let (mut entries, skipped) = tokio::task::spawn_blocking(move || scan(&r))
-        .await
-        .expect("scan task")?;
-    let mut out = FilesOutcome {
-        skipped,
-        ..Default::default()
-    };
+    let (mut entries, skipped) = tokio::task::spawn_blocking(move || scan(&r)).await.expect("scan task")?;
+    let mut out = FilesOutcome { skipped, ..Default::default() };
 
     // Unchanged files keep the parent's chunks.
     if let Some(p) = &parent {
-        let old: HashMap<&str, &FileEntry> = p
-            .entries
-            .iter()
-            .filter(|e| e.kind == EntryKind::File)
-            .map(|e| (e.path.as_str(), e))
-            .collect();
-        for e in entries
-            .iter_mut()
-            .filter(|e| e.kind == EntryKind::File && e.size > 0)
-        {
+        let old: HashMap<&str, &FileEntry> = p.entries.iter().filter(|e| e.kind == EntryKind::File).map(|e| (e.path.as_str(), e)).collect();
+        for e in entries.iter_mut().filter(|e| e.kind == EntryKind::File && e.size > 0) {
             if let Some(o) = old.get(e.path.as_str())
                 && o.size == e.size
                 && (o.mtime, o.mtime_nsec) == (e.mtime, e.mtime_nsec)
@@ -213,20 +174,12 @@ pub async fn backup(
     let total: u64 = entries.iter().map(|e| e.size).sum();
     progress.bytes_total.store(total, Relaxed);
     for e in entries.iter().filter(|e| !e.chunks.is_empty()) {
-        progress
-            .blocks_total
-            .fetch_add(e.chunks.len() as u64, Relaxed);
-        progress
-            .blocks_done
-            .fetch_add(e.chunks.len() as u64, Relaxed);
+        progress.blocks_total.fetch_add(e.chunks.len() as u64, Relaxed);
+        progress.blocks_done.fetch_add(e.chunks.len() as u64, Relaxed);
         progress.bytes_done.fetch_add(e.size, Relaxed);
     }
-    let todo: Vec<(usize, PathBuf)> = entries
-        .iter()
-        .enumerate()
-        .filter(|(_, e)| e.kind == EntryKind::File && e.size > 0 && e.chunks.is_empty())
-        .map(|(i, e)| (i, root.join(&e.path)))
-        .collect();
+    let todo: Vec<(usize, PathBuf)> =
+        entries.iter().enumerate().filter(|(_, e)| e.kind == EntryKind::File && e.size > 0 && e.chunks.is_empty()).map(|(i, e)| (i, root.join(&e.path))).collect();
     let paths: Arc<Vec<String>> = Arc::new(entries.iter().map(|e| e.path.clone()).collect());
     progress.phase("uploading");
 
@@ -243,20 +196,9 @@ pub async fn backup(
                     return;
                 }
             };
-            let cdc = fastcdc::v2020::StreamCDC::new(
-                f,
-                CHUNK_MIN as usize,
-                CHUNK_AVG as usize,
-                CHUNK_MAX as usize,
-            );
+            let cdc = fastcdc::v2020::StreamCDC::new(f, CHUNK_MIN as usize, CHUNK_AVG as usize, CHUNK_MAX as usize);
             for (seq, c) in cdc.enumerate() {
-                let piece = c
-                    .map(|c| Piece {
-                        file,
-                        seq,
-                        data: c.data,
-                    })
-                    .map_err(|e| io_err("reading", &path)(e.into()));
+                let piece = c.map(|c| Piece { file, seq, data: c.data }).map_err(|e| io_err("reading", &path)(e.into()));
                 let failed = piece.is_err();
                 prog.blocks_total.fetch_add(1, Relaxed);
                 if tx.blocking_send(piece).is_err() || failed {
@@ -267,64 +209,28 @@ pub async fn backup(
     });
     let known = Arc::new(known);
     let claimed = Arc::new(Mutex::new(HashSet::<String>::new()));
-    let pieces = Box::pin(futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|p| (p, rx))
-    }));
+    let pieces = Box::pin(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|p| (p, rx)) }));
     let mut results = pieces
         .map(|piece| {
-            let (known, claimed, target, progress, paths) = (
-                known.clone(),
-                claimed.clone(),
-                target.clone(),
-                progress.clone(),
-                paths.clone(),
-            );
+            let (known, claimed, target, progress, paths) = (known.clone(), claimed.clone(), target.clone(), progress.clone(), paths.clone());
             async move {
                 let Piece { file, seq, data } = piece?;
                 let len = data.len();
                 let path = paths[file].clone();
-                let work = tokio::task::spawn_blocking(
-                    move || -> std::io::Result<(String, Option<Bytes>)> {
-                        let id = blake3::hash(&data).to_hex().to_string();
-                        let fresh = !known.contains(&id)
-                            && claimed.lock().expect("claimed").insert(id.clone());
-                        let packed = if fresh {
-                            Some(Bytes::from(zstd::bulk::compress(&data, ZSTD_LEVEL)?))
-                        } else {
-                            None
-                        };
-                        Ok((id, packed))
-                    },
-                );
-                let (id, packed) =
-                    work.await
-                        .expect("chunk task")
-                        .map_err(|source| EngineError::Io {
-                            op: "compressing",
-                            path: path.clone().into(),
-                            source,
-                        })?;
+                let work = tokio::task::spawn_blocking(move || -> std::io::Result<(String, Option<Bytes>)> {
+                    let id = blake3::hash(&data).to_hex().to_string();
+                    let fresh = !known.contains(&id) && claimed.lock().expect("claimed").insert(id.clone());
+                    let packed = if fresh { Some(Bytes::from(zstd::bulk::compress(&data, ZSTD_LEVEL)?)) } else { None };
+                    Ok((id, packed))
+                });
+                let (id, packed) = work.await.expect("chunk task").map_err(|source| EngineError::Io { op: "compressing", path: path.clone().into(), source })?;
                 if let Some(packed) = packed {
                     let n = packed.len() as u64;
-                    target
-                        .put(&block_key(&id), packed)
-                        .await
-                        .map_err(|source| EngineError::UploadChunk {
-                            path,
-                            id: id.clone(),
-                            source: Box::new(source),
-                        })?;
+                    target.put(&block_key(&id), packed).await.map_err(|source| EngineError::UploadChunk { path, id: id.clone(), source: Box::new(source) })?;
                     progress.add_transferred(n);
                 }
                 progress.add_done(len as u64);
-                Ok::<_, EngineError>((
-                    file,
-                    seq,
-                    ChunkRef {
-                        id,
-                        len: len as u32,
-                    },
-                ))
+                Ok::<_, EngineError>((file, seq, ChunkRef { id, len: len as u32 }))
             }
         })
         .buffer_unordered(PARALLEL);
@@ -367,21 +273,14 @@ pub async fn backup(
 /// Whether `path` is a clean relative path: not empty, no leading `/`, no empty, `.` or `..`
 /// component, no NUL.
 fn clean_path(path: &str) -> bool {
-    !path.is_empty()
-        && !path.contains('\0')
-        && path
-            .split('/')
-            .all(|c| !c.is_empty() && c != "." && c != "..")
+    !path.is_empty() && !path.contains('\0') && path.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
 }
 
 /// Check a file manifest before anything is written from it: format, paths confined and each
 /// parent a directory listed earlier (so no entry can be written through a symlink), unique
 /// paths, well-formed chunks adding up to each file's size.
 pub fn check_manifest(m: &Manifest) -> Result<(), EngineError> {
-    let bad = |reason: String| EngineError::BadManifest {
-        backup: m.id.clone(),
-        reason,
-    };
+    let bad = |reason: String| EngineError::BadManifest { backup: m.id.clone(), reason };
     if m.format != FORMAT {
         return Err(bad(format!("format {:?}, expected {FORMAT:?}", m.format)));
     }
@@ -398,9 +297,7 @@ pub fn check_manifest(m: &Manifest) -> Result<(), EngineError> {
         if let Some((parent, _)) = p.rsplit_once('/')
             && !dirs.contains(parent)
         {
-            return Err(bad(format!(
-                "entry {p:?} comes before its directory {parent:?}, or that is not a directory"
-            )));
+            return Err(bad(format!("entry {p:?} comes before its directory {parent:?}, or that is not a directory")));
         }
         if e.mode > 0o7777 {
             return Err(bad(format!("entry {p:?} has mode {:o}", e.mode)));
@@ -409,31 +306,16 @@ pub fn check_manifest(m: &Manifest) -> Result<(), EngineError> {
             EntryKind::Dir => {
                 dirs.insert(p);
             }
-            EntryKind::Symlink
-                if e.target
-                    .as_deref()
-                    .is_none_or(|t| t.is_empty() || t.contains('\0')) =>
-            {
+            EntryKind::Symlink if e.target.as_deref().is_none_or(|t| t.is_empty() || t.contains('\0')) => {
                 return Err(bad(format!("symlink {p:?} has no target")));
             }
             EntryKind::File => {
-                if let Some(c) = e.chunks.iter().find(|c| {
-                    c.id.len() != 64
-                        || hex::decode(&c.id).is_err()
-                        || c.len == 0
-                        || c.len > CHUNK_MAX
-                }) {
-                    return Err(bad(format!(
-                        "file {p:?} has a malformed chunk {:?} ({} bytes)",
-                        c.id, c.len
-                    )));
+                if let Some(c) = e.chunks.iter().find(|c| c.id.len() != 64 || hex::decode(&c.id).is_err() || c.len == 0 || c.len > CHUNK_MAX) {
+                    return Err(bad(format!("file {p:?} has a malformed chunk {:?} ({} bytes)", c.id, c.len)));
                 }
                 let sum: u64 = e.chunks.iter().map(|c| c.len as u64).sum();
                 if sum != e.size {
-                    return Err(bad(format!(
-                        "file {p:?}: its chunks hold {sum} bytes, its size is {}",
-                        e.size
-                    )));
+                    return Err(bad(format!("file {p:?}: its chunks hold {sum} bytes, its size is {}", e.size)));
                 }
             }
             _ => {}
@@ -447,28 +329,14 @@ pub fn check_manifest(m: &Manifest) -> Result<(), EngineError> {
 
 /// Restore a file manifest into `root` (an empty directory: a new volume's mountpoint). Every
 /// chunk is checked before it is written; the first bad one fails the restore, naming it.
-pub async fn restore(
-    m: &Manifest,
-    target: &Target,
-    root: &Path,
-    progress: Arc<Progress>,
-    hook: Hook,
-) -> Result<(), EngineError> {
+pub async fn restore(m: &Manifest, target: &Target, root: &Path, progress: Arc<Progress>, hook: Hook) -> Result<(), EngineError> {
     check_manifest(m)?;
     let digest = tree_digest(&m.entries);
     if digest != m.digest {
-        return Err(EngineError::Digest {
-            expected: m.digest.clone(),
-            actual: digest,
-        });
+        return Err(EngineError::Digest { expected: m.digest.clone(), actual: digest });
     }
-    progress
-        .bytes_total
-        .store(m.entries.iter().map(|e| e.size).sum(), Relaxed);
-    progress.blocks_total.store(
-        m.entries.iter().map(|e| e.chunks.len() as u64).sum(),
-        Relaxed,
-    );
+    progress.bytes_total.store(m.entries.iter().map(|e| e.size).sum(), Relaxed);
+    progress.blocks_total.store(m.entries.iter().map(|e| e.chunks.len() as u64).sum(), Relaxed);
     progress.phase("downloading");
 
     // Directories and symlinks first (parents come before children in the manifest).
@@ -479,15 +347,10 @@ pub async fn restore(
             match e.kind {
                 EntryKind::Dir => match std::fs::create_dir(&path) {
                     // A fresh ext4 volume already has lost+found.
-                    Err(err)
-                        if err.kind() == std::io::ErrorKind::AlreadyExists
-                            && path.symlink_metadata().is_ok_and(|m| m.is_dir()) => {}
+                    Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists && path.symlink_metadata().is_ok_and(|m| m.is_dir()) => {}
                     other => other.map_err(io_err("creating", &path))?,
                 },
-                EntryKind::Symlink => {
-                    std::os::unix::fs::symlink(e.target.as_deref().unwrap_or_default(), &path)
-                        .map_err(io_err("creating", &path))?
-                }
+                EntryKind::Symlink => std::os::unix::fs::symlink(e.target.as_deref().unwrap_or_default(), &path).map_err(io_err("creating", &path))?,
                 EntryKind::File => {}
             }
         }
@@ -499,12 +362,7 @@ pub async fn restore(
     // Files, a few at a time, each written in order from chunks fetched ahead.
     let ahead = (PARALLEL / FILES_PARALLEL).max(1);
     // Owned entries and target: the futures borrow nothing (they must be `Send` for any lifetime).
-    let todo: Vec<FileEntry> = m
-        .entries
-        .iter()
-        .filter(|e| e.kind == EntryKind::File)
-        .cloned()
-        .collect();
+    let todo: Vec<FileEntry> = m.entries.iter().filter(|e| e.kind == EntryKind::File).cloned().collect();
     let mut files = futures::stream::iter(todo)
         .map(|e| {
             let progress = progress.clone();
@@ -514,12 +372,7 @@ pub async fn restore(
             async move {
                 let p = path.clone();
                 let file = tokio::task::spawn_blocking(move || {
-                    std::fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .mode(0o600)
-                        .custom_flags(libc::O_NOFOLLOW)
-                        .open(&p)
+                    std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(&p)
                 })
                 .await
                 .expect("create task")
@@ -527,16 +380,9 @@ pub async fn restore(
                 let file = Arc::new(file);
                 let mut chunks = futures::stream::iter(e.chunks.clone())
                     .map(|c| {
-                        let (progress, target, path) =
-                            (progress.clone(), target.clone(), e.path.clone());
+                        let (progress, target, path) = (progress.clone(), target.clone(), e.path.clone());
                         async move {
-                            fetch_object(&target, &c.id, c.len as usize, &progress)
-                                .await
-                                .map_err(|reason| EngineError::BadChunk {
-                                    path,
-                                    id: c.id.clone(),
-                                    reason,
-                                })
+                            fetch_object(&target, &c.id, c.len as usize, &progress).await.map_err(|reason| EngineError::BadChunk { path, id: c.id.clone(), reason })
                         }
                     })
                     .buffered(ahead);
@@ -544,20 +390,14 @@ pub async fn restore(
                 while let Some(data) = chunks.next().await {
                     let data = data?;
                     let (f, len) = (file.clone(), data.len() as u64);
-                    tokio::task::spawn_blocking(move || f.write_all_at(&data, offset))
-                        .await
-                        .expect("write task")
-                        .map_err(io_err("writing", &path))?;
+                    tokio::task::spawn_blocking(move || f.write_all_at(&data, offset)).await.expect("write task").map_err(io_err("writing", &path))?;
                     offset += len;
                     progress.add_done(len);
                     hook(&progress);
                 }
                 // fsync: on s3fs this is when the object is uploaded, and where its errors show.
                 let f = file.clone();
-                tokio::task::spawn_blocking(move || f.sync_all())
-                    .await
-                    .expect("sync task")
-                    .map_err(io_err("syncing", &path))?;
+                tokio::task::spawn_blocking(move || f.sync_all()).await.expect("sync task").map_err(io_err("syncing", &path))?;
                 Ok::<_, EngineError>(())
             }
         })
@@ -581,30 +421,15 @@ pub async fn restore(
                 if let Err(err) = std::os::unix::fs::lchown(&path, Some(e.uid), Some(e.gid)) {
                     tracing::debug!(path = %path.display(), "symlink owner not restored: {err}");
                 }
-                if let Err(err) = utimensat(
-                    nix::fcntl::AT_FDCWD,
-                    &path,
-                    &mtime,
-                    &mtime,
-                    UtimensatFlags::NoFollowSymlink,
-                ) {
+                if let Err(err) = utimensat(nix::fcntl::AT_FDCWD, &path, &mtime, &mtime, UtimensatFlags::NoFollowSymlink) {
                     tracing::debug!(path = %path.display(), "symlink mtime not restored: {err}");
                 }
                 continue;
             }
             // The owner first: chown clears setuid/setgid, chmod then sets them.
-            std::os::unix::fs::lchown(&path, Some(e.uid), Some(e.gid))
-                .map_err(io_err("setting the owner of", &path))?;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(e.mode))
-                .map_err(io_err("setting the mode of", &path))?;
-            utimensat(
-                nix::fcntl::AT_FDCWD,
-                &path,
-                &mtime,
-                &mtime,
-                UtimensatFlags::NoFollowSymlink,
-            )
-            .map_err(|err| io_err("setting the mtime of", &path)(err.into()))?;
+            std::os::unix::fs::lchown(&path, Some(e.uid), Some(e.gid)).map_err(io_err("setting the owner of", &path))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(e.mode)).map_err(io_err("setting the mode of", &path))?;
+            utimensat(nix::fcntl::AT_FDCWD, &path, &mtime, &mtime, UtimensatFlags::NoFollowSymlink).map_err(|err| io_err("setting the mtime of", &path)(err.into()))?;
         }
         let dir = File::open(&r).map_err(io_err("opening", &r))?;
         nix::unistd::syncfs(&dir).map_err(|err| io_err("syncing", &r)(err.into()))
@@ -614,11 +439,7 @@ pub async fn restore(
 }
 
 /// Check every distinct chunk of a file manifest (fetch, decompress, hash) and the tree digest.
-pub async fn verify(
-    m: &Manifest,
-    target: &Target,
-    progress: Arc<Progress>,
-) -> Result<(Vec<BadBlock>, bool), EngineError> {
+pub async fn verify(m: &Manifest, target: &Target, progress: Arc<Progress>) -> Result<(Vec<BadBlock>, bool), EngineError> {
     check_manifest(m)?;
     let digest_ok = tree_digest(&m.entries) == m.digest;
     // Each distinct chunk once, named after the first file that holds it.
@@ -632,9 +453,7 @@ pub async fn verify(
         }
     }
     progress.blocks_total.store(unique.len() as u64, Relaxed);
-    progress
-        .bytes_total
-        .store(unique.iter().map(|(_, _, c)| c.len as u64).sum(), Relaxed);
+    progress.bytes_total.store(unique.iter().map(|(_, _, c)| c.len as u64).sum(), Relaxed);
     progress.phase("verifying");
     let mut bad = vec![];
     let mut checks = futures::stream::iter(unique)
@@ -643,12 +462,7 @@ pub async fn verify(
             async move {
                 let r = fetch_object(&target, &c.id, c.len as usize, &progress).await;
                 progress.add_done(c.len as u64);
-                r.err().map(|reason| BadBlock {
-                    index,
-                    id: c.id,
-                    reason,
-                    path: Some(path),
-                })
+                r.err().map(|reason| BadBlock { index, id: c.id, reason, path: Some(path) })
             }
         })
         .buffer_unordered(PARALLEL);
@@ -677,32 +491,13 @@ mod tests {
         std::fs::write(src.join("a/small"), b"hello").unwrap();
         std::fs::write(src.join("empty"), b"").unwrap();
         std::os::unix::fs::symlink("a/small", src.join("link")).unwrap();
-        std::fs::set_permissions(src.join("a/small"), std::fs::Permissions::from_mode(0o640))
-            .unwrap();
+        std::fs::set_permissions(src.join("a/small"), std::fs::Permissions::from_mode(0o640)).unwrap();
         let target = Target::Local(dir.path().join("target"));
         target.probe().await.unwrap();
         let hook: Hook = Arc::new(|_: &Progress| {});
-        let out = backup(
-            &src,
-            &target,
-            HashSet::new(),
-            None,
-            Arc::new(Progress::default()),
-            hook.clone(),
-        )
-        .await
-        .unwrap();
-        assert_eq!(
-            out.entries
-                .iter()
-                .map(|e| e.path.as_str())
-                .collect::<Vec<_>>(),
-            ["a", "a/b", "a/b/big", "a/small", "empty", "link"]
-        );
-        assert!(
-            out.entries[2].chunks.len() >= 2,
-            "6 MiB is cut in several chunks"
-        );
+        let out = backup(&src, &target, HashSet::new(), None, Arc::new(Progress::default()), hook.clone()).await.unwrap();
+        assert_eq!(out.entries.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(), ["a", "a/b", "a/b/big", "a/small", "empty", "link"]);
+        assert!(out.entries[2].chunks.len() >= 2, "6 MiB is cut in several chunks");
         let first_uploaded = out.uploaded_chunks;
 
         // Insert 100 bytes at the start of the big file: most chunks keep their ids.
@@ -710,21 +505,8 @@ mod tests {
         changed.extend_from_slice(&big);
         std::fs::write(src.join("a/b/big"), &changed).unwrap();
         let known = target.block_ids().await.unwrap();
-        let out2 = backup(
-            &src,
-            &target,
-            known,
-            None,
-            Arc::new(Progress::default()),
-            hook.clone(),
-        )
-        .await
-        .unwrap();
-        assert!(
-            out2.uploaded_chunks < first_uploaded,
-            "an insert re-uploads only the chunks around it ({} of {first_uploaded})",
-            out2.uploaded_chunks
-        );
+        let out2 = backup(&src, &target, known, None, Arc::new(Progress::default()), hook.clone()).await.unwrap();
+        assert!(out2.uploaded_chunks < first_uploaded, "an insert re-uploads only the chunks around it ({} of {first_uploaded})", out2.uploaded_chunks);
 
         let m = Manifest {
             format: FORMAT.into(),
@@ -742,32 +524,20 @@ mod tests {
         };
         let dst = dir.path().join("dst");
         std::fs::create_dir(&dst).unwrap();
-        restore(&m, &target, &dst, Arc::new(Progress::default()), hook)
-            .await
-            .unwrap();
+        restore(&m, &target, &dst, Arc::new(Progress::default()), hook).await.unwrap();
         assert_eq!(std::fs::read(dst.join("a/b/big")).unwrap(), changed);
         assert_eq!(std::fs::read(dst.join("a/small")).unwrap(), b"hello");
-        assert_eq!(
-            std::fs::metadata(dst.join("a/small")).unwrap().mode() & 0o7777,
-            0o640
-        );
-        assert_eq!(
-            std::fs::read_link(dst.join("link")).unwrap(),
-            Path::new("a/small")
-        );
+        assert_eq!(std::fs::metadata(dst.join("a/small")).unwrap().mode() & 0o7777, 0o640);
+        assert_eq!(std::fs::read_link(dst.join("link")).unwrap(), Path::new("a/small"));
         assert_eq!(std::fs::metadata(dst.join("empty")).unwrap().len(), 0);
-        let (bad, ok) = verify(&m, &target, Arc::new(Progress::default()))
-            .await
-            .unwrap();
+        let (bad, ok) = verify(&m, &target, Arc::new(Progress::default())).await.unwrap();
         assert!(bad.is_empty() && ok);
 
         // Damage one chunk of the big file.
         let victim = &m.entries[2].chunks[0].id;
         let key = dir.path().join("target").join(block_key(victim));
         std::fs::write(&key, b"garbage").unwrap();
-        let (bad, _) = verify(&m, &target, Arc::new(Progress::default()))
-            .await
-            .unwrap();
+        let (bad, _) = verify(&m, &target, Arc::new(Progress::default())).await.unwrap();
         assert_eq!(bad.len(), 1);
         assert_eq!(&bad[0].id, victim);
         assert_eq!(bad[0].path.as_deref(), Some("a/b/big"));
@@ -775,18 +545,7 @@ mod tests {
 
     #[test]
     fn manifest_paths_are_confined() {
-        let entry = |path: &str, kind| FileEntry {
-            path: path.into(),
-            kind,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            mtime: 0,
-            mtime_nsec: 0,
-            size: 0,
-            chunks: vec![],
-            target: Some("x".into()),
-        };
+        let entry = |path: &str, kind| FileEntry { path: path.into(), kind, mode: 0o644, uid: 0, gid: 0, mtime: 0, mtime_nsec: 0, size: 0, chunks: vec![], target: Some("x".into()) };
         let m = |entries| Manifest {
             format: FORMAT.into(),
             id: "b".into(),
@@ -801,22 +560,13 @@ mod tests {
             entries,
             snapshot_at: None,
         };
-        assert!(
-            check_manifest(&m(vec![
-                entry("a", EntryKind::Dir),
-                entry("a/f", EntryKind::File)
-            ]))
-            .is_ok()
-        );
+        assert!(check_manifest(&m(vec![entry("a", EntryKind::Dir), entry("a/f", EntryKind::File)])).is_ok());
         for bad in [
             vec![entry("../x", EntryKind::File)],
             vec![entry("/etc/passwd", EntryKind::File)],
             vec![entry("a/./b", EntryKind::File)],
             // Through a symlink.
-            vec![
-                entry("a", EntryKind::Symlink),
-                entry("a/passwd", EntryKind::File),
-            ],
+            vec![entry("a", EntryKind::Symlink), entry("a/passwd", EntryKind::File)],
             // Child before parent.
             vec![entry("a/f", EntryKind::File), entry("a", EntryKind::Dir)],
             vec![entry("f", EntryKind::File), entry("f", EntryKind::File)],

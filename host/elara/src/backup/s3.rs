@@ -21,19 +21,9 @@ const ATTEMPTS: u32 = 4;
 #[derive(Debug, Error)]
 pub enum S3Error {
     #[error("S3 {op} {key} returned HTTP {status}: {code} {message}")]
-    Service {
-        op: &'static str,
-        key: String,
-        status: u16,
-        code: String,
-        message: String,
-    },
+    Service { op: &'static str, key: String, status: u16, code: String, message: String },
     #[error("S3 {op} {key}: {reason}")]
-    Http {
-        op: &'static str,
-        key: String,
-        reason: String,
-    },
+    Http { op: &'static str, key: String, reason: String },
     #[error("signing the S3 {op} request: {reason}")]
     Signing { op: &'static str, reason: String },
     #[error("S3 {op}: unreadable reply: {reason}")]
@@ -54,14 +44,7 @@ pub struct S3Client {
 }
 
 impl S3Client {
-    pub fn new(
-        endpoint: &str,
-        region: &str,
-        access_key: &str,
-        secret_key: &str,
-        bucket: &str,
-        prefix: &str,
-    ) -> Self {
+    pub fn new(endpoint: &str, region: &str, access_key: &str, secret_key: &str, bucket: &str, prefix: &str) -> Self {
         let prefix = prefix.trim_matches('/');
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -72,14 +55,8 @@ impl S3Client {
             access_key: access_key.to_string(),
             secret_key: secret_key.to_string(),
             bucket: bucket.to_string(),
-            prefix: if prefix.is_empty() {
-                String::new()
-            } else {
-                format!("{prefix}/")
-            },
-            http: Client::builder(TokioExecutor::new())
-                .pool_max_idle_per_host(32)
-                .build(connector),
+            prefix: if prefix.is_empty() { String::new() } else { format!("{prefix}/") },
+            http: Client::builder(TokioExecutor::new()).pool_max_idle_per_host(32).build(connector),
         }
     }
 
@@ -88,11 +65,7 @@ impl S3Client {
     }
 
     fn url(&self, key: Option<&str>, query: &[(&str, String)]) -> String {
-        let mut url = format!(
-            "{}/{}/",
-            self.endpoint,
-            utf8_percent_encode(&self.bucket, PATH)
-        );
+        let mut url = format!("{}/{}/", self.endpoint, utf8_percent_encode(&self.bucket, PATH));
         if let Some(k) = key {
             url.push_str(&utf8_percent_encode(&format!("{}{k}", self.prefix), PATH).to_string());
         }
@@ -106,22 +79,10 @@ impl S3Client {
     }
 
     /// Sign and send once; any status is returned with its body.
-    async fn send_once(
-        &self,
-        op: &'static str,
-        method: &str,
-        url: &str,
-        body: &Bytes,
-    ) -> Result<(u16, Bytes), S3Error> {
-        let signer = Signer {
-            access_key: &self.access_key,
-            secret_key: &self.secret_key,
-            region: &self.region,
-        };
+    async fn send_once(&self, op: &'static str, method: &str, url: &str, body: &Bytes) -> Result<(u16, Bytes), S3Error> {
+        let signer = Signer { access_key: &self.access_key, secret_key: &self.secret_key, region: &self.region };
         let signing = |reason: String| S3Error::Signing { op, reason };
-        let headers = signer
-            .headers(method, url, &[], Payload::Unsigned)
-            .map_err(signing)?;
+        let headers = signer.headers(method, url, &[], Payload::Unsigned).map_err(signing)?;
         let mut req = hyper::Request::builder().method(method).uri(url);
         for (k, v) in &headers {
             req = req.header(k, v);
@@ -129,18 +90,9 @@ impl S3Client {
         if method == "PUT" || method == "POST" {
             req = req.header("content-length", body.len().to_string());
         }
-        let req = req
-            .body(Full::new(body.clone()))
-            .map_err(|e| signing(e.to_string()))?;
-        let http = |e: &dyn std::fmt::Display| S3Error::Http {
-            op,
-            key: url.to_string(),
-            reason: e.to_string(),
-        };
-        let resp = tokio::time::timeout(Duration::from_secs(120), self.http.request(req))
-            .await
-            .map_err(|e| http(&e))?
-            .map_err(|e| http(&e))?;
+        let req = req.body(Full::new(body.clone())).map_err(|e| signing(e.to_string()))?;
+        let http = |e: &dyn std::fmt::Display| S3Error::Http { op, key: url.to_string(), reason: e.to_string() };
+        let resp = tokio::time::timeout(Duration::from_secs(120), self.http.request(req)).await.map_err(|e| http(&e))?.map_err(|e| http(&e))?;
         let status = resp.status().as_u16();
         let bytes = tokio::time::timeout(Duration::from_secs(300), resp.into_body().collect())
             .await
@@ -151,15 +103,7 @@ impl S3Client {
     }
 
     /// Send with retries of transient failures; a non-2xx answer (other than `ok_status`) is an error.
-    async fn send(
-        &self,
-        op: &'static str,
-        method: &str,
-        key: Option<&str>,
-        query: &[(&str, String)],
-        body: Bytes,
-        ok_status: &[u16],
-    ) -> Result<(u16, Bytes), S3Error> {
+    async fn send(&self, op: &'static str, method: &str, key: Option<&str>, query: &[(&str, String)], body: Bytes, ok_status: &[u16]) -> Result<(u16, Bytes), S3Error> {
         let url = self.url(key, query);
         let mut last = None;
         for attempt in 0..ATTEMPTS {
@@ -167,11 +111,7 @@ impl S3Client {
                 tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
             }
             match self.send_once(op, method, &url, &body).await {
-                Ok((status, bytes))
-                    if (200..300).contains(&status) || ok_status.contains(&status) =>
-                {
-                    return Ok((status, bytes));
-                }
+                Ok((status, bytes)) if (200..300).contains(&status) || ok_status.contains(&status) => return Ok((status, bytes)),
                 Ok((status, bytes)) => {
                     let err = service_error(op, key.unwrap_or(&self.bucket), status, &bytes);
                     if status < 500 {
@@ -190,48 +130,29 @@ impl S3Client {
     /// Create the bucket unless the credentials own it already.
     pub async fn ensure_bucket(&self) -> Result<(), S3Error> {
         let url = self.url(None, &[]);
-        let (status, body) = self
-            .send_once("CreateBucket", "PUT", &url, &Bytes::new())
-            .await?;
+        let (status, body) = self.send_once("CreateBucket", "PUT", &url, &Bytes::new()).await?;
         if (200..300).contains(&status) {
             return Ok(());
         }
         let err = service_error("CreateBucket", &self.bucket, status, &body);
         match &err {
-            S3Error::Service { code, .. }
-                if code == "BucketAlreadyOwnedByYou" || code == "BucketAlreadyExists" =>
-            {
-                Ok(())
-            }
+            S3Error::Service { code, .. } if code == "BucketAlreadyOwnedByYou" || code == "BucketAlreadyExists" => Ok(()),
             _ => Err(err),
         }
     }
 
     pub async fn put(&self, key: &str, data: Bytes) -> Result<(), S3Error> {
-        self.send("PutObject", "PUT", Some(key), &[], data, &[])
-            .await
-            .map(drop)
+        self.send("PutObject", "PUT", Some(key), &[], data, &[]).await.map(drop)
     }
 
     /// The object, or `None` if there is no such key.
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>, S3Error> {
-        let (status, body) = self
-            .send("GetObject", "GET", Some(key), &[], Bytes::new(), &[404])
-            .await?;
+        let (status, body) = self.send("GetObject", "GET", Some(key), &[], Bytes::new(), &[404]).await?;
         Ok((status != 404).then_some(body))
     }
 
     pub async fn delete(&self, key: &str) -> Result<(), S3Error> {
-        self.send(
-            "DeleteObject",
-            "DELETE",
-            Some(key),
-            &[],
-            Bytes::new(),
-            &[404],
-        )
-        .await
-        .map(drop)
+        self.send("DeleteObject", "DELETE", Some(key), &[], Bytes::new(), &[404]).await.map(drop)
     }
 
     /// Every key under `prefix` (relative to the client's own prefix), all pages.
@@ -244,25 +165,15 @@ impl S3Client {
             if let Some(t) = &token {
                 q.insert(0, ("continuation-token", t.clone()));
             }
-            let (status, body) = self
-                .send("ListObjectsV2", "GET", None, &q, Bytes::new(), &[404])
-                .await?;
+            let (status, body) = self.send("ListObjectsV2", "GET", None, &q, Bytes::new(), &[404]).await?;
             if status == 404 {
                 // `target add` made the bucket: without it the target is lost (deleted, or
                 // another server), which is never the same as an empty target.
                 return Err(service_error("ListObjectsV2", &self.bucket, status, &body));
             }
-            let page: ListBucketResult =
-                quick_xml::de::from_reader(body.as_ref()).map_err(|e| S3Error::Reply {
-                    op: "ListObjectsV2",
-                    reason: e.to_string(),
-                })?;
+            let page: ListBucketResult = quick_xml::de::from_reader(body.as_ref()).map_err(|e| S3Error::Reply { op: "ListObjectsV2", reason: e.to_string() })?;
             token = page.next_page().map(str::to_string);
-            out.extend(
-                page.contents
-                    .into_iter()
-                    .filter_map(|c| c.key.strip_prefix(&self.prefix).map(str::to_string)),
-            );
+            out.extend(page.contents.into_iter().filter_map(|c| c.key.strip_prefix(&self.prefix).map(str::to_string)));
             if token.is_none() {
                 return Ok(out);
             }
@@ -272,16 +183,6 @@ impl S3Client {
 
 fn service_error(op: &'static str, key: &str, status: u16, body: &[u8]) -> S3Error {
     let doc = ErrorDoc::parse(body);
-    let code = if doc.code.is_empty() {
-        format!("HTTP{status}")
-    } else {
-        doc.code
-    };
-    S3Error::Service {
-        op,
-        key: key.to_string(),
-        status,
-        code,
-        message: doc.message,
-    }
+    let code = if doc.code.is_empty() { format!("HTTP{status}") } else { doc.code };
+    S3Error::Service { op, key: key.to_string(), status, code, message: doc.message }
 }

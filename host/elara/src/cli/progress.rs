@@ -18,11 +18,9 @@ pub const REFRESH: Duration = Duration::from_millis(250);
 pub fn bar() -> ProgressBar {
     let bar = ProgressBar::new(0);
     bar.set_style(
-        ProgressStyle::with_template(
-            "{msg:>12} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
-        )
-        .expect("template")
-        .progress_chars("=> "),
+        ProgressStyle::with_template("{msg:>12} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}")
+            .expect("template")
+            .progress_chars("=> "),
     );
     bar
 }
@@ -36,11 +34,7 @@ pub fn draw(bar: &ProgressBar, figures: &Value) {
 
 /// Run `request` (one that makes `volume`'s op copy data in a driver); on a terminal, draw the
 /// op's progress until the request answers.
-pub async fn while_copying<T>(
-    c: &Client,
-    volume: &str,
-    request: impl Future<Output = anyhow::Result<T>>,
-) -> anyhow::Result<T> {
+pub async fn while_copying<T>(c: &Client, volume: &str, request: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
     if !std::io::stderr().is_terminal() {
         return request.await;
     }

@@ -54,13 +54,7 @@ impl Elara {
     }
 
     /// A fresh op record owned by this daemon.
-    pub fn new_op(
-        &self,
-        kind: OpKind,
-        volume: &str,
-        snapshot: Option<&str>,
-        params: serde_json::Value,
-    ) -> OpRecord {
+    pub fn new_op(&self, kind: OpKind, volume: &str, snapshot: Option<&str>, params: serde_json::Value) -> OpRecord {
         OpRecord {
             v: SCHEMA,
             id: uuid::Uuid::now_v7().to_string(),
@@ -118,28 +112,17 @@ impl Elara {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 let view = progress.view();
                 let unchanged = written.as_ref().is_some_and(|(at, phase, done)| {
-                    (*phase == view.phase && *done == view.bytes_done)
-                        || at.elapsed() < Duration::from_millis(500)
+                    (*phase == view.phase && *done == view.bytes_done) || at.elapsed() < Duration::from_millis(500)
                 });
                 if unchanged {
                     continue;
                 }
-                let Ok(Some(cur)) = store.get_json::<OpRecord>(&key).await else {
-                    return;
-                };
+                let Ok(Some(cur)) = store.get_json::<OpRecord>(&key).await else { return };
                 let mut op = cur.value;
                 if let Some(p) = op.params.as_object_mut() {
-                    p.insert(
-                        "progress".into(),
-                        serde_json::to_value(&view).unwrap_or_default(),
-                    );
+                    p.insert("progress".into(), serde_json::to_value(&view).unwrap_or_default());
                 }
-                let _ = store
-                    .txn(Txn {
-                        compares: vec![rev(key.clone(), cur.revision)],
-                        ops: vec![put(key.clone(), &op)],
-                    })
-                    .await;
+                let _ = store.txn(Txn { compares: vec![rev(key.clone(), cur.revision)], ops: vec![put(key.clone(), &op)] }).await;
                 written = Some((Instant::now(), view.phase, view.bytes_done));
             }
         }))
@@ -147,17 +130,10 @@ impl Elara {
 
     /// The progress of a driver's copy (phase `copying`) for op `op_id`: kept in the op record
     /// while the returned ticker lives, and passed on to `report`. Hand the sink to the call.
-    pub fn copy_progress(
-        &self,
-        op_id: &str,
-        report: Option<elara_runtime::ProgressFn>,
-    ) -> (ProgressTicker, elara_runtime::ProgressFn) {
+    pub fn copy_progress(&self, op_id: &str, report: Option<elara_runtime::ProgressFn>) -> (ProgressTicker, elara_runtime::ProgressFn) {
         let progress = Arc::new(Progress::default());
         progress.phase("copying");
-        (
-            self.persist_progress(op_id, progress.clone()),
-            progress.sink(report),
-        )
+        (self.persist_progress(op_id, progress.clone()), progress.sink(report))
     }
 }
 
@@ -171,11 +147,7 @@ impl Drop for ProgressTicker {
 }
 
 pub fn put<T: Serialize>(key: String, value: &T) -> Op {
-    Op::Put {
-        key,
-        value: encode(value),
-        lease: None,
-    }
+    Op::Put { key, value: encode(value), lease: None }
 }
 
 pub fn del(key: String) -> Op {
@@ -192,9 +164,7 @@ pub fn absent(key: String) -> Compare {
 
 /// Losing a CAS race means someone else changed the object first.
 pub fn raced(what: &str, name: &str) -> ApiError {
-    ApiError::conflict(format!(
-        "{what} {name:?} was changed concurrently; try again"
-    ))
+    ApiError::conflict(format!("{what} {name:?} was changed concurrently; try again"))
 }
 
 pub type Shared = Arc<Elara>;

@@ -42,10 +42,7 @@ impl Elara {
     /// Ask one backend for its pools and record them (for node-scoped backends: this node's pools).
     pub async fn refresh_backend_pools(&self, name: &str) -> ApiResult<Vec<PoolRecord>> {
         let (rec, backend) = self.backends.get(name).await?;
-        let pools = backend
-            .pools()
-            .await
-            .map_err(|e| ApiError::from_call(name, e))?;
+        let pools = backend.pools().await.map_err(|e| ApiError::from_call(name, e))?;
         let node = match rec.scope {
             Scope::Node => Some(self.node().to_string()),
             Scope::Cluster => None,
@@ -53,21 +50,8 @@ impl Elara {
         let node_key = node.clone().unwrap_or_else(|| "-".into());
         let mut out = Vec::new();
         for pool in pools {
-            let pr = PoolRecord {
-                v: SCHEMA,
-                backend: name.into(),
-                driver: rec.driver.clone(),
-                node: node.clone(),
-                pool,
-                updated_at: now(),
-            };
-            self.store
-                .put(
-                    &keys::pool(name, &node_key, &pr.pool.name),
-                    elara_store::encode(&pr),
-                    None,
-                )
-                .await?;
+            let pr = PoolRecord { v: SCHEMA, backend: name.into(), driver: rec.driver.clone(), node: node.clone(), pool, updated_at: now() };
+            self.store.put(&keys::pool(name, &node_key, &pr.pool.name), elara_store::encode(&pr), None).await?;
             out.push(pr);
         }
         Ok(out)
@@ -75,9 +59,7 @@ impl Elara {
 
     /// Refresh every backend's pools; failures are logged, not fatal.
     pub async fn refresh_all_pools(&self) {
-        let Ok(backends) = self.list_backends_raw().await else {
-            return;
-        };
+        let Ok(backends) = self.list_backends_raw().await else { return };
         for b in backends {
             if let Err(e) = self.refresh_backend_pools(&b.name).await {
                 tracing::warn!(backend = %b.name, "pool report failed: {e}");
@@ -87,26 +69,15 @@ impl Elara {
 
     /// Every recorded pool (all nodes).
     pub async fn list_pools(&self) -> ApiResult<Vec<PoolRecord>> {
-        Ok(self
-            .store
-            .list_json::<PoolRecord>(&keys::pools())
-            .await?
-            .into_iter()
-            .map(|r| r.value)
-            .collect())
+        Ok(self.store.list_json::<PoolRecord>(&keys::pools()).await?.into_iter().map(|r| r.value).collect())
     }
 
     /// The recorded pools of `backends`, on every node: the scheduler's node and node-down
     /// filters decide (and `explain` shows) which of them this node can use.
     pub async fn candidate_pools(&self, backends: &[BackendRecord]) -> ApiResult<Vec<PoolRecord>> {
-        let mut pools: Vec<PoolRecord> = self
-            .list_pools()
-            .await?
-            .into_iter()
-            .filter(|p| backends.iter().any(|b| b.name == p.backend))
-            .collect();
-        let usable_here =
-            |p: &PoolRecord| p.node.is_none() || p.node.as_deref() == Some(self.node());
+        let mut pools: Vec<PoolRecord> =
+            self.list_pools().await?.into_iter().filter(|p| backends.iter().any(|b| b.name == p.backend)).collect();
+        let usable_here = |p: &PoolRecord| p.node.is_none() || p.node.as_deref() == Some(self.node());
         // A backend with no report usable here yet (just added, or reports are failing) gets one now.
         let mut failed = Vec::new();
         for b in backends {
@@ -133,10 +104,7 @@ impl Elara {
     }
 
     /// The scheduler's view of every pool the request may use, and the request itself.
-    async fn scheduling_input(
-        &self,
-        req: &PlaceRequest,
-    ) -> ApiResult<(Vec<PoolState>, Request, Scheduler)> {
+    async fn scheduling_input(&self, req: &PlaceRequest) -> ApiResult<(Vec<PoolState>, Request, Scheduler)> {
         let all = self.list_backends_raw().await?;
         let backends: Vec<BackendRecord> = all
             .into_iter()
@@ -145,70 +113,41 @@ impl Elara {
             .collect();
         if backends.is_empty() {
             return Err(match (&req.backend, &req.driver) {
-                (Some(b), _) => ApiError::invalid(
-                    "backend",
-                    format!("no backend named {b:?} (see `elara backend list`)"),
-                ),
-                (_, Some(d)) => {
-                    ApiError::invalid("driver-name", format!("no backend uses driver {d:?}"))
-                }
-                _ => ApiError::invalid(
-                    "backend",
-                    "no backend exists; add one with `elara backend add`",
-                ),
+                (Some(b), _) => ApiError::invalid("backend", format!("no backend named {b:?} (see `elara backend list`)")),
+                (_, Some(d)) => ApiError::invalid("driver-name", format!("no backend uses driver {d:?}")),
+                _ => ApiError::invalid("backend", "no backend exists; add one with `elara backend add`"),
             });
         }
         let mut records = self.candidate_pools(&backends).await?;
         if let Some(name) = &req.pool
-            && !records
-                .iter()
-                .any(|p| p.pool.name == *name || format!("{}#{}", p.backend, p.pool.name) == *name)
+            && !records.iter().any(|p| p.pool.name == *name || format!("{}#{}", p.backend, p.pool.name) == *name)
         {
-            return Err(ApiError::invalid(
-                "pool",
-                format!("no pool named {name:?} in the chosen backends"),
-            ));
+            return Err(ApiError::invalid("pool", format!("no pool named {name:?} in the chosen backends")));
         }
         // A stable order makes ties reproducible (the first of equal weights wins, as in Cinder).
-        records.sort_by(|a, b| {
-            (&a.backend, &a.node, &a.pool.name).cmp(&(&b.backend, &b.node, &b.pool.name))
-        });
+        records.sort_by(|a, b| (&a.backend, &a.node, &a.pool.name).cmp(&(&b.backend, &b.node, &b.pool.name)));
 
         let mut specs = BTreeMap::new();
         if let Some(t) = &req.volume_type {
             let ty = self
                 .get::<VolumeTypeRecord>(&keys::volume_type(t))
                 .await?
-                .ok_or_else(|| {
-                    ApiError::invalid(
-                        "type",
-                        format!("no volume type named {t:?} (see `elara type list`)"),
-                    )
-                })?;
+                .ok_or_else(|| ApiError::invalid("type", format!("no volume type named {t:?} (see `elara type list`)")))?;
             specs.extend(ty.value.specs);
         }
         specs.extend(req.specs.clone());
         let mut request = Request::new(req.size_bytes as f64 / GIB);
         for spec in super::types::parse_specs(&specs)? {
-            request
-                .add_spec(spec)
-                .map_err(|e| ApiError::invalid("spec", e.to_string()))?;
+            request.add_spec(spec).map_err(|e| ApiError::invalid("spec", e.to_string()))?;
         }
         request.pool = req.pool.clone();
         request.node = Some(self.node().to_string());
         request.volume_type = req.volume_type.clone();
 
-        let consumed = self
-            .consumed
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let consumed = self.consumed.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut pools = Vec::with_capacity(records.len());
         for r in records {
-            let mut state = pool_state(&r).map_err(|e| {
-                ApiError::internal(format!("backend {} reported a bad pool: {e}", r.backend))
-            })?;
+            let mut state = pool_state(&r).map_err(|e| ApiError::internal(format!("backend {} reported a bad pool: {e}", r.backend)))?;
             if let Some((seen, gb)) = consumed.get(&state.id())
                 && *seen == r.updated_at
             {
@@ -228,9 +167,7 @@ impl Elara {
             .collect();
         let scheduler = Scheduler {
             // Three missed refreshes make a report stale.
-            max_pool_age: Some(Duration::from_secs(
-                3 * self.cfg.pool_refresh_secs.max(1) + 10,
-            )),
+            max_pool_age: Some(Duration::from_secs(3 * self.cfg.pool_refresh_secs.max(1) + 10)),
             down_nodes,
             ..Scheduler::default()
         };
@@ -245,11 +182,7 @@ impl Elara {
             .place(&pools, &request)
             .map_err(|e| ApiError::new(507, "no-valid-pool", e.to_string()))?;
         let pool = &pools[chosen.index];
-        let report_time = pool
-            .updated_at
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let report_time = pool.updated_at.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_secs() as i64).unwrap_or(0);
         {
             let mut consumed = self.consumed.0.lock().unwrap_or_else(|p| p.into_inner());
             let entry = consumed.entry(pool.id()).or_insert((report_time, 0.0));
@@ -259,10 +192,7 @@ impl Elara {
             entry.1 += request.size_gb;
         }
         tracing::debug!(pool = %chosen.pool, weight = chosen.weight, "placed");
-        Ok(Placement {
-            backend: pool.backend.clone(),
-            pool: pool.name.clone(),
-        })
+        Ok(Placement { backend: pool.backend.clone(), pool: pool.name.clone() })
     }
 
     /// Every pool's fate for a request: the filter that rejected it and why, or its weight.
