@@ -512,8 +512,12 @@ impl Core {
         self.check_writable()?;
         let node = self.node(ino)?;
         if size.is_some() {
-            // Queued writes land first: a truncation must cut them, not be overtaken by them.
+            // Queued writes land first: a truncation must cut them, not be overtaken by them;
+            // and nothing stays held that a resend could write back past the new end.
             node.wb.drain().await;
+            if let Err(e) = self.commit(&node, false).await {
+                tracing::debug!("COMMIT before truncating: errno {e}");
+            }
         }
         let time_a = |t: Option<TimeOrNow>| match t {
             None => set_atime::DONT_CHANGE,
@@ -1195,7 +1199,7 @@ impl Core {
             let lost: Vec<&Unstable> = batch.iter().filter(|u| u.verf != verf).collect();
             if !lost.is_empty() {
                 tracing::warn!(
-                    "the server's write verifier changed (it restarted): writing {} blocks of {} again",
+                    "the server's write verifier changed (it restarted): writing {} blocks of inode {} again",
                     lost.len(),
                     node.id
                 );
@@ -1208,15 +1212,15 @@ impl Core {
         .await;
         match res {
             Ok(attr) => {
-                node.wb.end_commit(None);
+                node.wb.end_commit(Ok(()));
                 if let Some(a) = attr {
                     self.set_attr(node, &a);
                 }
                 Ok(())
             }
             Err(e) => {
-                // Keep nothing: the batch could not be made durable; report it once.
-                node.wb.end_commit(Some(e));
+                // Held again for the next COMMIT; the error is reported once.
+                node.wb.end_commit(Err((e, batch)));
                 Err(e)
             }
         }

@@ -105,6 +105,7 @@ fn serve_on(rt: &tokio::runtime::Runtime, opts: &MountOptions, source: &str) -> 
             signal(SignalKind::interrupt())?,
         ))
     })?;
+    clear_dead_mount(&opts.mountpoint);
     let mountpoint = opts
         .mountpoint
         .canonicalize()
@@ -293,6 +294,34 @@ fn escape_mountinfo(p: &Path) -> Vec<u8> {
         }
     }
     out
+}
+
+/// A helper that died leaves its mount behind, answering ENOTCONN: detach it, so a new helper
+/// can mount there again.
+fn clear_dead_mount(mountpoint: &Path) {
+    let Err(e) = std::fs::metadata(mountpoint) else {
+        return;
+    };
+    if e.raw_os_error() != Some(libc::ENOTCONN) {
+        return;
+    }
+    let info = std::fs::read("/proc/self/mountinfo").unwrap_or_default();
+    let want = escape_mountinfo(mountpoint);
+    let ours = info.split(|&b| b == b'\n').any(|line| {
+        let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+        let sep = fields.iter().position(|f| *f == b"-");
+        fields.get(4) == Some(&want.as_slice())
+            && sep.and_then(|i| fields.get(i + 1)) == Some(&FS_TYPE.as_bytes())
+    });
+    if ours {
+        tracing::warn!(
+            "{}: a dead mount of an earlier helper is there: detaching it",
+            mountpoint.display()
+        );
+        if let Err(e) = unmount(mountpoint, true) {
+            tracing::warn!("detaching {}: {e}", mountpoint.display());
+        }
+    }
 }
 
 fn unmount(mountpoint: &Path, lazy: bool) -> std::io::Result<()> {

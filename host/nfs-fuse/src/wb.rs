@@ -25,9 +25,9 @@ use tokio::sync::Notify;
 /// Bytes per file acknowledged to the kernel but not yet answered by the server.
 pub const WINDOW: u64 = 16 << 20;
 /// Uncommitted bytes that start a COMMIT in the background.
-pub const COMMIT_AT: u64 = 64 << 20;
+pub const COMMIT_AT: u64 = 32 << 20;
 /// Uncommitted bytes (kept for a possible resend) past which writers wait for a COMMIT.
-pub const HOLD_MAX: u64 = 192 << 20;
+pub const HOLD_MAX: u64 = 96 << 20;
 
 /// One queued write, from the moment the kernel sent it until the server answered.
 #[derive(Debug, Clone, Copy)]
@@ -233,14 +233,19 @@ impl WriteBack {
         batch
     }
 
-    /// The COMMIT begun by [`WriteBack::begin_commit`] ended (its batch is durable or failed).
-    pub fn end_commit(&self, err: Option<i32>) {
+    /// The COMMIT begun by [`WriteBack::begin_commit`] ended: `Ok` (its batch is durable), or
+    /// failed with an errno (reported later) and the batch is held again for the next COMMIT.
+    pub fn end_commit(&self, res: Result<(), (i32, Vec<Unstable>)>) {
         let mut st = self.st.lock().unwrap();
         st.committing = false;
         st.committing_bytes = 0;
-        if let Some(e) = err {
+        if let Err((e, mut batch)) = res {
             st.error.get_or_insert(e);
             st.dirty = true;
+            // Older than what completed meanwhile: it goes first, so a resend keeps the order.
+            st.unstable_bytes += batch.iter().map(|u| u.data.len() as u64).sum::<u64>();
+            batch.append(&mut st.unstable);
+            st.unstable = batch;
         }
         drop(st);
         self.changed.notify_waiters();

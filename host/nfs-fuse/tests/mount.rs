@@ -651,6 +651,16 @@ fn the_helper_ends_on_sigterm_and_on_unmount() {
 }
 
 #[test]
+fn a_new_helper_replaces_the_dead_mount_of_a_killed_one() {
+    let srv = srv!("dead_mount");
+    let mut m = Mount::new(&srv, "dead", &[]);
+    fs::write(m.p("f"), b"survives").unwrap();
+    m.kill_and_restart();
+    assert_eq!(fs::read(m.p("f")).unwrap(), b"survives");
+    assert!(m.log().contains("dead mount"), "{}", m.log());
+}
+
+#[test]
 fn a_failed_mount_names_the_server_and_the_cause() {
     let srv = srv!("mount_failure");
     let tmp = tempfile::tempdir().unwrap();

@@ -69,6 +69,10 @@ pub struct Mount {
     log: PathBuf,
     _tmp: tempfile::TempDir,
     keep_disk: bool,
+    /// How the helper was started (server, MOUNT port, extra arguments).
+    server: String,
+    mount_port: String,
+    args: Vec<String>,
 }
 
 impl Mount {
@@ -92,18 +96,6 @@ impl Mount {
         let path = tmp.path().join("mnt");
         std::fs::create_dir(&path).unwrap();
         let log = tmp.path().join("helper.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_elara-nfs-fuse"))
-            .arg(&srv.server)
-            .arg(&export)
-            .arg(&path)
-            .args(["--mount-port", &srv.mount_port])
-            .args(args)
-            .env("RUST_LOG", "info,elara_nfs_fuse=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("starting elara-nfs-fuse");
         let host = srv
             .server
             .rsplit_once(':')
@@ -114,20 +106,59 @@ impl Mount {
             disk,
             export,
             source,
-            child: Some(child),
+            child: None,
             log,
             _tmp: tmp,
             keep_disk: false,
+            server: srv.server.clone(),
+            mount_port: srv.mount_port.clone(),
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
-        m.wait_mounted(Duration::from_secs(30));
+        m.spawn(false);
         m
     }
 
+    /// Start the helper and wait for its mount.
+    fn spawn(&mut self, replacing: bool) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_elara-nfs-fuse"))
+            .arg(&self.server)
+            .arg(&self.export)
+            .arg(&self.path)
+            .args(["--mount-port", &self.mount_port])
+            .args(&self.args)
+            .env("RUST_LOG", "info,elara_nfs_fuse=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting elara-nfs-fuse");
+        self.child = Some(child);
+        self.wait_mounted(Duration::from_secs(30), replacing);
+    }
+
+    /// Kill the helper with SIGKILL (it leaves a dead mount behind) and start a new one at the
+    /// same mount point.
+    pub fn kill_and_restart(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let err = std::fs::metadata(&self.path).expect_err("a dead mount");
+        assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "{err}");
+        self.spawn(true);
+    }
+
     /// Wait until the mount shows in mountinfo (the helper's readiness signal).
-    fn wait_mounted(&mut self, limit: Duration) {
+    /// With `replacing`, a mount is there already (dead): wait until one answers.
+    fn wait_mounted(&mut self, limit: Duration, replacing: bool) {
         let deadline = Instant::now() + limit;
         loop {
-            if let Some(entry) = mountinfo_entry(&self.path) {
+            let answers = || std::fs::metadata(&self.path).is_ok();
+            if let Some(entry) = mountinfo_entry(&self.path).filter(|_| !replacing || answers()) {
                 assert_eq!(entry.fs_type, "fuse.elara-nfs", "{entry:?}");
                 assert_eq!(entry.source, self.source, "{entry:?}");
                 return;
