@@ -77,6 +77,35 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Serve one NFS export as a FUSE file system until it is unmounted or SIGTERM arrives: the
+    /// user-space NFS client the daemon starts for each NFS volume it mounts where the kernel
+    /// has no NFS client.
+    #[command(hide = true)]
+    NfsFuse(NfsFuseArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct NfsFuseArgs {
+    #[arg(long)]
+    pub server: String,
+    #[arg(long, default_value_t = 2049)]
+    pub port: u16,
+    /// The MOUNT port (default: ask the portmapper).
+    #[arg(long)]
+    pub mount_port: Option<u16>,
+    /// The MOUNT path of the volume's directory.
+    #[arg(long)]
+    pub export: String,
+    #[arg(long)]
+    pub mountpoint: std::path::PathBuf,
+    #[arg(long)]
+    pub read_only: bool,
+    /// Seconds a call may go unanswered before it fails with EIO.
+    #[arg(long, default_value_t = 30)]
+    pub io_timeout: u64,
+    /// Write this process's pid here first (the daemon's record of the helper).
+    #[arg(long)]
+    pub pid_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -380,7 +409,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let c = Client::new(cli.socket.clone());
     let out = cli.output;
     match cli.command {
-        Command::Daemon(_) | Command::Completions { .. } => unreachable!("handled in main"),
+        Command::Daemon(_) | Command::Completions { .. } | Command::NfsFuse(_) => unreachable!("handled in main"),
         Command::Info => {
             let v: Value = c.get("/v1/info").await?;
             print_info(out, &v);
