@@ -1122,6 +1122,7 @@ impl Core {
                 tracing::warn!("WRITE: the server took 0 bytes");
                 return Err(libc::EIO);
             }
+            tracing::trace!(offset, took, committed = ?w.committed, verf = ?w.verf.0, "WRITE answered");
             if w.committed == stable_how::UNSTABLE {
                 held.push(Unstable {
                     offset: offset + done as u64,
@@ -1196,6 +1197,7 @@ impl Core {
         };
         let res = async {
             let (verf, attr) = self.nfs.commit(&node.fh).await.map_err(|e| fail("COMMIT", e))?;
+            tracing::trace!(held = batch.len(), verf = ?verf.0, "COMMIT answered");
             let lost: Vec<&Unstable> = batch.iter().filter(|u| u.verf != verf).collect();
             if !lost.is_empty() {
                 tracing::warn!(

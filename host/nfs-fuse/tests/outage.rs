@@ -7,7 +7,7 @@
 mod common;
 
 use std::fs;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -59,6 +59,32 @@ fn server_outage_fails_fast_and_the_mount_recovers() {
     fs::write(m.p("big"), &big).unwrap();
     // A reader with the file open across the outage.
     let mut held = fs::File::open(m.p("big")).unwrap();
+    // A writer whose data the server took UNSTABLE but nobody committed yet: the restart gives
+    // the server a new write verifier, and the COMMIT at close must write it all again. (A child
+    // holds the file: every process this test starts would close a copy of a descriptor of ours,
+    // and each close is a flush, which commits.)
+    let unstable = common::random_bytes(6 << 20, 12);
+    let src = m.disk.with_extension("src");
+    fs::write(&src, &unstable).unwrap();
+    // (Not a shell with dd: dd's copy of the descriptor closes, and flushes, when dd exits.)
+    let holder = "import sys\nf = open(sys.argv[1], 'wb', buffering=0)\nf.write(open(sys.argv[2], 'rb').read())\n\
+                  print('written', flush=True)\nsys.stdin.readline()\nf.close()\n";
+    let mut writer = Command::new("python3")
+        .args([
+            "-c",
+            holder,
+            m.p("unstable").to_str().unwrap(),
+            src.to_str().unwrap(),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(writer.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line, "written\n");
+    std::thread::sleep(Duration::from_secs(1)); // the WRITEs are answered, not committed
 
     let mut restart = Restart(&srv.service, true);
     nfs_sh(&srv.service, "stop");
@@ -129,5 +155,11 @@ fn server_outage_fails_fast_and_the_mount_recovers() {
     again.read_to_end(&mut all).unwrap();
     assert!(all == big);
     drop(held);
+    // close: COMMIT, a new verifier, the data written again
+    writer.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    assert!(writer.wait().unwrap().success());
+    let _ = fs::remove_file(&src);
+    assert!(fs::read(m.d("unstable")).unwrap() == unstable);
     assert!(m.log().contains("connected again"), "{}", m.log());
+    assert!(m.log().contains("write verifier changed"), "{}", m.log());
 }

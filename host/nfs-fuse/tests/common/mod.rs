@@ -131,7 +131,11 @@ impl Mount {
             .arg(&self.path)
             .args(["--mount-port", &self.mount_port])
             .args(&self.args)
-            .env("RUST_LOG", "info,elara_nfs_fuse=debug")
+            .env(
+                "RUST_LOG",
+                std::env::var("NFS_FUSE_TEST_LOG")
+                    .unwrap_or_else(|_| "info,elara_nfs_fuse=debug".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
