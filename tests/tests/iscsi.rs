@@ -375,6 +375,7 @@ fn helper_and_target_failures(store: StoreKind) -> anyhow::Result<()> {
     if !require_root() {
         return Ok(());
     }
+    let up = TARGET_UP.read().unwrap_or_else(|e| e.into_inner());
     let rig = Rig::start(store, false)?;
     let d = &rig.d;
     d.ok(&[
@@ -460,6 +461,7 @@ fn helper_and_target_failures(store: StoreKind) -> anyhow::Result<()> {
     );
 
     // The target goes away while mounted.
+    drop(up);
     {
         let _only_us = TARGET_UP.write().unwrap_or_else(|e| e.into_inner());
         rig.tgt("stop")?;
@@ -495,6 +497,7 @@ fn helper_and_target_failures(store: StoreKind) -> anyhow::Result<()> {
         );
         rig.tgt("start")?;
     }
+    let _up = TARGET_UP.read().unwrap_or_else(|e| e.into_inner());
     // Whatever the unmount managed, once the target is back a mount works and holds the data.
     let t = Instant::now();
     loop {
@@ -533,4 +536,30 @@ fn helper_and_target_failures_embedded() -> anyhow::Result<()> {
 #[test]
 fn helper_and_target_failures_etcd() -> anyhow::Result<()> {
     helper_and_target_failures(StoreKind::Etcd)
+}
+
+/// `elara driver check --attach` on cinder: its `attach` is brought up on this host — a real LUN
+/// of the `lun` backend, logged in to, formatted, mounted, written and read — and it conforms.
+#[test]
+fn driver_check_attaches_a_real_lun() -> anyhow::Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let _up = TARGET_UP.read().unwrap_or_else(|e| e.into_inner());
+    let cinder = Cinder::from_env();
+    let lun_type = std::env::var("ELARA_TEST_CINDER_LUN_TYPE").context("ELARA_TEST_CINDER_LUN_TYPE")?;
+    let tag = unique("conf");
+    let out = Command::new(elara_bin())
+        .args(["driver", "check", "--attach"])
+        .arg(drivers_dir().join("cinder.wasm"))
+        .args(["--config", &format!("endpoint={}", cinder.endpoint), "--config", "auth=noauth"])
+        .args(["--config", &format!("project_id={}", cinder.project), "--config", &format!("tag={tag}")])
+        .args(["--config", &format!("volume_type={lun_type}"), "--allow-host", &cinder.host_port()])
+        .output()?;
+    let report = String::from_utf8_lossy(&out.stdout);
+    ensure!(out.status.success() && report.contains("CONFORMS"), "driver check:\n{report}{}", String::from_utf8_lossy(&out.stderr));
+    let attach = report.lines().find(|l| l.starts_with("PASS") && l.contains(" attach ")).context("no passing attach check")?;
+    ensure!(attach.contains("iscsi (") && attach.contains("attached, formatted") && attach.contains("read back, detached"), "attach: {attach}");
+    ensure!(cinder.volumes_where("elara-tag", &tag)?.is_empty(), "the check left Cinder volumes");
+    Ok(())
 }

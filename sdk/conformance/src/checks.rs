@@ -696,6 +696,10 @@ impl<'a> Suite<'a> {
         if !fits {
             return Err(format!("a `{name}` connection does not fit the driver's volume kind {kind:?}"));
         }
+        if let Some(host) = self.opts.bring_up.clone() {
+            let shown = host.exercise(&volume.id, &self.pool_dir, &first).await.map_err(|e| format!("{name} connection, brought up on this host: {e}"))?;
+            return pass(format!("{name} connection, the same twice; on this host: {shown}"));
+        }
         pass(format!("{name} connection, the same twice"))
     }
 

@@ -29,8 +29,18 @@ use std::time::{Duration, Instant};
 
 use elara_runtime::{HostGrant, Runtime, RuntimeConfig, RuntimeError};
 
+/// Brings a driver's connection up on this host, uses it and takes it down: `elara driver check
+/// --attach` hands the host's attach layer in, so `attach` is checked end to end (a LUN the host
+/// logs in to, formats, mounts, writes and reads), not only for its shape.
+pub trait BringUp: Send + Sync {
+    /// What was shown (`ext4 mounted, 1 MiB written and read back`), or why it failed.
+    fn exercise<'a>(&'a self, volume_id: &'a str, pool_dir: &'a Path, connection: &'a elara_runtime::Connection) -> BringUpFuture<'a>;
+}
+
+pub type BringUpFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send + 'a>>;
+
 /// What to run the suite with.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CheckOptions {
     /// The backend configuration handed to `configure` (e.g. an endpoint and credentials).
     pub config: Vec<(String, String)>,
@@ -40,11 +50,26 @@ pub struct CheckOptions {
     pub pool_dir: Option<PathBuf>,
     /// Size of the test volumes in bytes (default 64 MiB). Drivers may round it up.
     pub size_bytes: u64,
+    /// Bring every attach up on this host too (see [`BringUp`]); `None`: check its shape only.
+    pub bring_up: Option<std::sync::Arc<dyn BringUp>>,
+}
+
+impl fmt::Debug for CheckOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The config may hold secrets: keys only.
+        f.debug_struct("CheckOptions")
+            .field("config_keys", &self.config.iter().map(|(k, _)| k).collect::<Vec<_>>())
+            .field("grants", &self.grants)
+            .field("pool_dir", &self.pool_dir)
+            .field("size_bytes", &self.size_bytes)
+            .field("bring_up", &self.bring_up.is_some())
+            .finish()
+    }
 }
 
 impl Default for CheckOptions {
     fn default() -> Self {
-        CheckOptions { config: Vec::new(), grants: Vec::new(), pool_dir: None, size_bytes: 64 << 20 }
+        CheckOptions { config: Vec::new(), grants: Vec::new(), pool_dir: None, size_bytes: 64 << 20, bring_up: None }
     }
 }
 

@@ -526,10 +526,14 @@ fn is_fuse_mount(path: &Path) -> Result<bool> {
     Ok(mountinfo::find(path)?.is_some_and(|m| m.fs_type.starts_with("fuse")))
 }
 
+/// The first line of qemu-storage-daemon's stderr, without the option it quotes back (the whole
+/// `--blockdev` JSON): `qemu-storage-daemon: --blockdev {…}: iSCSI: Failed to …` → `iSCSI: Failed to …`.
 fn first_line(s: &str) -> &str {
-    s.lines()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("(no message)")
+    let line = s.lines().find(|l| !l.trim().is_empty()).unwrap_or("(no message)");
+    match line.rfind("}: ") {
+        Some(i) if line.contains(": --") => &line[i + 3..],
+        _ => line,
+    }
 }
 
 #[cfg(test)]
@@ -579,6 +583,10 @@ mod tests {
                 other => panic!("{portal} {iqn}: {:?}", other.err()),
             }
         }
+        assert_eq!(
+            first_line("qemu-storage-daemon: --blockdev {\"driver\":\"iscsi\"}: iSCSI: Failed to log in\nmore"),
+            "iSCSI: Failed to log in"
+        );
         let mut bad_init = conn("127.0.0.1:3260", "iqn.x");
         bad_init.extra.push(("initiator".into(), "iqn.a,b".into()));
         assert!(Target::parse(&bad_init).is_err());

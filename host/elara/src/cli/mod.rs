@@ -1,6 +1,7 @@
 //! The `elara` command line. Every command but `daemon`, `driver check` and `completions` talks to
 //! the daemon's REST API over its unix socket.
 
+mod bring_up;
 pub mod client;
 pub mod progress;
 
@@ -307,6 +308,10 @@ pub enum DriverCmd {
         /// host[:port] the driver may reach, repeatable.
         #[arg(long = "allow-host")]
         allow_hosts: Vec<String>,
+        /// Also bring each attach up on this host (format, mount, write and read a file, take
+        /// it down): the data path end to end. Needs root.
+        #[arg(long)]
+        attach: bool,
     },
 }
 
@@ -532,11 +537,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     .await?,
             ),
             DriverCmd::Remove { name } => c.delete(&format!("/v1/drivers/{}", enc(&name))).await?,
-            DriverCmd::Check {
-                file,
-                config,
-                allow_hosts,
-            } => return driver_check(out, &file, &config, &allow_hosts).await,
+            DriverCmd::Check { file, config, allow_hosts, attach } => return driver_check(out, &file, &config, &allow_hosts, attach).await,
         },
         Command::Backend(cmd) => match cmd {
             BackendCmd::Add { name, driver, opts } => {
@@ -790,6 +791,7 @@ async fn driver_check(
     file: &std::path::Path,
     config: &[String],
     allow_hosts: &[String],
+    attach: bool,
 ) -> anyhow::Result<()> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let grants = allow_hosts
@@ -807,6 +809,7 @@ async fn driver_check(
     let opts = elara_conformance::CheckOptions {
         config: pairs("config", config)?,
         grants,
+        bring_up: if attach { Some(std::sync::Arc::new(bring_up::HostBringUp::new()?)) } else { None },
         ..Default::default()
     };
     let report = elara_conformance::run(&runtime, &bytes, opts).await?;
