@@ -81,4 +81,5 @@ fio_mib "fio 4 jobs random read 128k O_DIRECT" --name=rr --filename="$WORK/mnt/f
   --size="${MIB}M" --numjobs=4 --time_based --runtime=15 --direct=1 --ioengine=psync
 unmount
 URL="nfs://127.0.0.1$ELARA_TEST_NFS_EXPORT/bench/fio?version=3&nfsport=$NFS_PORT&mountport=$NFS_MOUNT_PORT"
+rm -f "$RAND"
 timed "libnfs nfs-cp out (for comparison)" nfs-cp "$URL" "$RAND"

@@ -84,9 +84,31 @@ elara_backports_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends -t "$suite" "${missing[@]}" >/dev/null
 }
 
+# elara_user_iscsi: the daemon's user-space iSCSI initiator: qemu-storage-daemon (qemu-utils)
+# with qemu's iSCSI block driver (qemu-block-extra, from bookworm-backports at the version of the
+# installed qemu-utils, which is from there too on this project's machines). Checked: qemu knows
+# driver=iscsi afterwards.
+elara_user_iscsi() {
+  local qemu probe
+  qemu=$(dpkg-query -W -f='${Status} ${Version}' qemu-utils 2>/dev/null | sed -n 's/^install ok installed //p')
+  if [ -n "$qemu" ]; then
+    elara_backports_install "qemu-block-extra=$qemu"
+  else
+    elara_backports_install qemu-utils qemu-block-extra
+  fi
+  # Without qemu-block-extra's block-iscsi.so: "Parameter 'driver' does not accept value 'iscsi'".
+  probe=$(qemu-storage-daemon --blockdev driver=iscsi,node-name=probe 2>&1 || true)
+  if ! grep -q "Parameter 'transport' is missing" <<<"$probe"; then
+    echo "prereqs: qemu has no iSCSI block driver after installing qemu-block-extra: $probe" >&2
+    return 1
+  fi
+}
+
 elara_prereqs() {
-  # protoc: etcd-client's build; e2fsprogs/xfsprogs: mkfs; util-linux: losetup, fsfreeze, blkid.
+  # protoc: etcd-client's build; e2fsprogs/xfsprogs: mkfs (and debugfs, which the tests read
+  # images with); util-linux: losetup, fsfreeze, blkid; qemu: the user-space iSCSI initiator.
   elara_apt_install protobuf-compiler e2fsprogs xfsprogs util-linux mount
+  elara_user_iscsi
   if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
     echo "prereqs: adding the wasm32-wasip2 Rust target"
     rustup target add wasm32-wasip2 >/dev/null

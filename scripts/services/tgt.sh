@@ -72,20 +72,7 @@ EOF
 install_if_missing() {
   source "$ROOT/scripts/lib/prereqs.sh"
   elara_apt_install tgt libiscsi-bin iproute2 >&2
-  local qemu
-  qemu=$(dpkg-query -W -f='${Status} ${Version}' qemu-utils 2>/dev/null | sed -n 's/^install ok installed //p')
-  if [ -n "$qemu" ]; then
-    elara_backports_install "qemu-block-extra=$qemu" >&2
-  else
-    elara_backports_install qemu-utils qemu-block-extra >&2
-  fi
-  # Without qemu-block-extra's block-iscsi.so: "Parameter 'driver' does not accept value 'iscsi'".
-  local probe
-  probe=$(qemu-storage-daemon --blockdev driver=iscsi,node-name=probe 2>&1 || true)
-  if ! grep -q "Parameter 'transport' is missing" <<<"$probe"; then
-    log "qemu has no iSCSI block driver after installing qemu-block-extra: $probe"
-    return 1
-  fi
+  elara_user_iscsi >&2 || { log "qemu has no iSCSI block driver"; return 1; }
   # Debian's package may start a system tgtd (where systemd runs); ours must own the portal.
   if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet tgt 2>/dev/null; then
     systemctl stop tgt || true

@@ -36,7 +36,7 @@ use nfs3_client::nfs3_types::nfs3::{
 use nfs3_client::nfs3_types::xdr_codec::Opaque;
 
 use crate::nfs::{Nfs, NfsError, post_op};
-use crate::wb::{Ticket, Unstable, WriteBack};
+use crate::wb::{Batch, Ticket, Unstable, WriteBack};
 
 const ROOT: u64 = 1;
 /// Private inode numbers (see the module's doc) count up from here.
@@ -514,7 +514,7 @@ impl Core {
         if size.is_some() {
             // Queued writes land first: a truncation must cut them, not be overtaken by them;
             // and nothing stays held that a resend could write back past the new end.
-            node.wb.drain().await;
+            self.settle(&node).await;
             if let Err(e) = self.commit(&node, false).await {
                 tracing::debug!("COMMIT before truncating: errno {e}");
             }
@@ -1041,7 +1041,7 @@ impl Core {
     async fn read(&self, ino: INodeNo, offset: u64, size: u32) -> Res<ReadOut> {
         let node = self.node(ino)?;
         // Data still on its way to the server would be read stale: let it land first.
-        node.wb.drain().await;
+        self.settle(&node).await;
         let chunk = self.nfs.rsize;
         if size <= chunk {
             let first = self
@@ -1135,51 +1135,63 @@ impl Core {
         Ok(held)
     }
 
-    /// The write-behind task of one FUSE WRITE (see `wb.rs`): answered as soon as it has room
-    /// in the window, unless the file is open O_SYNC/O_DSYNC (then FILE_SYNC, answered after).
-    async fn write(
-        self: Arc<Self>,
-        node: Arc<Node>,
-        ticket: Ticket,
-        data: Bytes,
-        sync: bool,
-        reply: ReplyWrite,
-    ) {
-        let len = data.len() as u32;
+    /// The answer to one FUSE WRITE (see `wb.rs`): as soon as it has room in the window.
+    async fn ack(&self, node: &Node, ticket: Ticket, reply: ReplyWrite) {
+        match node.wb.admit(&ticket).await {
+            Ok(()) => reply.written(ticket.len() as u32),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    /// An O_SYNC/O_DSYNC write: FILE_SYNC, answered once the server has it.
+    async fn write_sync(self: Arc<Self>, node: Arc<Node>, ticket: Ticket, data: Bytes, reply: ReplyWrite) {
         if let Err(e) = node.wb.admit(&ticket).await {
             reply.error(errno(e));
             return;
         }
-        let mut reply = Some(reply);
-        if !sync {
-            reply.take().expect("unanswered").written(len);
+        let batch = node.wb.single(ticket, data);
+        node.wb.wait_turn(&batch).await;
+        let res = self.send_write(&node, batch.offset, batch.data.clone(), stable_how::FILE_SYNC).await;
+        match &res {
+            Ok(_) => reply.written(ticket.len() as u32),
+            Err(e) => reply.error(errno(*e)),
         }
-        node.wb.wait_turn(&ticket).await;
-        let stable = if sync {
-            stable_how::FILE_SYNC
-        } else {
-            stable_how::UNSTABLE
-        };
-        let res = self.send_write(&node, ticket.start(), data, stable).await;
+        // The caller heard how it went: nothing is left to report later.
+        if let Some(next) = self.clone().finish_batch(node.clone(), batch, Ok(res.unwrap_or_default())) {
+            self.send_batch(node, next).await;
+        }
+    }
+
+    /// Send a batch of gathered writes, then whatever gathered meanwhile.
+    async fn send_batch(self: Arc<Self>, node: Arc<Node>, batch: Batch) {
+        let mut next = Some(batch);
+        while let Some(batch) = next.take() {
+            node.wb.wait_turn(&batch).await;
+            let res = self.send_write(&node, batch.offset, batch.data.clone(), stable_how::UNSTABLE).await;
+            next = self.clone().finish_batch(node.clone(), batch, res);
+        }
+    }
+
+    fn finish_batch(self: Arc<Self>, node: Arc<Node>, batch: Batch, res: Result<Vec<Unstable>, i32>) -> Option<Batch> {
         // Our write changed mtime (and maybe size): the next GETATTR must ask the server.
         node.state.lock().unwrap().fetched = None;
-        let res = match reply {
-            // O_SYNC: the caller hears how it went; nothing is left to report later.
-            Some(reply) => match res {
-                Ok(held) => {
-                    reply.written(len);
-                    Ok(held)
-                }
-                Err(e) => {
-                    reply.error(errno(e));
-                    Ok(Vec::new())
-                }
-            },
-            None => res,
-        };
-        if node.wb.complete(&ticket, res) {
+        let (commit, next) = node.wb.complete(&batch, res);
+        if commit {
             self.spawn_commit(node);
         }
+        next
+    }
+
+    /// Send what is gathered and wait until every write of `node` is answered.
+    async fn settle(&self, node: &Node) {
+        let mut next = node.wb.kick();
+        while let Some(batch) = next.take() {
+            node.wb.wait_turn(&batch).await;
+            let res = self.send_write(node, batch.offset, batch.data.clone(), stable_how::UNSTABLE).await;
+            node.state.lock().unwrap().fetched = None;
+            next = node.wb.complete(&batch, res).1;
+        }
+        node.wb.drain().await;
     }
 
     fn spawn_commit(self: Arc<Self>, node: Arc<Node>) {
@@ -1233,7 +1245,7 @@ impl Core {
         if !node.wb.is_dirty() && !node.wb.busy() {
             return node.wb.take_error().map_or(Ok(()), Err);
         }
-        node.wb.drain().await;
+        self.settle(node).await;
         let res = self.commit(node, true).await;
         if let Some(e) = node.wb.take_error() {
             return Err(e);
@@ -1288,7 +1300,7 @@ impl Core {
             return Err(libc::EOPNOTSUPP);
         }
         let node = self.node(ino)?;
-        node.wb.drain().await;
+        self.settle(&node).await;
         let attr = self.fetch_attr(&node).await?;
         let end = offset.checked_add(length).ok_or(libc::EFBIG)?;
         if end > attr.size {
@@ -1722,10 +1734,24 @@ impl fuser::Filesystem for NfsFs {
         let open_flags = self.core.file(fh).map(|f| f.flags).unwrap_or(flags.0);
         let sync = (open_flags | flags.0) & (libc::O_SYNC | libc::O_DSYNC) != 0;
         // Take the place in the write order here, on the dispatch thread, in the kernel's order.
-        let ticket = node.wb.enqueue(offset, data.len() as u64);
-        let data = Bytes::copy_from_slice(data);
+        let (ticket, batches) = node.wb.queue(offset, data, self.core.nfs.wsize as usize, sync);
+        for b in batches {
+            self.rt.spawn(self.core.clone().send_batch(node.clone(), b));
+        }
         let core = self.core.clone();
-        self.rt.spawn(core.write(node, ticket, data, sync, reply));
+        if sync {
+            let data = Bytes::copy_from_slice(data);
+            self.rt.spawn(core.write_sync(node, ticket, data, reply));
+        } else {
+            match node.wb.try_admit(&ticket) {
+                // The usual case, answered right here: no task, no thread hop.
+                Some(Ok(())) => reply.written(ticket.len() as u32),
+                Some(Err(e)) => reply.error(errno(e)),
+                None => {
+                    self.rt.spawn(async move { core.ack(&node, ticket, reply).await });
+                }
+            }
+        }
     }
 
     fn flush(

@@ -4,6 +4,10 @@
 //! file not yet answered by the server), so a writer keeps several NFS WRITEs in flight instead of
 //! waiting a round trip per `write(2)`. What that costs, and how it is paid back:
 //!
+//! - Gathering: contiguous writes that arrive while a WRITE of the file is in flight are gathered
+//!   into one WRITE of up to the server's write size (like Nagle: a write goes out at once when
+//!   nothing is in flight, or when its batch is full), so a program writing 8 KiB at a time still
+//!   sends 1 MiB WRITEs.
 //! - Order: writes are numbered in the order the kernel sent them; one that overlaps an earlier
 //!   write still in flight waits for it, so the server applies overlapping data in the writer's
 //!   order.
@@ -18,7 +22,7 @@
 
 use std::sync::Mutex;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use nfs3_client::nfs3_types::nfs3::writeverf3;
 use tokio::sync::Notify;
 
@@ -44,9 +48,34 @@ pub struct Unstable {
     pub verf: writeverf3,
 }
 
+/// Contiguous writes not yet sent, to go out as one WRITE.
+struct Gather {
+    start: u64,
+    buf: BytesMut,
+    tickets: Vec<Ticket>,
+}
+
+/// Writes sent as one WRITE (or more, if the server takes less).
+pub struct Batch {
+    pub offset: u64,
+    pub data: Bytes,
+    tickets: Vec<Ticket>,
+    seq: u64,
+}
+
+impl Gather {
+    fn into_batch(self) -> Batch {
+        let seq = self.tickets[0].seq;
+        Batch { offset: self.start, data: self.buf.freeze(), tickets: self.tickets, seq }
+    }
+}
+
 #[derive(Default)]
 struct State {
     next_seq: u64,
+    gather: Option<Gather>,
+    /// Batches being sent.
+    sending: usize,
     queued: Vec<Queued>,
     /// Bytes acknowledged to the kernel and not yet answered.
     acked: u64,
@@ -78,33 +107,60 @@ pub struct Ticket {
 }
 
 impl Ticket {
-    pub fn start(&self) -> u64 {
-        self.start
-    }
-
     pub fn len(&self) -> u64 {
         self.end - self.start
     }
 }
 
 impl WriteBack {
-    /// Take a place in the write order (call in the order the kernel sent the writes).
-    pub fn enqueue(&self, offset: u64, len: u64) -> Ticket {
+    /// Take a place in the write order (call in the order the kernel sent the writes) and
+    /// gather `data`; returns the batches to send now. `alone`: the write goes out by itself
+    /// (O_SYNC: the caller sends it, see [`WriteBack::single`]); what was gathered goes first.
+    pub fn queue(&self, offset: u64, data: &[u8], max: usize, alone: bool) -> (Ticket, Vec<Batch>) {
         let mut st = self.st.lock().unwrap();
         let seq = st.next_seq;
         st.next_seq += 1;
-        let q = Queued {
-            seq,
-            start: offset,
-            end: offset + len,
-        };
-        st.queued.push(q);
+        let t = Ticket { seq, start: offset, end: offset + data.len() as u64 };
+        st.queued.push(Queued { seq, start: t.start, end: t.end });
         st.dirty = true;
-        Ticket {
-            seq,
-            start: q.start,
-            end: q.end,
+        let mut out = Vec::new();
+        if alone {
+            out.extend(st.gather.take().map(Gather::into_batch));
+            st.sending += out.len();
+            return (t, out);
         }
+        let fits =
+            st.gather.as_ref().is_some_and(|g| g.start + g.buf.len() as u64 == offset && g.buf.len() + data.len() <= max);
+        if fits {
+            let g = st.gather.as_mut().expect("checked");
+            g.buf.extend_from_slice(data);
+            g.tickets.push(t);
+        } else {
+            out.extend(st.gather.take().map(Gather::into_batch));
+            let mut buf = BytesMut::with_capacity(max.max(data.len()));
+            buf.extend_from_slice(data);
+            st.gather = Some(Gather { start: offset, buf, tickets: vec![t] });
+        }
+        let full = st.gather.as_ref().is_some_and(|g| g.buf.len() >= max);
+        if full || st.sending + out.len() == 0 {
+            out.extend(st.gather.take().map(Gather::into_batch));
+        }
+        st.sending += out.len();
+        (t, out)
+    }
+
+    /// A batch of one O_SYNC write (its ticket from [`WriteBack::queue`] with `alone`).
+    pub fn single(&self, t: Ticket, data: Bytes) -> Batch {
+        self.st.lock().unwrap().sending += 1;
+        Batch { offset: t.start, data, tickets: vec![t], seq: t.seq }
+    }
+
+    /// What is gathered, to send now (someone waits for it: flush, read, truncate).
+    pub fn kick(&self) -> Option<Batch> {
+        let mut st = self.st.lock().unwrap();
+        let b = st.gather.take().map(Gather::into_batch);
+        st.sending += usize::from(b.is_some());
+        b
     }
 
     /// Wait until `check` holds, re-checking whenever a write or COMMIT finishes.
@@ -123,55 +179,51 @@ impl WriteBack {
     /// Wait for room in the window (and under the uncommitted hold), then count `t` as
     /// acknowledged. Returns an earlier write's error instead, if one is pending.
     pub async fn admit(&self, t: &Ticket) -> Result<(), i32> {
-        let mut err = None;
+        let mut res = None;
         self.wait_for(|st| {
-            if let Some(e) = st.error.take() {
-                err = Some(e);
-                return true;
-            }
-            let held = st.unstable_bytes + st.committing_bytes;
-            if (st.acked == 0 || st.acked + t.len() <= WINDOW)
-                && (held < HOLD_MAX || st.acked == 0 && !st.committing)
-            {
-                st.acked += t.len();
-                return true;
-            }
-            false
+            res = Self::admit_now(st, t);
+            res.is_some()
         })
         .await;
-        match err {
-            Some(e) => {
-                self.abandon(t);
-                Err(e)
-            }
-            None => Ok(()),
+        res.expect("admitted")
+    }
+
+    /// [`WriteBack::admit`] without waiting: `None` if `t` must wait for room.
+    pub fn try_admit(&self, t: &Ticket) -> Option<Result<(), i32>> {
+        Self::admit_now(&mut self.st.lock().unwrap(), t)
+    }
+
+    fn admit_now(st: &mut State, t: &Ticket) -> Option<Result<(), i32>> {
+        if let Some(e) = st.error.take() {
+            // It is sent all the same (it is gathered already); counted like the others.
+            st.acked += t.len();
+            return Some(Err(e));
         }
+        let held = st.unstable_bytes + st.committing_bytes;
+        let room = st.acked == 0 || st.acked + t.len() <= WINDOW;
+        if room && (held < HOLD_MAX || st.acked == 0 && !st.committing) {
+            st.acked += t.len();
+            return Some(Ok(()));
+        }
+        None
     }
 
-    /// Wait until no earlier write overlapping `t` is still queued.
-    pub async fn wait_turn(&self, t: &Ticket) {
-        self.wait_for(|st| {
-            !st.queued
-                .iter()
-                .any(|q| q.seq < t.seq && q.start < t.end && t.start < q.end)
-        })
-        .await;
+    /// Wait until no earlier write overlapping the batch is still queued.
+    pub async fn wait_turn(&self, b: &Batch) {
+        let (start, end) = (b.offset, b.offset + b.data.len() as u64);
+        self.wait_for(|st| !st.queued.iter().any(|q| q.seq < b.seq && q.start < end && start < q.end)).await;
     }
 
-    /// `t` will not be sent (it was refused before being acknowledged).
-    fn abandon(&self, t: &Ticket) {
+    /// The server answered batch `b`: `Ok` with what it took UNSTABLE (to hold until COMMIT), or
+    /// the errno to report later. Returns whether a background COMMIT should start now, and the
+    /// gathered writes to send next (the last batch in flight sends what gathered meanwhile).
+    pub fn complete(&self, b: &Batch, res: Result<Vec<Unstable>, i32>) -> (bool, Option<Batch>) {
         let mut st = self.st.lock().unwrap();
-        st.queued.retain(|q| q.seq != t.seq);
-        drop(st);
-        self.changed.notify_waiters();
-    }
-
-    /// The server answered `t`: `Ok` with what it took UNSTABLE (to hold until COMMIT), or the
-    /// errno to report later. Returns whether a background COMMIT should start now.
-    pub fn complete(&self, t: &Ticket, res: Result<Vec<Unstable>, i32>) -> bool {
-        let mut st = self.st.lock().unwrap();
-        st.queued.retain(|q| q.seq != t.seq);
-        st.acked = st.acked.saturating_sub(t.len());
+        let done = |q: &Queued| b.tickets.iter().any(|t| t.seq == q.seq);
+        st.queued.retain(|q| !done(q));
+        let len: u64 = b.tickets.iter().map(Ticket::len).sum();
+        st.acked = st.acked.saturating_sub(len);
+        st.sending -= 1;
         match res {
             Ok(held) => {
                 for u in held {
@@ -184,9 +236,11 @@ impl WriteBack {
             }
         }
         let start = st.unstable_bytes >= COMMIT_AT && !st.committing;
+        let next = if st.sending == 0 { st.gather.take().map(Gather::into_batch) } else { None };
+        st.sending += usize::from(next.is_some());
         drop(st);
         self.changed.notify_waiters();
-        start
+        (start, next)
     }
 
     /// The lowest size the kernel may be told while writes are queued: the end of the furthest.
@@ -206,7 +260,7 @@ impl WriteBack {
         !st.queued.is_empty() || !st.unstable.is_empty() || st.committing
     }
 
-    /// Wait until every queued write has been answered.
+    /// Wait until every queued write has been answered (after [`WriteBack::kick`]).
     pub async fn drain(&self) {
         self.wait_for(|st| st.queued.is_empty()).await;
     }
