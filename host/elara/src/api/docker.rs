@@ -620,27 +620,44 @@ async fn reclaim_loop(state: PluginState, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// How long the sweep gives one volume before it reports it stuck and moves on.
+const RECLAIM_VOLUME_LIMIT: Duration = Duration::from_secs(180);
+/// Volumes the sweep takes down at once.
+const RECLAIM_PARALLEL: usize = 8;
+
 /// One sweep over this node's attachments: Docker holders older than `grace` seconds of volumes
-/// no container has mounted are dropped. Returns how many.
+/// no container has mounted are dropped. Returns how many. Volumes are taken down side by side,
+/// each in a task of its own that the sweep waits on for [`RECLAIM_VOLUME_LIMIT`]: one whose
+/// unmount is stuck (a dead server, a busy mount) is reported, goes on by itself (never cut off
+/// half-way; its volume stays locked, so the next sweep leaves it alone), and holds up none of
+/// the others.
 pub async fn reclaim_once(s: &Shared, grace: i64) -> ApiResult<usize> {
-    let atts = s
-        .store
-        .list_json::<AttachmentRecord>(&keys::all_attachments())
-        .await?;
+    use futures::StreamExt;
+    let atts = s.store.list_json::<AttachmentRecord>(&keys::all_attachments()).await?;
     let cutoff = now() - grace;
+    let due: Vec<String> = atts
+        .into_iter()
+        .map(|r| r.value)
+        .filter(|a| a.node == s.node() && a.holders.iter().any(|(h, v)| h.starts_with(HOLDER_PREFIX) && v.since <= cutoff))
+        .map(|a| a.volume)
+        .collect();
+    let results = futures::stream::iter(due)
+        .map(|volume| async move {
+            let (s, name) = (s.clone(), volume.clone());
+            let task = tokio::spawn(async move { reclaim_volume(&s, &name, Some(cutoff)).await });
+            let res = tokio::time::timeout(RECLAIM_VOLUME_LIMIT, task).await;
+            (volume, res)
+        })
+        .buffer_unordered(RECLAIM_PARALLEL)
+        .collect::<Vec<_>>()
+        .await;
     let mut reclaimed = 0;
-    for a in atts.into_iter().map(|r| r.value) {
-        if a.node != s.node()
-            || !a
-                .holders
-                .iter()
-                .any(|(h, v)| h.starts_with(HOLDER_PREFIX) && v.since <= cutoff)
-        {
-            continue;
-        }
-        match reclaim_volume(s, &a.volume, Some(cutoff)).await {
-            Ok(n) => reclaimed += n,
-            Err(e) => tracing::warn!(volume = %a.volume, "reclaiming its Docker mounts: {e}"),
+    for (volume, res) in results {
+        match res {
+            Ok(Ok(Ok(n))) => reclaimed += n,
+            Ok(Ok(Err(e))) => tracing::warn!(volume = %volume, "reclaiming its Docker mounts: {e}"),
+            Ok(Err(e)) => tracing::error!(volume = %volume, "reclaiming its Docker mounts: task failed: {e}"),
+            Err(_) => tracing::warn!(volume = %volume, "reclaiming its Docker mounts is stuck after {RECLAIM_VOLUME_LIMIT:?}; the next sweep tries again"),
         }
     }
     Ok(reclaimed)
