@@ -561,3 +561,129 @@ fn driver_check_and_bad_backends() -> anyhow::Result<()> {
     ensure!(!backends.to_string().contains("\"bad\""), "a refused backend was kept: {backends}");
     Ok(())
 }
+
+/// A Docker rig on the nfs backend, with the I/O timeout short.
+fn docker_rig(store: StoreKind) -> anyhow::Result<(NfsServer, Plugin, Daemon, Engine, String, RemoveOnDrop)> {
+    let nfs = NfsServer::from_env();
+    let plugin = Plugin::new()?;
+    let mut opts = DaemonOpts::new(store);
+    opts.plugin_dir = Some(plugin.dir.clone());
+    opts.env.push(("ELARA_ATTACH_IO_TIMEOUT".into(), "3".into()));
+    let d = Daemon::start(opts)?;
+    let path = format!("elara-{}", unique("fail"));
+    let cleanup = RemoveOnDrop(nfs.dir.join(&path));
+    d.ok(&nfs.backend_add_args("nfs", &path, &[]).iter().map(String::as_str).collect::<Vec<_>>())?;
+    let engine = Engine::start(&[])?;
+    Ok((nfs, plugin, d, engine, path, cleanup))
+}
+
+fn line_count(p: &Path) -> usize {
+    std::fs::read_to_string(p).map(|t| t.lines().count()).unwrap_or(0)
+}
+
+/// The daemon SIGKILLed while a container writes to an nfs volume: the container sees no error,
+/// the restarted daemon adopts the same helper, and the container's end takes it down.
+fn daemon_killed_while_writing(store: StoreKind) -> anyhow::Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let (nfs, plugin, mut d, engine, path, _cleanup) = docker_rig(store)?;
+    let _up = nfs.shared();
+    engine.ok(&["volume", "create", "-d", &plugin.name, "-o", "backend=nfs", "busy"])?;
+    let script = "set -e; i=0; while true; do i=$((i+1)); echo $i >> /data/log; sleep 0.02; done";
+    let cid = engine.ok(&["run", "-d", "-v", "busy:/data", IMAGE, "sh", "-c", script])?.trim().to_string();
+    let id = d.json(&["volume", "inspect", "busy"])?["id"].as_str().context("id")?.to_string();
+    let on_server = nfs.dir.join(&path).join("volumes").join(&id).join("log");
+    let att = &d.json(&["volume", "inspect", "busy"])?["attachments"][0];
+    let pid = att["host"]["helper"]["pid"].as_u64().with_context(|| format!("no helper in {att}"))?;
+    wait_for(Duration::from_secs(20), "the container to write", || Ok(line_count(&on_server) > 10))?;
+
+    d.kill9();
+    let before = line_count(&on_server);
+    wait_for(Duration::from_secs(20), "writes with the daemon dead", || Ok(line_count(&on_server) > before + 20))?;
+    d.restart()?;
+    d.wait_ops_settled(Duration::from_secs(60))?;
+    let att = d.json(&["volume", "inspect", "busy"])?["attachments"][0].clone();
+    ensure!(att["state"] == "attached" && att["host"]["helper"]["pid"].as_u64() == Some(pid), "after the restart: {att}");
+    ensure!(helpers_under(&d.dir) == vec![pid as u32], "helpers after the restart: {:?}", helpers_under(&d.dir));
+    let before = line_count(&on_server);
+    wait_for(Duration::from_secs(20), "writes after the restart", || Ok(line_count(&on_server) > before + 20))?;
+    ensure!(engine.ok(&["inspect", "-f", "{{.State.Running}}", &cid])?.trim() == "true", "the container stopped");
+
+    engine.ok(&["rm", "-f", &cid])?;
+    wait_for(Duration::from_secs(60), "the detach", || Ok(d.json(&["volume", "inspect", "busy"])?["attachments"].as_array().is_some_and(|a| a.is_empty())))?;
+    ensure!(helpers_under(&d.dir).is_empty() && mounts_under(&d.dir).is_empty(), "left: {:?} {:?}", helpers_under(&d.dir), mounts_under(&d.dir));
+    engine.ok(&["volume", "rm", "busy"])?;
+    Ok(())
+}
+
+#[test]
+fn daemon_killed_while_writing_embedded() -> anyhow::Result<()> {
+    daemon_killed_while_writing(StoreKind::Embedded)
+}
+
+#[test]
+fn daemon_killed_while_writing_etcd() -> anyhow::Result<()> {
+    daemon_killed_while_writing(StoreKind::Etcd)
+}
+
+/// The helper killed under a mounted nfs volume: marked failed, the next mount works. Then the
+/// server stopped while mounted: calls fail within a bounded time, unmount does not hang, and
+/// once the server is back the volume works again.
+fn helper_and_server_failures(store: StoreKind) -> anyhow::Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let (nfs, _plugin, d, _engine, _path, _cleanup) = docker_rig(store)?;
+    let up = nfs.shared();
+    d.ok(&["volume", "create", "nv", "--backend", "nfs"])?;
+    let mp = PathBuf::from(d.ok(&["volume", "mount", "nv"])?.trim());
+    std::fs::write(mp.join("kept"), b"kept")?;
+    let att = |d: &Daemon| -> anyhow::Result<serde_json::Value> { Ok(d.json(&["volume", "inspect", "nv"])?["attachments"][0].clone()) };
+    let pid = att(&d)?["host"]["helper"]["pid"].as_u64().context("helper pid")?;
+    ensure!(std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status()?.success(), "kill");
+    wait_for(Duration::from_secs(30), "the attachment to be marked failed", || Ok(att(&d)?["state"] == "failed"))?;
+    ensure!(att(&d)?["error"].as_str().is_some_and(|e| e.contains("nfs-fuse")), "failed attachment: {}", att(&d)?);
+    let mp2 = PathBuf::from(d.ok(&["volume", "mount", "nv", "--holder", "second"])?.trim());
+    ensure!(std::fs::read(mp2.join("kept"))? == b"kept", "the data after the remount");
+    ensure!(att(&d)?["state"] == "attached", "after the remount: {}", att(&d)?);
+    drop(up);
+
+    {
+        let _only_me = nfs.exclusive();
+        nfs.stop()?;
+        let t = Instant::now();
+        let probe = std::process::Command::new("cat").arg(mp2.join("kept")).output();
+        let write = std::fs::write(mp2.join("during-outage"), b"x");
+        let took = t.elapsed();
+        eprintln!("with the server down: read {:?}, write {write:?}, after {took:?}", probe.as_ref().map(|o| o.status));
+        ensure!(took < Duration::from_secs(60), "calls with the server down took {took:?}");
+        let t = Instant::now();
+        let _ = d.cli(&["volume", "unmount", "nv", "--holder", "second"])?;
+        let _ = d.cli(&["volume", "unmount", "nv"])?;
+        ensure!(t.elapsed() < Duration::from_secs(120), "unmount with the server down took {:?}", t.elapsed());
+        nfs.start()?;
+    }
+    let _up = nfs.shared();
+    wait_for(Duration::from_secs(120), "the detach to finish", || {
+        let _ = d.cli(&["volume", "unmount", "nv", "--holder", "second"]);
+        let _ = d.cli(&["volume", "unmount", "nv"]);
+        Ok(d.json(&["volume", "inspect", "nv"])?["attachments"].as_array().is_some_and(|a| a.is_empty()))
+    })?;
+    let mp3 = PathBuf::from(d.ok(&["volume", "mount", "nv"])?.trim());
+    ensure!(std::fs::read(mp3.join("kept"))? == b"kept", "the data after the outage");
+    d.ok(&["volume", "unmount", "nv"])?;
+    ensure!(helpers_under(&d.dir).is_empty() && mounts_under(&d.dir).is_empty(), "left: {:?} {:?}", helpers_under(&d.dir), mounts_under(&d.dir));
+    d.ok(&["volume", "delete", "nv"])?;
+    Ok(())
+}
+
+#[test]
+fn helper_and_server_failures_embedded() -> anyhow::Result<()> {
+    helper_and_server_failures(StoreKind::Embedded)
+}
+
+#[test]
+fn helper_and_server_failures_etcd() -> anyhow::Result<()> {
+    helper_and_server_failures(StoreKind::Etcd)
+}
