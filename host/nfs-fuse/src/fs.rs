@@ -39,6 +39,17 @@ use crate::nfs::{Nfs, NfsError, post_op};
 use crate::wb::{Batch, Ticket, Unstable, WriteBack};
 
 const ROOT: u64 = 1;
+
+tokio::task_local! {
+    /// The mount's count of answered write batches when the FUSE request being served arrived:
+    /// attributes got while serving it may predate writes answered after (see `WriteBack::floor`).
+    static OP_GEN: u64;
+}
+
+/// See [`OP_GEN`]; 0 (unknown) outside a request, which counts as "writes were answered since".
+fn op_gen() -> u64 {
+    OP_GEN.try_with(|g| *g).unwrap_or(0)
+}
 /// Private inode numbers (see the module's doc) count up from here.
 const SYNTHETIC: u64 = 1 << 62;
 
@@ -55,8 +66,9 @@ pub struct Node {
 
 struct NodeState {
     attr: fattr3,
-    /// When `attr` came from the server (`None`: stale, ask again).
+    /// When `attr` came from the server (`None`: stale, ask again), and [`OP_GEN`] then.
     fetched: Option<Instant>,
+    attr_gen: u64,
     /// The (mtime, size) the kernel's page cache of this file was filled from.
     cached: Option<(nfstime3, u64)>,
     /// Open handles of this mount on the file.
@@ -97,6 +109,8 @@ struct DirStream {
 }
 
 struct DirEnt {
+    /// [`OP_GEN`] when it was fetched.
+    since: u64,
     name: Vec<u8>,
     cookie: u64,
     fileid: u64,
@@ -114,6 +128,8 @@ pub struct Core {
     read_only: bool,
     /// Tells the kernel to drop what it cached of an inode (set once the session exists).
     notifier: std::sync::OnceLock<fuser::Notifier>,
+    /// Write batches answered so far (see [`OP_GEN`]); starts at 1 (0 means unknown).
+    answered: AtomicU64,
 }
 
 /// The fuser file system: hands every request to a task on `rt`.
@@ -186,6 +202,7 @@ impl Core {
             state: Mutex::new(NodeState {
                 attr: root_attr,
                 fetched: Some(Instant::now()),
+                attr_gen: 0,
                 cached: None,
                 open: 0,
                 name: None,
@@ -215,6 +232,7 @@ impl Core {
             ttl,
             read_only,
             notifier: std::sync::OnceLock::new(),
+            answered: AtomicU64::new(1),
         }
     }
 
@@ -257,6 +275,7 @@ impl Core {
                 state: Mutex::new(NodeState {
                     attr: attr.clone(),
                     fetched: None,
+                    attr_gen: 0,
                     cached: None,
                     open: 0,
                     name: None,
@@ -303,13 +322,23 @@ impl Core {
     fn set_attr(&self, node: &Node, attr: &fattr3) {
         let mut st = node.state.lock().unwrap();
         st.attr = attr.clone();
+        st.attr_gen = op_gen();
         st.fetched = Some(Instant::now());
+    }
+
+    /// The count of answered write batches (see [`OP_GEN`]).
+    pub fn answered(&self) -> u64 {
+        self.answered.load(Ordering::SeqCst)
     }
 
     /// Attributes for the kernel: the server's, with the size raised to the end of writes that
     /// are still on their way to the server.
     fn attr_out(&self, node: &Node, attr: &fattr3) -> FileAttr {
-        self.attr_plain(node.id, attr, attr.size.max(node.wb.size_floor()))
+        self.attr_out_since(node, attr, op_gen())
+    }
+
+    fn attr_out_since(&self, node: &Node, attr: &fattr3, since: u64) -> FileAttr {
+        self.attr_plain(node.id, attr, attr.size.max(node.wb.floor(since)))
     }
 
     fn attr_plain(&self, id: u64, attr: &fattr3, size: u64) -> FileAttr {
@@ -348,13 +377,15 @@ impl Core {
             let st = node.state.lock().unwrap();
             st.fetched
                 .filter(|t| t.elapsed() < self.ttl)
-                .map(|_| st.attr.clone())
+                .map(|_| (st.attr.clone(), st.attr_gen))
         };
-        let attr = match cached {
-            Some(a) => a,
-            None => self.fetch_attr(&node).await?,
-        };
-        Ok(self.attr_out(&node, &attr))
+        Ok(match cached {
+            Some((a, since)) => self.attr_out_since(&node, &a, since),
+            None => {
+                let a = self.fetch_attr(&node).await?;
+                self.attr_out(&node, &a)
+            }
+        })
     }
 
     async fn lookup(&self, parent: INodeNo, name: &[u8]) -> Res<(Arc<Node>, fattr3)> {
@@ -542,9 +573,11 @@ impl Core {
             .await
             .map_err(|e| fail("SETATTR", e))?;
         {
+            if size.is_some() {
+                node.wb.truncated();
+            }
+            self.set_attr(&node, &attr);
             let mut st = node.state.lock().unwrap();
-            st.attr = attr.clone();
-            st.fetched = Some(Instant::now());
             if size.is_some() && st.cached.is_some() {
                 // The kernel cut its page cache to the new size itself: it still matches.
                 st.cached = Some((attr.mtime, attr.size));
@@ -1144,20 +1177,36 @@ impl Core {
     }
 
     /// An O_SYNC/O_DSYNC write: FILE_SYNC, answered once the server has it.
-    async fn write_sync(self: Arc<Self>, node: Arc<Node>, ticket: Ticket, data: Bytes, reply: ReplyWrite) {
+    async fn write_sync(
+        self: Arc<Self>,
+        node: Arc<Node>,
+        ticket: Ticket,
+        data: Bytes,
+        reply: ReplyWrite,
+    ) {
         if let Err(e) = node.wb.admit(&ticket).await {
             reply.error(errno(e));
             return;
         }
         let batch = node.wb.single(ticket, data);
         node.wb.wait_turn(&batch).await;
-        let res = self.send_write(&node, batch.offset, batch.data.clone(), stable_how::FILE_SYNC).await;
+        let res = self
+            .send_write(
+                &node,
+                batch.offset,
+                batch.data.clone(),
+                stable_how::FILE_SYNC,
+            )
+            .await;
         match &res {
             Ok(_) => reply.written(ticket.len() as u32),
             Err(e) => reply.error(errno(*e)),
         }
         // The caller heard how it went: nothing is left to report later.
-        if let Some(next) = self.clone().finish_batch(node.clone(), batch, Ok(res.unwrap_or_default())) {
+        if let Some(next) =
+            self.clone()
+                .finish_batch(node.clone(), batch, Ok(res.unwrap_or_default()))
+        {
             self.send_batch(node, next).await;
         }
     }
@@ -1167,15 +1216,27 @@ impl Core {
         let mut next = Some(batch);
         while let Some(batch) = next.take() {
             node.wb.wait_turn(&batch).await;
-            let res = self.send_write(&node, batch.offset, batch.data.clone(), stable_how::UNSTABLE).await;
+            let res = self
+                .send_write(
+                    &node,
+                    batch.offset,
+                    batch.data.clone(),
+                    stable_how::UNSTABLE,
+                )
+                .await;
             next = self.clone().finish_batch(node.clone(), batch, res);
         }
     }
 
-    fn finish_batch(self: Arc<Self>, node: Arc<Node>, batch: Batch, res: Result<Vec<Unstable>, i32>) -> Option<Batch> {
+    fn finish_batch(
+        self: Arc<Self>,
+        node: Arc<Node>,
+        batch: Batch,
+        res: Result<Vec<Unstable>, i32>,
+    ) -> Option<Batch> {
         // Our write changed mtime (and maybe size): the next GETATTR must ask the server.
         node.state.lock().unwrap().fetched = None;
-        let (commit, next) = node.wb.complete(&batch, res);
+        let (commit, next) = node.wb.complete(&batch, res, &self.answered);
         if commit {
             self.spawn_commit(node);
         }
@@ -1187,9 +1248,11 @@ impl Core {
         let mut next = node.wb.kick();
         while let Some(batch) = next.take() {
             node.wb.wait_turn(&batch).await;
-            let res = self.send_write(node, batch.offset, batch.data.clone(), stable_how::UNSTABLE).await;
+            let res = self
+                .send_write(node, batch.offset, batch.data.clone(), stable_how::UNSTABLE)
+                .await;
             node.state.lock().unwrap().fetched = None;
-            next = node.wb.complete(&batch, res).1;
+            next = node.wb.complete(&batch, res, &self.answered).1;
         }
         node.wb.drain().await;
     }
@@ -1260,20 +1323,26 @@ impl Core {
         Ok(())
     }
 
-    async fn release(&self, fh: FileHandle) -> Res<()> {
-        let Some(file) = self.files.lock().unwrap().remove(&fh.0) else {
-            return Ok(());
+    /// The kernel dropped handle `fh`: forget it now, on the dispatch thread (RELEASE is sent
+    /// asynchronously, and an UNLINK right after the close must not find the file still open),
+    /// and return it with the hidden name to remove if it was the last of a silly-renamed file.
+    fn close_handle(&self, fh: FileHandle) -> Option<(Arc<OpenFile>, Option<(nfs_fh3, Vec<u8>)>)> {
+        let file = self.files.lock().unwrap().remove(&fh.0)?;
+        let silly = {
+            let mut st = file.node.state.lock().unwrap();
+            st.open = st.open.saturating_sub(1);
+            if st.open == 0 { st.silly.take() } else { None }
         };
+        Some((file, silly))
+    }
+
+    /// Write back what the released handle left, then remove its hidden name if it had one.
+    async fn release(&self, file: Arc<OpenFile>, silly: Option<(nfs_fh3, Vec<u8>)>) -> Res<()> {
         let node = &file.node;
         let res = if file.flags & libc::O_ACCMODE != libc::O_RDONLY || node.wb.busy() {
             self.flush(node).await
         } else {
             Ok(())
-        };
-        let silly = {
-            let mut st = node.state.lock().unwrap();
-            st.open = st.open.saturating_sub(1);
-            if st.open == 0 { st.silly.take() } else { None }
         };
         if let Some((dir, name)) = silly {
             let args = REMOVE3args {
@@ -1401,6 +1470,7 @@ impl Core {
                 }
             }
             stream.buffer.push_back(DirEnt {
+                since: op_gen(),
                 name,
                 cookie: e.cookie,
                 fileid: e.fileid,
@@ -1471,7 +1541,8 @@ impl NfsFs {
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
-        self.rt.spawn(f(self.core.clone()));
+        let now = self.core.answered();
+        self.rt.spawn(OP_GEN.scope(now, f(self.core.clone())));
     }
 }
 
@@ -1734,7 +1805,9 @@ impl fuser::Filesystem for NfsFs {
         let open_flags = self.core.file(fh).map(|f| f.flags).unwrap_or(flags.0);
         let sync = (open_flags | flags.0) & (libc::O_SYNC | libc::O_DSYNC) != 0;
         // Take the place in the write order here, on the dispatch thread, in the kernel's order.
-        let (ticket, batches) = node.wb.queue(offset, data, self.core.nfs.wsize as usize, sync);
+        let (ticket, batches) = node
+            .wb
+            .queue(offset, data, self.core.nfs.wsize as usize, sync);
         for b in batches {
             self.rt.spawn(self.core.clone().send_batch(node.clone(), b));
         }
@@ -1748,7 +1821,8 @@ impl fuser::Filesystem for NfsFs {
                 Some(Ok(())) => reply.written(ticket.len() as u32),
                 Some(Err(e)) => reply.error(errno(e)),
                 None => {
-                    self.rt.spawn(async move { core.ack(&node, ticket, reply).await });
+                    self.rt
+                        .spawn(async move { core.ack(&node, ticket, reply).await });
                 }
             }
         }
@@ -1784,8 +1858,11 @@ impl fuser::Filesystem for NfsFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let Some((file, silly)) = self.core.close_handle(fh) else {
+            return reply.ok();
+        };
         self.spawn(|core| async move {
-            match core.release(fh).await {
+            match core.release(file, silly).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(e)),
             }
@@ -1879,7 +1956,7 @@ impl fuser::Filesystem for NfsFs {
                             // The kernel counts a lookup for every entry it is given (but "." and
                             // ".."): one that does not fit is forgotten again.
                             let node = core.remember(fh.clone(), a, Some((ino.0, &e.name)));
-                            let attr = core.attr_out(&node, a);
+                            let attr = core.attr_out_since(&node, a, e.since);
                             let full = reply.add(
                                 INodeNo(node.id),
                                 e.cookie,

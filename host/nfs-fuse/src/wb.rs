@@ -11,8 +11,9 @@
 //! - Order: writes are numbered in the order the kernel sent them; one that overlaps an earlier
 //!   write still in flight waits for it, so the server applies overlapping data in the writer's
 //!   order.
-//! - Size: until they are answered, attributes given to the kernel report at least the end of
-//!   every queued write ([`WriteBack::size_floor`]), so the kernel never sees its file shrink.
+//! - Size: attributes given to the kernel report at least the end of every queued write, and of
+//!   every write answered after the attributes were asked for ([`WriteBack::floor`]): the
+//!   kernel, which grew the file when the write was acknowledged, never sees it shrink.
 //! - Errors: a write the server refused is remembered and returned by the next `write`, `fsync`
 //!   and `close` (flush) of the file, as the kernel NFS client does.
 //! - Durability: writes are UNSTABLE; the data is kept until a COMMIT answers with the same write
@@ -21,6 +22,7 @@
 //!   uncommitted, and writers wait while [`HOLD_MAX`] bytes are.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use nfs3_client::nfs3_types::nfs3::writeverf3;
@@ -66,7 +68,12 @@ pub struct Batch {
 impl Gather {
     fn into_batch(self) -> Batch {
         let seq = self.tickets[0].seq;
-        Batch { offset: self.start, data: self.buf.freeze(), tickets: self.tickets, seq }
+        Batch {
+            offset: self.start,
+            data: self.buf.freeze(),
+            tickets: self.tickets,
+            seq,
+        }
     }
 }
 
@@ -88,6 +95,10 @@ struct State {
     committing: bool,
     /// Data was written since the last COMMIT (or since open): flush must COMMIT.
     dirty: bool,
+    /// The end of the furthest write answered since the last truncation, and the mount's count
+    /// of answered batches when the last one of this file was (see `floor`).
+    completed_end: u64,
+    last_answered: u64,
 }
 
 /// Write-behind bookkeeping of one file (see the module's doc).
@@ -120,8 +131,16 @@ impl WriteBack {
         let mut st = self.st.lock().unwrap();
         let seq = st.next_seq;
         st.next_seq += 1;
-        let t = Ticket { seq, start: offset, end: offset + data.len() as u64 };
-        st.queued.push(Queued { seq, start: t.start, end: t.end });
+        let t = Ticket {
+            seq,
+            start: offset,
+            end: offset + data.len() as u64,
+        };
+        st.queued.push(Queued {
+            seq,
+            start: t.start,
+            end: t.end,
+        });
         st.dirty = true;
         let mut out = Vec::new();
         if alone {
@@ -129,8 +148,9 @@ impl WriteBack {
             st.sending += out.len();
             return (t, out);
         }
-        let fits =
-            st.gather.as_ref().is_some_and(|g| g.start + g.buf.len() as u64 == offset && g.buf.len() + data.len() <= max);
+        let fits = st.gather.as_ref().is_some_and(|g| {
+            g.start + g.buf.len() as u64 == offset && g.buf.len() + data.len() <= max
+        });
         if fits {
             let g = st.gather.as_mut().expect("checked");
             g.buf.extend_from_slice(data);
@@ -139,7 +159,11 @@ impl WriteBack {
             out.extend(st.gather.take().map(Gather::into_batch));
             let mut buf = BytesMut::with_capacity(max.max(data.len()));
             buf.extend_from_slice(data);
-            st.gather = Some(Gather { start: offset, buf, tickets: vec![t] });
+            st.gather = Some(Gather {
+                start: offset,
+                buf,
+                tickets: vec![t],
+            });
         }
         let full = st.gather.as_ref().is_some_and(|g| g.buf.len() >= max);
         if full || st.sending + out.len() == 0 {
@@ -152,7 +176,12 @@ impl WriteBack {
     /// A batch of one O_SYNC write (its ticket from [`WriteBack::queue`] with `alone`).
     pub fn single(&self, t: Ticket, data: Bytes) -> Batch {
         self.st.lock().unwrap().sending += 1;
-        Batch { offset: t.start, data, tickets: vec![t], seq: t.seq }
+        Batch {
+            offset: t.start,
+            data,
+            tickets: vec![t],
+            seq: t.seq,
+        }
     }
 
     /// What is gathered, to send now (someone waits for it: flush, read, truncate).
@@ -211,14 +240,27 @@ impl WriteBack {
     /// Wait until no earlier write overlapping the batch is still queued.
     pub async fn wait_turn(&self, b: &Batch) {
         let (start, end) = (b.offset, b.offset + b.data.len() as u64);
-        self.wait_for(|st| !st.queued.iter().any(|q| q.seq < b.seq && q.start < end && start < q.end)).await;
+        self.wait_for(|st| {
+            !st.queued
+                .iter()
+                .any(|q| q.seq < b.seq && q.start < end && start < q.end)
+        })
+        .await;
     }
 
     /// The server answered batch `b`: `Ok` with what it took UNSTABLE (to hold until COMMIT), or
     /// the errno to report later. Returns whether a background COMMIT should start now, and the
     /// gathered writes to send next (the last batch in flight sends what gathered meanwhile).
-    pub fn complete(&self, b: &Batch, res: Result<Vec<Unstable>, i32>) -> (bool, Option<Batch>) {
+    /// `answered` (the mount's count of answered batches) goes up under the same lock.
+    pub fn complete(
+        &self,
+        b: &Batch,
+        res: Result<Vec<Unstable>, i32>,
+        answered: &AtomicU64,
+    ) -> (bool, Option<Batch>) {
         let mut st = self.st.lock().unwrap();
+        st.last_answered = answered.fetch_add(1, Ordering::SeqCst) + 1;
+        st.completed_end = st.completed_end.max(b.offset + b.data.len() as u64);
         let done = |q: &Queued| b.tickets.iter().any(|t| t.seq == q.seq);
         st.queued.retain(|q| !done(q));
         let len: u64 = b.tickets.iter().map(Ticket::len).sum();
@@ -236,23 +278,34 @@ impl WriteBack {
             }
         }
         let start = st.unstable_bytes >= COMMIT_AT && !st.committing;
-        let next = if st.sending == 0 { st.gather.take().map(Gather::into_batch) } else { None };
+        let next = if st.sending == 0 {
+            st.gather.take().map(Gather::into_batch)
+        } else {
+            None
+        };
         st.sending += usize::from(next.is_some());
         drop(st);
         self.changed.notify_waiters();
         (start, next)
     }
 
-    /// The lowest size the kernel may be told while writes are queued: the end of the furthest.
-    pub fn size_floor(&self) -> u64 {
-        self.st
-            .lock()
-            .unwrap()
-            .queued
-            .iter()
-            .map(|q| q.end)
-            .max()
-            .unwrap_or(0)
+    /// The lowest size the kernel may be told, for attributes asked for when the mount's count
+    /// of answered batches was `since`: the end of the furthest write still queued, and if a
+    /// batch of this file was answered since, of the furthest answered (the attributes may
+    /// predate it).
+    pub fn floor(&self, since: u64) -> u64 {
+        let st = self.st.lock().unwrap();
+        let queued = st.queued.iter().map(|q| q.end).max().unwrap_or(0);
+        if st.last_answered > since {
+            queued.max(st.completed_end)
+        } else {
+            queued
+        }
+    }
+
+    /// The file was truncated: sizes of earlier writes no longer count.
+    pub fn truncated(&self) {
+        self.st.lock().unwrap().completed_end = 0;
     }
 
     pub fn busy(&self) -> bool {
