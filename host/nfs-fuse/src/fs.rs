@@ -54,6 +54,8 @@ fn op_gen() -> u64 {
 const SYNTHETIC: u64 = 1 << 62;
 
 type Res<T> = Result<T, i32>;
+/// A hidden name to remove: (directory handle, name).
+type Hidden = (nfs_fh3, Vec<u8>);
 
 /// One file, directory or link the kernel knows.
 pub struct Node {
@@ -77,7 +79,7 @@ struct NodeState {
     /// still open rename it aside instead (as the kernel NFS client's "silly rename").
     name: Option<(u64, Vec<u8>)>,
     /// Renamed aside while open: remove this name (directory handle, name) at the last close.
-    silly: Option<(nfs_fh3, Vec<u8>)>,
+    silly: Option<Hidden>,
 }
 
 struct Known {
@@ -1326,7 +1328,7 @@ impl Core {
     /// The kernel dropped handle `fh`: forget it now, on the dispatch thread (RELEASE is sent
     /// asynchronously, and an UNLINK right after the close must not find the file still open),
     /// and return it with the hidden name to remove if it was the last of a silly-renamed file.
-    fn close_handle(&self, fh: FileHandle) -> Option<(Arc<OpenFile>, Option<(nfs_fh3, Vec<u8>)>)> {
+    fn close_handle(&self, fh: FileHandle) -> Option<(Arc<OpenFile>, Option<Hidden>)> {
         let file = self.files.lock().unwrap().remove(&fh.0)?;
         let silly = {
             let mut st = file.node.state.lock().unwrap();
@@ -1337,7 +1339,7 @@ impl Core {
     }
 
     /// Write back what the released handle left, then remove its hidden name if it had one.
-    async fn release(&self, file: Arc<OpenFile>, silly: Option<(nfs_fh3, Vec<u8>)>) -> Res<()> {
+    async fn release(&self, file: Arc<OpenFile>, silly: Option<Hidden>) -> Res<()> {
         let node = &file.node;
         let res = if file.flags & libc::O_ACCMODE != libc::O_RDONLY || node.wb.busy() {
             self.flush(node).await
