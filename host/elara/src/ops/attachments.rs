@@ -609,19 +609,8 @@ fn is_mountpoint(p: &Path) -> bool {
     crate::attach::mountinfo::find(p).is_ok_and(|m| m.is_some())
 }
 
+/// A host command for the ops layer (bind mounts, fsfreeze), with the attach layer's deadline.
 pub(crate) async fn run(cmd: &str, args: &[&str]) -> ApiResult<()> {
-    let out = tokio::process::Command::new(cmd)
-        .args(args)
-        .output()
-        .await
-        .map_err(|e| ApiError::internal(format!("running {cmd}: {e}")))?;
-    if !out.status.success() {
-        return Err(ApiError::internal(format!(
-            "{cmd} {} failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(())
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    crate::attach::cmd::run(cmd, &args).await.map(drop).map_err(|e| ApiError::internal(e.to_string()))
 }
