@@ -227,19 +227,19 @@ fn lifecycle(store: StoreKind) -> anyhow::Result<()> {
         "v1 after recovery: {v1}"
     );
 
-    // A plain mount: the driver attaches, but the `multi` backend's LUN exists in Cinder's
-    // database only, so the host's initiator cannot log in: the error names the volume and the
-    // cause, and the undo leaves no half attachment (no helper, no Cinder attachment).
+    // A plain mount: the driver attaches, but the LUN's portal (127.0.0.1:3260) is not among
+    // the backend's grants (only Cinder's API is): the host refuses to connect there, naming
+    // the volume, the backend and the portal, and the undo leaves no half attachment (no helper,
+    // no Cinder attachment).
     let err = d.fails(&["volume", "mount", "v1"])?;
+    let portal = conn["portal"].as_str().unwrap_or("?");
     ensure!(
-        err.contains("v1")
-            && err.contains("iSCSI")
-            && err.contains(conn["iqn"].as_str().unwrap_or("?")),
+        err.contains("v1") && err.contains("backend cin") && err.contains(portal) && err.contains("granted"),
         "mount error does not say why: {err}"
     );
     ensure!(
         helpers_under(&d.dir).is_empty(),
-        "a helper is left after the failed mount: {:?}",
+        "a helper is left after the refused mount: {:?}",
         helpers_under(&d.dir)
     );
     ensure!(

@@ -555,6 +555,7 @@ fn driver_check_attaches_a_real_lun() -> anyhow::Result<()> {
         .args(["--config", &format!("endpoint={}", cinder.endpoint), "--config", "auth=noauth"])
         .args(["--config", &format!("project_id={}", cinder.project), "--config", &format!("tag={tag}")])
         .args(["--config", &format!("volume_type={lun_type}"), "--allow-host", &cinder.host_port()])
+        .args(["--allow-host", &std::env::var("ELARA_TEST_TGT_PORTAL").context("ELARA_TEST_TGT_PORTAL")?])
         .output()?;
     let report = String::from_utf8_lossy(&out.stdout);
     ensure!(out.status.success() && report.contains("CONFORMS"), "driver check:\n{report}{}", String::from_utf8_lossy(&out.stderr));

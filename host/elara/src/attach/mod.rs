@@ -25,6 +25,7 @@
 //! only what belongs to the volume.
 
 pub mod cmd;
+mod endpoints;
 pub mod helper;
 pub mod iscsi;
 pub mod mountinfo;
@@ -108,6 +109,8 @@ pub struct AttachRequest<'a> {
     /// The filesystem to make if the device is blank.
     pub fs_type: FsType,
     pub read_only: bool,
+    /// The backend's network grants: every endpoint of the connection must be among them.
+    pub grants: &'a [elara_runtime::HostGrant],
 }
 
 /// What `attach` set up, recorded in the store so that `detach` (on this daemon or after a
@@ -259,6 +262,7 @@ impl Attacher {
 
     /// Bring a volume up at its mountpoint. Idempotent; on failure nothing of it is left behind.
     pub async fn attach(&self, req: AttachRequest<'_>) -> Result<AttachState> {
+        endpoints::check(req.connection, req.grants)?;
         let mountpoint = self.mountpoint(req.volume_id);
         create_dir(&mountpoint).await?;
         match req.connection {

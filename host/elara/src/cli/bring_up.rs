@@ -14,22 +14,24 @@ const PROBE_BYTES: usize = 1 << 20;
 
 pub struct HostBringUp {
     attacher: Attacher,
+    /// The check's `--allow-host` grants: the host connects only there, as the daemon would.
+    grants: Vec<elara_runtime::HostGrant>,
     /// Mount root and run dir of this check alone, removed afterwards.
     _dir: tempfile::TempDir,
 }
 
 impl HostBringUp {
-    pub fn new() -> anyhow::Result<HostBringUp> {
+    pub fn new(grants: Vec<elara_runtime::HostGrant>) -> anyhow::Result<HostBringUp> {
         let dir = tempfile::Builder::new().prefix("elara-check-").tempdir()?;
         let attacher = Attacher::new(AttachConfig::new(dir.path().join("mounts"), dir.path().join("run")));
-        Ok(HostBringUp { attacher, _dir: dir })
+        Ok(HostBringUp { attacher, grants, _dir: dir })
     }
 }
 
 impl BringUp for HostBringUp {
     fn exercise<'a>(&'a self, volume_id: &'a str, pool_dir: &'a Path, connection: &'a Connection) -> BringUpFuture<'a> {
         Box::pin(async move {
-            let req = AttachRequest { volume_id, pool_dir, connection, fs_type: FsType::Ext4, read_only: false };
+            let req = AttachRequest { volume_id, pool_dir, connection, fs_type: FsType::Ext4, read_only: false, grants: &self.grants };
             let state = self.attacher.attach(req).await.map_err(|e| format!("attach: {e}"))?;
             let used = write_and_read_back(&state.mountpoint).await;
             let down = self.attacher.detach(&state).await.map_err(|e| format!("detach: {e}"));

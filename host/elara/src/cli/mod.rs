@@ -808,8 +808,8 @@ async fn driver_check(
     })?;
     let opts = elara_conformance::CheckOptions {
         config: pairs("config", config)?,
-        grants,
-        bring_up: if attach { Some(std::sync::Arc::new(bring_up::HostBringUp::new()?)) } else { None },
+        grants: grants.clone(),
+        bring_up: if attach { Some(std::sync::Arc::new(bring_up::HostBringUp::new(grants.clone())?)) } else { None },
         ..Default::default()
     };
     let report = elara_conformance::run(&runtime, &bytes, opts).await?;

@@ -370,10 +370,11 @@ impl Elara {
                 connection: &connection,
                 fs_type: vol.fs.into(),
                 read_only: false,
+                grants: &self.backend_grants(&vol.backend).await?,
             })
             .await
             .map_err(|e| {
-                ApiError::new(500, "attach-failed", format!("volume {}: {e}", vol.name))
+                ApiError::new(500, "attach-failed", format!("volume {} (backend {}): {e}", vol.name, vol.backend))
             })?;
         faults::point("mount:after-host-attach");
         att.host = Some(state.clone());

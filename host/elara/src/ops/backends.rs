@@ -87,12 +87,25 @@ impl Registry {
     }
 }
 
+impl crate::ops::Elara {
+    /// The network grants of `backend` (what its sandbox may reach, and so what the host may
+    /// connect to for its volumes).
+    pub(crate) async fn backend_grants(&self, backend: &str) -> ApiResult<Vec<HostGrant>> {
+        let rec = self.get::<BackendRecord>(&keys::backend(backend)).await?.ok_or_else(|| ApiError::not_found("backend", backend))?;
+        Ok(grants_of(&rec.value))
+    }
+}
+
+fn grants_of(rec: &BackendRecord) -> Vec<HostGrant> {
+    rec.allow_hosts.iter().filter_map(|h| h.parse::<HostGrant>().ok()).collect()
+}
+
 fn spec_for(rec: &BackendRecord, pool_dir: PathBuf) -> BackendSpec {
     BackendSpec {
         name: rec.name.clone(),
         pool_dir,
         config: rec.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-        grants: rec.allow_hosts.iter().filter_map(|h| h.parse::<HostGrant>().ok()).collect(),
+        grants: grants_of(rec),
         limits: Limits {
             memory_bytes: rec.limits.memory_bytes,
             call_timeout: Duration::from_secs(rec.limits.call_timeout_secs),

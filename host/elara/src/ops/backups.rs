@@ -418,7 +418,8 @@ impl Elara {
         let (_, backend) = self.backends.get(&vol.backend).await?;
         let connection = backend.attach(&vol.id, &self.node_info()).await.map_err(|e| ApiError::from_call(&vol.backend, e))?;
         let pool_dir = self.backends.pool_dir(&vol.backend);
-        let req = AttachRequest { volume_id: &vol.id, pool_dir: &pool_dir, connection: &connection, fs_type: vol.fs.into(), read_only };
+        let grants = self.backend_grants(&vol.backend).await?;
+        let req = AttachRequest { volume_id: &vol.id, pool_dir: &pool_dir, connection: &connection, fs_type: vol.fs.into(), read_only, grants: &grants };
         match self.attacher.attach(req).await {
             Ok(state) => Ok(state),
             Err(e) => {
