@@ -154,7 +154,12 @@ impl Attacher {
             }
             None => self.start_qsd(&dir, &target, c, read_only).await?,
         };
-        match self.loop_device(&lun_file, read_only).await {
+        let export = std::fs::OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .open(&lun_file)
+            .map_err(|e| AttachError::io("open", &lun_file, e))?;
+        match self.loop_device(&lun_file, &export.into(), read_only).await {
             Ok(dev) => Ok((dev, helper)),
             Err(e) => {
                 if let Err(undo) = self.stop_helper_in(&dir).await {

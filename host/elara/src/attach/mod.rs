@@ -24,6 +24,7 @@
 //! its own partial work on failure; `detach` and `detach_by_volume` are safe to repeat and remove
 //! only what belongs to the volume.
 
+mod beneath;
 pub mod cmd;
 mod endpoints;
 pub mod helper;
@@ -268,24 +269,10 @@ impl Attacher {
         match req.connection {
             Connection::ImageFile(f) => self.attach_image(&req, &f.path, mountpoint).await,
             Connection::Directory(dir) => {
-                let src = confined(req.pool_dir, dir, "directory")?;
-                let meta = tokio::fs::symlink_metadata(&src)
-                    .await
-                    .map_err(|e| AttachError::io("stat", &src, e))?;
-                if !meta.is_dir() {
-                    return Err(AttachError::BadConnection {
-                        field: "directory",
-                        reason: format!("{} is not a directory", src.display()),
-                    });
-                }
+                // Opened once beneath the pool dir; the bind's source is that open directory.
+                let src = beneath::open(req.pool_dir, dir, "directory", beneath::Kind::Directory, false)?;
                 if mountinfo::find(&mountpoint)?.is_none() {
-                    let mut args =
-                        vec!["--bind".to_string(), path_str(&src), path_str(&mountpoint)];
-                    if req.read_only {
-                        args.insert(0, "-o".into());
-                        args.insert(1, "ro".into());
-                    }
-                    run("mount", &args).await?;
+                    bind_fd(&src.fd, &mountpoint, req.read_only)?;
                 }
                 Ok(AttachState::plain("directory", mountpoint))
             }
@@ -380,20 +367,15 @@ impl Attacher {
         }
     }
 
-    /// A loop device over `backing` (an existing one is reused), with the loop's buffered I/O:
-    /// never `--direct-io=on` over a FUSE export, see [`iscsi`].
-    async fn loop_device(&self, backing: &Path, read_only: bool) -> Result<PathBuf> {
+    /// A loop device over the open file `file` (at `backing`; an existing one is reused), with
+    /// the loop's buffered I/O: never `--direct-io=on` over a FUSE export, see [`iscsi`].
+    async fn loop_device(&self, backing: &Path, file: &std::os::fd::OwnedFd, read_only: bool) -> Result<PathBuf> {
         let _guard = self.loop_lock.lock().await;
         if let Some(dev) = loop_devices_of(backing).await?.into_iter().next() {
             return Ok(dev);
         }
-        let mut args = vec!["--find".to_string(), "--show".into()];
-        if read_only {
-            args.push("--read-only".into());
-        }
-        args.push(path_str(backing));
-        let out = run("losetup", &args).await?;
-        Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+        let file = file.try_clone().map_err(|e| AttachError::io("duplicate the fd of", backing, e))?;
+        tokio::task::spawn_blocking(move || beneath::loop_configure(&file, read_only)).await.expect("loop set-up panicked")
     }
 
     async fn attach_image(
@@ -402,16 +384,9 @@ impl Attacher {
         path: &str,
         mountpoint: PathBuf,
     ) -> Result<AttachState> {
-        let backing = confined(req.pool_dir, path, "image-file.path")?;
-        let meta = tokio::fs::symlink_metadata(&backing)
-            .await
-            .map_err(|e| AttachError::io("stat", &backing, e))?;
-        if !meta.is_file() {
-            return Err(AttachError::BadConnection {
-                field: "image-file.path",
-                reason: format!("{} is not a regular file", backing.display()),
-            });
-        }
+        // Opened once beneath the pool dir; the loop device is configured on that fd.
+        let image = beneath::open(req.pool_dir, path, "image-file.path", beneath::Kind::File, !req.read_only)?;
+        let backing = image.path.clone();
 
         // Already up (a repeated attach, or a restart after the mount step): hand back what is there.
         if let Some(m) = mountinfo::find(&mountpoint)? {
@@ -434,7 +409,7 @@ impl Attacher {
             });
         }
 
-        let device = self.loop_device(&backing, req.read_only).await?;
+        let device = self.loop_device(&backing, &image.fd, req.read_only).await?;
 
         match self.format_and_mount(req, &device, &mountpoint).await {
             Ok(formatted_now) => Ok(AttachState {
@@ -701,30 +676,36 @@ impl Attacher {
     }
 }
 
-/// `rel` resolved inside `root`: relative, no `..`, and (after symlinks) still inside `root`.
-fn confined(root: &Path, rel: &str, field: &'static str) -> Result<PathBuf> {
-    let p = Path::new(rel);
-    if rel.is_empty()
-        || p.is_absolute()
-        || p.components()
-            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
-    {
-        return Err(AttachError::BadConnection {
-            field,
-            reason: format!("{rel:?} must be a relative path inside the pool dir"),
-        });
+/// Where a driver's image path leads, checked as an attach checks it (beneath the pool dir, no
+/// symlinks, a regular file): for taking down what a crashed attach may have left, by that path.
+/// `None` when the path is refused or gone (then nothing of it can be attached either).
+/// A path that is gone is still named, if it stays inside the pool dir by its words alone (a
+/// loop device may outlive its deleted image).
+pub fn image_path(pool_dir: &Path, rel: &str) -> Option<PathBuf> {
+    match beneath::open(pool_dir, rel, "image-file.path", beneath::Kind::File, false) {
+        Ok(o) => Some(o.path),
+        Err(AttachError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            let plain = !rel.is_empty() && Path::new(rel).components().all(|c| matches!(c, Component::Normal(_)));
+            plain.then(|| std::fs::canonicalize(pool_dir).unwrap_or_else(|_| pool_dir.to_path_buf()).join(rel))
+        }
+        Err(_) => None,
     }
-    let root = std::fs::canonicalize(root).map_err(|e| AttachError::io("resolve", root, e))?;
-    let joined = root.join(p);
-    let real =
-        std::fs::canonicalize(&joined).map_err(|e| AttachError::io("resolve", &joined, e))?;
-    if !real.starts_with(&root) {
-        return Err(AttachError::BadConnection {
-            field,
-            reason: format!("{rel:?} leads outside the pool dir (to {})", real.display()),
-        });
+}
+
+/// Bind-mount the open directory `dir` at `target` (read-only if asked): the kernel resolves
+/// `/proc/self/fd/N` to that very directory, whatever its name leads to by now.
+fn bind_fd(dir: &std::os::fd::OwnedFd, target: &Path, read_only: bool) -> Result<()> {
+    use nix::mount::{MsFlags, mount};
+    let src = beneath::proc_path(dir);
+    mount(Some(&src), target, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(|e| AttachError::io("bind-mount onto", target, e.into()))?;
+    if read_only {
+        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        if let Err(e) = mount(None::<&str>, target, None::<&str>, flags, None::<&str>) {
+            let _ = nix::mount::umount(target);
+            return Err(AttachError::io("make read-only", target, e.into()));
+        }
     }
-    Ok(real)
+    Ok(())
 }
 
 /// Grow an unmounted ext4 filesystem to fill its device, if the volume was resized while the
@@ -1015,27 +996,5 @@ mod tests {
         assert_eq!(probe_fs(&img).await.unwrap().as_deref(), Some("xfs"));
     }
 
-    #[test]
-    fn confined_refuses_escapes() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("ok.img"), b"x").unwrap();
-        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("out")).unwrap();
-        assert!(confined(dir.path(), "ok.img", "p").is_ok());
-        for bad in ["", "/etc/passwd", "../x", "a/../../x", "out"] {
-            let err = confined(dir.path(), bad, "p").unwrap_err();
-            assert!(
-                matches!(
-                    err,
-                    AttachError::BadConnection { .. } | AttachError::Io { .. }
-                ),
-                "{bad}: {err}"
-            );
-        }
-        assert!(
-            confined(dir.path(), "out", "p")
-                .unwrap_err()
-                .to_string()
-                .contains("outside the pool dir")
-        );
-    }
+
 }

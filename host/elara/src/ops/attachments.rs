@@ -421,7 +421,7 @@ impl Elara {
             None => {
                 let backing = match &att.connection {
                     Some(elara_runtime::Connection::ImageFile(f)) => {
-                        Some(self.backends.pool_dir(&vol.backend).join(&f.path))
+                        crate::attach::image_path(&self.backends.pool_dir(&vol.backend), &f.path)
                     }
                     _ => None,
                 };

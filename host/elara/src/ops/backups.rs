@@ -432,7 +432,7 @@ impl Elara {
     /// Take down a private attach (see [`Elara::attach_private`]), found by the volume's id (so a
     /// restarted daemon can do it too). Safe to repeat.
     async fn detach_private(&self, vol: &VolumeRecord) -> ApiResult<()> {
-        let backing = vol.backend_ref.as_deref().map(|r| self.backends.pool_dir(&vol.backend).join(r)).filter(|p| p.is_file());
+        let backing = vol.backend_ref.as_deref().and_then(|r| crate::attach::image_path(&self.backends.pool_dir(&vol.backend), r));
         self.attacher
             .detach_by_volume(&vol.id, backing.as_deref())
             .await
