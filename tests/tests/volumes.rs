@@ -28,7 +28,7 @@ fn lifecycle(store: StoreKind) -> anyhow::Result<()> {
 
     // mount, write, read back through the filesystem.
     let mp = d.ok(&["volume", "mount", "vol1"])?.trim().to_string();
-    assert!(mounts_under(&d.dir).iter().any(|m| *m == mp), "{mp} is mounted");
+    assert!(mounts_under(&d.dir).contains(&mp), "{mp} is mounted");
     std::fs::write(format!("{mp}/hello.txt"), b"hello elara")?;
     nix_sync();
     assert_eq!(d.json(&["volume", "inspect", "vol1"])?["status"], "in-use");

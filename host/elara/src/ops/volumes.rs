@@ -59,7 +59,7 @@ impl Elara {
     /// record (`params.progress`) and also goes to `report` (a backup job's own progress).
     pub(crate) async fn create_volume_reporting(&self, req: CreateVolume, report: Option<ProgressFn>) -> ApiResult<VolumeRecord> {
         check_name("name", &req.name)?;
-        for (k, _) in &req.labels {
+        for k in req.labels.keys() {
             if k.is_empty() || k.len() > 256 {
                 return Err(ApiError::invalid("label", format!("label key {k:?} must be 1-256 characters")));
             }
