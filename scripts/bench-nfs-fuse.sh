@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 MIB=${BENCH_MIB:-1024}
 WORK=$ROOT/.work/bench-nfs-fuse
-BIN=$ROOT/target/release/elara-nfs-fuse
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/elara-nfs-fuse
 command -v fio >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fio >/dev/null; }
 cargo build --release -q -p elara-nfs-fuse
 

@@ -651,6 +651,43 @@ fn the_helper_ends_on_sigterm_and_on_unmount() {
 }
 
 #[test]
+fn sigterm_while_busy_detaches_and_serves_open_files_to_the_end() {
+    let srv = srv!("busy_sigterm");
+    let mut m = Mount::new(&srv, "busy", &[]);
+    fs::write(m.p("f"), b"still readable").unwrap();
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.p("f"))
+        .unwrap();
+    m.terminate();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while mountinfo_entry(&m.path).is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "still mounted after SIGTERM:\n{}",
+            m.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        m.running(),
+        "the helper left while a file was open:\n{}",
+        m.log()
+    );
+    let mut s = String::new();
+    f.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "still readable");
+    f.write_all(b", and writable").unwrap();
+    drop(f); // the last user: the helper ends
+    let status = m
+        .wait_exit(Duration::from_secs(10))
+        .expect("the helper exits after the last close");
+    assert!(status.success(), "{status}\n{}", m.log());
+    assert_eq!(fs::read(m.d("f")).unwrap(), b"still readable, and writable");
+}
+
+#[test]
 fn a_new_helper_replaces_the_dead_mount_of_a_killed_one() {
     let srv = srv!("dead_mount");
     let mut m = Mount::new(&srv, "dead", &[]);

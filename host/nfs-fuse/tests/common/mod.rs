@@ -219,6 +219,21 @@ impl Mount {
         status
     }
 
+    /// Send SIGTERM to the helper without waiting.
+    pub fn terminate(&self) {
+        if let Some(c) = &self.child {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        }
+    }
+
+    /// Whether the helper still runs.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
     /// Wait for the helper to exit by itself (after an unmount from outside).
     pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
         let child = self.child.as_mut()?;
