@@ -460,3 +460,41 @@ fn clamp_io(max: u32) -> u32 {
         max.clamp(4096, 1 << 20)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nfs_statuses_map_to_the_errno_a_program_expects() {
+        use nfsstat3::*;
+        for (s, e) in [
+            (NFS3ERR_NOENT, libc::ENOENT),
+            (NFS3ERR_EXIST, libc::EEXIST),
+            (NFS3ERR_NOTEMPTY, libc::ENOTEMPTY),
+            (NFS3ERR_ACCES, libc::EACCES),
+            (NFS3ERR_PERM, libc::EPERM),
+            (NFS3ERR_ROFS, libc::EROFS),
+            (NFS3ERR_NOSPC, libc::ENOSPC),
+            (NFS3ERR_DQUOT, libc::EDQUOT),
+            (NFS3ERR_NAMETOOLONG, libc::ENAMETOOLONG),
+            (NFS3ERR_STALE, libc::ESTALE),
+            (NFS3ERR_BADHANDLE, libc::ESTALE),
+            (NFS3ERR_NOTDIR, libc::ENOTDIR),
+            (NFS3ERR_ISDIR, libc::EISDIR),
+            (NFS3ERR_FBIG, libc::EFBIG),
+            (NFS3ERR_XDEV, libc::EXDEV),
+            (NFS3ERR_MLINK, libc::EMLINK),
+            (NFS3ERR_NOTSUPP, libc::EOPNOTSUPP),
+            (NFS3ERR_IO, libc::EIO),
+        ] {
+            assert_eq!(status_errno(s), e, "{s}");
+        }
+        let timeout = NfsError::Rpc(RpcError::Timeout {
+            server: "s".into(),
+            timeout: Duration::from_secs(1),
+            last: String::new(),
+        });
+        assert_eq!(timeout.errno(), libc::EIO);
+    }
+}

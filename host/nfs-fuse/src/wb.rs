@@ -369,3 +369,112 @@ impl WriteBack {
         st.dirty || !st.unstable.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    const MAX: usize = 1 << 20;
+
+    fn held(b: &Batch) -> Vec<Unstable> {
+        vec![Unstable {
+            offset: b.offset,
+            data: b.data.clone(),
+            verf: writeverf3([1; 8]),
+        }]
+    }
+
+    #[test]
+    fn small_writes_gather_while_one_is_in_flight() {
+        let wb = WriteBack::default();
+        let n = AtomicU64::new(1);
+        // Nothing in flight: the first write goes out alone, at once.
+        let (_, first) = wb.queue(0, &[1; 8192], MAX, false);
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].data.len(), 8192);
+        // The next ones gather behind it...
+        for i in 1..10u64 {
+            let (_, out) = wb.queue(i * 8192, &[2; 8192], MAX, false);
+            assert!(out.is_empty());
+        }
+        // ...and go out as one WRITE when it is answered.
+        let (_, next) = wb.complete(&first[0], Ok(held(&first[0])), &n);
+        let next = next.expect("the gathered batch");
+        assert_eq!((next.offset, next.data.len()), (8192, 9 * 8192));
+        // A full batch goes at once even with another in flight; a gap starts a new batch.
+        let (_, out) = wb.queue(10 * 8192, &vec![3; MAX], MAX, false);
+        assert_eq!(out.len(), 1, "a full batch is not held back");
+        let (_, out) = wb.queue(50 << 20, &[4; 100], MAX, false);
+        assert!(out.is_empty());
+        assert!(wb.kick().is_some_and(|b| b.offset == 50 << 20));
+        assert!(wb.kick().is_none());
+    }
+
+    #[test]
+    fn the_size_floor_covers_queued_and_lately_answered_writes() {
+        let wb = WriteBack::default();
+        let n = AtomicU64::new(1);
+        let (_, out) = wb.queue(0, &[0; 1000], MAX, false);
+        assert_eq!(wb.floor(n.load(Ordering::SeqCst)), 1000);
+        let since = n.load(Ordering::SeqCst);
+        wb.complete(&out[0], Ok(vec![]), &n);
+        // Attributes asked for before the answer may predate it; after it, they do not.
+        assert_eq!(wb.floor(since), 1000);
+        assert_eq!(wb.floor(n.load(Ordering::SeqCst)), 0);
+        wb.truncated();
+        assert_eq!(wb.floor(since), 0);
+    }
+
+    #[test]
+    fn the_window_limits_what_is_acknowledged_ahead() {
+        let wb = WriteBack::default();
+        let mut tickets = Vec::new();
+        for i in 0..(WINDOW / MAX as u64) {
+            let (t, _) = wb.queue(i * MAX as u64, &vec![0; MAX], MAX, false);
+            assert_eq!(wb.try_admit(&t), Some(Ok(())));
+            tickets.push(t);
+        }
+        let (t, _) = wb.queue(WINDOW, &vec![0; MAX], MAX, false);
+        assert_eq!(wb.try_admit(&t), None, "past the window the writer waits");
+    }
+
+    #[tokio::test]
+    async fn an_overlapping_write_waits_for_the_earlier_one() {
+        let wb = std::sync::Arc::new(WriteBack::default());
+        let n = AtomicU64::new(1);
+        let (_, a) = wb.queue(0, &[1; 4096], MAX, false);
+        let (tb, flushed) = wb.queue(1000, &[2; 100], MAX, true); // O_SYNC: its own batch
+        assert!(flushed.is_empty());
+        let b = wb.single(tb, Bytes::from_static(&[2; 100]));
+        let waiting = {
+            let wb = wb.clone();
+            tokio::spawn(async move { wb.wait_turn(&b).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "sent before the write it overlaps");
+        wb.complete(&a[0], Ok(vec![]), &n);
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_holds_its_data_again_and_reports_once() {
+        let wb = WriteBack::default();
+        let n = AtomicU64::new(1);
+        let (_, a) = wb.queue(0, &[1; 10], MAX, false);
+        wb.complete(&a[0], Ok(held(&a[0])), &n);
+        let batch = wb.begin_commit(true).await.expect("something to commit");
+        assert_eq!(batch.len(), 1);
+        wb.end_commit(Err((libc::EIO, batch)));
+        assert_eq!(wb.take_error(), Some(libc::EIO));
+        assert_eq!(wb.take_error(), None);
+        let again = wb.begin_commit(false).await.expect("held again");
+        assert_eq!(again[0].data.len(), 10);
+        wb.end_commit(Ok(()));
+        assert!(!wb.is_dirty());
+    }
+}
