@@ -15,7 +15,14 @@
 //!   `/proc/self/mountinfo` only after the export answered (MOUNT, FSINFO and GETATTR of its
 //!   root), so a parent may take its appearance as readiness.
 //!
-//! Root is needed: the helper mounts `/dev/fuse` itself (no fusermount, no libfuse).
+//! Root is needed: the helper mounts `/dev/fuse` itself (no fusermount, no libfuse, no Debian
+//! package). [`serve`] blocks, installs SIGTERM and SIGINT handlers for the whole process (run it
+//! in a process of its own, as `elara nfs-fuse` does) and logs through `tracing` (the caller sets
+//! up the subscriber; the `elara-nfs-fuse` binary logs to stderr).
+//!
+//! Not supported by NFSv3 or not done: extended attributes (EOPNOTSUPP), locks across clients
+//! (`flock`/`fcntl` locks are local to this mount: no NLM), RENAME_EXCHANGE, fallocate modes
+//! other than 0 (mode 0 only grows the size).
 
 mod fs;
 mod nfs;
