@@ -1053,15 +1053,26 @@ impl Core {
                 keep
             }
         };
+        if !keep {
+            // The file changed (or was never opened here): the size and times the kernel cached
+            // are stale too. Drop them; its next GETATTR is answered from what we just fetched.
+            if let Some(n) = self.notifier.get()
+                && let Err(e) = n.inval_inode(ino, -1, 0)
+            {
+                tracing::debug!("invalidating the attributes of inode {}: {e}", ino.0);
+            }
+        }
         let fh = self.open_handle(&node, flags);
-        Ok((
-            fh,
-            if keep {
-                FopenFlags::FOPEN_KEEP_CACHE
-            } else {
-                FopenFlags::empty()
-            },
-        ))
+        let mut fopen = if keep {
+            FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        };
+        if flags & libc::O_ACCMODE == libc::O_RDONLY {
+            // Nothing to write back when it is closed: no FLUSH round trip.
+            fopen |= FopenFlags::FOPEN_NOFLUSH;
+        }
+        Ok((fh, fopen))
     }
 
     fn file(&self, fh: FileHandle) -> Res<Arc<OpenFile>> {
