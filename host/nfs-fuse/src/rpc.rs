@@ -151,6 +151,8 @@ pub struct RpcClient {
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const ZERO_PAD: [u8; 4] = [0; 4];
+/// The largest reply taken (a 1 MiB READ plus its header, with room to spare).
+const MAX_RECORD: u64 = 16 << 20;
 
 impl RpcClient {
     pub fn new(
@@ -421,6 +423,11 @@ async fn read_loop(conn: Arc<Conn>, rd: OwnedReadHalf) {
             loop {
                 let marker = rd.read_u32().await?;
                 let len = u64::from(marker & 0x7fff_ffff);
+                if record.len() as u64 + len > MAX_RECORD {
+                    return Err(std::io::Error::other(format!(
+                        "a reply of over {MAX_RECORD} bytes"
+                    )));
+                }
                 record.reserve(len as usize);
                 let n = (&mut rd).take(len).read_to_end(&mut record).await?;
                 if (n as u64) < len {
