@@ -53,7 +53,7 @@ for _ in $(seq 600); do "$BIN" --socket "$SOCK" info >/dev/null 2>&1 && break; s
 e() { "$BIN" --socket "$SOCK" "$@"; }
 e backend add cinder1 --driver cinder --config "endpoint=$ELARA_TEST_CINDER" --config auth=noauth \
   --config "project_id=$ELARA_TEST_CINDER_PROJECT" --config tag=bench-attach --config "volume_type=$ELARA_TEST_CINDER_LUN_TYPE" \
-  --allow-host "${ELARA_TEST_CINDER#http://}" --allow-host "$ELARA_TEST_TGT_PORTAL" >/dev/null
+  --allow-host "$(echo "${ELARA_TEST_CINDER#http://}" | cut -d/ -f1)" --allow-host "$ELARA_TEST_TGT_PORTAL" >/dev/null
 NFS_HOST=${ELARA_TEST_NFS_SERVER%%:*}
 e backend add nfs1 --driver nfs --config "server=$ELARA_TEST_NFS_SERVER" --config "export=$ELARA_TEST_NFS_EXPORT" \
   --config path=elara-bench-attach --config "mount_port=$ELARA_TEST_NFS_MOUNT_PORT" --allow-host "$NFS_HOST" >/dev/null
