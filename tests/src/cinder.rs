@@ -41,6 +41,20 @@ impl Cinder {
         rest.split('/').next().unwrap_or(rest).to_string()
     }
 
+    /// `--config` and `--allow-host` arguments of `elara driver check` on the cinder driver with
+    /// noauth for this Cinder, the unique `tag`, and `extra` config keys.
+    pub fn driver_check_args(&self, tag: &str, extra: &[(&str, &str)]) -> Vec<String> {
+        let mut args = vec![];
+        let base = [("endpoint", self.endpoint.as_str()), ("auth", "noauth"), ("project_id", self.project.as_str()), ("tag", tag)];
+        for (k, v) in base.iter().chain(extra) {
+            args.push("--config".to_string());
+            args.push(format!("{k}={v}"));
+        }
+        args.push("--allow-host".into());
+        args.push(self.host_port());
+        args
+    }
+
     /// `backend add NAME --driver cinder` with noauth for this Cinder, the unique `tag`, and `extra`.
     pub fn backend_add(&self, name: &str, tag: &str, extra: &[(&str, &str)]) -> Vec<String> {
         let mut args: Vec<String> = ["backend", "add", name, "--driver", "cinder"]

@@ -22,19 +22,47 @@ fn swapped_image_race(store: StoreKind) -> anyhow::Result<()> {
     let mp = PathBuf::from(d.ok(&["volume", "mount", "legit"])?.trim());
     std::fs::write(mp.join("whose"), b"legit")?;
     let att = d.json(&["volume", "inspect", "legit"])?["attachments"][0].clone();
-    let image = PathBuf::from(att["host"]["backing_file"].as_str().context("backing_file")?);
+    let image = PathBuf::from(
+        att["host"]["backing_file"]
+            .as_str()
+            .context("backing_file")?,
+    );
     d.ok(&["volume", "unmount", "legit"])?;
-    ensure!(image.starts_with(d.pool_dir("local")), "the image {} is not in the pool dir", image.display());
+    ensure!(
+        image.starts_with(d.pool_dir("local")),
+        "the image {} is not in the pool dir",
+        image.display()
+    );
 
     // The victim: a host file outside the pool, an ext4 image saying so.
     let victim = d.dir.join("victim.img");
     std::fs::File::create(&victim)?.set_len(64 << 20)?;
-    ensure!(std::process::Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&victim).status()?.success(), "mkfs victim");
+    ensure!(
+        std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&victim)
+            .status()?
+            .success(),
+        "mkfs victim"
+    );
     let vm = d.dir.join("victim-mnt");
     std::fs::create_dir_all(&vm)?;
-    ensure!(std::process::Command::new("mount").arg(&victim).arg(&vm).status()?.success(), "mount victim");
+    ensure!(
+        std::process::Command::new("mount")
+            .arg(&victim)
+            .arg(&vm)
+            .status()?
+            .success(),
+        "mount victim"
+    );
     std::fs::write(vm.join("whose"), b"victim")?;
-    ensure!(std::process::Command::new("umount").arg(&vm).status()?.success(), "umount victim");
+    ensure!(
+        std::process::Command::new("umount")
+            .arg(&vm)
+            .status()?
+            .success(),
+        "umount victim"
+    );
 
     // The swapper: the real image and a symlink to the victim take turns at the image's name.
     let real = image.with_extension("real");
@@ -72,9 +100,15 @@ fn swapped_image_race(store: StoreKind) -> anyhow::Result<()> {
             Ok(out) if out.status.success() => {
                 mounted += 1;
                 let on_victim = loop_devices().into_iter().any(|(_, b)| b == victim_s);
-                let whose = std::fs::read(Path::new(String::from_utf8_lossy(&out.stdout).trim()).join("whose")).unwrap_or_default();
+                let whose = std::fs::read(
+                    Path::new(String::from_utf8_lossy(&out.stdout).trim()).join("whose"),
+                )
+                .unwrap_or_default();
                 if on_victim || whose == b"victim" {
-                    breach = Some(format!("mount {mounted}: the victim was attached (loop on it: {on_victim}, file says {:?})", String::from_utf8_lossy(&whose)));
+                    breach = Some(format!(
+                        "mount {mounted}: the victim was attached (loop on it: {on_victim}, file says {:?})",
+                        String::from_utf8_lossy(&whose)
+                    ));
                 }
                 let _ = d.cli(&["volume", "unmount", "legit"]);
                 if breach.is_some() {
@@ -85,7 +119,13 @@ fn swapped_image_race(store: StoreKind) -> anyhow::Result<()> {
                 refused += 1;
                 let err = String::from_utf8_lossy(&out.stderr);
                 // The host refuses the symlink, or the driver's own sandbox does when it looks at its image.
-                ensure!(err.contains("symlink") || err.contains("not a regular file") || err.contains("No such file") || err.contains("permission denied"), "an unexpected refusal: {err}");
+                ensure!(
+                    err.contains("symlink")
+                        || err.contains("not a regular file")
+                        || err.contains("No such file")
+                        || err.contains("permission denied"),
+                    "an unexpected refusal: {err}"
+                );
             }
             Err(e) => return Err(e),
         }
@@ -97,8 +137,14 @@ fn swapped_image_race(store: StoreKind) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&link);
     eprintln!("{mounted} mounts, {refused} refused, {swaps} swaps");
     ensure!(breach.is_none(), "{}", breach.unwrap_or_default());
-    ensure!(mounted + refused >= 20, "too few attempts to mean anything: {mounted} mounts, {refused} refused");
-    ensure!(!loop_devices().into_iter().any(|(_, b)| b == victim_s), "a loop device is left on the victim");
+    ensure!(
+        mounted + refused >= 20,
+        "too few attempts to mean anything: {mounted} mounts, {refused} refused"
+    );
+    ensure!(
+        !loop_devices().into_iter().any(|(_, b)| b == victim_s),
+        "a loop device is left on the victim"
+    );
     d.ok(&["volume", "mount", "legit"])?;
     d.ok(&["volume", "unmount", "legit"])?;
     d.ok(&["volume", "delete", "legit"])?;

@@ -570,19 +570,7 @@ fn cinder_driver_check() -> anyhow::Result<()> {
     let out = Command::new(elara_bin())
         .args(["driver", "check"])
         .arg(&wasm)
-        .args([
-            "--config",
-            &format!("endpoint={}", cinder.endpoint),
-            "--config",
-            "auth=noauth",
-        ])
-        .args([
-            "--config",
-            &format!("project_id={}", cinder.project),
-            "--config",
-            &format!("tag={tag}"),
-        ])
-        .args(["--allow-host", &cinder.host_port()])
+        .args(cinder.driver_check_args(&tag, &[]))
         .output()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("{stdout}");

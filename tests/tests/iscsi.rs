@@ -547,20 +547,35 @@ fn driver_check_attaches_a_real_lun() -> anyhow::Result<()> {
     }
     let _up = TARGET_UP.read().unwrap_or_else(|e| e.into_inner());
     let cinder = Cinder::from_env();
-    let lun_type = std::env::var("ELARA_TEST_CINDER_LUN_TYPE").context("ELARA_TEST_CINDER_LUN_TYPE")?;
+    let lun_type =
+        std::env::var("ELARA_TEST_CINDER_LUN_TYPE").context("ELARA_TEST_CINDER_LUN_TYPE")?;
+    let portal = std::env::var("ELARA_TEST_TGT_PORTAL").context("ELARA_TEST_TGT_PORTAL")?;
     let tag = unique("conf");
     let out = Command::new(elara_bin())
         .args(["driver", "check", "--attach"])
         .arg(drivers_dir().join("cinder.wasm"))
-        .args(["--config", &format!("endpoint={}", cinder.endpoint), "--config", "auth=noauth"])
-        .args(["--config", &format!("project_id={}", cinder.project), "--config", &format!("tag={tag}")])
-        .args(["--config", &format!("volume_type={lun_type}"), "--allow-host", &cinder.host_port()])
-        .args(["--allow-host", &std::env::var("ELARA_TEST_TGT_PORTAL").context("ELARA_TEST_TGT_PORTAL")?])
+        .args(cinder.driver_check_args(&tag, &[("volume_type", &lun_type)]))
+        .args(["--allow-host", &portal])
         .output()?;
     let report = String::from_utf8_lossy(&out.stdout);
-    ensure!(out.status.success() && report.contains("CONFORMS"), "driver check:\n{report}{}", String::from_utf8_lossy(&out.stderr));
-    let attach = report.lines().find(|l| l.starts_with("PASS") && l.contains(" attach ")).context("no passing attach check")?;
-    ensure!(attach.contains("iscsi (") && attach.contains("attached, formatted") && attach.contains("read back, detached"), "attach: {attach}");
-    ensure!(cinder.volumes_where("elara-tag", &tag)?.is_empty(), "the check left Cinder volumes");
+    ensure!(
+        out.status.success() && report.contains("CONFORMS"),
+        "driver check:\n{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let attach = report
+        .lines()
+        .find(|l| l.starts_with("PASS") && l.contains(" attach "))
+        .context("no passing attach check")?;
+    ensure!(
+        attach.contains("iscsi (")
+            && attach.contains("attached, formatted")
+            && attach.contains("read back, detached"),
+        "attach: {attach}"
+    );
+    ensure!(
+        cinder.volumes_where("elara-tag", &tag)?.is_empty(),
+        "the check left Cinder volumes"
+    );
     Ok(())
 }

@@ -169,8 +169,9 @@ fn lifecycle(store: StoreKind) -> anyhow::Result<()> {
         return Ok(());
     }
     let tag = unique("life");
+    // Shared before the backend is added: its first pool report needs the server up.
+    let _up = NfsServer::from_env().shared();
     let rig = Rig::start(store, &tag)?;
-    let _up = rig.nfs.shared();
     let (d, nfs) = (&rig.daemon, &rig.nfs);
 
     // The pool is the export's FSSTAT: the server's filesystem, as statvfs sees it on disk.
@@ -337,8 +338,8 @@ fn server_stopped_mid_operation(store: StoreKind) -> anyhow::Result<()> {
         return Ok(());
     }
     let tag = unique("down");
+    let _only_me = NfsServer::from_env().exclusive();
     let rig = Rig::start(store, &tag)?;
-    let _only_me = rig.nfs.exclusive();
     let (d, nfs) = (&rig.daemon, &rig.nfs);
     // The server comes back whatever happens below.
     struct Restart<'a>(&'a NfsServer);
@@ -412,8 +413,8 @@ fn daemon_killed_mid_copy(store: StoreKind) -> anyhow::Result<()> {
         return Ok(());
     }
     let tag = unique("kill");
+    let _up = NfsServer::from_env().shared();
     let mut rig = Rig::start(store, &tag)?;
-    let _up = rig.nfs.shared();
     let dir = big_volume(&rig)?;
     let before = tree(&dir)?;
     let snapshots = rig.base().join("snapshots");
@@ -450,9 +451,10 @@ fn daemon_killed_mid_copy_etcd() -> anyhow::Result<()> {
 }
 
 /// Through Docker: `docker volume create -d PLUGIN -o backend=nfs -o label.uid=…` makes the
-/// directory on the server with that owner; `-o iops=` is refused naming it; `docker run -v`
-/// mounts with the kernel's NFS client, or fails saying this kernel has none; `docker volume rm`
-/// removes the directory.
+/// directory on the server with that owner; `-o iops=` is refused naming it; a container writing
+/// as uid 1000 through `docker run -v` (the node's NFS client: the kernel's, or the user-space
+/// one) leaves files owned by 1000 on the server's disk, which a second container reads;
+/// `docker volume rm` removes the directory.
 fn docker_volumes(store: StoreKind) -> anyhow::Result<()> {
     if !require_root() {
         return Ok(());
@@ -587,8 +589,8 @@ fn daemon_killed_while_writing(store: StoreKind) -> anyhow::Result<()> {
     if !require_root() {
         return Ok(());
     }
+    let _up = NfsServer::from_env().shared();
     let (nfs, plugin, mut d, engine, path, _cleanup) = docker_rig(store)?;
-    let _up = nfs.shared();
     engine.ok(&["volume", "create", "-d", &plugin.name, "-o", "backend=nfs", "busy"])?;
     let script = "set -e; i=0; while true; do i=$((i+1)); echo $i >> /data/log; sleep 0.02; done";
     let cid = engine.ok(&["run", "-d", "-v", "busy:/data", IMAGE, "sh", "-c", script])?.trim().to_string();
@@ -634,8 +636,8 @@ fn helper_and_server_failures(store: StoreKind) -> anyhow::Result<()> {
     if !require_root() {
         return Ok(());
     }
+    let up = NfsServer::from_env().shared();
     let (nfs, _plugin, d, _engine, _path, _cleanup) = docker_rig(store)?;
-    let up = nfs.shared();
     d.ok(&["volume", "create", "nv", "--backend", "nfs"])?;
     let mp = PathBuf::from(d.ok(&["volume", "mount", "nv"])?.trim());
     std::fs::write(mp.join("kept"), b"kept")?;
@@ -696,8 +698,8 @@ fn file_backup_round_trip(store: StoreKind) -> anyhow::Result<()> {
     if !require_root() {
         return Ok(());
     }
+    let _up = NfsServer::from_env().shared();
     let rig = Rig::start(store, &unique("bk"))?;
-    let _up = rig.nfs.shared();
     let d = &rig.daemon;
     d.ok(&["volume", "create", "src", "--backend", "nfs"])?;
     let mp = PathBuf::from(d.ok(&["volume", "mount", "src"])?.trim());

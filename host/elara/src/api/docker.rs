@@ -633,12 +633,20 @@ const RECLAIM_PARALLEL: usize = 8;
 /// the others.
 pub async fn reclaim_once(s: &Shared, grace: i64) -> ApiResult<usize> {
     use futures::StreamExt;
-    let atts = s.store.list_json::<AttachmentRecord>(&keys::all_attachments()).await?;
+    let atts = s
+        .store
+        .list_json::<AttachmentRecord>(&keys::all_attachments())
+        .await?;
     let cutoff = now() - grace;
     let due: Vec<String> = atts
         .into_iter()
         .map(|r| r.value)
-        .filter(|a| a.node == s.node() && a.holders.iter().any(|(h, v)| h.starts_with(HOLDER_PREFIX) && v.since <= cutoff))
+        .filter(|a| {
+            a.node == s.node()
+                && a.holders
+                    .iter()
+                    .any(|(h, v)| h.starts_with(HOLDER_PREFIX) && v.since <= cutoff)
+        })
         .map(|a| a.volume)
         .collect();
     let results = futures::stream::iter(due)
@@ -656,8 +664,12 @@ pub async fn reclaim_once(s: &Shared, grace: i64) -> ApiResult<usize> {
         match res {
             Ok(Ok(Ok(n))) => reclaimed += n,
             Ok(Ok(Err(e))) => tracing::warn!(volume = %volume, "reclaiming its Docker mounts: {e}"),
-            Ok(Err(e)) => tracing::error!(volume = %volume, "reclaiming its Docker mounts: task failed: {e}"),
-            Err(_) => tracing::warn!(volume = %volume, "reclaiming its Docker mounts is stuck after {RECLAIM_VOLUME_LIMIT:?}; the next sweep tries again"),
+            Ok(Err(e)) => {
+                tracing::error!(volume = %volume, "reclaiming its Docker mounts: task failed: {e}")
+            }
+            Err(_) => {
+                tracing::warn!(volume = %volume, "reclaiming its Docker mounts is stuck after {RECLAIM_VOLUME_LIMIT:?}; the next sweep tries again")
+            }
         }
     }
     Ok(reclaimed)

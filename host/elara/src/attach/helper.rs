@@ -118,10 +118,40 @@ pub fn proc_stat(pid: u32) -> Option<(char, u64)> {
     Some((state, start))
 }
 
-/// The helper recorded in `dir`, if any.
+/// The helper recorded in `dir`, if any. Without a record (the daemon died between starting the
+/// helper and recording it), the pid file the helper wrote itself (`qsd.pid`, `helper.pid`)
+/// names it, if that process is still one serving this dir (its command line names the dir).
 pub fn load(dir: &Path) -> Option<HelperState> {
-    let bytes = std::fs::read(dir.join("helper.json")).ok()?;
-    serde_json::from_slice(&bytes).ok()
+    if let Some(state) = std::fs::read(dir.join("helper.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+    {
+        return Some(state);
+    }
+    let dir_s = dir.display().to_string();
+    for (file, program) in [
+        ("qsd.pid", "qemu-storage-daemon"),
+        ("helper.pid", "elara nfs-fuse"),
+    ] {
+        let Some(pid) = std::fs::read_to_string(dir.join(file))
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&dir_s)
+            && let Ok(state) = HelperState::identify(
+                program,
+                pid,
+                dir.join("helper.log"),
+                (file == "qsd.pid").then(|| dir.join("qmp.sock")),
+            )
+        {
+            return Some(state);
+        }
+    }
+    None
 }
 
 /// Record `state` in `dir` (write a temp file, then rename: never a torn record).

@@ -534,7 +534,10 @@ fn is_fuse_mount(path: &Path) -> Result<bool> {
 /// The first line of qemu-storage-daemon's stderr, without the option it quotes back (the whole
 /// `--blockdev` JSON): `qemu-storage-daemon: --blockdev {…}: iSCSI: Failed to …` → `iSCSI: Failed to …`.
 fn first_line(s: &str) -> &str {
-    let line = s.lines().find(|l| !l.trim().is_empty()).unwrap_or("(no message)");
+    let line = s
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("(no message)");
     match line.rfind("}: ") {
         Some(i) if line.contains(": --") => &line[i + 3..],
         _ => line,
@@ -589,7 +592,9 @@ mod tests {
             }
         }
         assert_eq!(
-            first_line("qemu-storage-daemon: --blockdev {\"driver\":\"iscsi\"}: iSCSI: Failed to log in\nmore"),
+            first_line(
+                "qemu-storage-daemon: --blockdev {\"driver\":\"iscsi\"}: iSCSI: Failed to log in\nmore"
+            ),
             "iSCSI: Failed to log in"
         );
         let mut bad_init = conn("127.0.0.1:3260", "iqn.x");

@@ -270,7 +270,13 @@ impl Attacher {
             Connection::ImageFile(f) => self.attach_image(&req, &f.path, mountpoint).await,
             Connection::Directory(dir) => {
                 // Opened once beneath the pool dir; the bind's source is that open directory.
-                let src = beneath::open(req.pool_dir, dir, "directory", beneath::Kind::Directory, false)?;
+                let src = beneath::open(
+                    req.pool_dir,
+                    dir,
+                    "directory",
+                    beneath::Kind::Directory,
+                    false,
+                )?;
                 if mountinfo::find(&mountpoint)?.is_none() {
                     bind_fd(&src.fd, &mountpoint, req.read_only)?;
                 }
@@ -369,13 +375,22 @@ impl Attacher {
 
     /// A loop device over the open file `file` (at `backing`; an existing one is reused), with
     /// the loop's buffered I/O: never `--direct-io=on` over a FUSE export, see [`iscsi`].
-    async fn loop_device(&self, backing: &Path, file: &std::os::fd::OwnedFd, read_only: bool) -> Result<PathBuf> {
+    async fn loop_device(
+        &self,
+        backing: &Path,
+        file: &std::os::fd::OwnedFd,
+        read_only: bool,
+    ) -> Result<PathBuf> {
         let _guard = self.loop_lock.lock().await;
         if let Some(dev) = loop_devices_of(backing).await?.into_iter().next() {
             return Ok(dev);
         }
-        let file = file.try_clone().map_err(|e| AttachError::io("duplicate the fd of", backing, e))?;
-        tokio::task::spawn_blocking(move || beneath::loop_configure(&file, read_only)).await.expect("loop set-up panicked")
+        let file = file
+            .try_clone()
+            .map_err(|e| AttachError::io("duplicate the fd of", backing, e))?;
+        tokio::task::spawn_blocking(move || beneath::loop_configure(&file, read_only))
+            .await
+            .expect("loop set-up panicked")
     }
 
     async fn attach_image(
@@ -385,7 +400,13 @@ impl Attacher {
         mountpoint: PathBuf,
     ) -> Result<AttachState> {
         // Opened once beneath the pool dir; the loop device is configured on that fd.
-        let image = beneath::open(req.pool_dir, path, "image-file.path", beneath::Kind::File, !req.read_only)?;
+        let image = beneath::open(
+            req.pool_dir,
+            path,
+            "image-file.path",
+            beneath::Kind::File,
+            !req.read_only,
+        )?;
         let backing = image.path.clone();
 
         // Already up (a repeated attach, or a restart after the mount step): hand back what is there.
@@ -685,8 +706,15 @@ pub fn image_path(pool_dir: &Path, rel: &str) -> Option<PathBuf> {
     match beneath::open(pool_dir, rel, "image-file.path", beneath::Kind::File, false) {
         Ok(o) => Some(o.path),
         Err(AttachError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            let plain = !rel.is_empty() && Path::new(rel).components().all(|c| matches!(c, Component::Normal(_)));
-            plain.then(|| std::fs::canonicalize(pool_dir).unwrap_or_else(|_| pool_dir.to_path_buf()).join(rel))
+            let plain = !rel.is_empty()
+                && Path::new(rel)
+                    .components()
+                    .all(|c| matches!(c, Component::Normal(_)));
+            plain.then(|| {
+                std::fs::canonicalize(pool_dir)
+                    .unwrap_or_else(|_| pool_dir.to_path_buf())
+                    .join(rel)
+            })
         }
         Err(_) => None,
     }
@@ -697,7 +725,14 @@ pub fn image_path(pool_dir: &Path, rel: &str) -> Option<PathBuf> {
 fn bind_fd(dir: &std::os::fd::OwnedFd, target: &Path, read_only: bool) -> Result<()> {
     use nix::mount::{MsFlags, mount};
     let src = beneath::proc_path(dir);
-    mount(Some(&src), target, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(|e| AttachError::io("bind-mount onto", target, e.into()))?;
+    mount(
+        Some(&src),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| AttachError::io("bind-mount onto", target, e.into()))?;
     if read_only {
         let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
         if let Err(e) = mount(None::<&str>, target, None::<&str>, flags, None::<&str>) {
@@ -995,6 +1030,4 @@ mod tests {
         assert!(ok.success());
         assert_eq!(probe_fs(&img).await.unwrap().as_deref(), Some("xfs"));
     }
-
-
 }

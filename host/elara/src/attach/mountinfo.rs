@@ -35,7 +35,10 @@ pub fn read() -> Result<Vec<MountEntry>, AttachError> {
 
 /// The top-most mount at exactly `mount_point`, if any.
 pub fn find(mount_point: &Path) -> Result<Option<MountEntry>, AttachError> {
-    Ok(read()?.into_iter().rev().find(|m| m.mount_point == mount_point))
+    Ok(read()?
+        .into_iter()
+        .rev()
+        .find(|m| m.mount_point == mount_point))
 }
 
 /// Parse mountinfo text; malformed lines are skipped.
@@ -71,9 +74,13 @@ fn unescape(s: &str) -> String {
     while i < bytes.len() {
         if bytes[i] == b'\\'
             && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b))
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
         {
-            let v = (bytes[i + 1] - b'0') as u32 * 64 + (bytes[i + 2] - b'0') as u32 * 8 + (bytes[i + 3] - b'0') as u32;
+            let v = (bytes[i + 1] - b'0') as u32 * 64
+                + (bytes[i + 2] - b'0') as u32 * 8
+                + (bytes[i + 3] - b'0') as u32;
             out.push(v as u8);
             i += 4;
         } else {

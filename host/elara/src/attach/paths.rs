@@ -46,8 +46,15 @@ impl DataPaths {
         let no_fuse = "/dev/fuse is missing: this kernel or container has no FUSE";
         let mut all = vec![];
         let loop_ok = Path::new("/dev/loop-control").exists();
-        let loop_detail = if loop_ok { "/dev/loop-control" } else { "/dev/loop-control is missing: no loop devices" };
-        all.push(DataPath { selected: loop_ok, ..path("loop", "kernel", loop_ok, loop_detail) });
+        let loop_detail = if loop_ok {
+            "/dev/loop-control"
+        } else {
+            "/dev/loop-control is missing: no loop devices"
+        };
+        all.push(DataPath {
+            selected: loop_ok,
+            ..path("loop", "kernel", loop_ok, loop_detail)
+        });
 
         let iscsi_tcp = Path::new("/sys/module/iscsi_tcp").exists();
         let iscsiadm = which("iscsiadm");

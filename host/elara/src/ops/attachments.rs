@@ -374,7 +374,11 @@ impl Elara {
             })
             .await
             .map_err(|e| {
-                ApiError::new(500, "attach-failed", format!("volume {} (backend {}): {e}", vol.name, vol.backend))
+                ApiError::new(
+                    500,
+                    "attach-failed",
+                    format!("volume {} (backend {}): {e}", vol.name, vol.backend),
+                )
             })?;
         faults::point("mount:after-host-attach");
         att.host = Some(state.clone());
@@ -613,5 +617,8 @@ fn is_mountpoint(p: &Path) -> bool {
 /// A host command for the ops layer (bind mounts, fsfreeze), with the attach layer's deadline.
 pub(crate) async fn run(cmd: &str, args: &[&str]) -> ApiResult<()> {
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    crate::attach::cmd::run(cmd, &args).await.map(drop).map_err(|e| ApiError::internal(e.to_string()))
+    crate::attach::cmd::run(cmd, &args)
+        .await
+        .map(drop)
+        .map_err(|e| ApiError::internal(e.to_string()))
 }
