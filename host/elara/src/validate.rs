@@ -45,7 +45,8 @@ pub fn parse_size(field: &str, text: &str) -> Result<u64, ApiError> {
         let scale = 10u128.checked_pow(frac.len() as u32).ok_or_else(|| overflow(field, t))?;
         let frac_v: u128 = if frac.is_empty() { 0 } else { frac.parse().map_err(|_| overflow(field, t))? };
         let whole = int.checked_mul(mult).ok_or_else(|| overflow(field, t))?;
-        whole + frac_v.checked_mul(mult).ok_or_else(|| overflow(field, t))? / scale
+        // Checked: `whole` may sit just under u128::MAX, and a wrapped sum would be a small size.
+        whole.checked_add(frac_v.checked_mul(mult).ok_or_else(|| overflow(field, t))? / scale).ok_or_else(|| overflow(field, t))?
     } else {
         let n: u128 = num.parse().map_err(|_| overflow(field, t))?;
         n.checked_mul(mult).ok_or_else(|| overflow(field, t))?
@@ -114,6 +115,15 @@ pub fn parse_duration(field: &str, text: &str) -> Result<std::time::Duration, Ap
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_that_would_wrap_are_refused() {
+        // int × 1000 is just under u128::MAX; adding the fraction used to wrap to a tiny size.
+        for t in ["340282366920938463463374607431768211.999KB", "340282366920938463463374607431768211455.5", "99999999999999999999999999999999999999999P"] {
+            let err = parse_size("size", t).unwrap_err();
+            assert!(err.message.contains("too large"), "{t}: {}", err.message);
+        }
+    }
 
     #[test]
     fn sizes() {
