@@ -143,7 +143,7 @@ impl Attacher {
         let dir = self.attach_dir(volume_id);
         let lun_file = dir.join("lun");
         let helper = match helper::load(&dir) {
-            Some(h) if h.alive() && is_fuse_mount(&lun_file)? => {
+            Some(h) if h.alive() && mountinfo::is_fuse(&lun_file)? => {
                 tracing::info!(volume = volume_id, helper = %h.describe(), "adopting the running iSCSI helper");
                 h
             }
@@ -289,7 +289,7 @@ impl Attacher {
             })?;
         let state = HelperState::identify(QSD, pid, log, Some(qmp))?;
         helper::save(dir, &state)?;
-        if !is_fuse_mount(&lun_file)? {
+        if !mountinfo::is_fuse(&lun_file)? {
             self.stop_helper_in(dir).await.ok();
             return Err(AttachError::Helper {
                 program: QSD.into(),
@@ -527,9 +527,6 @@ async fn kernel_session_exists(iqn: &str, portal: &str) -> Result<bool> {
     }))
 }
 
-fn is_fuse_mount(path: &Path) -> Result<bool> {
-    Ok(mountinfo::find(path)?.is_some_and(|m| m.fs_type.starts_with("fuse")))
-}
 
 /// The first line of qemu-storage-daemon's stderr, without the option it quotes back (the whole
 /// `--blockdev` JSON): `qemu-storage-daemon: --blockdev {…}: iSCSI: Failed to …` → `iSCSI: Failed to …`.

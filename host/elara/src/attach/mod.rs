@@ -580,9 +580,9 @@ impl Attacher {
             return Err(e);
         }
         // s3fs returns once its daemon is forked; the mount is the readiness signal.
-        match mountinfo::find(&mountpoint)? {
-            Some(m) if m.fs_type.starts_with("fuse") => Ok(state),
-            _ => {
+        match mountinfo::is_fuse(&mountpoint)? {
+            true => Ok(state),
+            false => {
                 let _ = tokio::fs::remove_file(&creds).await;
                 Err(AttachError::Command {
                     command: "s3fs".into(),

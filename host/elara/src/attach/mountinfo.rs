@@ -41,6 +41,11 @@ pub fn find(mount_point: &Path) -> Result<Option<MountEntry>, AttachError> {
         .find(|m| m.mount_point == mount_point))
 }
 
+/// Whether a FUSE file system (s3fs, a helper's export or NFS client) is mounted at `path`.
+pub fn is_fuse(path: &Path) -> Result<bool, AttachError> {
+    Ok(find(path)?.is_some_and(|m| m.fs_type.starts_with("fuse")))
+}
+
 /// Parse mountinfo text; malformed lines are skipped.
 pub fn parse(text: &str) -> Vec<MountEntry> {
     text.lines().filter_map(parse_line).collect()

@@ -192,7 +192,7 @@ impl Attacher {
         let e = check(c)?;
         let dir = self.attach_dir(volume_id);
         if let Some(h) = helper::load(&dir) {
-            if h.alive() && is_fuse_mount(mountpoint)? {
+            if h.alive() && mountinfo::is_fuse(mountpoint)? {
                 tracing::info!(volume = volume_id, helper = %h.describe(), "adopting the running NFS helper");
                 return Ok(h);
             }
@@ -238,7 +238,7 @@ impl Attacher {
         // Ready when its FUSE mount appears; if it exits first, its log says why.
         let deadline = tokio::time::Instant::now() + HELPER_READY;
         loop {
-            if is_fuse_mount(mountpoint)? {
+            if mountinfo::is_fuse(mountpoint)? {
                 break;
             }
             if let Ok(Some(status)) = child.try_wait() {
@@ -270,9 +270,6 @@ impl Attacher {
     }
 }
 
-fn is_fuse_mount(path: &Path) -> Result<bool> {
-    Ok(mountinfo::find(path)?.is_some_and(|m| m.fs_type.starts_with("fuse")))
-}
 
 #[cfg(test)]
 mod tests {

@@ -345,7 +345,7 @@ impl Elara {
         vol: &VolumeRecord,
         att: &mut AttachmentRecord,
     ) -> ApiResult<PathBuf> {
-        let (_, backend) = self.backends.get(&vol.backend).await?;
+        let (backend_rec, backend) = self.backends.get(&vol.backend).await?;
         let connection = backend
             .attach(&vol.id, &self.node_info())
             .await
@@ -370,7 +370,7 @@ impl Elara {
                 connection: &connection,
                 fs_type: vol.fs.into(),
                 read_only: false,
-                grants: &self.backend_grants(&vol.backend).await?,
+                grants: &super::backends::grants_of(&backend_rec),
             })
             .await
             .map_err(|e| {

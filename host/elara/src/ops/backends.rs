@@ -87,16 +87,9 @@ impl Registry {
     }
 }
 
-impl crate::ops::Elara {
-    /// The network grants of `backend` (what its sandbox may reach, and so what the host may
-    /// connect to for its volumes).
-    pub(crate) async fn backend_grants(&self, backend: &str) -> ApiResult<Vec<HostGrant>> {
-        let rec = self.get::<BackendRecord>(&keys::backend(backend)).await?.ok_or_else(|| ApiError::not_found("backend", backend))?;
-        Ok(grants_of(&rec.value))
-    }
-}
-
-fn grants_of(rec: &BackendRecord) -> Vec<HostGrant> {
+/// The network grants of a backend: what its sandbox may reach, and so what the host may connect
+/// to for its volumes.
+pub(crate) fn grants_of(rec: &BackendRecord) -> Vec<HostGrant> {
     rec.allow_hosts.iter().filter_map(|h| h.parse::<HostGrant>().ok()).collect()
 }
 

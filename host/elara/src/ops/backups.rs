@@ -415,10 +415,10 @@ impl Elara {
     /// it (a blank block volume gets its filesystem). No attachment record: the volume is locked
     /// by the job's op, so no one else mounts it; [`Elara::detach_private`] takes it down.
     async fn attach_private(&self, vol: &VolumeRecord, read_only: bool) -> ApiResult<AttachState> {
-        let (_, backend) = self.backends.get(&vol.backend).await?;
+        let (backend_rec, backend) = self.backends.get(&vol.backend).await?;
         let connection = backend.attach(&vol.id, &self.node_info()).await.map_err(|e| ApiError::from_call(&vol.backend, e))?;
         let pool_dir = self.backends.pool_dir(&vol.backend);
-        let grants = self.backend_grants(&vol.backend).await?;
+        let grants = super::backends::grants_of(&backend_rec);
         let req = AttachRequest { volume_id: &vol.id, pool_dir: &pool_dir, connection: &connection, fs_type: vol.fs.into(), read_only, grants: &grants };
         match self.attacher.attach(req).await {
             Ok(state) => Ok(state),
