@@ -451,6 +451,11 @@ pub fn helpers_under(dir: &Path) -> Vec<u32> {
     pids
 }
 
+/// Lines in a file (0 while it does not exist yet): how far a container's append loop has come.
+pub fn line_count(p: &Path) -> usize {
+    std::fs::read_to_string(p).map(|t| t.lines().count()).unwrap_or(0)
+}
+
 /// Mountpoints at or below `dir`, from /proc/self/mountinfo.
 pub fn mounts_under(dir: &Path) -> Vec<String> {
     let d = dir.display().to_string();

@@ -299,21 +299,16 @@ fn daemon_killed_while_writing(store: StoreKind) -> anyhow::Result<()> {
     let pid = att["host"]["helper"]["pid"]
         .as_u64()
         .context("no helper pid in the attachment")?;
-    let lines = |p: &Path| {
-        std::fs::read_to_string(p)
-            .map(|t| t.lines().count())
-            .unwrap_or(0)
-    };
     wait_for(Duration::from_secs(20), "the container to write", || {
-        Ok(lines(&log) > 10)
+        Ok(line_count(&log) > 10)
     })?;
 
     rig.d.kill9();
-    let before = lines(&log);
+    let before = line_count(&log);
     wait_for(
         Duration::from_secs(20),
         "writes to go on with the daemon dead",
-        || Ok(lines(&log) > before + 20),
+        || Ok(line_count(&log) > before + 20),
     )?;
     rig.d.restart()?;
     rig.d.wait_ops_settled(Duration::from_secs(60))?;
@@ -329,9 +324,9 @@ fn daemon_killed_while_writing(store: StoreKind) -> anyhow::Result<()> {
         helpers == vec![pid as u32],
         "helpers after the restart: {helpers:?} (want only {pid})"
     );
-    let before = lines(&log);
+    let before = line_count(&log);
     wait_for(Duration::from_secs(20), "writes after the restart", || {
-        Ok(lines(&log) > before + 20)
+        Ok(line_count(&log) > before + 20)
     })?;
     let running = rig
         .engine()

@@ -579,10 +579,6 @@ fn docker_rig(store: StoreKind) -> anyhow::Result<(NfsServer, Plugin, Daemon, En
     Ok((nfs, plugin, d, engine, path, cleanup))
 }
 
-fn line_count(p: &Path) -> usize {
-    std::fs::read_to_string(p).map(|t| t.lines().count()).unwrap_or(0)
-}
-
 /// The daemon SIGKILLed while a container writes to an nfs volume: the container sees no error,
 /// the restarted daemon adopts the same helper, and the container's end takes it down.
 fn daemon_killed_while_writing(store: StoreKind) -> anyhow::Result<()> {
