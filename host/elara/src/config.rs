@@ -62,6 +62,16 @@ pub struct DaemonArgs {
     /// Seconds an iSCSI target or NFS server may leave a request unanswered before it fails (EIO).
     #[arg(long, env = "ELARA_ATTACH_IO_TIMEOUT")]
     pub attach_io_timeout_secs: Option<u64>,
+    /// A directory under which REST clients may ask for a volume to be bind-mounted
+    /// (`mount --path`); repeat for several. Default: only Elara's own mount root.
+    #[arg(long = "mount-path-root", env = "ELARA_MOUNT_PATH_ROOTS", value_delimiter = ',')]
+    pub mount_path_roots: Vec<PathBuf>,
+    /// Most TCP connections served at once; more are closed on accept.
+    #[arg(long, env = "ELARA_TCP_MAX_CONNECTIONS")]
+    pub tcp_max_connections: Option<usize>,
+    /// Seconds a TCP client has to finish its TLS handshake, and to send a request's headers.
+    #[arg(long, env = "ELARA_TCP_HEADER_TIMEOUT")]
+    pub tcp_header_timeout_secs: Option<u64>,
 }
 
 /// `[attach]` in the TOML file.
@@ -90,6 +100,9 @@ pub struct FileConfig {
     pub insecure_tcp: Option<bool>,
     pub pool_refresh_secs: Option<u64>,
     pub node_ttl_secs: Option<u64>,
+    pub mount_path_roots: Option<Vec<PathBuf>>,
+    pub tcp_max_connections: Option<usize>,
+    pub tcp_header_timeout_secs: Option<u64>,
     pub attach: Option<AttachFileConfig>,
 }
 
@@ -112,6 +125,10 @@ pub struct Config {
     pub attach_iscsi: PathChoice,
     pub attach_nfs: PathChoice,
     pub attach_io_timeout_secs: u64,
+    /// Canonical directories REST bind paths must be under.
+    pub mount_path_roots: Vec<PathBuf>,
+    pub tcp_max_connections: usize,
+    pub tcp_header_timeout_secs: u64,
 }
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/elara";
@@ -179,6 +196,13 @@ impl Config {
                 .attach_io_timeout_secs
                 .or(attach.io_timeout_secs)
                 .unwrap_or(30),
+            mount_path_roots: match (&args.mount_path_roots, file.mount_path_roots) {
+                (a, _) if !a.is_empty() => a.clone(),
+                (_, Some(f)) => f,
+                _ => vec![data_dir.join("mounts")],
+            },
+            tcp_max_connections: args.tcp_max_connections.or(file.tcp_max_connections).unwrap_or(256),
+            tcp_header_timeout_secs: args.tcp_header_timeout_secs.or(file.tcp_header_timeout_secs).unwrap_or(10),
             data_dir,
             store,
             node,
@@ -194,6 +218,17 @@ impl Config {
                     "--listen needs --tls-cert and --tls-key (or --insecure-tcp to serve plain TCP, which exposes the token)"
                 );
             }
+        }
+        for root in &cfg.mount_path_roots {
+            if !root.is_absolute() || root.components().any(|c| !matches!(c, std::path::Component::RootDir | std::path::Component::Normal(_))) {
+                bail!("mount_path_roots: {} must be an absolute path without `.` or `..`", root.display());
+            }
+        }
+        if cfg.tcp_max_connections == 0 {
+            bail!("tcp_max_connections: must be at least 1");
+        }
+        if !(1..=600).contains(&cfg.tcp_header_timeout_secs) {
+            bail!("tcp_header_timeout_secs: must be 1 to 600 seconds, not {}", cfg.tcp_header_timeout_secs);
         }
         if cfg.node_ttl_secs < 2 {
             bail!("node_ttl_secs: must be at least 2");

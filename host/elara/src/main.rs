@@ -5,6 +5,7 @@ mod attach;
 mod backup;
 mod cli;
 mod config;
+mod data_dir;
 mod error;
 mod model;
 mod ops;

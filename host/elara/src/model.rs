@@ -296,6 +296,9 @@ pub struct Holder {
     /// A bind-mount target chosen by the user (REST mounts with `path`).
     #[schema(value_type = Option<String>)]
     pub path: Option<PathBuf>,
+    /// The kernel's id of the bind mount Elara made at `path`: unmount removes that mount only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount_id: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

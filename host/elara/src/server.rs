@@ -19,15 +19,9 @@ use crate::ops::backends::Registry;
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let started = Instant::now();
-    for dir in [
-        &cfg.data_dir,
-        &cfg.pools_dir(),
-        &cfg.mounts_dir(),
-        &cfg.cache_dir(),
-        &cfg.run_dir(),
-    ] {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
+    // Before anything is created: the store, images and run files are root's alone.
+    crate::data_dir::set_private_umask();
+    crate::data_dir::prepare(&cfg)?;
     let (stop_tx, stop_rx) = watch::channel(false);
 
     // The Docker plugin socket answers Plugin.Activate before the store is up.
@@ -43,6 +37,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let store = elara_store::open(&cfg.store)
         .await
         .with_context(|| format!("opening the metadata store {}", cfg.store))?;
+    // A new embedded store exists only now; an old one was checked above.
+    crate::data_dir::prepare(&cfg)?;
     let runtime = elara_runtime::Runtime::new(elara_runtime::RuntimeConfig {
         cache_dir: cfg.cache_dir(),
         ..Default::default()
@@ -141,9 +137,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 }
 
 /// Bind a unix socket (mode 0660), replacing a stale socket file but refusing to steal a live one.
+/// A directory made for it is 0755 (not the daemon's 077 umask): the socket's group must reach it.
 pub fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
+    if let Some(dir) = path.parent()
+        && !dir.exists()
+    {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {

@@ -25,6 +25,7 @@
 //! only what belongs to the volume.
 
 mod beneath;
+pub mod bind_path;
 pub mod cmd;
 mod endpoints;
 pub mod helper;
@@ -101,6 +102,53 @@ impl From<crate::model::FsType> for FsType {
     }
 }
 
+/// Which of the mount flags that keep a volume's contents from acting on the host a mount
+/// gets. Both are on by default: a container can leave a setuid-root binary or a device node
+/// on its volume, and without them any local user could run it from the host mount path. A
+/// volume type lifts them with the specs `mount:nosuid=false` / `mount:nodev=false`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MountSecurity {
+    pub nosuid: bool,
+    pub nodev: bool,
+}
+
+impl Default for MountSecurity {
+    fn default() -> Self {
+        MountSecurity { nosuid: true, nodev: true }
+    }
+}
+
+impl MountSecurity {
+    /// The volume-type spec keys that lift a flag.
+    pub const SPEC_NOSUID: &'static str = "mount:nosuid";
+    pub const SPEC_NODEV: &'static str = "mount:nodev";
+
+    /// The flags as `mount -o` options.
+    fn options(self) -> Vec<&'static str> {
+        let mut o = Vec::new();
+        if self.nosuid {
+            o.push("nosuid");
+        }
+        if self.nodev {
+            o.push("nodev");
+        }
+        o
+    }
+
+    /// The flags for mount(2).
+    pub(crate) fn ms_flags(self) -> nix::mount::MsFlags {
+        use nix::mount::MsFlags;
+        let mut f = MsFlags::empty();
+        if self.nosuid {
+            f |= MsFlags::MS_NOSUID;
+        }
+        if self.nodev {
+            f |= MsFlags::MS_NODEV;
+        }
+        f
+    }
+}
+
 /// One volume to bring up.
 pub struct AttachRequest<'a> {
     pub volume_id: &'a str,
@@ -112,6 +160,7 @@ pub struct AttachRequest<'a> {
     pub read_only: bool,
     /// The backend's network grants: every endpoint of the connection must be among them.
     pub grants: &'a [elara_runtime::HostGrant],
+    pub security: MountSecurity,
 }
 
 /// What `attach` set up, recorded in the store so that `detach` (on this daemon or after a
@@ -278,7 +327,7 @@ impl Attacher {
                     false,
                 )?;
                 if mountinfo::find(&mountpoint)?.is_none() {
-                    bind_fd(&src.fd, &mountpoint, req.read_only)?;
+                    bind_fd(&src.fd, &mountpoint, req.read_only, req.security)?;
                 }
                 Ok(AttachState::plain("directory", mountpoint))
             }
@@ -500,7 +549,7 @@ impl Attacher {
                 (req.fs_type.name().to_string(), true)
             }
         };
-        let mut opts = Vec::new();
+        let mut opts = req.security.options();
         if req.read_only {
             opts.push("ro");
         }
@@ -561,9 +610,12 @@ impl Attacher {
             format!("passwd_file={}", creds.display()),
             format!("url={}", s3.endpoint),
             format!("endpoint={}", s3.region),
+            // Containers of any uid use the volume; host users cannot reach it (the mount
+            // root is 0700), and it never honours setuid bits or device nodes unless lifted.
             "allow_other".to_string(),
             "mp_umask=0000".to_string(),
         ];
+        opts.extend(req.security.options().into_iter().map(String::from));
         if s3.path_style {
             opts.push("use_path_request_style".into());
         }
@@ -722,23 +774,26 @@ pub fn image_path(pool_dir: &Path, rel: &str) -> Option<PathBuf> {
 
 /// Bind-mount the open directory `dir` at `target` (read-only if asked): the kernel resolves
 /// `/proc/self/fd/N` to that very directory, whatever its name leads to by now.
-fn bind_fd(dir: &std::os::fd::OwnedFd, target: &Path, read_only: bool) -> Result<()> {
+fn bind_fd(dir: &std::os::fd::OwnedFd, target: &Path, read_only: bool, security: MountSecurity) -> Result<()> {
+    bind_onto(&beneath::proc_path(dir), target, read_only, security)
+}
+
+/// Bind-mount `src` at `target` with `security`'s flags (and read-only if asked). A bind mount
+/// takes its flags only from a remount, so the flags are a second step; if that fails the bind
+/// is undone.
+pub(crate) fn bind_onto(src: &Path, target: &Path, read_only: bool, security: MountSecurity) -> Result<()> {
     use nix::mount::{MsFlags, mount};
-    let src = beneath::proc_path(dir);
-    mount(
-        Some(&src),
-        target,
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .map_err(|e| AttachError::io("bind-mount onto", target, e.into()))?;
+    mount(Some(src), target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        .map_err(|e| AttachError::io("bind-mount onto", target, e.into()))?;
+    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | security.ms_flags();
     if read_only {
-        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
-        if let Err(e) = mount(None::<&str>, target, None::<&str>, flags, None::<&str>) {
-            let _ = nix::mount::umount(target);
-            return Err(AttachError::io("make read-only", target, e.into()));
-        }
+        flags |= MsFlags::MS_RDONLY;
+    }
+    if flags != MsFlags::MS_BIND | MsFlags::MS_REMOUNT
+        && let Err(e) = mount(None::<&str>, target, None::<&str>, flags, None::<&str>)
+    {
+        let _ = nix::mount::umount(target);
+        return Err(AttachError::io("set the mount flags of", target, e.into()));
     }
     Ok(())
 }

@@ -14,6 +14,8 @@ use super::AttachError;
 /// One mount, as the kernel reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountEntry {
+    /// The kernel's id of this mount: unique while it exists, so "the mount Elara made here".
+    pub id: u64,
     /// The mount's `major:minor` device numbers.
     pub dev: (u32, u32),
     /// The directory of the source filesystem that is mounted (`/` unless a bind mount of a subtree).
@@ -24,6 +26,8 @@ pub struct MountEntry {
     pub fs_type: String,
     /// Mount source, e.g. `/dev/loop3`, `server:/export`, `s3fs`.
     pub source: String,
+    /// The per-mount options (`rw,nosuid,nodev,relatime`).
+    pub options: String,
 }
 
 /// Every mount in this process's mount namespace, in mount order (later entries stack on earlier ones).
@@ -54,15 +58,18 @@ pub fn parse(text: &str) -> Vec<MountEntry> {
 fn parse_line(line: &str) -> Option<MountEntry> {
     let (left, right) = line.split_once(" - ")?;
     let mut l = left.split(' ');
-    let _mount_id = l.next()?;
+    let id = l.next()?.parse().ok()?;
     let _parent_id = l.next()?;
     let (major, minor) = l.next()?.split_once(':')?;
     let root = l.next()?;
     let mount_point = l.next()?;
+    let options = l.next()?;
     let mut r = right.split(' ');
     let fs_type = r.next()?;
     let source = r.next()?;
     Some(MountEntry {
+        id,
+        options: options.to_string(),
         dev: (major.parse().ok()?, minor.parse().ok()?),
         root: PathBuf::from(unescape(root)),
         mount_point: PathBuf::from(unescape(mount_point)),
@@ -107,6 +114,8 @@ mod tests {
                     garbage\n";
         let m = parse(text);
         assert_eq!(m.len(), 2);
+        assert_eq!(m[0].id, 36);
+        assert_eq!(m[0].options, "rw,noatime");
         assert_eq!(m[0].dev, (98, 0));
         assert_eq!(m[0].root, PathBuf::from("/mnt1"));
         assert_eq!(m[0].mount_point, PathBuf::from("/mnt 2"));

@@ -50,6 +50,7 @@ impl BringUp for HostBringUp {
                 fs_type: FsType::Ext4,
                 read_only: false,
                 grants: &self.grants,
+                security: Default::default(),
             };
             let state = self
                 .attacher

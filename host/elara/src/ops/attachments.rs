@@ -13,7 +13,7 @@ use elara_runtime::NodeInfo;
 use elara_store::StoreExt;
 
 use super::{Elara, del, faults, put, raced, rev};
-use crate::attach::{AttachRequest, AttachState};
+use crate::attach::{AttachRequest, AttachState, MountSecurity, bind_path};
 use crate::error::{ApiError, ApiResult};
 use crate::model::*;
 
@@ -39,13 +39,8 @@ impl Elara {
         holder: &str,
         path: Option<PathBuf>,
     ) -> ApiResult<PathBuf> {
-        if let Some(p) = &path
-            && !p.is_absolute()
-        {
-            return Err(ApiError::invalid(
-                "path",
-                format!("{} is not an absolute path", p.display()),
-            ));
+        if let Some(p) = &path {
+            bind_path::check(p, &self.cfg.mount_path_roots).map_err(path_error)?;
         }
         let deadline = tokio::time::Instant::now() + BUSY_WAIT;
         loop {
@@ -96,12 +91,19 @@ impl Elara {
             if att.value.holders.contains_key(holder) {
                 return Ok(host.mountpoint);
             }
-            if let Some(p) = &path {
-                bind_mount(&host.mountpoint, p).await?;
-            }
+            let mount_id = match &path {
+                Some(p) => Some(self.bind_at(&host.mountpoint, p)?),
+                None => None,
+            };
             let mut a = att.value;
-            a.holders
-                .insert(holder.to_string(), Holder { since: now(), path });
+            a.holders.insert(
+                holder.to_string(),
+                Holder {
+                    since: now(),
+                    path: path.clone(),
+                    mount_id,
+                },
+            );
             a.updated_at = now();
             if !self
                 .txn(
@@ -110,6 +112,9 @@ impl Elara {
                 )
                 .await?
             {
+                if let (Some(p), Some(id)) = (&path, mount_id) {
+                    let _ = bind_path::unbind(p, id);
+                }
                 return Err(ApiError::busy("volume", name, "attachment update"));
             }
             return Ok(host.mountpoint);
@@ -158,6 +163,7 @@ impl Elara {
                 Holder {
                     since: now(),
                     path: path.clone(),
+                    mount_id: None,
                 },
             )]
             .into(),
@@ -181,7 +187,7 @@ impl Elara {
             return Err(ApiError::busy("volume", name, "attach"));
         }
         faults::point("mount:after-intent");
-        self.bring_up_or_undo(op, &locked, att, path).await
+        self.bring_up_or_undo(op, &locked, att, holder, path).await
     }
 
     /// The forward steps of an attach whose intent is recorded; on failure, undo them.
@@ -190,15 +196,27 @@ impl Elara {
         mut op: OpRecord,
         locked: &VolumeRecord,
         mut att: AttachmentRecord,
+        holder: &str,
         path: Option<PathBuf>,
     ) -> ApiResult<PathBuf> {
         let name = locked.name.as_str();
         match self.bring_up(&mut op, locked, &mut att).await {
             Ok(mountpoint) => {
-                if let Some(p) = &path {
-                    bind_mount(&mountpoint, p).await?;
+                let Some(p) = &path else { return Ok(mountpoint) };
+                match self.bind_at(&mountpoint, p) {
+                    Ok(id) => {
+                        self.record_bind(name, holder, id).await?;
+                        Ok(mountpoint)
+                    }
+                    // The volume came up for this holder alone: take it down again.
+                    Err(e) => {
+                        tracing::warn!(volume = %name, "bind at {} failed: {e}; unmounting the volume", p.display());
+                        if let Err(undo) = self.unmount_volume(name, holder).await {
+                            tracing::error!(volume = %name, "undoing the mount failed: {undo}; the reconciler will retry");
+                        }
+                        Err(e)
+                    }
                 }
-                Ok(mountpoint)
             }
             Err(e) => {
                 tracing::warn!(volume = %name, "mount failed: {e}; undoing");
@@ -243,6 +261,7 @@ impl Elara {
             Holder {
                 since: now(),
                 path: path.clone(),
+                mount_id: None,
             },
         );
         a.updated_at = now();
@@ -277,7 +296,7 @@ impl Elara {
             return Err(e);
         }
         a.error = None;
-        self.bring_up_or_undo(op, &locked, a, path).await
+        self.bring_up_or_undo(op, &locked, a, holder, path).await
     }
 
     /// Mark attachments on this node whose helper process has gone as failed (their I/O fails),
@@ -362,6 +381,7 @@ impl Elara {
         self.op_step(op, "driver-attached").await?;
 
         let pool_dir = self.backends.pool_dir(&vol.backend);
+        let security = self.mount_security(vol).await?;
         let state = self
             .attacher
             .attach(AttachRequest {
@@ -371,6 +391,7 @@ impl Elara {
                 fs_type: vol.fs.into(),
                 read_only: false,
                 grants: &super::backends::grants_of(&backend_rec),
+                security,
             })
             .await
             .map_err(|e| {
@@ -416,9 +437,7 @@ impl Elara {
         att: &AttachmentRecord,
     ) -> ApiResult<()> {
         for h in att.holders.values() {
-            if let Some(p) = &h.path {
-                unmount_path(p).await?;
-            }
+            unbind_holder(h, att.host.as_ref())?;
         }
         match &att.host {
             Some(state) => self.attacher.detach(state).await,
@@ -495,9 +514,7 @@ impl Elara {
             return Ok(());
         };
         if att.value.holders.len() > 1 {
-            if let Some(p) = &h.path {
-                unmount_path(p).await?;
-            }
+            unbind_holder(&h, att.value.host.as_ref())?;
             let mut a = att.value;
             a.holders.remove(holder);
             a.updated_at = now();
@@ -572,6 +589,21 @@ impl Elara {
             })
     }
 
+    /// The mount flags for `vol`: `nosuid,nodev` unless its volume type lifts them.
+    async fn mount_security(&self, vol: &VolumeRecord) -> ApiResult<MountSecurity> {
+        let mut security = MountSecurity::default();
+        let Some(t) = &vol.volume_type else { return Ok(security) };
+        // A type deleted since the volume was made lifts nothing.
+        let Some(ty) = self.get::<VolumeTypeRecord>(&keys::volume_type(t)).await? else { return Ok(security) };
+        if let Some(v) = ty.value.specs.get(MountSecurity::SPEC_NOSUID) {
+            security.nosuid = super::types::flag_spec(MountSecurity::SPEC_NOSUID, v)?;
+        }
+        if let Some(v) = ty.value.specs.get(MountSecurity::SPEC_NODEV) {
+            security.nodev = super::types::flag_spec(MountSecurity::SPEC_NODEV, v)?;
+        }
+        Ok(security)
+    }
+
     /// The mountpoint of a block volume mounted on this node, for freezing during a snapshot.
     pub(crate) async fn mounted_block(&self, vol: &VolumeRecord) -> ApiResult<Option<AttachState>> {
         let att = self
@@ -583,35 +615,63 @@ impl Elara {
     }
 }
 
-async fn bind_mount(src: &Path, dst: &Path) -> ApiResult<()> {
-    tokio::fs::create_dir_all(dst)
-        .await
-        .map_err(|e| ApiError::invalid("path", format!("{}: {e}", dst.display())))?;
-    if is_mountpoint(dst) {
-        return Ok(());
+impl Elara {
+    /// Bind the volume mounted at `mountpoint` at a REST client's `path` (see [`bind_path`]).
+    fn bind_at(&self, mountpoint: &Path, path: &Path) -> ApiResult<u64> {
+        let security = MountSecurity::default();
+        bind_path::bind(mountpoint, path, &self.cfg.mount_path_roots, false, security).map_err(path_error)
     }
-    run(
-        "mount",
-        &[
-            "--bind",
-            &src.display().to_string(),
-            &dst.display().to_string(),
-        ],
-    )
-    .await
+
+    /// Note the id of the bind mount made for `holder` (a first holder's intent had none yet).
+    async fn record_bind(&self, name: &str, holder: &str, mount_id: u64) -> ApiResult<()> {
+        let key = keys::attachment(name, self.node());
+        for _ in 0..10 {
+            let Some(cur) = self.get::<AttachmentRecord>(&key).await? else { return Ok(()) };
+            let mut a = cur.value;
+            let Some(h) = a.holders.get_mut(holder) else { return Ok(()) };
+            h.mount_id = Some(mount_id);
+            if self.txn(vec![rev(key.clone(), cur.revision)], vec![put(key.clone(), &a)]).await? {
+                return Ok(());
+            }
+        }
+        Err(ApiError::busy("volume", name, "attachment update"))
+    }
 }
 
-async fn unmount_path(p: &Path) -> ApiResult<()> {
-    if is_mountpoint(p) {
-        run("umount", &[&p.display().to_string()]).await?;
+fn path_error(e: bind_path::BindPathError) -> ApiError {
+    match e {
+        bind_path::BindPathError::Refused { .. } => ApiError::invalid("path", e.to_string()),
+        bind_path::BindPathError::Io { .. } => ApiError::internal(e.to_string()),
     }
-    Ok(())
 }
 
-/// Whether `p` is a mountpoint, from /proc/self/mountinfo (the attach layer's reader, which also
-/// undoes the kernel's escapes of spaces in paths).
-fn is_mountpoint(p: &Path) -> bool {
-    crate::attach::mountinfo::find(p).is_ok_and(|m| m.is_some())
+/// Remove the bind mount a holder's `path` has, and only that: by the mount id Elara recorded,
+/// or (a record from before ids were kept, or a crash between the bind and its record) only if
+/// the mount there is of the volume's own file system.
+fn unbind_holder(h: &Holder, host: Option<&AttachState>) -> ApiResult<()> {
+    let Some(p) = &h.path else { return Ok(()) };
+    let id = match h.mount_id {
+        Some(id) => Some(id),
+        None => {
+            let at_path = crate::attach::mountinfo::find(p).map_err(|e| ApiError::internal(e.to_string()))?;
+            let volume_dev = match host {
+                Some(h) => crate::attach::mountinfo::find(&h.mountpoint).map_err(|e| ApiError::internal(e.to_string()))?.map(|m| m.dev),
+                None => None,
+            };
+            match at_path {
+                Some(m) if Some(m.dev) == volume_dev => Some(m.id),
+                Some(m) => {
+                    tracing::warn!(path = %p.display(), "the mount there ({}) is not the volume's; left alone", m.source);
+                    None
+                }
+                None => None,
+            }
+        }
+    };
+    match id {
+        Some(id) => bind_path::unbind(p, id).map_err(path_error),
+        None => Ok(()),
+    }
 }
 
 /// A host command for the ops layer (bind mounts, fsfreeze), with the attach layer's deadline.

@@ -419,7 +419,7 @@ impl Elara {
         let connection = backend.attach(&vol.id, &self.node_info()).await.map_err(|e| ApiError::from_call(&vol.backend, e))?;
         let pool_dir = self.backends.pool_dir(&vol.backend);
         let grants = super::backends::grants_of(&backend_rec);
-        let req = AttachRequest { volume_id: &vol.id, pool_dir: &pool_dir, connection: &connection, fs_type: vol.fs.into(), read_only, grants: &grants };
+        let req = AttachRequest { volume_id: &vol.id, pool_dir: &pool_dir, connection: &connection, fs_type: vol.fs.into(), read_only, grants: &grants, security: Default::default() };
         match self.attacher.attach(req).await {
             Ok(state) => Ok(state),
             Err(e) => {

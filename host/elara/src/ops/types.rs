@@ -25,7 +25,21 @@ pub struct CreateType {
 }
 
 /// Parse every spec; the first bad one is refused naming `spec <key>`, the position and why.
+/// A `true`/`false` spec the host itself reads (`mount:nosuid`), checked at `type create`.
+pub fn flag_spec(key: &str, value: &str) -> ApiResult<bool> {
+    match value.trim() {
+        "true" | "<is> True" => Ok(true),
+        "false" | "<is> False" => Ok(false),
+        other => Err(ApiError::invalid(&format!("spec {key}"), format!("{other:?} is not true or false"))),
+    }
+}
+
 pub fn parse_specs(specs: &BTreeMap<String, String>) -> ApiResult<Vec<Spec>> {
+    for key in [crate::attach::MountSecurity::SPEC_NOSUID, crate::attach::MountSecurity::SPEC_NODEV] {
+        if let Some(v) = specs.get(key) {
+            flag_spec(key, v)?;
+        }
+    }
     specs
         .iter()
         .map(|(k, v)| Spec::new(k.as_str(), v.as_str()).map_err(|e| ApiError::invalid(&format!("spec {k}"), e.to_string())))
