@@ -9,6 +9,7 @@ mod data_dir;
 mod error;
 mod model;
 mod ops;
+mod redact;
 mod server;
 mod validate;
 

@@ -117,7 +117,11 @@ pub fn router(state: Shared) -> Router {
             get(get_snapshot).delete(delete_snapshot),
         )
         .route("/v1/snapshots/{name}/restore", post(restore_snapshot))
-        .route("/v1/drivers", get(list_drivers).post(install_driver))
+        // Real components (debug builds, interpreted languages) are far over the 2 MB default.
+        .route(
+            "/v1/drivers",
+            get(list_drivers).post(install_driver).layer(axum::extract::DefaultBodyLimit::max(MAX_DRIVER_BYTES)),
+        )
         .route("/v1/drivers/{name}", get(get_driver).delete(remove_driver))
         .route("/v1/backends", get(list_backends).post(add_backend))
         .route(
@@ -419,6 +423,9 @@ pub struct InstallParams {
     #[serde(default)]
     pub upgrade: bool,
 }
+
+/// The largest driver component `POST /v1/drivers` takes.
+pub const MAX_DRIVER_BYTES: usize = 256 << 20;
 
 /// Install a driver: the body is the `.wasm` component.
 #[utoipa::path(post, path = "/v1/drivers", params(InstallParams), request_body(content = Vec<u8>, content_type = "application/wasm"),

@@ -317,9 +317,13 @@ pub enum DriverCmd {
 
 #[derive(Args)]
 pub struct BackendOpts {
-    /// key=value, repeatable.
+    /// key=value, repeatable. Secrets belong in --config-file: argv is visible to every user in `ps`.
     #[arg(long = "config")]
     pub config: Vec<String>,
+    /// A file of key=value lines (`#` comments), or `-` for standard input: for secrets, which
+    /// then never appear in a process list or shell history.
+    #[arg(long = "config-file")]
+    pub config_file: Option<PathBuf>,
     /// host[:port] this backend may reach over HTTP and TCP, repeatable.
     #[arg(long = "allow-host")]
     pub allow_hosts: Vec<String>,
@@ -401,6 +405,23 @@ fn print_explanation(out: Output, v: &Value) {
         ],
         "  ",
     );
+}
+
+/// A backend's config: the `--config-file` lines first, then `--config` (which wins).
+fn backend_config(opts: &BackendOpts) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let mut items = Vec::new();
+    if let Some(path) = &opts.config_file {
+        let text = if path.as_os_str() == "-" {
+            std::io::read_to_string(std::io::stdin()).context("reading the config from standard input")?
+        } else {
+            std::fs::read_to_string(path).with_context(|| format!("reading --config-file {}", path.display()))?
+        };
+        items.extend(
+            text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from),
+        );
+    }
+    items.extend(opts.config.iter().cloned());
+    Ok(pairs("config", &items)?.into_iter().collect())
 }
 
 fn pairs(field: &str, items: &[String]) -> anyhow::Result<Vec<(String, String)>> {
@@ -543,7 +564,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             BackendCmd::Add { name, driver, opts } => {
                 let body = json!({
                     "name": name, "driver": driver,
-                    "config": pairs("config", &opts.config)?.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+                    "config": backend_config(&opts)?,
                     "allow_hosts": opts.allow_hosts, "memory": opts.memory, "call_timeout": opts.call_timeout,
                 });
                 show(out, &c.post::<Value>("/v1/backends", &body).await?)
@@ -565,7 +586,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             ),
             BackendCmd::Update { name, opts } => {
                 let body = json!({
-                    "config": pairs("config", &opts.config)?.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+                    "config": backend_config(&opts)?,
                     "allow_hosts": if opts.allow_hosts.is_empty() { None } else { Some(opts.allow_hosts) },
                     "memory": opts.memory, "call_timeout": opts.call_timeout,
                 });

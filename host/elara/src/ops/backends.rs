@@ -132,9 +132,8 @@ pub fn redact(rec: &BackendRecord, driver: Option<&DriverRecord>) -> BackendReco
         .collect();
     let mut out = rec.clone();
     for (k, v) in out.config.iter_mut() {
-        let looks_secret = ["password", "secret", "token", "key"].iter().any(|s| k.contains(s)) && k != "access_key";
-        if secret_keys.contains(k) || looks_secret {
-            *v = "********".into();
+        if secret_keys.contains(k) || crate::redact::looks_secret(k) {
+            *v = crate::redact::MASK.into();
         }
     }
     out

@@ -436,5 +436,7 @@ fn view(record: VolumeRecord, attachments: Vec<AttachmentRecord>) -> VolumeView 
         VolumeState::Available if !attachments.is_empty() => "in-use".to_string(),
         s => serde_json::to_value(s).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
     };
+    // A view leaves the daemon: no connection secret in it.
+    let attachments = attachments.iter().map(crate::redact::attachment).collect();
     VolumeView { record, status, attachments }
 }
