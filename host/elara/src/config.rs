@@ -259,6 +259,7 @@ impl Config {
             iscsi: self.attach_iscsi,
             nfs: self.attach_nfs,
             io_timeout: std::time::Duration::from_secs(self.attach_io_timeout_secs),
+            pools_root: Some(self.pools_dir()),
             ..crate::attach::AttachConfig::new(self.mounts_dir(), self.run_dir())
         }
     }

@@ -60,6 +60,9 @@ pub struct AttachConfig {
     pub io_timeout: Duration,
     /// The `elara` binary, which runs the `nfs-fuse` helper.
     pub helper_exe: PathBuf,
+    /// Where backends' pool dirs are: a recorded image file must be under it. `None` (the
+    /// driver checker's throwaway attacher) checks only that the path is absolute and plain.
+    pub pools_root: Option<PathBuf>,
 }
 
 impl AttachConfig {
@@ -73,6 +76,7 @@ impl AttachConfig {
             nfs: PathChoice::Auto,
             io_timeout: Duration::from_secs(30),
             helper_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("elara")),
+            pools_root: None,
         }
     }
 }
@@ -685,6 +689,7 @@ impl Attacher {
 
     /// Take down exactly what `attach` set up. Safe to repeat.
     pub async fn detach(&self, state: &AttachState) -> Result<()> {
+        self.check_recorded(state)?;
         // A volume whose helper died can only be unmounted lazily: its I/O fails anyway.
         let helper_dead = state.helper.as_ref().is_some_and(|h| !h.alive());
         unmount(&state.mountpoint, helper_dead).await?;
@@ -703,6 +708,47 @@ impl Attacher {
             self.release_attach_dir(dir).await?;
         }
         remove_dir_if_exists(&state.mountpoint).await
+    }
+
+    /// A recorded attach state comes back from the store, which a compromised etcd peer could
+    /// have written: before `umount`, `losetup -d` or `rm` act on its paths, each must be one
+    /// this attacher makes (a mount point under the mount root, a loop or iSCSI device, files
+    /// under the run dir or a pool dir).
+    fn check_recorded(&self, state: &AttachState) -> Result<()> {
+        let bad = |field: &'static str, p: &Path| AttachError::BadConnection {
+            field,
+            reason: format!("the recorded {} is not a path Elara makes; refusing to act on it", p.display()),
+        };
+        let plain = |p: &Path| p.is_absolute() && p.components().all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+        let child_of = |p: &Path, dir: &Path| plain(p) && p.parent() == Some(dir);
+        if !child_of(&state.mountpoint, &self.cfg.mount_root) {
+            return Err(bad("mountpoint", &state.mountpoint));
+        }
+        if let Some(c) = &state.creds_file
+            && !child_of(c, &self.cfg.run_dir.join("s3"))
+        {
+            return Err(bad("creds_file", c));
+        }
+        if let Some(d) = &state.attach_dir
+            && !child_of(d, &self.cfg.run_dir.join("attach"))
+        {
+            return Err(bad("attach_dir", d));
+        }
+        if let Some(dev) = &state.device {
+            let name = dev.to_string_lossy();
+            let is_loop = name.strip_prefix("/dev/loop").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+            if !plain(dev) || !(is_loop || name.starts_with("/dev/disk/by-path/")) {
+                return Err(bad("device", dev));
+            }
+        }
+        if let Some(b) = &state.backing_file {
+            let in_attach_dir = b.starts_with(self.cfg.run_dir.join("attach"));
+            let in_pools = self.cfg.pools_root.as_ref().is_none_or(|root| b.starts_with(root));
+            if !plain(b) || !(in_attach_dir || in_pools) {
+                return Err(bad("backing_file", b));
+            }
+        }
+        Ok(())
     }
 
     /// Stop the helper in a volume's attach dir, give back its kernel iSCSI session share, and
@@ -1047,6 +1093,35 @@ fn path_str(p: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tampered attachment record cannot aim detach at host paths.
+    #[test]
+    fn recorded_paths_must_be_elaras() {
+        let mut cfg = AttachConfig::new("/var/lib/elara/mounts".into(), "/var/lib/elara/run".into());
+        cfg.pools_root = Some("/var/lib/elara/pools".into());
+        let a = Attacher::new(cfg);
+        let ok = AttachState {
+            device: Some("/dev/loop7".into()),
+            backing_file: Some("/var/lib/elara/pools/b/v.img".into()),
+            creds_file: Some("/var/lib/elara/run/s3/v.passwd".into()),
+            attach_dir: Some("/var/lib/elara/run/attach/v".into()),
+            ..AttachState::plain("image-file", "/var/lib/elara/mounts/v".into())
+        };
+        a.check_recorded(&ok).unwrap();
+        let cases: Vec<(&str, AttachState)> = vec![
+            ("mountpoint", AttachState { mountpoint: "/etc".into(), ..ok.clone() }),
+            ("mountpoint", AttachState { mountpoint: "/var/lib/elara/mounts/../../../etc".into(), ..ok.clone() }),
+            ("device", AttachState { device: Some("/dev/sda".into()), ..ok.clone() }),
+            ("device", AttachState { device: Some("/dev/loop7/../sda".into()), ..ok.clone() }),
+            ("backing_file", AttachState { backing_file: Some("/var/lib/docker/x.img".into()), ..ok.clone() }),
+            ("creds_file", AttachState { creds_file: Some("/etc/shadow".into()), ..ok.clone() }),
+            ("attach_dir", AttachState { attach_dir: Some("/".into()), ..ok.clone() }),
+        ];
+        for (field, st) in cases {
+            let e = a.check_recorded(&st).unwrap_err().to_string();
+            assert!(e.contains(field), "{field}: {e}");
+        }
+    }
 
     /// The superblock fast path agrees with mkfs: ext4 and its size, xfs, blank.
     #[tokio::test]

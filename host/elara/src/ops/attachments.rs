@@ -437,7 +437,7 @@ impl Elara {
         att: &AttachmentRecord,
     ) -> ApiResult<()> {
         for h in att.holders.values() {
-            unbind_holder(h, att.host.as_ref())?;
+            unbind_holder(h, att.host.as_ref(), &self.cfg.mount_path_roots)?;
         }
         match &att.host {
             Some(state) => self.attacher.detach(state).await,
@@ -514,7 +514,7 @@ impl Elara {
             return Ok(());
         };
         if att.value.holders.len() > 1 {
-            unbind_holder(&h, att.value.host.as_ref())?;
+            unbind_holder(&h, att.value.host.as_ref(), &self.cfg.mount_path_roots)?;
             let mut a = att.value;
             a.holders.remove(holder);
             a.updated_at = now();
@@ -648,8 +648,13 @@ fn path_error(e: bind_path::BindPathError) -> ApiError {
 /// Remove the bind mount a holder's `path` has, and only that: by the mount id Elara recorded,
 /// or (a record from before ids were kept, or a crash between the bind and its record) only if
 /// the mount there is of the volume's own file system.
-fn unbind_holder(h: &Holder, host: Option<&AttachState>) -> ApiResult<()> {
+fn unbind_holder(h: &Holder, host: Option<&AttachState>, roots: &[PathBuf]) -> ApiResult<()> {
     let Some(p) = &h.path else { return Ok(()) };
+    // The record may be stale or tampered with: a path outside the roots was never Elara's.
+    if let Err(e) = bind_path::check(p, roots) {
+        tracing::error!("a holder's recorded bind path is refused and left alone: {e}");
+        return Ok(());
+    }
     let id = match h.mount_id {
         Some(id) => Some(id),
         None => {
