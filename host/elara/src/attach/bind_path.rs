@@ -82,7 +82,7 @@ pub fn bind(src: &Path, path: &Path, roots: &[PathBuf], read_only: bool, securit
         .filter(|m| m.mount_point == real)
         .map(|m| m.id)
         .collect();
-    super::bind_onto(src, &beneath::proc_path(&dir), read_only, security)
+    super::bind_onto(src, &beneath::proc_path(&dir), &real, read_only, security)
         .map_err(|e| io("bind-mount onto", path, std::io::Error::other(e.to_string())))?;
     let made = mountinfo::read()
         .map_err(|e| io("read mounts for", path, std::io::Error::other(e.to_string())))?

@@ -821,16 +821,18 @@ pub fn image_path(pool_dir: &Path, rel: &str) -> Option<PathBuf> {
 /// Bind-mount the open directory `dir` at `target` (read-only if asked): the kernel resolves
 /// `/proc/self/fd/N` to that very directory, whatever its name leads to by now.
 fn bind_fd(dir: &std::os::fd::OwnedFd, target: &Path, read_only: bool, security: MountSecurity) -> Result<()> {
-    bind_onto(&beneath::proc_path(dir), target, read_only, security)
+    bind_onto(&beneath::proc_path(dir), target, target, read_only, security)
 }
 
 /// Bind-mount `src` at `target` with `security`'s flags (and read-only if asked). A bind mount
-/// takes its flags only from a remount, so the flags are a second step; if that fails the bind
-/// is undone.
-pub(crate) fn bind_onto(src: &Path, target: &Path, read_only: bool, security: MountSecurity) -> Result<()> {
+/// takes its flags only from a remount, so the flags are a second step, at `mounted` (the path
+/// of `target`: a remount through a `/proc/self/fd/N` target would reach the directory under the
+/// new mount, not the mount); if that fails the bind is undone.
+pub(crate) fn bind_onto(src: &Path, target: &Path, mounted: &Path, read_only: bool, security: MountSecurity) -> Result<()> {
     use nix::mount::{MsFlags, mount};
     mount(Some(src), target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
         .map_err(|e| AttachError::io("bind-mount onto", target, e.into()))?;
+    let target = mounted;
     let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | security.ms_flags();
     if read_only {
         flags |= MsFlags::MS_RDONLY;
