@@ -190,6 +190,9 @@ impl Attacher {
         read_only: bool,
     ) -> Result<HelperState> {
         let e = check(c)?;
+        // The helper takes only the endpoint and export, but a driver's options are held to
+        // the same allow-list on both paths: what is refused on one is refused on the other.
+        kernel_options(c, read_only)?;
         let dir = self.attach_dir(volume_id);
         if let Some(h) = helper::load(&dir) {
             if h.alive() && mountinfo::is_fuse(mountpoint)? {
