@@ -15,6 +15,7 @@ pub mod cinder;
 pub mod docker;
 pub mod nfs;
 pub mod s3;
+pub mod secrets;
 
 /// The two metadata stores every store-backed test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -213,6 +213,17 @@ fn docker_block_volume(store: StoreKind) -> anyhow::Result<()> {
     );
     let read = e.ok(&["run", "--rm", "-v", "db:/data", IMAGE, "cat", "/data/hello"])?;
     ensure!(read.trim() == one, "a second container read {read:?}");
+
+    // Mounted, the LUN's CHAP secret (Cinder's word for it) is nowhere outside the daemon.
+    rig.d.ok(&["volume", "mount", "db", "--holder", "sweep"])?;
+    let att = rig.cinder.attachments(&uuid)?;
+    let att_id = att.first().and_then(|a| a["id"].as_str()).context("no Cinder attachment while mounted")?;
+    let info = rig.cinder.get(&format!("/attachments/{att_id}"), &[])?["attachment"]["connection_info"].clone();
+    let chap = info["auth_password"].as_str().context("no CHAP secret in Cinder's connection info")?.to_string();
+    let (leaks, swept) = elara_tests::secrets::sweep(&rig.d, &[&chap])?;
+    ensure!(leaks.is_empty(), "the CHAP secret leaked to:\n{}", leaks.join("\n"));
+    eprintln!("secrets sweep with a mounted LUN: {swept} REST GETs, argv, files, log: clean");
+    rig.d.ok(&["volume", "unmount", "db", "--holder", "sweep"])?;
     ensure!(
         rig.cinder.volume(&uuid)?["status"] == "available",
         "Cinder volume not available between containers"

@@ -14,48 +14,15 @@
 //! * a driver component far over the 2 MB default body limit installs over REST.
 
 use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use elara_tests::s3::S3Server;
+use elara_tests::secrets::{rest_get, walk};
 use elara_tests::*;
-
-/// `GET path` on the daemon's unix socket: (status, body).
-fn rest_get(socket: &Path, path: &str) -> anyhow::Result<(u16, String)> {
-    let out = Command::new("curl")
-        .args(["-sS", "-m", "30", "-w", "\n%{http_code}", "--unix-socket"])
-        .arg(socket)
-        .arg(format!("http://elara{path}"))
-        .output()?;
-    ensure!(out.status.success(), "GET {path}: {}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').context("curl printed no status")?;
-    Ok((code.trim().parse()?, body.to_string()))
-}
-
-/// Every file and directory under `root` on its file system (mounted volumes are not walked:
-/// their contents are the user's), with its mode.
-fn walk(root: &Path) -> Vec<(PathBuf, std::fs::Metadata)> {
-    let dev = std::fs::symlink_metadata(root).map(|m| m.dev()).unwrap_or(0);
-    let mut out = vec![];
-    let mut todo = vec![root.to_path_buf()];
-    while let Some(p) = todo.pop() {
-        let Ok(meta) = std::fs::symlink_metadata(&p) else { continue };
-        if meta.dev() != dev {
-            continue;
-        }
-        if meta.is_dir() {
-            if let Ok(rd) = std::fs::read_dir(&p) {
-                todo.extend(rd.flatten().map(|e| e.path()));
-            }
-        }
-        out.push((p, meta));
-    }
-    out
-}
 
 /// What group or others may do with the daemon's files: nothing, except its sockets (0660 on
 /// purpose: a group may be given the API) and the test harness's own log.
@@ -393,51 +360,6 @@ fn tcp_listener_holds_etcd() -> anyhow::Result<()> {
     tcp_listener_holds(StoreKind::Etcd)
 }
 
-/// Every GET the REST API has, with each listed item's own GET.
-fn every_get(socket: &Path) -> anyhow::Result<Vec<(String, String)>> {
-    let mut out = vec![];
-    let mut get = |path: String| -> anyhow::Result<serde_json::Value> {
-        let (code, body) = rest_get(socket, &path)?;
-        ensure!(code == 200, "GET {path}: {code} {body}");
-        let v = serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
-        out.push((path, body));
-        Ok(v)
-    };
-    for p in ["/openapi.json", "/v1/health", "/v1/ready", "/v1/info", "/v1/pools", "/v1/ops", "/v1/types", "/v1/snapshots", "/v1/backups"] {
-        get(p.into())?;
-    }
-    let names = |v: &serde_json::Value, key: &str| -> Vec<String> {
-        v.as_array().into_iter().flatten().filter_map(|i| i[key].as_str().map(String::from)).collect()
-    };
-    let vols = get("/v1/volumes".into())?;
-    for n in names(&vols, "name") {
-        get(format!("/v1/volumes/{n}"))?;
-        get(format!("/v1/volumes/{n}/stats"))?;
-    }
-    for (list, key) in [("/v1/drivers", "name"), ("/v1/backends", "name"), ("/v1/nodes", "name"), ("/v1/backup-targets", "name")] {
-        let v = get(list.into())?;
-        for n in names(&v, key) {
-            get(format!("{list}/{n}"))?;
-        }
-    }
-    Ok(out)
-}
-
-/// Processes of this daemon (it, and helpers whose arguments name its data dir): their argv.
-fn daemon_argvs(d: &Daemon) -> Vec<(u32, String)> {
-    let dir = d.dir.display().to_string();
-    let mut out = vec![];
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else { continue };
-        let argv = String::from_utf8_lossy(&raw).replace('\0', " ");
-        if argv.contains(&dir) {
-            out.push((pid, argv));
-        }
-    }
-    out
-}
-
 fn secrets_stay_inside(store: StoreKind) -> anyhow::Result<()> {
     if !require_root() {
         return Ok(());
@@ -473,34 +395,13 @@ fn secrets_stay_inside(store: StoreKind) -> anyhow::Result<()> {
     d.ok(&["volume", "create", "blk", "--size", "32M"])?;
     d.ok(&["volume", "mount", "blk"])?;
 
-    let mut leaks = vec![];
-    let gets = every_get(&d.socket)?;
-    ensure!(gets.len() > 20, "too few GETs swept: {}", gets.len());
-    for (path, body) in &gets {
-        if body.contains(&secret) {
-            leaks.push(format!("GET {path}"));
-        }
-    }
-    for (pid, argv) in daemon_argvs(&d) {
-        if argv.contains(&secret) {
-            leaks.push(format!("argv of pid {pid}: {argv}"));
-        }
-    }
-    for (p, m) in walk(&d.dir) {
-        if m.is_file() && m.permissions().mode() & 0o004 != 0 && p != d.dir.join("daemon.log") {
-            if std::fs::read(&p).is_ok_and(|b| String::from_utf8_lossy(&b).contains(&secret)) {
-                leaks.push(format!("world-readable {}", p.display()));
-            }
-        }
-    }
+    let (leaks, swept) = elara_tests::secrets::sweep(&d, &[&secret])?;
+    ensure!(swept > 20, "too few GETs swept: {swept}");
     d.ok(&["volume", "unmount", "objs"])?;
     d.ok(&["volume", "unmount", "blk"])?;
-    // The log last: it holds everything the steps above logged.
-    if std::fs::read_to_string(d.dir.join("daemon.log"))?.contains(&secret) {
-        leaks.push("the daemon log".into());
-    }
-    let swept = gets.len();
     s3.purge(&tag)?;
+    let log = std::fs::read_to_string(d.dir.join("daemon.log"))?;
+    ensure!(!log.contains(&secret), "the secret is in the daemon log after the unmounts");
     ensure!(leaks.is_empty(), "the secret leaked to:\n{}", leaks.join("\n"));
     eprintln!("secrets sweep: {swept} REST GETs, the daemon's processes, world-readable files and its log: clean");
     Ok(())
