@@ -161,6 +161,10 @@ fn swapped_image_race_etcd() -> anyhow::Result<()> {
     swapped_image_race(StoreKind::Etcd)
 }
 
+/// One forged connection: the volume's name, the labels the forger builds it from, and a word
+/// the refusal must contain.
+type ForgedCase<'a> = (&'a str, Vec<(&'a str, String)>, &'a str);
+
 /// A TCP listener on 127.0.0.1 that counts the connections it accepts (it answers none).
 struct Listener {
     port: u16,
@@ -241,7 +245,7 @@ fn forged_connections_are_refused(store: StoreKind) -> anyhow::Result<()> {
     let depth = pool.components().count();
     let up = "../".repeat(depth);
     // (name, labels, a word the refusal must contain)
-    let cases: Vec<(&str, Vec<(&str, String)>, &str)> = vec![
+    let cases: Vec<ForgedCase> = vec![
         ("img-up", vec![("kind", "image-file".into()), ("path", "../../victim.img".into())], "image-file"),
         ("img-abs", vec![("kind", "image-file".into()), ("path", victim_s.clone())], "image-file"),
         ("img-link", vec![("kind", "image-file".into()), ("path", "to-victim".into()), ("symlink", "../../victim.img".into()), ("link", "to-victim".into())], "symlink"),

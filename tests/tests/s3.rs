@@ -322,6 +322,8 @@ fn bad_backends_fail_clearly_and_make_nothing(store: StoreKind) -> anyhow::Resul
     let down_grant = format!("127.0.0.1:{port}");
     let upper_prefix = format!("{}_", tag.to_uppercase());
     let upper_bucket = format!("{}_Data", tag.to_uppercase());
+    // (name, config overrides, words the refusal must contain)
+    #[allow(clippy::type_complexity)]
     let cases: Vec<(&str, Vec<(&str, &str)>, Vec<&str>)> = vec![
         ("badak", vec![("access_key", "NOSUCHACCESSKEY00000")], vec!["access_key", "InvalidAccessKeyId"]),
         ("badsk", vec![("secret_key", "wrong-secret")], vec!["secret_key", "SignatureDoesNotMatch"]),

@@ -362,10 +362,10 @@ impl<'a> Suite<'a> {
             if p.name.trim().is_empty() {
                 problems.push("a pool has an empty name".into());
             }
-            if let (Capacity::Bytes(total), Capacity::Bytes(free)) = (&p.total, &p.free) {
-                if free > total {
-                    problems.push(format!("pool {}: free {free} > total {total}", p.name));
-                }
+            if let (Capacity::Bytes(total), Capacity::Bytes(free)) = (&p.total, &p.free)
+                && free > total
+            {
+                problems.push(format!("pool {}: free {free} > total {total}", p.name));
             }
             if p.reserved_percentage > 100 {
                 problems.push(format!("pool {}: reserved-percentage {} > 100", p.name, p.reserved_percentage));
@@ -515,10 +515,10 @@ impl<'a> Suite<'a> {
         if let Err(e) = expect_err("attach of a missing volume", "not-found", backend.attach(&missing, &node).await) {
             problems.push(e);
         }
-        if self.has(Features::STATS) {
-            if let Err(e) = expect_err("stats of a missing volume", "not-found", backend.stats(&missing).await) {
-                problems.push(e);
-            }
+        if self.has(Features::STATS)
+            && let Err(e) = expect_err("stats of a missing volume", "not-found", backend.stats(&missing).await)
+        {
+            problems.push(e);
         }
         if self.has(Features::RESIZE) {
             let r = backend.resize(&missing, self.opts.size_bytes).await;
