@@ -15,15 +15,25 @@
 //!   [`StoreError::Unavailable`]. The client is cloneable and reconnects by itself; every call has
 //!   a deadline ([`EtcdOptions::request_timeout`]) because a call on an unreachable cluster would
 //!   otherwise wait for ever.
+//! - `etcds://`: TLS (rustls) against the CA of [`EtcdTls`], with a client certificate for mutual
+//!   TLS, and etcd user/password authentication ([`EtcdAuth`]). Both are checked at connect, and a
+//!   failure is reported as what it is: [`StoreError::Tls`] (the server's certificate did not
+//!   verify, or the server refused ours) or [`StoreError::Auth`] (wrong user or password, or none
+//!   given to a cluster that wants one), at once, not as a timeout. An auth token etcd no longer
+//!   accepts (etcd restarted, or its user database changed) is renewed with the same password and
+//!   the call made once more.
 
 use std::collections::VecDeque;
+use std::fmt;
 use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Client, Compare as EtcdCompare, CompareOp, ConnectOptions, EventType, GetOptions, KvClient,
-    LeaseClient, PutOptions, TxnOp, WatchClient, WatchOptions,
+    Certificate, Client, Compare as EtcdCompare, CompareOp, ConnectOptions, EventType, GetOptions,
+    Identity, KvClient, LeaseClient, PutOptions, TlsOptions, TxnOp, WatchClient, WatchOptions,
 };
 
 use crate::{
@@ -42,6 +52,10 @@ pub struct EtcdOptions {
     pub connect_timeout: Duration,
     /// Deadline of every call. Default 10 s.
     pub request_timeout: Duration,
+    /// TLS (`etcds://`); `None`: plain HTTP/2.
+    pub tls: Option<EtcdTls>,
+    /// etcd user and password; `None`: no authentication (or the client certificate's CN).
+    pub auth: Option<EtcdAuth>,
 }
 
 impl Default for EtcdOptions {
@@ -49,8 +63,252 @@ impl Default for EtcdOptions {
         Self {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
+            tls: None,
+            auth: None,
         }
     }
+}
+
+/// A PEM file's content and where it came from (error messages name the file).
+#[derive(Clone)]
+pub struct PemFile {
+    pub path: PathBuf,
+    pub pem: Vec<u8>,
+}
+
+impl fmt::Debug for PemFile {
+    // The path only: a key's PEM is a secret.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PemFile").field("path", &self.path).finish()
+    }
+}
+
+/// TLS to etcd: the CA the server's certificate must chain to, and our certificate and key for
+/// mutual TLS (`--client-cert-auth`).
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    pub ca: PemFile,
+    pub client: Option<(PemFile, PemFile)>,
+}
+
+impl EtcdTls {
+    fn options(&self) -> TlsOptions {
+        let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(&self.ca.pem));
+        if let Some((cert, key)) = &self.client {
+            tls = tls.identity(Identity::from_pem(&cert.pem, &key.pem));
+        }
+        tls
+    }
+}
+
+/// A password that never shows in `Debug` output or logs.
+#[derive(Clone)]
+pub struct Password(String);
+
+impl Password {
+    pub fn new(password: impl Into<String>) -> Self {
+        Password(password.into())
+    }
+    fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Password(***)")
+    }
+}
+
+/// etcd user/password authentication.
+#[derive(Debug, Clone)]
+pub struct EtcdAuth {
+    pub user: String,
+    pub password: Password,
+}
+
+/// Where the TLS material and credentials are, as configured (`--store-ca`, `--store-cert`,
+/// `--store-key`, `--store-user`, `--store-password-file`). [`EtcdSecurity::load`] reads and
+/// checks the files.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EtcdSecurity {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub user: Option<String>,
+    pub password_file: Option<PathBuf>,
+}
+
+impl EtcdSecurity {
+    /// Whether nothing is configured.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Check the settings against the URL (`tls`: `etcds://`; `url_user`: its `user@`) and read
+    /// the files: the TLS material, and the user with its password. Every mistake is a
+    /// [`StoreError::Settings`] naming the setting; nothing is contacted.
+    pub fn load(
+        &self,
+        tls: bool,
+        url_user: Option<&str>,
+    ) -> Result<(Option<EtcdTls>, Option<EtcdAuth>)> {
+        let tls = if tls {
+            let ca_path = self.ca.as_ref().ok_or_else(|| {
+                settings(
+                    "store-ca",
+                    "etcds:// needs the CA certificate that signed the etcd servers' certificates \
+                     (--store-ca, ELARA_STORE_CA or ca in [store])",
+                )
+            })?;
+            let ca = read_certificates("store-ca", ca_path)?;
+            let client = match (&self.cert, &self.key) {
+                (Some(cert), Some(key)) => Some((
+                    read_certificates("store-cert", cert)?,
+                    read_private_key("store-key", key)?,
+                )),
+                (None, None) => None,
+                (Some(_), None) => {
+                    return Err(settings(
+                        "store-key",
+                        "--store-cert needs the key of that certificate (--store-key)",
+                    ));
+                }
+                (None, Some(_)) => {
+                    return Err(settings(
+                        "store-cert",
+                        "--store-key needs its certificate (--store-cert)",
+                    ));
+                }
+            };
+            Some(EtcdTls { ca, client })
+        } else {
+            for (field, set) in [
+                ("store-ca", self.ca.is_some()),
+                ("store-cert", self.cert.is_some()),
+                ("store-key", self.key.is_some()),
+            ] {
+                if set {
+                    return Err(settings(
+                        field,
+                        "TLS settings need an etcds:// store URL (etcd:// is plain HTTP)",
+                    ));
+                }
+            }
+            None
+        };
+        let user = match (url_user, self.user.as_deref()) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(settings(
+                    "store-user",
+                    format!("the store URL names user {a:?} and --store-user {b:?}; give one"),
+                ));
+            }
+            (a, b) => a.or(b),
+        };
+        let auth = match (user, &self.password_file) {
+            (Some(user), Some(file)) => Some(EtcdAuth {
+                user: user.to_string(),
+                password: read_password(file)?,
+            }),
+            (None, None) => None,
+            (Some(user), None) => {
+                return Err(settings(
+                    "store-password-file",
+                    format!(
+                        "etcd user {user:?} needs its password in a file (--store-password-file); \
+                         a password is never taken from the command line or the URL"
+                    ),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(settings(
+                    "store-user",
+                    "--store-password-file needs the user it is the password of (--store-user or user@ in the URL)",
+                ));
+            }
+        };
+        Ok((tls, auth))
+    }
+}
+
+fn settings(field: &str, why: impl Into<String>) -> StoreError {
+    StoreError::Settings {
+        field: field.to_string(),
+        why: why.into(),
+    }
+}
+
+/// Read a file of `field`, refusing one that group or others may read when it holds a secret.
+fn read_file(field: &str, path: &Path, secret: bool) -> Result<Vec<u8>> {
+    let shown = path.display();
+    let meta = std::fs::metadata(path)
+        .map_err(|e| settings(field, format!("{shown}: {e}")))?;
+    if !meta.is_file() {
+        return Err(settings(field, format!("{shown} is not a regular file")));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if secret && mode & 0o077 != 0 {
+        return Err(settings(
+            field,
+            format!(
+                "{shown} is readable by group or others (mode {mode:04o}); it holds a secret: \
+                 chmod 600 {shown}"
+            ),
+        ));
+    }
+    std::fs::read(path).map_err(|e| settings(field, format!("{shown}: {e}")))
+}
+
+fn read_certificates(field: &str, path: &Path) -> Result<PemFile> {
+    let pem = read_file(field, path, false)?;
+    let certs = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| settings(field, format!("{}: not PEM: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(settings(
+            field,
+            format!("{} holds no PEM certificate", path.display()),
+        ));
+    }
+    Ok(PemFile {
+        path: path.to_path_buf(),
+        pem,
+    })
+}
+
+fn read_private_key(field: &str, path: &Path) -> Result<PemFile> {
+    let pem = read_file(field, path, true)?;
+    match rustls_pemfile::private_key(&mut pem.as_slice()) {
+        Ok(Some(_)) => Ok(PemFile {
+            path: path.to_path_buf(),
+            pem,
+        }),
+        Ok(None) => Err(settings(
+            field,
+            format!("{} holds no PEM private key", path.display()),
+        )),
+        Err(e) => Err(settings(
+            field,
+            format!("{}: not PEM: {e}", path.display()),
+        )),
+    }
+}
+
+/// The password: the file's content less one trailing newline.
+fn read_password(path: &Path) -> Result<Password> {
+    const FIELD: &str = "store-password-file";
+    let bytes = read_file(FIELD, path, true)?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| settings(FIELD, format!("{} is not UTF-8", path.display())))?;
+    let password = text
+        .strip_suffix('\n')
+        .map(|t| t.strip_suffix('\r').unwrap_or(t))
+        .unwrap_or(&text);
+    if password.is_empty() {
+        return Err(settings(FIELD, format!("{} is empty", path.display())));
+    }
+    Ok(Password::new(password))
 }
 
 /// An etcd cluster. Cheap to clone (clones share the connection).
@@ -71,28 +329,44 @@ impl EtcdStore {
         Self::connect_with(endpoints, EtcdOptions::default()).await
     }
 
+    /// Connect with TLS and credentials (`options.tls`, `options.auth`) and prove the cluster
+    /// answers one read: `Tls`, `Auth` or `Unavailable` when it does not, within the connect
+    /// timeout.
     pub async fn connect_with(endpoints: &[String], options: EtcdOptions) -> Result<Self> {
         if endpoints.is_empty() || endpoints.iter().any(|e| e.trim().is_empty()) {
             return Err(StoreError::Other(format!(
                 "etcd endpoints: need at least one non-empty host:port, got {endpoints:?}"
             )));
         }
-        let connect = ConnectOptions::new()
+        let urls: Vec<String> = endpoints
+            .iter()
+            .map(|e| endpoint_url(e, options.tls.is_some()))
+            .collect();
+        let location = location(endpoints, &options);
+        let mut connect = ConnectOptions::new()
             .with_connect_timeout(options.connect_timeout)
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
-        let unavailable = |why: String| {
+        if let Some(tls) = &options.tls {
+            connect = connect.with_tls(tls.options());
+            preflight_tls(&urls, tls, &options, &location).await?;
+        }
+        if let Some(auth) = &options.auth {
+            connect = connect.with_user(auth.user.as_str(), auth.password.expose());
+        }
+        let connect_timeout = options.connect_timeout;
+        let no_answer = || {
             StoreError::Unavailable(format!(
-                "etcd at {} is not reachable: {why}",
-                endpoints.join(",")
+                "etcd at {location} is not reachable: no answer within {connect_timeout:?}"
             ))
         };
+        // With a user, this already authenticates (one round trip).
         let client = tokio::time::timeout(
             options.connect_timeout,
-            Client::connect(endpoints, Some(connect)),
+            Client::connect(&urls, Some(connect)),
         )
         .await
-        .map_err(|_| unavailable(format!("no answer within {:?}", options.connect_timeout)))?
-        .map_err(|e| unavailable(e.to_string()))?;
+        .map_err(|_| no_answer())?
+        .map_err(|e| connect_error(&e, &location, &options))?;
         let store = Self {
             kv: client
                 .kv_client()
@@ -106,19 +380,14 @@ impl EtcdStore {
             endpoints: endpoints.to_vec(),
             options,
         };
-        // The client connects lazily: one read proves the cluster answers.
+        // The client connects lazily: one read proves the cluster answers and lets us read.
         let mut kv = store.kv.clone();
         let probe = kv.get(crate::PREFIX, Some(GetOptions::new().with_count_only()));
         tokio::time::timeout(store.options.connect_timeout, probe)
             .await
-            .map_err(|_| {
-                unavailable(format!(
-                    "no answer within {:?}",
-                    store.options.connect_timeout
-                ))
-            })?
-            .map_err(|e| unavailable(e.to_string()))?;
-        tracing::debug!(endpoints = %store.endpoints.join(","), "etcd store connected");
+            .map_err(|_| no_answer())?
+            .map_err(|e| connect_error(&e, &location, &store.options))?;
+        tracing::debug!(store = %location, "etcd store connected");
         Ok(store)
     }
 
@@ -128,18 +397,57 @@ impl EtcdStore {
     }
 
     /// Run one etcd call under the request deadline, mapping its error with `ctx`.
-    async fn call<T>(
+    async fn call<T, F, Fut>(&self, ctx: Ctx<'_>, op: F) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        self.attempt(op).await?.map_err(|e| map_error(e, &ctx))
+    }
+
+    /// `op` under the request deadline; once more after renewing the auth token when etcd no
+    /// longer accepts it. The outer error is the deadline or a failed renewal; the inner one is
+    /// etcd's answer, for the caller to map.
+    async fn attempt<T, F, Fut>(
         &self,
-        ctx: Ctx<'_>,
-        fut: impl Future<Output = std::result::Result<T, etcd_client::Error>>,
-    ) -> Result<T> {
-        match tokio::time::timeout(self.options.request_timeout, fut).await {
-            Ok(result) => result.map_err(|e| map_error(e, &ctx)),
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "etcd at {} did not answer within {:?}",
-                self.endpoints.join(","),
-                self.options.request_timeout
-            ))),
+        op: F,
+    ) -> Result<std::result::Result<T, etcd_client::Error>>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        let mut renewed = false;
+        loop {
+            match tokio::time::timeout(self.options.request_timeout, op()).await {
+                Err(_) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "etcd at {} did not answer within {:?}",
+                        self.location(),
+                        self.options.request_timeout
+                    )));
+                }
+                Ok(Err(e)) if !renewed && token_rejected(&e) => {
+                    let Some(auth) = &self.options.auth else {
+                        return Ok(Err(e));
+                    };
+                    tracing::info!(store = %self.location(), "etcd refused the auth token ({e}); authenticating again");
+                    let mut client = self.client.auth_client();
+                    let renew = client
+                        .set_client_auth(auth.user.clone(), auth.password.expose().to_string());
+                    tokio::time::timeout(self.options.request_timeout, renew)
+                        .await
+                        .map_err(|_| {
+                            StoreError::Unavailable(format!(
+                                "etcd at {} did not answer authentication within {:?}",
+                                self.location(),
+                                self.options.request_timeout
+                            ))
+                        })?
+                        .map_err(|e| connect_error(&e, &self.location(), &self.options))?;
+                    renewed = true;
+                }
+                Ok(result) => return Ok(result),
+            }
         }
     }
 
@@ -156,9 +464,11 @@ impl EtcdStore {
             if keys_only {
                 opts = opts.with_keys_only();
             }
-            let mut kv = self.kv.clone();
             let mut resp = self
-                .call(Ctx::default(), kv.get(start.clone(), Some(opts)))
+                .call(Ctx::default(), || {
+                    let (mut kv, start, opts) = (self.kv.clone(), start.clone(), opts.clone());
+                    async move { kv.get(start, Some(opts)).await }
+                })
                 .await?;
             if revision == 0 {
                 revision = resp.header().map(|h| h.revision()).unwrap_or(0);
@@ -178,12 +488,14 @@ impl EtcdStore {
 
     /// The cluster's current revision.
     async fn current_revision(&self) -> Result<Revision> {
-        let mut kv = self.kv.clone();
         let resp = self
-            .call(
-                Ctx::default(),
-                kv.get(crate::PREFIX, Some(GetOptions::new().with_count_only())),
-            )
+            .call(Ctx::default(), || {
+                let mut kv = self.kv.clone();
+                async move {
+                    kv.get(crate::PREFIX, Some(GetOptions::new().with_count_only()))
+                        .await
+                }
+            })
             .await?;
         Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
     }
@@ -196,13 +508,17 @@ impl Store for EtcdStore {
     }
 
     fn location(&self) -> String {
-        format!("etcd://{}", self.endpoints.join(","))
+        location(&self.endpoints, &self.options)
     }
 
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
         crate::validate::key(key)?;
-        let mut kv = self.kv.clone();
-        let mut resp = self.call(Ctx::key(key), kv.get(key, None)).await?;
+        let mut resp = self
+            .call(Ctx::key(key), || {
+                let mut kv = self.kv.clone();
+                async move { kv.get(key, None).await }
+            })
+            .await?;
         resp.take_kvs()
             .into_iter()
             .next()
@@ -230,7 +546,6 @@ impl Store for EtcdStore {
         crate::validate::put(key, &value, self.max_value_size())?;
         let size = value.len();
         let opts = lease.map(|id| PutOptions::new().with_lease(id));
-        let mut kv = self.kv.clone();
         let resp = self
             .call(
                 Ctx {
@@ -238,7 +553,10 @@ impl Store for EtcdStore {
                     size,
                     lease,
                 },
-                kv.put(key, value, opts),
+                || {
+                    let (mut kv, value, opts) = (self.kv.clone(), value.clone(), opts.clone());
+                    async move { kv.put(key, value, opts).await }
+                },
             )
             .await?;
         Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
@@ -246,8 +564,12 @@ impl Store for EtcdStore {
 
     async fn delete(&self, key: &str) -> Result<bool> {
         crate::validate::key(key)?;
-        let mut kv = self.kv.clone();
-        let resp = self.call(Ctx::key(key), kv.delete(key, None)).await?;
+        let resp = self
+            .call(Ctx::key(key), || {
+                let mut kv = self.kv.clone();
+                async move { kv.delete(key, None).await }
+            })
+            .await?;
         Ok(resp.deleted() > 0)
     }
 
@@ -305,8 +627,12 @@ impl Store for EtcdStore {
             })
             .collect();
         let request = etcd_client::Txn::new().when(compares).and_then(ops);
-        let mut kv = self.kv.clone();
-        let resp = self.call(ctx, kv.txn(request)).await?;
+        let resp = self
+            .call(ctx, || {
+                let (mut kv, request) = (self.kv.clone(), request.clone());
+                async move { kv.txn(request).await }
+            })
+            .await?;
         Ok(TxnResult {
             succeeded: resp.succeeded(),
             revision: resp.header().map(|h| h.revision()).unwrap_or(0),
@@ -320,8 +646,12 @@ impl Store for EtcdStore {
         // etcd counts whole seconds; round up so a lease never lives shorter than asked.
         let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
         let secs = i64::try_from(secs).unwrap_or(i64::MAX);
-        let mut lease = self.lease.clone();
-        let resp = self.call(Ctx::default(), lease.grant(secs, None)).await?;
+        let resp = self
+            .call(Ctx::default(), || {
+                let mut lease = self.lease.clone();
+                async move { lease.grant(secs, None).await }
+            })
+            .await?;
         if !resp.error().is_empty() {
             return Err(StoreError::Other(format!(
                 "etcd lease grant: {}",
@@ -332,20 +662,19 @@ impl Store for EtcdStore {
     }
 
     async fn keep_alive(&self, id: LeaseId) -> Result<()> {
-        let mut lease = self.lease.clone();
         // One request, one answer; dropping the keeper and stream closes the gRPC stream.
-        let result = tokio::time::timeout(self.options.request_timeout, lease.keep_alive(id)).await;
+        let result = self
+            .attempt(|| {
+                let mut lease = self.lease.clone();
+                async move { lease.keep_alive(id).await }
+            })
+            .await?;
         match result {
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "etcd at {} did not answer a keep-alive within {:?}",
-                self.endpoints.join(","),
-                self.options.request_timeout
-            ))),
-            Ok(Ok(_keeper_and_stream)) => Ok(()),
-            Ok(Err(etcd_client::Error::LeaseKeepAliveError(why))) if why.contains("not found") => {
+            Ok(_keeper_and_stream) => Ok(()),
+            Err(etcd_client::Error::LeaseKeepAliveError(why)) if why.contains("not found") => {
                 Err(StoreError::LeaseNotFound(id))
             }
-            Ok(Err(e)) => Err(map_error(
+            Err(e) => Err(map_error(
                 e,
                 &Ctx {
                     lease: Some(id),
@@ -356,27 +685,31 @@ impl Store for EtcdStore {
     }
 
     async fn revoke_lease(&self, id: LeaseId) -> Result<()> {
-        let mut lease = self.lease.clone();
         self.call(
             Ctx {
                 lease: Some(id),
                 ..Ctx::default()
             },
-            lease.revoke(id),
+            || {
+                let mut lease = self.lease.clone();
+                async move { lease.revoke(id).await }
+            },
         )
         .await?;
         Ok(())
     }
 
     async fn lease_alive(&self, id: LeaseId) -> Result<bool> {
-        let mut lease = self.lease.clone();
         match self
             .call(
                 Ctx {
                     lease: Some(id),
                     ..Ctx::default()
                 },
-                lease.time_to_live(id, None),
+                || {
+                    let mut lease = self.lease.clone();
+                    async move { lease.time_to_live(id, None).await }
+                },
             )
             .await
         {
@@ -392,9 +725,11 @@ impl Store for EtcdStore {
         let opts = WatchOptions::new()
             .with_range(end)
             .with_start_revision(after + 1);
-        let mut client = self.watch.clone();
         let (watcher, stream) = self
-            .call(Ctx::default(), client.watch(start, Some(opts)))
+            .call(Ctx::default(), || {
+                let (mut client, start, opts) = (self.watch.clone(), start.clone(), opts.clone());
+                async move { client.watch(start, Some(opts)).await }
+            })
             .await?;
         struct State {
             // Kept so that the request half of the gRPC stream stays open while we watch.
@@ -479,6 +814,189 @@ impl<'a> Ctx<'a> {
             key: Some(key),
             ..Self::default()
         }
+    }
+}
+
+/// `http://host:port` or `https://host:port` for an endpoint given as `host:port` (or with
+/// either scheme, which TLS decides).
+fn endpoint_url(endpoint: &str, tls: bool) -> String {
+    let bare = endpoint
+        .strip_prefix("https://")
+        .or_else(|| endpoint.strip_prefix("http://"))
+        .unwrap_or(endpoint);
+    format!("{}://{bare}", if tls { "https" } else { "http" })
+}
+
+/// The store as shown to people: scheme, user and endpoints; never a password.
+fn location(endpoints: &[String], options: &EtcdOptions) -> String {
+    let bare: Vec<&str> = endpoints
+        .iter()
+        .map(|e| {
+            e.strip_prefix("https://")
+                .or_else(|| e.strip_prefix("http://"))
+                .unwrap_or(e)
+        })
+        .collect();
+    let scheme = if options.tls.is_some() { "etcds" } else { "etcd" };
+    let user = options
+        .auth
+        .as_ref()
+        .map(|a| format!("{}@", a.user))
+        .unwrap_or_default();
+    format!("{scheme}://{user}{}", bare.join(","))
+}
+
+/// An error with its whole cause chain (tonic's transport error says only "transport error";
+/// the reason, e.g. rustls' "invalid peer certificate: UnknownIssuer", is in its sources).
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let part = e.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = e.source();
+    }
+    text
+}
+
+/// Whether a failure is the TLS layer's: a certificate that did not verify or an alert from the
+/// server (ours refused).
+fn is_tls_failure(text: &str) -> bool {
+    let text = text.to_ascii_lowercase();
+    ["certificate", "handshake", "alert", "tls"]
+        .iter()
+        .any(|w| text.contains(w))
+}
+
+/// What a TLS failure means, in words: whose certificate failed and why.
+fn tls_reason(text: &str, tls: &EtcdTls) -> String {
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("invalid peer certificate") || lower.contains("unknownissuer") {
+        format!(
+            "the server's certificate did not verify against the CA {} ({text})",
+            tls.ca.path.display()
+        )
+    } else if lower.contains("alert") {
+        let ours = match &tls.client {
+            Some((cert, _)) => format!("the client certificate {}", cert.path.display()),
+            None => "a connection without a client certificate (--store-cert, --store-key)".into(),
+        };
+        format!("the server refused {ours} ({text})")
+    } else {
+        text.to_string()
+    }
+}
+
+/// Whether etcd refused the auth token itself (not the user): it forgot it (a restarted member)
+/// or its user database changed since it was issued. A new token fixes both.
+fn token_rejected(err: &etcd_client::Error) -> bool {
+    match err {
+        etcd_client::Error::GRpcStatus(status) => {
+            let m = status.message();
+            m.contains("invalid auth token") || m.contains("revision of auth store is old")
+        }
+        _ => false,
+    }
+}
+
+/// A TLS handshake of our own with each endpoint before the real client: etcd-client's balanced
+/// channel keeps retrying a handshake that fails and reports only the timeout, which would hide
+/// *why* (a certificate that does not verify). One endpoint that shakes hands is enough.
+async fn preflight_tls(
+    urls: &[String],
+    tls: &EtcdTls,
+    options: &EtcdOptions,
+    location: &str,
+) -> Result<()> {
+    let mut failures = Vec::new();
+    for url in urls {
+        let endpoint = tonic::transport::Endpoint::from_shared(url.clone())
+            .and_then(|e| e.tls_config(tls.options()))
+            .map_err(|e| StoreError::Tls {
+                store: location.to_string(),
+                why: format!("{url}: {}", chain(&e)),
+            })?
+            .connect_timeout(options.connect_timeout);
+        match tokio::time::timeout(options.connect_timeout, endpoint.connect()).await {
+            Ok(Ok(_channel)) => return Ok(()),
+            Ok(Err(e)) => failures.push((url, chain(&e))),
+            Err(_) => failures.push((url, format!("no answer within {:?}", options.connect_timeout))),
+        }
+    }
+    if let Some((url, text)) = failures.iter().find(|(_, t)| is_tls_failure(t)) {
+        return Err(StoreError::Tls {
+            store: location.to_string(),
+            why: format!("{url}: {}", tls_reason(text, tls)),
+        });
+    }
+    let all: Vec<String> = failures.iter().map(|(u, t)| format!("{u}: {t}")).collect();
+    Err(StoreError::Unavailable(format!(
+        "etcd at {location} is not reachable: {}",
+        all.join("; ")
+    )))
+}
+
+/// The error of connecting (or of the first read): a TLS failure, an authentication failure, or
+/// an unreachable cluster, said as such.
+fn connect_error(err: &etcd_client::Error, location: &str, options: &EtcdOptions) -> StoreError {
+    let text = chain(err);
+    let auth = |why: String| StoreError::Auth {
+        store: location.to_string(),
+        why,
+    };
+    if let etcd_client::Error::GRpcStatus(status) = err {
+        let message = status.message();
+        let user = options.auth.as_ref().map(|a| a.user.as_str());
+        if message.contains("authentication failed") {
+            return auth(format!(
+                "etcd refused user {:?} with the password from {} ({message})",
+                user.unwrap_or_default(),
+                "--store-password-file"
+            ));
+        }
+        if message.contains("user name is empty") || message.contains("user name not found") {
+            return auth(format!(
+                "the cluster requires authentication and no user was given: set --store-user and \
+                 --store-password-file ({message})"
+            ));
+        }
+        if status.code() == tonic::Code::PermissionDenied {
+            let who = match user {
+                Some(u) => format!("user {u:?}"),
+                None => "this client (no user given; its certificate's CN is no etcd user with access)".into(),
+            };
+            return auth(format!(
+                "{who} may not read {} ({message}): grant its role read-write on Elara's keys, or give \
+                 --store-user and --store-password-file",
+                crate::PREFIX
+            ));
+        }
+        if status.code() == tonic::Code::Unauthenticated || token_rejected(err) {
+            return auth(message.to_string());
+        }
+    }
+    if let Some(tls) = &options.tls
+        && is_tls_failure(&text)
+    {
+        return StoreError::Tls {
+            store: location.to_string(),
+            why: tls_reason(&text, tls),
+        };
+    }
+    let unreachable = match err {
+        etcd_client::Error::GRpcStatus(status) => matches!(
+            status.code(),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
+        ),
+        _ => true,
+    };
+    if unreachable {
+        StoreError::Unavailable(format!("etcd at {location} is not reachable: {text}"))
+    } else {
+        StoreError::Other(format!("etcd at {location}: {text}"))
     }
 }
 

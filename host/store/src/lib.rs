@@ -54,6 +54,18 @@ pub enum StoreError {
     Corrupt { key: String, why: String },
     #[error("store error: {0}")]
     Other(String),
+    /// A store setting (the URL, a certificate, key or password file) is wrong; nothing was
+    /// contacted. `field` is the setting (`store`, `store-ca`, `store-password-file`, ...).
+    #[error("store setting {field}: {why}")]
+    Settings { field: String, why: String },
+    /// The TLS handshake with etcd failed: the server's certificate did not verify against our
+    /// CA, or the server refused our client certificate.
+    #[error("etcd at {store}: TLS certificate verification failed: {why}")]
+    Tls { store: String, why: String },
+    /// etcd refused our credentials: a wrong user or password, none given to a cluster that
+    /// requires them, or a user without access to Elara's keys.
+    #[error("etcd at {store}: authentication failed: {why}")]
+    Auth { store: String, why: String },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -199,28 +211,153 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("records serialize")
 }
 
-/// Open a store from its URL: `etcd://h1:2379,h2:2379` or a path / `file:///path` for the embedded one.
-pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>> {
-    if let Some(rest) = url.strip_prefix("etcd://") {
-        // etcd://h1:2379,h2:2379[/namespace]
-        let (endpoints, ns) = match rest.split_once('/') {
-            Some((eps, ns)) => (eps, Some(ns)),
+/// Where a store is, parsed from its URL:
+/// - `etcd://[user@]h1:2379,h2:2379[/namespace]`: etcd over plain HTTP/2;
+/// - `etcds://[user@]h1:2379,...[/namespace]`: etcd over TLS (see [`etcd::EtcdSecurity`]);
+/// - a path or `file:///path`: the embedded store.
+///
+/// A URL never carries a password (`user:password@` is refused): it is shown in logs, `ps` and
+/// `elara info`. The `Display` form is the URL as parsed (no secret can be in it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    Embedded(std::path::PathBuf),
+    Etcd {
+        tls: bool,
+        user: Option<String>,
+        endpoints: Vec<String>,
+        namespace: Option<String>,
+    },
+}
+
+impl StoreUrl {
+    pub fn parse(url: &str) -> Result<StoreUrl> {
+        let bad = |why: String| StoreError::Settings {
+            field: "store".into(),
+            why,
+        };
+        let (tls, rest) = if let Some(rest) = url.strip_prefix("etcds://") {
+            (true, rest)
+        } else if let Some(rest) = url.strip_prefix("etcd://") {
+            (false, rest)
+        } else {
+            let path = url.strip_prefix("file://").unwrap_or(url);
+            if path.is_empty() {
+                return Err(bad("empty: give etcd://host:port, etcds://host:port or a file path".into()));
+            }
+            return Ok(StoreUrl::Embedded(path.into()));
+        };
+        let (authority, namespace) = match rest.split_once('/') {
+            Some((a, ns)) if !ns.trim_matches('/').is_empty() => (a, Some(ns.to_string())),
+            Some((a, _)) => (a, None),
             None => (rest, None),
         };
-        let eps: Vec<String> = endpoints
-            .split(',')
-            .filter(|s| !s.is_empty())
-            .map(|s| s.to_string())
-            .collect();
-        let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(etcd::EtcdStore::connect(&eps).await?);
-        Ok(match ns {
-            Some(ns) if !ns.trim_matches('/').is_empty() => std::sync::Arc::new(namespace::Namespaced::new(store, ns)),
-            _ => store,
+        let (user, hosts) = match authority.rsplit_once('@') {
+            Some((userinfo, _)) if userinfo.contains(':') => {
+                // Not echoed: what follows the ':' is a password.
+                return Err(bad(
+                    "the URL carries a password (user:password@); a password is never read from the URL, \
+                     which shows in logs and process lists: put it in a file and give --store-password-file"
+                        .into(),
+                ));
+            }
+            Some((userinfo, hosts)) => {
+                if userinfo.is_empty() || userinfo.contains(['@', ',', '/']) || userinfo.chars().any(char::is_control) {
+                    return Err(bad(format!("user {userinfo:?} before '@': must be a plain etcd user name")));
+                }
+                (Some(userinfo.to_string()), hosts)
+            }
+            None => (None, authority),
+        };
+        let mut endpoints = Vec::new();
+        for ep in hosts.split(',') {
+            let valid = ep
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0))
+                && !ep.chars().any(|c| c.is_whitespace() || c.is_control());
+            if !valid {
+                return Err(bad(format!("endpoint {ep:?}: expected host:port (in {})", Self::shown(tls, &user, hosts))));
+            }
+            endpoints.push(ep.to_string());
+        }
+        Ok(StoreUrl::Etcd {
+            tls,
+            user,
+            endpoints,
+            namespace,
         })
-    } else {
-        let path = url.strip_prefix("file://").unwrap_or(url);
-        Ok(std::sync::Arc::new(embedded::EmbeddedStore::open(
-            std::path::Path::new(path),
-        )?))
+    }
+
+    /// Whether this is a cluster store (etcd), every node seeing the same data.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, StoreUrl::Etcd { .. })
+    }
+
+    fn shown(tls: bool, user: &Option<String>, hosts: &str) -> String {
+        let scheme = if tls { "etcds" } else { "etcd" };
+        let user = user.as_ref().map(|u| format!("{u}@")).unwrap_or_default();
+        format!("{scheme}://{user}{hosts}")
+    }
+}
+
+impl std::fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreUrl::Embedded(path) => write!(f, "{}", path.display()),
+            StoreUrl::Etcd {
+                tls,
+                user,
+                endpoints,
+                namespace,
+            } => {
+                write!(f, "{}", Self::shown(*tls, user, &endpoints.join(",")))?;
+                match namespace {
+                    Some(ns) => write!(f, "/{ns}"),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+}
+
+/// Open a store from its URL (see [`StoreUrl`]) with no TLS material or credentials.
+pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>> {
+    open_with(url, &etcd::EtcdSecurity::default()).await
+}
+
+/// Open a store from its URL, with the TLS material and credentials for etcd in `security`
+/// (read and checked here: a key or password file others may read is refused).
+pub async fn open_with(url: &str, security: &etcd::EtcdSecurity) -> Result<std::sync::Arc<dyn Store>> {
+    match StoreUrl::parse(url)? {
+        StoreUrl::Etcd {
+            tls,
+            user,
+            endpoints,
+            namespace,
+        } => {
+            let (tls, auth) = security.load(tls, user.as_deref())?;
+            let options = etcd::EtcdOptions {
+                tls,
+                auth,
+                ..Default::default()
+            };
+            let store: std::sync::Arc<dyn Store> =
+                std::sync::Arc::new(etcd::EtcdStore::connect_with(&endpoints, options).await?);
+            Ok(match namespace {
+                Some(ns) => std::sync::Arc::new(namespace::Namespaced::new(store, &ns)),
+                None => store,
+            })
+        }
+        StoreUrl::Embedded(path) => {
+            if !security.is_empty() {
+                return Err(StoreError::Settings {
+                    field: "store".into(),
+                    why: format!(
+                        "TLS and etcd credentials (--store-ca, --store-user, ...) need an etcd store, not the embedded {}",
+                        path.display()
+                    ),
+                });
+            }
+            Ok(std::sync::Arc::new(embedded::EmbeddedStore::open(&path)?))
+        }
     }
 }
