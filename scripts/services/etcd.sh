@@ -23,7 +23,8 @@ set -euo pipefail
 usage() { echo "usage: $0 start|stop|status DIR" >&2; exit 2; }
 [ $# -eq 2 ] || usage
 ACTION=$1
-DIR=$2
+# Absolute, so the paths printed for the tests work from any directory.
+DIR=$(realpath -m "$2")
 HOST=${ETCD_HOST:-127.0.0.1}
 CLIENT_PORT=${ETCD_CLIENT_PORT:-2379}
 PEER_PORT=${ETCD_PEER_PORT:-2380}

@@ -28,6 +28,8 @@ use std::fmt;
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -320,6 +322,11 @@ pub struct EtcdStore {
     lease: LeaseClient,
     endpoints: Vec<String>,
     options: EtcdOptions,
+    /// Bumped each time the auth token is renewed: a call that saw an older one and was refused
+    /// just tries again with the new token instead of renewing once more.
+    token_generation: Arc<AtomicU64>,
+    /// One renewal at a time.
+    renewing: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl EtcdStore {
@@ -379,6 +386,8 @@ impl EtcdStore {
             client,
             endpoints: endpoints.to_vec(),
             options,
+            token_generation: Arc::default(),
+            renewing: Arc::default(),
         };
         // The client connects lazily: one read proves the cluster answers and lets us read.
         let mut kv = store.kv.clone();
@@ -417,6 +426,7 @@ impl EtcdStore {
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
         let mut renewed = false;
+        let seen = self.token_generation.load(Ordering::Acquire);
         loop {
             match tokio::time::timeout(self.options.request_timeout, op()).await {
                 Err(_) => {
@@ -426,29 +436,43 @@ impl EtcdStore {
                         self.options.request_timeout
                     )));
                 }
-                Ok(Err(e)) if !renewed && token_rejected(&e) => {
-                    let Some(auth) = &self.options.auth else {
-                        return Ok(Err(e));
-                    };
+                Ok(Err(e)) if !renewed && self.options.auth.is_some() && token_rejected(&e) => {
                     tracing::info!(store = %self.location(), "etcd refused the auth token ({e}); authenticating again");
-                    let mut client = self.client.auth_client();
-                    let renew = client
-                        .set_client_auth(auth.user.clone(), auth.password.expose().to_string());
-                    tokio::time::timeout(self.options.request_timeout, renew)
-                        .await
-                        .map_err(|_| {
-                            StoreError::Unavailable(format!(
-                                "etcd at {} did not answer authentication within {:?}",
-                                self.location(),
-                                self.options.request_timeout
-                            ))
-                        })?
-                        .map_err(|e| connect_error(&e, &self.location(), &self.options))?;
+                    self.renew_token(seen).await?;
                     renewed = true;
                 }
                 Ok(result) => return Ok(result),
             }
         }
+    }
+
+    /// A new auth token for every client of this store, unless another call renewed it since
+    /// generation `seen`.
+    async fn renew_token(&self, seen: u64) -> Result<()> {
+        let Some(auth) = &self.options.auth else {
+            return Ok(());
+        };
+        let _one_at_a_time = self.renewing.lock().await;
+        if self.token_generation.load(Ordering::Acquire) != seen {
+            return Ok(());
+        }
+        let mut client = self.client.auth_client();
+        // etcd refuses an Authenticate request that carries the token it no longer knows. Calls
+        // made meanwhile go without one, are refused as "user name is empty", and come back here.
+        client.remove_client_auth();
+        let renew = client.set_client_auth(auth.user.clone(), auth.password.expose().to_string());
+        tokio::time::timeout(self.options.request_timeout, renew)
+            .await
+            .map_err(|_| {
+                StoreError::Unavailable(format!(
+                    "etcd at {} did not answer authentication within {:?}",
+                    self.location(),
+                    self.options.request_timeout
+                ))
+            })?
+            .map_err(|e| connect_error(&e, &self.location(), &self.options))?;
+        self.token_generation.fetch_add(1, Ordering::Release);
+        Ok(())
     }
 
     /// Every key in `[start, end)` (prefix range), paged, at one revision.
@@ -866,7 +890,7 @@ fn chain(err: &dyn std::error::Error) -> String {
 /// server (ours refused).
 fn is_tls_failure(text: &str) -> bool {
     let text = text.to_ascii_lowercase();
-    ["certificate", "handshake", "alert", "tls"]
+    ["certificate", "handshake", "alert", "tls", "the server refused"]
         .iter()
         .any(|w| text.contains(w))
 }
@@ -874,7 +898,9 @@ fn is_tls_failure(text: &str) -> bool {
 /// What a TLS failure means, in words: whose certificate failed and why.
 fn tls_reason(text: &str, tls: &EtcdTls) -> String {
     let lower = text.to_ascii_lowercase();
-    if lower.contains("invalid peer certificate") || lower.contains("unknownissuer") {
+    if text.starts_with("the server refused") {
+        text.to_string()
+    } else if lower.contains("invalid peer certificate") || lower.contains("unknownissuer") {
         format!(
             "the server's certificate did not verify against the CA {} ({text})",
             tls.ca.path.display()
@@ -890,13 +916,32 @@ fn tls_reason(text: &str, tls: &EtcdTls) -> String {
     }
 }
 
-/// Whether etcd refused the auth token itself (not the user): it forgot it (a restarted member)
-/// or its user database changed since it was issued. A new token fixes both.
+/// The words for a connection the server ended right after a good handshake.
+fn return_refusal(detail: &str, tls: &EtcdTls) -> String {
+    if detail.to_ascii_lowercase().contains("alert") {
+        return detail.to_string();
+    }
+    let ours = match &tls.client {
+        Some((cert, _)) => format!("the client certificate {}", cert.path.display()),
+        None => "a connection without a client certificate (--store-cert, --store-key)".into(),
+    };
+    format!(
+        "the server refused {ours}: it closed the connection after the TLS handshake without answering \
+         (is the certificate signed by a CA the server trusts?) ({detail})"
+    )
+}
+
+/// Whether etcd refused the auth token itself (not the user): it forgot it (a restarted member,
+/// the token's TTL, the user's password changed), its user database changed since it was issued
+/// (JWT tokens), or a call went without one while another renewed it ("user name is empty", for
+/// a store that has credentials). A new token fixes each.
 fn token_rejected(err: &etcd_client::Error) -> bool {
     match err {
         etcd_client::Error::GRpcStatus(status) => {
             let m = status.message();
-            m.contains("invalid auth token") || m.contains("revision of auth store is old")
+            m.contains("invalid auth token")
+                || m.contains("revision of auth store is old")
+                || m.contains("user name is empty")
         }
         _ => false,
     }
@@ -920,9 +965,19 @@ async fn preflight_tls(
                 why: format!("{url}: {}", chain(&e)),
             })?
             .connect_timeout(options.connect_timeout);
-        match tokio::time::timeout(options.connect_timeout, endpoint.connect()).await {
-            Ok(Ok(_channel)) => return Ok(()),
-            Ok(Err(e)) => failures.push((url, chain(&e))),
+        let exchange = async {
+            // `connect` is eager: TCP, the TLS handshake, then HTTP/2's.
+            let channel = endpoint.connect().await.map_err(|e| chain(&e))?;
+            first_request(channel, url).await.map_err(|why| {
+                // The handshake was good from our side, and the server hung up before a single
+                // HTTP answer: that is a TLS server refusing the client's certificate (Go's
+                // does not always get its alert through before it closes).
+                return_refusal(&why, tls)
+            })
+        };
+        match tokio::time::timeout(options.connect_timeout, exchange).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(why)) => failures.push((url, why)),
             Err(_) => failures.push((url, format!("no answer within {:?}", options.connect_timeout))),
         }
     }
@@ -937,6 +992,27 @@ async fn preflight_tls(
         "etcd at {location} is not reachable: {}",
         all.join("; ")
     )))
+}
+
+/// One HTTP/2 request on a fresh TLS channel: with TLS 1.3 a server that refuses our client
+/// certificate says so (an alert) only after the handshake, on the first read. Any HTTP answer,
+/// even a gRPC error, proves the TLS layer is good.
+async fn first_request(
+    mut channel: tonic::transport::Channel,
+    url: &str,
+) -> std::result::Result<(), String> {
+    use tower_service::Service;
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!("{url}/etcdserverpb.Maintenance/Status"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(tonic::body::empty_body())
+        .map_err(|e| e.to_string())?;
+    futures::future::poll_fn(|cx| channel.poll_ready(cx))
+        .await
+        .map_err(|e| chain(&e))?;
+    channel.call(request).await.map(drop).map_err(|e| chain(&e))
 }
 
 /// The error of connecting (or of the first read): a TLS failure, an authentication failure, or

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use elara_store::embedded::{EmbeddedOptions, EmbeddedStore};
-use elara_store::etcd::{EtcdOptions, EtcdStore};
+use elara_store::etcd::{EtcdOptions, EtcdSecurity, EtcdStore};
 use elara_store::{Compare, Op, Store, StoreError, StoreExt, Txn, WatchEvent, WatchStream};
 use futures::StreamExt;
 
@@ -52,11 +52,33 @@ async fn etcd_store() -> Option<Arc<dyn Store>> {
         ),
     };
     let endpoints: Vec<String> = endpoint.split(',').map(str::to_string).collect();
+    let security = etcd_security();
+    let (tls, auth) = security
+        .load(security.ca.is_some(), None)
+        .expect("the ELARA_TEST_ETCD_* TLS and auth settings");
+    let options = EtcdOptions {
+        tls,
+        auth,
+        ..Default::default()
+    };
     Some(Arc::new(
-        EtcdStore::connect(&endpoints)
+        EtcdStore::connect_with(&endpoints, options)
             .await
             .expect("connect to ELARA_TEST_ETCD"),
     ))
+}
+
+/// TLS and credentials of the etcd under test, from what `ETCD_TLS=1 scripts/services/etcd.sh`
+/// prints (`ELARA_TEST_ETCD_CA`, `_CERT`, `_KEY`, `_USER`, `_PASSWORD_FILE`); none for a plain one.
+fn etcd_security() -> EtcdSecurity {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    EtcdSecurity {
+        ca: var("ELARA_TEST_ETCD_CA").map(Into::into),
+        cert: var("ELARA_TEST_ETCD_CERT").map(Into::into),
+        key: var("ELARA_TEST_ETCD_KEY").map(Into::into),
+        user: var("ELARA_TEST_ETCD_USER"),
+        password_file: var("ELARA_TEST_ETCD_PASSWORD_FILE").map(Into::into),
+    }
 }
 
 macro_rules! conformance {
@@ -917,7 +939,14 @@ async fn open_picks_the_back_end_from_the_url() {
         ("embedded", path.display().to_string())
     );
     if let Ok(ep) = std::env::var("ELARA_TEST_ETCD") {
-        let s = elara_store::open(&format!("etcd://{ep}")).await.unwrap();
-        assert_eq!((s.kind(), s.location()), ("etcd", format!("etcd://{ep}")));
+        let security = etcd_security();
+        let url = match (&security.ca, &security.user) {
+            (Some(_), Some(user)) => format!("etcds://{user}@{ep}"),
+            (Some(_), None) => format!("etcds://{ep}"),
+            (None, Some(user)) => format!("etcd://{user}@{ep}"),
+            (None, None) => format!("etcd://{ep}"),
+        };
+        let s = elara_store::open_with(&url, &security).await.unwrap();
+        assert_eq!((s.kind(), s.location()), ("etcd", url));
     }
 }
