@@ -32,7 +32,7 @@ fn main() -> anyhow::Result<()> {
 
     // etcd's own put rate, same concurrency, same machine, same run.
     let etcd_rate = rt.block_on(async {
-        let client = etcd_client::Client::connect([etcd_endpoint()], None).await?;
+        let client = etcd_raw_client().await?;
         let prefix = format!("/bench-raw-{}/", std::process::id());
         let rate = elara_store::bench::etcd_raw_put_rate(&client, &prefix, n, CONCURRENCY, 400).await?;
         elara_store::bench::etcd_delete_prefix(&client, &prefix).await?;

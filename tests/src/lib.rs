@@ -115,6 +115,79 @@ pub fn etcd_endpoint() -> String {
     })
 }
 
+/// The test etcd's TLS files and credentials, when it runs with TLS and auth
+/// (`ETCD_TLS=1 scripts/services/etcd.sh` prints `ELARA_TEST_ETCD_CA`, `_CERT`, `_KEY`, `_USER`,
+/// `_PASSWORD_FILE`); empty for a plain etcd.
+pub fn etcd_security() -> elara_store::etcd::EtcdSecurity {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    elara_store::etcd::EtcdSecurity {
+        ca: var("ELARA_TEST_ETCD_CA").map(Into::into),
+        cert: var("ELARA_TEST_ETCD_CERT").map(Into::into),
+        key: var("ELARA_TEST_ETCD_KEY").map(Into::into),
+        user: var("ELARA_TEST_ETCD_USER"),
+        password_file: var("ELARA_TEST_ETCD_PASSWORD_FILE").map(Into::into),
+    }
+}
+
+/// The store URL of etcd namespace `namespace`: `etcds://USER@host:port/ns` when the test etcd
+/// has TLS, `etcd://host:port/ns` otherwise.
+pub fn etcd_store_url(namespace: &str) -> String {
+    let security = etcd_security();
+    let scheme = if security.ca.is_some() { "etcds" } else { "etcd" };
+    let user = security
+        .user
+        .map(|u| format!("{u}@"))
+        .unwrap_or_default();
+    format!("{scheme}://{user}{}/{namespace}", etcd_endpoint())
+}
+
+/// The daemon flags for the test etcd's TLS files and password file (the user is in the URL).
+pub fn etcd_daemon_args() -> Vec<String> {
+    let security = etcd_security();
+    let mut args = vec![];
+    for (flag, path) in [
+        ("--store-ca", security.ca),
+        ("--store-cert", security.cert),
+        ("--store-key", security.key),
+        ("--store-password-file", security.password_file),
+    ] {
+        if let Some(path) = path {
+            args.push(flag.to_string());
+            args.push(path.display().to_string());
+        }
+    }
+    args
+}
+
+/// A raw etcd client on the test etcd (TLS and auth as the daemons get them), for benchmarks
+/// and tools that bypass the store.
+pub async fn etcd_raw_client() -> anyhow::Result<etcd_client::Client> {
+    let (tls, auth) = etcd_security().load(etcd_security().ca.is_some(), None)?;
+    let mut options = etcd_client::ConnectOptions::new();
+    let scheme = match tls {
+        Some(tls) => {
+            let mut t = etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(&tls.ca.pem));
+            if let Some((cert, key)) = &tls.client {
+                t = t.identity(etcd_client::Identity::from_pem(&cert.pem, &key.pem));
+            }
+            options = options.with_tls(t);
+            "https"
+        }
+        None => "http",
+    };
+    if let Some(auth) = auth {
+        let password_file = etcd_security().password_file.context("ELARA_TEST_ETCD_PASSWORD_FILE")?;
+        let password = std::fs::read_to_string(password_file)?;
+        options = options.with_user(auth.user, password.trim_end_matches(['\r', '\n']));
+    }
+    let urls: Vec<String> = etcd_endpoint()
+        .split(',')
+        .map(|e| format!("{scheme}://{e}"))
+        .collect();
+    Ok(etcd_client::Client::connect(urls, Some(options)).await?)
+}
+
 /// A unique name for this test run (namespaces, volume names).
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{}", std::process::id(), uuid_ish())
@@ -199,8 +272,18 @@ impl Daemon {
     pub fn store_url(&self) -> String {
         match self.opts.store {
             StoreKind::Embedded => self.dir.join("store.redb").display().to_string(),
-            StoreKind::Etcd => format!("etcd://{}/{}", etcd_endpoint(), self.opts.namespace),
+            StoreKind::Etcd => etcd_store_url(&self.opts.namespace),
         }
+    }
+
+    /// The daemon's store, opened directly (with the test etcd's TLS and credentials). The
+    /// daemon must be stopped for the embedded store.
+    pub async fn open_store(&self) -> anyhow::Result<std::sync::Arc<dyn elara_store::Store>> {
+        let security = match self.opts.store {
+            StoreKind::Embedded => Default::default(),
+            StoreKind::Etcd => etcd_security(),
+        };
+        Ok(elara_store::open_with(&self.store_url(), &security).await?)
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
@@ -216,6 +299,9 @@ impl Daemon {
             .arg(self.store_url())
             .arg("--node")
             .arg(&self.opts.node);
+        if self.opts.store == StoreKind::Etcd {
+            cmd.args(etcd_daemon_args());
+        }
         cmd.arg("--drivers-dir").arg(drivers_dir());
         cmd.arg("--plugin-dir").arg(
             self.opts
@@ -299,6 +385,11 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(10));
         }
         Ok(())
+    }
+
+    /// The daemon's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Resident memory of the daemon process, from /proc.

@@ -48,7 +48,7 @@ fn stored_attachment(d: &Daemon, volume: &str, node: &str) -> anyhow::Result<Opt
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let store = elara_store::open(&d.store_url()).await?;
+        let store = d.open_store().await?;
         let key = format!("{}attachments/{volume}/{node}", elara_store::PREFIX);
         Ok(match store.get(&key).await? {
             Some(kv) => Some(serde_json::from_slice(&kv.value)?),

@@ -19,10 +19,26 @@ pub struct DaemonArgs {
     /// Where Elara keeps its embedded store, pool directories, compiled drivers and mounts.
     #[arg(long, env = "ELARA_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Metadata store: `etcd://h1:2379,h2:2379`, or a file path for the embedded store
-    /// (default: DATA_DIR/store.redb).
+    /// Metadata store: `etcd://h1:2379,h2:2379[/namespace]`, `etcds://[user@]h1:2379,...` (TLS),
+    /// or a file path for the embedded store (default: DATA_DIR/store.redb). Never a password.
     #[arg(long, env = "ELARA_STORE")]
     pub store: Option<String>,
+    /// etcds://: the CA certificate (PEM) that signed the etcd servers' certificates.
+    #[arg(long, env = "ELARA_STORE_CA")]
+    pub store_ca: Option<PathBuf>,
+    /// etcds://: this node's client certificate (PEM), for etcd's --client-cert-auth.
+    #[arg(long, env = "ELARA_STORE_CERT")]
+    pub store_cert: Option<PathBuf>,
+    /// etcds://: the key of --store-cert (PEM; mode 0600 or stricter).
+    #[arg(long, env = "ELARA_STORE_KEY")]
+    pub store_key: Option<PathBuf>,
+    /// etcd user (or `user@` in the store URL).
+    #[arg(long, env = "ELARA_STORE_USER")]
+    pub store_user: Option<String>,
+    /// File holding the etcd user's password (mode 0600 or stricter; one trailing newline is
+    /// ignored). The password is never taken from the command line or the URL.
+    #[arg(long, env = "ELARA_STORE_PASSWORD_FILE")]
+    pub store_password_file: Option<PathBuf>,
     /// This node's name in the cluster (default: the host name).
     #[arg(long, env = "ELARA_NODE")]
     pub node: Option<String>,
@@ -83,12 +99,50 @@ pub struct AttachFileConfig {
     pub io_timeout_secs: Option<u64>,
 }
 
+/// `[store]` in the TOML file; `store = "URL"` is the same as `[store] url = "URL"`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreFileConfig {
+    pub url: Option<String>,
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub user: Option<String>,
+    pub password_file: Option<PathBuf>,
+}
+
+impl StoreFileConfig {
+    /// `store = "URL"` or a `[store]` table (whose unknown keys are refused by name).
+    fn from_string_or_table<'de, D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<StoreFileConfig>, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Option<StoreFileConfig>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a store URL or a [store] table")
+            }
+            fn visit_str<E: serde::de::Error>(self, url: &str) -> Result<Self::Value, E> {
+                Ok(Some(StoreFileConfig {
+                    url: Some(url.to_string()),
+                    ..Default::default()
+                }))
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(self, map: M) -> Result<Self::Value, M::Error> {
+                StoreFileConfig::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Some)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
 /// The same settings as in the TOML file (every key optional).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
-    pub store: Option<String>,
+    #[serde(default, deserialize_with = "StoreFileConfig::from_string_or_table")]
+    pub store: Option<StoreFileConfig>,
     pub node: Option<String>,
     pub drivers_dir: Option<PathBuf>,
     pub plugin_dir: Option<PathBuf>,
@@ -110,7 +164,10 @@ pub struct FileConfig {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub data_dir: PathBuf,
+    /// The store URL, checked: no password in it, so it may be shown.
     pub store: String,
+    /// etcd TLS files and credentials (read and checked when the store is opened).
+    pub store_security: elara_store::etcd::EtcdSecurity,
     pub node: String,
     pub drivers_dir: Option<PathBuf>,
     pub plugin_dir: Option<PathBuf>,
@@ -148,11 +205,28 @@ impl Config {
             .clone()
             .or(file.data_dir)
             .unwrap_or_else(|| DEFAULT_DATA_DIR.into());
+        let file_store = file.store.clone().unwrap_or_default();
         let store = args
             .store
             .clone()
-            .or(file.store)
+            .or(file_store.url)
             .unwrap_or_else(|| data_dir.join("store.redb").display().to_string());
+        // Checked here, before anything shows it: a password in the URL is refused without
+        // echoing the URL.
+        let store_url = elara_store::StoreUrl::parse(&store).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let store_security = elara_store::etcd::EtcdSecurity {
+            ca: args.store_ca.clone().or(file_store.ca),
+            cert: args.store_cert.clone().or(file_store.cert),
+            key: args.store_key.clone().or(file_store.key),
+            user: args.store_user.clone().or(file_store.user),
+            password_file: args.store_password_file.clone().or(file_store.password_file),
+        };
+        if !store_url.is_cluster() && !store_security.is_empty() {
+            bail!(
+                "store: TLS and etcd credentials (--store-ca, --store-cert, --store-key, --store-user, \
+                 --store-password-file) need an etcd:// or etcds:// store, not the embedded {store_url}"
+            );
+        }
         let node = match args.node.clone().or(file.node) {
             Some(n) => n,
             None => nix::unistd::gethostname()
@@ -205,6 +279,7 @@ impl Config {
             tcp_header_timeout_secs: args.tcp_header_timeout_secs.or(file.tcp_header_timeout_secs).unwrap_or(10),
             data_dir,
             store,
+            store_security,
             node,
         };
         if cfg.listen.is_some() {

@@ -34,7 +34,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         None => None,
     };
 
-    let store = elara_store::open(&cfg.store)
+    let store = elara_store::open_with(&cfg.store, &cfg.store_security)
         .await
         .with_context(|| format!("opening the metadata store {}", cfg.store))?;
     // A new embedded store exists only now; an old one was checked above.

@@ -922,12 +922,14 @@ fn return_refusal(detail: &str, tls: &EtcdTls) -> String {
         return detail.to_string();
     }
     let ours = match &tls.client {
-        Some((cert, _)) => format!("the client certificate {}", cert.path.display()),
+        Some((cert, _)) => format!(
+            "the client certificate {} (is it signed by a CA the server trusts?)",
+            cert.path.display()
+        ),
         None => "a connection without a client certificate (--store-cert, --store-key)".into(),
     };
     format!(
-        "the server refused {ours}: it closed the connection after the TLS handshake without answering \
-         (is the certificate signed by a CA the server trusts?) ({detail})"
+        "the server refused {ours}: it closed the connection after the TLS handshake without answering ({detail})"
     )
 }
 

@@ -60,7 +60,10 @@ impl TlsEtcd {
 
     fn password(&self) -> String {
         let path = self.security.password_file.as_ref().unwrap();
-        std::fs::read_to_string(path).unwrap().trim_end().to_string()
+        std::fs::read_to_string(path)
+            .unwrap()
+            .trim_end()
+            .to_string()
     }
 
     /// Connect with `security`; the error and how long it took.
@@ -99,18 +102,50 @@ fn other_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         );
     };
     run(&[
-        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=other-ca",
-        "-keyout", "other-ca.key", "-out", "other-ca.pem",
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=other-ca",
+        "-keyout",
+        "other-ca.key",
+        "-out",
+        "other-ca.pem",
     ]);
     run(&[
-        "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=elara-client", "-keyout",
-        "other-client.key", "-out", "other-client.csr",
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=elara-client",
+        "-keyout",
+        "other-client.key",
+        "-out",
+        "other-client.csr",
     ]);
     // An X.509 v3 certificate (an extension makes it one), like the real client's.
     std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
     run(&[
-        "x509", "-req", "-in", "other-client.csr", "-CA", "other-ca.pem", "-CAkey", "other-ca.key",
-        "-CAcreateserial", "-days", "1", "-extfile", "client.ext", "-out", "other-client.pem",
+        "x509",
+        "-req",
+        "-in",
+        "other-client.csr",
+        "-CA",
+        "other-ca.pem",
+        "-CAkey",
+        "other-ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "client.ext",
+        "-out",
+        "other-client.pem",
     ]);
     let key = dir.join("other-client.key");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -132,9 +167,22 @@ async fn connects_with_tls_and_password_and_shows_no_secret() {
     assert_eq!(location, format!("etcds://elara@{}", etcd.endpoint));
     assert!(!location.contains(&password));
     let (tls, auth) = etcd.security.load(true, None).unwrap();
-    let shown = format!("{:?}", EtcdOptions { tls, auth, ..Default::default() });
-    assert!(!shown.contains(&password), "Debug shows the password: {shown}");
-    assert!(!shown.contains("PRIVATE KEY"), "Debug shows the key: {shown}");
+    let shown = format!(
+        "{:?}",
+        EtcdOptions {
+            tls,
+            auth,
+            ..Default::default()
+        }
+    );
+    assert!(
+        !shown.contains(&password),
+        "Debug shows the password: {shown}"
+    );
+    assert!(
+        !shown.contains("PRIVATE KEY"),
+        "Debug shows the key: {shown}"
+    );
     eprintln!("TLS + auth connect: {took:?}");
 }
 
@@ -151,7 +199,10 @@ async fn open_with_etcds_url_namespaces_and_shows_the_user_only() {
     assert_eq!(store.kind(), "etcd");
     assert_eq!(store.location(), url);
     store.put("/elara/v1/x", b"1".to_vec(), None).await.unwrap();
-    assert_eq!(store.list_keys("/elara/v1/").await.unwrap(), ["/elara/v1/x"]);
+    assert_eq!(
+        store.list_keys("/elara/v1/").await.unwrap(),
+        ["/elara/v1/x"]
+    );
     store.delete("/elara/v1/x").await.unwrap();
 }
 
@@ -169,12 +220,18 @@ async fn a_ca_that_did_not_sign_the_server_is_a_tls_error() {
         Err(StoreError::Tls { store, why }) => {
             assert!(store.contains(&etcd.endpoint), "{store}");
             assert!(why.contains("server's certificate did not verify"), "{why}");
-            assert!(why.contains(&other_ca.display().to_string()), "names the CA: {why}");
+            assert!(
+                why.contains(&other_ca.display().to_string()),
+                "names the CA: {why}"
+            );
         }
         Err(other) => panic!("expected a TLS error, got {other:?}"),
         Ok(_) => panic!("connected trusting a CA that did not sign the server"),
     }
-    assert!(took < PROMPT, "refused at once, not after a timeout: {took:?}");
+    assert!(
+        took < PROMPT,
+        "refused at once, not after a timeout: {took:?}"
+    );
 }
 
 #[tokio::test]
@@ -195,7 +252,10 @@ async fn no_client_certificate_is_a_tls_error() {
         Err(other) => panic!("expected a TLS error, got {other:?}"),
         Ok(_) => panic!("connected without a client certificate to a --client-cert-auth etcd"),
     }
-    assert!(took < PROMPT, "refused at once, not after a timeout: {took:?}");
+    assert!(
+        took < PROMPT,
+        "refused at once, not after a timeout: {took:?}"
+    );
 }
 
 #[tokio::test]
@@ -213,12 +273,18 @@ async fn a_client_certificate_of_another_ca_is_a_tls_error() {
         Err(StoreError::Tls { why, .. }) => {
             eprintln!("{why}");
             assert!(why.contains("the server refused"), "{why}");
-            assert!(why.contains(&cert.display().to_string()), "names the certificate: {why}");
+            assert!(
+                why.contains(&cert.display().to_string()),
+                "names the certificate: {why}"
+            );
         }
         Err(other) => panic!("expected a TLS error, got {other:?}"),
         Ok(_) => panic!("connected with a client certificate the server's CA did not sign"),
     }
-    assert!(took < PROMPT, "refused at once, not after a timeout: {took:?}");
+    assert!(
+        took < PROMPT,
+        "refused at once, not after a timeout: {took:?}"
+    );
 }
 
 #[tokio::test]
@@ -237,12 +303,18 @@ async fn a_wrong_password_is_an_auth_error() {
         Err(StoreError::Auth { store, why }) => {
             assert!(store.contains(&etcd.endpoint), "{store}");
             assert!(why.contains("refused user \"elara\""), "{why}");
-            assert!(!why.contains("not-the-password"), "the password is not echoed: {why}");
+            assert!(
+                !why.contains("not-the-password"),
+                "the password is not echoed: {why}"
+            );
         }
         Err(other) => panic!("expected an authentication error, got {other:?}"),
         Ok(_) => panic!("connected with a wrong password"),
     }
-    assert!(took < PROMPT, "refused at once, not after a timeout: {took:?}");
+    assert!(
+        took < PROMPT,
+        "refused at once, not after a timeout: {took:?}"
+    );
 }
 
 #[tokio::test]
@@ -261,7 +333,10 @@ async fn no_user_is_an_auth_error() {
         Err(other) => panic!("expected an authentication error, got {other:?}"),
         Ok(_) => panic!("read Elara's keys without a user on an `auth enable` etcd"),
     }
-    assert!(took < PROMPT, "refused at once, not after a timeout: {took:?}");
+    assert!(
+        took < PROMPT,
+        "refused at once, not after a timeout: {took:?}"
+    );
 }
 
 #[tokio::test]
@@ -269,7 +344,10 @@ async fn secret_files_others_may_read_are_refused_before_connecting() {
     let Some(etcd) = tls_etcd() else { return };
     let dir = tempfile::tempdir().unwrap();
     for (field, source) in [
-        ("store-password-file", etcd.security.password_file.clone().unwrap()),
+        (
+            "store-password-file",
+            etcd.security.password_file.clone().unwrap(),
+        ),
         ("store-key", etcd.security.key.clone().unwrap()),
     ] {
         for mode in [0o640, 0o604, 0o644] {
@@ -284,7 +362,10 @@ async fn secret_files_others_may_read_are_refused_before_connecting() {
             match security.load(true, None) {
                 Err(StoreError::Settings { field: f, why }) => {
                     assert_eq!(f, field);
-                    assert!(why.contains(&copy.display().to_string()), "names the file: {why}");
+                    assert!(
+                        why.contains(&copy.display().to_string()),
+                        "names the file: {why}"
+                    );
                     assert!(why.contains("readable by group or others"), "{why}");
                 }
                 other => panic!("{field} mode {mode:o}: expected a settings error, got {other:?}"),
@@ -305,14 +386,21 @@ async fn a_token_etcd_stops_accepting_is_renewed() {
             std::fs::read(&etcd.admin_cert).unwrap(),
             std::fs::read(&etcd.admin_key).unwrap(),
         ));
-    let urls: Vec<String> = etcd.endpoints().iter().map(|e| format!("https://{e}")).collect();
-    let admin = etcd_client::Client::connect(urls, Some(etcd_client::ConnectOptions::new().with_tls(tls)))
-        .await
-        .expect("connect as root by the admin certificate");
+    let urls: Vec<String> = etcd
+        .endpoints()
+        .iter()
+        .map(|e| format!("https://{e}"))
+        .collect();
+    let admin =
+        etcd_client::Client::connect(urls, Some(etcd_client::ConnectOptions::new().with_tls(tls)))
+            .await
+            .expect("connect as root by the admin certificate");
     let mut auth = admin.auth_client();
     let user = format!("tmp-{}", uuid::Uuid::new_v4());
     let password = uuid::Uuid::new_v4().to_string();
-    auth.user_add(user.as_str(), password.as_str(), None).await.unwrap();
+    auth.user_add(user.as_str(), password.as_str(), None)
+        .await
+        .unwrap();
     auth.user_grant_role(user.as_str(), "elara").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let password_file = dir.path().join("password");
@@ -386,7 +474,14 @@ fn store_urls_parse_and_show_as_given() {
     let file = StoreUrl::parse("file:///var/lib/elara/store.redb").unwrap();
     assert_eq!(file, StoreUrl::Embedded("/var/lib/elara/store.redb".into()));
     assert!(!file.is_cluster());
-    for bad in ["etcd://", "etcd://h1", "etcd://h1:2379,", "etcds://@h1:2379", "etcd://h1:99999", "etcd://h 1:2379"] {
+    for bad in [
+        "etcd://",
+        "etcd://h1",
+        "etcd://h1:2379,",
+        "etcds://@h1:2379",
+        "etcd://h1:99999",
+        "etcd://h 1:2379",
+    ] {
         match StoreUrl::parse(bad) {
             Err(StoreError::Settings { field, why }) => {
                 assert_eq!(field, "store", "{bad}: {why}");
@@ -404,17 +499,49 @@ fn inconsistent_settings_name_the_setting() {
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let cases: [(EtcdSecurity, bool, Option<&str>, &str); 6] = [
         (EtcdSecurity::default(), true, None, "store-ca"),
-        (EtcdSecurity { ca: Some(file.clone()), ..Default::default() }, false, None, "store-ca"),
         (
-            EtcdSecurity { ca: Some(file.clone()), cert: Some(file.clone()), ..Default::default() },
+            EtcdSecurity {
+                ca: Some(file.clone()),
+                ..Default::default()
+            },
+            false,
+            None,
+            "store-ca",
+        ),
+        (
+            EtcdSecurity {
+                ca: Some(file.clone()),
+                cert: Some(file.clone()),
+                ..Default::default()
+            },
             true,
             None,
             "store-ca", // not PEM
         ),
-        (EtcdSecurity { user: Some("elara".into()), ..Default::default() }, false, None, "store-password-file"),
-        (EtcdSecurity { password_file: Some(file.clone()), ..Default::default() }, false, None, "store-user"),
         (
-            EtcdSecurity { user: Some("a".into()), password_file: Some(file.clone()), ..Default::default() },
+            EtcdSecurity {
+                user: Some("elara".into()),
+                ..Default::default()
+            },
+            false,
+            None,
+            "store-password-file",
+        ),
+        (
+            EtcdSecurity {
+                password_file: Some(file.clone()),
+                ..Default::default()
+            },
+            false,
+            None,
+            "store-user",
+        ),
+        (
+            EtcdSecurity {
+                user: Some("a".into()),
+                password_file: Some(file.clone()),
+                ..Default::default()
+            },
             false,
             Some("b"),
             "store-user",
@@ -422,7 +549,9 @@ fn inconsistent_settings_name_the_setting() {
     ];
     for (security, tls, url_user, field) in cases {
         match security.load(tls, url_user) {
-            Err(StoreError::Settings { field: f, why }) => assert_eq!(f, field, "{security:?}: {why}"),
+            Err(StoreError::Settings { field: f, why }) => {
+                assert_eq!(f, field, "{security:?}: {why}")
+            }
             other => panic!("{security:?}: expected a settings error on {field}, got {other:?}"),
         }
     }
