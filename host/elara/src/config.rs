@@ -360,3 +360,77 @@ fn default_drivers_dir() -> Option<PathBuf> {
         .into_iter()
         .find(|p| p.join("local.wasm").exists())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve_with(toml: &str, args: DaemonArgs) -> anyhow::Result<Config> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("elara.toml");
+        std::fs::write(&path, toml)?;
+        let args = DaemonArgs {
+            config: Some(path),
+            node: Some("n1".into()),
+            ..args
+        };
+        Config::resolve(&args, Path::new(DEFAULT_SOCKET))
+    }
+
+    #[test]
+    fn store_is_a_url_or_a_table() {
+        let cfg = resolve_with("store = \"etcd://h1:2379/ns\"\n", DaemonArgs::default()).unwrap();
+        assert_eq!(cfg.store, "etcd://h1:2379/ns");
+        assert!(cfg.store_security.is_empty());
+
+        let table = "[store]\nurl = \"etcds://elara@h1:2379,h2:2379/ns\"\nca = \"/etc/elara/ca.pem\"\n\
+                     cert = \"/etc/elara/node.pem\"\nkey = \"/etc/elara/node.key\"\n\
+                     password_file = \"/etc/elara/etcd.password\"\n";
+        let cfg = resolve_with(table, DaemonArgs::default()).unwrap();
+        assert_eq!(cfg.store, "etcds://elara@h1:2379,h2:2379/ns");
+        assert_eq!(cfg.store_security.ca.as_deref(), Some(Path::new("/etc/elara/ca.pem")));
+        assert_eq!(cfg.store_security.key.as_deref(), Some(Path::new("/etc/elara/node.key")));
+        assert_eq!(
+            cfg.store_security.password_file.as_deref(),
+            Some(Path::new("/etc/elara/etcd.password"))
+        );
+
+        // A flag beats the file.
+        let args = DaemonArgs {
+            store_ca: Some("/other/ca.pem".into()),
+            ..Default::default()
+        };
+        let cfg = resolve_with(table, args).unwrap();
+        assert_eq!(cfg.store_security.ca.as_deref(), Some(Path::new("/other/ca.pem")));
+    }
+
+    #[test]
+    fn an_unknown_store_key_is_refused_by_name() {
+        let err = resolve_with("[store]\nurl = \"etcd://h1:2379\"\npassword = \"x\"\n", DaemonArgs::default())
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("unknown field `password`"), "{err:#}");
+    }
+
+    #[test]
+    fn a_password_in_the_url_is_refused_without_echoing_it() {
+        let args = DaemonArgs {
+            store: Some("etcds://elara:s3cret@h1:2379".into()),
+            ..Default::default()
+        };
+        let err = resolve_with("", args).unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("--store-password-file"), "{text}");
+        assert!(!text.contains("s3cret"), "{text}");
+    }
+
+    #[test]
+    fn etcd_settings_with_the_embedded_store_are_refused() {
+        let args = DaemonArgs {
+            store: Some("/var/lib/elara/store.redb".into()),
+            store_user: Some("elara".into()),
+            ..Default::default()
+        };
+        let err = resolve_with("", args).unwrap_err();
+        assert!(format!("{err:#}").contains("need an etcd:// or etcds:// store"), "{err:#}");
+    }
+}
