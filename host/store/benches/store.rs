@@ -33,7 +33,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let etcd = match std::env::var("ELARA_TEST_ETCD") {
         Ok(ep) if !ep.is_empty() => {
             let eps: Vec<String> = ep.split(',').map(str::to_string).collect();
-            Some(EtcdStore::connect(&eps).await?)
+            // A TLS+auth etcd (ETCD_TLS=1 scripts/services/etcd.sh) by the env it prints.
+            let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+            let security = elara_store::etcd::EtcdSecurity {
+                ca: var("ELARA_TEST_ETCD_CA").map(Into::into),
+                cert: var("ELARA_TEST_ETCD_CERT").map(Into::into),
+                key: var("ELARA_TEST_ETCD_KEY").map(Into::into),
+                user: var("ELARA_TEST_ETCD_USER"),
+                password_file: var("ELARA_TEST_ETCD_PASSWORD_FILE").map(Into::into),
+            };
+            let (tls, auth) = security.load(security.ca.is_some(), None)?;
+            let options = elara_store::etcd::EtcdOptions {
+                tls,
+                auth,
+                ..Default::default()
+            };
+            Some(EtcdStore::connect_with(&eps, options).await?)
         }
         _ => {
             eprintln!(
