@@ -101,7 +101,7 @@ pub type Ready = watch::Sender<Option<Shared>>;
 
 /// Docker's volume scope for a store URL: `global` on etcd (every node sees every volume).
 pub fn scope_of(store_url: &str) -> &'static str {
-    if store_url.starts_with("etcd://") || store_url.starts_with("etcds://") {
+    if elara_store::StoreUrl::parse(store_url).is_ok_and(|url| url.is_cluster()) {
         "global"
     } else {
         "local"
