@@ -38,7 +38,8 @@ start_service() {
     if [[ $line =~ ^[A-Z_][A-Z0-9_]*= ]]; then export "${line?}"; echo "   $line" | sed -E 's/(SECRET[A-Z_]*=|TOKEN=|PASSWORD=).*/\1***/'; fi
   done <<< "$out"
 }
-start_service etcd
+# etcd with TLS (client certificates) and user/password auth: every etcd-backed test goes through them.
+ETCD_TLS=1 start_service etcd
 # Docker tests start a private dockerd each (they restart and kill it); install it up front so
 # parallel tests never race apt.
 elara_apt_install docker.io busybox-static
