@@ -419,3 +419,63 @@ impl tokio::io::AsyncWrite for CapturedStdio {
         Poll::Ready(Ok(()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn progress_renews_per_bytes_up_to_what_the_call_can_move() {
+        let mut a = Advance::new(256 * MIB, 64 * MIB, Duration::from_secs(3600));
+        // Less than one renewal's worth: counted, not renewed.
+        assert_eq!(a.report(10 * MIB, 256 * MIB), Reported { renews: false, done: 10 * MIB, total: 256 * MIB, refused: None });
+        assert!(a.report(64 * MIB, 256 * MIB).renews);
+        assert!(!a.report(100 * MIB, 256 * MIB).renews, "36 MiB since the last renewal");
+        assert!(a.report(128 * MIB, 256 * MIB).renews);
+        // Going back renews nothing.
+        assert!(!a.report(180 * MIB, 256 * MIB).renews);
+        assert!(!a.report(170 * MIB, 256 * MIB).renews);
+        assert!(a.report(192 * MIB, 256 * MIB).renews);
+        // `done` past the total counts as the total: one last renewal, then none.
+        assert!(a.report(u64::MAX, 256 * MIB).renews);
+        assert_eq!(a.report(u64::MAX, 256 * MIB), Reported { renews: false, done: 256 * MIB, total: 256 * MIB, refused: None });
+    }
+
+    #[test]
+    fn a_total_past_the_bound_counts_as_the_bound_and_a_new_total_renews_nothing() {
+        // u64::MAX on a call that can move 100 MiB: one renewal in all, however often reported.
+        let mut a = Advance::new(100 * MIB, 64 * MIB, Duration::from_secs(3600));
+        let first = a.report(64 * MIB, u64::MAX);
+        assert!(first.renews);
+        assert_eq!((first.done, first.total), (64 * MIB, 100 * MIB));
+        assert!(first.refused.is_some_and(|why| why.contains("more than the call can move")));
+        let renewals = (2..100_000u64).filter(|i| a.report(i * 64 * MIB, u64::MAX).renews).count();
+        assert_eq!(renewals, 0);
+
+        // The first total is fixed: another one (larger, smaller) renews nothing.
+        let mut a = Advance::new(u64::MAX, 64 * MIB, Duration::from_secs(3600));
+        assert!(a.report(64 * MIB, 1 << 40).renews);
+        let r = a.report(128 * MIB, 2 << 40);
+        assert!(!r.renews && r.refused.is_some_and(|why| why.contains("differs")));
+        assert!(!a.report(192 * MIB, 1 << 30).renews);
+        assert!(a.report(128 * MIB, 1 << 40).renews, "the first total still counts");
+        // Warned once per call, not per report.
+        assert_eq!(a.report(256 * MIB, 3 << 40).refused, None);
+    }
+
+    #[test]
+    fn nothing_renews_past_the_ceiling_and_the_deadline_keeps_to_it() {
+        let mut a = Advance::new(u64::MAX, MIB, Duration::ZERO);
+        assert!(!a.report(10 * MIB, 1 << 40).renews);
+        let (when, ceiling) = a.deadline(Duration::from_secs(300));
+        assert!(ceiling && when <= Instant::now());
+        let a = Advance::new(0, MIB, Duration::from_secs(3600));
+        let (when, ceiling) = a.deadline(Duration::from_secs(300));
+        assert!(!ceiling && when > Instant::now() + Duration::from_secs(299));
+        // A call that moves nothing gets no renewal from its reports.
+        let mut a = Advance::new(0, MIB, Duration::from_secs(3600));
+        assert!(!a.report(u64::MAX, u64::MAX).renews);
+    }
+}
