@@ -37,7 +37,7 @@ pub fn raise_open_files_limit() -> std::io::Result<Option<u64>> {
     let mut lim = getrlimit(Resource::Nofile);
     if lim.current != lim.maximum {
         lim.current = lim.maximum;
-        setrlimit(Resource::Nofile, lim.clone()).map_err(std::io::Error::from)?;
+        setrlimit(Resource::Nofile, lim).map_err(std::io::Error::from)?;
     }
     Ok(lim.current)
 }
