@@ -361,8 +361,14 @@ async fn progress_renews_the_limits_and_a_stall_is_still_stopped() {
     let w = World::new().await;
     let (budget, timeout) = (Duration::from_secs(1), Duration::from_secs(2));
     let hostile = w.hostile("hostile-work", vec![], vec![], Limits { cpu_budget: budget, call_timeout: timeout, ..Limits::default() }).await;
+    // Each 100 ms slice reports one renewal's worth of bytes (64 MiB), of a total the volume's
+    // size allows (the call's bound): a copy of 6 s × 640 MiB/s.
+    let step = Limits::default().progress_bytes_per_renewal;
     let work = |labels: &[(&str, &str)]| {
-        let (hostile, spec) = (hostile.clone(), volume("w", "work", labels));
+        let mut spec = volume("w", "work", labels);
+        spec.labels.push(("step".into(), step.to_string()));
+        spec.size_bytes = 60 * step;
+        let hostile = hostile.clone();
         async move { hostile.create(&spec).await }
     };
 
@@ -380,8 +386,8 @@ async fn progress_renews_the_limits_and_a_stall_is_still_stopped() {
         Err(CallError::Timeout { after, .. }) => assert_eq!(after, timeout),
         other => panic!("a sleep that stopped reporting: expected the timeout, got {other:?}"),
     }
-    // Reports that never advance renew nothing.
-    match work(&[("secs", "6"), ("spin", "1"), ("step", "0")]).await {
+    // Reports that never advance renew nothing (`step` 0 comes first and wins).
+    match work(&[("step", "0"), ("secs", "6"), ("spin", "1")]).await {
         Err(CallError::CpuBudget { .. }) => {}
         other => panic!("progress that does not advance: expected the CPU budget, got {other:?}"),
     }
@@ -521,4 +527,292 @@ async fn a_huge_return_value_is_refused() {
     }
     still_serves(&amplify).await;
     w.local_round("after-huge").await;
+}
+
+// ---- progress, descriptors, pool reports, the pool's file system ------------------------------
+
+/// CPU time this test process has used, all threads (the runtime runs in it): utime + stime of
+/// /proc/self/stat, in the kernel's fixed 100 ticks a second.
+fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // Fields after the `(comm)`, which may hold spaces: state is the first, utime the 12th.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<u64> = rest.split_whitespace().skip(11).take(2).map(|x| x.parse().unwrap()).collect();
+    Duration::from_millis((f[0] + f[1]) * 10)
+}
+
+/// Open file descriptors of this test process.
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// Latencies of benign local-backend rounds (create, stats, attach, delete).
+#[derive(Debug)]
+struct Latency {
+    rounds: usize,
+    median: Duration,
+    max: Duration,
+}
+
+fn latency(mut samples: Vec<Duration>) -> Latency {
+    assert!(!samples.is_empty(), "no benign round was measured");
+    samples.sort();
+    Latency { rounds: samples.len(), median: samples[samples.len() / 2], max: *samples.last().unwrap() }
+}
+
+/// `rounds` benign rounds of the local backend, each timed.
+async fn benign_rounds(w: &World, tag: &str, rounds: usize) -> Latency {
+    let mut samples = Vec::new();
+    for i in 0..rounds {
+        let t = std::time::Instant::now();
+        w.local_round(&format!("{tag}-{i}")).await;
+        samples.push(t.elapsed());
+    }
+    latency(samples)
+}
+
+/// Run `attack` in the background and benign local rounds until it ends (or `limit` passes: then
+/// the test fails, the attack still running). Returns the attack's result, how long it ran,
+/// the CPU the process used meanwhile and the benign rounds' latency.
+async fn during<T: Send + 'static>(
+    w: &World,
+    tag: &str,
+    limit: Duration,
+    attack: impl std::future::Future<Output = T> + Send + 'static,
+) -> (T, Duration, Duration, Latency) {
+    let (cpu0, t0) = (process_cpu(), std::time::Instant::now());
+    let mut task = tokio::spawn(attack);
+    let mut samples = Vec::new();
+    let out = loop {
+        assert!(t0.elapsed() < limit, "{tag}: the attack still runs after {:?}", t0.elapsed());
+        let t = std::time::Instant::now();
+        w.local_round(&format!("{tag}-{}", samples.len())).await;
+        samples.push(t.elapsed());
+        // Finish promptly once the attack ends, whatever the local round's pace.
+        if let Ok(out) = tokio::time::timeout(Duration::from_millis(50), &mut task).await {
+            break out.unwrap();
+        }
+    };
+    (out, t0.elapsed(), process_cpu() - cpu0, latency(samples))
+}
+
+/// A driver that reports an ever-growing `done` in a loop, with a total of u64::MAX, gets no
+/// more renewals than the bytes the call can move pay for, and none past the per-call ceiling:
+/// it is stopped within a small multiple of its CPU budget while the local backend keeps its
+/// normal latency.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_progress_loop_is_stopped_within_its_budget_while_others_serve() {
+    let w = World::new().await;
+    let budget = Duration::from_secs(2);
+    let hostile = w.hostile("hostile-progress", vec![], vec![], Limits { cpu_budget: budget, ..Limits::default() }).await;
+    let baseline = benign_rounds(&w, "before-progress", 10).await;
+    println!("benign latency before the attack: {baseline:?}");
+
+    // On a 1 MiB volume: u64::MAX counts as 1 MiB, less than one renewal's 64 MiB.
+    let attacker = hostile.clone();
+    let (r, took, cpu, lat) = during(&w, "progress-loop", 3 * budget, async move {
+        attacker.create(&volume("p", "progress-loop", &[])).await
+    })
+    .await;
+    println!("progress-loop (total u64::MAX, 1 MiB volume): stopped after {took:?}, {cpu:?} of CPU; benign latency meanwhile {lat:?}");
+    match r {
+        Err(CallError::CpuBudget { budget: b, .. }) => assert_eq!(b, budget),
+        other => panic!("expected the CPU budget to stop the progress loop, got {other:?}"),
+    }
+    assert!(took < 3 * budget, "stopped after {took:?}, more than 3 × the budget of {budget:?}");
+    assert!(lat.rounds >= 3, "the local backend answered only {} rounds during the attack", lat.rounds);
+    assert!(lat.max < Duration::from_secs(2) && lat.median < baseline.max.max(Duration::from_millis(50)) * 10,
+        "benign calls slowed down: {lat:?} (before: {baseline:?})");
+
+    // A later report naming another total renews nothing, however large the volume.
+    let attacker = hostile.clone();
+    let (r, took, cpu, lat) = during(&w, "progress-total", 3 * budget, async move {
+        let mut spec = volume("p", "progress-loop", &[("change_total", "1")]);
+        spec.size_bytes = 1 << 40;
+        attacker.create(&spec).await
+    })
+    .await;
+    println!("progress-loop (a new total each report, 1 TiB volume): stopped after {took:?}, {cpu:?} of CPU; benign latency {lat:?}");
+    assert!(matches!(r, Err(CallError::CpuBudget { .. })), "expected the CPU budget, got {r:?}");
+
+    // A total the volume allows (1 TiB: 16 384 renewals' worth), reported in a tight loop: the
+    // renewals are spent at once, then the budget stops it.
+    let attacker = hostile.clone();
+    let (r, took, cpu, lat) = during(&w, "progress-1tib", 3 * budget, async move {
+        let mut spec = volume("p", "progress-loop", &[("total", &(1u64 << 40).to_string())]);
+        spec.size_bytes = 1 << 40;
+        attacker.create(&spec).await
+    })
+    .await;
+    println!("progress-loop (1 TiB of a 1 TiB volume): stopped after {took:?}, {cpu:?} of CPU; benign latency {lat:?}");
+    assert!(matches!(r, Err(CallError::CpuBudget { .. })), "expected the CPU budget, got {r:?}");
+    assert!(took < 3 * budget, "stopped after {took:?}");
+
+    // The same total paced to renew just in time (64 MiB every 100 ms of spinning) ends at the
+    // per-call ceiling.
+    let ceiling = Duration::from_secs(3);
+    let capped = w.hostile("hostile-ceiling", vec![], vec![], Limits { cpu_budget: budget, max_call: ceiling, ..Limits::default() }).await;
+    let step = Limits::default().progress_bytes_per_renewal.to_string();
+    let (r, took, cpu, lat) = during(&w, "progress-ceiling", 3 * ceiling, async move {
+        let mut spec = volume("p", "work", &[("secs", "3600"), ("spin", "1"), ("step", &step)]);
+        spec.size_bytes = 1 << 40;
+        capped.create(&spec).await
+    })
+    .await;
+    println!("paced progress (1 TiB volume, ceiling {ceiling:?}): stopped after {took:?}, {cpu:?} of CPU; benign latency {lat:?}");
+    match r {
+        Err(CallError::Timeout { after, .. }) => assert_eq!(after, ceiling, "the ceiling, not the timeout, stops it"),
+        other => panic!("expected the per-call ceiling to stop the paced reports, got {other:?}"),
+    }
+    assert!(took >= ceiling && took < ceiling + Duration::from_secs(1), "stopped after {took:?}");
+    assert_eq!(Limits::default().max_call, Duration::from_secs(2 * 3600), "the default ceiling is 2 h");
+    still_serves(&hostile).await;
+    w.local_round("after-progress").await;
+}
+
+/// A driver that opens files in a loop and holds them is stopped at the backend's limit on open
+/// resources: the process's descriptors stay bounded, the instance's are released, and the
+/// other backends keep serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holding_open_files_is_stopped_at_the_resource_cap() {
+    let w = World::new().await;
+    let cap = 256;
+    let hostile = w.hostile("hostile-fds", vec![], vec![], Limits { max_open_resources: cap, ..Limits::default() }).await;
+    // Below the cap, files open as usual.
+    let v = hostile.create(&volume("f", "open-files", &[("count", "100")])).await.expect("100 open files");
+    assert_eq!(v.backend_ref, "DONE: holds 100 open files");
+
+    let before = open_fds();
+    let peak = Arc::new(AtomicUsize::new(before));
+    let watching = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let watcher = {
+        let (peak, watching) = (peak.clone(), watching.clone());
+        std::thread::spawn(move || {
+            while watching.load(Ordering::SeqCst) {
+                peak.fetch_max(open_fds(), Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    let attacker = hostile.clone();
+    let (r, took, _, lat) =
+        during(&w, "open-files", Duration::from_secs(60), async move { attacker.create(&volume("f", "open-files", &[])).await }).await;
+    watching.store(false, Ordering::SeqCst);
+    watcher.join().unwrap();
+    let (peak, after) = (peak.load(Ordering::SeqCst), open_fds());
+    println!("open-files (1 000 000 asked, cap {cap}): stopped after {took:?}; fds before {before}, peak {peak}, after {after}; benign latency {lat:?}");
+    let reason = trapped(r);
+    assert!(reason.starts_with(&format!("the driver holds more than {cap} open resources at once")), "{reason}");
+    assert!(peak <= before + cap + 64, "the process held {peak} descriptors (before: {before}, cap {cap})");
+    assert!(after <= before + 8, "the trapped instance's descriptors were not released: {after} open, {before} before");
+    still_serves(&hostile).await;
+    w.local_round("after-fds").await;
+    // The default is large enough for real drivers and still bounded.
+    assert_eq!(Limits::default().max_open_resources, 1024);
+}
+
+/// A pool report over the cap (200 000 pools with 120-character names: 24 MB, under the transfer
+/// limit), or with a name that is too long, empty, has a `/` or comes twice, is refused whole,
+/// naming the backend, the field and the limit; a report within the limits is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_flood_is_refused_whole() {
+    let w = World::new().await;
+    let flood = w.hostile("hostile-pools", vec![("pool_flood", "200000")], vec![], Limits::default()).await;
+    let flooder = flood.clone();
+    let (r, took, cpu, lat) =
+        during(&w, "pool-flood", Duration::from_secs(30), async move { flooder.pools().await }).await;
+    println!("pool flood (200 000 pools): refused after {took:?}, {cpu:?} of CPU; benign latency meanwhile {lat:?}");
+    match r {
+        Err(CallError::BadReturn(e)) => {
+            assert_eq!(e.to_string(), "backend `hostile-pools` returned a bad pools: the report names 200000 pools; the limit is 256 per report");
+        }
+        Ok(p) => panic!("a report of {} pools was taken", p.len()),
+        Err(e) => panic!("expected the report to be refused, got {e}"),
+    }
+    assert!(took < Duration::from_secs(10), "refusing took {took:?}");
+
+    let at_cap = w.hostile("hostile-pools-256", vec![("pool_flood", "256")], vec![], Limits::default()).await;
+    assert_eq!(at_cap.pools().await.expect("256 pools are within the limit").len(), 256);
+
+    let long = w.hostile("hostile-pool-name", vec![("pool_flood", "3"), ("pool_name_bytes", "129")], vec![], Limits::default()).await;
+    match long.pools().await {
+        Err(CallError::BadReturn(e)) => {
+            assert_eq!((e.backend.as_str(), e.field.as_str()), ("hostile-pool-name", "pools[0].name"));
+            assert!(e.reason.ends_with("is 129 bytes long; a pool name has 1 to 128"), "{e}");
+        }
+        other => panic!("a 129-byte pool name was taken: {other:?}"),
+    }
+    // The same checks, on reports made here (what a driver could return).
+    let pool = |name: &str| elara_runtime::Pool {
+        name: name.into(),
+        total: elara_runtime::Capacity::Unknown,
+        free: elara_runtime::Capacity::Unknown,
+        provisioned_bytes: 0,
+        reserved_percentage: 0,
+        thin_provisioning: true,
+        thick_provisioning: false,
+        max_over_subscription_ratio: "1.0".into(),
+        capabilities: vec![],
+    };
+    for (pools, field, why) in [
+        (vec![pool("")], "pools[0].name", "a pool name has 1 to 128"),
+        (vec![pool("a"), pool("../../backends/x")], "pools[1].name", "contains '/'"),
+        (vec![pool("a\nb")], "pools[0].name", "no control characters"),
+        (vec![pool("same"), pool("same")], "pools[1].name", "named twice"),
+    ] {
+        let e = elara_runtime::check_pools("b", &pools, 256).unwrap_err();
+        assert_eq!(e.field, field, "{e}");
+        assert!(e.reason.contains(why), "{e}");
+    }
+    assert!(elara_runtime::check_pools("b", &[pool("host@lvm#lvm"), pool("default")], 256).is_ok());
+    // The refusal left the instance in service.
+    let v = flood.create(&volume("benign", "benign", &[])).await.expect("a benign call after the refused report");
+    assert_eq!(v.backend_ref, "benign benign");
+    w.local_round("after-pools").await;
+}
+
+/// A pool dir has no size budget of its own (see SECURITY.md): a driver can write until its file
+/// system is full. On a file system of its own (here an 8 MiB tmpfs) that stops the driver with
+/// ENOSPC and nothing else: the local backend, elsewhere, keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filling_a_pool_on_its_own_file_system_hurts_only_that_pool() {
+    if !elara_tests::require_root() {
+        return;
+    }
+    let w = World::new().await;
+    let pool = w.dir.path().join("hostile-fill-pool");
+    std::fs::create_dir_all(&pool).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8m,mode=0700", "elara-test-fill"])
+        .arg(&pool)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount tmpfs");
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(pool.clone());
+    let hostile = w.hostile("hostile-fill", vec![], vec![], Limits::default()).await;
+    let attacker = hostile.clone();
+    let (r, took, _, lat) =
+        during(&w, "fill", Duration::from_secs(60), async move { attacker.create(&volume("f", "fill", &[])).await }).await;
+    println!("fill (1 TiB asked, 8 MiB file system): stopped after {took:?}; benign latency {lat:?}");
+    match r {
+        // WASI reports the ENOSPC of a stream write as a plain I/O error.
+        Err(CallError::Driver(DriverError::Backend(msg))) => {
+            let written: u64 = msg
+                .strip_prefix("fill: writing /pool/fill after ")
+                .and_then(|m| m.split_once(' '))
+                .and_then(|(n, _)| n.parse().ok())
+                .unwrap_or_else(|| panic!("{msg}"));
+            assert!(written <= 8 << 20, "{written} bytes written to an 8 MiB file system: {msg}");
+        }
+        other => panic!("expected ENOSPC, got {other:?}"),
+    }
+    std::fs::remove_file(pool.join("fill")).unwrap();
+    still_serves(&hostile).await;
+    w.local_round("after-fill").await;
 }

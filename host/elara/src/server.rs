@@ -22,6 +22,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // Before anything is created: the store, images and run files are root's alone.
     crate::data_dir::set_private_umask();
     crate::data_dir::prepare(&cfg)?;
+    // Drivers' files and sockets are the daemon's descriptors (each instance capped at its
+    // `max_open_resources`): take the whole hard limit, not the default soft 1024.
+    match elara_runtime::raise_open_files_limit() {
+        Ok(limit) => tracing::debug!(?limit, "open-files limit raised to the hard limit"),
+        Err(e) => tracing::warn!("cannot raise the open-files limit: {e}"),
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
 
     // The Docker plugin socket answers Plugin.Activate before the store is up.

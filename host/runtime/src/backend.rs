@@ -9,8 +9,9 @@
 use std::future::Future;
 use std::task::Poll;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use wasmtime::component::ResourceTableError;
 use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 use wasmtime_wasi_http::WasiHttpCtx;
@@ -21,7 +22,7 @@ use crate::net::{HttpHooks, NetPolicy};
 use crate::runtime::ticks;
 use crate::state::{Advance, CapturedStdio, CpuMeter, LogSink, MemoryLimiter, ProgressFn, StoreState};
 use crate::{
-    BackendSpec, CallError, Connection, Driver, DriverError, DriverInfo, Limits, NodeInfo, Pool, Qos,
+    BackendSpec, BadReturn, CallError, Connection, Driver, DriverError, DriverInfo, Limits, NodeInfo, Pool, Qos,
     Runtime, RuntimeError, Snapshot, SnapshotSpec, Volume, VolumeSpec, VolumeStats,
 };
 
@@ -77,14 +78,20 @@ impl Sandbox {
         let state = StoreState {
             wasi: b.build(),
             http: WasiHttpCtx::new(),
-            table: wasmtime::component::ResourceTable::new(),
+            table: {
+                // Every open file, directory, socket and stream is an entry: the cap bounds the
+                // daemon's descriptors one instance can hold. A full table traps the call.
+                let mut table = wasmtime::component::ResourceTable::new();
+                table.set_max_capacity(self.limits.max_open_resources);
+                table
+            },
             hooks: HttpHooks { policy: self.policy.clone() },
             limiter: MemoryLimiter::new(self.limits.memory_bytes),
             cpu: CpuMeter { used_ticks: 0, budget_ticks: 1, exceeded: false },
             log,
             pool: self.pool.clone(),
             progress: None,
-            advance: Arc::new(Mutex::new(Advance::new())),
+            advance: Arc::new(Mutex::new(Advance::new(0, 1, Duration::ZERO))),
         };
         let mut store = Store::new(&self.runtime.inner.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -106,7 +113,7 @@ impl Sandbox {
 
     async fn instantiate(&self, pre: &DriverWorldPre<StoreState>) -> Result<Instance, CallError> {
         let mut store = self.new_store()?;
-        self.begin_call(&mut store);
+        self.begin_call(&mut store, 0);
         let run = pre.instantiate_async(&mut store);
         let bindings = match tokio::time::timeout(self.limits.call_timeout, run).await {
             Err(_) => return Err(CallError::Timeout { backend: self.name.to_string(), after: self.limits.call_timeout }),
@@ -123,20 +130,23 @@ impl Sandbox {
         Ok(Instance { store, bindings: Box::new(bindings) })
     }
 
-    fn begin_call(&self, store: &mut Store<StoreState>) {
+    /// Fresh limits for a call that may claim to move up to `progress_bound` bytes.
+    fn begin_call(&self, store: &mut Store<StoreState>, progress_bound: u64) {
         store.data_mut().cpu = CpuMeter { used_ticks: 0, budget_ticks: self.budget_ticks, exceeded: false };
-        *store.data().advance.lock().unwrap() = Advance::new();
+        *store.data().advance.lock().unwrap() =
+            Advance::new(progress_bound, self.limits.progress_bytes_per_renewal, self.limits.max_call);
         store.data().log.lock().unwrap().reset();
         store.set_epoch_deadline(1);
     }
 
     /// Run one call on `inst` under the limits. The instance comes back only after a clean call.
-    async fn run<R, F, Fut>(&self, op: &str, mut inst: Instance, f: F) -> Result<(Instance, R), CallError>
+    /// `progress_bound`: the most bytes the call's progress reports may claim (see [`Advance`]).
+    async fn run<R, F, Fut>(&self, op: &str, mut inst: Instance, progress_bound: u64, f: F) -> Result<(Instance, R), CallError>
     where
         F: FnOnce(Instance) -> Fut,
         Fut: Future<Output = (Instance, wasmtime::Result<R>)>,
     {
-        self.begin_call(&mut inst.store);
+        self.begin_call(&mut inst.store, progress_bound);
         let advance = inst.store.data().advance.clone();
         let started = tracing::enabled!(target: "driver", tracing::Level::TRACE).then(Instant::now);
         let mut call = std::pin::pin!(f(inst));
@@ -145,23 +155,23 @@ impl Sandbox {
         // under the wall-clock limit from there (late by at most one epoch tick of guest time).
         let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
         let outcome = match first {
-            Poll::Ready(r) => Some(r),
+            Poll::Ready(r) => Ok(r),
             // Boxed so the timer does not grow (and get copied with) every call's future.
             Poll::Pending => Box::pin(self.within_call_timeout(call, &advance)).await,
         };
         match outcome {
-            None => {
-                tracing::warn!(target: "driver", backend = %self.name, op, timeout = ?self.limits.call_timeout,
+            Err(after) => {
+                tracing::warn!(target: "driver", backend = %self.name, op, timeout = ?after,
                     "driver call timed out; instance discarded");
-                Err(CallError::Timeout { backend: self.name.to_string(), after: self.limits.call_timeout })
+                Err(CallError::Timeout { backend: self.name.to_string(), after })
             }
-            Some((inst, Ok(r))) => {
+            Ok((inst, Ok(r))) => {
                 if let Some(started) = started {
                     tracing::trace!(target: "driver", backend = %self.name, op, elapsed = ?started.elapsed(), "driver call");
                 }
                 Ok((inst, r))
             }
-            Some((inst, Err(e))) => {
+            Ok((inst, Err(e))) => {
                 let err = self.classify(&inst.store, &e);
                 tracing::warn!(target: "driver", backend = %self.name, op, error = %err, "driver call failed; instance discarded");
                 Err(err)
@@ -169,20 +179,20 @@ impl Sandbox {
         }
     }
 
-    /// `call`'s output, or `None` once `call_timeout` has passed since the call began or last
-    /// advanced (see [`Advance`]).
-    async fn within_call_timeout<T>(&self, call: impl Future<Output = T>, advance: &Mutex<Advance>) -> Option<T> {
-        let deadline = tokio::time::sleep(self.limits.call_timeout);
+    /// `call`'s output, or the limit that stopped it: `call_timeout` passed since the call began
+    /// or last renewed its limits, or `max_call` since it began (see [`Advance`]).
+    async fn within_call_timeout<T>(&self, call: impl Future<Output = T>, advance: &Mutex<Advance>) -> Result<T, Duration> {
+        let deadline = tokio::time::sleep(self.limits.call_timeout.min(self.limits.max_call));
         tokio::pin!(call, deadline);
         loop {
             tokio::select! {
-                out = &mut call => return Some(out),
+                out = &mut call => return Ok(out),
                 _ = &mut deadline => {
-                    let renewed = advance.lock().unwrap().at + self.limits.call_timeout;
-                    if renewed <= Instant::now() {
-                        return None;
+                    let (when, ceiling) = advance.lock().unwrap().deadline(self.limits.call_timeout);
+                    if when <= Instant::now() {
+                        return Err(if ceiling { self.limits.max_call } else { self.limits.call_timeout });
                     }
-                    deadline.as_mut().reset(renewed.into());
+                    deadline.as_mut().reset(when.into());
                 }
             }
         }
@@ -202,6 +212,12 @@ impl Sandbox {
             )
         } else if let Some(trap) = e.downcast_ref::<Trap>() {
             trap.to_string()
+        } else if e.chain().any(|c| matches!(c.downcast_ref::<ResourceTableError>(), Some(ResourceTableError::Full))) {
+            format!(
+                "the driver holds more than {} open resources at once (files, directories, sockets, \
+                 streams, HTTP requests): the backend's limit on open resources",
+                self.limits.max_open_resources
+            )
         } else if e.chain().any(|c| c.to_string().contains("fuel allocated for hostcalls has been exhausted")) {
             // wasmtime's `HostcallFuelExhausted` (private type): see `Limits::max_transfer_bytes`.
             format!(
@@ -223,7 +239,7 @@ impl Sandbox {
     pub(crate) async fn info_once(&self, pre: &DriverWorldPre<StoreState>) -> Result<DriverInfo, CallError> {
         let inst = self.instantiate(pre).await?;
         let (_, info) = self
-            .run("info", inst, |mut i| async move {
+            .run("info", inst, 0, |mut i| async move {
                 let r = i.bindings.elara_driver_driver().call_info(&mut i.store).await;
                 (i, r)
             })
@@ -252,16 +268,18 @@ impl std::fmt::Debug for Backend {
     }
 }
 
-/// Run a driver export on an instance: `driver_call!(self, "op", |d, s| d.call_x(s, args))`.
+/// Run a driver export on an instance: `driver_call!(self, "op", |d, s| d.call_x(s, args))`,
+/// or with a progress sink and the most bytes the call can move:
+/// `driver_call!(self, "op", Some(progress), size, |d, s| ...)`.
 /// The call's future is boxed: wasmtime's call future is large, and a boxed one is not copied
 /// as the layers of the call path are built (an allocation is cheaper than the copies).
 macro_rules! driver_call {
     ($self:ident, $op:literal, |$d:ident, $s:ident| $call:expr) => {
-        driver_call!($self, $op, None, |$d, $s| $call)
+        driver_call!($self, $op, None, 0, |$d, $s| $call)
     };
-    ($self:ident, $op:literal, $progress:expr, |$d:ident, $s:ident| $call:expr) => {
+    ($self:ident, $op:literal, $progress:expr, $bound:expr, |$d:ident, $s:ident| $call:expr) => {
         $self
-            .call($op, $progress, move |mut inst: Instance| Box::pin(async move {
+            .call($op, $progress, $bound, move |mut inst: Instance| Box::pin(async move {
                 let r = {
                     let $d = inst.bindings.elara_driver_driver();
                     let $s = &mut inst.store;
@@ -348,7 +366,7 @@ impl Backend {
         let (inst, ()) = self
             .inner
             .sandbox
-            .run("bench", self.take_instance().await?, |mut i| async move {
+            .run("bench", self.take_instance().await?, 0, |mut i| async move {
                 let mut r = Ok(());
                 for _ in 0..n {
                     if let Err(e) = i.bindings.elara_driver_driver().call_stats(&mut i.store, volume_id).await {
@@ -379,7 +397,7 @@ impl Backend {
         let inst = sb.instantiate(&self.inner.driver.inner.pre).await?;
         let config = self.inner.config.clone();
         let (inst, r) = sb
-            .run("configure", inst, |mut i| async move {
+            .run("configure", inst, 0, |mut i| async move {
                 let r = i.bindings.elara_driver_driver().call_configure(&mut i.store, &config).await;
                 (i, r)
             })
@@ -395,15 +413,16 @@ impl Backend {
         }
     }
 
-    /// Run `f` on an idle (or fresh) instance; `progress`, if any, receives what the call reports.
-    async fn call<R, F, Fut>(&self, op: &'static str, progress: Option<ProgressFn>, f: F) -> Result<R, CallError>
+    /// Run `f` on an idle (or fresh) instance; `progress`, if any, receives what the call
+    /// reports, which may claim at most `progress_bound` bytes.
+    async fn call<R, F, Fut>(&self, op: &'static str, progress: Option<ProgressFn>, progress_bound: u64, f: F) -> Result<R, CallError>
     where
         F: FnOnce(Instance) -> Fut,
         Fut: Future<Output = (Instance, wasmtime::Result<R>)>,
     {
         let mut inst = self.take_instance().await?;
         inst.store.data_mut().progress = progress;
-        let (mut inst, r) = self.inner.sandbox.run(op, inst, f).await?;
+        let (mut inst, r) = self.inner.sandbox.run(op, inst, progress_bound, f).await?;
         inst.store.data_mut().progress = None;
         self.release(inst);
         Ok(r)
@@ -414,9 +433,15 @@ impl Backend {
         driver_call!(self, "info", |d, s| d.call_info(s))
     }
 
-    /// Capacity and capabilities of every pool.
+    /// Capacity and capabilities of every pool. A report the host cannot take (more than
+    /// [`Limits::max_pools`] pools, a bad or repeated name: see [`check_pools`]) is refused whole.
     pub async fn pools(&self) -> Result<Vec<Pool>, CallError> {
-        flat(driver_call!(self, "pools", |d, s| d.call_pools(s)))
+        let pools = flat(driver_call!(self, "pools", |d, s| d.call_pools(s)))?;
+        check_pools(self.name(), &pools, self.limits().max_pools).map_err(|e| {
+            tracing::warn!(target: "driver", backend = %self.name(), "pool report refused: {e}");
+            CallError::BadReturn(e)
+        })?;
+        Ok(pools)
     }
 
     /// Every volume the backend holds.
@@ -426,18 +451,18 @@ impl Backend {
 
     /// Create a volume (idempotent on `spec.id`).
     pub async fn create(&self, spec: &VolumeSpec) -> Result<Volume, CallError> {
-        flat(driver_call!(self, "create", |d, s| d.call_create(s, spec)))
+        flat(driver_call!(self, "create", None, spec.size_bytes, |d, s| d.call_create(s, spec)))
     }
 
     /// Create a volume with the contents of a snapshot.
     pub async fn create_from_snapshot(&self, spec: &VolumeSpec, snapshot_id: &str) -> Result<Volume, CallError> {
-        flat(driver_call!(self, "create-from-snapshot", |d, s| d.call_create_from_snapshot(s, spec, snapshot_id)))
+        flat(driver_call!(self, "create-from-snapshot", None, spec.size_bytes, |d, s| d.call_create_from_snapshot(s, spec, snapshot_id)))
     }
 
     /// [`Backend::create_from_snapshot`], with the copy's progress (`done`, `total` bytes) handed
     /// to `progress` as the driver (or the host's `clone-file`) reports it.
     pub async fn create_from_snapshot_with_progress(&self, spec: &VolumeSpec, snapshot_id: &str, progress: ProgressFn) -> Result<Volume, CallError> {
-        flat(driver_call!(self, "create-from-snapshot", Some(progress), |d, s| d.call_create_from_snapshot(s, spec, snapshot_id)))
+        flat(driver_call!(self, "create-from-snapshot", Some(progress), spec.size_bytes, |d, s| d.call_create_from_snapshot(s, spec, snapshot_id)))
     }
 
     /// Delete a volume (succeeds if it does not exist).
@@ -447,18 +472,21 @@ impl Backend {
 
     /// Grow a volume.
     pub async fn resize(&self, volume_id: &str, size_bytes: u64) -> Result<Volume, CallError> {
-        flat(driver_call!(self, "resize", |d, s| d.call_resize(s, volume_id, size_bytes)))
+        flat(driver_call!(self, "resize", None, size_bytes, |d, s| d.call_resize(s, volume_id, size_bytes)))
     }
 
     /// Create a snapshot (idempotent on `spec.id`).
     pub async fn snapshot_create(&self, spec: &SnapshotSpec) -> Result<Snapshot, CallError> {
-        flat(driver_call!(self, "snapshot-create", |d, s| d.call_snapshot_create(s, spec)))
+        // The spec gives no size: the declared limit bounds what its progress may claim.
+        let bound = self.limits().max_progress_bytes;
+        flat(driver_call!(self, "snapshot-create", None, bound, |d, s| d.call_snapshot_create(s, spec)))
     }
 
     /// [`Backend::snapshot_create`], with the copy's progress (`done`, `total` bytes) handed to
     /// `progress` as the driver (or the host's `clone-file`) reports it.
     pub async fn snapshot_create_with_progress(&self, spec: &SnapshotSpec, progress: ProgressFn) -> Result<Snapshot, CallError> {
-        flat(driver_call!(self, "snapshot-create", Some(progress), |d, s| d.call_snapshot_create(s, spec)))
+        let bound = self.limits().max_progress_bytes;
+        flat(driver_call!(self, "snapshot-create", Some(progress), bound, |d, s| d.call_snapshot_create(s, spec)))
     }
 
     /// Delete a snapshot (succeeds if it does not exist).
@@ -486,4 +514,37 @@ impl Backend {
         let qos = *qos;
         flat(driver_call!(self, "set-qos", |d, s| d.call_set_qos(s, volume_id, qos)))
     }
+}
+
+/// The longest pool name a report may carry: a pool name becomes part of a store key and shows
+/// in listings. Cinder's `host@backend#pool` names, with a full host name, fit.
+pub const MAX_POOL_NAME: usize = 128;
+
+/// Check a driver's pool report before the host stores any of it: at most `max_pools` pools,
+/// each named with 1 to [`MAX_POOL_NAME`] bytes of printable characters other than `/` (a pool
+/// name is a segment of its store key), no name twice.
+pub fn check_pools(backend: &str, pools: &[Pool], max_pools: usize) -> Result<(), BadReturn> {
+    let bad = |field: String, reason: String| BadReturn { backend: backend.to_string(), field, reason };
+    if pools.len() > max_pools {
+        return Err(bad(
+            "pools".into(),
+            format!("the report names {} pools; the limit is {max_pools} per report", pools.len()),
+        ));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(pools.len());
+    for (i, p) in pools.iter().enumerate() {
+        let field = format!("pools[{i}].name");
+        let name = &p.name;
+        if name.is_empty() || name.len() > MAX_POOL_NAME {
+            let shown: String = name.chars().take(40).collect();
+            return Err(bad(field, format!("{shown:?}… is {} bytes long; a pool name has 1 to {MAX_POOL_NAME}", name.len())));
+        }
+        if let Some(c) = name.chars().find(|c| c.is_control() || *c == '/') {
+            return Err(bad(field, format!("{name:?} contains {c:?}; a pool name has no `/` and no control characters")));
+        }
+        if !seen.insert(name.as_str()) {
+            return Err(bad(field, format!("{name:?} is named twice in one report")));
+        }
+    }
+    Ok(())
 }

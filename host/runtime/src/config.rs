@@ -184,11 +184,35 @@ pub struct Limits {
     pub memory_bytes: u64,
     /// Guest execution time allowed per call (time blocked in host calls does not count).
     /// Default 10 s. A call that reports advancing progress (`log.progress`) gets a fresh budget
-    /// at each advance: the budget then bounds the work between advances.
+    /// for each further `progress_bytes_per_renewal` it reports, up to the size the call can move
+    /// and `max_call`: the budget then bounds the work between advances.
     pub cpu_budget: Duration,
     /// Wall-clock time allowed per call, host waits included. Default 300 s. Renewed like
-    /// `cpu_budget` by each advance of the call's progress, up to 24 h per call in all.
+    /// `cpu_budget` by the call's progress, up to `max_call` per call in all.
     pub call_timeout: Duration,
+    /// The longest a call may run however it advances: after this no progress renews the budget
+    /// or the timeout, and the call is stopped. Default 2 h.
+    #[serde(default = "default_max_call")]
+    pub max_call: Duration,
+    /// Bytes of further progress a call must report for each renewal of its budget and timeout,
+    /// so a call of `total` bytes gets at most `total / progress_bytes_per_renewal` renewals
+    /// however often it reports. Default 64 MiB.
+    #[serde(default = "default_progress_bytes_per_renewal")]
+    pub progress_bytes_per_renewal: u64,
+    /// The most a call whose arguments give no size (a snapshot of a volume of unknown size) may
+    /// claim to move in its progress reports. Default 16 TiB.
+    #[serde(default = "default_max_progress_bytes")]
+    pub max_progress_bytes: u64,
+    /// Host objects one instance may hold at once: open files and directories, sockets, streams,
+    /// HTTP requests and responses (the entries of its WASI resource table). Opening one more
+    /// traps the call. Bounds the file descriptors a driver can take from the daemon. Default
+    /// 1024: an S3 copy at its highest `copy_concurrency` (64 requests in flight, about ten
+    /// objects each) fits.
+    #[serde(default = "default_max_open_resources")]
+    pub max_open_resources: usize,
+    /// Pools one `pools` report may name; a longer report is refused whole. Default 256.
+    #[serde(default = "default_max_pools")]
+    pub max_pools: usize,
     /// Bytes of log messages and stdout/stderr kept per call; the rest is dropped with one
     /// `log capped` warning. Default 64 KiB.
     pub log_bytes_per_call: usize,
@@ -204,6 +228,26 @@ fn default_transfer_bytes() -> usize {
     64 << 20
 }
 
+fn default_max_call() -> Duration {
+    Duration::from_secs(2 * 3600)
+}
+
+fn default_progress_bytes_per_renewal() -> u64 {
+    64 << 20
+}
+
+fn default_max_progress_bytes() -> u64 {
+    16 << 40
+}
+
+fn default_max_open_resources() -> usize {
+    1024
+}
+
+fn default_max_pools() -> usize {
+    256
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -212,6 +256,11 @@ impl Default for Limits {
             call_timeout: Duration::from_secs(300),
             log_bytes_per_call: 64 << 10,
             max_transfer_bytes: default_transfer_bytes(),
+            max_call: default_max_call(),
+            progress_bytes_per_renewal: default_progress_bytes_per_renewal(),
+            max_progress_bytes: default_max_progress_bytes(),
+            max_open_resources: default_max_open_resources(),
+            max_pools: default_max_pools(),
         }
     }
 }

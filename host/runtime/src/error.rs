@@ -40,6 +40,22 @@ pub enum CallError {
     /// Anything else that went wrong in the runtime (instantiation failed, pool exhausted, ...).
     #[error("runtime error: {0}")]
     Runtime(String),
+    /// The driver returned something the host refuses to take (e.g. a pool report over the
+    /// limits). Nothing of it was used; the instance stays in service.
+    #[error("{0}")]
+    BadReturn(BadReturn),
+}
+
+/// A driver's return value that the host refused, naming the backend, the field and why.
+#[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
+#[error("backend `{backend}` returned a bad {field}: {reason}")]
+pub struct BadReturn {
+    /// The backend's name.
+    pub backend: String,
+    /// Which part of the return value, e.g. `pools` or `pools[3].name`.
+    pub field: String,
+    /// Why it was refused, with the limit.
+    pub reason: String,
 }
 
 impl CallError {

@@ -278,7 +278,7 @@ impl host::Host for StoreState {
         // The host's copy advances the call (renewing its wall-clock limit) and reports to the caller.
         let (caller, advance) = (self.progress.clone(), self.advance.clone());
         let report: ProgressFn = Arc::new(move |done, total| {
-            advance.lock().unwrap().report(done);
+            advance.lock().unwrap().host_copied();
             if let Some(caller) = &caller {
                 caller(done, total);
             }

@@ -22,11 +22,25 @@ mod net;
 mod runtime;
 mod state;
 
-pub use backend::{Backend, MAX_IDLE_INSTANCES};
+pub use backend::{Backend, MAX_IDLE_INSTANCES, MAX_POOL_NAME, check_pools};
 pub use config::{BackendSpec, HostGrant, HostGrantError, Limits, RuntimeConfig};
-pub use error::{CallError, RuntimeError};
+pub use error::{BadReturn, CallError, RuntimeError};
 pub use runtime::{Driver, Runtime, WIT_VERSION};
 pub use state::ProgressFn;
+
+/// Raise this process's soft limit on open files to its hard limit, and return the new soft
+/// limit. Drivers' files and sockets are the daemon's descriptors: with the usual soft limit of
+/// 1024, a few backends at their [`Limits::max_open_resources`] would exhaust it, while the hard
+/// limit is commonly a thousand times larger.
+pub fn raise_open_files_limit() -> std::io::Result<Option<u64>> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current != lim.maximum {
+        lim.current = lim.maximum;
+        setrlimit(Resource::Nofile, lim).map_err(std::io::Error::from)?;
+    }
+    Ok(lim.current)
+}
 
 pub use bindings::elara::driver::host::{CopyMethod, FsStats};
 pub use bindings::elara::driver::log::Level as LogLevel;

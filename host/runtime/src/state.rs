@@ -39,33 +39,109 @@ pub(crate) struct StoreState {
 /// Receives a call's progress: `(done, total)` bytes. See [`crate::Backend::snapshot_create_with_progress`].
 pub type ProgressFn = Arc<dyn Fn(u64, u64) + Send + Sync>;
 
-/// The longest a call may run however it advances: the ceiling on renewing its limits.
-pub(crate) const MAX_CALL: Duration = Duration::from_secs(24 * 3600);
-
-/// A call's progress as the limits see it: each report whose `done` is larger than any before
-/// renews the call's CPU budget and wall-clock timeout, so they bound the time between advances
-/// (a stall), not the length of a copy that keeps moving; up to [`MAX_CALL`] in all. A report
-/// that does not advance renews nothing.
+/// A call's progress as the limits see it. Progress renews the call's CPU budget and
+/// wall-clock timeout, so those bound a stall rather than the length of a copy that keeps
+/// moving; but the reports come from the untrusted driver, so a renewal is bought only with
+/// work the host can bound:
+/// * the first report fixes the call's `total`, at most `bound` (what the call can move: the
+///   volume's size, or [`crate::Limits::max_progress_bytes`]); a later report naming another
+///   total renews nothing;
+/// * `done` counts only up to that total, and renews only after each further `per_renewal`
+///   bytes, so a call gets at most `total / per_renewal` renewals however often it reports;
+/// * nothing renews past `max_call` after the call began, and the wall clock then stops it.
+///
+/// The host's own copies (`clone-file`) are work the host did itself: they renew the wall clock
+/// (the guest is blocked, using no CPU), still within `max_call`.
 pub(crate) struct Advance {
-    pub(crate) call_started: Instant,
-    pub(crate) done: u64,
+    call_started: Instant,
+    /// The most bytes this call may claim to move; 0 for calls that move none.
+    bound: u64,
+    per_renewal: u64,
+    max_call: Duration,
+    /// The total of the first report (what counts is at most `bound`).
+    total: Option<u64>,
+    done: u64,
+    /// `done` at the last renewal.
+    renewed_at: u64,
+    /// Whether a refused report was logged already this call (once is enough).
+    warned: bool,
+    /// When the limits were last renewed (the call's start if never).
     pub(crate) at: Instant,
 }
 
+/// What the limits made of one progress report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Reported {
+    /// The report bought a fresh CPU budget and timeout.
+    pub(crate) renews: bool,
+    /// `(done, total)` as the host records it: the call's fixed total (at most the bound),
+    /// `done` at most that.
+    pub(crate) done: u64,
+    pub(crate) total: u64,
+    /// Why the report counted for nothing, the first time one did in this call.
+    pub(crate) refused: Option<&'static str>,
+}
+
 impl Advance {
-    pub(crate) fn new() -> Self {
+    /// A call that may claim to move up to `bound` bytes (0: none), renewing its limits after
+    /// each `per_renewal` bytes reported, for at most `max_call`.
+    pub(crate) fn new(bound: u64, per_renewal: u64, max_call: Duration) -> Self {
         let now = Instant::now();
-        Advance { call_started: now, done: 0, at: now }
+        Advance {
+            call_started: now,
+            bound,
+            per_renewal: per_renewal.max(1),
+            max_call,
+            total: None,
+            done: 0,
+            renewed_at: 0,
+            warned: false,
+            at: now,
+        }
     }
 
-    /// Note a report of `done`; true if it renews the call's limits.
-    pub(crate) fn report(&mut self, done: u64) -> bool {
-        if done <= self.done || self.call_started.elapsed() >= MAX_CALL {
-            return false;
+    fn within_ceiling(&self) -> bool {
+        self.call_started.elapsed() < self.max_call
+    }
+
+    /// Note the driver's report of `done` of `total` bytes.
+    pub(crate) fn report(&mut self, done: u64, total: u64) -> Reported {
+        let first = *self.total.get_or_insert(total);
+        let fixed = first.min(self.bound);
+        let done = done.min(fixed);
+        let refused = if total != first {
+            Some("its total differs from the call's first report")
+        } else if first > self.bound {
+            Some("its total is more than the call can move; only that much counts")
+        } else {
+            None
+        };
+        let mut renews = false;
+        if total == first && done > self.done {
+            self.done = done;
+            if done - self.renewed_at >= self.per_renewal && self.within_ceiling() {
+                self.renewed_at = done;
+                self.at = Instant::now();
+                renews = true;
+            }
         }
-        self.done = done;
-        self.at = Instant::now();
-        true
+        let refused = refused.filter(|_| !std::mem::replace(&mut self.warned, true));
+        Reported { renews, done, total: fixed, refused }
+    }
+
+    /// The host itself copied more of this call's data: renew the wall clock.
+    pub(crate) fn host_copied(&mut self) {
+        if self.within_ceiling() {
+            self.at = Instant::now();
+        }
+    }
+
+    /// When the call times out: `call_timeout` after the last renewal, and never later than
+    /// `max_call` after it began. The second is true if the ceiling is what ends it.
+    pub(crate) fn deadline(&self, call_timeout: Duration) -> (Instant, bool) {
+        let renewed = self.at + call_timeout;
+        let ceiling = self.call_started + self.max_call;
+        if ceiling <= renewed { (ceiling, true) } else { (renewed, false) }
     }
 }
 
@@ -275,12 +351,17 @@ impl log::Host for StoreState {
     }
 
     fn progress(&mut self, done: u64, total: u64) -> wasmtime::Result<()> {
-        let done = done.min(total);
-        if self.advance.lock().unwrap().report(done) {
+        let r = self.advance.lock().unwrap().report(done, total);
+        if r.renews {
             self.cpu.used_ticks = 0;
         }
+        if let Some(why) = r.refused {
+            let backend = self.log.lock().unwrap().backend.clone();
+            tracing::warn!(target: "driver", backend = &*backend, done, total,
+                fixed_total = r.total, "progress report ignored for the call's limits: {why}");
+        }
         if let Some(report) = &self.progress {
-            report(done, total);
+            report(r.done, r.total);
         }
         Ok(())
     }
@@ -336,5 +417,65 @@ impl tokio::io::AsyncWrite for CapturedStdio {
     }
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn progress_renews_per_bytes_up_to_what_the_call_can_move() {
+        let mut a = Advance::new(256 * MIB, 64 * MIB, Duration::from_secs(3600));
+        // Less than one renewal's worth: counted, not renewed.
+        assert_eq!(a.report(10 * MIB, 256 * MIB), Reported { renews: false, done: 10 * MIB, total: 256 * MIB, refused: None });
+        assert!(a.report(64 * MIB, 256 * MIB).renews);
+        assert!(!a.report(100 * MIB, 256 * MIB).renews, "36 MiB since the last renewal");
+        assert!(a.report(128 * MIB, 256 * MIB).renews);
+        // Going back renews nothing.
+        assert!(!a.report(180 * MIB, 256 * MIB).renews);
+        assert!(!a.report(170 * MIB, 256 * MIB).renews);
+        assert!(a.report(192 * MIB, 256 * MIB).renews);
+        // `done` past the total counts as the total: one last renewal, then none.
+        assert!(a.report(u64::MAX, 256 * MIB).renews);
+        assert_eq!(a.report(u64::MAX, 256 * MIB), Reported { renews: false, done: 256 * MIB, total: 256 * MIB, refused: None });
+    }
+
+    #[test]
+    fn a_total_past_the_bound_counts_as_the_bound_and_a_new_total_renews_nothing() {
+        // u64::MAX on a call that can move 100 MiB: one renewal in all, however often reported.
+        let mut a = Advance::new(100 * MIB, 64 * MIB, Duration::from_secs(3600));
+        let first = a.report(64 * MIB, u64::MAX);
+        assert!(first.renews);
+        assert_eq!((first.done, first.total), (64 * MIB, 100 * MIB));
+        assert!(first.refused.is_some_and(|why| why.contains("more than the call can move")));
+        let renewals = (2..100_000u64).filter(|i| a.report(i * 64 * MIB, u64::MAX).renews).count();
+        assert_eq!(renewals, 0);
+
+        // The first total is fixed: another one (larger, smaller) renews nothing.
+        let mut a = Advance::new(u64::MAX, 64 * MIB, Duration::from_secs(3600));
+        assert!(a.report(64 * MIB, 1 << 40).renews);
+        let r = a.report(128 * MIB, 2 << 40);
+        assert!(!r.renews && r.refused.is_some_and(|why| why.contains("differs")));
+        assert!(!a.report(192 * MIB, 1 << 30).renews);
+        assert!(a.report(128 * MIB, 1 << 40).renews, "the first total still counts");
+        // Warned once per call, not per report.
+        assert_eq!(a.report(256 * MIB, 3 << 40).refused, None);
+    }
+
+    #[test]
+    fn nothing_renews_past_the_ceiling_and_the_deadline_keeps_to_it() {
+        let mut a = Advance::new(u64::MAX, MIB, Duration::ZERO);
+        assert!(!a.report(10 * MIB, 1 << 40).renews);
+        let (when, ceiling) = a.deadline(Duration::from_secs(300));
+        assert!(ceiling && when <= Instant::now());
+        let a = Advance::new(0, MIB, Duration::from_secs(3600));
+        let (when, ceiling) = a.deadline(Duration::from_secs(300));
+        assert!(!ceiling && when > Instant::now() + Duration::from_secs(299));
+        // A call that moves nothing gets no renewal from its reports.
+        let mut a = Advance::new(0, MIB, Duration::from_secs(3600));
+        assert!(!a.report(u64::MAX, u64::MAX).renews);
     }
 }

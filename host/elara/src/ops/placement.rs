@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use elara_runtime::Capacity;
 use elara_scheduler::{ByteCapacity, Explanation, PoolReport, PoolState, Request, Scheduler};
-use elara_store::StoreExt;
+use elara_store::{Op, StoreExt, Txn};
 
 use super::Elara;
 use crate::error::{ApiError, ApiResult};
@@ -48,11 +48,27 @@ impl Elara {
             Scope::Cluster => None,
         };
         let node_key = node.clone().unwrap_or_else(|| "-".into());
+        // The runtime has checked the report (at most `max_pools` pools, names fit for a key).
+        // It is written in as few transactions as the store takes, not one per pool, and the
+        // pools of this backend and node that it no longer names go with it.
+        let mut ops = Vec::new();
         let mut out = Vec::new();
+        let mut reported = BTreeSet::new();
         for pool in pools {
             let pr = PoolRecord { v: SCHEMA, backend: name.into(), driver: rec.driver.clone(), node: node.clone(), pool, updated_at: now() };
-            self.store.put(&keys::pool(name, &node_key, &pr.pool.name), elara_store::encode(&pr), None).await?;
+            let key = keys::pool(name, &node_key, &pr.pool.name);
+            ops.push(super::put(key.clone(), &pr));
+            reported.insert(key);
             out.push(pr);
+        }
+        let mine = format!("{}{node_key}/", keys::backend_pools(name));
+        for key in self.store.list_keys(&mine).await? {
+            if !reported.contains(&key) {
+                ops.push(super::del(key));
+            }
+        }
+        for chunk in txn_chunks(ops, self.store.max_value_size()) {
+            self.store.txn(Txn { compares: vec![], ops: chunk }).await?;
         }
         Ok(out)
     }
@@ -204,6 +220,33 @@ impl Elara {
 
 const GIB: f64 = (1u64 << 30) as f64;
 
+/// etcd's default `--max-txn-ops`: the most operations one transaction may hold.
+const MAX_TXN_OPS: usize = 128;
+
+/// Split `ops` into transactions that both stores take: at most [`MAX_TXN_OPS`] operations, and
+/// values adding up to at most `max_bytes` (the store's limit on a transaction's values).
+fn txn_chunks(ops: Vec<Op>, max_bytes: usize) -> Vec<Vec<Op>> {
+    let mut chunks: Vec<Vec<Op>> = Vec::new();
+    let mut bytes = 0;
+    for op in ops {
+        let size = match &op {
+            Op::Put { value, .. } => value.len(),
+            Op::Delete { .. } => 0,
+        };
+        match chunks.last_mut() {
+            Some(last) if last.len() < MAX_TXN_OPS && bytes + size <= max_bytes => {
+                bytes += size;
+                last.push(op);
+            }
+            _ => {
+                bytes = size;
+                chunks.push(vec![op]);
+            }
+        }
+    }
+    chunks
+}
+
 /// A stored pool report in the scheduler's terms.
 fn pool_state(r: &PoolRecord) -> Result<PoolState, elara_scheduler::PoolError> {
     let bytes = |c: &Capacity| match c {
@@ -231,4 +274,27 @@ fn pool_state(r: &PoolRecord) -> Result<PoolState, elara_scheduler::PoolError> {
         capabilities: p.capabilities.clone(),
         updated_at: SystemTime::UNIX_EPOCH + Duration::from_secs(r.updated_at.max(0) as u64),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put_of(len: usize) -> Op {
+        Op::Put { key: "k".into(), value: vec![0; len], lease: None }
+    }
+
+    #[test]
+    fn txn_chunks_keep_to_the_ops_and_bytes_limits() {
+        let ops: Vec<Op> = (0..300).map(|_| put_of(10)).collect();
+        let sizes: Vec<usize> = txn_chunks(ops, 1 << 20).iter().map(Vec::len).collect();
+        assert_eq!(sizes, [128, 128, 44]);
+        // By bytes: 4 values of 400 under a limit of 1000 go two by two.
+        let sizes: Vec<usize> = txn_chunks((0..4).map(|_| put_of(400)).collect(), 1000).iter().map(Vec::len).collect();
+        assert_eq!(sizes, [2, 2]);
+        // Deletes weigh nothing but count as operations.
+        let ops: Vec<Op> = (0..130).map(|i| Op::Delete { key: format!("k{i}") }).collect();
+        assert_eq!(txn_chunks(ops, 0).iter().map(Vec::len).collect::<Vec<_>>(), [128, 2]);
+        assert!(txn_chunks(vec![], 10).is_empty());
+    }
 }

@@ -22,10 +22,16 @@
 //! | `log-flood`   | `bytes` (default 64 MiB)| logs that much through `log`, stdout and stderr, returns   |
 //! | `log-huge`    | `bytes` (default 100 MiB)| one log message of that size                              |
 //! | `huge-return` | `bytes` (default 100 MiB)| returns a volume whose `backend-ref` is that long         |
-//! | `work`        | `secs`, `spin`, `report_for`, `step` | works `secs` s in 100 ms slices (spinning if `spin=1`, else sleeping), reporting `progress` after each slice for the first `report_for` s (default all), `done` growing by `step` (default 1; 0 = never advancing) |
+//! | `work`        | `secs`, `spin`, `report_for`, `step` | works `secs` s in 100 ms slices (spinning if `spin=1`, else sleeping), reporting `progress` after each slice for the first `report_for` s (default all), `done` growing by `step` bytes (default 1; 0 = never advancing) of `secs * 10 * step` |
+//! | `progress-loop` | `step` (default 64 MiB), `total` (default u64::MAX), `change_total` | spins forever, reporting an ever-larger `done` (by `step` each time) of `total`; with `change_total=1` each report names a larger total too: progress bought with no work |
+//! | `open-files`  | `count` (default 1 000 000) | opens `/pool/held` that many times and keeps every descriptor: the daemon's file descriptors |
+//! | `fill`        | `bytes` (default 1 TiB) | writes `/pool/fill` in 1 MiB blocks until that much or an error: the pool's file system |
 //!
 //! `list-volumes` on a backend configured with `amplify=N` returns N volumes whose strings all
 //! alias one 1 MiB buffer: a few MiB of guest memory that would become N MiB on the host.
+//!
+//! `pools` on a backend configured with `pool_flood=N` reports N pools named with
+//! `pool_name_bytes` (default 120) characters each: rows for the host's store and its listings.
 
 use elara_driver_sdk::prelude::*;
 use std::io::{BufRead, BufReader, Write};
@@ -36,6 +42,10 @@ elara_driver_sdk::export_driver!(Hostile);
 
 /// `amplify` from the configuration: how many aliased volumes `list-volumes` returns.
 static AMPLIFY: AtomicU64 = AtomicU64::new(0);
+/// `pool_flood` and `pool_name_bytes` from the configuration: how many pools `pools` reports
+/// (0: the one real pool), and how long their names are.
+static POOL_FLOOD: AtomicU64 = AtomicU64::new(0);
+static POOL_NAME_BYTES: AtomicU64 = AtomicU64::new(120);
 
 fn label<'a>(spec: &'a VolumeSpec, key: &str) -> DriverResult<&'a str> {
     spec.labels
@@ -164,6 +174,40 @@ fn attack(spec: &VolumeSpec) -> DriverResult<Volume> {
             }
             done(spec, format!("worked {secs} s"))
         }
+        "progress-loop" => {
+            let step = number(spec, "step", 64 << 20)?;
+            let total = number(spec, "total", u64::MAX)?;
+            let change_total = number(spec, "change_total", 0)? == 1;
+            let mut reported = 0u64;
+            loop {
+                reported = reported.saturating_add(step);
+                let total = if change_total { reported.saturating_add(step) } else { total };
+                elara_driver_sdk::log::progress(std::hint::black_box(reported), total);
+            }
+        }
+        "open-files" => {
+            let count = number(spec, "count", 1_000_000)?;
+            std::fs::write("/pool/held", b"held").map_err(|e| stopped(name, format!("creating /pool/held: {e}")))?;
+            let mut held = Vec::new();
+            for i in 0..count {
+                match std::fs::File::open("/pool/held") {
+                    Ok(f) => held.push(f),
+                    Err(e) => return Err(stopped(name, format!("open number {} of /pool/held: {e}", i + 1))),
+                }
+            }
+            done(spec, format!("holds {} open files", held.len()))
+        }
+        "fill" => {
+            let total = number(spec, "bytes", 1 << 40)?;
+            let mut f = std::fs::File::create("/pool/fill").map_err(|e| stopped(name, format!("creating /pool/fill: {e}")))?;
+            let block = vec![b'f'; 1 << 20];
+            let mut written = 0u64;
+            while written < total {
+                f.write_all(&block).map_err(|e| stopped(name, format!("writing /pool/fill after {written} bytes: {e}")))?;
+                written += block.len() as u64;
+            }
+            done(spec, format!("wrote {written} bytes"))
+        }
         "panic" => panic!("hostile driver panics on purpose"),
         "log-flood" => {
             let total = number(spec, "bytes", 64 << 20)? as usize;
@@ -213,11 +257,11 @@ impl Guest for Hostile {
             version: "0.1.0".into(),
             kind: VolumeKind::File,
             features: Features::empty(),
-            config_keys: vec![ConfigKey::optional(
-                "amplify",
-                "list-volumes returns this many volumes aliasing one 1 MiB string",
-                Some("0"),
-            )],
+            config_keys: vec![
+                ConfigKey::optional("amplify", "list-volumes returns this many volumes aliasing one 1 MiB string", Some("0")),
+                ConfigKey::optional("pool_flood", "pools reports this many pools (0: the one real pool)", Some("0")),
+                ConfigKey::optional("pool_name_bytes", "the length of each flooded pool's name", Some("120")),
+            ],
             notes: vec![("purpose".into(), "sandbox containment tests".into())],
         }
     }
@@ -225,11 +269,34 @@ impl Guest for Hostile {
     fn configure(config: Vec<(String, String)>) -> DriverResult<()> {
         let cfg = Config::parse(config, &Self::info().config_keys)?;
         AMPLIFY.store(cfg.u64("amplify")?.unwrap_or(0), Ordering::Relaxed);
+        POOL_FLOOD.store(cfg.u64("pool_flood")?.unwrap_or(0), Ordering::Relaxed);
+        POOL_NAME_BYTES.store(cfg.u64("pool_name_bytes")?.unwrap_or(120), Ordering::Relaxed);
         Ok(())
     }
 
     fn pools() -> DriverResult<Vec<Pool>> {
         let stats = host::pool_stats()?;
+        let flood = POOL_FLOOD.load(Ordering::Relaxed);
+        if flood > 0 {
+            let width = POOL_NAME_BYTES.load(Ordering::Relaxed) as usize;
+            return Ok((0..flood)
+                .map(|i| {
+                    let id = format!("-{i}");
+                    let name = format!("{}{id}", "p".repeat(width.saturating_sub(id.len()).max(1)));
+                    Pool {
+                        name,
+                        total: Capacity::Bytes(stats.total_bytes),
+                        free: Capacity::Bytes(stats.available_bytes),
+                        provisioned_bytes: 0,
+                        reserved_percentage: 0,
+                        thin_provisioning: true,
+                        thick_provisioning: false,
+                        max_over_subscription_ratio: "1.0".into(),
+                        capabilities: vec![],
+                    }
+                })
+                .collect());
+        }
         Ok(vec![Pool {
             name: "default".into(),
             total: Capacity::Bytes(stats.total_bytes),
