@@ -357,7 +357,8 @@ fn empty(s3: &S3, place: &Place, label: &str) -> Result<u64, S3Error> {
 /// Server-side copy of every object under `from` to the same relative key under `to`, a page
 /// (1 000 objects) at a time with `concurrency` copies in flight. Returns (objects, bytes).
 /// Progress goes to the host after each page: bytes copied of `size_hint` (the volume's size:
-/// the listing comes a page at a time, so the data's own total is known only at the end).
+/// the listing comes a page at a time, so the data's own total is known only at the end). The
+/// total stays the same in every report, as the host counts only a fixed one.
 pub fn copy_all(s3: &S3, from: &Place, to: &Place, concurrency: usize, size_hint: u64, label: &str) -> DriverResult<(u64, u64)> {
     let (mut objects, mut bytes) = (0u64, 0u64);
     let mut token: Option<String> = None;
@@ -382,11 +383,11 @@ pub fn copy_all(s3: &S3, from: &Place, to: &Place, concurrency: usize, size_hint
         info!("{label}: copied {objects} objects ({bytes} bytes) from {} to {}", from.uri(), to.uri());
         match page.next {
             Some(t) => {
-                elara_driver_sdk::log::progress(bytes, bytes.max(size_hint));
+                elara_driver_sdk::log::progress(bytes.min(size_hint), size_hint);
                 token = Some(t);
             }
             None => {
-                elara_driver_sdk::log::progress(bytes, bytes);
+                elara_driver_sdk::log::progress(size_hint, size_hint);
                 return Ok((objects, bytes));
             }
         }
