@@ -546,3 +546,196 @@ fn fiemap_incremental_embedded() -> anyhow::Result<()> {
 fn fiemap_incremental_etcd() -> anyhow::Result<()> {
     fiemap_incremental(StoreKind::Etcd)
 }
+
+/// Block collection racing a backup (issue 15): backup `a` of an unchanged volume is deleted, and
+/// its block collection is held between its mark (what the manifests reference) and its sweep
+/// (`ELARA_PAUSE_AT=gc:after-mark`) while backup `b` of the same volume starts: every block of
+/// `b` dedups against `a`'s blocks, which the held collection has marked unreferenced. Once the
+/// collection goes on, `b` must still be whole: it verifies, restores byte-identical, and (a
+/// directory target) every block its manifest names is stored.
+fn gc_races_backup(store: StoreKind, s3: bool) -> anyhow::Result<()> {
+    let pause = work_dir().join(unique("gc-pause"));
+    std::fs::write(&pause, b"")?;
+    let reached = pause.with_extension("reached");
+    let mut opts = DaemonOpts::new(store);
+    opts.env.push(("ELARA_PAUSE_AT".into(), format!("gc:after-mark={}", pause.display())));
+    let d = Daemon::start(opts)?;
+    let dir = add_target(&d, "tg", s3)?;
+    d.ok(&["volume", "create", "src", "--size", "64M"])?;
+    let image = image_of(&d, "src")?;
+    write_known(&image, 8)?;
+    let sum = sha256(&image)?;
+    let a = d.json(&["backup", "create", "src", "--target", "tg"])?;
+    let a_id = a["id"].as_str().unwrap().to_string();
+
+    let (job_id, b) = std::thread::scope(|sc| -> anyhow::Result<(String, Value)> {
+        let deleter = sc.spawn(|| d.ok(&["backup", "delete", &a_id]));
+        wait_for(Duration::from_secs(60), "the block collection of the deleted backup to reach its sweep", || Ok(reached.exists()))?;
+        let job = d.json(&["backup", "create", "src", "--target", "tg", "--detach"])?;
+        let job_id = job["id"].as_str().unwrap().to_string();
+        // Let the collection go on once the new backup has either run through (it found every
+        // block in the target) or stopped for the collection.
+        let mut view = Value::Null;
+        wait_for(Duration::from_secs(120), "the new backup to finish or to wait for the collection", || {
+            view = d.json(&["backup", "job", &job_id])?;
+            Ok(view["state"] != "running" || view["progress"]["phase"] == "waiting-for-gc")
+        })?;
+        eprintln!("the new backup, when the collection went on: state {}, phase {}", view["state"], view["progress"]["phase"]);
+        std::fs::remove_file(&pause)?;
+        deleter.join().expect("the delete thread")?;
+        wait_for(Duration::from_secs(120), "the new backup to end", || {
+            view = d.json(&["backup", "job", &job_id])?;
+            Ok(view["state"] != "running")
+        })?;
+        Ok((job_id, view))
+    })?;
+    assert_eq!(b["state"], "done", "backup job {job_id}: {b}");
+    let b_id = b["backup"].as_str().unwrap();
+    assert_eq!(backup_ids(&d)?, vec![b_id.to_string()]);
+    let report = d.json(&["backup", "verify", b_id]).map_err(|e| anyhow::anyhow!("backup {b_id} does not verify after the collection: {e:#}"))?;
+    assert_eq!(report["ok"], true, "{report}");
+    d.ok(&["backup", "restore", b_id, "--to", "r1"])?;
+    assert_eq!(sha256(&image_of(&d, "r1")?)?, sum, "restore of {b_id} is byte-identical");
+    if let Some(dir) = dir {
+        let (blocks, referenced) = target_state(&dir)?;
+        assert!(referenced.is_subset(&blocks), "blocks named by a manifest are missing: {:?}", referenced.difference(&blocks).collect::<Vec<_>>());
+    }
+    let _ = std::fs::remove_file(&reached);
+    Ok(())
+}
+
+#[test]
+fn gc_races_backup_dir_embedded() -> anyhow::Result<()> {
+    gc_races_backup(StoreKind::Embedded, false)
+}
+
+#[test]
+fn gc_races_backup_dir_etcd() -> anyhow::Result<()> {
+    gc_races_backup(StoreKind::Etcd, false)
+}
+
+#[test]
+fn gc_races_backup_s3_embedded() -> anyhow::Result<()> {
+    gc_races_backup(StoreKind::Embedded, true)
+}
+
+#[test]
+fn gc_races_backup_s3_etcd() -> anyhow::Result<()> {
+    gc_races_backup(StoreKind::Etcd, true)
+}
+
+/// Names under `blocks/` that are not blocks Elara wrote (issue 15): non-hex, short, odd
+/// lengths, a 64-character non-hex name, one whose first two bytes split a UTF-8 character,
+/// a valid id under the wrong `<aa>/` directory, deeper paths, a stray file in `blocks/`, and
+/// (directory targets) a name that is not UTF-8. Each relative to the target's root.
+fn planted_names() -> Vec<(Vec<u8>, &'static str)> {
+    let hex = "ab".repeat(32);
+    let mut names: Vec<(Vec<u8>, &'static str)> = vec![
+        (b"blocks/zz/not-hex".to_vec(), "non-hex"),
+        (b"blocks/ab/abc".to_vec(), "short"),
+        (format!("blocks/ab/{}", &hex[..63]).into_bytes(), "63 hex characters"),
+        (format!("blocks/ab/{hex}0").into_bytes(), "65 hex characters"),
+        (format!("blocks/zz/{}", "z".repeat(64)).into_bytes(), "64 non-hex characters"),
+        (format!("blocks/ab/{}", "€".to_string() + &"a".repeat(61)).into_bytes(), "64 bytes starting with a 3-byte character"),
+        (format!("blocks/00/{hex}").into_bytes(), "a valid id under the wrong directory"),
+        (format!("blocks/ab/deeper/{hex}").into_bytes(), "a valid id one level too deep"),
+        (b"blocks/stray".to_vec(), "a file directly in blocks/"),
+        (format!("blocks/AB/{}", hex.to_uppercase()).into_bytes(), "upper-case hex"),
+    ];
+    names.push(([b"blocks/ff/".as_slice(), &[0xff; 64]].concat(), "not UTF-8"));
+    names
+}
+
+/// Planted names in a target never panic block collection and are never deleted; the real
+/// unreferenced blocks still are. Directory target: every planted name, written as files.
+fn foreign_block_names(store: StoreKind, s3: bool) -> anyhow::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let d = Daemon::start(DaemonOpts::new(store))?;
+    let s3_server = s3.then(elara_tests::s3::S3Server::from_env);
+    let (bucket, prefix) = ("elara-backup-tests".to_string(), unique("foreign"));
+    let dir = if s3 {
+        let (endpoint, ak, sk) = s3_env();
+        d.ok(&["backup", "target", "add", "tg", &format!("s3://{bucket}/{prefix}"), "--endpoint", &endpoint, "--access-key", &ak, "--secret-key", &sk])?;
+        None
+    } else {
+        add_target(&d, "tg", false)?
+    };
+    d.ok(&["volume", "create", "src", "--size", "64M"])?;
+    write_known(&image_of(&d, "src")?, 9)?;
+    let a = d.json(&["backup", "create", "src", "--target", "tg"])?;
+    let a_id = a["id"].as_str().unwrap();
+
+    // S3 keys are UTF-8: the non-UTF-8 name is for directory targets only.
+    let planted: Vec<(Vec<u8>, &str)> = planted_names().into_iter().filter(|(n, _)| !s3 || std::str::from_utf8(n).is_ok()).collect();
+    for (name, why) in &planted {
+        match (&dir, &s3_server) {
+            (Some(dir), _) => {
+                let path = dir.join(std::ffi::OsStr::from_bytes(name));
+                std::fs::create_dir_all(path.parent().unwrap())?;
+                std::fs::write(&path, why.as_bytes())?;
+            }
+            (None, Some(s3)) => s3.put(&bucket, &format!("{prefix}/{}", std::str::from_utf8(name)?), why)?,
+            _ => unreachable!(),
+        }
+    }
+    // Deleting the only backup collects its blocks: a pass over every planted name.
+    d.ok(&["backup", "delete", a_id]).map_err(|e| anyhow::anyhow!("the delete (and its block collection) failed: {e:#}\n{}", d.log_tail()))?;
+    d.ok(&["info"])?;
+    for (name, why) in &planted {
+        let there = match (&dir, &s3_server) {
+            (Some(dir), _) => std::fs::read(dir.join(std::ffi::OsStr::from_bytes(name))).ok().map(|b| b == why.as_bytes()),
+            (None, Some(s3)) => s3.get(&bucket, &format!("{prefix}/{}", std::str::from_utf8(name)?))?.map(|t| t == *why),
+            _ => unreachable!(),
+        };
+        assert_eq!(there, Some(true), "the planted {why} name {:?} was deleted or changed", String::from_utf8_lossy(name));
+    }
+    // The backup's own blocks went: only planted names are left under blocks/.
+    let left: Vec<String> = match (&dir, &s3_server) {
+        (Some(dir), _) => walkdir_files(&dir.join("blocks"))?.into_iter().map(|p| p.strip_prefix(dir).unwrap().to_string_lossy().into_owned()).collect(),
+        (None, Some(s3)) => s3.objects(&bucket, &format!("{prefix}/blocks/"))?.unwrap_or_default().into_iter().map(|(k, _)| k[prefix.len() + 1..].to_string()).collect(),
+        _ => unreachable!(),
+    };
+    let planted_keys: HashSet<String> = planted.iter().map(|(n, _)| String::from_utf8_lossy(n).into_owned()).collect();
+    let unplanted: Vec<&String> = left.iter().filter(|k| !planted_keys.contains(*k)).collect();
+    assert!(unplanted.is_empty(), "the deleted backup's blocks are still there: {unplanted:?}");
+    let log = std::fs::read_to_string(d.dir.join("daemon.log"))?;
+    assert!(log.contains("foreign"), "the log warns about the foreign names:\n{}", d.log_tail());
+    Ok(())
+}
+
+/// Every file under `dir`, recursively.
+fn walkdir_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let e = e?;
+            if e.file_type()?.is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[test]
+fn foreign_block_names_dir_embedded() -> anyhow::Result<()> {
+    foreign_block_names(StoreKind::Embedded, false)
+}
+
+#[test]
+fn foreign_block_names_dir_etcd() -> anyhow::Result<()> {
+    foreign_block_names(StoreKind::Etcd, false)
+}
+
+#[test]
+fn foreign_block_names_s3_embedded() -> anyhow::Result<()> {
+    foreign_block_names(StoreKind::Embedded, true)
+}
+
+#[test]
+fn foreign_block_names_s3_etcd() -> anyhow::Result<()> {
+    foreign_block_names(StoreKind::Etcd, true)
+}

@@ -347,8 +347,10 @@ impl Elara {
             let m = target.manifest(&id).await.map_err(target_err)?;
             referenced.extend(m.chunk_ids().cloned());
         }
+        let blocks = target.block_ids().await.map_err(target_err)?;
+        faults::point("gc:after-mark");
         let mut removed = 0;
-        for id in target.block_ids().await.map_err(target_err)? {
+        for id in blocks {
             if !referenced.contains(&id) {
                 target.delete(&crate::backup::target::block_key(&id)).await.map_err(target_err)?;
                 removed += 1;

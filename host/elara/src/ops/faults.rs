@@ -29,6 +29,9 @@ pub const POINTS: &[&str] = &[
     "backup:after-manifest",
     "backup-restore:after-intent",
     "backup-restore:mid-write",
+    // Between block collection's mark (what is referenced) and its sweep (the deletes): a test
+    // holds a GC here (ELARA_PAUSE_AT) to race a backup against it.
+    "gc:after-mark",
 ];
 
 fn armed() -> &'static Vec<String> {
