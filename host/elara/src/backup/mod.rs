@@ -12,6 +12,12 @@
 //!   A manifest is written last, after every block it names is in the target: a manifest that
 //!   exists claims a complete backup; a crash before it leaves only unreferenced blocks, which
 //!   the reconciler (or the next delete) collects.
+//! * `locks/<backup|gc>-<id>.json`: leases of the backups running on the target and of block
+//!   collection, so that a collection never deletes a block a running backup has found there
+//!   (see [`lease`]).
+//!
+//! Only keys of the form `blocks/<aa>/<64 lower-case hex digits starting with aa>` are blocks:
+//! anything else under `blocks/` is foreign, and block collection leaves it alone.
 //!
 //! File volumes (drivers of kind `file` or `object`: s3, nfs) are backed up as a tree
 //! ([`files`], format `elara-files/1`): the snapshot is cloned into a temporary volume, mounted
@@ -28,6 +34,7 @@ pub mod cli;
 pub mod engine;
 pub mod fiemap;
 pub mod files;
+pub mod lease;
 pub mod progress;
 pub mod records;
 pub mod s3;

@@ -34,9 +34,26 @@ pub enum Target {
     S3(Box<S3Client>),
 }
 
-/// The object key of a block.
+/// The object key of a block. (`id` is a block id, 64 hex digits; anything else still gets a
+/// key, never a panic: `get` then finds nothing there.)
 pub fn block_key(id: &str) -> String {
-    format!("blocks/{}/{id}", &id[..2.min(id.len())])
+    format!("blocks/{}/{id}", id.get(..2).unwrap_or(id))
+}
+
+/// The block id `key` names if it is a key Elara writes (`blocks/<aa>/<id>`, `id` 64 lower-case
+/// hex digits, `aa` its first two); `None` for anything else found under `blocks/`.
+pub fn block_id_of(key: &str) -> Option<&str> {
+    let (aa, id) = key.strip_prefix("blocks/")?.split_once('/')?;
+    let hex = id.len() == 64 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    (hex && id.as_bytes()[..2] == *aa.as_bytes()).then_some(id)
+}
+
+/// What is under a target's `blocks/`: the blocks, and the keys that are not blocks Elara wrote
+/// (planted or left by another tool), which block collection leaves alone.
+#[derive(Debug, Default)]
+pub struct BlockListing {
+    pub ids: std::collections::HashSet<String>,
+    pub foreign: Vec<String>,
 }
 
 /// The object key of a manifest.
@@ -47,6 +64,13 @@ pub fn manifest_key(backup: &str) -> String {
 /// The top directory of a local target a key lives under (`DIR/blocks` or `DIR/manifests`).
 fn top_dir(root: &std::path::Path, key: &str) -> PathBuf {
     root.join(key.split('/').next().unwrap_or(key))
+}
+
+/// The directory whose presence says a local target is still there for `key`: its top
+/// directory, but `manifests` for leases (`locks/` is made on first use, so targets added
+/// before leases existed keep working).
+fn marker_dir(root: &std::path::Path, key: &str) -> PathBuf {
+    if key.starts_with(super::lease::PREFIX) { root.join("manifests") } else { top_dir(root, key) }
 }
 
 fn gone(top: &std::path::Path) -> std::io::Error {
@@ -102,7 +126,7 @@ impl Target {
         match self {
             Target::Local(dir) => {
                 let path = dir.join(key);
-                let top = top_dir(dir, key);
+                let top = marker_dir(dir, key);
                 let key = key.to_string();
                 tokio::task::spawn_blocking(move || {
                     let parent = path.parent().expect("key has a parent");
@@ -161,7 +185,7 @@ impl Target {
                 let root = dir.clone();
                 let prefix = prefix.to_string();
                 tokio::task::spawn_blocking(move || {
-                    let top = top_dir(&root, &prefix);
+                    let top = marker_dir(&root, &prefix);
                     if !top.is_dir() {
                         return Err(TargetError::Io { op: "listing", key: prefix.clone(), source: gone(&top) });
                     }
@@ -193,9 +217,21 @@ impl Target {
         }
     }
 
-    /// The ids of every block in the target.
+    /// The ids of every block in the target (keys that are not blocks are not counted).
     pub async fn block_ids(&self) -> Result<std::collections::HashSet<String>, TargetError> {
-        Ok(self.list("blocks/").await?.into_iter().filter_map(|k| k.rsplit('/').next().map(str::to_string)).filter(|id| id.len() == 64).collect())
+        Ok(self.blocks().await?.ids)
+    }
+
+    /// Every key under `blocks/`, sorted into blocks and foreign keys.
+    pub async fn blocks(&self) -> Result<BlockListing, TargetError> {
+        let mut out = BlockListing::default();
+        for key in self.list("blocks/").await? {
+            match block_id_of(&key) {
+                Some(id) => drop(out.ids.insert(id.to_string())),
+                None => out.foreign.push(key),
+            }
+        }
+        Ok(out)
     }
 
     /// The ids of every manifest in the target.

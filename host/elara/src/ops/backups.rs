@@ -31,7 +31,8 @@ use crate::backup::progress::{Progress, ProgressView};
 use crate::attach::{AttachRequest, AttachState};
 use crate::backup::files;
 use crate::backup::records::{BackupKind, BackupRecord, Manifest, TargetLocation, TargetRecord, VerifyReport, keys as bkeys};
-use crate::backup::target::{Target, TargetError, manifest_key};
+use crate::backup::lease::{self, Lease, LeaseKind};
+use crate::backup::target::{Target, TargetError, block_key, manifest_key};
 use crate::backup::{BLOCK_SIZE, FORMAT};
 use crate::error::{ApiError, ApiResult};
 use crate::model::*;
@@ -334,27 +335,69 @@ impl Elara {
             .collect())
     }
 
-    /// Remove blocks no manifest references. Skipped while another backup runs on the target (it
-    /// may rely on blocks it found there); those are collected by a later pass.
+    /// Remove blocks no manifest references: a mark (every manifest read, every block listed)
+    /// and a sweep, under a collection lease in the target (see [`crate::backup::lease`]).
+    /// Skipped while a backup runs on the target (it may rely on blocks it found there), whether
+    /// seen in the store's ops or by its lease in the target, before the mark or after it; those
+    /// blocks are collected by a later pass. `except_op`: the backup being undone, whose own
+    /// lease does not count. Keys under `blocks/` that are not block names are left alone.
     pub async fn collect_garbage(&self, target_name: &str, except_op: Option<&str>) -> ApiResult<usize> {
         if self.ops_on_target(target_name, except_op).await?.iter().any(|o| o.kind == OpKind::CreateBackup) {
             tracing::info!(target = target_name, "a backup is running on the target; block collection deferred");
             return Ok(0);
         }
         let target = self.open_target(target_name).await?;
+        let pass = uuid::Uuid::now_v7().to_string();
+        let lease = Lease::take(&target, LeaseKind::Gc, &pass, self.node()).await.map_err(target_err)?;
+        let swept = self.mark_and_sweep(target_name, &target, except_op).await;
+        let released = lease.release().await.map_err(target_err);
+        let removed = swept?;
+        released?;
+        Ok(removed)
+    }
+
+    /// The collection itself, its lease held (see [`Elara::collect_garbage`]).
+    async fn mark_and_sweep(&self, target_name: &str, target: &Target, except_op: Option<&str>) -> ApiResult<usize> {
+        let own = except_op.map(|op| lease::lease_key(LeaseKind::Backup, op));
+        // A live backup lease (other than the one being undone) defers the collection; stale
+        // leases (their daemon died) are removed on the way.
+        let backup_running = || async {
+            for l in lease::leases(target).await.map_err(target_err)? {
+                if l.stale {
+                    tracing::warn!(lease = %l.key, node = %l.body.node, "removing a stale backup target lease (its holder stopped refreshing it)");
+                    target.delete(&l.key).await.map_err(target_err)?;
+                } else if l.body.kind == LeaseKind::Backup && Some(&l.key) != own.as_ref() {
+                    return Ok::<_, ApiError>(Some(l.body.holder));
+                }
+            }
+            Ok(None)
+        };
+        if let Some(holder) = backup_running().await? {
+            tracing::info!(target = target_name, backup_op = %holder, "a backup holds a lease on the target; block collection deferred");
+            return Ok(0);
+        }
+        // Mark.
         let mut referenced = HashSet::new();
         for id in target.manifest_ids().await.map_err(target_err)? {
             let m = target.manifest(&id).await.map_err(target_err)?;
             referenced.extend(m.chunk_ids().cloned());
         }
-        let blocks = target.block_ids().await.map_err(target_err)?;
+        let listing = target.blocks().await.map_err(target_err)?;
+        if !listing.foreign.is_empty() {
+            let shown: Vec<&String> = listing.foreign.iter().take(5).collect();
+            tracing::warn!(target = target_name, count = listing.foreign.len(), examples = ?shown, "foreign keys under blocks/ (not block names Elara writes): left alone");
+        }
         faults::point("gc:after-mark");
+        // A backup that took its lease during the mark may have listed the blocks about to go.
+        if let Some(holder) = backup_running().await? {
+            tracing::info!(target = target_name, backup_op = %holder, "a backup started during the mark; block collection deferred");
+            return Ok(0);
+        }
+        // Sweep.
         let mut removed = 0;
-        for id in blocks {
-            if !referenced.contains(&id) {
-                target.delete(&crate::backup::target::block_key(&id)).await.map_err(target_err)?;
-                removed += 1;
-            }
+        for id in listing.ids.iter().filter(|id| !referenced.contains(*id)) {
+            target.delete(&block_key(id)).await.map_err(target_err)?;
+            removed += 1;
         }
         if removed > 0 {
             tracing::info!(target = target_name, removed, "unreferenced backup blocks removed");
@@ -553,7 +596,9 @@ async fn do_backup(
     s.op_step(op, "uploading").await?;
     let image = s.image_path(&snap.backend, snap.backend_ref.as_deref(), &format!("snapshot {snap_name}"))?;
 
-    // What the target holds already, and the last backup of this volume there (the parent).
+    // What the target holds already (listed under this backup's lease, so no collection deletes
+    // it before the manifest names it), and the last backup of this volume there (the parent).
+    let lease = take_backup_lease(s, op, target, &progress).await?;
     let known = target.block_ids().await.map_err(target_err)?;
     let parent = s.list_backups(Some(&vol.name), Some(target_name)).await?.into_iter().rfind(|b| b.volume_id == vol.id);
     let hook: engine::Hook = Arc::new(|p: &Progress| {
@@ -627,7 +672,7 @@ async fn do_backup(
         base_snapshot: reflink.then(|| snap_name.to_string()),
     };
     let body = serde_json::to_vec_pretty(&manifest).map_err(|e| ApiError::internal(e.to_string()))?;
-    commit_backup(s, op, target, body, rec, started).await
+    commit_backup(s, op, target, body, rec, started, lease).await
 }
 
 /// Back up a file volume: snapshot → a temporary clone of it, mounted read-only on this node →
@@ -669,6 +714,7 @@ async fn do_backup_files(
     let mounted = s.attach_private(&clone, true).await?;
     s.op_step(op, "uploading").await?;
 
+    let lease = take_backup_lease(s, op, target, &progress).await?;
     let known = target.block_ids().await.map_err(target_err)?;
     let parent = s.list_backups(Some(&vol.name), Some(target_name)).await?.into_iter().rfind(|b| b.volume_id == vol.id && b.kind == BackupKind::Files);
     let mut base = None;
@@ -738,11 +784,39 @@ async fn do_backup_files(
     };
     // Compact: a file manifest lists every entry.
     let body = serde_json::to_vec(&manifest).map_err(|e| ApiError::internal(e.to_string()))?;
-    commit_backup(s, op, target, body, rec, started).await
+    commit_backup(s, op, target, body, rec, started, lease).await
+}
+
+/// How long a backup waits for a block collection sweeping its target before it gives up.
+const GC_WAIT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
+/// Take a backup's lease on its target, before it lists the blocks it will dedup against; then
+/// wait while a block collection is sweeping there (see [`crate::backup::lease`]). From then on
+/// no collection deletes a block until the lease goes, after the manifest is written.
+async fn take_backup_lease(s: &Elara, op: &OpRecord, target: &Target, progress: &Progress) -> ApiResult<Lease> {
+    let lease = Lease::take(target, LeaseKind::Backup, &op.id, s.node()).await.map_err(target_err)?;
+    let deadline = std::time::Instant::now() + GC_WAIT;
+    loop {
+        let sweeping = lease::leases(target).await.map_err(target_err)?.into_iter().find(|l| l.body.kind == LeaseKind::Gc && !l.stale);
+        let Some(gc) = sweeping else { return Ok(lease) };
+        if std::time::Instant::now() >= deadline {
+            return Err(ApiError::conflict(format!(
+                "block collection {} (node {}) has held backup target {} for over {} minutes; run the backup again later",
+                gc.body.holder,
+                gc.body.node,
+                target.describe(),
+                GC_WAIT.as_secs() / 60
+            )));
+        }
+        progress.phase("waiting-for-gc");
+        // The lease is an object in the target: nothing notifies its removal, so poll.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 /// The last steps of every backup: the record goes into the op first (so a reconciler can finish
-/// from a written manifest), then the manifest `body`, then the record is committed.
+/// from a written manifest), then the manifest `body` (the blocks it names are safe from
+/// collection from then on, so the backup's lease goes), then the record is committed.
 async fn commit_backup(
     s: &Elara,
     op: &mut OpRecord,
@@ -750,6 +824,7 @@ async fn commit_backup(
     body: Vec<u8>,
     rec: BackupRecord,
     started: std::time::Instant,
+    lease: Lease,
 ) -> ApiResult<BackupRecord> {
     if let Some(p) = op.params.as_object_mut() {
         p.insert("record".into(), serde_json::to_value(&rec).unwrap_or_default());
@@ -757,6 +832,9 @@ async fn commit_backup(
     s.op_step(op, "finalising").await?;
     target.put(&manifest_key(&rec.id), body.into()).await.map_err(target_err)?;
     s.op_step(op, "manifest-written").await?;
+    if let Err(e) = lease.release().await {
+        tracing::warn!(backup = %rec.id, "the backup's lease on the target was not removed (collection waits until it is stale, {:?}): {e}", lease::STALE);
+    }
     faults::point("backup:after-manifest");
     let rec = BackupRecord { duration_ms: started.elapsed().as_millis() as u64, ..rec };
     finish_backup(s, op, rec).await
@@ -810,6 +888,10 @@ async fn undo_backup(s: &Elara, op: &OpRecord, target: &str) -> ApiResult<()> {
         && let Ok(t) = s.open_target(target).await
     {
         t.delete(&manifest_key(id)).await.map_err(target_err)?;
+    }
+    // Its lease, if it took one (collection ignores it anyway; this keeps the target tidy).
+    if let Ok(t) = s.open_target(target).await {
+        t.delete(&lease::lease_key(LeaseKind::Backup, &op.id)).await.map_err(target_err)?;
     }
     if s.get::<TargetRecord>(&bkeys::target(target)).await?.is_some() {
         s.collect_garbage(target, Some(&op.id)).await?;
@@ -992,6 +1074,12 @@ impl Elara {
                 if op.step == "manifest-written"
                     && let Some(rec) = record
                 {
+                    // The manifest holds its blocks now: the dead daemon's lease can go.
+                    if let Ok(t) = self.open_target(&target).await
+                        && let Err(e) = t.delete(&lease::lease_key(LeaseKind::Backup, &op.id)).await
+                    {
+                        tracing::warn!(op = %op.id, "the backup's lease on the target was not removed (it goes stale): {e}");
+                    }
                     finish_backup(self, op, rec).await.map(drop)
                 } else {
                     undo_backup(self, op, &target).await
