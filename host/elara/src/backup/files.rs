@@ -574,4 +574,156 @@ mod tests {
             assert!(check_manifest(&m(bad.clone())).is_err(), "{bad:?}");
         }
     }
+
+    /// A file manifest of `entries` whose files hold `content`, its chunk stored in `target`.
+    async fn manifest_with(target: &Target, entries: Vec<(&str, EntryKind, u32)>, content: &[u8]) -> Manifest {
+        let id = blake3::hash(content).to_hex().to_string();
+        target.put(&block_key(&id), Bytes::from(zstd::bulk::compress(content, ZSTD_LEVEL).unwrap())).await.unwrap();
+        let entries: Vec<FileEntry> = entries
+            .into_iter()
+            .map(|(path, kind, mode)| {
+                let file = kind == EntryKind::File;
+                FileEntry {
+                    path: path.into(),
+                    kind,
+                    mode,
+                    uid: 4242,
+                    gid: 4242,
+                    mtime: 1_000_000,
+                    mtime_nsec: 0,
+                    size: if file { content.len() as u64 } else { 0 },
+                    chunks: if file { vec![ChunkRef { id: id.clone(), len: content.len() as u32 }] } else { vec![] },
+                    target: (kind == EntryKind::Symlink).then(|| "elsewhere".to_string()),
+                }
+            })
+            .collect();
+        Manifest {
+            format: FORMAT.into(),
+            id: "b".into(),
+            volume: "v".into(),
+            volume_id: "v".into(),
+            size_bytes: 0,
+            block_size: 0,
+            parent: None,
+            created_at: 0,
+            digest: tree_digest(&entries),
+            blocks: vec![],
+            entries,
+            snapshot_at: Some(0),
+        }
+    }
+
+    /// A host directory outside the restore root holding one file, and what must stay true of
+    /// both: names, and the file's content, mode, owner and mtime.
+    struct Victim {
+        dir: PathBuf,
+        file: PathBuf,
+    }
+
+    impl Victim {
+        fn new(base: &Path) -> Victim {
+            let dir = base.join("host-dir");
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o750)).unwrap();
+            let file = dir.join("secret");
+            std::fs::write(&file, b"host file").unwrap();
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+            Victim { dir, file }
+        }
+
+        /// What is checked: the directory's names and mode, the file's bytes, mode, owner, mtime.
+        fn state(&self) -> (Vec<String>, u32, Vec<u8>, u32, u32, u32, i64) {
+            let mut names: Vec<String> = std::fs::read_dir(&self.dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+            names.sort();
+            let dm = std::fs::symlink_metadata(&self.dir).unwrap();
+            let m = std::fs::symlink_metadata(&self.file).unwrap();
+            (names, dm.mode(), std::fs::read(&self.file).unwrap(), m.mode(), m.uid(), m.gid(), m.mtime())
+        }
+    }
+
+    /// A symlink already in the restore root where an entry goes (a directory, a file, a
+    /// symlink) is not followed: the restore fails naming it, and the host file and directory the
+    /// links point at are unchanged.
+    #[tokio::test]
+    async fn restore_does_not_follow_a_planted_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = Target::Local(dir.path().join("target"));
+        target.probe().await.unwrap();
+        let victim = Victim::new(dir.path());
+        let before = victim.state();
+        let hook: Hook = Arc::new(|_: &Progress| {});
+        for (planted, points_at, entries) in [
+            ("d", &victim.dir, vec![("d", EntryKind::Dir, 0o777), ("d/f", EntryKind::File, 0o666)]),
+            ("f", &victim.file, vec![("f", EntryKind::File, 0o4777)]),
+            ("l", &victim.file, vec![("l", EntryKind::Symlink, 0o777)]),
+        ] {
+            let m = manifest_with(&target, entries, b"restored bytes").await;
+            let root = dir.path().join(format!("root-{planted}"));
+            std::fs::create_dir(&root).unwrap();
+            std::os::unix::fs::symlink(points_at, root.join(planted)).unwrap();
+            let err = restore(&m, &target, &root, Arc::new(Progress::default()), hook.clone()).await.expect_err("a planted symlink fails the restore");
+            assert!(err.to_string().contains(planted), "the error names {planted:?}: {err}");
+            assert_eq!(victim.state(), before, "planted {planted:?}: the host directory and file are unchanged");
+        }
+    }
+
+    /// Restores racing a local user who keeps swapping what the restore creates (a directory, a
+    /// file in it, a top-level file) for symlinks to a host directory and file outside the root:
+    /// after every iteration the host directory and file are unchanged (the restore may fail).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn restore_racing_a_symlink_swapper() {
+        use std::sync::atomic::{AtomicBool, AtomicU64};
+        const ITERATIONS: usize = 300;
+        let dir = tempfile::tempdir().unwrap();
+        let target = Target::Local(dir.path().join("target"));
+        target.probe().await.unwrap();
+        let victim = Victim::new(dir.path());
+        let before = victim.state();
+        let mut entries = vec![("d", EntryKind::Dir, 0o777)];
+        let names: Vec<String> = (0..8).map(|i| format!("d/f{i}")).collect();
+        entries.extend(names.iter().map(|n| (n.as_str(), EntryKind::File, 0o666)));
+        entries.push(("top", EntryKind::File, 0o4777));
+        let m = manifest_with(&target, entries, &[7u8; 64 << 10]).await;
+        let hook: Hook = Arc::new(|_: &Progress| {});
+        let swaps = Arc::new(AtomicU64::new(0));
+        let (mut failed_restores, mut changed, mut run) = (0, None, 0);
+        for i in 0..ITERATIONS {
+            run += 1;
+            let root = dir.path().join(format!("root-{i}"));
+            std::fs::create_dir(&root).unwrap();
+            let stop = Arc::new(AtomicBool::new(false));
+            // The swapper: each entry, once it exists and is not yet a link, is moved aside and
+            // replaced by a symlink out of the root.
+            let swapper = {
+                let (root, stop, swaps) = (root.clone(), stop.clone(), swaps.clone());
+                let (vdir, vfile) = (victim.dir.clone(), victim.file.clone());
+                std::thread::spawn(move || {
+                    let plan = [("d", vdir.clone()), ("top", vfile.clone()), ("d/f3", vfile.clone())];
+                    let mut n = 0;
+                    while !stop.load(Relaxed) {
+                        for (name, to) in &plan {
+                            let p = root.join(name);
+                            if p.symlink_metadata().is_ok_and(|m| !m.file_type().is_symlink()) {
+                                n += 1;
+                                if std::fs::rename(&p, root.join(format!(".moved-{n}"))).is_ok() && std::os::unix::fs::symlink(to, &p).is_ok() {
+                                    swaps.fetch_add(1, Relaxed);
+                                }
+                            }
+                        }
+                    }
+                })
+            };
+            let r = restore(&m, &target, &root, Arc::new(Progress::default()), hook.clone()).await;
+            stop.store(true, Relaxed);
+            swapper.join().unwrap();
+            failed_restores += r.is_err() as usize;
+            if victim.state() != before {
+                changed = Some(i);
+                break;
+            }
+        }
+        eprintln!("{run} of {ITERATIONS} iterations run, {} swaps, {failed_restores} restores failed", swaps.load(Relaxed));
+        assert_eq!(changed, None, "a restore changed the host directory or file: {:?} → {:?}", before, victim.state());
+        assert!(swaps.load(Relaxed) > 0, "the swapper never swapped anything: the race was not run");
+    }
 }
