@@ -11,19 +11,27 @@
 //! in the same second cannot hide) keeps the parent's chunks without being read.
 //!
 //! Restore checks the manifest (paths confined to the root, parents before children), creates
-//! the directories and symlinks, writes each file from its chunks (each checked against its id
-//! before it is written), then sets owners, modes and mtimes, children before parents. Verify
+//! the directories (private until the end) and symlinks, writes each file from its chunks (each
+//! checked against its id before it is written) and sets its owner, mode and mtime, then sets
+//! the directories' and symlinks', children before parents. All of it through descriptors
+//! walked from the root's without following a symlink (see [`Root`]), so someone swapping
+//! entries under a running restore cannot make it touch anything outside the tree. Verify
 //! fetches and checks every distinct chunk and the tree digest, writing nothing.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use hyper::body::Bytes;
+use nix::fcntl::{AtFlags, OFlag, openat};
+use nix::sys::stat::{Mode, UtimensatFlags, utimensat};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{Gid, Uid};
 
 use super::engine::{EngineError, Hook, PARALLEL, ZSTD_LEVEL, fetch_object};
 use super::progress::Progress;
@@ -338,19 +346,23 @@ pub async fn restore(m: &Manifest, target: &Target, root: &Path, progress: Arc<P
     progress.bytes_total.store(m.entries.iter().map(|e| e.size).sum(), Relaxed);
     progress.blocks_total.store(m.entries.iter().map(|e| e.chunks.len() as u64).sum(), Relaxed);
     progress.phase("downloading");
+    let root = Arc::new(Root::open(root)?);
 
     // Directories and symlinks first (parents come before children in the manifest).
-    let (r, entries) = (root.to_path_buf(), m.entries.clone());
+    let (r, entries) = (root.clone(), m.entries.clone());
     tokio::task::spawn_blocking(move || -> Result<(), EngineError> {
         for e in &entries {
-            let path = r.join(&e.path);
+            let (parent, name) = r.parent(&e.path)?;
+            let fail = |err: nix::Error| io_err("creating", &r.path.join(&e.path))(err.into());
             match e.kind {
-                EntryKind::Dir => match std::fs::create_dir(&path) {
-                    // A fresh ext4 volume already has lost+found.
-                    Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists && path.symlink_metadata().is_ok_and(|m| m.is_dir()) => {}
-                    other => other.map_err(io_err("creating", &path))?,
+                // Private (0700) until its own mode is set, last.
+                EntryKind::Dir => match nix::sys::stat::mkdirat(&parent, name, Mode::S_IRWXU) {
+                    // A fresh ext4 volume already has lost+found: a directory already there is
+                    // used, if it is one (opened without following a symlink).
+                    Err(nix::Error::EEXIST) => drop(openat(&parent, name, DIR_FLAGS, Mode::empty()).map_err(fail)?),
+                    other => other.map_err(fail)?,
                 },
-                EntryKind::Symlink => std::os::unix::fs::symlink(e.target.as_deref().unwrap_or_default(), &path).map_err(io_err("creating", &path))?,
+                EntryKind::Symlink => nix::unistd::symlinkat(e.target.as_deref().unwrap_or_default(), &parent, name).map_err(fail)?,
                 EntryKind::File => {}
             }
         }
@@ -359,7 +371,8 @@ pub async fn restore(m: &Manifest, target: &Target, root: &Path, progress: Arc<P
     .await
     .expect("mkdir task")?;
 
-    // Files, a few at a time, each written in order from chunks fetched ahead.
+    // Files, a few at a time, each written in order from chunks fetched ahead, then given its
+    // owner, mode and mtime through its own descriptor.
     let ahead = (PARALLEL / FILES_PARALLEL).max(1);
     // Owned entries and target: the futures borrow nothing (they must be `Send` for any lifetime).
     let todo: Vec<FileEntry> = m.entries.iter().filter(|e| e.kind == EntryKind::File).cloned().collect();
@@ -368,15 +381,18 @@ pub async fn restore(m: &Manifest, target: &Target, root: &Path, progress: Arc<P
             let progress = progress.clone();
             let hook = hook.clone();
             let target = target.clone();
-            let path = root.join(&e.path);
+            let root = root.clone();
+            let path = root.path.join(&e.path);
             async move {
-                let p = path.clone();
-                let file = tokio::task::spawn_blocking(move || {
-                    std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(&p)
+                let (r, rel) = (root.clone(), e.path.clone());
+                let file = tokio::task::spawn_blocking(move || -> Result<File, EngineError> {
+                    let (parent, name) = r.parent(&rel)?;
+                    let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+                    let fd = openat(&parent, name, flags, Mode::S_IRUSR | Mode::S_IWUSR).map_err(|err| io_err("creating", &r.path.join(&rel))(err.into()))?;
+                    Ok(File::from(fd))
                 })
                 .await
-                .expect("create task")
-                .map_err(io_err("creating", &path))?;
+                .expect("create task")?;
                 let file = Arc::new(file);
                 let mut chunks = futures::stream::iter(e.chunks.clone())
                     .map(|c| {
@@ -395,9 +411,15 @@ pub async fn restore(m: &Manifest, target: &Target, root: &Path, progress: Arc<P
                     progress.add_done(len);
                     hook(&progress);
                 }
+                drop(chunks);
                 // fsync: on s3fs this is when the object is uploaded, and where its errors show.
-                let f = file.clone();
-                tokio::task::spawn_blocking(move || f.sync_all()).await.expect("sync task").map_err(io_err("syncing", &path))?;
+                let (f, p) = (file.clone(), path.clone());
+                tokio::task::spawn_blocking(move || {
+                    f.sync_all().map_err(io_err("syncing", &p))?;
+                    set_meta(f.as_fd(), &e, &p)
+                })
+                .await
+                .expect("sync task")?;
                 Ok::<_, EngineError>(())
             }
         })
@@ -407,35 +429,85 @@ pub async fn restore(m: &Manifest, target: &Target, root: &Path, progress: Arc<P
     }
     drop(files);
 
-    // Owners, modes, mtimes: children before parents (writing into a directory changes its mtime).
+    // Directories' and symlinks' owners, modes, mtimes: children before parents (writing into a
+    // directory changes its mtime).
     progress.phase("finalising");
-    let (r, entries) = (root.to_path_buf(), m.entries.clone());
+    let (r, entries) = (root.clone(), m.entries.clone());
     tokio::task::spawn_blocking(move || -> Result<(), EngineError> {
-        use nix::sys::stat::{UtimensatFlags, utimensat};
-        use nix::sys::time::TimeSpec;
         for e in entries.iter().rev() {
-            let path = r.join(&e.path);
-            let mtime = TimeSpec::new(e.mtime, e.mtime_nsec as _);
-            if e.kind == EntryKind::Symlink {
-                // Not every filesystem keeps a symlink's owner and times (s3fs does not): best effort.
-                if let Err(err) = std::os::unix::fs::lchown(&path, Some(e.uid), Some(e.gid)) {
-                    tracing::debug!(path = %path.display(), "symlink owner not restored: {err}");
+            let path = r.path.join(&e.path);
+            match e.kind {
+                EntryKind::File => {}
+                EntryKind::Dir => set_meta(r.dir(&e.path)?.as_fd(), e, &path)?,
+                EntryKind::Symlink => {
+                    // On the link itself (AT_SYMLINK_NOFOLLOW). Not every filesystem keeps a
+                    // symlink's owner and times (s3fs does not): best effort.
+                    let (parent, name) = r.parent(&e.path)?;
+                    let (uid, gid) = (Some(Uid::from_raw(e.uid)), Some(Gid::from_raw(e.gid)));
+                    if let Err(err) = nix::unistd::fchownat(&parent, name, uid, gid, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                        tracing::debug!(path = %path.display(), "symlink owner not restored: {err}");
+                    }
+                    let mtime = TimeSpec::new(e.mtime, e.mtime_nsec as _);
+                    if let Err(err) = utimensat(&parent, name, &mtime, &mtime, UtimensatFlags::NoFollowSymlink) {
+                        tracing::debug!(path = %path.display(), "symlink mtime not restored: {err}");
+                    }
                 }
-                if let Err(err) = utimensat(nix::fcntl::AT_FDCWD, &path, &mtime, &mtime, UtimensatFlags::NoFollowSymlink) {
-                    tracing::debug!(path = %path.display(), "symlink mtime not restored: {err}");
-                }
-                continue;
             }
-            // The owner first: chown clears setuid/setgid, chmod then sets them.
-            std::os::unix::fs::lchown(&path, Some(e.uid), Some(e.gid)).map_err(io_err("setting the owner of", &path))?;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(e.mode)).map_err(io_err("setting the mode of", &path))?;
-            utimensat(nix::fcntl::AT_FDCWD, &path, &mtime, &mtime, UtimensatFlags::NoFollowSymlink).map_err(|err| io_err("setting the mtime of", &path)(err.into()))?;
         }
-        let dir = File::open(&r).map_err(io_err("opening", &r))?;
-        nix::unistd::syncfs(&dir).map_err(|err| io_err("syncing", &r)(err.into()))
+        nix::unistd::syncfs(&r.fd).map_err(|err| io_err("syncing", &r.path)(err.into()))
     })
     .await
     .expect("metadata task")
+}
+
+/// Opening a directory of the tree being restored: never through a symlink.
+const DIR_FLAGS: OFlag = OFlag::O_RDONLY.union(OFlag::O_DIRECTORY).union(OFlag::O_NOFOLLOW).union(OFlag::O_CLOEXEC);
+
+/// The root of a restore, opened once. Every entry is reached from it one component at a time,
+/// each directory opened relative to its parent's descriptor with `O_NOFOLLOW | O_DIRECTORY`,
+/// and every change is made through a descriptor (or `AT_SYMLINK_NOFOLLOW`), never by a path:
+/// whoever can write into the tree while it is restored (a local user, through the volume's
+/// mount) and swaps an entry for a symlink makes the restore fail, never write, chown or chmod
+/// anything outside it.
+struct Root {
+    fd: OwnedFd,
+    /// For messages only.
+    path: PathBuf,
+}
+
+impl Root {
+    fn open(path: &Path) -> Result<Root, EngineError> {
+        let fd = nix::fcntl::open(path, DIR_FLAGS, Mode::empty()).map_err(|err| io_err("opening", path)(err.into()))?;
+        Ok(Root { fd, path: path.to_path_buf() })
+    }
+
+    /// The directory at `rel` (a clean relative path, see [`check_manifest`]; empty: the root).
+    fn dir(&self, rel: &str) -> Result<OwnedFd, EngineError> {
+        let mut fd = self.fd.try_clone().map_err(io_err("opening", &self.path))?;
+        let mut walked = self.path.clone();
+        for c in rel.split('/').filter(|c| !c.is_empty()) {
+            walked.push(c);
+            // ELOOP or ENOTDIR if the component is not (or no longer) a directory.
+            fd = openat(&fd, c, DIR_FLAGS, Mode::empty()).map_err(|err| io_err("opening the directory", &walked)(err.into()))?;
+        }
+        Ok(fd)
+    }
+
+    /// The directory holding `rel`, opened, and `rel`'s last component.
+    fn parent<'a>(&self, rel: &'a str) -> Result<(OwnedFd, &'a str), EngineError> {
+        let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+        Ok((self.dir(parent)?, name))
+    }
+}
+
+/// Give an entry opened at `fd` its owner, mode and mtime. The owner first: chown clears
+/// setuid/setgid, chmod then sets them.
+fn set_meta(fd: BorrowedFd<'_>, e: &FileEntry, path: &Path) -> Result<(), EngineError> {
+    let err = |op: &'static str| move |err: nix::Error| io_err(op, path)(err.into());
+    nix::unistd::fchown(fd, Some(Uid::from_raw(e.uid)), Some(Gid::from_raw(e.gid))).map_err(err("setting the owner of"))?;
+    nix::sys::stat::fchmod(fd, Mode::from_bits_truncate(e.mode)).map_err(err("setting the mode of"))?;
+    let mtime = TimeSpec::new(e.mtime, e.mtime_nsec as _);
+    nix::sys::stat::futimens(fd, &mtime, &mtime).map_err(err("setting the mtime of"))
 }
 
 /// Check every distinct chunk of a file manifest (fetch, decompress, hash) and the tree digest.
@@ -475,6 +547,8 @@ pub async fn verify(m: &Manifest, target: &Target, progress: Arc<Progress>) -> R
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     /// A small tree round-trips through a directory target; a changed file reuses the chunks it
@@ -667,13 +741,15 @@ mod tests {
         }
     }
 
-    /// Restores racing a local user who keeps swapping what the restore creates (a directory, a
-    /// file in it, a top-level file) for symlinks to a host directory and file outside the root:
-    /// after every iteration the host directory and file are unchanged (the restore may fail).
+    /// Restores racing a local user who keeps swapping what the restore creates for a symlink
+    /// to a host directory or file outside the root: the directory `d` (files would be written
+    /// into the host directory), a top-level file (its mode would be set on the host file), a
+    /// file inside `d` (the same, one level down). Each swap target gets its own rounds; after
+    /// every restore the host directory and file are unchanged (the restore may fail).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn restore_racing_a_symlink_swapper() {
         use std::sync::atomic::{AtomicBool, AtomicU64};
-        const ITERATIONS: usize = 300;
+        const ITERATIONS: usize = 200;
         let dir = tempfile::tempdir().unwrap();
         let target = Target::Local(dir.path().join("target"));
         target.probe().await.unwrap();
@@ -685,45 +761,43 @@ mod tests {
         entries.push(("top", EntryKind::File, 0o4777));
         let m = manifest_with(&target, entries, &[7u8; 64 << 10]).await;
         let hook: Hook = Arc::new(|_: &Progress| {});
-        let swaps = Arc::new(AtomicU64::new(0));
-        let (mut failed_restores, mut changed, mut run) = (0, None, 0);
-        for i in 0..ITERATIONS {
-            run += 1;
-            let root = dir.path().join(format!("root-{i}"));
-            std::fs::create_dir(&root).unwrap();
-            let stop = Arc::new(AtomicBool::new(false));
-            // The swapper: each entry, once it exists and is not yet a link, is moved aside and
-            // replaced by a symlink out of the root.
-            let swapper = {
-                let (root, stop, swaps) = (root.clone(), stop.clone(), swaps.clone());
-                let (vdir, vfile) = (victim.dir.clone(), victim.file.clone());
-                std::thread::spawn(move || {
-                    let plan = [("d", vdir.clone()), ("top", vfile.clone()), ("d/f3", vfile.clone())];
-                    let mut n = 0;
-                    while !stop.load(Relaxed) {
-                        for (name, to) in &plan {
-                            let p = root.join(name);
+        for (swapped, to) in [("d", victim.dir.clone()), ("top", victim.file.clone()), ("d/f3", victim.file.clone())] {
+            let swaps = Arc::new(AtomicU64::new(0));
+            let (mut failed_restores, mut changed, mut run) = (0, None, 0);
+            for i in 0..ITERATIONS {
+                run += 1;
+                let root = dir.path().join(format!("root-{}-{i}", swapped.replace('/', "-")));
+                std::fs::create_dir(&root).unwrap();
+                let stop = Arc::new(AtomicBool::new(false));
+                // The swapper: once the entry exists and is not a link, it is moved aside and
+                // replaced by a symlink out of the root, again and again.
+                let swapper = {
+                    let (p, stop, swaps, to) = (root.join(swapped), stop.clone(), swaps.clone(), to.clone());
+                    std::thread::spawn(move || {
+                        let mut n = 0;
+                        while !stop.load(Relaxed) {
                             if p.symlink_metadata().is_ok_and(|m| !m.file_type().is_symlink()) {
                                 n += 1;
-                                if std::fs::rename(&p, root.join(format!(".moved-{n}"))).is_ok() && std::os::unix::fs::symlink(to, &p).is_ok() {
+                                let aside = p.with_file_name(format!(".moved-{n}"));
+                                if std::fs::rename(&p, aside).is_ok() && std::os::unix::fs::symlink(&to, &p).is_ok() {
                                     swaps.fetch_add(1, Relaxed);
                                 }
                             }
                         }
-                    }
-                })
-            };
-            let r = restore(&m, &target, &root, Arc::new(Progress::default()), hook.clone()).await;
-            stop.store(true, Relaxed);
-            swapper.join().unwrap();
-            failed_restores += r.is_err() as usize;
-            if victim.state() != before {
-                changed = Some(i);
-                break;
+                    })
+                };
+                let r = restore(&m, &target, &root, Arc::new(Progress::default()), hook.clone()).await;
+                stop.store(true, Relaxed);
+                swapper.join().unwrap();
+                failed_restores += r.is_err() as usize;
+                if victim.state() != before {
+                    changed = Some(i);
+                    break;
+                }
             }
+            eprintln!("swapping {swapped:?}: {run} of {ITERATIONS} iterations run, {} swaps, {failed_restores} restores failed", swaps.load(Relaxed));
+            assert_eq!(changed, None, "swapping {swapped:?}: a restore changed the host directory or file: {before:?} → {:?}", victim.state());
+            assert!(swaps.load(Relaxed) > 0, "swapping {swapped:?}: the swapper never swapped anything: the race was not run");
         }
-        eprintln!("{run} of {ITERATIONS} iterations run, {} swaps, {failed_restores} restores failed", swaps.load(Relaxed));
-        assert_eq!(changed, None, "a restore changed the host directory or file: {:?} → {:?}", before, victim.state());
-        assert!(swaps.load(Relaxed) > 0, "the swapper never swapped anything: the race was not run");
     }
 }
