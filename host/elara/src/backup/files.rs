@@ -412,11 +412,13 @@ pub async fn restore(m: &Manifest, target: &Target, root: &Path, progress: Arc<P
                     hook(&progress);
                 }
                 drop(chunks);
-                // fsync: on s3fs this is when the object is uploaded, and where its errors show.
+                // Owner, mode, mtime, then fsync: on s3fs the fsync is when the object (with its
+                // metadata: s3fs drops what is set on an open file after its last upload) is
+                // uploaded, and where its errors show.
                 let (f, p) = (file.clone(), path.clone());
                 tokio::task::spawn_blocking(move || {
-                    f.sync_all().map_err(io_err("syncing", &p))?;
-                    set_meta(f.as_fd(), &e, &p)
+                    set_meta(f.as_fd(), &e, &p)?;
+                    f.sync_all().map_err(io_err("syncing", &p))
                 })
                 .await
                 .expect("sync task")?;
