@@ -818,6 +818,29 @@ pub fn image_path(pool_dir: &Path, rel: &str) -> Option<PathBuf> {
     }
 }
 
+/// A driver's image file opened beneath its pool dir (no `..` out, no symlinks, a regular file
+/// on the pool's file system), for the backup engine: it reads and writes the image through
+/// [`PoolImage::path`], `/proc/self/fd/N` of the file opened here, so a driver that swaps the
+/// name for a symlink to a host file or device meanwhile changes nothing. Keep it alive for as
+/// long as the path is used.
+pub struct PoolImage {
+    fd: std::os::fd::OwnedFd,
+    /// Where it was opened, for messages.
+    pub shown: PathBuf,
+}
+
+impl PoolImage {
+    pub fn open(pool_dir: &Path, rel: &str) -> Result<PoolImage> {
+        let o = beneath::open(pool_dir, rel, "backend_ref", beneath::Kind::File, false)?;
+        Ok(PoolImage { fd: o.fd, shown: o.path })
+    }
+
+    /// The path that reopens exactly this file.
+    pub fn path(&self) -> PathBuf {
+        beneath::proc_path(&self.fd)
+    }
+}
+
 /// Bind-mount the open directory `dir` at `target` (read-only if asked): the kernel resolves
 /// `/proc/self/fd/N` to that very directory, whatever its name leads to by now.
 fn bind_fd(dir: &std::os::fd::OwnedFd, target: &Path, read_only: bool, security: MountSecurity) -> Result<()> {

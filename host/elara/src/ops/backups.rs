@@ -427,15 +427,22 @@ impl Elara {
         Ok(())
     }
 
-    /// The image file of a volume or snapshot of a local (image-file) backend.
-    fn image_path(&self, backend: &str, backend_ref: Option<&str>, what: &str) -> ApiResult<std::path::PathBuf> {
+    /// The image file of a volume or snapshot of a local (image-file) backend, opened once
+    /// beneath the pool dir: `backend_ref` is the driver's word, and a backup reads (a restore
+    /// writes) what it names as root.
+    fn image_path(&self, backend: &str, backend_ref: Option<&str>, what: &str) -> ApiResult<crate::attach::PoolImage> {
         let rel = backend_ref.ok_or_else(|| ApiError::internal(format!("{what} has no backend reference")))?;
-        let path = self.backends.pool_dir(backend).join(rel);
-        if !path.is_file() {
-            return Err(ApiError::new(501, "unsupported", format!("{what} is not an image file ({}); backups need the local driver", path.display())));
-        }
-        Ok(path)
+        let pool_dir = self.backends.pool_dir(backend);
+        crate::attach::PoolImage::open(&pool_dir, rel).map_err(|e| match e {
+            crate::attach::AttachError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => ApiError::new(
+                501,
+                "unsupported",
+                format!("{what} is not an image file ({}); backups need the local driver", pool_dir.join(rel).display()),
+            ),
+            e => ApiError::invalid("backend_ref", format!("{what}: {e}")),
+        })
     }
+
 
     /// How volumes of `backend` are backed up: image files (driver `local`) in blocks, volumes of
     /// file or object drivers as a tree; anything else is refused, naming `field`.
@@ -594,7 +601,8 @@ async fn do_backup(
     progress.reset_bytes();
     faults::point("backup:after-snapshot");
     s.op_step(op, "uploading").await?;
-    let image = s.image_path(&snap.backend, snap.backend_ref.as_deref(), &format!("snapshot {snap_name}"))?;
+    let image_file = s.image_path(&snap.backend, snap.backend_ref.as_deref(), &format!("snapshot {snap_name}"))?;
+    let image = image_file.path();
 
     // What the target holds already (listed under this backup's lease, so no collection deletes
     // it before the manifest names it), and the last backup of this volume there (the parent).
@@ -608,16 +616,18 @@ async fn do_backup(
         }
     });
     // The parent's base snapshot (reflink pools): unchanged blocks are found by FIEMAP.
-    let mut base = None;
+    let mut base_image = None;
     if let Some(p) = &parent
         && let Some(bs) = &p.base_snapshot
         && let Some(b) = s.get::<SnapshotRecord>(&keys::snapshot(bs)).await?
         && b.value.state == SnapshotState::Available
-        && let Ok(path) = s.image_path(&b.value.backend, b.value.backend_ref.as_deref(), "base snapshot")
+        && let Ok(file) = s.image_path(&b.value.backend, b.value.backend_ref.as_deref(), "base snapshot")
         && let Ok(m) = target.manifest(&p.id).await
     {
-        base = Some((path, m.blocks));
+        base_image = Some((file, m.blocks));
     }
+    // The engine reads the base through its fd's path; `base_image` keeps the fd open meanwhile.
+    let base = base_image.as_ref().map(|(file, blocks)| (file.path(), blocks.clone()));
     let out = engine::backup(&image, snap.size_bytes, BLOCK_SIZE, target, known, base, progress.clone(), hook).await.map_err(engine_err)?;
     // Keep this snapshot as the next one's base if it is a reflink (it then costs only the blocks
     // the volume rewrites); a copy is deleted.
@@ -981,7 +991,7 @@ async fn do_restore(s: &Shared, op: &mut OpRecord, b: &BackupRecord, target: &Ta
         BackupKind::Block => {
             s.require_image_backend(&vol.backend, "backend").await?;
             let image = s.image_path(&vol.backend, vol.backend_ref.as_deref(), &format!("volume {}", vol.name))?;
-            engine::restore(&manifest, target, &image, progress, hook).await.map_err(engine_err)?;
+            engine::restore(&manifest, target, &image.path(), progress, hook).await.map_err(engine_err)?;
         }
         BackupKind::Files => {
             progress.phase("mounting");
