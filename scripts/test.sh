@@ -21,6 +21,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
+echo "== checks"
+# The daemon's modules depend one way: a cycle among them fails the run (and names it).
+python3 scripts/check-modules.py
+
 echo "== build"
 bash scripts/build-drivers.sh "$ROOT/target/drivers"
 cargo build -p elara

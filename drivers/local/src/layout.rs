@@ -192,10 +192,10 @@ pub fn list_records<T: for<'de> Deserialize<'de>>(kind: Kind) -> DriverResult<Ve
     for entry in entries {
         let name = entry.context(format!("listing {dir}"))?.file_name();
         let name = name.to_string_lossy();
-        if let Some(id) = name.strip_suffix(".json") {
-            if !id.starts_with('.') {
-                ids.push(id.to_string());
-            }
+        if let Some(id) = name.strip_suffix(".json")
+            && !id.starts_with('.')
+        {
+            ids.push(id.to_string());
         }
     }
     ids.sort();

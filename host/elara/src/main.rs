@@ -20,6 +20,12 @@ use cli::{Cli, Command};
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let daemon = matches!(cli.command, Command::Daemon(_) | Command::NfsFuse(_));
+    if !daemon {
+        // A command's reader may go away (`elara info | head`): end quietly, as other tools do,
+        // rather than panic on the write. The daemon keeps Rust's default (EPIPE as an error).
+        // SAFETY: setting a signal's disposition to the default has no preconditions.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     init_tracing(daemon);
     if let Command::NfsFuse(args) = cli.command {
         // A helper process of its own, with its own runtime (the library starts it).

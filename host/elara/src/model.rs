@@ -113,6 +113,16 @@ pub enum FsType {
     Xfs,
 }
 
+/// The attach layer has its own filesystem type (it imports nothing of the daemon's model).
+impl From<FsType> for crate::attach::FsType {
+    fn from(f: FsType) -> Self {
+        match f {
+            FsType::Ext4 => crate::attach::FsType::Ext4,
+            FsType::Xfs => crate::attach::FsType::Xfs,
+        }
+    }
+}
+
 impl std::fmt::Display for FsType {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

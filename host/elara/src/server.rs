@@ -2,14 +2,11 @@
 //! settle what a previous run left in flight, then serve REST (unix socket, optional TLS TCP) until
 //! SIGTERM or SIGINT.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use tokio::net::UnixListener;
 use tokio::sync::watch;
 
 use crate::attach::Attacher;
@@ -84,7 +81,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     tokio::spawn(pool_refresh_loop(elara.clone(), stop_rx.clone()));
 
     let app = crate::api::rest::router(elara.clone());
-    let unix = bind_unix(&cfg.socket)?;
+    let unix = crate::api::bind_unix(&cfg.socket)?;
     let mut servers = tokio::task::JoinSet::new();
     {
         let app = app.clone();
@@ -140,28 +137,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&cfg.socket);
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Bind a unix socket (mode 0660), replacing a stale socket file but refusing to steal a live one.
-/// A directory made for it is 0755 (not the daemon's 077 umask): the socket's group must reach it.
-pub fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
-    if let Some(dir) = path.parent()
-        && !dir.exists()
-    {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
-    }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            bail!("{} is in use by another running daemon", path.display());
-        }
-        std::fs::remove_file(path)
-            .with_context(|| format!("removing stale socket {}", path.display()))?;
-    }
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
-    Ok(listener)
 }
 
 async fn pool_refresh_loop(elara: Arc<Elara>, mut stop: watch::Receiver<bool>) {

@@ -117,13 +117,12 @@ impl NetPolicy {
                 continue;
             }
             let is_literal = grant.host.parse::<IpAddr>().is_ok();
-            if let Ok(addrs) = resolve(&grant.host, addr.port()).await {
-                if addrs
+            if let Ok(addrs) = resolve(&grant.host, addr.port()).await
+                && addrs
                     .iter()
                     .any(|a| a.ip() == addr.ip() && (is_literal || resolved_address_ok(a.ip())))
-                {
-                    return true;
-                }
+            {
+                return true;
             }
         }
         tracing::warn!(target: "driver", backend = %self.backend, %addr,

@@ -289,12 +289,11 @@ impl<'t> Writer<'t> {
     }
 
     fn get(&self, key: &str) -> Result<Option<KeyValue>> {
-        Ok(self
-            .kv
+        self.kv
             .get(key)
             .db()?
             .map(|v| decode_kv(key, v.value()))
-            .transpose()?)
+            .transpose()
     }
 
     fn lease_expiry(&self, id: LeaseId) -> Result<Option<u64>> {

@@ -244,7 +244,7 @@ async fn list_is_sorted_and_prefix_bounded(s: Arc<dyn Store>, p: String) {
     );
     assert!(
         all.iter()
-            .all(|kv| kv.value == kv.key[p.len()..].as_bytes() && kv.mod_revision > 0)
+            .all(|kv| kv.value == kv.key.as_bytes()[p.len()..] && kv.mod_revision > 0)
     );
     // The prefix is a plain string prefix: "vol" covers "vol0" and "volume"; "vol/" only the segment.
     assert_eq!(

@@ -112,7 +112,7 @@ impl Listener {
     /// Bind `DIR/elara.sock` (replacing a stale socket, refusing a live one).
     pub async fn bind(dir: &Path, store_url: &str) -> anyhow::Result<Listener> {
         let path = dir.join(format!("{PLUGIN_NAME}.sock"));
-        let listener = crate::server::bind_unix(&path).context("the Docker plugin socket")?;
+        let listener = super::bind_unix(&path).context("the Docker plugin socket")?;
         let (ready, elara) = watch::channel(None);
         Ok(Listener {
             listener,

@@ -99,7 +99,7 @@ pub fn router(state: Shared) -> Router {
         .route(
             "/openapi.json",
             get(|| async {
-                Json(ApiDoc::openapi().merge_from(crate::backup::api::BackupApi::openapi()))
+                Json(ApiDoc::openapi().merge_from(super::backups::BackupApi::openapi()))
             }),
         )
         .route("/v1/health", get(health))
@@ -139,7 +139,7 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/types", get(list_types).post(create_type))
         .route("/v1/types/{name}", get(get_type).delete(delete_type))
         .route("/v1/scheduler/explain", post(explain_placement))
-        .merge(crate::backup::api::routes())
+        .merge(super::backups::routes())
         .fallback(|| async { ApiError::new(404, "not-found", "no such endpoint") })
         .with_state(state)
 }

@@ -97,14 +97,6 @@ impl FsType {
     }
 }
 
-impl From<crate::model::FsType> for FsType {
-    fn from(f: crate::model::FsType) -> Self {
-        match f {
-            crate::model::FsType::Ext4 => FsType::Ext4,
-            crate::model::FsType::Xfs => FsType::Xfs,
-        }
-    }
-}
 
 /// Which of the mount flags that keep a volume's contents from acting on the host a mount
 /// gets. Both are on by default: a container can leave a setuid-root binary or a device node
@@ -825,14 +817,12 @@ pub fn image_path(pool_dir: &Path, rel: &str) -> Option<PathBuf> {
 /// long as the path is used.
 pub struct PoolImage {
     fd: std::os::fd::OwnedFd,
-    /// Where it was opened, for messages.
-    pub shown: PathBuf,
 }
 
 impl PoolImage {
     pub fn open(pool_dir: &Path, rel: &str) -> Result<PoolImage> {
         let o = beneath::open(pool_dir, rel, "backend_ref", beneath::Kind::File, false)?;
-        Ok(PoolImage { fd: o.fd, shown: o.path })
+        Ok(PoolImage { fd: o.fd })
     }
 
     /// The path that reopens exactly this file.
@@ -1118,6 +1108,29 @@ fn path_str(p: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A backup's image is the file beneath the pool dir, or nothing: not a host file by `..`,
+    /// an absolute path or a symlink, not a device; and the path it hands the engine is that
+    /// very file even after the name is swapped.
+    #[test]
+    fn pool_images_stay_in_the_pool() {
+        let t = tempfile::tempdir().unwrap();
+        let pool = t.path().join("pool");
+        std::fs::create_dir(&pool).unwrap();
+        let victim = t.path().join("victim.img");
+        std::fs::write(&victim, b"victim").unwrap();
+        std::fs::write(pool.join("v.img"), b"legit").unwrap();
+        std::os::unix::fs::symlink("../victim.img", pool.join("link.img")).unwrap();
+        std::os::unix::fs::symlink("/dev/null", pool.join("dev.img")).unwrap();
+        for bad in ["../victim.img", victim.to_str().unwrap(), "link.img", "dev.img", ""] {
+            assert!(PoolImage::open(&pool, bad).is_err(), "{bad:?} was opened");
+        }
+        let img = PoolImage::open(&pool, "v.img").unwrap();
+        // Swap the name for a symlink to the victim: the engine's path still reads the image.
+        std::fs::rename(pool.join("v.img"), pool.join("v.real")).unwrap();
+        std::os::unix::fs::symlink("../victim.img", pool.join("v.img")).unwrap();
+        assert_eq!(std::fs::read(img.path()).unwrap(), b"legit");
+    }
 
     /// A tampered attachment record cannot aim detach at host paths.
     #[test]

@@ -29,8 +29,6 @@
 //! The daemon keeps a [`records::BackupRecord`] per finished backup in its store for listing,
 //! written after the manifest.
 
-pub mod api;
-pub mod cli;
 pub mod engine;
 pub mod fiemap;
 pub mod files;

@@ -1,6 +1,7 @@
 //! The `elara` command line. Every command but `daemon`, `driver check` and `completions` talks to
 //! the daemon's REST API over its unix socket.
 
+mod backups;
 mod bring_up;
 pub mod client;
 pub mod progress;
@@ -37,6 +38,8 @@ pub enum Output {
     Json,
 }
 
+// `Daemon`'s arguments dwarf the other commands'; the enum is parsed once per process.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum Command {
     /// Run the daemon.
@@ -72,7 +75,7 @@ pub enum Command {
     Scheduler(SchedulerCmd),
     /// Block-volume backups to a directory or S3 target.
     #[command(subcommand)]
-    Backup(crate::backup::cli::BackupCmd),
+    Backup(backups::BackupCmd),
     /// Print shell completions.
     Completions {
         #[arg(value_enum)]
@@ -475,7 +478,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             ),
         },
         Command::Volume(cmd) => volume(&c, out, cmd).await?,
-        Command::Backup(cmd) => crate::backup::cli::run(&c, out, cmd).await?,
+        Command::Backup(cmd) => backups::run(&c, out, cmd).await?,
         Command::Snapshot(cmd) => match cmd {
             SnapshotCmd::Create { volume, name } => {
                 let body = json!({ "volume": &volume, "name": name });
@@ -854,20 +857,48 @@ fn show(out: Output, v: &Value) {
     }
 }
 
+/// A key as people read it: a connection kind in the contract's words (`image-file`, not
+/// `ImageFile`, which is how the store's records spell the variant).
+fn display_key(k: &str) -> &str {
+    match k {
+        "ImageFile" => "image-file",
+        "Directory" => "directory",
+        "Nfs" => "nfs",
+        "Iscsi" => "iscsi",
+        "S3" => "s3",
+        "Other" => "other",
+        k => k,
+    }
+}
+
+/// A time field (`created_at`, `updated_at`, `since`, ...) holding seconds since the epoch, as
+/// RFC 3339; anything else as is.
+fn display_value(k: &str, v: &Value) -> String {
+    let is_time = k.ends_with("_at") || k == "since";
+    if let (true, Some(secs)) = (is_time, v.as_i64())
+        && let Ok(t) = time::OffsetDateTime::from_unix_timestamp(secs)
+        && let Ok(text) = t.format(&time::format_description::well_known::Rfc3339)
+    {
+        return text;
+    }
+    scalar(v)
+}
+
 /// A readable, indented rendering of a JSON value for `inspect`-style output.
 fn serde_yaml_like(v: &Value, indent: usize) -> String {
     let pad = "  ".repeat(indent);
     match v {
         Value::Object(m) if !m.is_empty() => m
             .iter()
-            .map(|(k, val)| match val {
+            .map(|(k, val)| (display_key(k), k, val))
+            .map(|(k, raw, val)| match val {
                 Value::Object(o) if !o.is_empty() => {
                     format!("{pad}{k}:\n{}", serde_yaml_like(val, indent + 1))
                 }
                 Value::Array(a) if !a.is_empty() && a.iter().any(|x| x.is_object()) => {
                     format!("{pad}{k}:\n{}", serde_yaml_like(val, indent + 1))
                 }
-                _ => format!("{pad}{k}: {}", scalar(val)),
+                _ => format!("{pad}{k}: {}", display_value(raw, val)),
             })
             .collect::<Vec<_>>()
             .join("\n"),

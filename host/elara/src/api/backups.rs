@@ -11,8 +11,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use super::progress::ProgressView;
-use super::records::{BackupRecord, BadBlock, TargetLocation, TargetRecord, VerifyReport};
+use crate::backup::progress::ProgressView;
+use crate::backup::records::{BackupRecord, BadBlock, TargetLocation, TargetRecord, VerifyReport};
 use crate::api::rest::Body;
 use crate::error::{ApiResult, ErrorBody};
 use crate::ops::Shared;
