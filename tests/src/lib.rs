@@ -315,6 +315,9 @@ impl Daemon {
             .arg("5");
         cmd.args(&self.opts.extra_args);
         cmd.env("ELARA_LOG", "info,elara=debug");
+        // Errors in the log as their messages: a backtrace per error (CI sets RUST_BACKTRACE=1)
+        // would push the message out of the log tail a failed start reports.
+        cmd.env("RUST_BACKTRACE", "0");
         cmd.env_remove("ELARA_CRASH_AT");
         if let Some(c) = &self.opts.crash_at {
             cmd.env("ELARA_CRASH_AT", c);

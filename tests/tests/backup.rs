@@ -266,18 +266,22 @@ fn crash_point(store: StoreKind, point: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-const CRASH_POINTS: &[&str] =
-    &["backup:after-intent", "backup:after-snapshot", "backup:mid-upload", "backup:after-manifest", "backup-restore:after-intent", "backup-restore:mid-write"];
+/// The daemon's backup crash points (`elara::ops::faults::POINTS`), not a copy that drifts.
+fn crash_points() -> Vec<&'static str> {
+    elara::ops::faults::POINTS.iter().copied().filter(|p| p.starts_with("backup")).collect()
+}
 
 fn crashes(store: StoreKind) -> anyhow::Result<()> {
     let mut failures = vec![];
-    for p in CRASH_POINTS {
+    let points = crash_points();
+    assert!(points.len() >= 6, "only {} backup crash points found", points.len());
+    for p in &points {
         eprintln!("crash point {p} ({store:?})");
         if let Err(e) = crash_point(store, p) {
             failures.push(format!("{p}: {e:#}"));
         }
     }
-    anyhow::ensure!(failures.is_empty(), "{} of {} crash points failed:\n{}", failures.len(), CRASH_POINTS.len(), failures.join("\n\n"));
+    anyhow::ensure!(failures.is_empty(), "{} of {} crash points failed:\n{}", failures.len(), points.len(), failures.join("\n\n"));
     Ok(())
 }
 

@@ -401,6 +401,7 @@ fn crash_during_create(store: StoreKind) -> anyhow::Result<()> {
         "create:after-driver",
         "kill-while-cinder-creates",
     ] {
+        assert!(!point.contains(':') || elara::ops::faults::POINTS.contains(&point), "{point} is not a crash point of the daemon");
         let tag = unique("crash");
         let mut opts = DaemonOpts::new(store);
         if point.starts_with("create:") {

@@ -237,9 +237,20 @@ fn run(cmd: &str, args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A free TCP port on 127.0.0.1.
+/// A free TCP port on 127.0.0.1, below the ephemeral range (32768 up): a port from `bind(:0)`
+/// can be taken as the source port of another test's connection before the daemon binds it
+/// (the other TCP test opens 2 000 of them).
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20000 + (std::process::id() % 400) as u16 * 16;
+    for _ in 0..64 {
+        let port = base + NEXT.fetch_add(1, Ordering::Relaxed) % 4000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port found from {base}")
 }
 
 /// `curl` over TCP: the HTTP status, or None if no HTTP answer came.

@@ -1,21 +1,10 @@
-//! `elara`: the daemon and its command line in one binary.
-
-mod api;
-mod attach;
-mod backup;
-mod cli;
-mod config;
-mod data_dir;
-mod error;
-mod model;
-mod ops;
-mod redact;
-mod server;
-mod validate;
+//! `elara`: the daemon and its command line in one binary. Argument parsing and a call into the
+//! library (`src/lib.rs`, where the module map is).
 
 use clap::{CommandFactory, Parser};
 
-use cli::{Cli, Command};
+use elara::cli::{self, Cli, Command};
+use elara::{config, server};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();

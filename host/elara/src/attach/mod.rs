@@ -641,6 +641,21 @@ impl Attacher {
         }
     }
 
+    /// Freeze the filesystem mounted at `mountpoint` (a snapshot's copy is then consistent).
+    pub async fn freeze(&self, mountpoint: &Path) -> Result<()> {
+        run("fsfreeze", &["--freeze".into(), path_str(mountpoint)]).await.map(drop)
+    }
+
+    /// Thaw a frozen filesystem. Idempotent: one that is not frozen is fine; another failure is
+    /// logged, as nothing better can be done about it here.
+    pub async fn thaw(&self, mountpoint: &Path) {
+        if let Err(e) = run("fsfreeze", &["--unfreeze".into(), path_str(mountpoint)]).await
+            && !e.to_string().contains("Invalid argument")
+        {
+            tracing::warn!(mountpoint = %mountpoint.display(), "thaw: {e}");
+        }
+    }
+
     /// After the backend grew a mounted volume to `size_bytes`: make the device see it (the
     /// user-space iSCSI helper re-reads the LUN's capacity, the loop device its file's size), then
     /// grow the filesystem online.

@@ -103,6 +103,53 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Whether a process in another mount namespace (a container) has the filesystem mounted at
+/// `mountpoint` bind-mounted somewhere else. Copies propagated to the same path (slave namespaces
+/// of system services) do not count. A process that is gone holds nothing; one whose mounts
+/// cannot be read (EACCES, a locked-down /proc) counts as in use, since it may hold the volume.
+/// A process whose namespace link alone is unreadable (as `/proc/1/ns/mnt` is in some sandboxes)
+/// is judged by its mountinfo, without the once-per-namespace shortcut.
+pub fn used_by_another_namespace(mountpoint: &Path) -> std::io::Result<bool> {
+    let ours = read().map_err(std::io::Error::other)?;
+    let Some(entry) = ours.iter().rev().find(|m| m.mount_point == mountpoint) else {
+        // Not mounted in our namespace: nothing of ours for a container to hold.
+        return Ok(false);
+    };
+    let own_ns = std::fs::read_link("/proc/self/ns/mnt")?;
+    let mut seen = std::collections::BTreeSet::new();
+    seen.insert(own_ns);
+    let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH);
+    for p in std::fs::read_dir("/proc")?.flatten() {
+        let pid = p.file_name();
+        if !pid.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        match std::fs::read_link(p.path().join("ns/mnt")) {
+            Ok(ns) if !seen.insert(ns.clone()) => continue,
+            Ok(_) => {}
+            Err(e) if gone(&e) => continue,
+            Err(_) => {}
+        }
+        let text = match std::fs::read_to_string(p.path().join("mountinfo")) {
+            Ok(t) => t,
+            Err(e) if gone(&e) => continue,
+            Err(e) => {
+                tracing::debug!(pid = %pid.to_string_lossy(), "mounts unreadable ({e}): counted as using {}", mountpoint.display());
+                return Ok(true);
+            }
+        };
+        let holds = parse(&text).iter().any(|m| {
+            m.dev == entry.dev
+                && m.root.starts_with(&entry.root)
+                && m.mount_point != entry.mount_point
+        });
+        if holds {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -69,43 +69,9 @@ pub enum TargetCmd {
     Remove { name: String },
 }
 
-fn show(out: Output, v: &Value) {
-    match out {
-        Output::Json => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
-        Output::Table => {
-            if let Some(m) = v.as_object() {
-                for (k, val) in m {
-                    let s = match val {
-                        Value::String(s) => s.clone(),
-                        Value::Null => "-".into(),
-                        other => other.to_string(),
-                    };
-                    println!("{k}: {s}");
-                }
-            } else {
-                println!("{v}");
-            }
-        }
-    }
-}
-
-fn table(out: Output, rows: &Value, cols: &[(&str, &str)]) {
-    if out == Output::Json {
-        return show(out, rows);
-    }
-    let cell = |v: Option<&Value>| match v {
-        None | Some(Value::Null) => "-".to_string(),
-        Some(Value::String(s)) => s.clone(),
-        Some(o) => o.to_string(),
-    };
-    let data: Vec<Vec<String>> = rows.as_array().map(|a| a.iter().map(|r| cols.iter().map(|(_, p)| cell(r.pointer(p))).collect()).collect()).unwrap_or_default();
-    let widths: Vec<usize> = cols.iter().enumerate().map(|(i, (h, _))| data.iter().map(|r| r[i].len()).chain([h.len()]).max().unwrap_or(0)).collect();
-    let line = |cells: Vec<String>| cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect::<Vec<_>>().join("  ").trim_end().to_string();
-    println!("{}", line(cols.iter().map(|(h, _)| h.to_string()).collect()));
-    for r in data {
-        println!("{}", line(r));
-    }
-}
+// Output as every other command prints it: `inspect`-style records, tables with sizes in
+// binary units and times as RFC 3339.
+use super::{show, table};
 
 /// Poll a job until it ends, drawing a progress bar on a terminal; returns the final job.
 async fn follow(c: &Client, job: Value) -> anyhow::Result<Value> {

@@ -73,7 +73,8 @@ pub enum Command {
     /// Placement: why a volume would go where.
     #[command(subcommand)]
     Scheduler(SchedulerCmd),
-    /// Block-volume backups to a directory or S3 target.
+    /// Backups of block volumes (as blocks) and of file and object volumes (as trees) to a
+    /// directory or S3 target, with verify and restore.
     #[command(subcommand)]
     Backup(backups::BackupCmd),
     /// Print shell completions.
@@ -850,7 +851,7 @@ async fn driver_check(
     Ok(())
 }
 
-fn show(out: Output, v: &Value) {
+pub(super) fn show(out: Output, v: &Value) {
     match out {
         Output::Json => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
         Output::Table => println!("{}", serde_yaml_like(v, 0)),
@@ -874,8 +875,15 @@ fn display_key(k: &str) -> &str {
 /// A time field (`created_at`, `updated_at`, `since`, ...) holding seconds since the epoch, as
 /// RFC 3339; anything else as is.
 fn display_value(k: &str, v: &Value) -> String {
-    let is_time = k.ends_with("_at") || k == "since";
-    if let (true, Some(secs)) = (is_time, v.as_i64())
+    match k.ends_with("_at") || k == "since" {
+        true => time_text(v),
+        false => scalar(v),
+    }
+}
+
+/// Seconds since the epoch as RFC 3339 (UTC); anything else as is.
+fn time_text(v: &Value) -> String {
+    if let Some(secs) = v.as_i64()
         && let Ok(t) = time::OffsetDateTime::from_unix_timestamp(secs)
         && let Ok(text) = t.format(&time::format_description::well_known::Rfc3339)
     {
@@ -922,7 +930,7 @@ fn scalar(v: &Value) -> String {
 }
 
 /// Print a list as aligned columns (or JSON), each column a JSON pointer into the row.
-fn table(out: Output, v: &Value, cols: &[(&str, &str)]) {
+pub(super) fn table(out: Output, v: &Value, cols: &[(&str, &str)]) {
     indented_table(out, v, cols, "")
 }
 
@@ -937,6 +945,9 @@ const SIZE_COLUMNS: &[&str] = &[
     "DONE",
 ];
 
+/// Columns whose values are times (seconds since the epoch), printed as RFC 3339.
+const TIME_COLUMNS: &[&str] = &["CREATED", "UPDATED", "SINCE", "INSTALLED"];
+
 fn indented_table(out: Output, v: &Value, cols: &[(&str, &str)], indent: &str) {
     if out == Output::Json {
         return show(out, v);
@@ -947,7 +958,10 @@ fn indented_table(out: Output, v: &Value, cols: &[(&str, &str)], indent: &str) {
             a.iter()
                 .map(|row| {
                     cols.iter()
-                        .map(|(h, p)| cell(row.pointer(p), SIZE_COLUMNS.contains(h)))
+                        .map(|(h, p)| match (TIME_COLUMNS.contains(h), row.pointer(p)) {
+                            (true, Some(t)) => time_text(t),
+                            _ => cell(row.pointer(p), SIZE_COLUMNS.contains(h)),
+                        })
                         .collect()
                 })
                 .collect()

@@ -679,11 +679,3 @@ fn unbind_holder(h: &Holder, host: Option<&AttachState>, roots: &[PathBuf]) -> A
     }
 }
 
-/// A host command for the ops layer (bind mounts, fsfreeze), with the attach layer's deadline.
-pub(crate) async fn run(cmd: &str, args: &[&str]) -> ApiResult<()> {
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    crate::attach::cmd::run(cmd, &args)
-        .await
-        .map(drop)
-        .map_err(|e| ApiError::internal(e.to_string()))
-}

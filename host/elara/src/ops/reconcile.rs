@@ -161,7 +161,7 @@ impl Elara {
                                 .mounted_block(vol.as_ref().unwrap_or(&placeholder(&snap)))
                                 .await?
                             {
-                                super::snapshots::thaw(&state.mountpoint).await;
+                                self.attacher.thaw(&state.mountpoint).await;
                             }
                             self.finish_snapshot(op, snap).await.map(|_| ())
                         } else {

@@ -6,7 +6,6 @@ use elara_store::StoreExt;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::attachments::run;
 use super::{Elara, absent, del, faults, put, raced, rev};
 use crate::error::{ApiError, ApiResult};
 use crate::model::*;
@@ -92,7 +91,10 @@ impl Elara {
         // A mounted filesystem is frozen so the copy is consistent; the reconciler thaws it if we die.
         let frozen = match self.mounted_block(&vol).await? {
             Some(state) => {
-                run("fsfreeze", &["--freeze", &state.mountpoint.display().to_string()]).await?;
+                self.attacher
+                    .freeze(&state.mountpoint)
+                    .await
+                    .map_err(|e| ApiError::internal(format!("volume {}: freezing it for the snapshot: {e}", vol.name)))?;
                 Some(state.mountpoint)
             }
             None => None,
@@ -103,7 +105,7 @@ impl Elara {
         let made = backend.snapshot_create_with_progress(&spec, sink).await;
         drop(ticker);
         if let Some(mp) = &frozen {
-            thaw(mp).await;
+            self.attacher.thaw(mp).await;
         }
         let made = match made {
             Ok(s) => s,
@@ -145,7 +147,7 @@ impl Elara {
     pub(crate) async fn undo_snapshot(&self, op: &mut OpRecord, snap: &SnapshotRecord, why: &str) {
         let result = async {
             if let Some(state) = self.mounted_block_by_name(&snap.volume).await? {
-                thaw(&state).await;
+                self.attacher.thaw(&state).await;
             }
             let (_, backend) = self.backends.get(&snap.backend).await?;
             backend.snapshot_delete(&snap.id).await.map_err(|e| ApiError::from_call(&snap.backend, e))?;
@@ -240,11 +242,3 @@ impl Elara {
     }
 }
 
-/// Thaw a frozen filesystem; "not frozen" is fine (the thaw is idempotent for us).
-pub(crate) async fn thaw(mountpoint: &std::path::Path) {
-    if let Err(e) = run("fsfreeze", &["--unfreeze", &mountpoint.display().to_string()]).await
-        && !e.message.contains("Invalid argument")
-    {
-        tracing::warn!(mountpoint = %mountpoint.display(), "thaw: {e}");
-    }
-}
