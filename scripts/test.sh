@@ -24,6 +24,8 @@ trap cleanup EXIT
 echo "== checks"
 # The daemon's modules depend one way: a cycle among them fails the run (and names it).
 python3 scripts/check-modules.py
+# One format for the workspace (rustfmt.toml).
+cargo fmt --all --check >/dev/null || { echo "cargo fmt --all --check: the code is not formatted; run cargo fmt --all"; exit 1; }
 
 echo "== build"
 bash scripts/build-drivers.sh "$ROOT/target/drivers"

@@ -26,8 +26,14 @@ struct Figures {
 }
 
 fn main() -> anyhow::Result<()> {
-    let runs: usize = std::env::var("ELARA_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
-    let n: usize = std::env::var("ELARA_BENCH_VOLUMES").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+    let runs: usize = std::env::var("ELARA_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    let n: usize = std::env::var("ELARA_BENCH_VOLUMES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
     if !require_root() {
         return Ok(());
     }
@@ -47,13 +53,26 @@ fn main() -> anyhow::Result<()> {
     let row = |name: &str, f: &dyn Fn(&Figures) -> String| {
         println!("{name:<62} {:>12} {:>12}", f(&all[0]), f(&all[1]));
     };
-    row("docker run --rm -v VOL:/data true, Elara volume: median ms", &|f| ms(median(&f.run_elara)));
-    row("  same, Docker `local` volume (anchor): median ms", &|f| ms(median(&f.run_local)));
+    row("docker run --rm -v VOL:/data true, Elara volume: median ms", &|f| {
+        ms(median(&f.run_elara))
+    });
+    row("  same, Docker `local` volume (anchor): median ms", &|f| {
+        ms(median(&f.run_local))
+    });
     row("  same, no volume: median ms", &|f| ms(median(&f.run_none)));
-    row("  Elara / local, medians (goal <= 1.20x)", &|f| format!("{:.2}x", ratio(median(&f.run_elara), median(&f.run_local))));
-    row("  Elara p90 ms / local p90 ms", &|f| format!("{}/{}", ms0(p90(&f.run_elara)), ms0(p90(&f.run_local))));
-    row(&format!("docker volume ls, {n} Elara volumes: median ms (goal < 200)"), &|f| ms(median(&f.ls_cli)));
-    row(&format!("  plugin List call alone, {n} volumes: median ms"), &|f| ms(median(&f.list_call)));
+    row("  Elara / local, medians (goal <= 1.20x)", &|f| {
+        format!("{:.2}x", ratio(median(&f.run_elara), median(&f.run_local)))
+    });
+    row("  Elara p90 ms / local p90 ms", &|f| {
+        format!("{}/{}", ms0(p90(&f.run_elara)), ms0(p90(&f.run_local)))
+    });
+    row(
+        &format!("docker volume ls, {n} Elara volumes: median ms (goal < 200)"),
+        &|f| ms(median(&f.ls_cli)),
+    );
+    row(&format!("  plugin List call alone, {n} volumes: median ms"), &|f| {
+        ms(median(&f.list_call))
+    });
     Ok(())
 }
 
@@ -92,7 +111,10 @@ fn measure(store: StoreKind, runs: usize, n: usize) -> anyhow::Result<Figures> {
         run_none.push(run(None)?);
     }
     let v = d.json(&["volume", "inspect", "evol"])?;
-    ensure!(v["attachments"].as_array().is_some_and(|a| a.is_empty()), "evol released after the runs: {v}");
+    ensure!(
+        v["attachments"].as_array().is_some_and(|a| a.is_empty()),
+        "evol released after the runs: {v}"
+    );
 
     // 1 000 volumes through the REST API (the local driver makes sparse files), then list them.
     let rt = tokio::runtime::Runtime::new()?;
@@ -103,8 +125,18 @@ fn measure(store: StoreKind, runs: usize, n: usize) -> anyhow::Result<Figures> {
             tasks.push(tokio::spawn(async move {
                 let mut conn = rest::Conn::open(&socket).await?;
                 for i in (w..n.saturating_sub(1)).step_by(8) {
-                    let (status, body) = conn.call("POST", "/v1/volumes", Some(json!({ "name": format!("b{i:05}"), "size": "1G" }))).await?;
-                    ensure!(status == 201, "create failed: {status} {}", String::from_utf8_lossy(&body));
+                    let (status, body) = conn
+                        .call(
+                            "POST",
+                            "/v1/volumes",
+                            Some(json!({ "name": format!("b{i:05}"), "size": "1G" })),
+                        )
+                        .await?;
+                    ensure!(
+                        status == 201,
+                        "create failed: {status} {}",
+                        String::from_utf8_lossy(&body)
+                    );
                 }
                 anyhow::Ok(())
             }));
@@ -122,13 +154,22 @@ fn measure(store: StoreKind, runs: usize, n: usize) -> anyhow::Result<Figures> {
         let t = Instant::now();
         let out = engine.ok(&["volume", "ls"])?;
         ls_cli.push(t.elapsed());
-        ensure!(out.lines().filter(|l| l.starts_with(drv.as_str())).count() == n, "all {n} listed");
+        ensure!(
+            out.lines().filter(|l| l.starts_with(drv.as_str())).count() == n,
+            "all {n} listed"
+        );
         let t = Instant::now();
         let reply = plugin.call("VolumeDriver.List", &json!({}))?;
         list_call.push(t.elapsed());
         ensure!(reply["Volumes"].as_array().map(|a| a.len()) == Some(n));
     }
-    Ok(Figures { run_elara, run_local, run_none, ls_cli, list_call })
+    Ok(Figures {
+        run_elara,
+        run_local,
+        run_none,
+        ls_cli,
+        list_call,
+    })
 }
 
 fn median(v: &[Duration]) -> Duration {

@@ -45,7 +45,12 @@ impl Cinder {
     /// noauth for this Cinder, the unique `tag`, and `extra` config keys.
     pub fn driver_check_args(&self, tag: &str, extra: &[(&str, &str)]) -> Vec<String> {
         let mut args = vec![];
-        let base = [("endpoint", self.endpoint.as_str()), ("auth", "noauth"), ("project_id", self.project.as_str()), ("tag", tag)];
+        let base = [
+            ("endpoint", self.endpoint.as_str()),
+            ("auth", "noauth"),
+            ("project_id", self.project.as_str()),
+            ("tag", tag),
+        ];
         for (k, v) in base.iter().chain(extra) {
             args.push("--config".to_string());
             args.push(format!("{k}={v}"));
@@ -113,12 +118,7 @@ impl Cinder {
             cmd.args(["-X", method]);
         }
         if let Some(b) = body {
-            cmd.args([
-                "-H",
-                "Content-Type: application/json",
-                "--data-binary",
-                &b.to_string(),
-            ]);
+            cmd.args(["-H", "Content-Type: application/json", "--data-binary", &b.to_string()]);
         }
         cmd.arg(format!("{endpoint}{path}"));
         let out = cmd.output().context("running curl")?;
@@ -149,18 +149,12 @@ impl Cinder {
 
     /// Volumes whose metadata has `key=value`.
     pub fn volumes_where(&self, key: &str, value: &str) -> anyhow::Result<Vec<Value>> {
-        let v = self.get(
-            "/volumes/detail",
-            &[("metadata", json!({ key: value }).to_string())],
-        )?;
+        let v = self.get("/volumes/detail", &[("metadata", json!({ key: value }).to_string())])?;
         Ok(v["volumes"].as_array().cloned().unwrap_or_default())
     }
 
     pub fn snapshots_where(&self, key: &str, value: &str) -> anyhow::Result<Vec<Value>> {
-        let v = self.get(
-            "/snapshots/detail",
-            &[("metadata", json!({ key: value }).to_string())],
-        )?;
+        let v = self.get("/snapshots/detail", &[("metadata", json!({ key: value }).to_string())])?;
         Ok(v["snapshots"].as_array().cloned().unwrap_or_default())
     }
 
@@ -180,10 +174,7 @@ impl Cinder {
     }
 
     pub fn attachments(&self, volume_uuid: &str) -> anyhow::Result<Vec<Value>> {
-        let v = self.get(
-            "/attachments/detail",
-            &[("volume_id", volume_uuid.to_string())],
-        )?;
+        let v = self.get("/attachments/detail", &[("volume_id", volume_uuid.to_string())])?;
         Ok(v["attachments"].as_array().cloned().unwrap_or_default())
     }
 

@@ -49,7 +49,11 @@ impl Engine {
             .output()
             .context("running scripts/services/docker.sh")?;
         if !out.status.success() {
-            bail!("docker.sh start failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "docker.sh start failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         let stdout = String::from_utf8_lossy(&out.stdout);
         let host = stdout
@@ -61,9 +65,17 @@ impl Engine {
     }
 
     fn script(&self, action: &str) -> anyhow::Result<()> {
-        let out = Command::new("bash").arg(repo_root().join("scripts/services/docker.sh")).arg(action).arg(&self.dir).output()?;
+        let out = Command::new("bash")
+            .arg(repo_root().join("scripts/services/docker.sh"))
+            .arg(action)
+            .arg(&self.dir)
+            .output()?;
         if !out.status.success() {
-            bail!("docker.sh {action} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "docker.sh {action} failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(())
     }
@@ -81,7 +93,10 @@ impl Engine {
 
     /// Run `docker ARGS...` against this engine.
     pub fn docker(&self, args: &[&str]) -> anyhow::Result<Output> {
-        Ok(Command::new("docker").env("DOCKER_HOST", &self.host).args(args).output()?)
+        Ok(Command::new("docker")
+            .env("DOCKER_HOST", &self.host)
+            .args(args)
+            .output()?)
     }
 
     /// Run docker and require success; returns stdout.
@@ -103,7 +118,11 @@ impl Engine {
     pub fn fails(&self, args: &[&str]) -> anyhow::Result<String> {
         let o = self.docker(args)?;
         if o.status.success() {
-            bail!("`docker {}` succeeded but should have failed: {}", args.join(" "), String::from_utf8_lossy(&o.stdout));
+            bail!(
+                "`docker {}` succeeded but should have failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&o.stdout)
+            );
         }
         Ok(String::from_utf8_lossy(&o.stderr).into_owned())
     }
@@ -118,7 +137,10 @@ impl Engine {
     pub fn log_tail(&self) -> String {
         let log = std::fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default();
         let lines: Vec<&str> = log.lines().filter(|l| !l.contains("module=grpc")).collect();
-        format!("--- dockerd.log (tail) ---\n{}", lines[lines.len().saturating_sub(25)..].join("\n"))
+        format!(
+            "--- dockerd.log (tail) ---\n{}",
+            lines[lines.len().saturating_sub(25)..].join("\n")
+        )
     }
 }
 
@@ -150,7 +172,12 @@ impl Plugin {
         let spec = Path::new(SPEC_DIR).join(format!("{name}.spec"));
         std::fs::write(&spec, format!("unix://{}\n", dir.join("elara.sock").display()))
             .with_context(|| format!("writing {}", spec.display()))?;
-        Ok(Plugin { name, dir, spec, _tmp: tmp })
+        Ok(Plugin {
+            name,
+            dir,
+            spec,
+            _tmp: tmp,
+        })
     }
 
     /// The plugin socket Elara serves.
@@ -173,10 +200,16 @@ impl Drop for Plugin {
 
 /// Remove test spec files (`elara-t-<pid>-<n>.spec`) whose test process is gone.
 fn sweep_stale_specs() {
-    let Ok(entries) = std::fs::read_dir(SPEC_DIR) else { return };
+    let Ok(entries) = std::fs::read_dir(SPEC_DIR) else {
+        return;
+    };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
-        let Some(pid) = name.strip_prefix("elara-t-").and_then(|r| r.split('-').next()).and_then(|p| p.parse::<u32>().ok()) else {
+        let Some(pid) = name
+            .strip_prefix("elara-t-")
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
             continue;
         };
         if name.ends_with(".spec") && !Path::new(&format!("/proc/{pid}")).exists() {
@@ -187,7 +220,8 @@ fn sweep_stale_specs() {
 
 /// `POST /METHOD` on a plugin socket with dockerd's Accept header; the reply body as JSON.
 pub fn plugin_call(socket: &Path, method: &str, body: &Value) -> anyhow::Result<Value> {
-    let mut s = std::os::unix::net::UnixStream::connect(socket).with_context(|| format!("connecting to {}", socket.display()))?;
+    let mut s = std::os::unix::net::UnixStream::connect(socket)
+        .with_context(|| format!("connecting to {}", socket.display()))?;
     s.set_read_timeout(Some(Duration::from_secs(120)))?;
     let body = body.to_string();
     // One write: a handler that ignores the body may answer and close before reading it.
@@ -199,7 +233,9 @@ pub fn plugin_call(socket: &Path, method: &str, body: &Value) -> anyhow::Result<
     s.write_all(request.as_bytes())?;
     let mut reply = String::new();
     s.read_to_string(&mut reply)?;
-    let (head, payload) = reply.split_once("\r\n\r\n").with_context(|| format!("no HTTP reply to {method}: {reply:?}"))?;
+    let (head, payload) = reply
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("no HTTP reply to {method}: {reply:?}"))?;
     if !head.starts_with("HTTP/1.1 200") {
         bail!("{method}: {head}\n{payload}");
     }

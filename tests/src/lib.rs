@@ -50,10 +50,7 @@ pub fn built_component(dir: &str, name: &str) -> Vec<u8> {
             String::from_utf8_lossy(&out.stderr)
         );
     });
-    let path = repo_root()
-        .join("target")
-        .join(dir)
-        .join(format!("{name}.wasm"));
+    let path = repo_root().join("target").join(dir).join(format!("{name}.wasm"));
     std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }
 
@@ -78,11 +75,7 @@ pub fn elara_bin() -> PathBuf {
 }
 
 /// Poll `cond` every 50 ms until it holds (a readiness check), failing after `limit`.
-pub fn wait_for(
-    limit: Duration,
-    what: &str,
-    mut cond: impl FnMut() -> anyhow::Result<bool>,
-) -> anyhow::Result<()> {
+pub fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> anyhow::Result<bool>) -> anyhow::Result<()> {
     let deadline = Instant::now() + limit;
     while !cond()? {
         anyhow::ensure!(
@@ -134,10 +127,7 @@ pub fn etcd_security() -> elara_store::etcd::EtcdSecurity {
 pub fn etcd_store_url(namespace: &str) -> String {
     let security = etcd_security();
     let scheme = if security.ca.is_some() { "etcds" } else { "etcd" };
-    let user = security
-        .user
-        .map(|u| format!("{u}@"))
-        .unwrap_or_default();
+    let user = security.user.map(|u| format!("{u}@")).unwrap_or_default();
     format!("{scheme}://{user}{}/{namespace}", etcd_endpoint())
 }
 
@@ -166,8 +156,7 @@ pub async fn etcd_raw_client() -> anyhow::Result<etcd_client::Client> {
     let mut options = etcd_client::ConnectOptions::new();
     let scheme = match tls {
         Some(tls) => {
-            let mut t = etcd_client::TlsOptions::new()
-                .ca_certificate(etcd_client::Certificate::from_pem(&tls.ca.pem));
+            let mut t = etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(&tls.ca.pem));
             if let Some((cert, key)) = &tls.client {
                 t = t.identity(etcd_client::Identity::from_pem(&cert.pem, &key.pem));
             }
@@ -181,10 +170,7 @@ pub async fn etcd_raw_client() -> anyhow::Result<etcd_client::Client> {
         let password = std::fs::read_to_string(password_file)?;
         options = options.with_user(auth.user, password.trim_end_matches(['\r', '\n']));
     }
-    let urls: Vec<String> = etcd_endpoint()
-        .split(',')
-        .map(|e| format!("{scheme}://{e}"))
-        .collect();
+    let urls: Vec<String> = etcd_endpoint().split(',').map(|e| format!("{scheme}://{e}")).collect();
     Ok(etcd_client::Client::connect(urls, Some(options)).await?)
 }
 
@@ -245,9 +231,7 @@ pub struct Daemon {
 impl Daemon {
     /// Start a daemon in a fresh directory and wait until it is ready.
     pub fn start(opts: DaemonOpts) -> anyhow::Result<Daemon> {
-        let tmp = tempfile::Builder::new()
-            .prefix("elara-test-")
-            .tempdir_in(work_dir())?;
+        let tmp = tempfile::Builder::new().prefix("elara-test-").tempdir_in(work_dir())?;
         let dir = tmp.path().to_path_buf();
         let mut d = Daemon {
             socket: dir.join("elara.sock"),
@@ -303,16 +287,9 @@ impl Daemon {
             cmd.args(etcd_daemon_args());
         }
         cmd.arg("--drivers-dir").arg(drivers_dir());
-        cmd.arg("--plugin-dir").arg(
-            self.opts
-                .plugin_dir
-                .clone()
-                .unwrap_or_else(|| "none".into()),
-        );
-        cmd.arg("--node-ttl-secs")
-            .arg("3")
-            .arg("--pool-refresh-secs")
-            .arg("5");
+        cmd.arg("--plugin-dir")
+            .arg(self.opts.plugin_dir.clone().unwrap_or_else(|| "none".into()));
+        cmd.arg("--node-ttl-secs").arg("3").arg("--pool-refresh-secs").arg("5");
         cmd.args(&self.opts.extra_args);
         cmd.env("ELARA_LOG", "info,elara=debug");
         // Errors in the log as their messages: a backtrace per error (CI sets RUST_BACKTRACE=1)
@@ -325,9 +302,7 @@ impl Daemon {
         for (k, v) in &self.opts.env {
             cmd.env(k, v);
         }
-        cmd.stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
+        cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
         self.child = Some(cmd.spawn().context("starting elara daemon")?);
         self.wait_ready(Duration::from_secs(120))
     }
@@ -336,29 +311,17 @@ impl Daemon {
     pub fn wait_ready(&mut self, limit: Duration) -> anyhow::Result<()> {
         let start = Instant::now();
         loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 bail!(
                     "elara daemon exited ({status}) before it was ready:\n{}",
                     self.log_tail()
                 );
             }
-            if self.socket.exists()
-                && self
-                    .cli(&["node", "info"])
-                    .map(|o| o.status.success())
-                    .unwrap_or(false)
-            {
+            if self.socket.exists() && self.cli(&["node", "info"]).map(|o| o.status.success()).unwrap_or(false) {
                 return Ok(());
             }
             if start.elapsed() > limit {
-                bail!(
-                    "elara daemon not ready after {limit:?}:\n{}",
-                    self.log_tail()
-                );
+                bail!("elara daemon not ready after {limit:?}:\n{}", self.log_tail());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -372,10 +335,7 @@ impl Daemon {
 
     /// Whether the daemon process has exited (e.g. at a crash point).
     pub fn exited(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
-            .is_some()
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()).is_some()
     }
 
     /// Wait for the daemon to die by itself (a crash point), bounded.
@@ -467,10 +427,7 @@ impl Daemon {
                 return Ok(());
             }
             if start.elapsed() > limit {
-                bail!(
-                    "ops still in flight after {limit:?}: {ops}\n{}",
-                    self.log_tail()
-                );
+                bail!("ops still in flight after {limit:?}: {ops}\n{}", self.log_tail());
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -481,8 +438,7 @@ impl Daemon {
         let mut full = vec!["-o", "json"];
         full.extend_from_slice(args);
         let out = self.ok(&full)?;
-        serde_json::from_str(&out)
-            .with_context(|| format!("parsing output of `elara {}`: {out}", args.join(" ")))
+        serde_json::from_str(&out).with_context(|| format!("parsing output of `elara {}`: {out}", args.join(" ")))
     }
 
     /// The local backend's pool directory on this daemon.
@@ -504,10 +460,7 @@ impl Drop for Daemon {
 pub fn cleanup_host(dir: &Path) {
     let d = dir.display().to_string();
     for pid in helpers_under(dir) {
-        let _ = Command::new("kill")
-            .arg("-KILL")
-            .arg(pid.to_string())
-            .status();
+        let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
     }
     for m in mounts_under(dir).into_iter().rev() {
         let _ = Command::new("umount").arg("-l").arg(&m).status();
@@ -535,9 +488,7 @@ pub fn helpers_under(dir: &Path) -> Vec<u32> {
             .split(|b| *b == 0)
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
-        let helper = args
-            .first()
-            .is_some_and(|a| a.ends_with("qemu-storage-daemon"))
+        let helper = args.first().is_some_and(|a| a.ends_with("qemu-storage-daemon"))
             || args.get(1).is_some_and(|a| a == "nfs-fuse");
         if helper && args.iter().any(|a| a.contains(&d)) {
             pids.push(pid);
@@ -628,8 +579,7 @@ pub mod rest {
             let stream = tokio::net::UnixStream::connect(socket)
                 .await
                 .context("connecting to the daemon")?;
-            let (sender, conn) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
             tokio::spawn(async move {
                 let _ = conn.await;
             });

@@ -38,7 +38,9 @@ impl NfsServer {
         };
         NfsServer {
             server: var("ELARA_TEST_NFS_SERVER"),
-            mount_port: var("ELARA_TEST_NFS_MOUNT_PORT").parse().expect("ELARA_TEST_NFS_MOUNT_PORT is a port"),
+            mount_port: var("ELARA_TEST_NFS_MOUNT_PORT")
+                .parse()
+                .expect("ELARA_TEST_NFS_MOUNT_PORT is a port"),
             export: var("ELARA_TEST_NFS_EXPORT"),
             dir: var("ELARA_TEST_NFS_DIR").into(),
             service_dir: var("ELARA_TEST_NFS_SERVICE").into(),
@@ -72,7 +74,13 @@ impl NfsServer {
             config.retain(|(ck, _)| ck != k);
             config.push((k.to_string(), v.to_string()));
         }
-        let mut args: Vec<String> = vec!["backend".into(), "add".into(), name.into(), "--driver".into(), "nfs".into()];
+        let mut args: Vec<String> = vec![
+            "backend".into(),
+            "add".into(),
+            name.into(),
+            "--driver".into(),
+            "nfs".into(),
+        ];
         for (k, v) in config {
             args.push("--config".into());
             args.push(format!("{k}={v}"));
@@ -97,14 +105,21 @@ impl NfsServer {
     /// Names in the directory `rel`, as `nfs-ls` lists them (without `.` and `..`).
     pub fn ls(&self, rel: &str) -> anyhow::Result<Vec<String>> {
         let url = self.url(&format!("{}/", rel.trim_matches('/')));
-        let out = Command::new("nfs-ls").arg(&url).output().context("running nfs-ls (Debian libnfs-utils)")?;
+        let out = Command::new("nfs-ls")
+            .arg(&url)
+            .output()
+            .context("running nfs-ls (Debian libnfs-utils)")?;
         if !out.status.success() {
             bail!("nfs-ls {url}: {}", String::from_utf8_lossy(&out.stderr));
         }
         // `-rw-r--r--  1     0     0            6 name`: the name is the rest after 5 fields.
         let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
             .lines()
-            .filter_map(|l| l.split_whitespace().nth(5).map(|_| l.split_whitespace().skip(5).collect::<Vec<_>>().join(" ")))
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .nth(5)
+                    .map(|_| l.split_whitespace().skip(5).collect::<Vec<_>>().join(" "))
+            })
             .filter(|n| n != "." && n != "..")
             .collect();
         names.sort();
@@ -122,7 +137,10 @@ impl NfsServer {
     }
 
     fn nfs_cp(&self, from: &str, to: &str) -> anyhow::Result<()> {
-        let out = Command::new("nfs-cp").args([from, to]).output().context("running nfs-cp (Debian libnfs-utils)")?;
+        let out = Command::new("nfs-cp")
+            .args([from, to])
+            .output()
+            .context("running nfs-cp (Debian libnfs-utils)")?;
         if !out.status.success() {
             bail!("nfs-cp {from} {to}: {}", String::from_utf8_lossy(&out.stderr));
         }
@@ -141,9 +159,17 @@ impl NfsServer {
 
     fn service(&self, action: &str) -> anyhow::Result<()> {
         let script = crate::repo_root().join("scripts/services/nfs.sh");
-        let out = Command::new("bash").arg(&script).arg(action).arg(&self.service_dir).output()?;
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg(action)
+            .arg(&self.service_dir)
+            .output()?;
         if !out.status.success() {
-            bail!("nfs.sh {action}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "nfs.sh {action}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(())
     }
@@ -152,6 +178,9 @@ impl NfsServer {
 /// Whether this kernel has an NFS client (`nfs` or `nfs4` in /proc/filesystems).
 pub fn kernel_has_nfs_client() -> bool {
     std::fs::read_to_string("/proc/filesystems")
-        .map(|s| s.lines().any(|l| matches!(l.split_whitespace().last(), Some("nfs" | "nfs4"))))
+        .map(|s| {
+            s.lines()
+                .any(|l| matches!(l.split_whitespace().last(), Some("nfs" | "nfs4")))
+        })
         .unwrap_or(false)
 }

@@ -107,7 +107,11 @@ impl S3Server {
 
     /// `host:port` of the endpoint, for `--allow-host`.
     pub fn host_port(&self) -> String {
-        self.endpoint.trim_start_matches("http://").trim_start_matches("https://").trim_end_matches('/').to_string()
+        self.endpoint
+            .trim_start_matches("http://")
+            .trim_start_matches("https://")
+            .trim_end_matches('/')
+            .to_string()
     }
 
     /// `elara backend add NAME --driver s3 ...` arguments with this server's endpoint, region,
@@ -123,7 +127,13 @@ impl S3Server {
             config.retain(|(ck, _)| ck != k);
             config.push((k.to_string(), v.to_string()));
         }
-        let mut args: Vec<String> = vec!["backend".into(), "add".into(), name.into(), "--driver".into(), "s3".into()];
+        let mut args: Vec<String> = vec![
+            "backend".into(),
+            "add".into(),
+            name.into(),
+            "--driver".into(),
+            "s3".into(),
+        ];
         for (k, v) in config {
             args.push("--config".into());
             args.push(format!("{k}={v}"));
@@ -173,7 +183,9 @@ impl S3Server {
 
     /// Write `size` random bytes; returns their SHA-256 (hex).
     pub fn put_random(&self, bucket: &str, key: &str, size: usize) -> anyhow::Result<String> {
-        Ok(serde_json::from_value(self.boto("put-random", &[bucket, key, &size.to_string()])?)?)
+        Ok(serde_json::from_value(
+            self.boto("put-random", &[bucket, key, &size.to_string()])?,
+        )?)
     }
 
     /// The SHA-256 (hex) of an object's body.
@@ -188,7 +200,8 @@ impl S3Server {
 
     /// Write `n` objects of `size` bytes named `<prefix>fNNNNN` (16 at a time).
     pub fn put_many(&self, bucket: &str, prefix: &str, n: usize, size: usize) -> anyhow::Result<()> {
-        self.boto("put-many", &[bucket, prefix, &n.to_string(), &size.to_string()]).map(drop)
+        self.boto("put-many", &[bucket, prefix, &n.to_string(), &size.to_string()])
+            .map(drop)
     }
 
     /// Make a bucket.

@@ -18,7 +18,11 @@ pub fn rest_get(socket: &Path, path: &str) -> anyhow::Result<(u16, String)> {
         .arg(socket)
         .arg(format!("http://elara{path}"))
         .output()?;
-    ensure!(out.status.success(), "GET {path}: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "GET {path}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').context("curl printed no status")?;
     Ok((code.trim().parse()?, body.to_string()))
@@ -31,7 +35,9 @@ pub fn walk(root: &Path) -> Vec<(PathBuf, std::fs::Metadata)> {
     let mut out = vec![];
     let mut todo = vec![root.to_path_buf()];
     while let Some(p) = todo.pop() {
-        let Ok(meta) = std::fs::symlink_metadata(&p) else { continue };
+        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
         if meta.dev() != dev {
             continue;
         }
@@ -55,11 +61,25 @@ pub fn every_get(socket: &Path) -> anyhow::Result<Vec<(String, String)>> {
         out.push((path, body));
         Ok(v)
     };
-    for p in ["/openapi.json", "/v1/health", "/v1/ready", "/v1/info", "/v1/pools", "/v1/ops", "/v1/types", "/v1/snapshots", "/v1/backups"] {
+    for p in [
+        "/openapi.json",
+        "/v1/health",
+        "/v1/ready",
+        "/v1/info",
+        "/v1/pools",
+        "/v1/ops",
+        "/v1/types",
+        "/v1/snapshots",
+        "/v1/backups",
+    ] {
         get(p.into())?;
     }
     let names = |v: &serde_json::Value, key: &str| -> Vec<String> {
-        v.as_array().into_iter().flatten().filter_map(|i| i[key].as_str().map(String::from)).collect()
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i[key].as_str().map(String::from))
+            .collect()
     };
     let vols = get("/v1/volumes".into())?;
     for n in names(&vols, "name") {
@@ -80,8 +100,12 @@ pub fn daemon_argvs(d: &Daemon) -> Vec<(u32, String)> {
     let dir = d.dir.display().to_string();
     let mut out = vec![];
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
         let argv = String::from_utf8_lossy(&raw).replace('\0', " ");
         if argv.contains(&dir) {
             out.push((pid, argv));

@@ -22,11 +22,7 @@ fn swapped_image_race(store: StoreKind) -> anyhow::Result<()> {
     let mp = PathBuf::from(d.ok(&["volume", "mount", "legit"])?.trim());
     std::fs::write(mp.join("whose"), b"legit")?;
     let att = d.json(&["volume", "inspect", "legit"])?["attachments"][0].clone();
-    let image = PathBuf::from(
-        att["host"]["backing_file"]
-            .as_str()
-            .context("backing_file")?,
-    );
+    let image = PathBuf::from(att["host"]["backing_file"].as_str().context("backing_file")?);
     d.ok(&["volume", "unmount", "legit"])?;
     ensure!(
         image.starts_with(d.pool_dir("local")),
@@ -57,10 +53,7 @@ fn swapped_image_race(store: StoreKind) -> anyhow::Result<()> {
     );
     std::fs::write(vm.join("whose"), b"victim")?;
     ensure!(
-        std::process::Command::new("umount")
-            .arg(&vm)
-            .status()?
-            .success(),
+        std::process::Command::new("umount").arg(&vm).status()?.success(),
         "umount victim"
     );
 
@@ -100,10 +93,8 @@ fn swapped_image_race(store: StoreKind) -> anyhow::Result<()> {
             Ok(out) if out.status.success() => {
                 mounted += 1;
                 let on_victim = loop_devices().into_iter().any(|(_, b)| b == victim_s);
-                let whose = std::fs::read(
-                    Path::new(String::from_utf8_lossy(&out.stdout).trim()).join("whose"),
-                )
-                .unwrap_or_default();
+                let whose = std::fs::read(Path::new(String::from_utf8_lossy(&out.stdout).trim()).join("whose"))
+                    .unwrap_or_default();
                 if on_victim || whose == b"victim" {
                     breach = Some(format!(
                         "mount {mounted}: the victim was attached (loop on it: {on_victim}, file says {:?})",
@@ -201,20 +192,42 @@ fn forged_connections_are_refused(store: StoreKind) -> anyhow::Result<()> {
     d.ok(&["driver", "install", forger.to_str().context("utf-8")?])?;
     let granted = Listener::start()?;
     let other = Listener::start()?;
-    d.ok(&["backend", "add", "fg", "--driver", "forger", "--allow-host", &format!("127.0.0.1:{}", granted.port)])?;
+    d.ok(&[
+        "backend",
+        "add",
+        "fg",
+        "--driver",
+        "forger",
+        "--allow-host",
+        &format!("127.0.0.1:{}", granted.port),
+    ])?;
     let pool = d.pool_dir("fg");
 
     // Host things a driver must never reach: an ext4 image and a directory outside the pool.
     let victim = d.dir.join("victim.img");
     std::fs::File::create(&victim)?.set_len(32 << 20)?;
-    ensure!(std::process::Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&victim).status()?.success(), "mkfs victim");
+    ensure!(
+        std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&victim)
+            .status()?
+            .success(),
+        "mkfs victim"
+    );
     let victim_dir = d.dir.join("victim-dir");
     std::fs::create_dir_all(&victim_dir)?;
     std::fs::write(victim_dir.join("secret"), b"host data")?;
     let (victim_s, victim_dir_s) = (victim.display().to_string(), victim_dir.display().to_string());
     let (gp, op) = (granted.port.to_string(), other.port.to_string());
     let good_nfs = |extra: &[(&'static str, String)]| {
-        let mut l = vec![("kind", "nfs".to_string()), ("server", "127.0.0.1".into()), ("port", gp.clone()), ("export", "/e".into()), ("version", "3".into()), ("options", format!("mountport={gp}"))];
+        let mut l = vec![
+            ("kind", "nfs".to_string()),
+            ("server", "127.0.0.1".into()),
+            ("port", gp.clone()),
+            ("export", "/e".into()),
+            ("version", "3".into()),
+            ("options", format!("mountport={gp}")),
+        ];
         for (k, v) in extra {
             l.retain(|(lk, _)| lk != k);
             l.push((k, v.clone()));
@@ -223,8 +236,12 @@ fn forged_connections_are_refused(store: StoreKind) -> anyhow::Result<()> {
     };
     let good_s3 = |extra: &[(&'static str, String)]| {
         let mut l = vec![
-            ("kind", "s3".to_string()), ("endpoint", format!("http://127.0.0.1:{gp}")), ("region", "r1".into()),
-            ("bucket", "b1".into()), ("access_key", "AK".into()), ("secret_key", "SK".into()),
+            ("kind", "s3".to_string()),
+            ("endpoint", format!("http://127.0.0.1:{gp}")),
+            ("region", "r1".into()),
+            ("bucket", "b1".into()),
+            ("access_key", "AK".into()),
+            ("secret_key", "SK".into()),
         ];
         for (k, v) in extra {
             l.retain(|(lk, _)| lk != k);
@@ -233,7 +250,12 @@ fn forged_connections_are_refused(store: StoreKind) -> anyhow::Result<()> {
         l
     };
     let good_iscsi = |extra: &[(&'static str, String)]| {
-        let mut l = vec![("kind", "iscsi".to_string()), ("portal", format!("127.0.0.1:{gp}")), ("iqn", "iqn.2026-12.test:t1".into()), ("lun", "1".into())];
+        let mut l = vec![
+            ("kind", "iscsi".to_string()),
+            ("portal", format!("127.0.0.1:{gp}")),
+            ("iqn", "iqn.2026-12.test:t1".into()),
+            ("lun", "1".into()),
+        ];
         for (k, v) in extra {
             l.retain(|(lk, _)| lk != k);
             l.push((k, v.clone()));
@@ -246,37 +268,134 @@ fn forged_connections_are_refused(store: StoreKind) -> anyhow::Result<()> {
     let up = "../".repeat(depth);
     // (name, labels, a word the refusal must contain)
     let cases: Vec<ForgedCase> = vec![
-        ("img-up", vec![("kind", "image-file".into()), ("path", "../../victim.img".into())], "image-file"),
-        ("img-abs", vec![("kind", "image-file".into()), ("path", victim_s.clone())], "image-file"),
-        ("img-link", vec![("kind", "image-file".into()), ("path", "to-victim".into()), ("symlink", "../../victim.img".into()), ("link", "to-victim".into())], "symlink"),
-        ("img-dev", vec![("kind", "image-file".into()), ("path", "to-dev".into()), ("symlink", format!("{up}dev/loop-control")), ("link", "to-dev".into())], "symlink"),
-        ("img-rel-dev", vec![("kind", "image-file".into()), ("path", "to-dev2".into()), ("symlink", format!("{up}dev/null")), ("link", "to-dev2".into())], "symlink"),
-        ("dir-root", vec![("kind", "directory".into()), ("path", "to-root".into()), ("symlink", up.clone()), ("link", "to-root".into())], "symlink"),
-        ("dir-up", vec![("kind", "directory".into()), ("path", "to-up".into()), ("symlink", "../../..".into()), ("link", "to-up".into())], "symlink"),
-        ("dir-abs", vec![("kind", "directory".into()), ("path", victim_dir_s.clone())], "directory"),
+        (
+            "img-up",
+            vec![("kind", "image-file".into()), ("path", "../../victim.img".into())],
+            "image-file",
+        ),
+        (
+            "img-abs",
+            vec![("kind", "image-file".into()), ("path", victim_s.clone())],
+            "image-file",
+        ),
+        (
+            "img-link",
+            vec![
+                ("kind", "image-file".into()),
+                ("path", "to-victim".into()),
+                ("symlink", "../../victim.img".into()),
+                ("link", "to-victim".into()),
+            ],
+            "symlink",
+        ),
+        (
+            "img-dev",
+            vec![
+                ("kind", "image-file".into()),
+                ("path", "to-dev".into()),
+                ("symlink", format!("{up}dev/loop-control")),
+                ("link", "to-dev".into()),
+            ],
+            "symlink",
+        ),
+        (
+            "img-rel-dev",
+            vec![
+                ("kind", "image-file".into()),
+                ("path", "to-dev2".into()),
+                ("symlink", format!("{up}dev/null")),
+                ("link", "to-dev2".into()),
+            ],
+            "symlink",
+        ),
+        (
+            "dir-root",
+            vec![
+                ("kind", "directory".into()),
+                ("path", "to-root".into()),
+                ("symlink", up.clone()),
+                ("link", "to-root".into()),
+            ],
+            "symlink",
+        ),
+        (
+            "dir-up",
+            vec![
+                ("kind", "directory".into()),
+                ("path", "to-up".into()),
+                ("symlink", "../../..".into()),
+                ("link", "to-up".into()),
+            ],
+            "symlink",
+        ),
+        (
+            "dir-abs",
+            vec![("kind", "directory".into()), ("path", victim_dir_s.clone())],
+            "directory",
+        ),
         ("nfs-host", good_nfs(&[("port", op.clone())]), "127.0.0.1"),
         ("nfs-name", good_nfs(&[("server", "localhost".into())]), "localhost"),
-        ("iscsi-host", good_iscsi(&[("portal", format!("127.0.0.1:{op}"))]), "127.0.0.1"),
-        ("s3-host", good_s3(&[("endpoint", format!("http://127.0.0.1:{op}"))]), "127.0.0.1"),
+        (
+            "iscsi-host",
+            good_iscsi(&[("portal", format!("127.0.0.1:{op}"))]),
+            "127.0.0.1",
+        ),
+        (
+            "s3-host",
+            good_s3(&[("endpoint", format!("http://127.0.0.1:{op}"))]),
+            "127.0.0.1",
+        ),
         // Option injection, one string field at a time.
-        ("nfs-opt-key", good_nfs(&[("options", format!("mountport={gp};suid"))]), "options"),
-        ("nfs-opt-value", good_nfs(&[("options", format!("mountport={gp};rsize=4096,suid"))]), "options"),
+        (
+            "nfs-opt-key",
+            good_nfs(&[("options", format!("mountport={gp};suid"))]),
+            "options",
+        ),
+        (
+            "nfs-opt-value",
+            good_nfs(&[("options", format!("mountport={gp};rsize=4096,suid"))]),
+            "options",
+        ),
         ("nfs-version", good_nfs(&[("version", "3,suid".into())]), "version"),
         ("nfs-export", good_nfs(&[("export", "/e,suid".into())]), "export"),
         ("nfs-server", good_nfs(&[("server", "127.0.0.1,suid".into())]), "server"),
         ("s3-bucket", good_s3(&[("bucket", "b1,allow_other".into())]), "bucket"),
-        ("s3-region", good_s3(&[("region", "r1,passwd_file=/etc/shadow".into())]), "region"),
-        ("s3-endpoint", good_s3(&[("endpoint", format!("http://127.0.0.1:{gp},use_cache=/"))]), "endpoint"),
+        (
+            "s3-region",
+            good_s3(&[("region", "r1,passwd_file=/etc/shadow".into())]),
+            "region",
+        ),
+        (
+            "s3-endpoint",
+            good_s3(&[("endpoint", format!("http://127.0.0.1:{gp},use_cache=/"))]),
+            "endpoint",
+        ),
         ("s3-prefix", good_s3(&[("prefix", "p,allow_other".into())]), "prefix"),
         ("s3-key", good_s3(&[("access_key", "AK:x".into())]), "access"),
-        ("iscsi-iqn", good_iscsi(&[("iqn", "iqn.2026-12.test:t1,x".into())]), "iqn"),
-        ("iscsi-portal", good_iscsi(&[("portal", format!("127.0.0.1:{gp},x"))]), "portal"),
+        (
+            "iscsi-iqn",
+            good_iscsi(&[("iqn", "iqn.2026-12.test:t1,x".into())]),
+            "iqn",
+        ),
+        (
+            "iscsi-portal",
+            good_iscsi(&[("portal", format!("127.0.0.1:{gp},x"))]),
+            "portal",
+        ),
         // (The CHAP user and secret need no case: they reach qemu-storage-daemon as JSON and a
         // secret file, where no string can become an option.)
     ];
     let mut failures = vec![];
     for (name, labels, word) in &cases {
-        let mut args = vec!["volume".to_string(), "create".into(), name.to_string(), "--backend".into(), "fg".into(), "--size".into(), "32M".into()];
+        let mut args = vec![
+            "volume".to_string(),
+            "create".into(),
+            name.to_string(),
+            "--backend".into(),
+            "fg".into(),
+            "--size".into(),
+            "32M".into(),
+        ];
         for (k, v) in labels {
             args.push("--label".into());
             args.push(format!("{k}={v}"));
@@ -284,7 +403,10 @@ fn forged_connections_are_refused(store: StoreKind) -> anyhow::Result<()> {
         d.ok(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
         match d.cli(&["volume", "mount", name])? {
             out if out.status.success() => {
-                failures.push(format!("{name}: mounted at {}", String::from_utf8_lossy(&out.stdout).trim()));
+                failures.push(format!(
+                    "{name}: mounted at {}",
+                    String::from_utf8_lossy(&out.stdout).trim()
+                ));
                 let _ = d.cli(&["volume", "unmount", name]);
             }
             out => {
@@ -300,11 +422,22 @@ fn forged_connections_are_refused(store: StoreKind) -> anyhow::Result<()> {
             failures.push(format!("{name}: an attachment was left: {}", v["attachments"]));
         }
     }
-    let mounts: Vec<String> = mounts_under(&d.dir).into_iter().filter(|m| !m.starts_with(&pool.display().to_string())).collect();
+    let mounts: Vec<String> = mounts_under(&d.dir)
+        .into_iter()
+        .filter(|m| !m.starts_with(&pool.display().to_string()))
+        .collect();
     let on_victim = loop_devices().into_iter().any(|(_, b)| b == victim_s);
     let reached = other.accepted.load(Ordering::SeqCst);
-    eprintln!("{} forged connections tried: {} not refused as expected; non-granted listener reached {reached} times", cases.len(), failures.len());
-    ensure!(failures.is_empty(), "forged connections not refused:\n{}", failures.join("\n"));
+    eprintln!(
+        "{} forged connections tried: {} not refused as expected; non-granted listener reached {reached} times",
+        cases.len(),
+        failures.len()
+    );
+    ensure!(
+        failures.is_empty(),
+        "forged connections not refused:\n{}",
+        failures.join("\n")
+    );
     ensure!(mounts.is_empty(), "mounts left under the data dir: {mounts:?}");
     ensure!(!on_victim, "a loop device was put on the victim image");
     ensure!(reached == 0, "the non-granted listener was reached {reached} times");

@@ -21,9 +21,15 @@ const SIZE: u64 = 64 * MIB;
 /// The S3 server's env lines, as scripts/services/s3.sh prints them.
 fn s3_env() -> (String, String, String) {
     let var = |k: &str| {
-        std::env::var(k).unwrap_or_else(|_| panic!("{k} is not set: start S3 with `scripts/services/s3.sh start .work/s3` (scripts/test.sh does)"))
+        std::env::var(k).unwrap_or_else(|_| {
+            panic!("{k} is not set: start S3 with `scripts/services/s3.sh start .work/s3` (scripts/test.sh does)")
+        })
     };
-    (var("ELARA_TEST_S3_ENDPOINT"), var("ELARA_TEST_S3_ACCESS_KEY"), var("ELARA_TEST_S3_SECRET_KEY"))
+    (
+        var("ELARA_TEST_S3_ENDPOINT"),
+        var("ELARA_TEST_S3_ACCESS_KEY"),
+        var("ELARA_TEST_S3_SECRET_KEY"),
+    )
 }
 
 /// Add a target named `name`: a directory under the daemon's dir, or a fresh S3 prefix.
@@ -31,10 +37,25 @@ fn add_target(d: &Daemon, name: &str, s3: bool) -> anyhow::Result<Option<PathBuf
     if s3 {
         let (endpoint, ak, sk) = s3_env();
         let url = format!("s3://elara-backup-tests/{}", unique(name));
-        let out = d.ok(&["backup", "target", "add", name, &url, "--endpoint", &endpoint, "--access-key", &ak, "--secret-key", &sk])?;
+        let out = d.ok(&[
+            "backup",
+            "target",
+            "add",
+            name,
+            &url,
+            "--endpoint",
+            &endpoint,
+            "--access-key",
+            &ak,
+            "--secret-key",
+            &sk,
+        ])?;
         assert!(!out.contains(&sk), "the secret key is never printed: {out}");
         let shown = d.ok(&["backup", "target", "inspect", name])?;
-        assert!(!shown.contains(&sk) && shown.contains("redacted"), "inspect hides the secret: {shown}");
+        assert!(
+            !shown.contains(&sk) && shown.contains("redacted"),
+            "inspect hides the secret: {shown}"
+        );
         Ok(None)
     } else {
         let dir = d.dir.join(format!("target-{name}"));
@@ -45,13 +66,18 @@ fn add_target(d: &Daemon, name: &str, s3: bool) -> anyhow::Result<Option<PathBuf
 
 fn image_of(d: &Daemon, vol: &str) -> anyhow::Result<PathBuf> {
     let v = d.json(&["volume", "inspect", vol])?;
-    Ok(d.pool_dir(v["backend"].as_str().unwrap()).join(v["backend_ref"].as_str().unwrap()))
+    Ok(d.pool_dir(v["backend"].as_str().unwrap())
+        .join(v["backend_ref"].as_str().unwrap()))
 }
 
 fn sha256(path: &Path) -> anyhow::Result<String> {
     let out = std::process::Command::new("sha256sum").arg(path).output()?;
     anyhow::ensure!(out.status.success(), "sha256sum {} failed", path.display());
-    Ok(String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_string())
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string())
 }
 
 /// Known data: random regions, explicit zero regions, and holes (never written).
@@ -88,7 +114,12 @@ fn change_one_percent(image: &Path, seed: u64) -> anyhow::Result<HashSet<u64>> {
 }
 
 fn backup_ids(d: &Daemon) -> anyhow::Result<Vec<String>> {
-    Ok(d.json(&["backup", "list"])?.as_array().unwrap().iter().map(|b| b["id"].as_str().unwrap().to_string()).collect())
+    Ok(d.json(&["backup", "list"])?
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap().to_string())
+        .collect())
 }
 
 fn round_trip(store: StoreKind, s3: bool) -> anyhow::Result<()> {
@@ -107,23 +138,41 @@ fn round_trip(store: StoreKind, s3: bool) -> anyhow::Result<()> {
     assert_eq!(full["data_blocks"], 5, "{full}");
     assert_eq!(full["uploaded_blocks"], 5, "{full}");
     assert!(full["parent"].is_null());
-    assert!(full["scanned_bytes"].as_u64().unwrap() < SIZE, "holes are not read: {full}");
+    assert!(
+        full["scanned_bytes"].as_u64().unwrap() < SIZE,
+        "holes are not read: {full}"
+    );
 
     let touched = change_one_percent(&image, 2)?;
     let sum_incr = sha256(&image)?;
     assert_ne!(sum_full, sum_incr);
     let incr = d.json(&["backup", "create", "src", "--target", "tg"])?;
-    assert_eq!(incr["parent"], full["id"], "incremental against the previous backup: {incr}");
-    assert_eq!(incr["uploaded_blocks"].as_u64().unwrap(), touched.len() as u64, "only the {} changed blocks are uploaded: {incr}", touched.len());
+    assert_eq!(
+        incr["parent"], full["id"],
+        "incremental against the previous backup: {incr}"
+    );
+    assert_eq!(
+        incr["uploaded_blocks"].as_u64().unwrap(),
+        touched.len() as u64,
+        "only the {} changed blocks are uploaded: {incr}",
+        touched.len()
+    );
     // Other snapshots: the temporary ones are gone.
-    assert!(d.json(&["snapshot", "list"])?.as_array().unwrap().is_empty(), "temporary snapshots removed");
+    assert!(
+        d.json(&["snapshot", "list"])?.as_array().unwrap().is_empty(),
+        "temporary snapshots removed"
+    );
 
     let (fid, iid) = (full["id"].as_str().unwrap(), incr["id"].as_str().unwrap());
     for (id, vol, sum) in [(fid, "r-full", &sum_full), (iid, "r-incr", &sum_incr)] {
         let v = d.json(&["backup", "restore", id, "--to", vol])?;
         assert_eq!(v["name"], vol);
         assert!(v["op"].is_null(), "restored volume unlocked: {v}");
-        assert_eq!(&sha256(&image_of(&d, vol)?)?, sum, "restore of {id} into {vol} is byte-identical");
+        assert_eq!(
+            &sha256(&image_of(&d, vol)?)?,
+            sum,
+            "restore of {id} into {vol} is byte-identical"
+        );
         let report = d.json(&["backup", "verify", id])?;
         assert_eq!(report["ok"], true, "{report}");
     }
@@ -136,12 +185,38 @@ fn round_trip(store: StoreKind, s3: bool) -> anyhow::Result<()> {
     assert_eq!(sha256(&image_of(&d, "r-incr2")?)?, sum_incr);
 
     // Bad input names the field and changes nothing.
-    assert!(d.fails(&["backup", "create", "nope", "--target", "tg"])?.contains("volume"));
-    assert!(d.fails(&["backup", "create", "src", "--target", "nope"])?.contains("target"));
-    assert!(d.fails(&["backup", "restore", iid, "--to", "src"])?.contains("already exists"));
-    assert!(d.fails(&["backup", "target", "add", "rel", "relative/dir"])?.contains("url"));
-    assert!(d.fails(&["backup", "target", "add", "s3x", "s3://Bad_Bucket/x", "--endpoint", "http://127.0.0.1:1"])?.contains("bucket"));
-    assert!(d.fails(&["backup", "target", "remove", "tg"])?.contains("holds backups"));
+    assert!(
+        d.fails(&["backup", "create", "nope", "--target", "tg"])?
+            .contains("volume")
+    );
+    assert!(
+        d.fails(&["backup", "create", "src", "--target", "nope"])?
+            .contains("target")
+    );
+    assert!(
+        d.fails(&["backup", "restore", iid, "--to", "src"])?
+            .contains("already exists")
+    );
+    assert!(
+        d.fails(&["backup", "target", "add", "rel", "relative/dir"])?
+            .contains("url")
+    );
+    assert!(
+        d.fails(&[
+            "backup",
+            "target",
+            "add",
+            "s3x",
+            "s3://Bad_Bucket/x",
+            "--endpoint",
+            "http://127.0.0.1:1"
+        ])?
+        .contains("bucket")
+    );
+    assert!(
+        d.fails(&["backup", "target", "remove", "tg"])?
+            .contains("holds backups")
+    );
     assert_eq!(backup_ids(&d)?.len(), 1);
     d.ok(&["backup", "delete", iid])?;
     d.ok(&["backup", "target", "remove", "tg"])?;
@@ -177,12 +252,25 @@ fn corruption(store: StoreKind) -> anyhow::Result<()> {
     let bad = corrupt_one_block(&dir)?;
 
     let err = d.fails(&["backup", "verify", id])?;
-    assert!(err.contains(&bad) && err.contains("block"), "verify names the bad block {bad}: {err}");
+    assert!(
+        err.contains(&bad) && err.contains("block"),
+        "verify names the bad block {bad}: {err}"
+    );
     let err = d.fails(&["backup", "restore", id, "--to", "r1"])?;
     assert!(err.contains(&bad), "restore fails naming the block {bad}: {err}");
     d.wait_ops_settled(Duration::from_secs(30))?;
-    let vols: Vec<String> = d.json(&["volume", "list"])?.as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap().to_string()).collect();
-    assert_eq!(vols, vec!["src".to_string()], "the failed restore left no volume behind");
+    let vols: Vec<String> = d
+        .json(&["volume", "list"])?
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        vols,
+        vec!["src".to_string()],
+        "the failed restore left no volume behind"
+    );
     Ok(())
 }
 
@@ -227,15 +315,24 @@ fn crash_point(store: StoreKind, point: &str) -> anyhow::Result<()> {
     if restoring {
         // A clean backup first (the crash point is only reached by a restore).
         let out = d.cli(&["-o", "json", "backup", "create", "src", "--target", "tg"])?;
-        anyhow::ensure!(out.status.success(), "backup before the restore crash failed: {}", String::from_utf8_lossy(&out.stderr));
+        anyhow::ensure!(
+            out.status.success(),
+            "backup before the restore crash failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         before = backup_ids(&d)?;
         let out = d.cli(&["backup", "restore", &before[0], "--to", "r1"])?;
         anyhow::ensure!(!out.status.success(), "the restore should have been cut off");
     } else {
         let out = d.cli(&["backup", "create", "src", "--target", "tg"])?;
-        anyhow::ensure!(!out.status.success(), "the backup should have been cut off: {}", String::from_utf8_lossy(&out.stdout));
+        anyhow::ensure!(
+            !out.status.success(),
+            "the backup should have been cut off: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
-    d.wait_exit(Duration::from_secs(60)).map_err(|e| anyhow::anyhow!("{point}: the daemon did not die ({e})\n{}", d.log_tail()))?;
+    d.wait_exit(Duration::from_secs(60))
+        .map_err(|e| anyhow::anyhow!("{point}: the daemon did not die ({e})\n{}", d.log_tail()))?;
     d.restart()?;
     d.wait_ops_settled(Duration::from_secs(60))?;
 
@@ -247,28 +344,57 @@ fn crash_point(store: StoreKind, point: &str) -> anyhow::Result<()> {
     } else {
         assert_eq!(listed, before, "{point}: no half backup listed");
     }
-    assert!(d.json(&["snapshot", "list"])?.as_array().unwrap().is_empty(), "{point}: temporary snapshot removed");
+    assert!(
+        d.json(&["snapshot", "list"])?.as_array().unwrap().is_empty(),
+        "{point}: temporary snapshot removed"
+    );
     let (blocks, referenced) = target_state(&dir)?;
-    assert!(blocks.is_subset(&referenced) && referenced.is_subset(&blocks), "{point}: no orphan or missing blocks ({} stored, {} referenced)", blocks.len(), referenced.len());
+    assert!(
+        blocks.is_subset(&referenced) && referenced.is_subset(&blocks),
+        "{point}: no orphan or missing blocks ({} stored, {} referenced)",
+        blocks.len(),
+        referenced.len()
+    );
     if restoring {
-        let vols: Vec<String> = d.json(&["volume", "list"])?.as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap().to_string()).collect();
-        assert_eq!(vols, vec!["src".to_string()], "{point}: the half-restored volume was removed");
+        let vols: Vec<String> = d
+            .json(&["volume", "list"])?
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["name"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            vols,
+            vec!["src".to_string()],
+            "{point}: the half-restored volume was removed"
+        );
     }
 
     // The next run completes, and restores byte-identical.
     let id = if restoring {
         before[0].clone()
     } else {
-        d.json(&["backup", "create", "src", "--target", "tg"])?["id"].as_str().unwrap().to_string()
+        d.json(&["backup", "create", "src", "--target", "tg"])?["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
     };
     d.ok(&["backup", "restore", &id, "--to", "r2"])?;
-    assert_eq!(sha256(&image_of(&d, "r2")?)?, sum, "{point}: restore after the crash is byte-identical");
+    assert_eq!(
+        sha256(&image_of(&d, "r2")?)?,
+        sum,
+        "{point}: restore after the crash is byte-identical"
+    );
     Ok(())
 }
 
 /// The daemon's backup crash points (`elara::ops::faults::POINTS`), not a copy that drifts.
 fn crash_points() -> Vec<&'static str> {
-    elara::ops::faults::POINTS.iter().copied().filter(|p| p.starts_with("backup")).collect()
+    elara::ops::faults::POINTS
+        .iter()
+        .copied()
+        .filter(|p| p.starts_with("backup"))
+        .collect()
 }
 
 fn crashes(store: StoreKind) -> anyhow::Result<()> {
@@ -281,7 +407,13 @@ fn crashes(store: StoreKind) -> anyhow::Result<()> {
             failures.push(format!("{p}: {e:#}"));
         }
     }
-    anyhow::ensure!(failures.is_empty(), "{} of {} crash points failed:\n{}", failures.len(), points.len(), failures.join("\n\n"));
+    anyhow::ensure!(
+        failures.is_empty(),
+        "{} of {} crash points failed:\n{}",
+        failures.len(),
+        points.len(),
+        failures.join("\n\n")
+    );
     Ok(())
 }
 
@@ -308,7 +440,10 @@ fn backup_losing_target<T>(
     std::fs::write(&pause, b"")?;
     let reached = pause.with_extension("reached");
     let mut opts = DaemonOpts::new(store);
-    opts.env.push(("ELARA_PAUSE_AT".into(), format!("backup:mid-upload={}", pause.display())));
+    opts.env.push((
+        "ELARA_PAUSE_AT".into(),
+        format!("backup:mid-upload={}", pause.display()),
+    ));
     let d = Daemon::start(opts)?;
     let target = add_target(&d)?;
     d.ok(&["volume", "create", "src", "--size", "64M"])?;
@@ -319,7 +454,9 @@ fn backup_losing_target<T>(
     let job = d.json(&["backup", "create", "src", "--target", "tg", "--detach"])?;
     let job_id = job["id"].as_str().unwrap().to_string();
     let backup_id = job["backup"].as_str().unwrap().to_string();
-    wait_for(Duration::from_secs(60), "the backup to reach mid-upload", || Ok(reached.exists()))?;
+    wait_for(Duration::from_secs(60), "the backup to reach mid-upload", || {
+        Ok(reached.exists())
+    })?;
     take_away(&target)?;
     std::fs::remove_file(&pause)?;
     let _ = std::fs::remove_file(&reached);
@@ -331,7 +468,11 @@ fn backup_losing_target<T>(
     })?;
     assert_eq!(job["state"], "failed", "{job}");
     assert!(backup_ids(&d)?.is_empty(), "no backup listed");
-    assert!(d.fails(&["snapshot", "inspect", &format!("backup-{backup_id}")])?.contains("does not exist"), "temporary snapshot removed");
+    assert!(
+        d.fails(&["snapshot", "inspect", &format!("backup-{backup_id}")])?
+            .contains("does not exist"),
+        "temporary snapshot removed"
+    );
     Ok((LostTarget { d, job, sum }, target))
 }
 
@@ -343,8 +484,13 @@ impl LostTarget {
     /// The next backup completes and restores byte-identical.
     fn next_backup_restores(&self) -> anyhow::Result<()> {
         let b = self.d.json(&["backup", "create", "src", "--target", "tg"])?;
-        self.d.ok(&["backup", "restore", b["id"].as_str().unwrap(), "--to", "r1"])?;
-        assert_eq!(sha256(&image_of(&self.d, "r1")?)?, self.sum, "restore after the vanished target is byte-identical");
+        self.d
+            .ok(&["backup", "restore", b["id"].as_str().unwrap(), "--to", "r1"])?;
+        assert_eq!(
+            sha256(&image_of(&self.d, "r1")?)?,
+            self.sum,
+            "restore after the vanished target is byte-identical"
+        );
         Ok(())
     }
 }
@@ -362,15 +508,25 @@ fn target_vanishes(store: StoreKind) -> anyhow::Result<()> {
     )?;
     let away = dir.with_extension("away");
     let err = lost.error();
-    assert!(err.contains("gone") && err.contains(&dir.display().to_string()), "the error says the target is gone: {err}");
+    assert!(
+        err.contains("gone") && err.contains(&dir.display().to_string()),
+        "the error says the target is gone: {err}"
+    );
     let (orphans, _) = target_state(&away)?;
-    assert!(!orphans.is_empty(), "the backup had uploaded blocks before the target went");
+    assert!(
+        !orphans.is_empty(),
+        "the backup had uploaded blocks before the target went"
+    );
 
     // The target comes back with those blocks; the reconciler's retried undo collects them.
     std::fs::rename(&away, &dir)?;
     lost.d.wait_ops_settled(Duration::from_secs(60))?;
     let (blocks, referenced) = target_state(&dir)?;
-    assert!(blocks.is_empty() && referenced.is_empty(), "orphans removed: {} blocks left", blocks.len());
+    assert!(
+        blocks.is_empty() && referenced.is_empty(),
+        "orphans removed: {} blocks left",
+        blocks.len()
+    );
     lost.next_backup_restores()
 }
 
@@ -386,7 +542,20 @@ fn s3_bucket_vanishes(store: StoreKind) -> anyhow::Result<()> {
         |d| {
             let (endpoint, ak, sk) = s3_env();
             let url = format!("s3://{bucket}/bk");
-            d.ok(&["backup", "target", "add", "tg", &url, "--endpoint", &endpoint, "--access-key", &ak, "--secret-key", &sk]).map(drop)
+            d.ok(&[
+                "backup",
+                "target",
+                "add",
+                "tg",
+                &url,
+                "--endpoint",
+                &endpoint,
+                "--access-key",
+                &ak,
+                "--secret-key",
+                &sk,
+            ])
+            .map(drop)
         },
         |()| {
             s3.purge(&bucket)?;
@@ -399,8 +568,14 @@ fn s3_bucket_vanishes(store: StoreKind) -> anyhow::Result<()> {
     // The undo cannot collect what was uploaded while the bucket is gone: it waits, and
     // nothing recreates the bucket behind the operator's back.
     let ops = lost.d.json(&["op", "list"])?;
-    assert!(ops.as_array().is_some_and(|a| !a.is_empty()), "the undo is pending: {ops}");
-    assert!(!s3.buckets()?.contains(&bucket), "the bucket was recreated behind the operator's back");
+    assert!(
+        ops.as_array().is_some_and(|a| !a.is_empty()),
+        "the undo is pending: {ops}"
+    );
+    assert!(
+        !s3.buckets()?.contains(&bucket),
+        "the bucket was recreated behind the operator's back"
+    );
 
     // The operator makes the bucket again: the undo settles, and the next run completes.
     s3.create_bucket(&bucket)?;
@@ -493,37 +668,72 @@ fn fiemap_incremental(store: StoreKind) -> anyhow::Result<()> {
     run("mkfs.xfs", &["-q", "-m", "reflink=1", xfs.to_str().unwrap()])?;
     run("mount", &["-o", "loop", xfs.to_str().unwrap(), pools.to_str().unwrap()])?;
     let result = (|| -> anyhow::Result<()> {
-        run("cp", &["-a", &format!("{}/.", d.dir.join("pools.old").display()), pools.to_str().unwrap()])?;
+        run(
+            "cp",
+            &[
+                "-a",
+                &format!("{}/.", d.dir.join("pools.old").display()),
+                pools.to_str().unwrap(),
+            ],
+        )?;
         d.restart()?;
         add_target(&d, "tg", false)?;
         d.ok(&["volume", "create", "src", "--size", "64M"])?;
         let image = image_of(&d, "src")?;
         write_known(&image, 5)?;
         let full = d.json(&["backup", "create", "src", "--target", "tg"])?;
-        assert!(full["base_snapshot"].is_string(), "a reflink snapshot is kept as the next base: {full}");
+        assert!(
+            full["base_snapshot"].is_string(),
+            "a reflink snapshot is kept as the next base: {full}"
+        );
         let touched = change_one_percent(&image, 6)?;
         let sum = sha256(&image)?;
         let incr = d.json(&["backup", "create", "src", "--target", "tg"])?;
-        assert_eq!(incr["uploaded_blocks"].as_u64().unwrap(), touched.len() as u64, "{incr}");
+        assert_eq!(
+            incr["uploaded_blocks"].as_u64().unwrap(),
+            touched.len() as u64,
+            "{incr}"
+        );
         let reused = incr["reused_blocks"].as_u64().unwrap();
-        assert!(reused >= 5 - touched.len() as u64 && reused > 0, "unchanged blocks found by FIEMAP, not read: {incr}");
-        assert!(incr["scanned_bytes"].as_u64().unwrap() <= touched.len() as u64 * 4 * MIB + 4 * MIB, "only changed blocks read: {incr}");
+        assert!(
+            reused >= 5 - touched.len() as u64 && reused > 0,
+            "unchanged blocks found by FIEMAP, not read: {incr}"
+        );
+        assert!(
+            incr["scanned_bytes"].as_u64().unwrap() <= touched.len() as u64 * 4 * MIB + 4 * MIB,
+            "only changed blocks read: {incr}"
+        );
         // Only the newest base snapshot is kept, and it is the backups', not the user's: hidden
         // from `snapshot list`, shown by `snapshot inspect`.
-        let (old_base, base) = (full["base_snapshot"].as_str().unwrap(), incr["base_snapshot"].as_str().unwrap());
+        let (old_base, base) = (
+            full["base_snapshot"].as_str().unwrap(),
+            incr["base_snapshot"].as_str().unwrap(),
+        );
         let snaps = d.json(&["snapshot", "list"])?;
-        assert!(snaps.as_array().unwrap().is_empty(), "base snapshots are hidden: {snaps}");
+        assert!(
+            snaps.as_array().unwrap().is_empty(),
+            "base snapshots are hidden: {snaps}"
+        );
         d.ok(&["snapshot", "inspect", base])?;
-        assert!(d.fails(&["snapshot", "inspect", old_base])?.contains("does not exist"), "the parent's base is retired");
+        assert!(
+            d.fails(&["snapshot", "inspect", old_base])?.contains("does not exist"),
+            "the parent's base is retired"
+        );
         d.ok(&["backup", "restore", incr["id"].as_str().unwrap(), "--to", "r1"])?;
         assert_eq!(sha256(&image_of(&d, "r1")?)?, sum);
         // A user snapshot still holds the volume; the base snapshot does not: it goes with the
         // volume, and the backups stay whole.
         d.ok(&["snapshot", "create", "src", "--name", "mine"])?;
-        assert!(d.fails(&["volume", "delete", "src"])?.contains("mine"), "a user snapshot holds the volume");
+        assert!(
+            d.fails(&["volume", "delete", "src"])?.contains("mine"),
+            "a user snapshot holds the volume"
+        );
         d.ok(&["snapshot", "delete", "mine"])?;
         d.ok(&["volume", "delete", "src"])?;
-        assert!(d.fails(&["snapshot", "inspect", base])?.contains("does not exist"), "the base snapshot went with its volume");
+        assert!(
+            d.fails(&["snapshot", "inspect", base])?.contains("does not exist"),
+            "the base snapshot went with its volume"
+        );
         for id in backup_ids(&d)? {
             assert_eq!(d.json(&["backup", "verify", &id])?["ok"], true);
         }
@@ -562,7 +772,8 @@ fn gc_races_backup(store: StoreKind, s3: bool) -> anyhow::Result<()> {
     std::fs::write(&pause, b"")?;
     let reached = pause.with_extension("reached");
     let mut opts = DaemonOpts::new(store);
-    opts.env.push(("ELARA_PAUSE_AT".into(), format!("gc:after-mark={}", pause.display())));
+    opts.env
+        .push(("ELARA_PAUSE_AT".into(), format!("gc:after-mark={}", pause.display())));
     let d = Daemon::start(opts)?;
     let dir = add_target(&d, "tg", s3)?;
     d.ok(&["volume", "create", "src", "--size", "64M"])?;
@@ -574,17 +785,28 @@ fn gc_races_backup(store: StoreKind, s3: bool) -> anyhow::Result<()> {
 
     let (job_id, b) = std::thread::scope(|sc| -> anyhow::Result<(String, Value)> {
         let deleter = sc.spawn(|| d.ok(&["backup", "delete", &a_id]));
-        wait_for(Duration::from_secs(60), "the block collection of the deleted backup to reach its sweep", || Ok(reached.exists()))?;
+        wait_for(
+            Duration::from_secs(60),
+            "the block collection of the deleted backup to reach its sweep",
+            || Ok(reached.exists()),
+        )?;
         let job = d.json(&["backup", "create", "src", "--target", "tg", "--detach"])?;
         let job_id = job["id"].as_str().unwrap().to_string();
         // Let the collection go on once the new backup has either run through (it found every
         // block in the target) or stopped for the collection.
         let mut view = Value::Null;
-        wait_for(Duration::from_secs(120), "the new backup to finish or to wait for the collection", || {
-            view = d.json(&["backup", "job", &job_id])?;
-            Ok(view["state"] != "running" || view["progress"]["phase"] == "waiting-for-gc")
-        })?;
-        eprintln!("the new backup, when the collection went on: state {}, phase {}", view["state"], view["progress"]["phase"]);
+        wait_for(
+            Duration::from_secs(120),
+            "the new backup to finish or to wait for the collection",
+            || {
+                view = d.json(&["backup", "job", &job_id])?;
+                Ok(view["state"] != "running" || view["progress"]["phase"] == "waiting-for-gc")
+            },
+        )?;
+        eprintln!(
+            "the new backup, when the collection went on: state {}, phase {}",
+            view["state"], view["progress"]["phase"]
+        );
         std::fs::remove_file(&pause)?;
         deleter.join().expect("the delete thread")?;
         wait_for(Duration::from_secs(120), "the new backup to end", || {
@@ -596,13 +818,23 @@ fn gc_races_backup(store: StoreKind, s3: bool) -> anyhow::Result<()> {
     assert_eq!(b["state"], "done", "backup job {job_id}: {b}");
     let b_id = b["backup"].as_str().unwrap();
     assert_eq!(backup_ids(&d)?, vec![b_id.to_string()]);
-    let report = d.json(&["backup", "verify", b_id]).map_err(|e| anyhow::anyhow!("backup {b_id} does not verify after the collection: {e:#}"))?;
+    let report = d
+        .json(&["backup", "verify", b_id])
+        .map_err(|e| anyhow::anyhow!("backup {b_id} does not verify after the collection: {e:#}"))?;
     assert_eq!(report["ok"], true, "{report}");
     d.ok(&["backup", "restore", b_id, "--to", "r1"])?;
-    assert_eq!(sha256(&image_of(&d, "r1")?)?, sum, "restore of {b_id} is byte-identical");
+    assert_eq!(
+        sha256(&image_of(&d, "r1")?)?,
+        sum,
+        "restore of {b_id} is byte-identical"
+    );
     if let Some(dir) = dir {
         let (blocks, referenced) = target_state(&dir)?;
-        assert!(referenced.is_subset(&blocks), "blocks named by a manifest are missing: {:?}", referenced.difference(&blocks).collect::<Vec<_>>());
+        assert!(
+            referenced.is_subset(&blocks),
+            "blocks named by a manifest are missing: {:?}",
+            referenced.difference(&blocks).collect::<Vec<_>>()
+        );
     }
     let _ = std::fs::remove_file(&reached);
     Ok(())
@@ -639,12 +871,27 @@ fn planted_names() -> Vec<(Vec<u8>, &'static str)> {
         (b"blocks/ab/abc".to_vec(), "short"),
         (format!("blocks/ab/{}", &hex[..63]).into_bytes(), "63 hex characters"),
         (format!("blocks/ab/{hex}0").into_bytes(), "65 hex characters"),
-        (format!("blocks/zz/{}", "z".repeat(64)).into_bytes(), "64 non-hex characters"),
-        (format!("blocks/ab/{}", "€".to_string() + &"a".repeat(61)).into_bytes(), "64 bytes starting with a 3-byte character"),
-        (format!("blocks/00/{hex}").into_bytes(), "a valid id under the wrong directory"),
-        (format!("blocks/ab/deeper/{hex}").into_bytes(), "a valid id one level too deep"),
+        (
+            format!("blocks/zz/{}", "z".repeat(64)).into_bytes(),
+            "64 non-hex characters",
+        ),
+        (
+            format!("blocks/ab/{}", "€".to_string() + &"a".repeat(61)).into_bytes(),
+            "64 bytes starting with a 3-byte character",
+        ),
+        (
+            format!("blocks/00/{hex}").into_bytes(),
+            "a valid id under the wrong directory",
+        ),
+        (
+            format!("blocks/ab/deeper/{hex}").into_bytes(),
+            "a valid id one level too deep",
+        ),
         (b"blocks/stray".to_vec(), "a file directly in blocks/"),
-        (format!("blocks/AB/{}", hex.to_uppercase()).into_bytes(), "upper-case hex"),
+        (
+            format!("blocks/AB/{}", hex.to_uppercase()).into_bytes(),
+            "upper-case hex",
+        ),
     ];
     names.push(([b"blocks/ff/".as_slice(), &[0xff; 64]].concat(), "not UTF-8"));
     names
@@ -659,7 +906,19 @@ fn foreign_block_names(store: StoreKind, s3: bool) -> anyhow::Result<()> {
     let (bucket, prefix) = ("elara-backup-tests".to_string(), unique("foreign"));
     let dir = if s3 {
         let (endpoint, ak, sk) = s3_env();
-        d.ok(&["backup", "target", "add", "tg", &format!("s3://{bucket}/{prefix}"), "--endpoint", &endpoint, "--access-key", &ak, "--secret-key", &sk])?;
+        d.ok(&[
+            "backup",
+            "target",
+            "add",
+            "tg",
+            &format!("s3://{bucket}/{prefix}"),
+            "--endpoint",
+            &endpoint,
+            "--access-key",
+            &ak,
+            "--secret-key",
+            &sk,
+        ])?;
         None
     } else {
         add_target(&d, "tg", false)?
@@ -670,7 +929,10 @@ fn foreign_block_names(store: StoreKind, s3: bool) -> anyhow::Result<()> {
     let a_id = a["id"].as_str().unwrap();
 
     // S3 keys are UTF-8: the non-UTF-8 name is for directory targets only.
-    let planted: Vec<(Vec<u8>, &str)> = planted_names().into_iter().filter(|(n, _)| !s3 || std::str::from_utf8(n).is_ok()).collect();
+    let planted: Vec<(Vec<u8>, &str)> = planted_names()
+        .into_iter()
+        .filter(|(n, _)| !s3 || std::str::from_utf8(n).is_ok())
+        .collect();
     for (name, why) in &planted {
         match (&dir, &s3_server) {
             (Some(dir), _) => {
@@ -683,27 +945,55 @@ fn foreign_block_names(store: StoreKind, s3: bool) -> anyhow::Result<()> {
         }
     }
     // Deleting the only backup collects its blocks: a pass over every planted name.
-    d.ok(&["backup", "delete", a_id]).map_err(|e| anyhow::anyhow!("the delete (and its block collection) failed: {e:#}\n{}", d.log_tail()))?;
+    d.ok(&["backup", "delete", a_id])
+        .map_err(|e| anyhow::anyhow!("the delete (and its block collection) failed: {e:#}\n{}", d.log_tail()))?;
     d.ok(&["info"])?;
     for (name, why) in &planted {
         let there = match (&dir, &s3_server) {
-            (Some(dir), _) => std::fs::read(dir.join(std::ffi::OsStr::from_bytes(name))).ok().map(|b| b == why.as_bytes()),
-            (None, Some(s3)) => s3.get(&bucket, &format!("{prefix}/{}", std::str::from_utf8(name)?))?.map(|t| t == *why),
+            (Some(dir), _) => std::fs::read(dir.join(std::ffi::OsStr::from_bytes(name)))
+                .ok()
+                .map(|b| b == why.as_bytes()),
+            (None, Some(s3)) => s3
+                .get(&bucket, &format!("{prefix}/{}", std::str::from_utf8(name)?))?
+                .map(|t| t == *why),
             _ => unreachable!(),
         };
-        assert_eq!(there, Some(true), "the planted {why} name {:?} was deleted or changed", String::from_utf8_lossy(name));
+        assert_eq!(
+            there,
+            Some(true),
+            "the planted {why} name {:?} was deleted or changed",
+            String::from_utf8_lossy(name)
+        );
     }
     // The backup's own blocks went: only planted names are left under blocks/.
     let left: Vec<String> = match (&dir, &s3_server) {
-        (Some(dir), _) => walkdir_files(&dir.join("blocks"))?.into_iter().map(|p| p.strip_prefix(dir).unwrap().to_string_lossy().into_owned()).collect(),
-        (None, Some(s3)) => s3.objects(&bucket, &format!("{prefix}/blocks/"))?.unwrap_or_default().into_iter().map(|(k, _)| k[prefix.len() + 1..].to_string()).collect(),
+        (Some(dir), _) => walkdir_files(&dir.join("blocks"))?
+            .into_iter()
+            .map(|p| p.strip_prefix(dir).unwrap().to_string_lossy().into_owned())
+            .collect(),
+        (None, Some(s3)) => s3
+            .objects(&bucket, &format!("{prefix}/blocks/"))?
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, _)| k[prefix.len() + 1..].to_string())
+            .collect(),
         _ => unreachable!(),
     };
-    let planted_keys: HashSet<String> = planted.iter().map(|(n, _)| String::from_utf8_lossy(n).into_owned()).collect();
+    let planted_keys: HashSet<String> = planted
+        .iter()
+        .map(|(n, _)| String::from_utf8_lossy(n).into_owned())
+        .collect();
     let unplanted: Vec<&String> = left.iter().filter(|k| !planted_keys.contains(*k)).collect();
-    assert!(unplanted.is_empty(), "the deleted backup's blocks are still there: {unplanted:?}");
+    assert!(
+        unplanted.is_empty(),
+        "the deleted backup's blocks are still there: {unplanted:?}"
+    );
     let log = std::fs::read_to_string(d.dir.join("daemon.log"))?;
-    assert!(log.contains("foreign"), "the log warns about the foreign names:\n{}", d.log_tail());
+    assert!(
+        log.contains("foreign"),
+        "the log warns about the foreign names:\n{}",
+        d.log_tail()
+    );
     Ok(())
 }
 

@@ -46,7 +46,14 @@ fn tree_of(root: &Path) -> anyhow::Result<Tree> {
                 format!("dir {:o} {}:{} {}", m.mode() & 0o7777, m.uid(), m.gid(), m.mtime())
             } else {
                 let sum = blake3::hash(&std::fs::read(&p)?).to_hex().to_string();
-                format!("file {:o} {}:{} {} {} {sum}", m.mode() & 0o7777, m.uid(), m.gid(), m.mtime(), m.len())
+                format!(
+                    "file {:o} {}:{} {} {} {sum}",
+                    m.mode() & 0o7777,
+                    m.uid(),
+                    m.gid(),
+                    m.mtime(),
+                    m.len()
+                )
             };
             out.insert(rel, what);
         }
@@ -56,7 +63,12 @@ fn tree_of(root: &Path) -> anyhow::Result<Tree> {
 
 /// Set a path's mtime (and atime), not following symlinks.
 fn set_mtime(p: &Path, secs: i64) -> anyhow::Result<()> {
-    let st = std::process::Command::new("touch").arg("-h").arg("-d").arg(format!("@{secs}")).arg(p).status()?;
+    let st = std::process::Command::new("touch")
+        .arg("-h")
+        .arg("-d")
+        .arg(format!("@{secs}"))
+        .arg(p)
+        .status()?;
     anyhow::ensure!(st.success(), "touch {}", p.display());
     Ok(())
 }
@@ -85,8 +97,22 @@ fn write_tree(root: &Path) -> anyhow::Result<()> {
     std::fs::set_permissions(root.join("docs/a.txt"), std::fs::Permissions::from_mode(0o640))?;
     std::fs::set_permissions(root.join("docs/deep"), std::fs::Permissions::from_mode(0o750))?;
     std::os::unix::fs::chown(root.join("docs/a.txt"), Some(1234), Some(5678))?;
-    let old = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64 - 3600;
-    for p in ["docs/a.txt", "docs/deep/b.bin", "docs/deep/deeper/c.bin", "bin/tool", "big.img", "empty", "docs/deep/deeper", "docs/deep", "docs", "bin"] {
+    let old = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs() as i64
+        - 3600;
+    for p in [
+        "docs/a.txt",
+        "docs/deep/b.bin",
+        "docs/deep/deeper/c.bin",
+        "bin/tool",
+        "big.img",
+        "empty",
+        "docs/deep/deeper",
+        "docs/deep",
+        "docs",
+        "bin",
+    ] {
         set_mtime(&root.join(p), old)?;
     }
     Ok(())
@@ -122,20 +148,30 @@ impl Rig {
             return Ok(None);
         }
         if !Path::new("/dev/fuse").exists() {
-            eprintln!("SKIP: /dev/fuse is missing (this kernel or container has no FUSE), so s3fs cannot mount the s3 volumes every step reads or writes");
+            eprintln!(
+                "SKIP: /dev/fuse is missing (this kernel or container has no FUSE), so s3fs cannot mount the s3 volumes every step reads or writes"
+            );
             return Ok(None);
         }
         let s3 = S3Server::from_env();
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.subsec_nanos();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .subsec_nanos();
         let tag = format!("{prefix}{:x}{:x}-", std::process::id() & 0xffff, nanos & 0xfffff);
-        let rig = Rig { d: Daemon::start(opts)?, s3, tag };
+        let rig = Rig {
+            d: Daemon::start(opts)?,
+            s3,
+            tag,
+        };
         let args = rig.s3.backend_add_args("s3a", &[("bucket_prefix", &rig.tag)]);
         rig.d.ok(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
         Ok(Some(rig))
     }
 
     fn mount(&self, vol: &str) -> anyhow::Result<PathBuf> {
-        Ok(PathBuf::from(self.d.ok(&["volume", "mount", vol, "--holder", "test"])?.trim()))
+        Ok(PathBuf::from(
+            self.d.ok(&["volume", "mount", vol, "--holder", "test"])?.trim(),
+        ))
     }
     fn unmount(&self, vol: &str) -> anyhow::Result<()> {
         self.d.ok(&["volume", "unmount", vol, "--holder", "test"]).map(drop)
@@ -156,7 +192,12 @@ impl Drop for Rig {
 
 /// The names `volume list` shows.
 fn volume_names(d: &Daemon) -> anyhow::Result<Vec<String>> {
-    Ok(d.json(&["volume", "list"])?.as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap().to_string()).collect())
+    Ok(d.json(&["volume", "list"])?
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap().to_string())
+        .collect())
 }
 
 /// Blocks files of a directory target.
@@ -172,11 +213,25 @@ fn stored_chunks(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 fn round_trip(store: StoreKind, s3_target: bool) -> anyhow::Result<()> {
-    let Some(rig) = Rig::start(DaemonOpts::new(store), "bf")? else { return Ok(()) };
+    let Some(rig) = Rig::start(DaemonOpts::new(store), "bf")? else {
+        return Ok(());
+    };
     let (d, tag) = (&rig.d, &rig.tag);
     let target_dir = if s3_target {
         let url = format!("s3://{tag}backups/files");
-        d.ok(&["backup", "target", "add", "tg", &url, "--endpoint", &rig.s3.endpoint, "--access-key", &rig.s3.access_key, "--secret-key", &rig.s3.secret_key])?;
+        d.ok(&[
+            "backup",
+            "target",
+            "add",
+            "tg",
+            &url,
+            "--endpoint",
+            &rig.s3.endpoint,
+            "--access-key",
+            &rig.s3.access_key,
+            "--secret-key",
+            &rig.s3.secret_key,
+        ])?;
         None
     } else {
         let dir = d.dir.join("target");
@@ -194,7 +249,10 @@ fn round_trip(store: StoreKind, s3_target: bool) -> anyhow::Result<()> {
     assert_eq!(full["kind"], "files", "{full}");
     assert_eq!(full["files"], 11, "{full}");
     assert!(full["parent"].is_null());
-    assert!(full["uploaded_blocks"].as_u64().unwrap() >= 24, "24 MiB + 3 MiB in ~1 MiB chunks: {full}");
+    assert!(
+        full["uploaded_blocks"].as_u64().unwrap() >= 24,
+        "24 MiB + 3 MiB in ~1 MiB chunks: {full}"
+    );
 
     let mountpoint = rig.mount("src")?;
     let unchanged = change_tree(&mountpoint)?;
@@ -202,29 +260,59 @@ fn round_trip(store: StoreKind, s3_target: bool) -> anyhow::Result<()> {
     let tree_incr = rig.tree("src")?;
     assert_ne!(tree_full, tree_incr);
     let incr = d.json(&["backup", "create", "src", "--target", "tg"])?;
-    assert_eq!(incr["parent"], full["id"], "incremental against the previous backup: {incr}");
-    assert_eq!(incr["reused_files"], unchanged, "unchanged files are not re-read: {incr}");
-    let (up_full, up_incr) = (full["uploaded_blocks"].as_u64().unwrap(), incr["uploaded_blocks"].as_u64().unwrap());
-    assert!(up_incr * 4 < up_full, "an insert at the front of the big file re-uploads only the chunks near it ({up_incr} of {up_full}): {incr}");
+    assert_eq!(
+        incr["parent"], full["id"],
+        "incremental against the previous backup: {incr}"
+    );
+    assert_eq!(
+        incr["reused_files"], unchanged,
+        "unchanged files are not re-read: {incr}"
+    );
+    let (up_full, up_incr) = (
+        full["uploaded_blocks"].as_u64().unwrap(),
+        incr["uploaded_blocks"].as_u64().unwrap(),
+    );
+    assert!(
+        up_incr * 4 < up_full,
+        "an insert at the front of the big file re-uploads only the chunks near it ({up_incr} of {up_full}): {incr}"
+    );
     // The temporary snapshots and clones are gone.
-    assert!(d.json(&["snapshot", "list"])?.as_array().unwrap().is_empty(), "temporary snapshots removed");
+    assert!(
+        d.json(&["snapshot", "list"])?.as_array().unwrap().is_empty(),
+        "temporary snapshots removed"
+    );
     let vols = volume_names(d)?;
     assert_eq!(vols, vec!["src".to_string()], "temporary clones removed");
 
-    let (fid, iid) = (full["id"].as_str().unwrap().to_string(), incr["id"].as_str().unwrap().to_string());
+    let (fid, iid) = (
+        full["id"].as_str().unwrap().to_string(),
+        incr["id"].as_str().unwrap().to_string(),
+    );
     for (id, vol, tree) in [(&fid, "r-full", &tree_full), (&iid, "r-incr", &tree_incr)] {
         let v = d.json(&["backup", "restore", id, "--to", vol, "--backend", "s3a"])?;
         assert!(v["op"].is_null(), "restored volume unlocked: {v}");
-        assert_eq!(&rig.tree(vol)?, tree, "restore of {id} into {vol} is the tree backed up");
+        assert_eq!(
+            &rig.tree(vol)?,
+            tree,
+            "restore of {id} into {vol} is the tree backed up"
+        );
         assert_eq!(d.json(&["backup", "verify", id])?["ok"], true);
     }
     // Into a block volume (ext4 on an image file) as well.
     d.ok(&["backup", "restore", &fid, "--to", "r-block", "--backend", "local"])?;
-    assert_eq!(rig.tree("r-block")?, tree_full, "a file backup restores into a block volume");
+    assert_eq!(
+        rig.tree("r-block")?,
+        tree_full,
+        "a file backup restores into a block volume"
+    );
 
     // Deleting the full backup keeps the incremental whole (chunks it shares stay).
     d.ok(&["backup", "delete", &fid])?;
-    assert_eq!(d.json(&["backup", "verify", &iid])?["ok"], true, "the incremental survives the full's delete");
+    assert_eq!(
+        d.json(&["backup", "verify", &iid])?["ok"],
+        true,
+        "the incremental survives the full's delete"
+    );
 
     // A corrupted chunk (every stored chunk is now the incremental's): verify names it and its
     // file, the restore fails naming it and leaves no volume.
@@ -236,19 +324,38 @@ fn round_trip(store: StoreKind, s3_target: bool) -> anyhow::Result<()> {
         }
         None => {
             let bucket = format!("{tag}backups");
-            let (key, _) = rig.s3.objects(&bucket, "files/blocks/")?.unwrap_or_default().into_iter().next().expect("a stored chunk");
+            let (key, _) = rig
+                .s3
+                .objects(&bucket, "files/blocks/")?
+                .unwrap_or_default()
+                .into_iter()
+                .next()
+                .expect("a stored chunk");
             rig.s3.put(&bucket, &key, "not zstd")?;
             key.rsplit('/').next().unwrap().to_string()
         }
     };
     let err = d.fails(&["backup", "verify", &iid])?;
-    assert!(err.contains(&victim) && err.contains("chunk"), "verify names the bad chunk {victim}: {err}");
+    assert!(
+        err.contains(&victim) && err.contains("chunk"),
+        "verify names the bad chunk {victim}: {err}"
+    );
     let err = d.fails(&["backup", "restore", &iid, "--to", "r-bad", "--backend", "s3a"])?;
-    assert!(err.contains(&victim) && err.contains("chunk"), "restore fails naming the chunk {victim}: {err}");
+    assert!(
+        err.contains(&victim) && err.contains("chunk"),
+        "restore fails naming the chunk {victim}: {err}"
+    );
     d.wait_ops_settled(Duration::from_secs(60))?;
     let vols = volume_names(d)?;
-    assert!(!vols.contains(&"r-bad".to_string()), "the failed restore left no volume: {vols:?}");
-    assert!(mounts_under(&d.dir).is_empty(), "no mount left behind: {:?}", mounts_under(&d.dir));
+    assert!(
+        !vols.contains(&"r-bad".to_string()),
+        "the failed restore left no volume: {vols:?}"
+    );
+    assert!(
+        mounts_under(&d.dir).is_empty(),
+        "no mount left behind: {:?}",
+        mounts_under(&d.dir)
+    );
     Ok(())
 }
 
@@ -258,8 +365,16 @@ fn round_trip(store: StoreKind, s3_target: bool) -> anyhow::Result<()> {
 fn crash(store: StoreKind, point: &str) -> anyhow::Result<()> {
     let mut opts = DaemonOpts::new(store);
     opts.crash_at = Some(point.to_string());
-    let Some(mut rig) = Rig::start(opts, "bc")? else { return Ok(()) };
-    rig.d.ok(&["backup", "target", "add", "tg", rig.d.dir.join("target").to_str().unwrap()])?;
+    let Some(mut rig) = Rig::start(opts, "bc")? else {
+        return Ok(());
+    };
+    rig.d.ok(&[
+        "backup",
+        "target",
+        "add",
+        "tg",
+        rig.d.dir.join("target").to_str().unwrap(),
+    ])?;
     rig.d.ok(&["volume", "create", "src", "--backend", "s3a"])?;
     write_tree(&rig.mount("src")?)?;
     rig.unmount("src")?;
@@ -269,19 +384,48 @@ fn crash(store: StoreKind, point: &str) -> anyhow::Result<()> {
     if restoring {
         rig.d.ok(&["backup", "create", "src", "--target", "tg"])?;
         before = ids(&rig.d)?;
-        anyhow::ensure!(!rig.d.cli(&["backup", "restore", &before[0], "--to", "r1", "--backend", "s3a"])?.status.success(), "the restore should have been cut off");
+        anyhow::ensure!(
+            !rig.d
+                .cli(&["backup", "restore", &before[0], "--to", "r1", "--backend", "s3a"])?
+                .status
+                .success(),
+            "the restore should have been cut off"
+        );
     } else {
-        anyhow::ensure!(!rig.d.cli(&["backup", "create", "src", "--target", "tg"])?.status.success(), "the backup should have been cut off");
+        anyhow::ensure!(
+            !rig.d
+                .cli(&["backup", "create", "src", "--target", "tg"])?
+                .status
+                .success(),
+            "the backup should have been cut off"
+        );
     }
-    rig.d.wait_exit(Duration::from_secs(60)).map_err(|e| anyhow::anyhow!("{point}: the daemon did not die ({e})"))?;
+    rig.d
+        .wait_exit(Duration::from_secs(60))
+        .map_err(|e| anyhow::anyhow!("{point}: the daemon did not die ({e})"))?;
     rig.d.restart()?;
     rig.d.wait_ops_settled(Duration::from_secs(90))?;
     let d = &rig.d;
     assert_eq!(ids(d)?, before, "{point}: no half backup listed");
     let vols = volume_names(d)?;
-    assert_eq!(vols, vec!["src".to_string()], "{point}: the temporary clone or half-restored volume is gone");
-    assert!(mounts_under(&d.dir).is_empty(), "{point}: nothing left mounted: {:?}", mounts_under(&d.dir));
-    let id = if restoring { before[0].clone() } else { d.json(&["backup", "create", "src", "--target", "tg"])?["id"].as_str().unwrap().to_string() };
+    assert_eq!(
+        vols,
+        vec!["src".to_string()],
+        "{point}: the temporary clone or half-restored volume is gone"
+    );
+    assert!(
+        mounts_under(&d.dir).is_empty(),
+        "{point}: nothing left mounted: {:?}",
+        mounts_under(&d.dir)
+    );
+    let id = if restoring {
+        before[0].clone()
+    } else {
+        d.json(&["backup", "create", "src", "--target", "tg"])?["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
     d.ok(&["backup", "restore", &id, "--to", "r2", "--backend", "s3a"])?;
     assert_eq!(rig.tree("r2")?, tree, "{point}: the next run restores the tree");
     Ok(())
@@ -293,8 +437,13 @@ fn crash(store: StoreKind, point: &str) -> anyhow::Result<()> {
 fn clone_hidden_while_running(store: StoreKind) -> anyhow::Result<()> {
     let pause = work_dir().join(unique("pause"));
     let mut opts = DaemonOpts::new(store);
-    opts.env.push(("ELARA_PAUSE_AT".into(), format!("backup:mid-upload={}", pause.display())));
-    let Some(rig) = Rig::start(opts, "bh")? else { return Ok(()) };
+    opts.env.push((
+        "ELARA_PAUSE_AT".into(),
+        format!("backup:mid-upload={}", pause.display()),
+    ));
+    let Some(rig) = Rig::start(opts, "bh")? else {
+        return Ok(());
+    };
     std::fs::write(&pause, b"")?;
     let reached = pause.with_extension("reached");
     let d = &rig.d;
@@ -304,14 +453,26 @@ fn clone_hidden_while_running(store: StoreKind) -> anyhow::Result<()> {
     rig.unmount("src")?;
 
     let job = d.json(&["backup", "create", "src", "--target", "tg", "--detach"])?;
-    let (job_id, clone) = (job["id"].as_str().unwrap().to_string(), format!("backup-{}", job["backup"].as_str().unwrap()));
-    wait_for(Duration::from_secs(60), "the backup to reach mid-upload", || Ok(reached.exists()))?;
+    let (job_id, clone) = (
+        job["id"].as_str().unwrap().to_string(),
+        format!("backup-{}", job["backup"].as_str().unwrap()),
+    );
+    wait_for(Duration::from_secs(60), "the backup to reach mid-upload", || {
+        Ok(reached.exists())
+    })?;
     let listed = volume_names(d);
     let inspected = d.json(&["volume", "inspect", &clone]);
     std::fs::remove_file(&pause)?;
-    assert_eq!(listed?, vec!["src".to_string()], "the temporary clone is hidden while the backup runs");
+    assert_eq!(
+        listed?,
+        vec!["src".to_string()],
+        "the temporary clone is hidden while the backup runs"
+    );
     let inspected = inspected?;
-    assert!(inspected["labels"]["elara.backup.temp-op"].is_string(), "inspect shows the clone, with its op: {inspected}");
+    assert!(
+        inspected["labels"]["elara.backup.temp-op"].is_string(),
+        "inspect shows the clone, with its op: {inspected}"
+    );
 
     let mut job = serde_json::Value::Null;
     wait_for(Duration::from_secs(120), "the backup job to end", || {
@@ -320,7 +481,10 @@ fn clone_hidden_while_running(store: StoreKind) -> anyhow::Result<()> {
     })?;
     assert_eq!(job["state"], "done", "{job}");
     assert_eq!(volume_names(d)?, vec!["src".to_string()]);
-    assert!(d.fails(&["volume", "inspect", &clone])?.contains("does not exist"), "the clone is gone after the backup");
+    assert!(
+        d.fails(&["volume", "inspect", &clone])?.contains("does not exist"),
+        "the clone is gone after the backup"
+    );
     Ok(())
 }
 
@@ -335,7 +499,12 @@ fn files_clone_hidden_while_running_etcd() -> anyhow::Result<()> {
 }
 
 fn ids(d: &Daemon) -> anyhow::Result<Vec<String>> {
-    Ok(d.json(&["backup", "list"])?.as_array().unwrap().iter().map(|b| b["id"].as_str().unwrap().to_string()).collect())
+    Ok(d.json(&["backup", "list"])?
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap().to_string())
+        .collect())
 }
 
 #[test]

@@ -44,9 +44,7 @@ fn find_object<'a>(v: &'a Value, key: &str) -> Option<&'a serde_json::Map<String
 /// The attachment record of `volume` on `node`, read from the daemon's store directly (the daemon
 /// must be stopped for the embedded store).
 fn stored_attachment(d: &Daemon, volume: &str, node: &str) -> anyhow::Result<Option<Value>> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
         let store = d.open_store().await?;
         let key = format!("{}attachments/{volume}/{node}", elara_store::PREFIX);
@@ -153,11 +151,7 @@ fn lifecycle(store: StoreKind) -> anyhow::Result<()> {
         c2["status"] == "available" && s(&c2, "snapshot_id") == s(cs1, "id"),
         "restored Cinder volume: {c2}"
     );
-    ensure!(
-        c2["size"].as_u64() >= Some(2),
-        "restored volume is {} GiB",
-        c2["size"]
-    );
+    ensure!(c2["size"].as_u64() >= Some(2), "restored volume is {} GiB", c2["size"]);
     ensure!(
         s(&c2, "os-vol-host-attr:host") == s(&c2["metadata"], "elara-pool"),
         "the restored volume's recorded pool {} is not where Cinder put it ({})",
@@ -168,20 +162,13 @@ fn lifecycle(store: StoreKind) -> anyhow::Result<()> {
     // Attach: the daemon dies right after the driver's attach; the connection is recorded.
     let out = d.cli(&["volume", "mount", "v1"])?;
     d.wait_exit(Duration::from_secs(60)).map_err(|e| {
-        anyhow::anyhow!(
-            "the daemon did not die at mount:after-driver-attach ({e}); mount said {out:?}"
-        )
+        anyhow::anyhow!("the daemon did not die at mount:after-driver-attach ({e}); mount said {out:?}")
     })?;
-    let att = stored_attachment(&d, "v1", &d.opts.node)?
-        .context("no attachment record for v1 in the store")?;
+    let att = stored_attachment(&d, "v1", &d.opts.node)?.context("no attachment record for v1 in the store")?;
     let conn = find_object(&att["connection"], "portal")
         .with_context(|| format!("recorded connection has no iSCSI portal: {att}"))?;
     let c1 = cinder.volume(&ref1)?;
-    ensure!(
-        c1["status"] == "in-use",
-        "Cinder volume after attach: {}",
-        c1["status"]
-    );
+    ensure!(c1["status"] == "in-use", "Cinder volume after attach: {}", c1["status"]);
     let cinder_atts = c1["attachments"].as_array().cloned().unwrap_or_default();
     ensure!(
         cinder_atts.len() == 1 && cinder_atts[0]["host_name"] == d.opts.node.as_str(),
@@ -192,10 +179,7 @@ fn lifecycle(store: StoreKind) -> anyhow::Result<()> {
         &[],
     )?["attachment"]["connection_info"]
         .clone();
-    ensure!(
-        info["driver_volume_type"] == "iscsi",
-        "connection info: {info}"
-    );
+    ensure!(info["driver_volume_type"] == "iscsi", "connection info: {info}");
     ensure!(
         conn["portal"] == info["target_portal"] && conn["iqn"] == info["target_iqn"],
         "recorded {conn:?} vs Cinder's {info}"
@@ -207,8 +191,7 @@ fn lifecycle(store: StoreKind) -> anyhow::Result<()> {
         info["target_lun"]
     );
     ensure!(
-        find_object(&conn["auth"], "username")
-            .is_some_and(|a| a["username"] == info["auth_username"]),
+        find_object(&conn["auth"], "username").is_some_and(|a| a["username"] == info["auth_username"]),
         "CHAP not recorded: {conn:?}"
     );
 
@@ -282,10 +265,7 @@ fn errors(store: StoreKind) -> anyhow::Result<()> {
     // Bad input: the field is named and no backend is added.
     let args = cinder.backend_add("bad", &tag, &[("auth", "kerberos")]);
     let err = d.fails(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
-    ensure!(
-        err.contains("auth") && err.contains("kerberos"),
-        "bad auth mode: {err}"
-    );
+    ensure!(err.contains("auth") && err.contains("kerberos"), "bad auth mode: {err}");
     let args = cinder.backend_add("bad", &tag, &[("pools", "all")]);
     let err = d.fails(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
     ensure!(err.contains("pools"), "bad pools: {err}");
@@ -295,21 +275,9 @@ fn errors(store: StoreKind) -> anyhow::Result<()> {
     );
 
     // No valid backend: one pool per type (capacity unknown to Elara), more than any multi pool has.
-    let args = cinder.backend_add(
-        "cint",
-        &tag,
-        &[("pools", "types"), ("volume_type", MULTI_TYPE)],
-    );
+    let args = cinder.backend_add("cint", &tag, &[("pools", "types"), ("volume_type", MULTI_TYPE)]);
     d.ok(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
-    let err = d.fails(&[
-        "volume",
-        "create",
-        "big",
-        "--size",
-        "500G",
-        "--backend",
-        "cint",
-    ])?;
+    let err = d.fails(&["volume", "create", "big", "--size", "500G", "--backend", "cint"])?;
     ensure!(
         err.contains("Could not find any available weighted backend"),
         "no Cinder message in: {err}"
@@ -322,19 +290,10 @@ fn errors(store: StoreKind) -> anyhow::Result<()> {
         Ok(cinder.volumes_where("elara-tag", &tag)?.is_empty())
     })?;
     // The same type takes a volume that fits.
-    d.ok(&[
-        "volume",
-        "create",
-        "small",
-        "--size",
-        "1G",
-        "--backend",
-        "cint",
-    ])?;
+    d.ok(&["volume", "create", "small", "--size", "1G", "--backend", "cint"])?;
     let small = cinder.volume_of(s(&d.json(&["volume", "inspect", "small"])?, "id"))?;
     ensure!(
-        small["volume_type"] == MULTI_TYPE
-            && s(&small, "os-vol-host-attr:host").starts_with("elara-test@multi#"),
+        small["volume_type"] == MULTI_TYPE && s(&small, "os-vol-host-attr:host").starts_with("elara-test@multi#"),
         "{small}"
     );
     d.ok(&["volume", "delete", "small"])?;
@@ -358,11 +317,7 @@ fn errors(store: StoreKind) -> anyhow::Result<()> {
         Some(&json!({ "quota_set": { "volumes": 0 } })),
     )?;
     ensure!(code == 200, "setting the quota: HTTP {code}: {v}");
-    let args = cinder.backend_add(
-        "cinq",
-        &tag,
-        &[("project_id", &project), ("endpoint", &admin_endpoint)],
-    );
+    let args = cinder.backend_add("cinq", &tag, &[("project_id", &project), ("endpoint", &admin_endpoint)]);
     d.ok(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
     let err = d.fails(&[
         "volume",
@@ -375,10 +330,7 @@ fn errors(store: StoreKind) -> anyhow::Result<()> {
         "--pool",
         PINNED_POOL,
     ])?;
-    ensure!(
-        err.contains("quota") && err.contains("volumes"),
-        "quota error: {err}"
-    );
+    ensure!(err.contains("quota") && err.contains("volumes"), "quota error: {err}");
     ensure!(
         d.fails(&["volume", "inspect", "q1"]).is_ok(),
         "the refused volume is still listed"
@@ -401,7 +353,10 @@ fn crash_during_create(store: StoreKind) -> anyhow::Result<()> {
         "create:after-driver",
         "kill-while-cinder-creates",
     ] {
-        assert!(!point.contains(':') || elara::ops::faults::POINTS.contains(&point), "{point} is not a crash point of the daemon");
+        assert!(
+            !point.contains(':') || elara::ops::faults::POINTS.contains(&point),
+            "{point} is not a crash point of the daemon"
+        );
         let tag = unique("crash");
         let mut opts = DaemonOpts::new(store);
         if point.starts_with("create:") {
@@ -429,9 +384,8 @@ fn crash_during_create(store: StoreKind) -> anyhow::Result<()> {
         ]);
         if point.starts_with("create:") {
             let out = create.output()?;
-            d.wait_exit(Duration::from_secs(60)).map_err(|e| {
-                anyhow::anyhow!("{point}: the daemon did not die ({e}); create said {out:?}")
-            })?;
+            d.wait_exit(Duration::from_secs(60))
+                .map_err(|e| anyhow::anyhow!("{point}: the daemon did not die ({e}); create said {out:?}"))?;
         } else {
             // Kill the daemon as soon as Cinder shows the volume being made for it.
             let mut child = create
@@ -441,17 +395,12 @@ fn crash_during_create(store: StoreKind) -> anyhow::Result<()> {
             let mut seen = String::new();
             cinder.wait_for("a Cinder volume for cv", Duration::from_secs(60), || {
                 let vols = cinder.volumes_where("elara-tag", &tag)?;
-                seen = vols
-                    .first()
-                    .map(|v| s(v, "status").to_string())
-                    .unwrap_or_default();
+                seen = vols.first().map(|v| s(v, "status").to_string()).unwrap_or_default();
                 Ok(!vols.is_empty())
             })?;
             d.kill9();
             let _ = child.wait();
-            eprintln!(
-                "{point} ({store:?}): killed the daemon while Cinder showed the volume {seen}"
-            );
+            eprintln!("{point} ({store:?}): killed the daemon while Cinder showed the volume {seen}");
         }
         d.restart()?;
         d.wait_ops_settled(Duration::from_secs(120))
@@ -468,10 +417,7 @@ fn crash_during_create(store: StoreKind) -> anyhow::Result<()> {
                     v["name"],
                     v["status"]
                 );
-                let mine: Vec<&Value> = tagged
-                    .iter()
-                    .filter(|c| c["metadata"]["elara-id"] == v["id"])
-                    .collect();
+                let mine: Vec<&Value> = tagged.iter().filter(|c| c["metadata"]["elara-id"] == v["id"]).collect();
                 ensure!(
                     mine.len() == 1,
                     "{point} {when}: {} Cinder volumes for Elara volume {}: {tagged:?}",
@@ -592,9 +538,7 @@ fn cinder_driver_check() -> anyhow::Result<()> {
         "resize",
     ] {
         ensure!(
-            stdout
-                .lines()
-                .any(|l| l.starts_with("PASS") && l.contains(check)),
+            stdout.lines().any(|l| l.starts_with("PASS") && l.contains(check)),
             "{check} did not pass:\n{stdout}"
         );
     }
@@ -611,12 +555,10 @@ fn cinder_driver_check() -> anyhow::Result<()> {
 /// driver's half of crash safety, without the daemon's reconciler in between.
 #[test]
 fn cinder_create_retried_after_interruption() -> anyhow::Result<()> {
-    use elara_runtime::{
-        BackendSpec, CallError, HostGrant, Limits, Runtime, RuntimeConfig, VolumeSpec,
-    };
+    use elara_runtime::{BackendSpec, CallError, HostGrant, Limits, Runtime, RuntimeConfig, VolumeSpec};
     let cinder = Cinder::from_env();
-    let wasm = std::fs::read(drivers_dir().join("cinder.wasm"))
-        .context("reading cinder.wasm (scripts/build-drivers.sh)")?;
+    let wasm =
+        std::fs::read(drivers_dir().join("cinder.wasm")).context("reading cinder.wasm (scripts/build-drivers.sh)")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -637,7 +579,13 @@ fn cinder_create_retried_after_interruption() -> anyhow::Result<()> {
             ("tag".into(), tag.clone()),
         ];
         let open = |name: &str, limits: Limits| {
-            let spec = BackendSpec { name: name.into(), pool_dir: pool_dir.path().to_path_buf(), config: config.clone(), grants: vec![grant.clone()], limits };
+            let spec = BackendSpec {
+                name: name.into(),
+                pool_dir: pool_dir.path().to_path_buf(),
+                config: config.clone(),
+                grants: vec![grant.clone()],
+                limits,
+            };
             runtime.open_backend(&driver, spec)
         };
         let patient = open("cinder-patient", Limits::default()).await?;
@@ -652,7 +600,14 @@ fn cinder_create_retried_after_interruption() -> anyhow::Result<()> {
                 labels: vec![],
                 qos: None,
             };
-            let hasty = open("cinder-hasty", Limits { call_timeout: Duration::from_millis(limit_ms), ..Limits::default() }).await?;
+            let hasty = open(
+                "cinder-hasty",
+                Limits {
+                    call_timeout: Duration::from_millis(limit_ms),
+                    ..Limits::default()
+                },
+            )
+            .await?;
             let first = hasty.create(&spec).await;
             let seen = cinder.volumes_where("elara-id", &id)?;
             let interrupted = matches!(first, Err(CallError::Timeout { .. })) && !seen.is_empty();
@@ -665,12 +620,27 @@ fn cinder_create_retried_after_interruption() -> anyhow::Result<()> {
             let state = s(&seen[0], "status").to_string();
             let again = patient.create(&spec).await?;
             let vols = cinder.volumes_where("elara-id", &id)?;
-            ensure!(vols.len() == 1, "after the retry {} Cinder volumes carry {id}: {vols:?}", vols.len());
-            ensure!(vols[0]["id"] == again.backend_ref.as_str() && vols[0]["status"] == "available", "retry returned {again:?}; Cinder has {:?}", vols[0]);
-            ensure!(s(&seen[0], "id") == again.backend_ref, "the retry made a new volume instead of finding {}", seen[0]["id"]);
+            ensure!(
+                vols.len() == 1,
+                "after the retry {} Cinder volumes carry {id}: {vols:?}",
+                vols.len()
+            );
+            ensure!(
+                vols[0]["id"] == again.backend_ref.as_str() && vols[0]["status"] == "available",
+                "retry returned {again:?}; Cinder has {:?}",
+                vols[0]
+            );
+            ensure!(
+                s(&seen[0], "id") == again.backend_ref,
+                "the retry made a new volume instead of finding {}",
+                seen[0]["id"]
+            );
             eprintln!("create cut off after {limit_ms} ms with the Cinder volume {state}; the retry found it");
             patient.delete(&id).await?;
-            ensure!(cinder.volumes_where("elara-id", &id)?.is_empty(), "delete left a Cinder volume for {id}");
+            ensure!(
+                cinder.volumes_where("elara-id", &id)?.is_empty(),
+                "delete left a Cinder volume for {id}"
+            );
             sweep(&cinder, &patient, &tag).await?;
             return Ok(());
         }
@@ -771,12 +741,7 @@ impl Keystone {
     }
 
     /// A password token for `user` scoped to `project` (curl), or the HTTP status that refused it.
-    fn token(
-        &self,
-        user: &str,
-        password: &str,
-        project: &str,
-    ) -> anyhow::Result<Result<String, u16>> {
+    fn token(&self, user: &str, password: &str, project: &str) -> anyhow::Result<Result<String, u16>> {
         let body = json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {
             "name": user, "domain": {"id": "default"}, "password": password}}},
             "scope": {"project": {"name": project, "domain": {"id": "default"}}}}});
@@ -792,18 +757,10 @@ impl Keystone {
                 "-H",
                 "Content-Type: application/json",
             ])
-            .args([
-                "--data-binary",
-                &body.to_string(),
-                &format!("{}/auth/tokens", self.url),
-            ])
+            .args(["--data-binary", &body.to_string(), &format!("{}/auth/tokens", self.url)])
             .output()?;
         let head = String::from_utf8_lossy(&out.stdout);
-        let status: u16 = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
+        let status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
         let token = head
             .lines()
             .find_map(|l| {
@@ -838,12 +795,7 @@ impl Keystone {
             &format!("X-Auth-Token: {token}"),
         ]);
         if let Some(b) = body {
-            cmd.args([
-                "-H",
-                "Content-Type: application/json",
-                "--data-binary",
-                &b.to_string(),
-            ]);
+            cmd.args(["-H", "Content-Type: application/json", "--data-binary", &b.to_string()]);
         }
         let out = cmd.arg(format!("{}{path}", self.url)).output()?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -861,13 +813,9 @@ impl Keystone {
         let admin = self
             .token("admin", &self.admin_password, "admin")?
             .map_err(|s| anyhow::anyhow!("admin login: HTTP {s}"))?;
-        let (code, users) =
-            self.keystone_call(&admin, "GET", &format!("/users?name={}", self.user), None)?;
+        let (code, users) = self.keystone_call(&admin, "GET", &format!("/users?name={}", self.user), None)?;
         ensure!(code == 200, "listing users: HTTP {code}");
-        let id = users["users"][0]["id"]
-            .as_str()
-            .context("no such user")?
-            .to_string();
+        let id = users["users"][0]["id"].as_str().context("no such user")?.to_string();
         for enabled in [false, true] {
             let (code, v) = self.keystone_call(
                 &admin,
@@ -1011,19 +959,10 @@ fn keystone_auth(store: StoreKind) -> anyhow::Result<()> {
         "a member cannot know the capacity: {}",
         pools[0]
     );
-    d.ok(&[
-        "volume",
-        "create",
-        "kv4",
-        "--size",
-        "1G",
-        "--backend",
-        "ksmember",
-    ])?;
+    d.ok(&["volume", "create", "kv4", "--size", "1G", "--backend", "ksmember"])?;
     let c = view.volume_of(s(&d.json(&["volume", "inspect", "kv4"])?, "id"))?;
     ensure!(
-        c["volume_type"] == MULTI_TYPE
-            && s(&c, "os-vol-host-attr:host").starts_with("elara-test@multi#"),
+        c["volume_type"] == MULTI_TYPE && s(&c, "os-vol-host-attr:host").starts_with("elara-test@multi#"),
         "member volume: {c}"
     );
     d.ok(&["volume", "delete", "kv4"])?;
@@ -1037,15 +976,7 @@ fn keystone_auth(store: StoreKind) -> anyhow::Result<()> {
             ("project_name", &ks.project),
         ],
     ))?;
-    let err = d.fails(&[
-        "volume",
-        "create",
-        "kv3",
-        "--size",
-        "1G",
-        "--backend",
-        "ksbad",
-    ])?;
+    let err = d.fails(&["volume", "create", "kv3", "--size", "1G", "--backend", "ksbad"])?;
     ensure!(
         err.contains("password") && err.contains("refused the credentials"),
         "wrong password: {err}"
@@ -1080,16 +1011,15 @@ fn cinder_keystone_token_renewed_after_revocation() -> anyhow::Result<()> {
     let cinder = Cinder::from_env();
     let ks = Keystone::from_env();
     let view = ks.noauth_view(&cinder);
-    let wasm = std::fs::read(drivers_dir().join("cinder.wasm"))
-        .context("reading cinder.wasm (scripts/build-drivers.sh)")?;
+    let wasm =
+        std::fs::read(drivers_dir().join("cinder.wasm")).context("reading cinder.wasm (scripts/build-drivers.sh)")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     rt.block_on(async {
         let runtime = Runtime::new(RuntimeConfig {
-            cache_dir: std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-                .join("cinder-driver-cache"),
+            cache_dir: std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cinder-driver-cache"),
             ..Default::default()
         })?;
         let driver = runtime.load_driver(&wasm).await?;
@@ -1100,11 +1030,7 @@ fn cinder_keystone_token_renewed_after_revocation() -> anyhow::Result<()> {
             ("auth_url".into(), ks.url.clone()),
             ("tag".into(), tag.clone()),
         ];
-        config.extend(
-            ks.password_auth()
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string())),
-        );
+        config.extend(ks.password_auth().iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let grants = ks
             .hosts()
             .iter()
@@ -1137,10 +1063,7 @@ fn cinder_keystone_token_renewed_after_revocation() -> anyhow::Result<()> {
         let c = view.volume_of(&id)?;
         ensure!(c["size"] == 2 && s(&c, "id") == made.backend_ref, "{c}");
         backend.delete(&id).await?;
-        ensure!(
-            view.volumes_where("elara-tag", &tag)?.is_empty(),
-            "volume left"
-        );
+        ensure!(view.volumes_where("elara-tag", &tag)?.is_empty(), "volume left");
         Ok(())
     })
 }

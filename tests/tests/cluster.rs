@@ -15,7 +15,9 @@ fn parallel_creates_from_two_daemons() -> anyhow::Result<()> {
     for i in 0..50 {
         let d = if i % 2 == 0 { a.clone() } else { b.clone() };
         let name = names[i % 10].clone();
-        threads.push(std::thread::spawn(move || d.cli(&["volume", "create", &name, "--size", "16M"])));
+        threads.push(std::thread::spawn(move || {
+            d.cli(&["volume", "create", &name, "--size", "16M"])
+        }));
     }
     let mut ok = 0;
     let mut refused = 0;
@@ -25,7 +27,10 @@ fn parallel_creates_from_two_daemons() -> anyhow::Result<()> {
             ok += 1;
         } else {
             let err = String::from_utf8_lossy(&out.stderr);
-            assert!(err.contains("already exists") || err.contains("concurrently"), "a losing create says why: {err}");
+            assert!(
+                err.contains("already exists") || err.contains("concurrently"),
+                "a losing create says why: {err}"
+            );
             refused += 1;
         }
     }
@@ -33,12 +38,26 @@ fn parallel_creates_from_two_daemons() -> anyhow::Result<()> {
 
     for d in [&a, &b] {
         let list = d.json(&["volume", "list"])?;
-        let seen: BTreeSet<String> = list.as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap().to_string()).collect();
-        assert_eq!(seen, names.iter().cloned().collect(), "both daemons see the same 10 volumes");
+        let seen: BTreeSet<String> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["name"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            seen,
+            names.iter().cloned().collect(),
+            "both daemons see the same 10 volumes"
+        );
         assert!(d.json(&["op", "list"])?.as_array().unwrap().is_empty(), "no op left");
     }
     let list = a.json(&["volume", "list"])?;
-    let ids: BTreeSet<String> = list.as_array().unwrap().iter().map(|v| v["id"].as_str().unwrap().to_string()).collect();
+    let ids: BTreeSet<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["id"].as_str().unwrap().to_string())
+        .collect();
     let mut images = BTreeSet::new();
     for d in [&a, &b] {
         if let Ok(rd) = std::fs::read_dir(d.pool_dir("local").join("volumes")) {

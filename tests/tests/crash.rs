@@ -17,14 +17,26 @@ fn scenario(point: &str) -> (Vec<Vec<&'static str>>, Vec<&'static str>, Option<&
     // (setup commands, crashing command, the volume holding DATA to check afterwards)
     match op {
         "create" => (vec![], vec!["volume", "create", "cv", "--size", "32M"], None),
-        "mount" => (vec![vec!["volume", "create", "mv", "--size", "32M"]], vec!["volume", "mount", "mv"], None),
+        "mount" => (
+            vec![vec!["volume", "create", "mv", "--size", "32M"]],
+            vec!["volume", "mount", "mv"],
+            None,
+        ),
         "unmount" => (
-            vec![vec!["volume", "create", "uv", "--size", "32M"], vec!["volume", "mount", "uv"], vec!["WRITE", "uv"]],
+            vec![
+                vec!["volume", "create", "uv", "--size", "32M"],
+                vec!["volume", "mount", "uv"],
+                vec!["WRITE", "uv"],
+            ],
             vec!["volume", "unmount", "uv"],
             Some("uv"),
         ),
         "snapshot" => (
-            vec![vec!["volume", "create", "sv", "--size", "32M"], vec!["volume", "mount", "sv"], vec!["WRITE", "sv"]],
+            vec![
+                vec!["volume", "create", "sv", "--size", "32M"],
+                vec!["volume", "mount", "sv"],
+                vec!["WRITE", "sv"],
+            ],
             vec!["snapshot", "create", "sv", "--name", "s1"],
             Some("sv"),
         ),
@@ -38,14 +50,25 @@ fn scenario(point: &str) -> (Vec<Vec<&'static str>>, Vec<&'static str>, Option<&
             vec!["snapshot", "restore", "s2", "--to", "rv"],
             Some("bv"),
         ),
-        "delete" => (vec![vec!["volume", "create", "dv", "--size", "32M"]], vec!["volume", "delete", "dv"], None),
+        "delete" => (
+            vec![vec!["volume", "create", "dv", "--size", "32M"]],
+            vec!["volume", "delete", "dv"],
+            None,
+        ),
         "snapshot-delete" => (
-            vec![vec!["volume", "create", "xv", "--size", "32M"], vec!["snapshot", "create", "xv", "--name", "s3"]],
+            vec![
+                vec!["volume", "create", "xv", "--size", "32M"],
+                vec!["snapshot", "create", "xv", "--name", "s3"],
+            ],
             vec!["snapshot", "delete", "s3"],
             None,
         ),
         "resize" => (
-            vec![vec!["volume", "create", "zv", "--size", "32M"], vec!["volume", "mount", "zv"], vec!["WRITE", "zv"]],
+            vec![
+                vec!["volume", "create", "zv", "--size", "32M"],
+                vec!["volume", "mount", "zv"],
+                vec!["WRITE", "zv"],
+            ],
             vec!["volume", "resize", "zv", "--size", "64M"],
             Some("zv"),
         ),
@@ -73,7 +96,10 @@ fn run_point(store: StoreKind, point: &str) -> anyhow::Result<()> {
     }
     let out = d.cli(&action)?;
     d.wait_exit(Duration::from_secs(60)).map_err(|e| {
-        anyhow::anyhow!("{point}: the daemon did not die at the crash point ({e}); command said {out:?}\n{}", d.log_tail())
+        anyhow::anyhow!(
+            "{point}: the daemon did not die at the crash point ({e}); command said {out:?}\n{}",
+            d.log_tail()
+        )
     })?;
     d.restart()?;
     check_consistent(&d).map_err(|e| anyhow::anyhow!("{point} ({store:?}): {e}\n{}", d.log_tail()))?;
@@ -95,28 +121,60 @@ fn check_consistent(d: &Daemon) -> anyhow::Result<()> {
     let mut attached_mounts = BTreeSet::new();
     for v in vols.as_array().unwrap() {
         let status = v["status"].as_str().unwrap();
-        anyhow::ensure!(status == "available" || status == "in-use", "volume {} stuck in {status}", v["name"]);
+        anyhow::ensure!(
+            status == "available" || status == "in-use",
+            "volume {} stuck in {status}",
+            v["name"]
+        );
         anyhow::ensure!(v["op"].is_null(), "volume {} still locked by {}", v["name"], v["op"]);
         vol_ids.insert(v["id"].as_str().unwrap().to_string());
         for a in v["attachments"].as_array().unwrap() {
-            anyhow::ensure!(a["state"] == "attached", "attachment of {} is {}", v["name"], a["state"]);
+            anyhow::ensure!(
+                a["state"] == "attached",
+                "attachment of {} is {}",
+                v["name"],
+                a["state"]
+            );
             attached_mounts.insert(a["host"]["mountpoint"].as_str().unwrap().to_string());
         }
     }
     let snaps = d.json(&["snapshot", "list"])?;
     let mut snap_ids = BTreeSet::new();
     for s in snaps.as_array().unwrap() {
-        anyhow::ensure!(s["state"] == "available", "snapshot {} stuck in {}", s["name"], s["state"]);
+        anyhow::ensure!(
+            s["state"] == "available",
+            "snapshot {} stuck in {}",
+            s["name"],
+            s["state"]
+        );
         snap_ids.insert(s["id"].as_str().unwrap().to_string());
     }
     let pool = d.pool_dir("local");
-    anyhow::ensure!(image_ids(&pool.join("volumes")) == vol_ids, "volume images {:?} != volumes {vol_ids:?}", image_ids(&pool.join("volumes")));
-    anyhow::ensure!(image_ids(&pool.join("snapshots")) == snap_ids, "snapshot images {:?} != snapshots {snap_ids:?}", image_ids(&pool.join("snapshots")));
+    anyhow::ensure!(
+        image_ids(&pool.join("volumes")) == vol_ids,
+        "volume images {:?} != volumes {vol_ids:?}",
+        image_ids(&pool.join("volumes"))
+    );
+    anyhow::ensure!(
+        image_ids(&pool.join("snapshots")) == snap_ids,
+        "snapshot images {:?} != snapshots {snap_ids:?}",
+        image_ids(&pool.join("snapshots"))
+    );
     let mounts: BTreeSet<String> = mounts_under(&d.dir).into_iter().collect();
-    anyhow::ensure!(mounts == attached_mounts, "mounts {mounts:?} != attachments {attached_mounts:?}");
+    anyhow::ensure!(
+        mounts == attached_mounts,
+        "mounts {mounts:?} != attachments {attached_mounts:?}"
+    );
     let pool_s = pool.display().to_string();
-    let loops: Vec<_> = loop_devices().into_iter().filter(|(_, b)| b.starts_with(&pool_s)).collect();
-    anyhow::ensure!(loops.len() == attached_mounts.len(), "loop devices {loops:?} but {} attachments", attached_mounts.len());
+    let loops: Vec<_> = loop_devices()
+        .into_iter()
+        .filter(|(_, b)| b.starts_with(&pool_s))
+        .collect();
+    anyhow::ensure!(
+        loops.len() == attached_mounts.len(),
+        "loop devices {loops:?} but {} attachments",
+        attached_mounts.len()
+    );
     Ok(())
 }
 
@@ -127,7 +185,11 @@ fn image_ids(dir: &Path) -> BTreeSet<String> {
             rd.flatten()
                 .map(|e| e.file_name().to_string_lossy().to_string())
                 .filter(|n| !n.ends_with(".json"))
-                .map(|n| n.strip_suffix(".img").map(str::to_string).unwrap_or(format!("ORPHAN:{n}")))
+                .map(|n| {
+                    n.strip_suffix(".img")
+                        .map(str::to_string)
+                        .unwrap_or(format!("ORPHAN:{n}"))
+                })
                 .collect()
         })
         .unwrap_or_default()
@@ -154,7 +216,10 @@ fn cleanup_everything(d: &Daemon) -> anyhow::Result<()> {
         d.ok(&["volume", "delete", v["name"].as_str().unwrap()])?;
     }
     let pool = d.pool_dir("local");
-    anyhow::ensure!(image_ids(&pool.join("volumes")).is_empty() && image_ids(&pool.join("snapshots")).is_empty(), "pool not empty after cleanup");
+    anyhow::ensure!(
+        image_ids(&pool.join("volumes")).is_empty() && image_ids(&pool.join("snapshots")).is_empty(),
+        "pool not empty after cleanup"
+    );
     anyhow::ensure!(mounts_under(&d.dir).is_empty(), "mounts left after cleanup");
     Ok(())
 }
@@ -162,7 +227,11 @@ fn cleanup_everything(d: &Daemon) -> anyhow::Result<()> {
 /// The daemon's crash points of the volume lifecycle (`elara::ops::faults::POINTS`; the backup
 /// ones are `backup.rs`'s, and `gc:` points are pauses, not crashes).
 fn points() -> Vec<&'static str> {
-    elara::ops::faults::POINTS.iter().copied().filter(|p| !p.starts_with("backup") && !p.starts_with("gc:")).collect()
+    elara::ops::faults::POINTS
+        .iter()
+        .copied()
+        .filter(|p| !p.starts_with("backup") && !p.starts_with("gc:"))
+        .collect()
 }
 
 fn all_points(store: StoreKind) -> anyhow::Result<()> {
@@ -176,7 +245,13 @@ fn all_points(store: StoreKind) -> anyhow::Result<()> {
         }
     }
     eprintln!("{} crash points, {} failed", points.len(), failures.len());
-    anyhow::ensure!(failures.is_empty(), "{} of {} crash points failed:\n{}", failures.len(), points.len(), failures.join("\n\n"));
+    anyhow::ensure!(
+        failures.is_empty(),
+        "{} of {} crash points failed:\n{}",
+        failures.len(),
+        points.len(),
+        failures.join("\n\n")
+    );
     Ok(())
 }
 

@@ -60,7 +60,12 @@ impl Rig {
     /// Names of this plugin's volumes in `docker volume ls`.
     fn docker_volumes(&self) -> anyhow::Result<Vec<String>> {
         let filter = format!("driver={}", self.driver());
-        Ok(self.engine.ok(&["volume", "ls", "-q", "-f", &filter])?.lines().map(str::to_string).collect())
+        Ok(self
+            .engine
+            .ok(&["volume", "ls", "-q", "-f", &filter])?
+            .lines()
+            .map(str::to_string)
+            .collect())
     }
 
     /// The holders of `vol` on this node, from Elara.
@@ -83,7 +88,10 @@ impl Rig {
     /// The volume's mountpoint on this node (it must be attached).
     fn mountpoint(&self, vol: &str) -> anyhow::Result<String> {
         let v = self.d.json(&["volume", "inspect", vol])?;
-        Ok(v["attachments"][0]["host"]["mountpoint"].as_str().with_context(|| format!("{vol} is not attached: {v}"))?.to_string())
+        Ok(v["attachments"][0]["host"]["mountpoint"]
+            .as_str()
+            .with_context(|| format!("{vol} is not attached: {v}"))?
+            .to_string())
     }
 
     /// Read a file inside a running container.
@@ -95,21 +103,39 @@ impl Rig {
 /// Loop devices bound to `image`.
 fn loops_of(image: &Path) -> Vec<String> {
     let want = image.display().to_string();
-    loop_devices().into_iter().filter(|(_, b)| *b == want).map(|(d, _)| d).collect()
+    loop_devices()
+        .into_iter()
+        .filter(|(_, b)| *b == want)
+        .map(|(d, _)| d)
+        .collect()
 }
 
 /// Whether anything is mounted at `path` in this namespace.
 fn mounted(path: &str) -> bool {
-    std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().lines().any(|l| l.split(' ').nth(4) == Some(path))
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(path))
 }
 
 /// The volume is attached nowhere: no holders, no loop device on its image, no mount.
 fn assert_released(r: &Rig, vol: &str, image: &Path) -> anyhow::Result<()> {
     let v = r.d.json(&["volume", "inspect", vol])?;
-    ensure!(v["attachments"].as_array().is_some_and(|a| a.is_empty()), "{vol} still attached: {v}");
+    ensure!(
+        v["attachments"].as_array().is_some_and(|a| a.is_empty()),
+        "{vol} still attached: {v}"
+    );
     ensure!(v["status"] == "available", "{vol}: {v}");
-    ensure!(loops_of(image).is_empty(), "{vol}: loop devices left on {}: {:?}", image.display(), loops_of(image));
-    let mounts: Vec<String> = mounts_under(&r.d.dir).into_iter().filter(|m| m.contains("/mounts/")).collect();
+    ensure!(
+        loops_of(image).is_empty(),
+        "{vol}: loop devices left on {}: {:?}",
+        image.display(),
+        loops_of(image)
+    );
+    let mounts: Vec<String> = mounts_under(&r.d.dir)
+        .into_iter()
+        .filter(|m| m.contains("/mounts/"))
+        .collect();
     ensure!(mounts.is_empty(), "{vol}: mounts left: {mounts:?}");
     Ok(())
 }
@@ -142,10 +168,14 @@ fn tick(r: &Rig, container: &str) -> anyhow::Result<u64> {
 /// Wait until the ticker's count passes `after` (it is running and writing to the volume).
 fn wait_ticking(r: &Rig, container: &str, after: u64) -> anyhow::Result<u64> {
     let mut now = 0;
-    wait_until(&format!("{container} ticks past {after}"), Duration::from_secs(60), || {
-        now = tick(r, container)?;
-        Ok(now > after)
-    })?;
+    wait_until(
+        &format!("{container} ticks past {after}"),
+        Duration::from_secs(60),
+        || {
+            now = tick(r, container)?;
+            Ok(now > after)
+        },
+    )?;
     Ok(now)
 }
 
@@ -154,7 +184,10 @@ fn wait_ticking(r: &Rig, container: &str, after: u64) -> anyhow::Result<u64> {
 fn lifecycle(store: StoreKind) -> anyhow::Result<()> {
     let r = Rig::start(store, &[], &[])?;
     let drv = r.driver().to_string();
-    r.create("v1", &["size=64M", "label.app=db", "labels=tier=gold,team=ops", "fs=ext4"])?;
+    r.create(
+        "v1",
+        &["size=64M", "label.app=db", "labels=tier=gold,team=ops", "fs=ext4"],
+    )?;
 
     // docker volume ls / inspect show it, with its options and Elara's status.
     assert_eq!(r.docker_volumes()?, vec!["v1".to_string()]);
@@ -162,15 +195,26 @@ fn lifecycle(store: StoreKind) -> anyhow::Result<()> {
     let v = &insp[0];
     assert_eq!(v["Driver"], drv.as_str());
     assert_eq!(v["Name"], "v1");
-    assert_eq!(v["Scope"], if store == StoreKind::Etcd { "global" } else { "local" }, "{v}");
+    assert_eq!(
+        v["Scope"],
+        if store == StoreKind::Etcd { "global" } else { "local" },
+        "{v}"
+    );
     assert_eq!(v["Options"]["size"], "64M", "{v}");
     assert_eq!(v["Options"]["label.app"], "db", "{v}");
     assert_eq!(v["Status"]["size"], 64 << 20, "{v}");
-    assert_eq!(v["Status"]["labels"], json!({"app": "db", "tier": "gold", "team": "ops"}), "{v}");
+    assert_eq!(
+        v["Status"]["labels"],
+        json!({"app": "db", "tier": "gold", "team": "ops"}),
+        "{v}"
+    );
     assert_eq!(v["Status"]["fs"], "ext4", "{v}");
     assert_eq!(v["Status"]["backend"], "local", "{v}");
     assert_eq!(v["Status"]["state"], "available", "{v}");
-    assert!(!v["CreatedAt"].as_str().unwrap_or("0001").starts_with("0001"), "CreatedAt is set: {v}");
+    assert!(
+        !v["CreatedAt"].as_str().unwrap_or("0001").starts_with("0001"),
+        "CreatedAt is set: {v}"
+    );
     let ev = r.d.json(&["volume", "inspect", "v1"])?;
     assert_eq!(ev["size_bytes"], 64 << 20);
     let image = r.image("v1")?;
@@ -178,7 +222,13 @@ fn lifecycle(store: StoreKind) -> anyhow::Result<()> {
 
     // A container writes; once it is gone, nothing of the volume stays attached.
     let out = r.engine.ok(&[
-        "run", "--rm", "-v", "v1:/data", IMAGE, "sh", "-c",
+        "run",
+        "--rm",
+        "-v",
+        "v1:/data",
+        IMAGE,
+        "sh",
+        "-c",
         "dd if=/dev/urandom of=/data/blob bs=64k count=16 2>/dev/null && sync && sha256sum /data/blob",
     ])?;
     let hash = out.split_whitespace().next().context("sha256sum output")?.to_string();
@@ -186,7 +236,9 @@ fn lifecycle(store: StoreKind) -> anyhow::Result<()> {
     assert_released(&r, "v1", &image)?;
 
     // A second container reads the same bytes.
-    let out = r.engine.ok(&["run", "--rm", "-v", "v1:/data:ro", IMAGE, "sha256sum", "/data/blob"])?;
+    let out = r
+        .engine
+        .ok(&["run", "--rm", "-v", "v1:/data:ro", IMAGE, "sha256sum", "/data/blob"])?;
     assert_eq!(out.split_whitespace().next(), Some(hash.as_str()));
     assert_released(&r, "v1", &image)?;
 
@@ -195,17 +247,47 @@ fn lifecycle(store: StoreKind) -> anyhow::Result<()> {
     r.create("v1copy", &["snapshot=s1"])?;
     let copy = r.engine.json(&["volume", "inspect", "v1copy"])?;
     assert_eq!(copy[0]["Status"]["snapshot"], "s1", "{copy}");
-    assert_eq!(copy[0]["Status"]["size"], 64 << 20, "a snapshot's size by default: {copy}");
-    let out = r.engine.ok(&["run", "--rm", "-v", "v1copy:/data", IMAGE, "sha256sum", "/data/blob"])?;
+    assert_eq!(
+        copy[0]["Status"]["size"],
+        64 << 20,
+        "a snapshot's size by default: {copy}"
+    );
+    let out = r
+        .engine
+        .ok(&["run", "--rm", "-v", "v1copy:/data", IMAGE, "sha256sum", "/data/blob"])?;
     assert_eq!(out.split_whitespace().next(), Some(hash.as_str()));
     r.engine.ok(&["volume", "rm", "v1copy"])?;
     r.d.ok(&["snapshot", "delete", "s1"])?;
     assert_eq!(r.docker_volumes()?, vec!["v1".to_string()]);
 
     // Two containers at once: one mount, one loop device, two holders; each sees the other's writes.
-    r.engine.ok(&["run", "-d", "--name", "c1", "-v", "v1:/data", IMAGE, "sh", "-c", "echo one > /data/one; while [ ! -e /data/stop1 ]; do sleep 0.1; done"])?;
-    r.engine.ok(&["run", "-d", "--name", "c2", "-v", "v1:/data", IMAGE, "sh", "-c", "echo two > /data/two; while [ ! -e /data/stop2 ]; do sleep 0.1; done"])?;
-    wait_until("c1 sees c2's file", Duration::from_secs(30), || Ok(r.exec_cat("c1", "/data/two")? == "two"))?;
+    r.engine.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "c1",
+        "-v",
+        "v1:/data",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo one > /data/one; while [ ! -e /data/stop1 ]; do sleep 0.1; done",
+    ])?;
+    r.engine.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "c2",
+        "-v",
+        "v1:/data",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo two > /data/two; while [ ! -e /data/stop2 ]; do sleep 0.1; done",
+    ])?;
+    wait_until("c1 sees c2's file", Duration::from_secs(30), || {
+        Ok(r.exec_cat("c1", "/data/two")? == "two")
+    })?;
     assert_eq!(r.exec_cat("c2", "/data/one")?, "one");
     let holders = r.holders("v1")?;
     assert_eq!(holders.len(), 2, "two Docker mounts: {holders:?}");
@@ -222,9 +304,18 @@ fn lifecycle(store: StoreKind) -> anyhow::Result<()> {
     r.engine.ok(&["rm", "c1"])?;
     assert_eq!(r.holders("v1")?.len(), 1);
     assert!(mounted(&mp), "still mounted for c2");
-    assert_eq!(r.engine.ok(&["exec", "c2", "sha256sum", "/data/blob"])?.split_whitespace().next(), Some(hash.as_str()));
+    assert_eq!(
+        r.engine
+            .ok(&["exec", "c2", "sha256sum", "/data/blob"])?
+            .split_whitespace()
+            .next(),
+        Some(hash.as_str())
+    );
     let err = r.engine.fails(&["volume", "rm", "v1"])?;
-    assert!(err.contains("in use"), "dockerd refuses to remove a volume in use: {err}");
+    assert!(
+        err.contains("in use"),
+        "dockerd refuses to remove a volume in use: {err}"
+    );
 
     // The last leaves: unmounted and detached.
     r.engine.ok(&["exec", "c2", "touch", "/data/stop2"])?;
@@ -279,18 +370,28 @@ fn bad_options(store: StoreKind) -> anyhow::Result<()> {
         ("labels=novalue", "labels"),
     ];
     for (opt, field) in cases {
-        let err = r.engine.fails(&["volume", "create", "-d", r.driver(), "-o", opt, "bad1"])?;
+        let err = r
+            .engine
+            .fails(&["volume", "create", "-d", r.driver(), "-o", opt, "bad1"])?;
         assert!(err.starts_with("Error response from daemon: "), "{opt}: {err}");
-        assert!(err.contains(&format!("{field}:")) || err.contains(&format!("{field} ")), "{opt}: the error names {field}: {err}");
+        assert!(
+            err.contains(&format!("{field}:")) || err.contains(&format!("{field} ")),
+            "{opt}: the error names {field}: {err}"
+        );
         let e = r.engine.fails(&["volume", "inspect", "bad1"])?;
-        assert!(e.contains("no such volume") || e.contains("No such volume"), "{opt}: nothing created in Docker: {e}");
+        assert!(
+            e.contains("no such volume") || e.contains("No such volume"),
+            "{opt}: nothing created in Docker: {e}"
+        );
     }
     // Nothing anywhere: Docker, Elara's store, the pool, ops in flight.
     assert!(r.docker_volumes()?.is_empty());
     assert_eq!(r.d.json(&["volume", "list"])?, json!([]));
     assert_eq!(r.d.json(&["op", "list"])?, json!([]));
     let pool = r.d.pool_dir("local").join("volumes");
-    let files: Vec<_> = std::fs::read_dir(&pool).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    let files: Vec<_> = std::fs::read_dir(&pool)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
     assert!(files.is_empty(), "no image files: {files:?}");
     // And a good create still works after all that.
     r.create("good1", &["size=32M"])?;
@@ -325,7 +426,10 @@ fn protocol(store: StoreKind) -> anyhow::Result<()> {
     let act = call("Plugin.Activate", json!({}))?;
     assert_eq!(act["Implements"], json!(["VolumeDriver"]));
     let caps = call("VolumeDriver.Capabilities", json!({}))?;
-    assert_eq!(caps["Capabilities"]["Scope"], if store == StoreKind::Etcd { "global" } else { "local" });
+    assert_eq!(
+        caps["Capabilities"]["Scope"],
+        if store == StoreKind::Etcd { "global" } else { "local" }
+    );
 
     // Create with Opts null, then the same create again (a retry): both succeed, one volume.
     for _ in 0..2 {
@@ -353,8 +457,14 @@ fn protocol(store: StoreKind) -> anyhow::Result<()> {
     let m2 = call("VolumeDriver.Mount", json!({"Name": "p1", "ID": "bbb"}))?;
     assert_eq!(m2["Mountpoint"], mp.as_str());
     assert_eq!(r.holders("p1")?.len(), 2);
-    assert_eq!(call("VolumeDriver.Path", json!({"Name": "p1"}))?["Mountpoint"], mp.as_str());
-    assert_eq!(call("VolumeDriver.Get", json!({"Name": "p1"}))?["Volume"]["Mountpoint"], mp.as_str());
+    assert_eq!(
+        call("VolumeDriver.Path", json!({"Name": "p1"}))?["Mountpoint"],
+        mp.as_str()
+    );
+    assert_eq!(
+        call("VolumeDriver.Get", json!({"Name": "p1"}))?["Volume"]["Mountpoint"],
+        mp.as_str()
+    );
 
     // Unmount twice with one ID: the other holder keeps it mounted.
     for _ in 0..2 {
@@ -416,19 +526,30 @@ fn create_retry_waits_for_the_first_attempt(store: StoreKind) -> anyhow::Result<
     let reached = pause.with_extension("reached");
     let at = format!("create:after-intent={}", pause.display());
     let r = Rig::start(store, &[], &[("ELARA_PAUSE_AT", &at)])?;
-    let create = || r.plugin.call("VolumeDriver.Create", &json!({"Name": "r1", "Opts": {"size": "64M"}}));
+    let create = || {
+        r.plugin
+            .call("VolumeDriver.Create", &json!({"Name": "r1", "Opts": {"size": "64M"}}))
+    };
     let released = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|scope| -> anyhow::Result<()> {
         let first = scope.spawn(create);
-        wait_until("the first create to reach its pause", Duration::from_secs(60), || Ok(reached.exists()))?;
+        wait_until("the first create to reach its pause", Duration::from_secs(60), || {
+            Ok(reached.exists())
+        })?;
         let retry = scope.spawn(|| (create(), released.load(std::sync::atomic::Ordering::SeqCst)));
         // A wrong answer (success before the first attempt ends) comes at once; give it 2 s.
-        let answered_early = wait_until("an early answer to the retry", Duration::from_secs(2), || Ok(retry.is_finished())).is_ok();
+        let answered_early = wait_until("an early answer to the retry", Duration::from_secs(2), || {
+            Ok(retry.is_finished())
+        })
+        .is_ok();
         released.store(true, std::sync::atomic::Ordering::SeqCst);
         std::fs::remove_file(&pause)?;
         let (answer, after_release) = retry.join().expect("retry thread");
         let answer = answer?;
-        ensure!(!answered_early && after_release, "the retry was answered while the first create was still running: {answer}");
+        ensure!(
+            !answered_early && after_release,
+            "the retry was answered while the first create was still running: {answer}"
+        );
         ensure!(answer["Err"].as_str().is_none_or(str::is_empty), "retry: {answer}");
         let first = first.join().expect("first thread")?;
         ensure!(first["Err"].as_str().is_none_or(str::is_empty), "first create: {first}");
@@ -436,7 +557,10 @@ fn create_retry_waits_for_the_first_attempt(store: StoreKind) -> anyhow::Result<
     })?;
     let vols = r.d.json(&["volume", "list"])?;
     let vols = vols.as_array().context("volume list")?;
-    ensure!(vols.len() == 1 && vols[0]["name"] == "r1" && vols[0]["state"] == "available", "volumes: {vols:?}");
+    ensure!(
+        vols.len() == 1 && vols[0]["name"] == "r1" && vols[0]["state"] == "available",
+        "volumes: {vols:?}"
+    );
     Ok(())
 }
 
@@ -464,20 +588,31 @@ fn dockerd_restart_live(store: StoreKind) -> anyhow::Result<()> {
     let r = Rig::start(store, &["--live-restore"], &[])?;
     r.create("rv", &["size=64M"])?;
     let image = r.image("rv")?;
-    r.engine.ok(&["run", "-d", "--name", "ticker", "-v", "rv:/data", IMAGE, "sh", "-c", TICKER])?;
+    r.engine.ok(&[
+        "run", "-d", "--name", "ticker", "-v", "rv:/data", IMAGE, "sh", "-c", TICKER,
+    ])?;
     let t0 = wait_ticking(&r, "ticker", 0)?;
     let before = r.holders("rv")?;
     assert_eq!(before.len(), 1, "{before:?}");
     let pid = r.engine.ok(&["inspect", "-f", "{{.State.Pid}}", "ticker"])?;
 
     r.engine.restart()?;
-    assert_eq!(r.engine.ok(&["inspect", "-f", "{{.State.Running}} {{.State.Pid}}", "ticker"])?.trim(), format!("true {}", pid.trim()));
+    assert_eq!(
+        r.engine
+            .ok(&["inspect", "-f", "{{.State.Running}} {{.State.Pid}}", "ticker"])?
+            .trim(),
+        format!("true {}", pid.trim())
+    );
     wait_ticking(&r, "ticker", t0)?;
     assert_eq!(r.holders("rv")?, before, "the restored container keeps its one mount");
     assert_eq!(r.engine.json(&["volume", "inspect", "rv"])?[0]["Status"]["mounts"], 1);
 
     // Another container meanwhile: sees the ticks, and leaves the count as it found it.
-    let seen: u64 = r.engine.ok(&["run", "--rm", "-v", "rv:/data", IMAGE, "cat", "/data/tick"])?.trim().parse()?;
+    let seen: u64 = r
+        .engine
+        .ok(&["run", "--rm", "-v", "rv:/data", IMAGE, "cat", "/data/tick"])?
+        .trim()
+        .parse()?;
     assert!(seen > t0);
     assert_eq!(r.holders("rv")?, before);
 
@@ -514,7 +649,20 @@ fn dockerd_restart_policy_and_crash(store: StoreKind) -> anyhow::Result<()> {
     let r = Rig::start(store, &[], &[("ELARA_DOCKER_RECLAIM_SECS", RUNNING_RECLAIM_SECS)])?;
     r.create("pv", &["size=64M"])?;
     let image = r.image("pv")?;
-    r.engine.ok(&["run", "-d", "--restart", "always", "--name", "ticker", "-v", "pv:/data", IMAGE, "sh", "-c", TICKER])?;
+    r.engine.ok(&[
+        "run",
+        "-d",
+        "--restart",
+        "always",
+        "--name",
+        "ticker",
+        "-v",
+        "pv:/data",
+        IMAGE,
+        "sh",
+        "-c",
+        TICKER,
+    ])?;
     let t0 = wait_ticking(&r, "ticker", 0)?;
     let before = r.holders("pv")?;
     assert_eq!(before.len(), 1);
@@ -523,7 +671,11 @@ fn dockerd_restart_policy_and_crash(store: StoreKind) -> anyhow::Result<()> {
     // Carries on from the stored count: the same data, mounted again.
     wait_ticking(&r, "ticker", t0)?;
     let after = r.holders("pv")?;
-    assert_eq!(after.len(), 1, "the old mount was released, the new one counted: {after:?}");
+    assert_eq!(
+        after.len(),
+        1,
+        "the old mount was released, the new one counted: {after:?}"
+    );
     assert_ne!(after, before, "a new Docker mount ID");
     assert_eq!(loops_of(&image).len(), 1);
 
@@ -537,9 +689,15 @@ fn dockerd_restart_policy_and_crash(store: StoreKind) -> anyhow::Result<()> {
     wait_until("the orphaned container is stopped", Duration::from_secs(60), || {
         Ok(r.engine.ok(&["inspect", "-f", "{{.State.Running}}", "ticker"])?.trim() == "false")
     })?;
-    wait_until("its mount is reclaimed", Duration::from_secs(60), || Ok(r.holders("pv")?.is_empty()))?;
+    wait_until("its mount is reclaimed", Duration::from_secs(60), || {
+        Ok(r.holders("pv")?.is_empty())
+    })?;
     assert_released(&r, "pv", &image)?;
-    let seen: u64 = r.engine.ok(&["run", "--rm", "-v", "pv:/data", IMAGE, "cat", "/data/tick"])?.trim().parse()?;
+    let seen: u64 = r
+        .engine
+        .ok(&["run", "--rm", "-v", "pv:/data", IMAGE, "cat", "/data/tick"])?
+        .trim()
+        .parse()?;
     assert!(seen >= t1, "no tick lost: {seen} >= {t1}");
     r.engine.ok(&["rm", "ticker"])?;
     r.engine.ok(&["volume", "rm", "pv"])?;
@@ -572,7 +730,9 @@ fn elara_restart(store: StoreKind) -> anyhow::Result<()> {
     let mut r = Rig::start(store, &[], &[("ELARA_DOCKER_RECLAIM_SECS", RUNNING_RECLAIM_SECS)])?;
     r.create("ev", &["size=64M"])?;
     let image = r.image("ev")?;
-    r.engine.ok(&["run", "-d", "--name", "ticker", "-v", "ev:/data", IMAGE, "sh", "-c", TICKER])?;
+    r.engine.ok(&[
+        "run", "-d", "--name", "ticker", "-v", "ev:/data", IMAGE, "sh", "-c", TICKER,
+    ])?;
     let t0 = wait_ticking(&r, "ticker", 0)?;
     let before = r.holders("ev")?;
     assert_eq!(before.len(), 1);
@@ -590,7 +750,11 @@ fn elara_restart(store: StoreKind) -> anyhow::Result<()> {
     assert_eq!(r.holders("ev")?, before, "a live container's mount is never reclaimed");
     assert_eq!(loops_of(&image).len(), 1);
 
-    let seen: u64 = r.engine.ok(&["run", "--rm", "-v", "ev:/data", IMAGE, "cat", "/data/tick"])?.trim().parse()?;
+    let seen: u64 = r
+        .engine
+        .ok(&["run", "--rm", "-v", "ev:/data", IMAGE, "cat", "/data/tick"])?
+        .trim()
+        .parse()?;
     assert!(seen > t1);
     assert_eq!(r.holders("ev")?, before);
     r.engine.ok(&["rm", "-f", "ticker"])?;
@@ -608,9 +772,16 @@ const RUNNING_RECLAIM_SECS: &str = "5";
 
 /// Wait until the daemon's log shows `n` more completed reclaim sweeps than now.
 fn wait_for_sweeps(d: &Daemon, n: usize) -> anyhow::Result<()> {
-    let count = || std::fs::read_to_string(d.dir.join("daemon.log")).unwrap_or_default().matches("Docker reclaim sweep done").count();
+    let count = || {
+        std::fs::read_to_string(d.dir.join("daemon.log"))
+            .unwrap_or_default()
+            .matches("Docker reclaim sweep done")
+            .count()
+    };
     let start = count();
-    wait_until(&format!("{n} reclaim sweeps"), Duration::from_secs(60), || Ok(count() >= start + n))
+    wait_until(&format!("{n} reclaim sweeps"), Duration::from_secs(60), || {
+        Ok(count() >= start + n)
+    })
 }
 
 #[test]
@@ -637,7 +808,9 @@ fn lost_unmount(store: StoreKind) -> anyhow::Result<()> {
     r.create("la", &["size=32M"])?;
     r.create("lb", &["size=32M"])?;
     let (ia, ib) = (r.image("la")?, r.image("lb")?);
-    r.engine.ok(&["run", "-d", "--name", "user", "-v", "la:/a", "-v", "lb:/b", IMAGE, "sleep", "3600"])?;
+    r.engine.ok(&[
+        "run", "-d", "--name", "user", "-v", "la:/a", "-v", "lb:/b", IMAGE, "sleep", "3600",
+    ])?;
     assert_eq!(r.holders("la")?.len(), 1);
     assert_eq!(r.holders("lb")?.len(), 1);
 
@@ -655,7 +828,9 @@ fn lost_unmount(store: StoreKind) -> anyhow::Result<()> {
     // The sweep (1 s grace here) finds no container holding lb and releases it by itself.
     r.d.opts.env = vec![("ELARA_DOCKER_RECLAIM_SECS".into(), "1".into())];
     r.d.restart()?;
-    wait_until("the sweep releases lb", Duration::from_secs(60), || Ok(r.holders("lb")?.is_empty()))?;
+    wait_until("the sweep releases lb", Duration::from_secs(60), || {
+        Ok(r.holders("lb")?.is_empty())
+    })?;
     assert_released(&r, "lb", &ib)?;
     r.engine.ok(&["volume", "rm", "lb"])?;
     assert_eq!(r.d.json(&["volume", "list"])?, json!([]));
@@ -681,9 +856,14 @@ fn lost_unmount_reclaimed_etcd() -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------------
 
 fn test_driver(name: &str) -> PathBuf {
-    let dir = std::env::var_os("ELARA_TEST_DRIVERS_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target")).join("test-drivers")
-    });
+    let dir = std::env::var_os("ELARA_TEST_DRIVERS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| repo_root().join("target"))
+                .join("test-drivers")
+        });
     let p = dir.join(format!("{name}.wasm"));
     assert!(p.exists(), "{} is missing: run scripts/build-drivers.sh", p.display());
     p
@@ -695,17 +875,38 @@ fn test_driver(name: &str) -> PathBuf {
 fn store_only_answers(store: StoreKind) -> anyhow::Result<()> {
     let r = Rig::start(store, &[], &[])?;
     r.d.ok(&["driver", "install", &test_driver("hostile").display().to_string()])?;
-    r.d.ok(&["backend", "add", "stuck", "--driver", "hostile", "--call-timeout", "10m"])?;
+    r.d.ok(&[
+        "backend",
+        "add",
+        "stuck",
+        "--driver",
+        "hostile",
+        "--call-timeout",
+        "10m",
+    ])?;
     r.create("calm", &["backend=stuck"])?;
     // A create whose driver call sleeps for an hour, in the background.
     let mut hung: Child = Command::new(elara_bin())
-        .args(["-s", &r.d.socket.display().to_string(), "volume", "create", "sleep", "--backend", "stuck", "--label", "secs=3600"])
+        .args([
+            "-s",
+            &r.d.socket.display().to_string(),
+            "volume",
+            "create",
+            "sleep",
+            "--backend",
+            "stuck",
+            "--label",
+            "secs=3600",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
     let result = (|| {
         wait_until("the hung create is in the driver", Duration::from_secs(30), || {
-            Ok(r.d.json(&["volume", "list"])?.as_array().is_some_and(|a| a.iter().any(|v| v["name"] == "sleep" && v["state"] == "creating")))
+            Ok(r.d
+                .json(&["volume", "list"])?
+                .as_array()
+                .is_some_and(|a| a.iter().any(|v| v["name"] == "sleep" && v["state"] == "creating")))
         })?;
         let timed = |args: &[&str]| -> anyhow::Result<String> {
             let out = Command::new("timeout")
@@ -714,7 +915,12 @@ fn store_only_answers(store: StoreKind) -> anyhow::Result<()> {
                 .args(args)
                 .env("DOCKER_HOST", &r.engine.host)
                 .output()?;
-            ensure!(out.status.success(), "`docker {}`: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+            ensure!(
+                out.status.success(),
+                "`docker {}`: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         };
         let ls = timed(&["volume", "ls", "-q", "-f", &format!("driver={}", r.driver())])?;
@@ -788,21 +994,51 @@ fn managed_plugin() -> anyhow::Result<()> {
         assert_eq!(p[0]["Config"]["Interface"]["Types"][0], "docker.volumedriver/1.0");
         assert_eq!(p[0]["Config"]["PropagatedMount"], "/var/lib/elara/mounts");
 
-        engine.ok(&["volume", "create", "-d", name, "-o", "size=64M", "-o", "label.app=web", "mv1"])?;
+        engine.ok(&[
+            "volume",
+            "create",
+            "-d",
+            name,
+            "-o",
+            "size=64M",
+            "-o",
+            "label.app=web",
+            "mv1",
+        ])?;
         let v = engine.json(&["volume", "inspect", "mv1"])?;
         assert_eq!(v[0]["Scope"], "local");
         assert_eq!(v[0]["Status"]["size"], 64 << 20, "{v}");
         assert_eq!(v[0]["Status"]["labels"]["app"], "web", "{v}");
         let err = engine.fails(&["volume", "create", "-d", name, "-o", "size=lots", "mv2"])?;
-        assert!(err.contains("Error response from daemon") && err.contains("size:"), "{err}");
+        assert!(
+            err.contains("Error response from daemon") && err.contains("size:"),
+            "{err}"
+        );
 
-        let out = engine.ok(&["run", "--rm", "-v", "mv1:/data", IMAGE, "sh", "-c", "echo managed > /data/f && sync && cat /data/f"])?;
+        let out = engine.ok(&[
+            "run",
+            "--rm",
+            "-v",
+            "mv1:/data",
+            IMAGE,
+            "sh",
+            "-c",
+            "echo managed > /data/f && sync && cat /data/f",
+        ])?;
         assert_eq!(out.trim(), "managed");
-        assert_eq!(engine.ok(&["run", "--rm", "-v", "mv1:/data:ro", IMAGE, "cat", "/data/f"])?.trim(), "managed");
+        assert_eq!(
+            engine
+                .ok(&["run", "--rm", "-v", "mv1:/data:ro", IMAGE, "cat", "/data/f"])?
+                .trim(),
+            "managed"
+        );
         // Nothing of the volume stays attached between containers: no loop device on an image in
         // this engine's plugin store.
         let dir = engine.dir.display().to_string();
-        let loops: Vec<_> = loop_devices().into_iter().filter(|(_, b)| b.starts_with(&dir)).collect();
+        let loops: Vec<_> = loop_devices()
+            .into_iter()
+            .filter(|(_, b)| b.starts_with(&dir))
+            .collect();
         ensure!(loops.is_empty(), "loop devices left: {loops:?}");
         engine.ok(&["volume", "rm", "mv1"])?;
         let filter = format!("driver={name}");
@@ -847,7 +1083,9 @@ fn activate_while_store_connecting() -> anyhow::Result<()> {
         .stderr(Stdio::null())
         .spawn()?;
     let result = (|| {
-        wait_until("the plugin socket", Duration::from_secs(30), || Ok(plugin.socket().exists()))?;
+        wait_until("the plugin socket", Duration::from_secs(30), || {
+            Ok(plugin.socket().exists())
+        })?;
         let t = Instant::now();
         let act = plugin.call("Plugin.Activate", &json!({}))?;
         let caps = plugin.call("VolumeDriver.Capabilities", &json!({}))?;
@@ -855,7 +1093,10 @@ fn activate_while_store_connecting() -> anyhow::Result<()> {
         assert_eq!(act["Implements"], json!(["VolumeDriver"]));
         assert_eq!(caps["Capabilities"]["Scope"], "global");
         // Still connecting: the daemon has not given up on the store yet.
-        ensure!(child.try_wait()?.is_none(), "the daemon is still starting after Activate and Capabilities ({took:?})");
+        ensure!(
+            child.try_wait()?.is_none(),
+            "the daemon is still starting after Activate and Capabilities ({took:?})"
+        );
         anyhow::Ok(())
     })();
     let _ = child.kill();

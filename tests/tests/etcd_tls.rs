@@ -45,10 +45,7 @@ fn password(security: &elara_store::etcd::EtcdSecurity) -> String {
 
 /// A copy of `file` in `dir` with `mode`.
 fn copy_with_mode(file: &Path, dir: &Path, mode: u32) -> PathBuf {
-    let copy = dir.join(format!(
-        "{}-{mode:o}",
-        file.file_name().unwrap().to_string_lossy()
-    ));
+    let copy = dir.join(format!("{}-{mode:o}", file.file_name().unwrap().to_string_lossy()));
     std::fs::copy(file, &copy).unwrap();
     std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(mode)).unwrap();
     copy
@@ -85,19 +82,14 @@ fn refused_daemon(store: &str, flags: &[String]) -> (String, Duration) {
         if start.elapsed() > limit {
             let _ = child.kill();
             let _ = child.wait();
-            panic!(
-                "the daemon with store {store} {flags:?} was still running after {limit:?}: not refused at start"
-            );
+            panic!("the daemon with store {store} {flags:?} was still running after {limit:?}: not refused at start");
         }
         std::thread::sleep(Duration::from_millis(20));
     };
     let took = start.elapsed();
     let mut stderr = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-    assert!(
-        !status.success(),
-        "the daemon exited successfully: {stderr}"
-    );
+    assert!(!status.success(), "the daemon exited successfully: {stderr}");
     (stderr, took)
 }
 
@@ -143,10 +135,7 @@ fn a_daemon_on_tls_etcd_shows_no_secret() -> anyhow::Result<()> {
     for (what, text) in [
         ("elara info", info),
         ("elara -o json info", json.to_string()),
-        (
-            "the process arguments",
-            String::from_utf8_lossy(&cmdline).into_owned(),
-        ),
+        ("the process arguments", String::from_utf8_lossy(&cmdline).into_owned()),
         ("the daemon log", log),
     ] {
         assert!(!text.contains(&password), "{what} shows the etcd password");
@@ -181,11 +170,7 @@ fn a_wrong_ca_is_refused_at_start_as_a_certificate_failure() {
         .arg(dir.path().join("other-ca.pem"))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let wrong = elara_store::etcd::EtcdSecurity {
         ca: Some(dir.path().join("other-ca.pem")),
         ..security
@@ -193,18 +178,9 @@ fn a_wrong_ca_is_refused_at_start_as_a_certificate_failure() {
     let store = etcd_store_url(&unique("ns"));
     let (stderr, took) = refused_daemon(&store, &flags(&wrong));
     assert!(stderr.contains(&store), "names the store {store}: {stderr}");
-    assert!(
-        stderr.contains("TLS certificate verification failed"),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("server's certificate did not verify"),
-        "{stderr}"
-    );
-    assert!(
-        took < PROMPT,
-        "refused promptly, not after retries: {took:?}"
-    );
+    assert!(stderr.contains("TLS certificate verification failed"), "{stderr}");
+    assert!(stderr.contains("server's certificate did not verify"), "{stderr}");
+    assert!(took < PROMPT, "refused promptly, not after retries: {took:?}");
 }
 
 #[test]
@@ -220,15 +196,9 @@ fn no_client_certificate_is_refused_at_start_as_a_certificate_failure() {
     let store = etcd_store_url(&unique("ns"));
     let (stderr, took) = refused_daemon(&store, &flags(&wrong));
     assert!(stderr.contains(&store), "names the store {store}: {stderr}");
-    assert!(
-        stderr.contains("TLS certificate verification failed"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("TLS certificate verification failed"), "{stderr}");
     assert!(stderr.contains("the server refused"), "{stderr}");
-    assert!(
-        took < PROMPT,
-        "refused promptly, not after retries: {took:?}"
-    );
+    assert!(took < PROMPT, "refused promptly, not after retries: {took:?}");
 }
 
 #[test]
@@ -249,14 +219,8 @@ fn a_wrong_password_is_refused_at_start_as_an_authentication_failure() {
     assert!(stderr.contains(&store), "names the store {store}: {stderr}");
     assert!(stderr.contains("authentication failed"), "{stderr}");
     assert!(stderr.contains("refused user \"elara\""), "{stderr}");
-    assert!(
-        !stderr.contains("wrong-password-1234"),
-        "echoes the password: {stderr}"
-    );
-    assert!(
-        took < PROMPT,
-        "refused promptly, not after retries: {took:?}"
-    );
+    assert!(!stderr.contains("wrong-password-1234"), "echoes the password: {stderr}");
+    assert!(took < PROMPT, "refused promptly, not after retries: {took:?}");
 }
 
 #[test]
@@ -266,8 +230,7 @@ fn secret_files_others_may_read_are_refused_at_start_naming_the_file() {
     };
     let dir = tempfile::tempdir().unwrap();
     let store = etcd_store_url(&unique("ns"));
-    let loose_password =
-        copy_with_mode(security.password_file.as_ref().unwrap(), dir.path(), 0o644);
+    let loose_password = copy_with_mode(security.password_file.as_ref().unwrap(), dir.path(), 0o644);
     let loose_key = copy_with_mode(security.key.as_ref().unwrap(), dir.path(), 0o640);
     for (setting, file, wrong) in [
         (
@@ -289,10 +252,7 @@ fn secret_files_others_may_read_are_refused_at_start_naming_the_file() {
     ] {
         let (stderr, _) = refused_daemon(&store, &flags(&wrong));
         assert!(stderr.contains(setting), "{setting}: {stderr}");
-        assert!(
-            stderr.contains(&file.display().to_string()),
-            "names the file: {stderr}"
-        );
+        assert!(stderr.contains(&file.display().to_string()), "names the file: {stderr}");
         assert!(stderr.contains("readable by group or others"), "{stderr}");
     }
 }
@@ -302,15 +262,8 @@ fn a_password_in_the_store_url_is_refused_and_not_shown() {
     let Some(security) = tls_security() else {
         return;
     };
-    let store = format!(
-        "etcds://elara:url-password-5678@{}/{}",
-        etcd_endpoint(),
-        unique("ns")
-    );
+    let store = format!("etcds://elara:url-password-5678@{}/{}", etcd_endpoint(), unique("ns"));
     let (stderr, _) = refused_daemon(&store, &flags(&security));
     assert!(stderr.contains("--store-password-file"), "{stderr}");
-    assert!(
-        !stderr.contains("url-password-5678"),
-        "shows the password: {stderr}"
-    );
+    assert!(!stderr.contains("url-password-5678"), "shows the password: {stderr}");
 }

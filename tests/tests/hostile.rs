@@ -44,13 +44,33 @@ impl World {
     async fn new() -> World {
         let rt = runtime();
         let dir = tempfile::tempdir().unwrap();
-        let hostile_driver = rt.load_driver(&elara_tests::built_component("test-drivers", "hostile")).await.expect("hostile loads");
-        let local_driver = rt.load_driver(&elara_tests::built_component("drivers", "local")).await.expect("local loads");
+        let hostile_driver = rt
+            .load_driver(&elara_tests::built_component("test-drivers", "hostile"))
+            .await
+            .expect("hostile loads");
+        let local_driver = rt
+            .load_driver(&elara_tests::built_component("drivers", "local"))
+            .await
+            .expect("local loads");
         let local = rt
-            .open_backend(&local_driver, spec("local", &dir.path().join("local-pool"), vec![], vec![], Limits::default()))
+            .open_backend(
+                &local_driver,
+                spec(
+                    "local",
+                    &dir.path().join("local-pool"),
+                    vec![],
+                    vec![],
+                    Limits::default(),
+                ),
+            )
             .await
             .expect("local backend");
-        World { rt, hostile_driver, local, dir }
+        World {
+            rt,
+            hostile_driver,
+            local,
+            dir,
+        }
     }
 
     /// The outside world a hostile driver must not reach: `<dir>/outside/secret.txt`.
@@ -62,7 +82,10 @@ impl World {
     }
 
     async fn hostile(&self, name: &str, config: Vec<(&str, &str)>, grants: Vec<HostGrant>, limits: Limits) -> Backend {
-        let config = config.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let config = config
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let pool = self.dir.path().join(format!("{name}-pool"));
         self.rt
             .open_backend(&self.hostile_driver, spec(name, &pool, config, grants, limits))
@@ -81,7 +104,13 @@ impl World {
 }
 
 fn spec(name: &str, pool: &Path, config: Vec<(String, String)>, grants: Vec<HostGrant>, limits: Limits) -> BackendSpec {
-    BackendSpec { name: name.into(), pool_dir: pool.to_path_buf(), config, grants, limits }
+    BackendSpec {
+        name: name.into(),
+        pool_dir: pool.to_path_buf(),
+        config,
+        grants,
+        limits,
+    }
 }
 
 fn volume(id: &str, name: &str, labels: &[(&str, &str)]) -> VolumeSpec {
@@ -96,7 +125,10 @@ fn volume(id: &str, name: &str, labels: &[(&str, &str)]) -> VolumeSpec {
 }
 
 fn node() -> NodeInfo {
-    NodeInfo { name: "test-node".into(), connector: vec![] }
+    NodeInfo {
+        name: "test-node".into(),
+        connector: vec![],
+    }
 }
 
 /// Run one attack; it must fail with the driver's own `backend` error (the sandbox said no).
@@ -113,7 +145,10 @@ async fn refused(backend: &Backend, attack: &str, labels: &[(&str, &str)]) -> St
 
 /// The backend still answers after an attack: a trapped instance was replaced.
 async fn still_serves(backend: &Backend) {
-    let v = backend.create(&volume("benign", "benign", &[])).await.expect("a benign call after the attack");
+    let v = backend
+        .create(&volume("benign", "benign", &[]))
+        .await
+        .expect("a benign call after the attack");
     assert_eq!(v.backend_ref, "benign benign");
     backend.pools().await.expect("pools after the attack");
 }
@@ -154,20 +189,38 @@ async fn filesystem_escapes_are_refused() {
         assert!(msg.starts_with(&format!("write: writing {path}: ")), "{msg}");
     }
     // Symlinks the driver makes itself: absolute and relative targets out of the pool.
-    for (target, link) in [(abs("secret.txt"), "/pool/evil-abs"), ("../outside/secret.txt".to_string(), "/pool/evil-rel")] {
+    for (target, link) in [
+        (abs("secret.txt"), "/pool/evil-abs"),
+        ("../outside/secret.txt".to_string(), "/pool/evil-rel"),
+    ] {
         let msg = refused(&hostile, "symlink", &[("target", &target), ("link", link)]).await;
-        assert!(msg.starts_with(&format!("symlink: symlink {link} -> {target}: "))
-            || msg.starts_with(&format!("symlink: reading {link} -> {target}: ")), "{msg}");
+        assert!(
+            msg.starts_with(&format!("symlink: symlink {link} -> {target}: "))
+                || msg.starts_with(&format!("symlink: reading {link} -> {target}: ")),
+            "{msg}"
+        );
         assert!(!msg.contains("top secret"), "{msg}");
     }
     // The host's own file power (`clone-file`) is confined the same way, with `invalid` naming
     // the field.
     std::fs::write(pool.join("inside.img"), b"inside").unwrap();
     for (src, dst, want) in [
-        ("../outside/secret.txt", "copy", "invalid src: `../outside/secret.txt`: `..` is not allowed"),
-        ("/etc/passwd", "copy", "invalid src: `/etc/passwd`: absolute paths are not allowed"),
+        (
+            "../outside/secret.txt",
+            "copy",
+            "invalid src: `../outside/secret.txt`: `..` is not allowed",
+        ),
+        (
+            "/etc/passwd",
+            "copy",
+            "invalid src: `/etc/passwd`: absolute paths are not allowed",
+        ),
         ("link-file", "copy", "invalid src: `link-file`"),
-        ("inside.img", "../outside/copied", "invalid dst: `../outside/copied`: `..` is not allowed"),
+        (
+            "inside.img",
+            "../outside/copied",
+            "invalid dst: `../outside/copied`: `..` is not allowed",
+        ),
         ("inside.img", "link-dir/copied", "dst"),
     ] {
         let msg = refused(&hostile, "clone-file", &[("src", src), ("dst", dst)]).await;
@@ -175,15 +228,23 @@ async fn filesystem_escapes_are_refused() {
     }
 
     // Nothing outside changed.
-    let mut names: Vec<String> =
-        std::fs::read_dir(&outside).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut names: Vec<String> = std::fs::read_dir(&outside)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     names.sort();
     assert_eq!(names, ["secret.txt"], "files appeared outside the pool");
-    assert_eq!(std::fs::read_to_string(outside.join("secret.txt")).unwrap(), "top secret");
+    assert_eq!(
+        std::fs::read_to_string(outside.join("secret.txt")).unwrap(),
+        "top secret"
+    );
     assert!(!w.dir.path().join("pwned").exists() && !Path::new("/tmp/elara-hostile-pwned").exists());
 
     // Inside the pool everything works.
-    let v = hostile.create(&volume("ok", "write", &[("path", "/pool/fine.txt")])).await.expect("write inside");
+    let v = hostile
+        .create(&volume("ok", "write", &[("path", "/pool/fine.txt")]))
+        .await
+        .expect("write inside");
     assert!(v.backend_ref.starts_with("DONE: wrote"), "{}", v.backend_ref);
     assert_eq!(std::fs::read_to_string(pool.join("fine.txt")).unwrap(), "pwned");
     still_serves(&hostile).await;
@@ -216,7 +277,9 @@ async fn listener() -> Listener {
                 }
                 if line.starts_with("GET ") {
                     while r.read_line(&mut line).await.is_ok_and(|n| n > 2) {}
-                    let _ = w.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok").await;
+                    let _ = w
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+                        .await;
                 } else {
                     let _ = w.write_all(b"hi\n").await;
                 }
@@ -237,20 +300,32 @@ async fn network_reaches_only_granted_hosts() {
     let (a, b) = (granted.port, other.port);
     // `0` is a name (glibc resolves it to 0.0.0.0, which a connect takes to this host): a
     // granted name that resolves to an address no grant may reach.
-    let grants = vec![format!("127.0.0.1:{a}").parse().unwrap(), format!("0:{b}").parse().unwrap()];
+    let grants = vec![
+        format!("127.0.0.1:{a}").parse().unwrap(),
+        format!("0:{b}").parse().unwrap(),
+    ];
     let hostile = w.hostile("hostile-net", vec![], grants, Limits::default()).await;
 
     // The granted host works over HTTP and TCP (so the refusals below are the policy's doing).
-    let v = hostile.create(&volume("ok", "http", &[("url", &format!("http://127.0.0.1:{a}/x"))])).await.unwrap();
-    assert_eq!(v.backend_ref, format!("DONE: GET http://127.0.0.1:{a}/x: HTTP 200 \"ok\""));
-    let v = hostile.create(&volume("ok", "tcp", &[("addr", &format!("127.0.0.1:{a}"))])).await.unwrap();
+    let v = hostile
+        .create(&volume("ok", "http", &[("url", &format!("http://127.0.0.1:{a}/x"))]))
+        .await
+        .unwrap();
+    assert_eq!(
+        v.backend_ref,
+        format!("DONE: GET http://127.0.0.1:{a}/x: HTTP 200 \"ok\"")
+    );
+    let v = hostile
+        .create(&volume("ok", "tcp", &[("addr", &format!("127.0.0.1:{a}"))]))
+        .await
+        .unwrap();
     assert_eq!(v.backend_ref, format!("DONE: TCP 127.0.0.1:{a} answered \"hi\\n\""));
     assert_eq!(granted.connections.load(Ordering::SeqCst), 2);
 
     let not_granted = "the host is not granted to this backend (grant it with --allow-host)";
     for url in [
-        format!("http://127.0.0.1:{b}/"),   // granted host, other port
-        format!("http://localhost:{a}/"),   // the granted address under a name that is not granted
+        format!("http://127.0.0.1:{b}/"), // granted host, other port
+        format!("http://localhost:{a}/"), // the granted address under a name that is not granted
         "http://169.254.169.254/latest/meta-data/".to_string(),
         "https://example.com/".to_string(),
     ] {
@@ -261,11 +336,20 @@ async fn network_reaches_only_granted_hosts() {
     let msg = refused(&hostile, "http", &[("url", &url)]).await;
     assert!(msg.contains("resolves only to addresses no grant may reach"), "{msg}");
 
-    for addr in [format!("127.0.0.1:{b}"), format!("0.0.0.0:{b}"), format!("0:{b}"), format!("[::1]:{a}")] {
+    for addr in [
+        format!("127.0.0.1:{b}"),
+        format!("0.0.0.0:{b}"),
+        format!("0:{b}"),
+        format!("[::1]:{a}"),
+    ] {
         let msg = refused(&hostile, "tcp", &[("addr", &addr)]).await;
         assert!(msg.starts_with(&format!("tcp: connect {addr}: ")), "{msg}");
     }
-    assert_eq!(other.connections.load(Ordering::SeqCst), 0, "a denied connection reached the listener");
+    assert_eq!(
+        other.connections.load(Ordering::SeqCst),
+        0,
+        "a denied connection reached the listener"
+    );
 
     // A backend without grants reaches nothing, not even the listener the other one may use.
     let closed = w.hostile("hostile-closed", vec![], vec![], Limits::default()).await;
@@ -295,12 +379,28 @@ async fn allocating_4_gib_hits_the_memory_cap() {
     let w = World::new().await;
     let hostile = w.hostile("hostile-mem", vec![], vec![], Limits::default()).await;
     let reason = trapped(hostile.create(&volume("a", "alloc", &[])).await);
-    assert!(reason.starts_with("memory limit of 268435456 bytes exceeded (the driver tried to grow its memory to "), "{reason}");
+    assert!(
+        reason.starts_with("memory limit of 268435456 bytes exceeded (the driver tried to grow its memory to "),
+        "{reason}"
+    );
     still_serves(&hostile).await;
     // Again, with a smaller cap of its own.
-    let small = w.hostile("hostile-mem-small", vec![], vec![], Limits { memory_bytes: 32 << 20, ..Limits::default() }).await;
+    let small = w
+        .hostile(
+            "hostile-mem-small",
+            vec![],
+            vec![],
+            Limits {
+                memory_bytes: 32 << 20,
+                ..Limits::default()
+            },
+        )
+        .await;
     let reason = trapped(small.create(&volume("a", "alloc", &[("bytes", "134217728")])).await);
-    assert!(reason.starts_with("memory limit of 33554432 bytes exceeded"), "{reason}");
+    assert!(
+        reason.starts_with("memory limit of 33554432 bytes exceeded"),
+        "{reason}"
+    );
     still_serves(&small).await;
     w.local_round("after-mem").await;
 }
@@ -309,7 +409,17 @@ async fn allocating_4_gib_hits_the_memory_cap() {
 async fn an_infinite_loop_is_stopped_while_other_backends_serve() {
     let w = World::new().await;
     let budget = Duration::from_secs(4);
-    let hostile = w.hostile("hostile-spin", vec![], vec![], Limits { cpu_budget: budget, ..Limits::default() }).await;
+    let hostile = w
+        .hostile(
+            "hostile-spin",
+            vec![],
+            vec![],
+            Limits {
+                cpu_budget: budget,
+                ..Limits::default()
+            },
+        )
+        .await;
     let spinner = hostile.clone();
     let spin = tokio::spawn(async move { spinner.create(&volume("s", "spin", &[])).await });
 
@@ -318,7 +428,10 @@ async fn an_infinite_loop_is_stopped_while_other_backends_serve() {
         w.local_round(&format!("during-spin-{i}")).await;
     }
     still_serves(&hostile).await;
-    assert!(!spin.is_finished(), "the loop ended before the other calls were served: not concurrent");
+    assert!(
+        !spin.is_finished(),
+        "the loop ended before the other calls were served: not concurrent"
+    );
 
     match spin.await.unwrap() {
         Err(CallError::CpuBudget { backend, budget: b }) => {
@@ -326,8 +439,14 @@ async fn an_infinite_loop_is_stopped_while_other_backends_serve() {
         }
         other => panic!("expected the CPU budget to stop the loop, got {other:?}"),
     }
-    let e = CallError::CpuBudget { backend: "hostile-spin".into(), budget };
-    assert_eq!(e.to_string(), "driver of backend `hostile-spin` used more than its CPU budget of 4s in one call");
+    let e = CallError::CpuBudget {
+        backend: "hostile-spin".into(),
+        budget,
+    };
+    assert_eq!(
+        e.to_string(),
+        "driver of backend `hostile-spin` used more than its CPU budget of 4s in one call"
+    );
     still_serves(&hostile).await;
     w.local_round("after-spin").await;
 }
@@ -336,14 +455,27 @@ async fn an_infinite_loop_is_stopped_while_other_backends_serve() {
 async fn a_call_that_never_returns_times_out_without_blocking_others() {
     let w = World::new().await;
     let timeout = Duration::from_secs(4);
-    let hostile = w.hostile("hostile-sleep", vec![], vec![], Limits { call_timeout: timeout, ..Limits::default() }).await;
+    let hostile = w
+        .hostile(
+            "hostile-sleep",
+            vec![],
+            vec![],
+            Limits {
+                call_timeout: timeout,
+                ..Limits::default()
+            },
+        )
+        .await;
     let sleeper = hostile.clone();
     let sleep = tokio::spawn(async move { sleeper.create(&volume("s", "sleep", &[])).await });
     for i in 0..3 {
         w.local_round(&format!("during-sleep-{i}")).await;
         still_serves(&hostile).await;
     }
-    assert!(!sleep.is_finished(), "the sleeping call ended before the other calls were served");
+    assert!(
+        !sleep.is_finished(),
+        "the sleeping call ended before the other calls were served"
+    );
     match sleep.await.unwrap() {
         Err(e @ CallError::Timeout { .. }) => {
             assert_eq!(e.to_string(), "call to backend `hostile-sleep` timed out after 4s");
@@ -360,7 +492,18 @@ async fn a_call_that_never_returns_times_out_without_blocking_others() {
 async fn progress_renews_the_limits_and_a_stall_is_still_stopped() {
     let w = World::new().await;
     let (budget, timeout) = (Duration::from_secs(1), Duration::from_secs(2));
-    let hostile = w.hostile("hostile-work", vec![], vec![], Limits { cpu_budget: budget, call_timeout: timeout, ..Limits::default() }).await;
+    let hostile = w
+        .hostile(
+            "hostile-work",
+            vec![],
+            vec![],
+            Limits {
+                cpu_budget: budget,
+                call_timeout: timeout,
+                ..Limits::default()
+            },
+        )
+        .await;
     // Each 100 ms slice reports one renewal's worth of bytes (64 MiB), of a total the volume's
     // size allows (the call's bound): a copy of 6 s × 640 MiB/s.
     let step = Limits::default().progress_bytes_per_renewal;
@@ -374,7 +517,9 @@ async fn progress_renews_the_limits_and_a_stall_is_still_stopped() {
 
     // 4 s of guest CPU, and 4 s asleep in the host, each reporting every 100 ms: both finish.
     for spin in ["1", "0"] {
-        let v = work(&[("secs", "4"), ("spin", spin)]).await.unwrap_or_else(|e| panic!("spin={spin}: {e}"));
+        let v = work(&[("secs", "4"), ("spin", spin)])
+            .await
+            .unwrap_or_else(|e| panic!("spin={spin}: {e}"));
         assert_eq!(v.backend_ref, "DONE: worked 4 s");
     }
     // Reports stop after 1 s: the budget (spinning) or the timeout (sleeping) stops the call.
@@ -400,8 +545,14 @@ async fn a_panic_is_reported_with_its_message() {
     let hostile = w.hostile("hostile-panic", vec![], vec![], Limits::default()).await;
     for _ in 0..2 {
         let reason = trapped(hostile.create(&volume("p", "panic", &[])).await);
-        assert!(reason.starts_with("wasm trap: wasm `unreachable` instruction executed"), "{reason}");
-        assert!(reason.contains("hostile driver panics on purpose"), "the panic message is quoted: {reason}");
+        assert!(
+            reason.starts_with("wasm trap: wasm `unreachable` instruction executed"),
+            "{reason}"
+        );
+        assert!(
+            reason.contains("hostile driver panics on purpose"),
+            "the panic message is quoted: {reason}"
+        );
         still_serves(&hostile).await;
     }
     w.local_round("after-panic").await;
@@ -479,18 +630,44 @@ fn logged(backend: &str) -> LogCount {
 async fn a_log_flood_is_capped_per_call() {
     let w = World::new().await;
     let cap = 64 << 10;
-    let hostile = w.hostile("hostile-flood", vec![], vec![], Limits { log_bytes_per_call: cap, ..Limits::default() }).await;
+    let hostile = w
+        .hostile(
+            "hostile-flood",
+            vec![],
+            vec![],
+            Limits {
+                log_bytes_per_call: cap,
+                ..Limits::default()
+            },
+        )
+        .await;
     // 15 MiB through the log import, stdout and stderr in one call.
-    let v = hostile.create(&volume("f", "log-flood", &[("bytes", "15728640")])).await.expect("a flood is not an error");
+    let v = hostile
+        .create(&volume("f", "log-flood", &[("bytes", "15728640")]))
+        .await
+        .expect("a flood is not an error");
     assert_eq!(v.backend_ref, "logged 15728640 bytes");
     let after_one = logged("hostile-flood");
-    assert!(after_one.bytes <= cap, "{} bytes of driver logs passed a cap of {cap}", after_one.bytes);
-    assert!(after_one.bytes >= cap - 2048, "the cap, not less, is logged: {after_one:?}");
+    assert!(
+        after_one.bytes <= cap,
+        "{} bytes of driver logs passed a cap of {cap}",
+        after_one.bytes
+    );
+    assert!(
+        after_one.bytes >= cap - 2048,
+        "the cap, not less, is logged: {after_one:?}"
+    );
     assert_eq!(after_one.capped_warnings, 1, "one `log capped` warning per call");
     // The cap is per call.
-    hostile.create(&volume("f", "log-flood", &[("bytes", "15728640")])).await.unwrap();
+    hostile
+        .create(&volume("f", "log-flood", &[("bytes", "15728640")]))
+        .await
+        .unwrap();
     let after_two = logged("hostile-flood");
-    assert!(after_two.bytes <= 2 * cap && after_two.capped_warnings == 2, "{after_two:?}");
+    assert!(
+        after_two.bytes <= 2 * cap && after_two.capped_warnings == 2,
+        "{after_two:?}"
+    );
 
     // One message larger than what the host copies out of a guest in one value.
     let reason = trapped(hostile.create(&volume("f", "log-huge", &[])).await);
@@ -507,20 +684,37 @@ async fn a_huge_return_value_is_refused() {
     let w = World::new().await;
     let hostile = w.hostile("hostile-huge", vec![], vec![], Limits::default()).await;
     let reason = trapped(hostile.create(&volume("h", "huge-return", &[])).await);
-    assert!(reason.starts_with("the driver handed the host more than 67108864 bytes in one value"), "{reason}");
+    assert!(
+        reason.starts_with("the driver handed the host more than 67108864 bytes in one value"),
+        "{reason}"
+    );
     // Just under the limit is fine.
-    let v = hostile.create(&volume("h", "huge-return", &[("bytes", "1048576")])).await.unwrap();
+    let v = hostile
+        .create(&volume("h", "huge-return", &[("bytes", "1048576")]))
+        .await
+        .unwrap();
     assert_eq!(v.backend_ref.len(), 1 << 20);
     still_serves(&hostile).await;
 
     // 100 000 volumes whose strings alias one 1 MiB buffer: ~3 MiB in the guest, 100 GiB if the
     // host copied them. Refused by the same limit.
     let amplify = w
-        .hostile("hostile-amplify", vec![("amplify", "100000")], vec![], Limits { memory_bytes: 64 << 20, ..Limits::default() })
+        .hostile(
+            "hostile-amplify",
+            vec![("amplify", "100000")],
+            vec![],
+            Limits {
+                memory_bytes: 64 << 20,
+                ..Limits::default()
+            },
+        )
         .await;
     match amplify.list_volumes().await {
         Err(CallError::Trapped { reason, .. }) => {
-            assert!(reason.starts_with("the driver handed the host more than 67108864 bytes"), "{reason}")
+            assert!(
+                reason.starts_with("the driver handed the host more than 67108864 bytes"),
+                "{reason}"
+            )
         }
         Ok(v) => panic!("not contained: {} volumes", v.len()),
         Err(e) => panic!("expected a trap, got {e}"),
@@ -537,7 +731,12 @@ fn process_cpu() -> Duration {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
     // Fields after the `(comm)`, which may hold spaces: state is the first, utime the 12th.
     let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<u64> = rest.split_whitespace().skip(11).take(2).map(|x| x.parse().unwrap()).collect();
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|x| x.parse().unwrap())
+        .collect();
     Duration::from_millis((f[0] + f[1]) * 10)
 }
 
@@ -557,7 +756,11 @@ struct Latency {
 fn latency(mut samples: Vec<Duration>) -> Latency {
     assert!(!samples.is_empty(), "no benign round was measured");
     samples.sort();
-    Latency { rounds: samples.len(), median: samples[samples.len() / 2], max: *samples.last().unwrap() }
+    Latency {
+        rounds: samples.len(),
+        median: samples[samples.len() / 2],
+        max: *samples.last().unwrap(),
+    }
 }
 
 /// `rounds` benign rounds of the local backend, each timed.
@@ -584,7 +787,11 @@ async fn during<T: Send + 'static>(
     let mut task = tokio::spawn(attack);
     let mut samples = Vec::new();
     let out = loop {
-        assert!(t0.elapsed() < limit, "{tag}: the attack still runs after {:?}", t0.elapsed());
+        assert!(
+            t0.elapsed() < limit,
+            "{tag}: the attack still runs after {:?}",
+            t0.elapsed()
+        );
         let t = std::time::Instant::now();
         w.local_round(&format!("{tag}-{}", samples.len())).await;
         samples.push(t.elapsed());
@@ -604,7 +811,17 @@ async fn during<T: Send + 'static>(
 async fn a_progress_loop_is_stopped_within_its_budget_while_others_serve() {
     let w = World::new().await;
     let budget = Duration::from_secs(2);
-    let hostile = w.hostile("hostile-progress", vec![], vec![], Limits { cpu_budget: budget, ..Limits::default() }).await;
+    let hostile = w
+        .hostile(
+            "hostile-progress",
+            vec![],
+            vec![],
+            Limits {
+                cpu_budget: budget,
+                ..Limits::default()
+            },
+        )
+        .await;
     let baseline = benign_rounds(&w, "before-progress", 10).await;
     println!("benign latency before the attack: {baseline:?}");
 
@@ -614,15 +831,26 @@ async fn a_progress_loop_is_stopped_within_its_budget_while_others_serve() {
         attacker.create(&volume("p", "progress-loop", &[])).await
     })
     .await;
-    println!("progress-loop (total u64::MAX, 1 MiB volume): stopped after {took:?}, {cpu:?} of CPU; benign latency meanwhile {lat:?}");
+    println!(
+        "progress-loop (total u64::MAX, 1 MiB volume): stopped after {took:?}, {cpu:?} of CPU; benign latency meanwhile {lat:?}"
+    );
     match r {
         Err(CallError::CpuBudget { budget: b, .. }) => assert_eq!(b, budget),
         other => panic!("expected the CPU budget to stop the progress loop, got {other:?}"),
     }
-    assert!(took < 3 * budget, "stopped after {took:?}, more than 3 × the budget of {budget:?}");
-    assert!(lat.rounds >= 3, "the local backend answered only {} rounds during the attack", lat.rounds);
-    assert!(lat.max < Duration::from_secs(2) && lat.median < baseline.max.max(Duration::from_millis(50)) * 10,
-        "benign calls slowed down: {lat:?} (before: {baseline:?})");
+    assert!(
+        took < 3 * budget,
+        "stopped after {took:?}, more than 3 × the budget of {budget:?}"
+    );
+    assert!(
+        lat.rounds >= 3,
+        "the local backend answered only {} rounds during the attack",
+        lat.rounds
+    );
+    assert!(
+        lat.max < Duration::from_secs(2) && lat.median < baseline.max.max(Duration::from_millis(50)) * 10,
+        "benign calls slowed down: {lat:?} (before: {baseline:?})"
+    );
 
     // A later report naming another total renews nothing, however large the volume.
     let attacker = hostile.clone();
@@ -632,8 +860,13 @@ async fn a_progress_loop_is_stopped_within_its_budget_while_others_serve() {
         attacker.create(&spec).await
     })
     .await;
-    println!("progress-loop (a new total each report, 1 TiB volume): stopped after {took:?}, {cpu:?} of CPU; benign latency {lat:?}");
-    assert!(matches!(r, Err(CallError::CpuBudget { .. })), "expected the CPU budget, got {r:?}");
+    println!(
+        "progress-loop (a new total each report, 1 TiB volume): stopped after {took:?}, {cpu:?} of CPU; benign latency {lat:?}"
+    );
+    assert!(
+        matches!(r, Err(CallError::CpuBudget { .. })),
+        "expected the CPU budget, got {r:?}"
+    );
 
     // A total the volume allows (1 TiB: 16 384 renewals' worth), reported in a tight loop: the
     // renewals are spent at once, then the budget stops it.
@@ -645,13 +878,27 @@ async fn a_progress_loop_is_stopped_within_its_budget_while_others_serve() {
     })
     .await;
     println!("progress-loop (1 TiB of a 1 TiB volume): stopped after {took:?}, {cpu:?} of CPU; benign latency {lat:?}");
-    assert!(matches!(r, Err(CallError::CpuBudget { .. })), "expected the CPU budget, got {r:?}");
+    assert!(
+        matches!(r, Err(CallError::CpuBudget { .. })),
+        "expected the CPU budget, got {r:?}"
+    );
     assert!(took < 3 * budget, "stopped after {took:?}");
 
     // The same total paced to renew just in time (64 MiB every 100 ms of spinning) ends at the
     // per-call ceiling.
     let ceiling = Duration::from_secs(3);
-    let capped = w.hostile("hostile-ceiling", vec![], vec![], Limits { cpu_budget: budget, max_call: ceiling, ..Limits::default() }).await;
+    let capped = w
+        .hostile(
+            "hostile-ceiling",
+            vec![],
+            vec![],
+            Limits {
+                cpu_budget: budget,
+                max_call: ceiling,
+                ..Limits::default()
+            },
+        )
+        .await;
     let step = Limits::default().progress_bytes_per_renewal.to_string();
     let (r, took, cpu, lat) = during(&w, "progress-ceiling", 3 * ceiling, async move {
         let mut spec = volume("p", "work", &[("secs", "3600"), ("spin", "1"), ("step", &step)]);
@@ -659,13 +906,22 @@ async fn a_progress_loop_is_stopped_within_its_budget_while_others_serve() {
         capped.create(&spec).await
     })
     .await;
-    println!("paced progress (1 TiB volume, ceiling {ceiling:?}): stopped after {took:?}, {cpu:?} of CPU; benign latency {lat:?}");
+    println!(
+        "paced progress (1 TiB volume, ceiling {ceiling:?}): stopped after {took:?}, {cpu:?} of CPU; benign latency {lat:?}"
+    );
     match r {
         Err(CallError::Timeout { after, .. }) => assert_eq!(after, ceiling, "the ceiling, not the timeout, stops it"),
         other => panic!("expected the per-call ceiling to stop the paced reports, got {other:?}"),
     }
-    assert!(took >= ceiling && took < ceiling + Duration::from_secs(1), "stopped after {took:?}");
-    assert_eq!(Limits::default().max_call, Duration::from_secs(2 * 3600), "the default ceiling is 2 h");
+    assert!(
+        took >= ceiling && took < ceiling + Duration::from_secs(1),
+        "stopped after {took:?}"
+    );
+    assert_eq!(
+        Limits::default().max_call,
+        Duration::from_secs(2 * 3600),
+        "the default ceiling is 2 h"
+    );
     still_serves(&hostile).await;
     w.local_round("after-progress").await;
 }
@@ -677,9 +933,22 @@ async fn a_progress_loop_is_stopped_within_its_budget_while_others_serve() {
 async fn holding_open_files_is_stopped_at_the_resource_cap() {
     let w = World::new().await;
     let cap = 256;
-    let hostile = w.hostile("hostile-fds", vec![], vec![], Limits { max_open_resources: cap, ..Limits::default() }).await;
+    let hostile = w
+        .hostile(
+            "hostile-fds",
+            vec![],
+            vec![],
+            Limits {
+                max_open_resources: cap,
+                ..Limits::default()
+            },
+        )
+        .await;
     // Below the cap, files open as usual.
-    let v = hostile.create(&volume("f", "open-files", &[("count", "100")])).await.expect("100 open files");
+    let v = hostile
+        .create(&volume("f", "open-files", &[("count", "100")]))
+        .await
+        .expect("100 open files");
     assert_eq!(v.backend_ref, "DONE: holds 100 open files");
 
     let before = open_fds();
@@ -695,16 +964,29 @@ async fn holding_open_files_is_stopped_at_the_resource_cap() {
         })
     };
     let attacker = hostile.clone();
-    let (r, took, _, lat) =
-        during(&w, "open-files", Duration::from_secs(60), async move { attacker.create(&volume("f", "open-files", &[])).await }).await;
+    let (r, took, _, lat) = during(&w, "open-files", Duration::from_secs(60), async move {
+        attacker.create(&volume("f", "open-files", &[])).await
+    })
+    .await;
     watching.store(false, Ordering::SeqCst);
     watcher.join().unwrap();
     let (peak, after) = (peak.load(Ordering::SeqCst), open_fds());
-    println!("open-files (1 000 000 asked, cap {cap}): stopped after {took:?}; fds before {before}, peak {peak}, after {after}; benign latency {lat:?}");
+    println!(
+        "open-files (1 000 000 asked, cap {cap}): stopped after {took:?}; fds before {before}, peak {peak}, after {after}; benign latency {lat:?}"
+    );
     let reason = trapped(r);
-    assert!(reason.starts_with(&format!("the driver holds more than {cap} open resources at once")), "{reason}");
-    assert!(peak <= before + cap + 64, "the process held {peak} descriptors (before: {before}, cap {cap})");
-    assert!(after <= before + 8, "the trapped instance's descriptors were not released: {after} open, {before} before");
+    assert!(
+        reason.starts_with(&format!("the driver holds more than {cap} open resources at once")),
+        "{reason}"
+    );
+    assert!(
+        peak <= before + cap + 64,
+        "the process held {peak} descriptors (before: {before}, cap {cap})"
+    );
+    assert!(
+        after <= before + 8,
+        "the trapped instance's descriptors were not released: {after} open, {before} before"
+    );
     still_serves(&hostile).await;
     w.local_round("after-fds").await;
     // The default is large enough for real drivers and still bounded.
@@ -717,27 +999,56 @@ async fn holding_open_files_is_stopped_at_the_resource_cap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_flood_is_refused_whole() {
     let w = World::new().await;
-    let flood = w.hostile("hostile-pools", vec![("pool_flood", "200000")], vec![], Limits::default()).await;
+    let flood = w
+        .hostile(
+            "hostile-pools",
+            vec![("pool_flood", "200000")],
+            vec![],
+            Limits::default(),
+        )
+        .await;
     let flooder = flood.clone();
-    let (r, took, cpu, lat) =
-        during(&w, "pool-flood", Duration::from_secs(30), async move { flooder.pools().await }).await;
+    let (r, took, cpu, lat) = during(&w, "pool-flood", Duration::from_secs(30), async move {
+        flooder.pools().await
+    })
+    .await;
     println!("pool flood (200 000 pools): refused after {took:?}, {cpu:?} of CPU; benign latency meanwhile {lat:?}");
     match r {
         Err(CallError::BadReturn(e)) => {
-            assert_eq!(e.to_string(), "backend `hostile-pools` returned a bad pools: the report names 200000 pools; the limit is 256 per report");
+            assert_eq!(
+                e.to_string(),
+                "backend `hostile-pools` returned a bad pools: the report names 200000 pools; the limit is 256 per report"
+            );
         }
         Ok(p) => panic!("a report of {} pools was taken", p.len()),
         Err(e) => panic!("expected the report to be refused, got {e}"),
     }
     assert!(took < Duration::from_secs(10), "refusing took {took:?}");
 
-    let at_cap = w.hostile("hostile-pools-256", vec![("pool_flood", "256")], vec![], Limits::default()).await;
+    let at_cap = w
+        .hostile(
+            "hostile-pools-256",
+            vec![("pool_flood", "256")],
+            vec![],
+            Limits::default(),
+        )
+        .await;
     assert_eq!(at_cap.pools().await.expect("256 pools are within the limit").len(), 256);
 
-    let long = w.hostile("hostile-pool-name", vec![("pool_flood", "3"), ("pool_name_bytes", "129")], vec![], Limits::default()).await;
+    let long = w
+        .hostile(
+            "hostile-pool-name",
+            vec![("pool_flood", "3"), ("pool_name_bytes", "129")],
+            vec![],
+            Limits::default(),
+        )
+        .await;
     match long.pools().await {
         Err(CallError::BadReturn(e)) => {
-            assert_eq!((e.backend.as_str(), e.field.as_str()), ("hostile-pool-name", "pools[0].name"));
+            assert_eq!(
+                (e.backend.as_str(), e.field.as_str()),
+                ("hostile-pool-name", "pools[0].name")
+            );
             assert!(e.reason.ends_with("is 129 bytes long; a pool name has 1 to 128"), "{e}");
         }
         other => panic!("a 129-byte pool name was taken: {other:?}"),
@@ -756,7 +1067,11 @@ async fn a_pool_flood_is_refused_whole() {
     };
     for (pools, field, why) in [
         (vec![pool("")], "pools[0].name", "a pool name has 1 to 128"),
-        (vec![pool("a"), pool("../../backends/x")], "pools[1].name", "contains '/'"),
+        (
+            vec![pool("a"), pool("../../backends/x")],
+            "pools[1].name",
+            "contains '/'",
+        ),
         (vec![pool("a\nb")], "pools[0].name", "no control characters"),
         (vec![pool("same"), pool("same")], "pools[1].name", "named twice"),
     ] {
@@ -766,7 +1081,10 @@ async fn a_pool_flood_is_refused_whole() {
     }
     assert!(elara_runtime::check_pools("b", &[pool("host@lvm#lvm"), pool("default")], 256).is_ok());
     // The refusal left the instance in service.
-    let v = flood.create(&volume("benign", "benign", &[])).await.expect("a benign call after the refused report");
+    let v = flood
+        .create(&volume("benign", "benign", &[]))
+        .await
+        .expect("a benign call after the refused report");
     assert_eq!(v.backend_ref, "benign benign");
     w.local_round("after-pools").await;
 }
@@ -797,8 +1115,10 @@ async fn filling_a_pool_on_its_own_file_system_hurts_only_that_pool() {
     let _unmount = Unmount(pool.clone());
     let hostile = w.hostile("hostile-fill", vec![], vec![], Limits::default()).await;
     let attacker = hostile.clone();
-    let (r, took, _, lat) =
-        during(&w, "fill", Duration::from_secs(60), async move { attacker.create(&volume("f", "fill", &[])).await }).await;
+    let (r, took, _, lat) = during(&w, "fill", Duration::from_secs(60), async move {
+        attacker.create(&volume("f", "fill", &[])).await
+    })
+    .await;
     println!("fill (1 TiB asked, 8 MiB file system): stopped after {took:?}; benign latency {lat:?}");
     match r {
         // WASI reports the ENOSPC of a stream write as a plain I/O error.
@@ -808,7 +1128,10 @@ async fn filling_a_pool_on_its_own_file_system_hurts_only_that_pool() {
                 .and_then(|m| m.split_once(' '))
                 .and_then(|(n, _)| n.parse().ok())
                 .unwrap_or_else(|| panic!("{msg}"));
-            assert!(written <= 8 << 20, "{written} bytes written to an 8 MiB file system: {msg}");
+            assert!(
+                written <= 8 << 20,
+                "{written} bytes written to an 8 MiB file system: {msg}"
+            );
         }
         other => panic!("expected ENOSPC, got {other:?}"),
     }

@@ -15,7 +15,17 @@ fn hostile_in_daemon(store: StoreKind) -> anyhow::Result<()> {
     let wasm = d.dir.join("hostile.wasm");
     std::fs::write(&wasm, built_component("test-drivers", "hostile"))?;
     d.ok(&["driver", "install", &wasm.display().to_string()])?;
-    d.ok(&["backend", "add", "bad", "--driver", "hostile", "--memory", "64M", "--call-timeout", "60s"])?;
+    d.ok(&[
+        "backend",
+        "add",
+        "bad",
+        "--driver",
+        "hostile",
+        "--memory",
+        "64M",
+        "--call-timeout",
+        "60s",
+    ])?;
 
     // A call that never returns on its own, in the background.
     let spin = {
@@ -45,8 +55,14 @@ fn hostile_in_daemon(store: StoreKind) -> anyhow::Result<()> {
     let local_time = t.elapsed();
     let (err, spin_time) = spin.join().expect("spin thread");
     let err = err?;
-    assert!(spin_time > local_time, "the local calls ({local_time:?}) finished while the spinning call ran ({spin_time:?})");
-    assert!(err.contains("CPU") || err.contains("cpu") || err.contains("budget") || err.contains("interrupt"), "the spin is stopped by the CPU budget: {err}");
+    assert!(
+        spin_time > local_time,
+        "the local calls ({local_time:?}) finished while the spinning call ran ({spin_time:?})"
+    );
+    assert!(
+        err.contains("CPU") || err.contains("cpu") || err.contains("budget") || err.contains("interrupt"),
+        "the spin is stopped by the CPU budget: {err}"
+    );
 
     let err = d.fails(&["volume", "create", "panic", "--backend", "bad", "--size", "16M"])?;
     assert!(err.contains("panic"), "a panic is reported: {err}");
@@ -55,7 +71,11 @@ fn hostile_in_daemon(store: StoreKind) -> anyhow::Result<()> {
 
     // Nothing half-made; both backends still serve.
     let vols = d.json(&["volume", "list"])?;
-    assert_eq!(vols.as_array().unwrap().len(), 0, "failed creates leave nothing: {vols}");
+    assert_eq!(
+        vols.as_array().unwrap().len(),
+        0,
+        "failed creates leave nothing: {vols}"
+    );
     d.ok(&["volume", "create", "fine", "--backend", "bad", "--size", "16M"])?;
     d.ok(&["volume", "create", "fine2", "--size", "16M"])?;
     d.ok(&["volume", "delete", "fine"])?;
@@ -102,13 +122,23 @@ fn pool_flood_in_daemon(store: StoreKind) -> anyhow::Result<()> {
     // 200 000 pools of 120-character names: the backend is added (its first report failing is
     // logged), and a create on it is refused with the reason.
     let t = Instant::now();
-    d.ok(&["backend", "add", "flood", "--driver", "hostile", "--config", "pool_flood=200000"])?;
+    d.ok(&[
+        "backend",
+        "add",
+        "flood",
+        "--driver",
+        "hostile",
+        "--config",
+        "pool_flood=200000",
+    ])?;
     let add_time = t.elapsed();
     let t = Instant::now();
     let err = d.fails(&["volume", "create", "flooded", "--backend", "flood", "--size", "16M"])?;
     let refusal = t.elapsed();
     assert!(
-        err.contains("backend `flood` returned a bad pools: the report names 200000 pools; the limit is 256 per report"),
+        err.contains(
+            "backend `flood` returned a bad pools: the report names 200000 pools; the limit is 256 per report"
+        ),
         "{err}"
     );
     d.ok(&["pool", "refresh"])?;
@@ -119,11 +149,24 @@ fn pool_flood_in_daemon(store: StoreKind) -> anyhow::Result<()> {
          backend list {list:?} (before {list_before:?})"
     );
     assert!(refusal < Duration::from_secs(10), "refusing the flood took {refusal:?}");
-    assert!(info < Duration::from_secs(2) && list < Duration::from_secs(2), "info {info:?}, backend list {list:?}");
+    assert!(
+        info < Duration::from_secs(2) && list < Duration::from_secs(2),
+        "info {info:?}, backend list {list:?}"
+    );
 
     // Within the limits: 200 pools of 64-character names, stored (in several transactions: more
     // than etcd's 128 operations); then a report of 50 removes the other 150.
-    d.ok(&["backend", "add", "many", "--driver", "hostile", "--config", "pool_flood=200", "--config", "pool_name_bytes=64"])?;
+    d.ok(&[
+        "backend",
+        "add",
+        "many",
+        "--driver",
+        "hostile",
+        "--config",
+        "pool_flood=200",
+        "--config",
+        "pool_name_bytes=64",
+    ])?;
     d.ok(&["pool", "refresh"])?;
     let pools = pools_of(&d, "many")?;
     assert_eq!(pools.len(), 200, "{pools:?}");
@@ -132,7 +175,9 @@ fn pool_flood_in_daemon(store: StoreKind) -> anyhow::Result<()> {
     d.ok(&["pool", "refresh"])?;
     let mut pools = pools_of(&d, "many")?;
     pools.sort();
-    let mut want: Vec<String> = (0..50).map(|i| format!("{}-{i}", "p".repeat(64 - format!("-{i}").len()))).collect();
+    let mut want: Vec<String> = (0..50)
+        .map(|i| format!("{}-{i}", "p".repeat(64 - format!("-{i}").len())))
+        .collect();
     want.sort();
     assert_eq!(pools, want, "the pools the report no longer names are gone");
 
@@ -157,9 +202,16 @@ fn pool_flood_in_daemon_etcd() -> anyhow::Result<()> {
 fn daemon_pid(d: &Daemon) -> anyhow::Result<u32> {
     let socket = d.socket.display().to_string();
     for entry in std::fs::read_dir("/proc")? {
-        let Ok(pid) = entry?.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
-        let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        let Ok(pid) = entry?.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
         if args.iter().any(|a| a == "daemon") && args.iter().any(|a| a.contains(&socket)) {
             return Ok(pid);
         }
@@ -169,14 +221,21 @@ fn daemon_pid(d: &Daemon) -> anyhow::Result<u32> {
 
 /// Open descriptors of process `pid`.
 fn fds_of(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 /// CPU time (user + system, all threads) of process `pid`, in the kernel's 100 ticks a second.
 fn cpu_of(pid: u32) -> anyhow::Result<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let rest = &stat[stat.rfind(')').ok_or_else(|| anyhow::anyhow!("bad stat"))? + 2..];
-    let f: Vec<u64> = rest.split_whitespace().skip(11).take(2).map(|x| x.parse()).collect::<Result<_, _>>()?;
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|x| x.parse())
+        .collect::<Result<_, _>>()?;
     Ok(Duration::from_millis((f[0] + f[1]) * 10))
 }
 
@@ -192,7 +251,11 @@ fn create_in_background(d: &Daemon, name: &str) -> std::thread::JoinHandle<(anyh
             .args(["volume", "create", &name, "--backend", "bad", "--size", "16M"])
             .output();
         let r = out.map_err(anyhow::Error::from).and_then(|o| {
-            anyhow::ensure!(!o.status.success(), "the attack `{name}` succeeded: {}", String::from_utf8_lossy(&o.stdout));
+            anyhow::ensure!(
+                !o.status.success(),
+                "the attack `{name}` succeeded: {}",
+                String::from_utf8_lossy(&o.stdout)
+            );
             Ok(String::from_utf8_lossy(&o.stderr).into_owned())
         });
         (r, started.elapsed())
@@ -235,8 +298,17 @@ fn resource_attacks_in_daemon(store: StoreKind) -> anyhow::Result<()> {
     d.ok(&["backend", "add", "bad", "--driver", "hostile"])?;
     let pid = daemon_pid(&d)?;
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits"))?;
-    let nofile: Vec<&str> = limits.lines().find(|l| l.starts_with("Max open files")).unwrap_or_default().split_whitespace().collect();
-    assert_eq!(nofile.get(3), nofile.get(4), "the daemon's soft open-files limit is its hard one: {nofile:?}");
+    let nofile: Vec<&str> = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        nofile.get(3),
+        nofile.get(4),
+        "the daemon's soft open-files limit is its hard one: {nofile:?}"
+    );
 
     let before = fds_of(pid);
     let attack = create_in_background(&d, "open-files");
@@ -249,9 +321,18 @@ fn resource_attacks_in_daemon(store: StoreKind) -> anyhow::Result<()> {
     let err = err?;
     let after = fds_of(pid);
     println!("{store:?}: open-files: stopped after {took:?}; daemon fds before {before}, peak {peak}, after {after}");
-    assert!(err.contains("the driver holds more than 1024 open resources at once"), "{err}");
-    assert!(peak <= before + 1024 + 64, "the daemon held {peak} descriptors (before: {before})");
-    assert!(after <= before + 16, "the trapped instance's descriptors stay open: {after}, {before} before");
+    assert!(
+        err.contains("the driver holds more than 1024 open resources at once"),
+        "{err}"
+    );
+    assert!(
+        peak <= before + 1024 + 64,
+        "the daemon held {peak} descriptors (before: {before})"
+    );
+    assert!(
+        after <= before + 16,
+        "the trapped instance's descriptors stay open: {after}, {before} before"
+    );
 
     // The local rounds' latency without an attack, to compare.
     let mut idle = Vec::new();
@@ -273,9 +354,15 @@ fn resource_attacks_in_daemon(store: StoreKind) -> anyhow::Result<()> {
         "{store:?}: progress-loop: stopped after {took:?}, daemon CPU {cpu:?}; local rounds meanwhile median {median:?}, \
          max {max:?} (without an attack: median {idle_median:?}, max {idle_max:?})"
     );
-    assert!(err.contains("CPU budget of 30s"), "the CPU budget stops the progress loop: {err}");
+    assert!(
+        err.contains("CPU budget of 30s"),
+        "the CPU budget stops the progress loop: {err}"
+    );
     assert!(took < 3 * budget, "stopped after {took:?}");
-    assert!(max < Duration::from_secs(5), "a local round took {max:?} during the attack");
+    assert!(
+        max < Duration::from_secs(5),
+        "a local round took {max:?} during the attack"
+    );
 
     d.ok(&["volume", "create", "fine", "--backend", "bad", "--size", "16M"])?;
     d.ok(&["volume", "delete", "fine"])?;

@@ -35,7 +35,9 @@ impl Rig {
     fn start(store: StoreKind, docker: bool) -> anyhow::Result<Rig> {
         let cinder = Cinder::from_env();
         let var = |k: &str| {
-            std::env::var(k).with_context(|| format!("{k} is not set: start the Cinder stack with scripts/services/cinder.sh (scripts/test.sh does)"))
+            std::env::var(k).with_context(|| {
+                format!("{k} is not set: start the Cinder stack with scripts/services/cinder.sh (scripts/test.sh does)")
+            })
         };
         let lun_type = var("ELARA_TEST_CINDER_LUN_TYPE")?;
         let portal = var("ELARA_TEST_TGT_PORTAL")?;
@@ -45,19 +47,14 @@ impl Rig {
         let mut opts = DaemonOpts::new(store);
         opts.plugin_dir = Some(plugin.dir.clone());
         // A dead target fails a request after 5 s instead of the default 30 s.
-        opts.env
-            .push(("ELARA_ATTACH_IO_TIMEOUT".into(), "5".into()));
+        opts.env.push(("ELARA_ATTACH_IO_TIMEOUT".into(), "5".into()));
         let d = Daemon::start(opts)?;
         let tag = unique("blk");
         let mut args = cinder.backend_add("cinder1", &tag, &[("volume_type", lun_type.as_str())]);
         args.push("--allow-host".into());
         args.push(portal);
         d.ok(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
-        let engine = if docker {
-            Some(Engine::start(&[])?)
-        } else {
-            None
-        };
+        let engine = if docker { Some(Engine::start(&[])?) } else { None };
         Ok(Rig {
             cinder,
             tag,
@@ -217,9 +214,15 @@ fn docker_block_volume(store: StoreKind) -> anyhow::Result<()> {
     // Mounted, the LUN's CHAP secret (Cinder's word for it) is nowhere outside the daemon.
     rig.d.ok(&["volume", "mount", "db", "--holder", "sweep"])?;
     let att = rig.cinder.attachments(&uuid)?;
-    let att_id = att.first().and_then(|a| a["id"].as_str()).context("no Cinder attachment while mounted")?;
+    let att_id = att
+        .first()
+        .and_then(|a| a["id"].as_str())
+        .context("no Cinder attachment while mounted")?;
     let info = rig.cinder.get(&format!("/attachments/{att_id}"), &[])?["attachment"]["connection_info"].clone();
-    let chap = info["auth_password"].as_str().context("no CHAP secret in Cinder's connection info")?.to_string();
+    let chap = info["auth_password"]
+        .as_str()
+        .context("no CHAP secret in Cinder's connection info")?
+        .to_string();
     let (leaks, swept) = elara_tests::secrets::sweep(&rig.d, &[&chap])?;
     ensure!(leaks.is_empty(), "the CHAP secret leaked to:\n{}", leaks.join("\n"));
     eprintln!("secrets sweep with a mounted LUN: {swept} REST GETs, argv, files, log: clean");
@@ -242,15 +245,7 @@ fn docker_block_volume(store: StoreKind) -> anyhow::Result<()> {
         "echo second > /data/hello && sync",
     ])?;
     rig.d.ok(&["snapshot", "restore", "s1", "--to", "db2"])?;
-    let old = e.ok(&[
-        "run",
-        "--rm",
-        "-v",
-        "db2:/data",
-        IMAGE,
-        "cat",
-        "/data/hello",
-    ])?;
+    let old = e.ok(&["run", "--rm", "-v", "db2:/data", IMAGE, "cat", "/data/hello"])?;
     ensure!(
         old.trim() == one,
         "the restored volume holds {old:?}, not the snapshot's bytes"
@@ -316,11 +311,9 @@ fn daemon_killed_while_writing(store: StoreKind) -> anyhow::Result<()> {
 
     rig.d.kill9();
     let before = line_count(&log);
-    wait_for(
-        Duration::from_secs(20),
-        "writes to go on with the daemon dead",
-        || Ok(line_count(&log) > before + 20),
-    )?;
+    wait_for(Duration::from_secs(20), "writes to go on with the daemon dead", || {
+        Ok(line_count(&log) > before + 20)
+    })?;
     rig.d.restart()?;
     rig.d.wait_ops_settled(Duration::from_secs(60))?;
     let after = rig.attachment("busy")?;
@@ -339,9 +332,7 @@ fn daemon_killed_while_writing(store: StoreKind) -> anyhow::Result<()> {
     wait_for(Duration::from_secs(20), "writes after the restart", || {
         Ok(line_count(&log) > before + 20)
     })?;
-    let running = rig
-        .engine()
-        .ok(&["inspect", "-f", "{{.State.Running}}", &cid])?;
+    let running = rig.engine().ok(&["inspect", "-f", "{{.State.Running}}", &cid])?;
     ensure!(
         running.trim() == "true",
         "the container stopped: {}",
@@ -350,11 +341,9 @@ fn daemon_killed_while_writing(store: StoreKind) -> anyhow::Result<()> {
 
     // The last Unmount after the restart takes everything down.
     rig.engine().ok(&["rm", "-f", &cid])?;
-    wait_for(
-        Duration::from_secs(60),
-        "the detach at the container's end",
-        || Ok(rig.attachment("busy")?.is_null()),
-    )?;
+    wait_for(Duration::from_secs(60), "the detach at the container's end", || {
+        Ok(rig.attachment("busy")?.is_null())
+    })?;
     rig.nothing_left()?;
     rig.engine().ok(&["volume", "rm", "busy"])?;
     ensure!(
@@ -384,23 +373,11 @@ fn helper_and_target_failures(store: StoreKind) -> anyhow::Result<()> {
     let up = TARGET_UP.read().unwrap_or_else(|e| e.into_inner());
     let rig = Rig::start(store, false)?;
     let d = &rig.d;
-    d.ok(&[
-        "volume",
-        "create",
-        "vf",
-        "--backend",
-        "cinder1",
-        "--size",
-        "1G",
-    ])?;
+    d.ok(&["volume", "create", "vf", "--backend", "cinder1", "--size", "1G"])?;
     let mp = PathBuf::from(d.ok(&["volume", "mount", "vf"])?.trim());
     std::fs::write(mp.join("kept"), b"kept")?;
     ensure!(
-        Command::new("sync")
-            .arg("-f")
-            .arg(mp.join("kept"))
-            .status()?
-            .success(),
+        Command::new("sync").arg("-f").arg(mp.join("kept")).status()?.success(),
         "sync"
     );
     let pid = rig.attachment("vf")?["host"]["helper"]["pid"]
@@ -415,11 +392,9 @@ fn helper_and_target_failures(store: StoreKind) -> anyhow::Result<()> {
             .success(),
         "kill {pid}"
     );
-    wait_for(
-        Duration::from_secs(30),
-        "the attachment to be marked failed",
-        || Ok(rig.attachment("vf")?["state"] == "failed"),
-    )?;
+    wait_for(Duration::from_secs(30), "the attachment to be marked failed", || {
+        Ok(rig.attachment("vf")?["state"] == "failed")
+    })?;
     let att = rig.attachment("vf")?;
     ensure!(
         att["error"]
@@ -428,20 +403,14 @@ fn helper_and_target_failures(store: StoreKind) -> anyhow::Result<()> {
         "failed attachment: {att}"
     );
     let health = rest_get(d, "/v1/health")?;
-    let failed = health["failed_attachments"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    let failed = health["failed_attachments"].as_array().cloned().unwrap_or_default();
     ensure!(
         failed.iter().any(|f| f["volume"] == "vf"),
         "/v1/health does not say so: {health}"
     );
     // The next mount (another holder) brings it up anew, with the data.
     let t = Instant::now();
-    let mp2 = PathBuf::from(
-        d.ok(&["volume", "mount", "vf", "--holder", "second"])?
-            .trim(),
-    );
+    let mp2 = PathBuf::from(d.ok(&["volume", "mount", "vf", "--holder", "second"])?.trim());
     ensure!(
         t.elapsed() < Duration::from_secs(60),
         "the remount took {:?}",
@@ -460,11 +429,7 @@ fn helper_and_target_failures(store: StoreKind) -> anyhow::Result<()> {
         rest_get(d, "/v1/health")?["failed_attachments"].is_null(),
         "health still lists a failed attachment"
     );
-    ensure!(
-        helpers_under(&d.dir).len() == 1,
-        "helpers: {:?}",
-        helpers_under(&d.dir)
-    );
+    ensure!(helpers_under(&d.dir).len() == 1, "helpers: {:?}", helpers_under(&d.dir));
 
     // The target goes away while mounted.
     drop(up);
@@ -478,14 +443,8 @@ fn helper_and_target_failures(store: StoreKind) -> anyhow::Result<()> {
             .arg(format!("echo x > {0} && sync -f {0}", file.display()))
             .status()?;
         let took = t.elapsed();
-        ensure!(
-            !write.success(),
-            "a write and sync succeeded with the target down"
-        );
-        ensure!(
-            took < Duration::from_secs(60),
-            "the failing write took {took:?}"
-        );
+        ensure!(!write.success(), "a write and sync succeeded with the target down");
+        ensure!(took < Duration::from_secs(60), "the failing write took {took:?}");
         eprintln!("write+sync with the target down failed after {took:?}");
         let t = Instant::now();
         let out = d.cli(&["volume", "unmount", "vf", "--holder", "second"])?;
@@ -553,8 +512,7 @@ fn driver_check_attaches_a_real_lun() -> anyhow::Result<()> {
     }
     let _up = TARGET_UP.read().unwrap_or_else(|e| e.into_inner());
     let cinder = Cinder::from_env();
-    let lun_type =
-        std::env::var("ELARA_TEST_CINDER_LUN_TYPE").context("ELARA_TEST_CINDER_LUN_TYPE")?;
+    let lun_type = std::env::var("ELARA_TEST_CINDER_LUN_TYPE").context("ELARA_TEST_CINDER_LUN_TYPE")?;
     let portal = std::env::var("ELARA_TEST_TGT_PORTAL").context("ELARA_TEST_TGT_PORTAL")?;
     let tag = unique("conf");
     let out = Command::new(elara_bin())
@@ -574,9 +532,7 @@ fn driver_check_attaches_a_real_lun() -> anyhow::Result<()> {
         .find(|l| l.starts_with("PASS") && l.contains(" attach "))
         .context("no passing attach check")?;
     ensure!(
-        attach.contains("iscsi (")
-            && attach.contains("attached, formatted")
-            && attach.contains("read back, detached"),
+        attach.contains("iscsi (") && attach.contains("attached, formatted") && attach.contains("read back, detached"),
         "attach: {attach}"
     );
     ensure!(

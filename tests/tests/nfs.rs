@@ -47,11 +47,17 @@ impl Rig {
     }
 
     fn id(&self, volume: &str) -> anyhow::Result<String> {
-        Ok(self.daemon.json(&["volume", "inspect", volume])?["id"].as_str().context("volume id")?.to_string())
+        Ok(self.daemon.json(&["volume", "inspect", volume])?["id"]
+            .as_str()
+            .context("volume id")?
+            .to_string())
     }
 
     fn snapshot_id(&self, name: &str) -> anyhow::Result<String> {
-        Ok(self.daemon.json(&["snapshot", "inspect", name])?["id"].as_str().context("snapshot id")?.to_string())
+        Ok(self.daemon.json(&["snapshot", "inspect", name])?["id"]
+            .as_str()
+            .context("snapshot id")?
+            .to_string())
     }
 }
 
@@ -96,7 +102,14 @@ fn tree(root: &Path) -> anyhow::Result<BTreeMap<PathBuf, Node>> {
                 out.insert(rel, Node::Dir { mode, uid: meta.uid() });
                 walk(root, &path, out)?;
             } else {
-                out.insert(rel, Node::File { mode, uid: meta.uid(), len: meta.len() });
+                out.insert(
+                    rel,
+                    Node::File {
+                        mode,
+                        uid: meta.uid(),
+                        len: meta.len(),
+                    },
+                );
             }
         }
         Ok(())
@@ -135,10 +148,21 @@ fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
 /// Two trees hold the same entries, modes, owners, links and bytes.
 fn assert_same_tree(a: &Path, b: &Path) -> anyhow::Result<()> {
     let (ta, tb) = (tree(a)?, tree(b)?);
-    ensure!(ta == tb, "trees differ:\n{} {ta:#?}\n{} {tb:#?}", a.display(), b.display());
+    ensure!(
+        ta == tb,
+        "trees differ:\n{} {ta:#?}\n{} {tb:#?}",
+        a.display(),
+        b.display()
+    );
     for (rel, node) in &ta {
         if matches!(node, Node::File { .. }) {
-            ensure!(same_bytes(&a.join(rel), &b.join(rel))?, "{} differs between {} and {}", rel.display(), a.display(), b.display());
+            ensure!(
+                same_bytes(&a.join(rel), &b.join(rel))?,
+                "{} differs between {} and {}",
+                rel.display(),
+                a.display(),
+                b.display()
+            );
         }
     }
     Ok(())
@@ -176,25 +200,77 @@ fn lifecycle(store: StoreKind) -> anyhow::Result<()> {
 
     // The pool is the export's FSSTAT: the server's filesystem, as statvfs sees it on disk.
     let pools = d.json(&["pool", "list"])?;
-    let pool = pools.as_array().unwrap().iter().find(|p| p["backend"] == "nfs").context("no nfs pool listed")?;
-    let stat = std::process::Command::new("stat").args(["-f", "-c", "%b %S"]).arg(&nfs.dir).output()?;
-    let figures: Vec<u64> = String::from_utf8_lossy(&stat.stdout).split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    let pool = pools
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["backend"] == "nfs")
+        .context("no nfs pool listed")?;
+    let stat = std::process::Command::new("stat")
+        .args(["-f", "-c", "%b %S"])
+        .arg(&nfs.dir)
+        .output()?;
+    let figures: Vec<u64> = String::from_utf8_lossy(&stat.stdout)
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
     let total = figures.first().context("stat -f")? * figures.get(1).context("stat -f")?;
-    ensure!(pool["pool"]["total"]["Bytes"] == total, "pool total {} vs the export's filesystem {total}", pool["pool"]["total"]);
-    ensure!(pool["pool"]["capabilities"].to_string().contains("file"), "capabilities: {}", pool["pool"]["capabilities"]);
+    ensure!(
+        pool["pool"]["total"]["Bytes"] == total,
+        "pool total {} vs the export's filesystem {total}",
+        pool["pool"]["total"]
+    );
+    ensure!(
+        pool["pool"]["capabilities"].to_string().contains("file"),
+        "capabilities: {}",
+        pool["pool"]["capabilities"]
+    );
 
     // iops cannot be enforced on NFS: refused, naming the field and why, nothing made.
-    let err = d.fails(&["volume", "create", "fast", "--size", "1G", "--backend", "nfs", "--iops", "500"])?;
+    let err = d.fails(&[
+        "volume",
+        "create",
+        "fast",
+        "--size",
+        "1G",
+        "--backend",
+        "nfs",
+        "--iops",
+        "500",
+    ])?;
     ensure!(err.contains("iops") && err.contains("NFS"), "iops refusal: {err}");
-    ensure!(d.fails(&["volume", "inspect", "fast"]).is_ok(), "a refused create left a volume");
+    ensure!(
+        d.fails(&["volume", "inspect", "fast"]).is_ok(),
+        "a refused create left a volume"
+    );
 
     // Create: a directory with the volume's mode and owner, seen on disk and by nfs-ls.
-    d.ok(&["volume", "create", "v1", "--size", "2G", "--backend", "nfs", "--label", "uid=1234", "--label", "mode=0750"])?;
+    d.ok(&[
+        "volume",
+        "create",
+        "v1",
+        "--size",
+        "2G",
+        "--backend",
+        "nfs",
+        "--label",
+        "uid=1234",
+        "--label",
+        "mode=0750",
+    ])?;
     let id = rig.id("v1")?;
     let dir = rig.volume_dir(&id);
     let meta = std::fs::metadata(&dir).with_context(|| format!("{} is not on the server's disk", dir.display()))?;
-    ensure!(meta.is_dir() && meta.uid() == 1234 && meta.permissions().mode() & 0o7777 == 0o750, "volume dir: uid {} mode {:o}", meta.uid(), meta.permissions().mode());
-    ensure!(nfs.ls(&format!("{}/volumes", rig.path))?.contains(&id), "nfs-ls does not list {id}");
+    ensure!(
+        meta.is_dir() && meta.uid() == 1234 && meta.permissions().mode() & 0o7777 == 0o750,
+        "volume dir: uid {} mode {:o}",
+        meta.uid(),
+        meta.permissions().mode()
+    );
+    ensure!(
+        nfs.ls(&format!("{}/volumes", rig.path))?.contains(&id),
+        "nfs-ls does not list {id}"
+    );
 
     // Data from an independent NFS client (nfs-cp), and a tree made on the server's disk.
     let work = tempfile::tempdir()?;
@@ -206,15 +282,30 @@ fn lifecycle(store: StoreKind) -> anyhow::Result<()> {
     std::fs::set_permissions(dir.join("sub/deeper/note.txt"), std::fs::Permissions::from_mode(0o640))?;
     std::os::unix::fs::symlink("deeper/note.txt", dir.join("sub/link"))?;
     std::fs::File::create(dir.join("empty"))?;
-    ensure!(same_bytes(&big, &dir.join("big.bin"))?, "nfs-cp's file is not on disk byte for byte");
+    ensure!(
+        same_bytes(&big, &dir.join("big.bin"))?,
+        "nfs-cp's file is not on disk byte for byte"
+    );
 
     // Usage in inspect: what the server allocated under the volume, entry for entry.
     let inspect = d.json(&["volume", "inspect", "v1"])?;
     let (allocated, entries) = allocated_under(&dir)?;
-    ensure!(inspect["usage"]["used_bytes"] == allocated, "inspect usage {} vs {allocated} bytes on disk", inspect["usage"]);
-    ensure!(inspect["usage"]["objects"] == entries, "inspect usage {} vs {entries} entries on disk", inspect["usage"]);
+    ensure!(
+        inspect["usage"]["used_bytes"] == allocated,
+        "inspect usage {} vs {allocated} bytes on disk",
+        inspect["usage"]
+    );
+    ensure!(
+        inspect["usage"]["objects"] == entries,
+        "inspect usage {} vs {entries} entries on disk",
+        inspect["usage"]
+    );
     ensure!(allocated >= 3 << 20, "the 3 MiB file is not counted: {allocated}");
-    ensure!(inspect["usage"]["size_bytes"] == 2u64 << 30, "size is recorded: {}", inspect["usage"]);
+    ensure!(
+        inspect["usage"]["size_bytes"] == 2u64 << 30,
+        "size is recorded: {}",
+        inspect["usage"]
+    );
 
     // Snapshot: a copy of the tree on the server; restore: a new volume with the same bytes.
     d.ok(&["snapshot", "create", "v1", "--name", "s1"])?;
@@ -224,44 +315,86 @@ fn lifecycle(store: StoreKind) -> anyhow::Result<()> {
     d.ok(&["snapshot", "restore", "s1", "--to", "v2"])?;
     let id2 = rig.id("v2")?;
     let dir2 = rig.volume_dir(&id2);
-    ensure!(!dir2.join("after-snapshot").exists(), "v2 has a file written after the snapshot");
+    ensure!(
+        !dir2.join("after-snapshot").exists(),
+        "v2 has a file written after the snapshot"
+    );
     std::fs::remove_file(dir.join("after-snapshot"))?;
     assert_same_tree(&dir, &dir2)?;
     let back = work.path().join("back.bin");
     nfs.get(&format!("{}/volumes/{id2}/big.bin", rig.path), &back)?;
-    ensure!(same_bytes(&big, &back)?, "nfs-cp reads different bytes from the restored volume");
+    ensure!(
+        same_bytes(&big, &back)?,
+        "nfs-cp reads different bytes from the restored volume"
+    );
 
     // Resize: recorded (NFS does not enforce it).
     d.ok(&["volume", "resize", "v1", "--size", "3G"])?;
-    ensure!(d.json(&["volume", "stats", "v1"])?["size_bytes"] == 3u64 << 30, "resize not recorded");
+    ensure!(
+        d.json(&["volume", "stats", "v1"])?["size_bytes"] == 3u64 << 30,
+        "resize not recorded"
+    );
 
     // Mount: the kernel's NFS client where this kernel has one, else the user-space helper. The
     // files are there, and a file written through the mount lands on the server's disk.
     let mp = PathBuf::from(d.ok(&["volume", "mount", "v1"])?.trim());
-    ensure!(std::fs::read(mp.join("sub/deeper/note.txt"))? == b"hello from the server's disk\n", "the mount does not show the volume's files");
-    ensure!(same_bytes(&big, &mp.join("big.bin"))?, "big.bin reads differently through the mount");
+    ensure!(
+        std::fs::read(mp.join("sub/deeper/note.txt"))? == b"hello from the server's disk\n",
+        "the mount does not show the volume's files"
+    );
+    ensure!(
+        same_bytes(&big, &mp.join("big.bin"))?,
+        "big.bin reads differently through the mount"
+    );
     std::fs::write(mp.join("through-mount"), b"written through the mount")?;
     let att = &d.json(&["volume", "inspect", "v1"])?["attachments"][0];
     let mode = att["host"]["mode"].as_str().unwrap_or_default().to_string();
-    ensure!(mode == if kernel_has_nfs_client() { "kernel" } else { "user" }, "attached with mode {mode:?}: {att}");
+    ensure!(
+        mode == if kernel_has_nfs_client() { "kernel" } else { "user" },
+        "attached with mode {mode:?}: {att}"
+    );
     d.ok(&["volume", "unmount", "v1"])?;
-    ensure!(std::fs::read(dir.join("through-mount"))? == b"written through the mount", "the write is not on the server's disk");
+    ensure!(
+        std::fs::read(dir.join("through-mount"))? == b"written through the mount",
+        "the write is not on the server's disk"
+    );
     std::fs::remove_file(dir.join("through-mount"))?;
-    ensure!(helpers_under(&d.dir).is_empty(), "a helper is left after the unmount: {:?}", helpers_under(&d.dir));
-    ensure!(mounts_under(&d.dir).is_empty(), "mounts left: {:?}", mounts_under(&d.dir));
-    ensure!(d.json(&["volume", "inspect", "v1"])?["status"] == "available", "v1 after the mount step");
+    ensure!(
+        helpers_under(&d.dir).is_empty(),
+        "a helper is left after the unmount: {:?}",
+        helpers_under(&d.dir)
+    );
+    ensure!(
+        mounts_under(&d.dir).is_empty(),
+        "mounts left: {:?}",
+        mounts_under(&d.dir)
+    );
+    ensure!(
+        d.json(&["volume", "inspect", "v1"])?["status"] == "available",
+        "v1 after the mount step"
+    );
 
     // Delete: gone on the server, snapshots and records too.
     d.ok(&["snapshot", "delete", "s1"])?;
     for v in ["v1", "v2"] {
         d.ok(&["volume", "delete", v])?;
     }
-    for (what, p) in [("v1", &dir), ("v2", &dir2), ("s1", &rig.base().join("snapshots").join(&sid))] {
+    for (what, p) in [
+        ("v1", &dir),
+        ("v2", &dir2),
+        ("s1", &rig.base().join("snapshots").join(&sid)),
+    ] {
         ensure!(!p.exists(), "{what} is still on the server: {}", p.display());
     }
-    ensure!(!nfs.ls(&format!("{}/volumes", rig.path))?.contains(&id), "nfs-ls still lists {id}");
+    ensure!(
+        !nfs.ls(&format!("{}/volumes", rig.path))?.contains(&id),
+        "nfs-ls still lists {id}"
+    );
     let records = tree(&rig.base().join(".elara"))?;
-    ensure!(records.keys().all(|k| k.components().count() == 1), "records left: {records:?}");
+    ensure!(
+        records.keys().all(|k| k.components().count() == 1),
+        "records left: {records:?}"
+    );
     Ok(())
 }
 
@@ -291,8 +424,12 @@ fn wait_until(limit: Duration, step: Duration, mut cond: impl FnMut() -> bool) -
 /// (whichever comes first: the server lists a directory in its own order).
 fn copy_begun(snapshots: &Path) -> bool {
     wait_until(Duration::from_secs(60), Duration::from_millis(2), || {
-        let tree = std::fs::read_dir(snapshots).ok().and_then(|mut e| e.next()).and_then(|e| e.ok());
-        tree.and_then(|t| std::fs::read_dir(t.path()).ok()).is_some_and(|mut files| files.next().is_some())
+        let tree = std::fs::read_dir(snapshots)
+            .ok()
+            .and_then(|mut e| e.next())
+            .and_then(|e| e.ok());
+        tree.and_then(|t| std::fs::read_dir(t.path()).ok())
+            .is_some_and(|mut files| files.next().is_some())
     })
 }
 
@@ -301,9 +438,13 @@ fn copy_progress(d: &Daemon, volume: &str) -> anyhow::Result<(u64, u64)> {
     let mut seen = None;
     wait_until(Duration::from_secs(30), Duration::from_millis(5), || {
         let ops = d.json(&["op", "list"]).unwrap_or_default();
-        let op = ops.as_array().and_then(|ops| ops.iter().find(|op| op["volume"] == volume));
+        let op = ops
+            .as_array()
+            .and_then(|ops| ops.iter().find(|op| op["volume"] == volume));
         let figures = op.map(|op| &op["params"]["progress"]);
-        seen = figures.and_then(|p| Some((p["bytes_done"].as_u64()?, p["bytes_total"].as_u64()?))).filter(|(done, _)| *done > 0);
+        seen = figures
+            .and_then(|p| Some((p["bytes_done"].as_u64()?, p["bytes_total"].as_u64()?)))
+            .filter(|(done, _)| *done > 0);
         seen.is_some()
     });
     seen.with_context(|| format!("no progress of the copy in the op on {volume}:\n{}", d.log_tail()))
@@ -311,7 +452,8 @@ fn copy_progress(d: &Daemon, volume: &str) -> anyhow::Result<(u64, u64)> {
 
 /// A volume `vol` of 16 random 32 MiB files, so that copying it takes a while; its directory.
 fn big_volume(rig: &Rig) -> anyhow::Result<PathBuf> {
-    rig.daemon.ok(&["volume", "create", "vol", "--size", "4G", "--backend", "nfs"])?;
+    rig.daemon
+        .ok(&["volume", "create", "vol", "--size", "4G", "--backend", "nfs"])?;
     let dir = rig.volume_dir(&rig.id("vol")?);
     for i in 0..16 {
         random_file(&dir.join(format!("f{i:02}")), 32 << 20)?;
@@ -358,7 +500,11 @@ fn server_stopped_mid_operation(store: StoreKind) -> anyhow::Result<()> {
 
     // A snapshot in flight; the server stops once the copy has begun.
     let child = snapshot_in_background(d, "s1")?;
-    ensure!(copy_begun(&snapshots), "the snapshot's copy never started on the server:\n{}", d.log_tail());
+    ensure!(
+        copy_begun(&snapshots),
+        "the snapshot's copy never started on the server:\n{}",
+        d.log_tail()
+    );
     nfs.stop()?;
     let out = child.wait_with_output()?;
     let err = String::from_utf8_lossy(&out.stderr);
@@ -367,7 +513,10 @@ fn server_stopped_mid_operation(store: StoreKind) -> anyhow::Result<()> {
     }
     ensure!(err.contains("unavailable"), "snapshot with the server gone: {err}");
     let partial: Vec<_> = std::fs::read_dir(&snapshots)?.collect();
-    ensure!(!partial.is_empty(), "no half copy on the server to clean up: the server stopped too late to test anything");
+    ensure!(
+        !partial.is_empty(),
+        "no half copy on the server to clean up: the server stopped too late to test anything"
+    );
 
     // A delete while the server is down fails clearly too.
     let err = d.fails(&["volume", "delete", "other"])?;
@@ -377,12 +526,27 @@ fn server_stopped_mid_operation(store: StoreKind) -> anyhow::Result<()> {
     nfs.start()?;
     d.wait_ops_settled(Duration::from_secs(60))?;
     let snaps = d.json(&["snapshot", "list"])?;
-    ensure!(snaps.as_array().is_some_and(|a| a.is_empty()), "snapshots after the reconciler: {snaps}");
-    ensure!(std::fs::read_dir(&snapshots)?.next().is_none(), "the half copy is still on the server");
+    ensure!(
+        snaps.as_array().is_some_and(|a| a.is_empty()),
+        "snapshots after the reconciler: {snaps}"
+    );
+    ensure!(
+        std::fs::read_dir(&snapshots)?.next().is_none(),
+        "the half copy is still on the server"
+    );
     let vols = d.json(&["volume", "list"])?;
-    let names: Vec<&str> = vols.as_array().context("volume list")?.iter().filter_map(|v| v["name"].as_str()).collect();
+    let names: Vec<&str> = vols
+        .as_array()
+        .context("volume list")?
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
     ensure!(names == ["vol"], "volumes after the reconciler: {vols}");
-    ensure!(!other.exists(), "the deleted volume is still on the server: {}", other.display());
+    ensure!(
+        !other.exists(),
+        "the deleted volume is still on the server: {}",
+        other.display()
+    );
 
     // And the volume snapshots cleanly now, with the same bytes.
     d.ok(&["snapshot", "create", "vol", "--name", "s2"])?;
@@ -391,7 +555,10 @@ fn server_stopped_mid_operation(store: StoreKind) -> anyhow::Result<()> {
     d.ok(&["volume", "delete", "vol"])?;
     ensure!(!dir.exists(), "vol is still on the server");
     let records = tree(&rig.base().join(".elara"))?;
-    ensure!(records.keys().all(|k| k.components().count() == 1), "records left: {records:?}");
+    ensure!(
+        records.keys().all(|k| k.components().count() == 1),
+        "records left: {records:?}"
+    );
     Ok(())
 }
 
@@ -419,22 +586,41 @@ fn daemon_killed_mid_copy(store: StoreKind) -> anyhow::Result<()> {
     let before = tree(&dir)?;
     let snapshots = rig.base().join("snapshots");
     let mut child = snapshot_in_background(&rig.daemon, "s1")?;
-    ensure!(copy_begun(&snapshots), "the snapshot's copy never started on the server:\n{}", rig.daemon.log_tail());
+    ensure!(
+        copy_begun(&snapshots),
+        "the snapshot's copy never started on the server:\n{}",
+        rig.daemon.log_tail()
+    );
     // The driver reports the copy's progress; the op shows it: bytes of the volume's 512 MiB.
     let (done, total) = copy_progress(&rig.daemon, "vol")?;
-    ensure!(total == 16 * (32 << 20) && done > 0 && done < total, "snapshot progress: {done} of {total} bytes");
+    ensure!(
+        total == 16 * (32 << 20) && done > 0 && done < total,
+        "snapshot progress: {done} of {total} bytes"
+    );
     rig.daemon.kill9();
     let _ = child.wait();
-    ensure!(std::fs::read_dir(&snapshots)?.next().is_some(), "no half copy on the server: the kill came too late to test anything");
+    ensure!(
+        std::fs::read_dir(&snapshots)?.next().is_some(),
+        "no half copy on the server: the kill came too late to test anything"
+    );
 
     rig.daemon.restart()?;
     let d = &rig.daemon;
     d.wait_ops_settled(Duration::from_secs(60))?;
     let snaps = d.json(&["snapshot", "list"])?;
-    ensure!(snaps.as_array().is_some_and(|a| a.is_empty()), "snapshots after the reconciler: {snaps}");
-    ensure!(std::fs::read_dir(&snapshots)?.next().is_none(), "the half copy is still on the server");
+    ensure!(
+        snaps.as_array().is_some_and(|a| a.is_empty()),
+        "snapshots after the reconciler: {snaps}"
+    );
+    ensure!(
+        std::fs::read_dir(&snapshots)?.next().is_none(),
+        "the half copy is still on the server"
+    );
     ensure!(tree(&dir)? == before, "the volume changed");
-    ensure!(d.json(&["volume", "inspect", "vol"])?["status"] == "available", "vol after the reconciler");
+    ensure!(
+        d.json(&["volume", "inspect", "vol"])?["status"] == "available",
+        "vol after the reconciler"
+    );
     d.ok(&["snapshot", "create", "vol", "--name", "s2"])?;
     assert_same_tree(&dir, &snapshots.join(rig.snapshot_id("s2")?))?;
     Ok(())
@@ -467,33 +653,98 @@ fn docker_volumes(store: StoreKind) -> anyhow::Result<()> {
     let d = Daemon::start(opts)?;
     let path = format!("elara-{}", unique("dock"));
     let _cleanup = RemoveOnDrop(nfs.dir.join(&path));
-    d.ok(&nfs.backend_add_args("nfs", &path, &[]).iter().map(String::as_str).collect::<Vec<_>>())?;
+    d.ok(&nfs
+        .backend_add_args("nfs", &path, &[])
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>())?;
     let engine = Engine::start(&[])?;
     let p = plugin.name.as_str();
 
-    engine.ok(&["volume", "create", "-d", p, "-o", "backend=nfs", "-o", "size=1G", "-o", "label.uid=1000", "shared"])?;
-    let id = d.json(&["volume", "inspect", "shared"])?["id"].as_str().context("id")?.to_string();
+    engine.ok(&[
+        "volume",
+        "create",
+        "-d",
+        p,
+        "-o",
+        "backend=nfs",
+        "-o",
+        "size=1G",
+        "-o",
+        "label.uid=1000",
+        "shared",
+    ])?;
+    let id = d.json(&["volume", "inspect", "shared"])?["id"]
+        .as_str()
+        .context("id")?
+        .to_string();
     let dir = nfs.dir.join(&path).join("volumes").join(&id);
-    ensure!(std::fs::metadata(&dir).map(|m| m.is_dir() && m.uid() == 1000).unwrap_or(false), "{} is not a directory owned by 1000", dir.display());
+    ensure!(
+        std::fs::metadata(&dir)
+            .map(|m| m.is_dir() && m.uid() == 1000)
+            .unwrap_or(false),
+        "{} is not a directory owned by 1000",
+        dir.display()
+    );
     let listed = engine.ok(&["volume", "ls", "-q", "--filter", &format!("driver={p}")])?;
     ensure!(listed.lines().any(|l| l == "shared"), "docker volume ls: {listed}");
 
-    let err = engine.fails(&["volume", "create", "-d", p, "-o", "backend=nfs", "-o", "iops=100", "fast"])?;
+    let err = engine.fails(&[
+        "volume",
+        "create",
+        "-d",
+        p,
+        "-o",
+        "backend=nfs",
+        "-o",
+        "iops=100",
+        "fast",
+    ])?;
     ensure!(err.contains("iops"), "docker -o iops on nfs: {err}");
 
     // A container writes as uid 1000: the file is on the server's disk with that owner, and a
     // second container reads it.
     let text = unique("shared-bytes");
-    engine.ok(&["run", "--rm", "--user", "1000:1000", "-v", "shared:/data", IMAGE, "sh", "-c", &format!("echo {text} > /data/f && mkdir /data/d")])?;
+    engine.ok(&[
+        "run",
+        "--rm",
+        "--user",
+        "1000:1000",
+        "-v",
+        "shared:/data",
+        IMAGE,
+        "sh",
+        "-c",
+        &format!("echo {text} > /data/f && mkdir /data/d"),
+    ])?;
     let f = dir.join("f");
     let meta = std::fs::metadata(&f).with_context(|| format!("{} is not on the server's disk", f.display()))?;
-    ensure!(meta.uid() == 1000 && meta.gid() == 1000, "owner on the server: {}:{}", meta.uid(), meta.gid());
-    ensure!(std::fs::metadata(dir.join("d"))?.uid() == 1000, "the directory's owner on the server");
-    ensure!(std::fs::read_to_string(&f)?.trim() == text, "the server's disk holds {:?}", std::fs::read_to_string(&f)?);
+    ensure!(
+        meta.uid() == 1000 && meta.gid() == 1000,
+        "owner on the server: {}:{}",
+        meta.uid(),
+        meta.gid()
+    );
+    ensure!(
+        std::fs::metadata(dir.join("d"))?.uid() == 1000,
+        "the directory's owner on the server"
+    );
+    ensure!(
+        std::fs::read_to_string(&f)?.trim() == text,
+        "the server's disk holds {:?}",
+        std::fs::read_to_string(&f)?
+    );
     let read = engine.ok(&["run", "--rm", "-v", "shared:/data", IMAGE, "cat", "/data/f"])?;
     ensure!(read.trim() == text, "a second container read {read:?}");
-    ensure!(helpers_under(&d.dir).is_empty(), "a helper is left after the containers: {:?}", helpers_under(&d.dir));
-    ensure!(d.json(&["volume", "inspect", "shared"])?["status"] == "available", "after the containers");
+    ensure!(
+        helpers_under(&d.dir).is_empty(),
+        "a helper is left after the containers: {:?}",
+        helpers_under(&d.dir)
+    );
+    ensure!(
+        d.json(&["volume", "inspect", "shared"])?["status"] == "available",
+        "after the containers"
+    );
 
     engine.ok(&["volume", "rm", "shared"])?;
     ensure!(!dir.exists(), "docker volume rm left {}", dir.display());
@@ -531,13 +782,27 @@ fn driver_check_and_bad_backends() -> anyhow::Result<()> {
     let out = std::process::Command::new(elara_bin())
         .args(["driver", "check"])
         .arg(&wasm)
-        .args(["--config", &format!("server={}", nfs.server), "--config", &format!("export={}", nfs.export)])
-        .args(["--config", &format!("mount_port={}", nfs.mount_port), "--config", &format!("path={path}")])
+        .args([
+            "--config",
+            &format!("server={}", nfs.server),
+            "--config",
+            &format!("export={}", nfs.export),
+        ])
+        .args([
+            "--config",
+            &format!("mount_port={}", nfs.mount_port),
+            "--config",
+            &format!("path={path}"),
+        ])
         .args(["--allow-host", nfs.host()])
         .output()?;
     let report = String::from_utf8_lossy(&out.stdout);
     let _ = std::fs::remove_dir_all(nfs.dir.join(&path));
-    ensure!(out.status.success() && report.contains("CONFORMS") && !report.contains("FAIL"), "driver check:\n{report}{}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success() && report.contains("CONFORMS") && !report.contains("FAIL"),
+        "driver check:\n{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let d = Daemon::start(DaemonOpts::new(StoreKind::Embedded))?;
     for (key, value, want) in [
@@ -556,11 +821,23 @@ fn driver_check_and_bad_backends() -> anyhow::Result<()> {
     args[grant + 1] = format!("{}:1", nfs.host());
     d.ok(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
     let err = d.fails(&["volume", "create", "c-nogrant", "--size", "1G", "--backend", "nogrant"])?;
-    ensure!(err.contains("unavailable") && err.contains("--allow-host"), "without the grant: {err}");
-    ensure!(d.json(&["volume", "list"])?.as_array().is_some_and(|a| a.is_empty()), "a failed create left a volume");
-    ensure!(!nfs.dir.join("elara-nogrant").exists(), "the sandbox let the driver reach the server");
+    ensure!(
+        err.contains("unavailable") && err.contains("--allow-host"),
+        "without the grant: {err}"
+    );
+    ensure!(
+        d.json(&["volume", "list"])?.as_array().is_some_and(|a| a.is_empty()),
+        "a failed create left a volume"
+    );
+    ensure!(
+        !nfs.dir.join("elara-nogrant").exists(),
+        "the sandbox let the driver reach the server"
+    );
     let backends = d.json(&["backend", "list"])?;
-    ensure!(!backends.to_string().contains("\"bad\""), "a refused backend was kept: {backends}");
+    ensure!(
+        !backends.to_string().contains("\"bad\""),
+        "a refused backend was kept: {backends}"
+    );
     Ok(())
 }
 
@@ -574,7 +851,11 @@ fn docker_rig(store: StoreKind) -> anyhow::Result<(NfsServer, Plugin, Daemon, En
     let d = Daemon::start(opts)?;
     let path = format!("elara-{}", unique("fail"));
     let cleanup = RemoveOnDrop(nfs.dir.join(&path));
-    d.ok(&nfs.backend_add_args("nfs", &path, &[]).iter().map(String::as_str).collect::<Vec<_>>())?;
+    d.ok(&nfs
+        .backend_add_args("nfs", &path, &[])
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>())?;
     let engine = Engine::start(&[])?;
     Ok((nfs, plugin, d, engine, path, cleanup))
 }
@@ -589,28 +870,61 @@ fn daemon_killed_while_writing(store: StoreKind) -> anyhow::Result<()> {
     let (nfs, plugin, mut d, engine, path, _cleanup) = docker_rig(store)?;
     engine.ok(&["volume", "create", "-d", &plugin.name, "-o", "backend=nfs", "busy"])?;
     let script = "set -e; i=0; while true; do i=$((i+1)); echo $i >> /data/log; sleep 0.02; done";
-    let cid = engine.ok(&["run", "-d", "-v", "busy:/data", IMAGE, "sh", "-c", script])?.trim().to_string();
-    let id = d.json(&["volume", "inspect", "busy"])?["id"].as_str().context("id")?.to_string();
+    let cid = engine
+        .ok(&["run", "-d", "-v", "busy:/data", IMAGE, "sh", "-c", script])?
+        .trim()
+        .to_string();
+    let id = d.json(&["volume", "inspect", "busy"])?["id"]
+        .as_str()
+        .context("id")?
+        .to_string();
     let on_server = nfs.dir.join(&path).join("volumes").join(&id).join("log");
     let att = &d.json(&["volume", "inspect", "busy"])?["attachments"][0];
-    let pid = att["host"]["helper"]["pid"].as_u64().with_context(|| format!("no helper in {att}"))?;
-    wait_for(Duration::from_secs(20), "the container to write", || Ok(line_count(&on_server) > 10))?;
+    let pid = att["host"]["helper"]["pid"]
+        .as_u64()
+        .with_context(|| format!("no helper in {att}"))?;
+    wait_for(Duration::from_secs(20), "the container to write", || {
+        Ok(line_count(&on_server) > 10)
+    })?;
 
     d.kill9();
     let before = line_count(&on_server);
-    wait_for(Duration::from_secs(20), "writes with the daemon dead", || Ok(line_count(&on_server) > before + 20))?;
+    wait_for(Duration::from_secs(20), "writes with the daemon dead", || {
+        Ok(line_count(&on_server) > before + 20)
+    })?;
     d.restart()?;
     d.wait_ops_settled(Duration::from_secs(60))?;
     let att = d.json(&["volume", "inspect", "busy"])?["attachments"][0].clone();
-    ensure!(att["state"] == "attached" && att["host"]["helper"]["pid"].as_u64() == Some(pid), "after the restart: {att}");
-    ensure!(helpers_under(&d.dir) == vec![pid as u32], "helpers after the restart: {:?}", helpers_under(&d.dir));
+    ensure!(
+        att["state"] == "attached" && att["host"]["helper"]["pid"].as_u64() == Some(pid),
+        "after the restart: {att}"
+    );
+    ensure!(
+        helpers_under(&d.dir) == vec![pid as u32],
+        "helpers after the restart: {:?}",
+        helpers_under(&d.dir)
+    );
     let before = line_count(&on_server);
-    wait_for(Duration::from_secs(20), "writes after the restart", || Ok(line_count(&on_server) > before + 20))?;
-    ensure!(engine.ok(&["inspect", "-f", "{{.State.Running}}", &cid])?.trim() == "true", "the container stopped");
+    wait_for(Duration::from_secs(20), "writes after the restart", || {
+        Ok(line_count(&on_server) > before + 20)
+    })?;
+    ensure!(
+        engine.ok(&["inspect", "-f", "{{.State.Running}}", &cid])?.trim() == "true",
+        "the container stopped"
+    );
 
     engine.ok(&["rm", "-f", &cid])?;
-    wait_for(Duration::from_secs(60), "the detach", || Ok(d.json(&["volume", "inspect", "busy"])?["attachments"].as_array().is_some_and(|a| a.is_empty())))?;
-    ensure!(helpers_under(&d.dir).is_empty() && mounts_under(&d.dir).is_empty(), "left: {:?} {:?}", helpers_under(&d.dir), mounts_under(&d.dir));
+    wait_for(Duration::from_secs(60), "the detach", || {
+        Ok(d.json(&["volume", "inspect", "busy"])?["attachments"]
+            .as_array()
+            .is_some_and(|a| a.is_empty()))
+    })?;
+    ensure!(
+        helpers_under(&d.dir).is_empty() && mounts_under(&d.dir).is_empty(),
+        "left: {:?} {:?}",
+        helpers_under(&d.dir),
+        mounts_under(&d.dir)
+    );
     engine.ok(&["volume", "rm", "busy"])?;
     Ok(())
 }
@@ -637,13 +951,30 @@ fn helper_and_server_failures(store: StoreKind) -> anyhow::Result<()> {
     d.ok(&["volume", "create", "nv", "--backend", "nfs"])?;
     let mp = PathBuf::from(d.ok(&["volume", "mount", "nv"])?.trim());
     std::fs::write(mp.join("kept"), b"kept")?;
-    let att = |d: &Daemon| -> anyhow::Result<serde_json::Value> { Ok(d.json(&["volume", "inspect", "nv"])?["attachments"][0].clone()) };
+    let att = |d: &Daemon| -> anyhow::Result<serde_json::Value> {
+        Ok(d.json(&["volume", "inspect", "nv"])?["attachments"][0].clone())
+    };
     let pid = att(&d)?["host"]["helper"]["pid"].as_u64().context("helper pid")?;
-    ensure!(std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status()?.success(), "kill");
-    wait_for(Duration::from_secs(30), "the attachment to be marked failed", || Ok(att(&d)?["state"] == "failed"))?;
-    ensure!(att(&d)?["error"].as_str().is_some_and(|e| e.contains("nfs-fuse")), "failed attachment: {}", att(&d)?);
+    ensure!(
+        std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()?
+            .success(),
+        "kill"
+    );
+    wait_for(Duration::from_secs(30), "the attachment to be marked failed", || {
+        Ok(att(&d)?["state"] == "failed")
+    })?;
+    ensure!(
+        att(&d)?["error"].as_str().is_some_and(|e| e.contains("nfs-fuse")),
+        "failed attachment: {}",
+        att(&d)?
+    );
     let mp2 = PathBuf::from(d.ok(&["volume", "mount", "nv", "--holder", "second"])?.trim());
-    ensure!(std::fs::read(mp2.join("kept"))? == b"kept", "the data after the remount");
+    ensure!(
+        std::fs::read(mp2.join("kept"))? == b"kept",
+        "the data after the remount"
+    );
     ensure!(att(&d)?["state"] == "attached", "after the remount: {}", att(&d)?);
     drop(up);
 
@@ -654,24 +985,41 @@ fn helper_and_server_failures(store: StoreKind) -> anyhow::Result<()> {
         let probe = std::process::Command::new("cat").arg(mp2.join("kept")).output();
         let write = std::fs::write(mp2.join("during-outage"), b"x");
         let took = t.elapsed();
-        eprintln!("with the server down: read {:?}, write {write:?}, after {took:?}", probe.as_ref().map(|o| o.status));
-        ensure!(took < Duration::from_secs(60), "calls with the server down took {took:?}");
+        eprintln!(
+            "with the server down: read {:?}, write {write:?}, after {took:?}",
+            probe.as_ref().map(|o| o.status)
+        );
+        ensure!(
+            took < Duration::from_secs(60),
+            "calls with the server down took {took:?}"
+        );
         let t = Instant::now();
         let _ = d.cli(&["volume", "unmount", "nv", "--holder", "second"])?;
         let _ = d.cli(&["volume", "unmount", "nv"])?;
-        ensure!(t.elapsed() < Duration::from_secs(120), "unmount with the server down took {:?}", t.elapsed());
+        ensure!(
+            t.elapsed() < Duration::from_secs(120),
+            "unmount with the server down took {:?}",
+            t.elapsed()
+        );
         nfs.start()?;
     }
     let _up = nfs.shared();
     wait_for(Duration::from_secs(120), "the detach to finish", || {
         let _ = d.cli(&["volume", "unmount", "nv", "--holder", "second"]);
         let _ = d.cli(&["volume", "unmount", "nv"]);
-        Ok(d.json(&["volume", "inspect", "nv"])?["attachments"].as_array().is_some_and(|a| a.is_empty()))
+        Ok(d.json(&["volume", "inspect", "nv"])?["attachments"]
+            .as_array()
+            .is_some_and(|a| a.is_empty()))
     })?;
     let mp3 = PathBuf::from(d.ok(&["volume", "mount", "nv"])?.trim());
     ensure!(std::fs::read(mp3.join("kept"))? == b"kept", "the data after the outage");
     d.ok(&["volume", "unmount", "nv"])?;
-    ensure!(helpers_under(&d.dir).is_empty() && mounts_under(&d.dir).is_empty(), "left: {:?} {:?}", helpers_under(&d.dir), mounts_under(&d.dir));
+    ensure!(
+        helpers_under(&d.dir).is_empty() && mounts_under(&d.dir).is_empty(),
+        "left: {:?} {:?}",
+        helpers_under(&d.dir),
+        mounts_under(&d.dir)
+    );
     d.ok(&["volume", "delete", "nv"])?;
     Ok(())
 }
@@ -714,12 +1062,37 @@ fn file_backup_round_trip(store: StoreKind) -> anyhow::Result<()> {
     d.ok(&["backup", "target", "add", "tg", target.to_str().context("path")?])?;
     let b = d.json(&["backup", "create", "src", "--target", "tg"])?;
     ensure!(b["kind"] == "files" && b["files"].as_u64() >= Some(3), "backup: {b}");
-    d.ok(&["backup", "restore", b["id"].as_str().context("id")?, "--to", "dst", "--backend", "nfs"])?;
+    d.ok(&[
+        "backup",
+        "restore",
+        b["id"].as_str().context("id")?,
+        "--to",
+        "dst",
+        "--backend",
+        "nfs",
+    ])?;
     assert_same_tree(&rig.volume_dir(&rig.id("src")?), &rig.volume_dir(&rig.id("dst")?))?;
-    ensure!(d.json(&["backup", "verify", b["id"].as_str().unwrap_or_default()])?["ok"] == true, "verify");
-    let vols: Vec<String> = d.json(&["volume", "list"])?.as_array().into_iter().flatten().filter_map(|v| v["name"].as_str().map(String::from)).collect();
-    ensure!(vols == ["dst", "src"] || vols == ["src", "dst"], "volumes after the backup: {vols:?} (the temporary clone must be gone)");
-    ensure!(helpers_under(&d.dir).is_empty() && mounts_under(&d.dir).is_empty(), "left: {:?} {:?}", helpers_under(&d.dir), mounts_under(&d.dir));
+    ensure!(
+        d.json(&["backup", "verify", b["id"].as_str().unwrap_or_default()])?["ok"] == true,
+        "verify"
+    );
+    let vols: Vec<String> = d
+        .json(&["volume", "list"])?
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v["name"].as_str().map(String::from))
+        .collect();
+    ensure!(
+        vols == ["dst", "src"] || vols == ["src", "dst"],
+        "volumes after the backup: {vols:?} (the temporary clone must be gone)"
+    );
+    ensure!(
+        helpers_under(&d.dir).is_empty() && mounts_under(&d.dir).is_empty(),
+        "left: {:?} {:?}",
+        helpers_under(&d.dir),
+        mounts_under(&d.dir)
+    );
     for v in ["src", "dst"] {
         d.ok(&["volume", "delete", v])?;
     }

@@ -11,7 +11,10 @@ fn placement(store: StoreKind) -> anyhow::Result<()> {
 
     // A spec that does not parse is refused with its position, and nothing is stored.
     let err = d.fails(&["type", "create", "gold", "--spec", "iops>=(1000"])?;
-    assert!(err.contains("spec iops") && err.contains("at character"), "names the spec and the position: {err}");
+    assert!(
+        err.contains("spec iops") && err.contains("at character"),
+        "names the spec and the position: {err}"
+    );
     assert_eq!(d.json(&["type", "list"])?.as_array().unwrap().len(), 0);
     let err = d.fails(&["volume", "create", "v0", "--spec", "iops=<in>"])?;
     assert!(err.contains("spec"), "{err}");
@@ -20,13 +23,28 @@ fn placement(store: StoreKind) -> anyhow::Result<()> {
     // A type no pool satisfies: no valid pool, each pool named with the filter and why.
     d.ok(&["type", "create", "gold", "--spec", "iops>=1000"])?;
     let err = d.fails(&["volume", "create", "g1", "--type", "gold", "--size", "16M"])?;
-    assert!(err.contains("no valid pool") && err.contains("local#default") && err.contains("capabilities"), "{err}");
-    assert_eq!(d.json(&["volume", "list"])?.as_array().unwrap().len(), 0, "nothing created");
+    assert!(
+        err.contains("no valid pool") && err.contains("local#default") && err.contains("capabilities"),
+        "{err}"
+    );
+    assert_eq!(
+        d.json(&["volume", "list"])?.as_array().unwrap().len(),
+        0,
+        "nothing created"
+    );
     let err = d.fails(&["volume", "create", "g1", "--type", "platinum"])?;
     assert!(err.contains("type"), "unknown type names the field: {err}");
 
     // A type the local pools satisfy (they report type=block), with s== and <or>.
-    d.ok(&["type", "create", "blk", "--spec", "type=s== block", "--spec", "driver=<or> local <or> nfs"])?;
+    d.ok(&[
+        "type",
+        "create",
+        "blk",
+        "--spec",
+        "type=s== block",
+        "--spec",
+        "driver=<or> local <or> nfs",
+    ])?;
     let v = d.json(&["volume", "create", "b1", "--type", "blk", "--size", "16M"])?;
     assert_eq!(v["volume_type"], "blk");
     assert_eq!(v["pool"], "default");
@@ -47,13 +65,25 @@ fn placement(store: StoreKind) -> anyhow::Result<()> {
         let v = d.json(&["volume", "create", &format!("s{i}"), "--size", "20G"])?;
         backends.push(v["backend"].as_str().unwrap().to_string());
     }
-    assert!(backends.windows(2).all(|w| w[0] != w[1]), "creates alternate between equal pools: {backends:?}");
+    assert!(
+        backends.windows(2).all(|w| w[0] != w[1]),
+        "creates alternate between equal pools: {backends:?}"
+    );
 
     // Live explain: every pool ranked or rejected.
     let e = d.json(&["scheduler", "explain", "--size", "1", "--spec", "type=s== block"])?;
     assert_eq!(e["ranked"].as_array().unwrap().len(), 2, "{e}");
     assert!(e["chosen"].is_string(), "{e}");
-    let e = d.json(&["scheduler", "explain", "--size", "1", "--backend", "local2", "--spec", "iops>=1"])?;
+    let e = d.json(&[
+        "scheduler",
+        "explain",
+        "--size",
+        "1",
+        "--backend",
+        "local2",
+        "--spec",
+        "iops>=1",
+    ])?;
     assert!(e["chosen"].is_null(), "{e}");
     assert_eq!(e["rejected"][0]["filter"], "capabilities", "{e}");
 
@@ -98,7 +128,12 @@ fn explain_offline() -> anyhow::Result<()> {
         .output()?;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let e: Value = serde_json::from_slice(&out.stdout)?;
-    let rejected: Vec<_> = e["rejected"].as_array().unwrap().iter().map(|r| r["pool"].as_str().unwrap().to_string()).collect();
+    let rejected: Vec<_> = e["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["pool"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(rejected, vec!["thick-small"], "{e}");
     assert_eq!(e["ranked"].as_array().unwrap().len(), 2, "{e}");
     assert!(e["chosen"].is_string(), "{e}");
@@ -110,6 +145,9 @@ fn explain_offline() -> anyhow::Result<()> {
         .output()?;
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("iops") && err.contains("character"), "the rejection names the spec and position: {err}");
+    assert!(
+        err.contains("iops") && err.contains("character"),
+        "the rejection names the spec and position: {err}"
+    );
     Ok(())
 }

@@ -23,7 +23,10 @@ enum Layout {
 
 /// A short tag unique to this run, usable in bucket names (lower-case, digits, `-`).
 fn run_tag() -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
     format!("t{:x}{:x}", std::process::id() & 0xffff, nanos & 0xfffff)
 }
 
@@ -59,7 +62,13 @@ impl Rig {
                  instead of containers"
             );
         }
-        Ok(Rig { s3, daemon, engine, plugin, fuse })
+        Ok(Rig {
+            s3,
+            daemon,
+            engine,
+            plugin,
+            fuse,
+        })
     }
 
     fn add_backend(&self, name: &str, extra: &[(&str, &str)]) -> anyhow::Result<String> {
@@ -69,12 +78,24 @@ impl Rig {
     }
 
     fn volume_id(&self, name: &str) -> anyhow::Result<String> {
-        Ok(self.daemon.json(&["volume", "inspect", name])?["id"].as_str().unwrap().to_string())
+        Ok(self.daemon.json(&["volume", "inspect", name])?["id"]
+            .as_str()
+            .unwrap()
+            .to_string())
     }
 
     /// `docker run --rm -v VOL:/data busybox sh -c SCRIPT`; returns stdout.
     fn run(&self, volume: &str, script: &str) -> anyhow::Result<String> {
-        self.engine.ok(&["run", "--rm", "-v", &format!("{volume}:/data"), IMAGE, "sh", "-c", script])
+        self.engine.ok(&[
+            "run",
+            "--rm",
+            "-v",
+            &format!("{volume}:/data"),
+            IMAGE,
+            "sh",
+            "-c",
+            script,
+        ])
     }
 }
 
@@ -129,7 +150,17 @@ fn docker_lifecycle_steps(rig: &Rig, layout: Layout, naming: &str) -> anyhow::Re
     let (s3, d, docker, plugin) = (&rig.s3, &rig.daemon, &rig.engine, &rig.plugin.name);
 
     // Create through Docker; the volume is S3's bucket (or prefix) under Elara's id.
-    docker.ok(&["volume", "create", "-d", plugin, "-o", "backend=s3a", "-o", "size=2G", "vol"])?;
+    docker.ok(&[
+        "volume",
+        "create",
+        "-d",
+        plugin,
+        "-o",
+        "backend=s3a",
+        "-o",
+        "size=2G",
+        "vol",
+    ])?;
     let id = rig.volume_id("vol")?;
     let (bucket, prefix) = volume_place(layout, naming, &id);
     let v = d.json(&["volume", "inspect", "vol"])?;
@@ -138,15 +169,29 @@ fn docker_lifecycle_steps(rig: &Rig, layout: Layout, naming: &str) -> anyhow::Re
     let notes = d.json(&["driver", "inspect", "s3"])?["info"]["notes"].to_string();
     assert!(notes.contains("not enforced by S3"), "{notes}");
     let pools = d.json(&["pool", "list"])?;
-    let pool = pools.as_array().unwrap().iter().find(|p| p["backend"] == "s3a").expect("s3a reports a pool");
+    let pool = pools
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["backend"] == "s3a")
+        .expect("s3a reports a pool");
     assert_eq!(
         (&pool["pool"]["total"], &pool["pool"]["free"]),
         (&Value::from("Unknown"), &Value::from("Unknown")),
         "{pool}"
     );
-    assert!(pool["pool"]["capabilities"].to_string().contains(r#"["type","object"]"#), "{pool}");
+    assert!(
+        pool["pool"]["capabilities"]
+            .to_string()
+            .contains(r#"["type","object"]"#),
+        "{pool}"
+    );
     assert_eq!(v["backend_ref"], format!("s3://{bucket}/{prefix}"), "{v}");
-    assert_eq!(s3.objects(&bucket, &prefix)?, Some(vec![]), "the new volume's place exists and is empty");
+    assert_eq!(
+        s3.objects(&bucket, &prefix)?,
+        Some(vec![]),
+        "the new volume's place exists and is empty"
+    );
 
     // A container writes through s3fs; the objects are in S3 (boto3 reads them).
     let content = format!("hello from {} at {}", d.opts.namespace, prefix);
@@ -158,21 +203,33 @@ fn docker_lifecycle_steps(rig: &Rig, layout: Layout, naming: &str) -> anyhow::Re
                  dd if=/dev/urandom of=/data/big.bin bs=1M count=12 2>/dev/null"
             ),
         )?;
-        rig.run("vol", "sha256sum /data/big.bin | cut -d' ' -f1")?.trim().to_string()
+        rig.run("vol", "sha256sum /data/big.bin | cut -d' ' -f1")?
+            .trim()
+            .to_string()
     } else {
         s3.put(&bucket, &format!("{prefix}hello.txt"), &format!("{content}\n"))?;
         s3.put(&bucket, &format!("{prefix}dir/n.txt"), "nested\n")?;
         s3.put_random(&bucket, &format!("{prefix}big.bin"), 12 << 20)?
     };
-    assert_eq!(s3.get(&bucket, &format!("{prefix}hello.txt"))?.as_deref(), Some(format!("{content}\n").as_str()));
-    assert_eq!(s3.get(&bucket, &format!("{prefix}dir/n.txt"))?.as_deref(), Some("nested\n"));
+    assert_eq!(
+        s3.get(&bucket, &format!("{prefix}hello.txt"))?.as_deref(),
+        Some(format!("{content}\n").as_str())
+    );
+    assert_eq!(
+        s3.get(&bucket, &format!("{prefix}dir/n.txt"))?.as_deref(),
+        Some("nested\n")
+    );
     assert_eq!(s3.sha256(&bucket, &format!("{prefix}big.bin"))?, big_sum);
     let objects = s3.objects(&bucket, &prefix)?.unwrap();
 
     // stats agree with boto3's listing.
     let stats = d.json(&["volume", "stats", "vol"])?;
     assert_eq!(stats["objects"], objects.len() as u64, "{stats} vs {objects:?}");
-    assert_eq!(stats["used_bytes"], objects.iter().map(|(_, s)| s).sum::<u64>(), "{stats}");
+    assert_eq!(
+        stats["used_bytes"],
+        objects.iter().map(|(_, s)| s).sum::<u64>(),
+        "{stats}"
+    );
     assert_eq!(stats["size_bytes"], 2u64 << 30, "the size is the soft quota: {stats}");
 
     if rig.fuse {
@@ -183,10 +240,16 @@ fn docker_lifecycle_steps(rig: &Rig, layout: Layout, naming: &str) -> anyhow::Re
         d.ok(&["backend", "inspect", "s3a"])?,
         d.ok(&["-o", "json", "backend", "list"])?,
     ] {
-        assert!(!shown.contains(&s3.secret_key) && !shown.contains(&s3.access_key), "credentials redacted: {shown}");
+        assert!(
+            !shown.contains(&s3.secret_key) && !shown.contains(&s3.access_key),
+            "credentials redacted: {shown}"
+        );
     }
     let log = std::fs::read_to_string(d.dir.join("daemon.log"))?;
-    assert!(!log.contains(&s3.secret_key), "the secret key is not in the daemon's log");
+    assert!(
+        !log.contains(&s3.secret_key),
+        "the secret key is not in the daemon's log"
+    );
 
     // Snapshot: a server-side copy of every object.
     d.ok(&["snapshot", "create", "vol", "--name", "s1"])?;
@@ -194,7 +257,11 @@ fn docker_lifecycle_steps(rig: &Rig, layout: Layout, naming: &str) -> anyhow::Re
     let snap_id = snap["id"].as_str().unwrap();
     let (sbucket, sprefix) = snapshot_place(layout, naming, snap_id);
     let copied = s3.objects(&sbucket, &sprefix)?.expect("the snapshot's place exists");
-    assert_eq!(rel_keys(&copied, &sprefix), rel_keys(&objects, &prefix), "the snapshot holds every object");
+    assert_eq!(
+        rel_keys(&copied, &sprefix),
+        rel_keys(&objects, &prefix),
+        "the snapshot holds every object"
+    );
     if layout == Layout::PrefixPerVolume {
         let etag = s3.etag(&sbucket, &format!("{sprefix}big.bin"))?;
         assert!(etag.ends_with("-3"), "12 MiB copied in 3 parts of 5 MiB: ETag {etag}");
@@ -206,14 +273,24 @@ fn docker_lifecycle_steps(rig: &Rig, layout: Layout, naming: &str) -> anyhow::Re
         s3.put(&bucket, &format!("{prefix}hello.txt"), "changed\n")?;
         s3.put(&bucket, &format!("{prefix}after.txt"), "new\n")?;
     }
-    assert_eq!(s3.get(&sbucket, &format!("{sprefix}hello.txt"))?.as_deref(), Some(format!("{content}\n").as_str()));
+    assert_eq!(
+        s3.get(&sbucket, &format!("{sprefix}hello.txt"))?.as_deref(),
+        Some(format!("{content}\n").as_str())
+    );
 
     // Restore into a new volume and read it from a container.
     d.ok(&["snapshot", "restore", "s1", "--to", "restored"])?;
     let rid = rig.volume_id("restored")?;
     let (rbucket, rprefix) = volume_place(layout, naming, &rid);
-    assert_eq!(rel_keys(&s3.objects(&rbucket, &rprefix)?.unwrap(), &rprefix), rel_keys(&objects, &prefix));
-    assert_eq!(s3.sha256(&rbucket, &format!("{rprefix}big.bin"))?, big_sum, "the 12 MiB object is intact");
+    assert_eq!(
+        rel_keys(&s3.objects(&rbucket, &rprefix)?.unwrap(), &rprefix),
+        rel_keys(&objects, &prefix)
+    );
+    assert_eq!(
+        s3.sha256(&rbucket, &format!("{rprefix}big.bin"))?,
+        big_sum,
+        "the 12 MiB object is intact"
+    );
     if rig.fuse {
         assert_eq!(
             rig.run("restored", "cat /data/hello.txt; ls /data")?,
@@ -228,7 +305,10 @@ fn docker_lifecycle_steps(rig: &Rig, layout: Layout, naming: &str) -> anyhow::Re
 
     // Delete removes every object, in pages of 1 000: give the volume 2 500 more objects first.
     s3.put_many(&bucket, &format!("{prefix}many/"), 2500, 16)?;
-    assert_eq!(d.json(&["volume", "stats", "vol"])?["objects"], objects.len() as u64 + 1 + 2500);
+    assert_eq!(
+        d.json(&["volume", "stats", "vol"])?["objects"],
+        objects.len() as u64 + 1 + 2500
+    );
     docker.ok(&["volume", "rm", "restored"])?;
     d.ok(&["snapshot", "delete", "s1"])?;
     docker.ok(&["volume", "rm", "vol"])?;
@@ -253,22 +333,38 @@ fn docker_lifecycle_steps(rig: &Rig, layout: Layout, naming: &str) -> anyhow::Re
 /// no secret in the process list, delete refused while mounted, a second container reads.
 fn mounted_checks(rig: &Rig, id: &str, content: &str) -> anyhow::Result<()> {
     let (s3, d, docker) = (&rig.s3, &rig.daemon, &rig.engine);
-    let cid = docker.ok(&["run", "-d", "-v", "vol:/data", IMAGE, "sleep", "300"])?.trim().to_string();
+    let cid = docker
+        .ok(&["run", "-d", "-v", "vol:/data", IMAGE, "sleep", "300"])?
+        .trim()
+        .to_string();
     let creds = d.dir.join("run/s3").join(format!("{id}.passwd"));
     let mode = std::fs::metadata(&creds).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777);
     assert_eq!(mode.ok(), Some(0o600), "{} is 0600 while mounted", creds.display());
     // (Only s3fs's own command line: the test's `elara backend add` had the keys in its argv.)
     let ps = String::from_utf8_lossy(&Command::new("ps").args(["-eo", "args"]).output()?.stdout).into_owned();
-    let s3fs: Vec<&str> = ps.lines().filter(|l| l.starts_with("s3fs ") && l.contains(id)).collect();
+    let s3fs: Vec<&str> = ps
+        .lines()
+        .filter(|l| l.starts_with("s3fs ") && l.contains(id))
+        .collect();
     assert_eq!(s3fs.len(), 1, "one s3fs runs for the volume: {ps}");
-    assert!(!s3fs[0].contains(&s3.secret_key) && !s3fs[0].contains(&s3.access_key), "no credentials in {}", s3fs[0]);
+    assert!(
+        !s3fs[0].contains(&s3.secret_key) && !s3fs[0].contains(&s3.access_key),
+        "no credentials in {}",
+        s3fs[0]
+    );
     let err = d.fails(&["volume", "delete", "vol"])?;
     assert!(err.contains("mounted"), "delete refused while mounted: {err}");
     // A second container reads what the first wrote (while the first still holds the mount).
-    assert_eq!(rig.run("vol", "cat /data/hello.txt /data/dir/n.txt")?, format!("{content}\nnested\n"));
+    assert_eq!(
+        rig.run("vol", "cat /data/hello.txt /data/dir/n.txt")?,
+        format!("{content}\nnested\n")
+    );
     docker.ok(&["rm", "-f", &cid])?;
     assert!(!creds.exists(), "the credentials file is removed on the last unmount");
-    assert!(!mounts_under(&d.dir).iter().any(|m| m.contains(id)), "s3fs is unmounted after the last container");
+    assert!(
+        !mounts_under(&d.dir).iter().any(|m| m.contains(id)),
+        "s3fs is unmounted after the last container"
+    );
     Ok(())
 }
 
@@ -325,11 +421,31 @@ fn bad_backends_fail_clearly_and_make_nothing(store: StoreKind) -> anyhow::Resul
     // (name, config overrides, words the refusal must contain)
     #[allow(clippy::type_complexity)]
     let cases: Vec<(&str, Vec<(&str, &str)>, Vec<&str>)> = vec![
-        ("badak", vec![("access_key", "NOSUCHACCESSKEY00000")], vec!["access_key", "InvalidAccessKeyId"]),
-        ("badsk", vec![("secret_key", "wrong-secret")], vec!["secret_key", "SignatureDoesNotMatch"]),
-        ("badbucket", vec![("bucket", &upper_bucket)], vec!["bucket", "InvalidBucketName", &upper_bucket]),
-        ("badprefix", vec![("bucket_prefix", &upper_prefix)], vec!["bucket_prefix", "InvalidBucketName"]),
-        ("down", vec![("endpoint", &down)], vec!["unavailable", "ConnectionRefused"]),
+        (
+            "badak",
+            vec![("access_key", "NOSUCHACCESSKEY00000")],
+            vec!["access_key", "InvalidAccessKeyId"],
+        ),
+        (
+            "badsk",
+            vec![("secret_key", "wrong-secret")],
+            vec!["secret_key", "SignatureDoesNotMatch"],
+        ),
+        (
+            "badbucket",
+            vec![("bucket", &upper_bucket)],
+            vec!["bucket", "InvalidBucketName", &upper_bucket],
+        ),
+        (
+            "badprefix",
+            vec![("bucket_prefix", &upper_prefix)],
+            vec!["bucket_prefix", "InvalidBucketName"],
+        ),
+        (
+            "down",
+            vec![("endpoint", &down)],
+            vec!["unavailable", "ConnectionRefused"],
+        ),
     ];
     // Every backend names its buckets after this run's tag, so a leaked bucket is found below
     // even while other tests make buckets of their own.
@@ -376,7 +492,10 @@ fn bad_backends_fail_clearly_and_make_nothing(store: StoreKind) -> anyhow::Resul
         &format!("secret_key={}", s3.secret_key),
     ])?;
     let err = d.fails(&["volume", "create", "c-nogrant", "--backend", "nogrant"])?;
-    assert!(err.contains("--allow-host"), "the error says how to grant the endpoint: {err}");
+    assert!(
+        err.contains("--allow-host"),
+        "the error says how to grant the endpoint: {err}"
+    );
     // Bad config is refused when the backend is added, naming the key.
     let err = d.fails(&[
         "backend",
@@ -393,12 +512,22 @@ fn bad_backends_fail_clearly_and_make_nothing(store: StoreKind) -> anyhow::Resul
     ])?;
     assert!(err.contains("endpoint"), "{err}");
 
-    assert!(d.json(&["volume", "list"])?.as_array().unwrap().is_empty(), "no volume was recorded");
+    assert!(
+        d.json(&["volume", "list"])?.as_array().unwrap().is_empty(),
+        "no volume was recorded"
+    );
     // Only this test's plugin: dockerd finds every plugin spec on the machine, so an unfiltered
     // list also shows a concurrent test's volume while its create runs.
     let ls = docker.ok(&["volume", "ls", "-q", "-f", &format!("driver={plugin}")])?;
-    assert!(!ls.lines().any(|l| l.starts_with("v-")), "docker lists none of them: {ls}");
-    let made: Vec<String> = s3.buckets()?.into_iter().filter(|b| b.to_lowercase().starts_with(&tag)).collect();
+    assert!(
+        !ls.lines().any(|l| l.starts_with("v-")),
+        "docker lists none of them: {ls}"
+    );
+    let made: Vec<String> = s3
+        .buckets()?
+        .into_iter()
+        .filter(|b| b.to_lowercase().starts_with(&tag))
+        .collect();
     assert!(made.is_empty(), "no bucket was made: {made:?}");
     Ok(())
 }
@@ -408,11 +537,21 @@ fn bad_backends_fail_clearly_and_make_nothing(store: StoreKind) -> anyhow::Resul
 fn driver_check_conforms_against_rgw() -> anyhow::Result<()> {
     let s3 = S3Server::from_env();
     let wasm = drivers_dir().join("s3.wasm");
-    assert!(wasm.exists(), "{} is missing: run scripts/build-drivers.sh", wasm.display());
+    assert!(
+        wasm.exists(),
+        "{} is missing: run scripts/build-drivers.sh",
+        wasm.display()
+    );
     let tag = run_tag();
     let shared = format!("{tag}-conformance");
-    for extra in [vec![("bucket_prefix", format!("{tag}-"))], vec![("bucket", shared.clone())]] {
-        let args = s3.backend_add_args("unused", &extra.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>());
+    for extra in [
+        vec![("bucket_prefix", format!("{tag}-"))],
+        vec![("bucket", shared.clone())],
+    ] {
+        let args = s3.backend_add_args(
+            "unused",
+            &extra.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>(),
+        );
         // backend add NAME --driver s3 [--config ...] --allow-host H → driver check FILE [--config ...] --allow-host H
         let mut cmd = Command::new(elara_bin());
         cmd.args(["driver", "check"]).arg(&wasm).args(&args[5..]);
@@ -425,9 +564,17 @@ fn driver_check_conforms_against_rgw() -> anyhow::Result<()> {
         );
         assert!(stdout.contains("CONFORMS") && !stdout.contains("FAIL"), "{stdout}");
     }
-    let left: Vec<String> = s3.buckets()?.into_iter().filter(|b| b.starts_with(&tag) && *b != shared).collect();
+    let left: Vec<String> = s3
+        .buckets()?
+        .into_iter()
+        .filter(|b| b.starts_with(&tag) && *b != shared)
+        .collect();
     assert!(left.is_empty(), "the suite left buckets: {left:?}");
-    assert_eq!(s3.objects(&shared, "")?.unwrap_or_default(), vec![], "the suite left objects in {shared}");
+    assert_eq!(
+        s3.objects(&shared, "")?.unwrap_or_default(),
+        vec![],
+        "the suite left objects in {shared}"
+    );
     s3.purge(&tag)?;
     Ok(())
 }

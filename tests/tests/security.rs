@@ -52,14 +52,26 @@ fn daemon_files_are_private(store: StoreKind) -> anyhow::Result<()> {
     d.ok(&["backup", "target", "add", "t1", target.to_str().context("utf-8")?])?;
     d.ok(&["backup", "create", "v1", "--target", "t1"])?;
     let open = open_modes(&d);
-    ensure!(open.is_empty(), "files and directories others can reach:\n{}", open.join("\n"));
+    ensure!(
+        open.is_empty(),
+        "files and directories others can reach:\n{}",
+        open.join("\n")
+    );
     let mounts = d.dir.join("mounts");
-    ensure!(std::fs::metadata(&mounts)?.permissions().mode() & 0o777 == 0o700, "the mounts dir is not 0700");
+    ensure!(
+        std::fs::metadata(&mounts)?.permissions().mode() & 0o777 == 0o700,
+        "the mounts dir is not 0700"
+    );
 
     // Modes an earlier install left open are fixed at start, and said so.
     d.ok(&["volume", "unmount", "v1"])?;
     d.kill9();
-    let mut loosened = vec![d.dir.clone(), d.dir.join("pools"), d.dir.join("mounts"), d.dir.join("run")];
+    let mut loosened = vec![
+        d.dir.clone(),
+        d.dir.join("pools"),
+        d.dir.join("mounts"),
+        d.dir.join("run"),
+    ];
     if store == StoreKind::Embedded {
         loosened.push(d.dir.join("store.redb"));
     }
@@ -108,7 +120,11 @@ fn setuid_run_as_nobody(dir: &Path) -> anyhow::Result<String> {
         dir.display()
     );
     let out = Command::new("bash").args(["-c", &script]).output()?;
-    ensure!(out.status.success(), "running the setuid binary: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "running the setuid binary: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
@@ -123,12 +139,22 @@ fn mounts_are_nosuid_nodev(store: StoreKind) -> anyhow::Result<()> {
     let d = Daemon::start(opts)?;
     d.ok(&["volume", "create", "plain", "--size", "32M"])?;
     let bind = root.join("plain");
-    let mp = PathBuf::from(d.ok(&["volume", "mount", "plain", "--path", bind.to_str().context("utf-8")?])?.trim());
+    let mp = PathBuf::from(
+        d.ok(&["volume", "mount", "plain", "--path", bind.to_str().context("utf-8")?])?
+            .trim(),
+    );
     for p in [&mp, &bind] {
         let o = mount_options(p).with_context(|| format!("{} is not mounted", p.display()))?;
-        ensure!(o.split(',').any(|f| f == "nosuid") && o.split(',').any(|f| f == "nodev"), "{}: {o}", p.display());
+        ensure!(
+            o.split(',').any(|f| f == "nosuid") && o.split(',').any(|f| f == "nodev"),
+            "{}: {o}",
+            p.display()
+        );
     }
-    ensure!(setuid_run_as_nobody(&mp)? == "65534", "a setuid binary ran setuid from the host mount");
+    ensure!(
+        setuid_run_as_nobody(&mp)? == "65534",
+        "a setuid binary ran setuid from the host mount"
+    );
     // Nobody cannot even reach the mount point by its path: the mounts dir is 0700.
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "ls"])
@@ -139,14 +165,21 @@ fn mounts_are_nosuid_nodev(store: StoreKind) -> anyhow::Result<()> {
     // A volume type lifts nosuid: the same binary then runs as root, so the check above can fail.
     d.ok(&["type", "create", "suid", "--spec", "mount:nosuid=false"])?;
     ensure!(
-        d.fails(&["type", "create", "bad", "--spec", "mount:nodev=maybe"])?.contains("mount:nodev"),
+        d.fails(&["type", "create", "bad", "--spec", "mount:nodev=maybe"])?
+            .contains("mount:nodev"),
         "a bad flag value was taken"
     );
     d.ok(&["volume", "create", "lifted", "--size", "32M", "--type", "suid"])?;
     let lifted = PathBuf::from(d.ok(&["volume", "mount", "lifted"])?.trim());
     let o = mount_options(&lifted).context("lifted is not mounted")?;
-    ensure!(!o.split(',').any(|f| f == "nosuid") && o.split(',').any(|f| f == "nodev"), "lifted: {o}");
-    ensure!(setuid_run_as_nobody(&lifted)? == "0", "with nosuid lifted the binary should run as root");
+    ensure!(
+        !o.split(',').any(|f| f == "nosuid") && o.split(',').any(|f| f == "nodev"),
+        "lifted: {o}"
+    );
+    ensure!(
+        setuid_run_as_nobody(&lifted)? == "0",
+        "with nosuid lifted the binary should run as root"
+    );
     d.ok(&["volume", "unmount", "lifted"])?;
     d.ok(&["volume", "unmount", "plain"])?;
     ensure!(mount_options(&bind).is_none(), "the bind path is still mounted");
@@ -177,7 +210,17 @@ fn rest_bind_paths(store: StoreKind) -> anyhow::Result<()> {
     std::fs::create_dir(root.join("full"))?;
     std::fs::write(root.join("full/keep"), b"mine")?;
     std::fs::create_dir(root.join("mp"))?;
-    run("mount", &["-t", "tmpfs", "-o", "size=1m", "foreign", root.join("mp").to_str().context("utf-8")?])?;
+    run(
+        "mount",
+        &[
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=1m",
+            "foreign",
+            root.join("mp").to_str().context("utf-8")?,
+        ],
+    )?;
     let s = |p: &Path| p.display().to_string();
     let cases = [
         ("/etc".to_string(), "not under a mount path root"),
@@ -192,15 +235,27 @@ fn rest_bind_paths(store: StoreKind) -> anyhow::Result<()> {
     ];
     for (path, why) in &cases {
         let err = d.fails(&["volume", "mount", "vb", "--path", path])?;
-        ensure!(err.contains("path") && err.contains(why), "{path}: expected {why:?}, got {err}");
+        ensure!(
+            err.contains("path") && err.contains(why),
+            "{path}: expected {why:?}, got {err}"
+        );
     }
     // Nothing was mounted (the only mount under the root is the foreign one), and no holder
     // was left behind.
     let under = mounts_under(&root);
-    ensure!(under == vec![s(&root.join("mp"))], "mounts under the root after the refusals: {under:?}");
-    ensure!(mount_options(Path::new("/etc")).is_none(), "something is mounted at /etc");
+    ensure!(
+        under == vec![s(&root.join("mp"))],
+        "mounts under the root after the refusals: {under:?}"
+    );
+    ensure!(
+        mount_options(Path::new("/etc")).is_none(),
+        "something is mounted at /etc"
+    );
     let v = d.json(&["volume", "inspect", "vb"])?;
-    ensure!(v["attachments"].as_array().is_none_or(|a| a.is_empty()), "a refused mount left an attachment: {v}");
+    ensure!(
+        v["attachments"].as_array().is_none_or(|a| a.is_empty()),
+        "a refused mount left an attachment: {v}"
+    );
     ensure!(!Path::new("/etc/x").exists() && std::fs::read(root.join("full/keep"))? == b"mine");
 
     // A good path: mounted; a foreign mount stacked on it is not Elara's to unmount.
@@ -210,13 +265,19 @@ fn rest_bind_paths(store: StoreKind) -> anyhow::Result<()> {
     run("mount", &["-t", "tmpfs", "-o", "size=1m", "over", s(&ok).as_str()])?;
     let err = d.fails(&["volume", "unmount", "vb", "--holder", "h1"])?;
     ensure!(err.contains("another mount"), "{err}");
-    ensure!(mount_options(&ok).is_some(), "the foreign mount over the bind path was unmounted");
+    ensure!(
+        mount_options(&ok).is_some(),
+        "the foreign mount over the bind path was unmounted"
+    );
     run("umount", &[s(&ok).as_str()])?;
     d.ok(&["volume", "unmount", "vb", "--holder", "h1"])?;
     ensure!(mount_options(&ok).is_none(), "Elara's bind mount is still there");
     d.ok(&["volume", "unmount", "vb", "--holder", "h2"])?;
     // The foreign tmpfs at mp is untouched.
-    ensure!(mount_options(&root.join("mp")).is_some(), "the foreign mount at mp is gone");
+    ensure!(
+        mount_options(&root.join("mp")).is_some(),
+        "the foreign mount at mp is gone"
+    );
     run("umount", &[s(&root.join("mp")).as_str()])?;
     Ok(())
 }
@@ -233,7 +294,11 @@ fn rest_bind_paths_etcd() -> anyhow::Result<()> {
 
 fn run(cmd: &str, args: &[&str]) -> anyhow::Result<()> {
     let out = Command::new(cmd).args(args).output()?;
-    ensure!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(())
 }
 
@@ -256,7 +321,8 @@ fn free_port() -> anyhow::Result<u16> {
 /// `curl` over TCP: the HTTP status, or None if no HTTP answer came.
 fn curl_tcp(url: &str, ca: &Path, token: Option<&str>) -> anyhow::Result<Option<u16>> {
     let mut cmd = Command::new("curl");
-    cmd.args(["-s", "-m", "10", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"]).arg(ca);
+    cmd.args(["-s", "-m", "10", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+        .arg(ca);
     if let Some(t) = token {
         cmd.arg("-H").arg(format!("Authorization: Bearer {t}"));
     }
@@ -270,13 +336,31 @@ fn tcp_listener_holds(store: StoreKind) -> anyhow::Result<()> {
         return Ok(());
     }
     let tls = tempfile::Builder::new().prefix("tls-").tempdir_in(work_dir())?;
-    let (cert, key, token_file) = (tls.path().join("cert.pem"), tls.path().join("key.pem"), tls.path().join("token"));
+    let (cert, key, token_file) = (
+        tls.path().join("cert.pem"),
+        tls.path().join("key.pem"),
+        tls.path().join("token"),
+    );
     run(
         "openssl",
         &[
-            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
-            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-            "-keyout", key.to_str().context("utf-8")?, "-out", cert.to_str().context("utf-8")?,
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            key.to_str().context("utf-8")?,
+            "-out",
+            cert.to_str().context("utf-8")?,
         ],
     )?;
     let token = "elara-test-token-0123456789abcdef";
@@ -287,27 +371,50 @@ fn tcp_listener_holds(store: StoreKind) -> anyhow::Result<()> {
     let mut opts = DaemonOpts::new(store);
     opts.plugin_dir = Some(plugins.path().to_path_buf());
     opts.extra_args = [
-        "--listen", &format!("127.0.0.1:{port}"), "--tls-cert", cert.to_str().context("utf-8")?,
-        "--tls-key", key.to_str().context("utf-8")?, "--token-file", token_file.to_str().context("utf-8")?,
-        "--tcp-max-connections", "64", "--tcp-header-timeout-secs", "2",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--tls-cert",
+        cert.to_str().context("utf-8")?,
+        "--tls-key",
+        key.to_str().context("utf-8")?,
+        "--token-file",
+        token_file.to_str().context("utf-8")?,
+        "--tcp-max-connections",
+        "64",
+        "--tcp-header-timeout-secs",
+        "2",
     ]
     .map(String::from)
     .to_vec();
     // A token file others can read: the daemon refuses it at start, naming it.
-    let refused = Daemon::start(opts.clone()).err().context("the daemon started with a 0644 token file")?;
+    let refused = Daemon::start(opts.clone())
+        .err()
+        .context("the daemon started with a 0644 token file")?;
     ensure!(format!("{refused:#}").contains("token_file"), "{refused:#}");
     std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600))?;
     let d = Daemon::start(opts)?;
 
     let url = format!("https://127.0.0.1:{port}/v1/info");
-    ensure!(curl_tcp(&url, &cert, Some(token))? == Some(200), "the right token was not served");
-    ensure!(curl_tcp(&url, &cert, None)? == Some(401), "no token was not refused with 401");
-    ensure!(curl_tcp(&url, &cert, Some("wrong-token-wrong-token-wrong"))? == Some(401), "a wrong token was not refused");
+    ensure!(
+        curl_tcp(&url, &cert, Some(token))? == Some(200),
+        "the right token was not served"
+    );
+    ensure!(
+        curl_tcp(&url, &cert, None)? == Some(401),
+        "no token was not refused with 401"
+    );
+    ensure!(
+        curl_tcp(&url, &cert, Some("wrong-token-wrong-token-wrong"))? == Some(401),
+        "a wrong token was not refused"
+    );
     let plain = curl_tcp(&format!("http://127.0.0.1:{port}/v1/info"), &cert, Some(token))?;
     ensure!(plain.is_none_or(|c| c != 200), "plain HTTP was served: {plain:?}");
 
     // 2 000 idle connections (the test needs the descriptors for them).
-    run("prlimit", &["--pid", &std::process::id().to_string(), "--nofile=8192:8192"])?;
+    run(
+        "prlimit",
+        &["--pid", &std::process::id().to_string(), "--nofile=8192:8192"],
+    )?;
     let started = Instant::now();
     let mut idle = Vec::new();
     for _ in 0..2000 {
@@ -329,7 +436,10 @@ fn tcp_listener_holds(store: StoreKind) -> anyhow::Result<()> {
         .arg("http://elara/Plugin.Activate")
         .output()?;
     let docker_latency = t.elapsed();
-    ensure!(String::from_utf8_lossy(&out.stdout).contains("VolumeDriver"), "Docker's socket did not answer: {out:?}");
+    ensure!(
+        String::from_utf8_lossy(&out.stdout).contains("VolumeDriver"),
+        "Docker's socket did not answer: {out:?}"
+    );
     // Every idle connection is closed by the server: at once beyond the cap, after the header
     // timeout within it.
     let t = Instant::now();
@@ -345,14 +455,20 @@ fn tcp_listener_holds(store: StoreKind) -> anyhow::Result<()> {
     let reaped = t.elapsed();
     drop(idle);
     ensure!(closed == 2000);
-    ensure!(curl_tcp(&url, &cert, Some(token))? == Some(200), "TCP did not serve again after the flood");
+    ensure!(
+        curl_tcp(&url, &cert, Some(token))? == Some(200),
+        "TCP did not serve again after the flood"
+    );
     // A client that sends half its headers and stalls is closed after the header timeout too.
     let mut slow = std::net::TcpStream::connect(("127.0.0.1", port))?;
     slow.set_read_timeout(Some(Duration::from_secs(20)))?;
     slow.write_all(b"\x16\x03\x01")?; // the start of a TLS record, never finished
     let t = Instant::now();
     let mut b = [0u8; 1];
-    ensure!(matches!(slow.read(&mut b), Ok(0) | Err(_)), "a stalled handshake was kept open");
+    ensure!(
+        matches!(slow.read(&mut b), Ok(0) | Err(_)),
+        "a stalled handshake was kept open"
+    );
     let stalled = t.elapsed();
     eprintln!(
         "tcp flood: 2000 idle connections opened in {opened:?}; unix socket answered in {unix_latency:?}, \
@@ -389,17 +505,39 @@ fn secrets_stay_inside(store: StoreKind) -> anyhow::Result<()> {
         ),
     )?;
     std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600))?;
-    d.ok(&["backend", "add", "s3a", "--driver", "s3", "--config-file", config.to_str().context("utf-8")?, "--allow-host", &s3.host_port()])?;
+    d.ok(&[
+        "backend",
+        "add",
+        "s3a",
+        "--driver",
+        "s3",
+        "--config-file",
+        config.to_str().context("utf-8")?,
+        "--allow-host",
+        &s3.host_port(),
+    ])?;
     std::fs::remove_file(&config)?;
     // The backup target's secret from the environment, not argv.
     let out = Command::new(elara_bin())
         .arg("-s")
         .arg(&d.socket)
-        .args(["backup", "target", "add", "tg", &format!("s3://{tag}-backups/p"), "--endpoint", &s3.endpoint])
+        .args([
+            "backup",
+            "target",
+            "add",
+            "tg",
+            &format!("s3://{tag}-backups/p"),
+            "--endpoint",
+            &s3.endpoint,
+        ])
         .env("ELARA_BACKUP_ACCESS_KEY", &s3.access_key)
         .env("ELARA_BACKUP_SECRET_KEY", &s3.secret_key)
         .output()?;
-    ensure!(out.status.success(), "backup target add: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "backup target add: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     d.ok(&["volume", "create", "objs", "--backend", "s3a", "--size", "1G"])?;
     let mp = PathBuf::from(d.ok(&["volume", "mount", "objs"])?.trim());
     std::fs::write(mp.join("hello"), b"world")?;
@@ -421,7 +559,10 @@ fn secrets_stay_inside(store: StoreKind) -> anyhow::Result<()> {
     d.ok(&["volume", "unmount", "blk"])?;
     s3.purge(&tag)?;
     let log = std::fs::read_to_string(d.dir.join("daemon.log"))?;
-    ensure!(!log.contains(&secret), "the secret is in the daemon log after the unmounts");
+    ensure!(
+        !log.contains(&secret),
+        "the secret is in the daemon log after the unmounts"
+    );
     ensure!(leaks.is_empty(), "the secret leaked to:\n{}", leaks.join("\n"));
     eprintln!("secrets sweep: {swept} REST GETs, the daemon's processes, world-readable files and its log: clean");
     Ok(())
@@ -469,8 +610,19 @@ fn big_driver_installs(store: StoreKind) -> anyhow::Result<()> {
     let big = padded_component(&std::fs::read(drivers_dir().join("local.wasm"))?, 24 << 20);
     let file = d.dir.join("big-local.wasm");
     std::fs::write(&file, &big)?;
-    let rec = d.json(&["driver", "install", file.to_str().context("utf-8")?, "--name", "biglocal"])?;
-    ensure!(rec["size"].as_u64() == Some(big.len() as u64), "installed size {} != {}", rec["size"], big.len());
+    let rec = d.json(&[
+        "driver",
+        "install",
+        file.to_str().context("utf-8")?,
+        "--name",
+        "biglocal",
+    ])?;
+    ensure!(
+        rec["size"].as_u64() == Some(big.len() as u64),
+        "installed size {} != {}",
+        rec["size"],
+        big.len()
+    );
     Ok(())
 }
 

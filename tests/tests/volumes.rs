@@ -7,9 +7,22 @@ use serde_json::Value;
 fn lifecycle(store: StoreKind) -> anyhow::Result<()> {
     let d = Daemon::start(DaemonOpts::new(store))?;
     let info = d.json(&["info"])?;
-    assert_eq!(info["store"], if store == StoreKind::Etcd { "etcd" } else { "embedded" });
-    assert!(info["drivers"].as_array().unwrap().iter().any(|x| x["name"] == "local"), "local driver installed: {info}");
-    assert!(info["backends"].as_array().unwrap().iter().any(|x| x["name"] == "local"), "local backend exists: {info}");
+    assert_eq!(
+        info["store"],
+        if store == StoreKind::Etcd { "etcd" } else { "embedded" }
+    );
+    assert!(
+        info["drivers"].as_array().unwrap().iter().any(|x| x["name"] == "local"),
+        "local driver installed: {info}"
+    );
+    assert!(
+        info["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["name"] == "local"),
+        "local backend exists: {info}"
+    );
 
     let v = d.json(&["volume", "create", "vol1", "--size", "64M", "--label", "app=db"])?;
     assert_eq!(v["state"], "available");
@@ -21,7 +34,13 @@ fn lifecycle(store: StoreKind) -> anyhow::Result<()> {
     // list: JSON and table, filters.
     let list = d.json(&["volume", "list", "--label", "app=db"])?;
     assert_eq!(list.as_array().unwrap().len(), 1);
-    assert_eq!(d.json(&["volume", "list", "--label", "app=web"])?.as_array().unwrap().len(), 0);
+    assert_eq!(
+        d.json(&["volume", "list", "--label", "app=web"])?
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
     let table = d.ok(&["volume", "list"])?;
     assert!(table.lines().next().unwrap().starts_with("NAME"), "{table}");
     assert!(table.contains("vol1"), "{table}");
@@ -41,14 +60,20 @@ fn lifecycle(store: StoreKind) -> anyhow::Result<()> {
     d.ok(&["snapshot", "restore", "snap1", "--to", "vol2"])?;
     let mp2 = d.ok(&["volume", "mount", "vol2"])?.trim().to_string();
     assert_eq!(std::fs::read(format!("{mp2}/hello.txt"))?, b"hello elara");
-    assert!(!std::path::Path::new(&format!("{mp2}/after.txt")).exists(), "the snapshot predates after.txt");
+    assert!(
+        !std::path::Path::new(&format!("{mp2}/after.txt")).exists(),
+        "the snapshot predates after.txt"
+    );
 
     // resize a mounted volume. ext4 grows online where the kernel lets it (CAP_SYS_RESOURCE),
     // else at the next mount (checked below); xfs grows online.
     d.ok(&["volume", "resize", "vol1", "--size", "128M"])?;
     let v = d.json(&["volume", "inspect", "vol1"])?;
     assert_eq!(v["size_bytes"], 128 << 20);
-    assert!(d.fails(&["volume", "resize", "vol1", "--size", "64M"])?.contains("size"));
+    assert!(
+        d.fails(&["volume", "resize", "vol1", "--size", "64M"])?
+            .contains("size")
+    );
     d.ok(&["volume", "create", "xfs1", "--size", "320M", "--fs", "xfs"])?;
     let mpx = d.ok(&["volume", "mount", "xfs1"])?.trim().to_string();
     assert_eq!(mount_fs_type(&mpx).as_deref(), Some("xfs"));
@@ -62,9 +87,16 @@ fn lifecycle(store: StoreKind) -> anyhow::Result<()> {
     // teardown: exact.
     d.ok(&["volume", "unmount", "vol1"])?;
     d.ok(&["volume", "unmount", "vol2"])?;
-    assert!(mounts_under(&d.dir).is_empty(), "no mounts left: {:?}", mounts_under(&d.dir));
+    assert!(
+        mounts_under(&d.dir).is_empty(),
+        "no mounts left: {:?}",
+        mounts_under(&d.dir)
+    );
     let pool = d.pool_dir("local").display().to_string();
-    assert!(loop_devices().iter().all(|(_, b)| !b.starts_with(&pool)), "no loop devices left");
+    assert!(
+        loop_devices().iter().all(|(_, b)| !b.starts_with(&pool)),
+        "no loop devices left"
+    );
     // re-mount does not reformat: the data is still there.
     let mp = d.ok(&["volume", "mount", "vol1"])?.trim().to_string();
     assert_eq!(std::fs::read(format!("{mp}/hello.txt"))?, b"hello elara");
@@ -72,7 +104,10 @@ fn lifecycle(store: StoreKind) -> anyhow::Result<()> {
     assert!(grown > 100 << 20, "ext4 filesystem grew to fill 128M: {grown}");
     d.ok(&["volume", "unmount", "vol1"])?;
 
-    assert!(d.fails(&["volume", "delete", "vol1"])?.contains("snapshot"), "delete refused while snapshots exist");
+    assert!(
+        d.fails(&["volume", "delete", "vol1"])?.contains("snapshot"),
+        "delete refused while snapshots exist"
+    );
     d.ok(&["snapshot", "delete", "snap1"])?;
     d.ok(&["volume", "delete", "vol1"])?;
     d.ok(&["volume", "delete", "vol2"])?;
@@ -121,18 +156,49 @@ fn bad_input(store: StoreKind) -> anyhow::Result<()> {
         (&["volume", "create", "v1", "--snapshot", "missing"], "snapshot"),
         (&["volume", "create", "v1", "--size", "1P"], "no valid pool"),
         (&["backend", "add", "b1", "--driver", "nope"], "driver"),
-        (&["backend", "add", "b1", "--driver", "local", "--config", "bogus=1"], "bogus"),
-        (&["backend", "add", "b1", "--driver", "local", "--memory", "1K"], "memory"),
-        (&["backend", "add", "b1", "--driver", "local", "--allow-host", "bad host:x"], "allow-host"),
+        (
+            &["backend", "add", "b1", "--driver", "local", "--config", "bogus=1"],
+            "bogus",
+        ),
+        (
+            &["backend", "add", "b1", "--driver", "local", "--memory", "1K"],
+            "memory",
+        ),
+        (
+            &[
+                "backend",
+                "add",
+                "b1",
+                "--driver",
+                "local",
+                "--allow-host",
+                "bad host:x",
+            ],
+            "allow-host",
+        ),
     ];
     for (args, field) in cases {
         let err = d.fails(args)?;
-        assert!(err.contains(field), "`elara {}` error names {field:?}: {err}", args.join(" "));
+        assert!(
+            err.contains(field),
+            "`elara {}` error names {field:?}: {err}",
+            args.join(" ")
+        );
     }
-    assert_eq!(d.json(&["volume", "list"])?.as_array().unwrap().len(), 0, "nothing stored");
-    assert_eq!(d.json(&["backend", "list"])?.as_array().unwrap().len(), 1, "only the local backend");
+    assert_eq!(
+        d.json(&["volume", "list"])?.as_array().unwrap().len(),
+        0,
+        "nothing stored"
+    );
+    assert_eq!(
+        d.json(&["backend", "list"])?.as_array().unwrap().len(),
+        1,
+        "only the local backend"
+    );
     let vols = d.pool_dir("local").join("volumes");
-    let files: Vec<_> = std::fs::read_dir(&vols).map(|r| r.flatten().collect()).unwrap_or_default();
+    let files: Vec<_> = std::fs::read_dir(&vols)
+        .map(|r| r.flatten().collect())
+        .unwrap_or_default();
     assert!(files.is_empty(), "nothing created in the pool: {files:?}");
     assert_eq!(d.json(&["op", "list"])?.as_array().unwrap().len(), 0, "no op left");
 
@@ -147,7 +213,15 @@ fn bad_input(store: StoreKind) -> anyhow::Result<()> {
 
     // The REST API answers bad JSON with the field too.
     let out = std::process::Command::new("curl")
-        .args(["-s", "--unix-socket", &d.socket.display().to_string(), "-X", "POST", "-H", "content-type: application/json"])
+        .args([
+            "-s",
+            "--unix-socket",
+            &d.socket.display().to_string(),
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+        ])
         .args(["-d", r#"{"name": "v9", "size": 12}"#, "http://x/v1/volumes"])
         .output()?;
     let body: Value = serde_json::from_slice(&out.stdout)?;
@@ -175,7 +249,10 @@ fn nodes(store: StoreKind) -> anyhow::Result<()> {
     assert!(d.fails(&["node", "register", "spare1"])?.contains("name"));
     assert_eq!(d.json(&["node", "info", "spare1"])?["status"], "down");
     d.ok(&["node", "rename", "spare1", "spare2"])?;
-    assert!(d.fails(&["node", "rename", "node1", "other"])?.contains("up"), "a live node cannot be renamed");
+    assert!(
+        d.fails(&["node", "rename", "node1", "other"])?.contains("up"),
+        "a live node cannot be renamed"
+    );
     d.ok(&["node", "unregister", "spare2"])?;
     assert!(d.fails(&["node", "info", "spare2"])?.contains("does not exist"));
 
@@ -209,12 +286,22 @@ fn nodes_etcd() -> anyhow::Result<()> {
 
 /// Size of the filesystem mounted at `mp`, from df.
 fn fs_size(mp: &str) -> anyhow::Result<u64> {
-    let df = std::process::Command::new("df").args(["-B1", "--output=size", mp]).output()?;
-    Ok(String::from_utf8_lossy(&df.stdout).lines().nth(1).unwrap_or_default().trim().parse()?)
+    let df = std::process::Command::new("df")
+        .args(["-B1", "--output=size", mp])
+        .output()?;
+    Ok(String::from_utf8_lossy(&df.stdout)
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .trim()
+        .parse()?)
 }
 
 /// Filesystem type mounted at `mp`, from findmnt.
 fn mount_fs_type(mp: &str) -> Option<String> {
-    let out = std::process::Command::new("findmnt").args(["-n", "-o", "FSTYPE", mp]).output().ok()?;
+    let out = std::process::Command::new("findmnt")
+        .args(["-n", "-o", "FSTYPE", mp])
+        .output()
+        .ok()?;
     Some(String::from_utf8_lossy(&out.stdout).trim().to_string()).filter(|s| !s.is_empty())
 }

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use elara_driver_sdk::{debug, info};
 use elara_driver_sdk::http::{Client, RequestBuilder, Response};
 use elara_driver_sdk::prelude::*;
+use elara_driver_sdk::{debug, info};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -131,7 +131,13 @@ impl Api {
 
     /// One request with the session's token and microversion; a 401 renews a Keystone token
     /// once. Any status comes back as `Ok`; transport failures are `unavailable`.
-    pub fn raw(&self, method: &str, path: &str, body: Option<&Value>, mv: Option<Microversion>) -> DriverResult<Response> {
+    pub fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        mv: Option<Microversion>,
+    ) -> DriverResult<Response> {
         let mut renewed = false;
         loop {
             let session = auth::session(&self.settings)?;
@@ -159,7 +165,14 @@ impl Api {
     }
 
     /// A request that must succeed; its JSON body (`null` for an empty one).
-    pub fn call(&self, method: &str, path: &str, body: Option<&Value>, mv: Option<Microversion>, doing: Doing) -> DriverResult<Value> {
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        mv: Option<Microversion>,
+        doing: Doing,
+    ) -> DriverResult<Value> {
         let resp = self.raw(method, path, body, mv)?;
         if !resp.is_success() {
             return Err(status_error(resp.status, &resp.text(), doing));
@@ -167,7 +180,8 @@ impl Api {
         if resp.body.iter().all(u8::is_ascii_whitespace) {
             return Ok(Value::Null);
         }
-        resp.json::<Value>().map_err(|e| DriverError::backend(format!("{}: Cinder answered {e}", doing.what)))
+        resp.json::<Value>()
+            .map_err(|e| DriverError::backend(format!("{}: Cinder answered {e}", doing.what)))
     }
 
     /// `GET` that may answer 404: `None` then.
@@ -179,7 +193,9 @@ impl Api {
         if !resp.is_success() {
             return Err(status_error(resp.status, &resp.text(), doing));
         }
-        resp.json::<Value>().map(Some).map_err(|e| DriverError::backend(format!("{}: {e}", doing.what)))
+        resp.json::<Value>()
+            .map(Some)
+            .map_err(|e| DriverError::backend(format!("{}: {e}", doing.what)))
     }
 
     /// The microversion the session negotiated.
@@ -191,10 +207,15 @@ impl Api {
 
     /// Every volume whose metadata has all of `metadata` (all pages).
     pub fn volumes_with(&self, metadata: &[(&str, &str)]) -> DriverResult<Vec<CinderVolume>> {
-        let filter: serde_json::Map<String, Value> =
-            metadata.iter().map(|(k, v)| (k.to_string(), Value::String(v.to_string()))).collect();
+        let filter: serde_json::Map<String, Value> = metadata
+            .iter()
+            .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+            .collect();
         let filter = encode(&Value::Object(filter).to_string());
-        let doing = Doing { what: "listing volumes", field: "endpoint" };
+        let doing = Doing {
+            what: "listing volumes",
+            field: "endpoint",
+        };
         let mut out: Vec<CinderVolume> = Vec::new();
         const PAGE: usize = 500;
         loop {
@@ -215,8 +236,13 @@ impl Api {
     }
 
     pub fn volume(&self, uuid: &str) -> DriverResult<Option<CinderVolume>> {
-        let doing = Doing { what: "reading a volume", field: "volume-id" };
-        self.get_opt(&format!("/volumes/{uuid}"), None, doing)?.map(|v| parse_one(v, "volume", doing)).transpose()
+        let doing = Doing {
+            what: "reading a volume",
+            field: "volume-id",
+        };
+        self.get_opt(&format!("/volumes/{uuid}"), None, doing)?
+            .map(|v| parse_one(v, "volume", doing))
+            .transpose()
     }
 
     /// Poll the volume until its status is not one of `busy`; `None` if it disappeared.
@@ -231,11 +257,20 @@ impl Api {
 
     /// Delete the volume (and wait until it is gone).
     pub fn delete_volume(&self, uuid: &str, what: &str) -> DriverResult<()> {
-        let Some(v) = self.wait_volume(uuid, VOLUME_BUSY, what)? else { return Ok(()) };
+        let Some(v) = self.wait_volume(uuid, VOLUME_BUSY, what)? else {
+            return Ok(());
+        };
         if v.status != "deleting" {
             let resp = self.raw("DELETE", &format!("/volumes/{uuid}"), None, None)?;
             if resp.status != 404 && !resp.is_success() {
-                return Err(status_error(resp.status, &resp.text(), Doing { what, field: "volume-id" }));
+                return Err(status_error(
+                    resp.status,
+                    &resp.text(),
+                    Doing {
+                        what,
+                        field: "volume-id",
+                    },
+                ));
             }
         }
         // The API moves the volume to `deleting` before it answers; the volume service removes it.
@@ -259,14 +294,29 @@ impl Api {
         if self.microversion().ok()? < MV_MESSAGES {
             return None;
         }
-        let doing = Doing { what: "reading user messages", field: "endpoint" };
-        let v = self.call("GET", &format!("/messages?resource_uuid={uuid}"), None, Some(MV_MESSAGES), doing).ok()?;
+        let doing = Doing {
+            what: "reading user messages",
+            field: "endpoint",
+        };
+        let v = self
+            .call(
+                "GET",
+                &format!("/messages?resource_uuid={uuid}"),
+                None,
+                Some(MV_MESSAGES),
+                doing,
+            )
+            .ok()?;
         let mut messages: Vec<&Value> = v.get("messages")?.as_array()?.iter().collect();
         messages.sort_by_key(|m| m.get("created_at").and_then(Value::as_str).unwrap_or("").to_string());
         let m = messages.last()?;
         let text = m.get("user_message")?.as_str()?;
         let event = m.get("event_id").and_then(Value::as_str).unwrap_or("");
-        Some(if event.is_empty() { text.to_string() } else { format!("{text} ({event})") })
+        Some(if event.is_empty() {
+            text.to_string()
+        } else {
+            format!("{text} ({event})")
+        })
     }
 
     // ---- snapshots -------------------------------------------------------------------------
@@ -274,13 +324,31 @@ impl Api {
     /// The Cinder snapshots made for Elara's snapshot `id`.
     pub fn snapshots_of(&self, id: &str) -> DriverResult<Vec<CinderSnapshot>> {
         let filter = encode(&json!({ "elara-id": id }).to_string());
-        let doing = Doing { what: "listing snapshots", field: "snapshot-id" };
-        parse_list(self.call("GET", &format!("/snapshots/detail?metadata={filter}"), None, None, doing)?, "snapshots", doing)
+        let doing = Doing {
+            what: "listing snapshots",
+            field: "snapshot-id",
+        };
+        parse_list(
+            self.call(
+                "GET",
+                &format!("/snapshots/detail?metadata={filter}"),
+                None,
+                None,
+                doing,
+            )?,
+            "snapshots",
+            doing,
+        )
     }
 
     pub fn snapshot(&self, uuid: &str) -> DriverResult<Option<CinderSnapshot>> {
-        let doing = Doing { what: "reading a snapshot", field: "snapshot-id" };
-        self.get_opt(&format!("/snapshots/{uuid}"), None, doing)?.map(|v| parse_one(v, "snapshot", doing)).transpose()
+        let doing = Doing {
+            what: "reading a snapshot",
+            field: "snapshot-id",
+        };
+        self.get_opt(&format!("/snapshots/{uuid}"), None, doing)?
+            .map(|v| parse_one(v, "snapshot", doing))
+            .transpose()
     }
 
     pub fn wait_snapshot(&self, uuid: &str, busy: &[&str], what: &str) -> DriverResult<Option<CinderSnapshot>> {
@@ -294,11 +362,20 @@ impl Api {
 
     /// Delete the snapshot (and wait until it is gone).
     pub fn delete_snapshot(&self, uuid: &str, what: &str) -> DriverResult<()> {
-        let Some(s) = self.wait_snapshot(uuid, SNAPSHOT_BUSY, what)? else { return Ok(()) };
+        let Some(s) = self.wait_snapshot(uuid, SNAPSHOT_BUSY, what)? else {
+            return Ok(());
+        };
         if s.status != "deleting" {
             let resp = self.raw("DELETE", &format!("/snapshots/{uuid}"), None, None)?;
             if resp.status != 404 && !resp.is_success() {
-                return Err(status_error(resp.status, &resp.text(), Doing { what, field: "snapshot-id" }));
+                return Err(status_error(
+                    resp.status,
+                    &resp.text(),
+                    Doing {
+                        what,
+                        field: "snapshot-id",
+                    },
+                ));
             }
         }
         match self.wait_snapshot(uuid, &["deleting"], what)? {
@@ -311,14 +388,22 @@ impl Api {
 
     /// Every attachment of a volume, with connection info.
     pub fn attachments_of(&self, volume_uuid: &str) -> DriverResult<Vec<CinderAttachment>> {
-        let doing = Doing { what: "listing attachments", field: "volume-id" };
+        let doing = Doing {
+            what: "listing attachments",
+            field: "volume-id",
+        };
         let path = format!("/attachments/detail?volume_id={volume_uuid}");
         parse_list(self.call("GET", &path, None, None, doing)?, "attachments", doing)
     }
 
     pub fn attachment(&self, id: &str) -> DriverResult<Option<CinderAttachment>> {
-        let doing = Doing { what: "reading an attachment", field: "volume-id" };
-        self.get_opt(&format!("/attachments/{id}"), None, doing)?.map(|v| parse_one(v, "attachment", doing)).transpose()
+        let doing = Doing {
+            what: "reading an attachment",
+            field: "volume-id",
+        };
+        self.get_opt(&format!("/attachments/{id}"), None, doing)?
+            .map(|v| parse_one(v, "attachment", doing))
+            .transpose()
     }
 
     /// Delete an attachment; an attachment already gone is fine.
@@ -327,7 +412,14 @@ impl Api {
         if resp.status == 404 || resp.is_success() {
             return Ok(());
         }
-        Err(status_error(resp.status, &resp.text(), Doing { what: "deleting an attachment", field: "volume-id" }))
+        Err(status_error(
+            resp.status,
+            &resp.text(),
+            Doing {
+                what: "deleting an attachment",
+                field: "volume-id",
+            },
+        ))
     }
 
     // ---- polling ---------------------------------------------------------------------------
@@ -365,14 +457,18 @@ pub enum Poll<T> {
 /// Cinder's WSGI server (eventlet + webob) then reads an empty body (`KeyError: 'body'`, HTTP 500).
 pub fn with_json(req: RequestBuilder, body: &Value) -> RequestBuilder {
     let bytes = body.to_string().into_bytes();
-    req.header("content-type", "application/json").header("content-length", &bytes.len().to_string()).body(bytes)
+    req.header("content-type", "application/json")
+        .header("content-length", &bytes.len().to_string())
+        .body(bytes)
 }
 
 fn parse_one<T: serde::de::DeserializeOwned>(mut v: Value, key: &str, doing: Doing) -> DriverResult<T> {
-    let inner = v.get_mut(key).map(Value::take).ok_or_else(|| {
-        DriverError::backend(format!("{}: Cinder's answer has no `{key}`", doing.what))
-    })?;
-    serde_json::from_value(inner).map_err(|e| DriverError::backend(format!("{}: unexpected `{key}` from Cinder: {e}", doing.what)))
+    let inner = v
+        .get_mut(key)
+        .map(Value::take)
+        .ok_or_else(|| DriverError::backend(format!("{}: Cinder's answer has no `{key}`", doing.what)))?;
+    serde_json::from_value(inner)
+        .map_err(|e| DriverError::backend(format!("{}: unexpected `{key}` from Cinder: {e}", doing.what)))
 }
 
 fn parse_list<T: serde::de::DeserializeOwned>(v: Value, key: &str, doing: Doing) -> DriverResult<Vec<T>> {
@@ -388,11 +484,16 @@ pub fn encode(s: &str) -> String {
 pub fn cinder_message(body: &str) -> String {
     let parsed: Option<String> = serde_json::from_str::<Value>(body).ok().and_then(|v| {
         let obj = v.as_object()?;
-        obj.values().find_map(|inner| inner.get("message").and_then(Value::as_str).map(str::to_string))
+        obj.values()
+            .find_map(|inner| inner.get("message").and_then(Value::as_str).map(str::to_string))
     });
     parsed.unwrap_or_else(|| {
         let t = body.trim();
-        if t.len() > 300 { format!("{}...", &t[..t.char_indices().nth(300).map_or(t.len(), |(i, _)| i)]) } else { t.to_string() }
+        if t.len() > 300 {
+            format!("{}...", &t[..t.char_indices().nth(300).map_or(t.len(), |(i, _)| i)])
+        } else {
+            t.to_string()
+        }
     })
 }
 
@@ -435,9 +536,14 @@ pub fn status_error(status: u16, body: &str, doing: Doing) -> DriverError {
     let msg = cinder_message(body);
     let what = doing.what;
     match status {
-        400 => DriverError::invalid(blamed_field(&msg).unwrap_or(doing.field), format!("Cinder refused {what}: {msg}")),
+        400 => DriverError::invalid(
+            blamed_field(&msg).unwrap_or(doing.field),
+            format!("Cinder refused {what}: {msg}"),
+        ),
         401 => DriverError::backend(format!("{what}: Cinder refused the credentials (HTTP 401): {msg}")),
-        403 => DriverError::backend(format!("{what}: forbidden by Cinder's policy for these credentials (HTTP 403): {msg}")),
+        403 => DriverError::backend(format!(
+            "{what}: forbidden by Cinder's policy for these credentials (HTTP 403): {msg}"
+        )),
         404 => DriverError::not_found(format!("{what}: {msg}")),
         409 => DriverError::backend(format!("{what}: conflict in Cinder (HTTP 409): {msg}")),
         413 => DriverError::backend(format!("{what}: Cinder quota exceeded (HTTP 413): {msg}")),
@@ -450,7 +556,10 @@ pub fn status_error(status: u16, body: &str, doing: Doing) -> DriverError {
 mod tests {
     use super::*;
 
-    const DOING: Doing = Doing { what: "creating volume v", field: "spec" };
+    const DOING: Doing = Doing {
+        what: "creating volume v",
+        field: "spec",
+    };
 
     #[test]
     fn maps_cinder_errors() {
@@ -466,11 +575,23 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let e = status_error(404, r#"{"itemNotFound": {"code": 404, "message": "Volume x could not be found."}}"#, DOING);
+        let e = status_error(
+            404,
+            r#"{"itemNotFound": {"code": 404, "message": "Volume x could not be found."}}"#,
+            DOING,
+        );
         assert_eq!(e.kind(), "not-found");
-        let e = status_error(413, r#"{"overLimit": {"code": 413, "message": "VolumeLimitExceeded: Maximum number of volumes allowed (0) exceeded for quota 'volumes'."}}"#, DOING);
+        let e = status_error(
+            413,
+            r#"{"overLimit": {"code": 413, "message": "VolumeLimitExceeded: Maximum number of volumes allowed (0) exceeded for quota 'volumes'."}}"#,
+            DOING,
+        );
         assert_eq!(e.kind(), "backend");
-        assert!(e.message().contains("quota exceeded") && e.message().contains("Maximum number of volumes"), "{}", e.message());
+        assert!(
+            e.message().contains("quota exceeded") && e.message().contains("Maximum number of volumes"),
+            "{}",
+            e.message()
+        );
         assert_eq!(status_error(503, "down", DOING).kind(), "unavailable");
     }
 

@@ -44,7 +44,9 @@ pub fn renewable(s: &CinderSettings) -> bool {
 /// The cached session, or a new one (log in, negotiate the microversion).
 pub fn session(s: &CinderSettings) -> DriverResult<Arc<Session>> {
     if let Some(cur) = SESSION.lock().unwrap_or_else(|p| p.into_inner()).clone() {
-        let fresh = cur.expires_at.is_none_or(|t| OffsetDateTime::now_utc() + RENEW_BEFORE < t);
+        let fresh = cur
+            .expires_at
+            .is_none_or(|t| OffsetDateTime::now_utc() + RENEW_BEFORE < t);
         if fresh {
             return Ok(cur);
         }
@@ -60,14 +62,22 @@ pub fn session(s: &CinderSettings) -> DriverResult<Arc<Session>> {
     };
     let base = if endpoint_needs_project(&s.endpoint) {
         let project_id = project_id.ok_or_else(|| {
-            DriverError::invalid("project_id", "the endpoint ends in /v3, so the project id is needed to complete it")
+            DriverError::invalid(
+                "project_id",
+                "the endpoint ends in /v3, so the project id is needed to complete it",
+            )
         })?;
         project_endpoint(&s.endpoint, &project_id)
     } else {
         s.endpoint.clone()
     };
     let microversion = negotiate(&s.endpoint, &token)?;
-    let session = Arc::new(Session { token, base, microversion, expires_at });
+    let session = Arc::new(Session {
+        token,
+        base,
+        microversion,
+        expires_at,
+    });
     *SESSION.lock().unwrap_or_else(|p| p.into_inner()) = Some(session.clone());
     Ok(session)
 }
@@ -96,10 +106,18 @@ fn negotiate(endpoint: &str, token: &str) -> DriverResult<Microversion> {
     };
     let max = entries
         .iter()
-        .filter(|v| v.get("id").and_then(Value::as_str).is_some_and(|id| id.starts_with("v3")))
+        .filter(|v| {
+            v.get("id")
+                .and_then(Value::as_str)
+                .is_some_and(|id| id.starts_with("v3"))
+        })
         .filter_map(|v| v.get("version").and_then(Value::as_str).and_then(Microversion::parse))
         .max()
-        .ok_or_else(|| DriverError::backend(format!("{url} lists no v3 API with microversions: is it Cinder's endpoint?")))?;
+        .ok_or_else(|| {
+            DriverError::backend(format!(
+                "{url} lists no v3 API with microversions: is it Cinder's endpoint?"
+            ))
+        })?;
     let chosen = max.min(MAX_MICROVERSION);
     info!("Cinder at {url} speaks up to {max}; using {chosen}");
     Ok(chosen)
@@ -115,7 +133,13 @@ struct KeystoneToken {
 /// `POST {auth_url}/auth/tokens` with a password or an application credential.
 fn keystone_token(auth: &Auth) -> DriverResult<KeystoneToken> {
     let (auth_url, identity, scope, field) = match auth {
-        Auth::Password { auth_url, username, password, user_domain_name, project } => {
+        Auth::Password {
+            auth_url,
+            username,
+            password,
+            user_domain_name,
+            project,
+        } => {
             let identity = json!({
                 "methods": ["password"],
                 "password": { "user": { "name": username, "domain": { "name": user_domain_name }, "password": password } }
@@ -139,26 +163,49 @@ fn keystone_token(auth: &Auth) -> DriverResult<KeystoneToken> {
         body["auth"]["scope"] = scope;
     }
     let base = auth_url.trim_end_matches('/');
-    let url = if base.ends_with("/v3") { format!("{base}/auth/tokens") } else { format!("{base}/v3/auth/tokens") };
-    let resp = crate::api::with_json(Client::new().post(&url), &body).send().map_err(DriverError::from)?;
+    let url = if base.ends_with("/v3") {
+        format!("{base}/auth/tokens")
+    } else {
+        format!("{base}/v3/auth/tokens")
+    };
+    let resp = crate::api::with_json(Client::new().post(&url), &body)
+        .send()
+        .map_err(DriverError::from)?;
     match resp.status {
         201 | 200 => {}
         401 => {
-            return Err(DriverError::invalid(field, format!("Keystone at {url} refused the credentials: {}", resp.text())));
+            return Err(DriverError::invalid(
+                field,
+                format!("Keystone at {url} refused the credentials: {}", resp.text()),
+            ));
         }
-        s => return Err(DriverError::backend(format!("Keystone at {url} answered HTTP {s}: {}", resp.text()))),
+        s => {
+            return Err(DriverError::backend(format!(
+                "Keystone at {url} answered HTTP {s}: {}",
+                resp.text()
+            )));
+        }
     }
     let token = resp
         .header("x-subject-token")
         .ok_or_else(|| DriverError::backend(format!("Keystone at {url} issued no X-Subject-Token")))?
         .to_string();
-    let doc: Value = resp.json().map_err(|e| DriverError::backend(format!("Keystone's token at {url}: {e}")))?;
+    let doc: Value = resp
+        .json()
+        .map_err(|e| DriverError::backend(format!("Keystone's token at {url}: {e}")))?;
     let project_id = doc
         .pointer("/token/project/id")
         .and_then(Value::as_str)
         .ok_or_else(|| DriverError::backend("the Keystone token is not scoped to a project"))?
         .to_string();
-    let expires_at = doc.pointer("/token/expires_at").and_then(Value::as_str).and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok());
+    let expires_at = doc
+        .pointer("/token/expires_at")
+        .and_then(Value::as_str)
+        .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok());
     info!("Keystone token for project {project_id}, expires {expires_at:?}");
-    Ok(KeystoneToken { token, project_id, expires_at })
+    Ok(KeystoneToken {
+        token,
+        project_id,
+        expires_at,
+    })
 }

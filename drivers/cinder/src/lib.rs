@@ -46,7 +46,9 @@ pub mod settings;
 
 use std::collections::BTreeMap;
 
-use api::{Api, CinderSnapshot, CinderVolume, Doing, MV_ATTACHMENT_COMPLETE, MV_ATTACHMENTS, SNAPSHOT_BUSY, VOLUME_BUSY};
+use api::{
+    Api, CinderSnapshot, CinderVolume, Doing, MV_ATTACHMENT_COMPLETE, MV_ATTACHMENTS, SNAPSHOT_BUSY, VOLUME_BUSY,
+};
 use elara_driver_sdk::prelude::*;
 use elara_driver_sdk::{debug, info, warn};
 use serde_json::{Value, json};
@@ -73,7 +75,9 @@ const MD_VOLUME: &str = "elara-volume-id";
 const MD_ATTACHMENT: &str = "elara-attachment-";
 
 fn api() -> DriverResult<Api> {
-    Ok(Api { settings: SETTINGS.get()? })
+    Ok(Api {
+        settings: SETTINGS.get()?,
+    })
 }
 
 /// Sizes in Cinder are whole GiB: round up.
@@ -83,20 +87,31 @@ fn gib_ceil(bytes: u64) -> u64 {
 
 fn check_id(field: &str, id: &str) -> DriverResult<()> {
     if id.is_empty() || id.len() > 255 {
-        return Err(DriverError::invalid(field, "must be 1-255 characters (it is kept in Cinder metadata)"));
+        return Err(DriverError::invalid(
+            field,
+            "must be 1-255 characters (it is kept in Cinder metadata)",
+        ));
     }
     Ok(())
 }
 
 /// The size Elara asked for (metadata), else Cinder's size.
 fn requested_bytes(v: &CinderVolume) -> u64 {
-    v.metadata.get(MD_SIZE).and_then(|s| s.parse().ok()).unwrap_or(v.size * GIB)
+    v.metadata
+        .get(MD_SIZE)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(v.size * GIB)
 }
 
 fn to_volume(id: &str, v: &CinderVolume) -> Volume {
     Volume {
         id: id.to_string(),
-        pool: v.metadata.get(MD_POOL).cloned().or_else(|| v.host.clone()).unwrap_or_default(),
+        pool: v
+            .metadata
+            .get(MD_POOL)
+            .cloned()
+            .or_else(|| v.host.clone())
+            .unwrap_or_default(),
         size_bytes: v.size * GIB,
         backend_ref: v.id.clone(),
     }
@@ -122,7 +137,9 @@ fn the_volume(api: &Api, id: &str) -> DriverResult<CinderVolume> {
             return Ok(v);
         }
     }
-    Err(DriverError::not_found(format!("volume {id}: Cinder has no volume with metadata {MD_ID}={id}")))
+    Err(DriverError::not_found(format!(
+        "volume {id}: Cinder has no volume with metadata {MD_ID}={id}"
+    )))
 }
 
 /// Create (or find again) the Cinder volume of `spec`, empty or from Cinder snapshot `source`.
@@ -132,7 +149,11 @@ fn create_volume(spec: &VolumeSpec, source: Option<(&str, &CinderSnapshot)>) -> 
     if spec.size_bytes == 0 {
         return Err(DriverError::invalid("size", "must be greater than 0 bytes"));
     }
-    if spec.qos.as_ref().is_some_and(|q| q.iops.is_some() || q.bandwidth_bytes_per_sec.is_some()) {
+    if spec
+        .qos
+        .as_ref()
+        .is_some_and(|q| q.iops.is_some() || q.bandwidth_bytes_per_sec.is_some())
+    {
         return Err(DriverError::unsupported(
             "qos: per-volume limits are not supported by the cinder driver (Cinder applies QoS through volume types)",
         ));
@@ -143,18 +164,29 @@ fn create_volume(spec: &VolumeSpec, source: Option<(&str, &CinderSnapshot)>) -> 
     // A retry finds what an earlier attempt made.
     let mut found: Option<CinderVolume> = None;
     for v in api.volumes_of(&spec.id)? {
-        let Some(v) = api.wait_volume(&v.id, &["creating", "downloading"], &what)? else { continue };
+        let Some(v) = api.wait_volume(&v.id, &["creating", "downloading"], &what)? else {
+            continue;
+        };
         match v.status.as_str() {
             "deleting" | "error_deleting" => continue,
             "error" => {
                 // An attempt that failed: start over rather than keep a broken volume.
                 let why = api.user_message(&v.id).unwrap_or_else(|| "no user message".into());
-                info!("volume {}: replacing Cinder volume {} left in error ({why})", spec.id, v.id);
-                api.delete_volume(&v.id, &format!("removing the failed attempt {} of volume {}", v.id, spec.id))?;
+                info!(
+                    "volume {}: replacing Cinder volume {} left in error ({why})",
+                    spec.id, v.id
+                );
+                api.delete_volume(
+                    &v.id,
+                    &format!("removing the failed attempt {} of volume {}", v.id, spec.id),
+                )?;
             }
             _ if found.is_none() => found = Some(v),
             _ => {
-                warn!("volume {}: a second Cinder volume {} carries its id; removing it", spec.id, v.id);
+                warn!(
+                    "volume {}: a second Cinder volume {} carries its id; removing it",
+                    spec.id, v.id
+                );
                 api.delete_volume(&v.id, &format!("removing duplicate {} of volume {}", v.id, spec.id))?;
             }
         }
@@ -204,7 +236,10 @@ fn create_volume(spec: &VolumeSpec, source: Option<(&str, &CinderSnapshot)>) -> 
                 && let Some(pool) = src.metadata.get(MD_POOL).cloned().or(src.host)
             {
                 if pool != spec.pool {
-                    info!("volume {}: Cinder places it beside snapshot {snapshot_id}, in pool {pool} (not {})", spec.id, spec.pool);
+                    info!(
+                        "volume {}: Cinder places it beside snapshot {snapshot_id}, in pool {pool} (not {})",
+                        spec.id, spec.pool
+                    );
                 }
                 metadata.insert(MD_POOL, pool);
             }
@@ -218,18 +253,27 @@ fn create_volume(spec: &VolumeSpec, source: Option<(&str, &CinderSnapshot)>) -> 
         }
     }
     body["metadata"] = json!(metadata);
-    let doing = Doing { what: &what, field: "size" };
+    let doing = Doing {
+        what: &what,
+        field: "size",
+    };
     let made = api.call("POST", "/volumes", Some(&json!({ "volume": body })), None, doing)?;
     let uuid = made
         .pointer("/volume/id")
         .and_then(Value::as_str)
         .ok_or_else(|| DriverError::backend(format!("{what}: Cinder's answer has no volume id")))?
         .to_string();
-    info!("volume {}: Cinder volume {uuid} requested ({} GiB)", spec.id, gib_ceil(spec.size_bytes));
+    info!(
+        "volume {}: Cinder volume {uuid} requested ({} GiB)",
+        spec.id,
+        gib_ceil(spec.size_bytes)
+    );
     match api.wait_volume(&uuid, &["creating", "downloading"], &what)? {
         Some(v) if v.status == "available" => Ok(to_volume(&spec.id, &v)),
         Some(v) => Err(api.failure(&uuid, &format!("{what}: Cinder volume {uuid} went to {}", v.status))),
-        None => Err(DriverError::backend(format!("{what}: Cinder volume {uuid} disappeared while being created"))),
+        None => Err(DriverError::backend(format!(
+            "{what}: Cinder volume {uuid} disappeared while being created"
+        ))),
     }
 }
 
@@ -279,16 +323,37 @@ fn node_attachments(v: &CinderVolume, node: &NodeInfo) -> Vec<String> {
 
 fn set_metadata(api: &Api, uuid: &str, key: &str, value: &str, what: &str) -> DriverResult<()> {
     let body = json!({ "metadata": { key: value } });
-    api.call("POST", &format!("/volumes/{uuid}/metadata"), Some(&body), None, Doing { what, field: "volume-id" })?;
+    api.call(
+        "POST",
+        &format!("/volumes/{uuid}/metadata"),
+        Some(&body),
+        None,
+        Doing {
+            what,
+            field: "volume-id",
+        },
+    )?;
     Ok(())
 }
 
 fn delete_metadata(api: &Api, uuid: &str, key: &str, what: &str) -> DriverResult<()> {
-    let resp = api.raw("DELETE", &format!("/volumes/{uuid}/metadata/{}", api::encode(key)), None, None)?;
+    let resp = api.raw(
+        "DELETE",
+        &format!("/volumes/{uuid}/metadata/{}", api::encode(key)),
+        None,
+        None,
+    )?;
     if resp.is_success() || resp.status == 404 {
         return Ok(());
     }
-    Err(api::status_error(resp.status, &resp.text(), Doing { what, field: "volume-id" }))
+    Err(api::status_error(
+        resp.status,
+        &resp.text(),
+        Doing {
+            what,
+            field: "volume-id",
+        },
+    ))
 }
 
 impl Guest for CinderDriver {
@@ -301,11 +366,23 @@ impl Guest for CinderDriver {
             config_keys: settings::config_keys(),
             notes: vec![
                 ("scope".into(), "cluster".into()),
-                ("api".into(), "OpenStack Block Storage (Cinder) v3, microversion up to 3.71".into()),
-                ("connection".into(), "iscsi (other protocols are reported as `other`)".into()),
+                (
+                    "api".into(),
+                    "OpenStack Block Storage (Cinder) v3, microversion up to 3.71".into(),
+                ),
+                (
+                    "connection".into(),
+                    "iscsi (other protocols are reported as `other`)".into(),
+                ),
                 ("sizes".into(), "whole GiB in Cinder: sizes are rounded up".into()),
-                ("stats".into(), "Cinder does not report usage: used = the provisioned size".into()),
-                ("qos".into(), "not supported per volume: Cinder applies QoS through volume types".into()),
+                (
+                    "stats".into(),
+                    "Cinder does not report usage: used = the provisioned size".into(),
+                ),
+                (
+                    "qos".into(),
+                    "not supported per volume: Cinder applies QoS through volume types".into(),
+                ),
             ],
         }
     }
@@ -340,15 +417,24 @@ impl Guest for CinderDriver {
     fn create_from_snapshot(spec: VolumeSpec, snapshot_id: String) -> DriverResult<Volume> {
         let api = api()?;
         check_id("snapshot-id", &snapshot_id)?;
-        let snap = find_snapshot(&api, &snapshot_id)?
-            .ok_or_else(|| DriverError::not_found(format!("snapshot {snapshot_id}: Cinder has no snapshot with {MD_ID}={snapshot_id}")))?;
+        let snap = find_snapshot(&api, &snapshot_id)?.ok_or_else(|| {
+            DriverError::not_found(format!(
+                "snapshot {snapshot_id}: Cinder has no snapshot with {MD_ID}={snapshot_id}"
+            ))
+        })?;
         if snap.status != "available" {
-            return Err(DriverError::backend(format!("snapshot {snapshot_id} (Cinder {}) is {}", snap.id, snap.status)));
+            return Err(DriverError::backend(format!(
+                "snapshot {snapshot_id} (Cinder {}) is {}",
+                snap.id, snap.status
+            )));
         }
         if gib_ceil(spec.size_bytes) < snap.size {
             return Err(DriverError::invalid(
                 "size",
-                format!("{} bytes is smaller than snapshot {snapshot_id} ({} GiB)", spec.size_bytes, snap.size),
+                format!(
+                    "{} bytes is smaller than snapshot {snapshot_id} ({} GiB)",
+                    spec.size_bytes, snap.size
+                ),
             ));
         }
         create_volume(&spec, Some((&snapshot_id, &snap)))
@@ -362,7 +448,10 @@ impl Guest for CinderDriver {
             // Attachments left by an interrupted attach or detach go first.
             if !matches!(v.status.as_str(), "available" | "error" | "deleting") {
                 for a in api.attachments_of(&v.id)? {
-                    info!("volume {volume_id}: deleting leftover attachment {} ({})", a.id, a.status);
+                    info!(
+                        "volume {volume_id}: deleting leftover attachment {} ({})",
+                        a.id, a.status
+                    );
                     api.delete_attachment(&a.id)?;
                 }
             }
@@ -387,10 +476,21 @@ impl Guest for CinderDriver {
         let want = gib_ceil(size_bytes);
         if want > v.size {
             let body = json!({ "os-extend": { "new_size": want } });
-            api.call("POST", &format!("/volumes/{}/action", v.id), Some(&body), None, Doing { what: &what, field: "size" })?;
+            api.call(
+                "POST",
+                &format!("/volumes/{}/action", v.id),
+                Some(&body),
+                None,
+                Doing {
+                    what: &what,
+                    field: "size",
+                },
+            )?;
             v = match api.wait_volume(&v.id, &["extending"], &what)? {
                 Some(v) if v.size >= want && !v.status.starts_with("error") => v,
-                Some(v) => return Err(api.failure(&v.id, &format!("{what}: Cinder left it {} at {} GiB", v.status, v.size))),
+                Some(v) => {
+                    return Err(api.failure(&v.id, &format!("{what}: Cinder left it {} at {} GiB", v.status, v.size)));
+                }
                 None => return Err(DriverError::not_found(format!("{what}: the volume disappeared"))),
             };
             info!("volume {volume_id}: extended to {want} GiB");
@@ -398,7 +498,16 @@ impl Guest for CinderDriver {
         if size_bytes != have {
             // Recorded after the extend: a retry after a crash in between extends nothing and records.
             let body = json!({ "metadata": { MD_SIZE: size_bytes.to_string() } });
-            api.call("POST", &format!("/volumes/{}/metadata", v.id), Some(&body), None, Doing { what: &what, field: "size" })?;
+            api.call(
+                "POST",
+                &format!("/volumes/{}/metadata", v.id),
+                Some(&body),
+                None,
+                Doing {
+                    what: &what,
+                    field: "size",
+                },
+            )?;
             v.metadata.insert(MD_SIZE.into(), size_bytes.to_string());
         }
         Ok(to_volume(&volume_id, &v))
@@ -410,12 +519,17 @@ impl Guest for CinderDriver {
         check_id("volume-id", &spec.volume_id)?;
         let what = format!("snapshotting volume {} as {}", spec.volume_id, spec.id);
         for s in api.snapshots_of(&spec.id)? {
-            let Some(s) = api.wait_snapshot(&s.id, &["creating"], &what)? else { continue };
+            let Some(s) = api.wait_snapshot(&s.id, &["creating"], &what)? else {
+                continue;
+            };
             match s.status.as_str() {
                 "deleting" | "error_deleting" => continue,
                 "error" => {
                     info!("snapshot {}: replacing Cinder snapshot {} left in error", spec.id, s.id);
-                    api.delete_snapshot(&s.id, &format!("removing the failed attempt {} of snapshot {}", s.id, spec.id))?;
+                    api.delete_snapshot(
+                        &s.id,
+                        &format!("removing the failed attempt {} of snapshot {}", s.id, spec.id),
+                    )?;
                 }
                 _ => {
                     let of = s.metadata.get(MD_VOLUME).map(String::as_str).unwrap_or("");
@@ -440,7 +554,16 @@ impl Guest for CinderDriver {
         if api.microversion()? < api::Microversion(3, 66) {
             body["force"] = Value::Bool(true);
         }
-        let made = api.call("POST", "/snapshots", Some(&json!({ "snapshot": body })), None, Doing { what: &what, field: "volume-id" })?;
+        let made = api.call(
+            "POST",
+            "/snapshots",
+            Some(&json!({ "snapshot": body })),
+            None,
+            Doing {
+                what: &what,
+                field: "volume-id",
+            },
+        )?;
         let uuid = made
             .pointer("/snapshot/id")
             .and_then(Value::as_str)
@@ -452,7 +575,9 @@ impl Guest for CinderDriver {
                 Ok(to_snapshot(&spec.id, &s))
             }
             Some(s) => Err(api.failure(&uuid, &format!("{what}: Cinder snapshot {uuid} went to {}", s.status))),
-            None => Err(DriverError::backend(format!("{what}: Cinder snapshot {uuid} disappeared while being created"))),
+            None => Err(DriverError::backend(format!(
+                "{what}: Cinder snapshot {uuid} disappeared while being created"
+            ))),
         }
     }
 
@@ -476,19 +601,32 @@ impl Guest for CinderDriver {
         }
         let v = the_volume(&api, &volume_id)?;
         let what = format!("attaching volume {volume_id} (Cinder {}) to node {}", v.id, node.name);
-        let doing = Doing { what: &what, field: "volume-id" };
+        let doing = Doing {
+            what: &what,
+            field: "volume-id",
+        };
         let key = attachment_key(&node);
         // Attached already (a retried attach): the same connection; one a crash left reserved
         // is completed.
         for id in node_attachments(&v, &node) {
             let Some(att) = api.attachment(&id)? else { continue };
-            let Some(info) = att.connection_info.as_ref().filter(|i| i.as_object().is_some_and(|o| !o.is_empty())) else {
+            let Some(info) = att
+                .connection_info
+                .as_ref()
+                .filter(|i| i.as_object().is_some_and(|o| !o.is_empty()))
+            else {
                 continue;
             };
             let conn = node_connection(info, &node)?;
             if att.status != "attached" && mv >= MV_ATTACHMENT_COMPLETE {
                 let body = json!({ "os-complete": null });
-                api.call("POST", &format!("/attachments/{id}/action"), Some(&body), Some(MV_ATTACHMENT_COMPLETE), doing)?;
+                api.call(
+                    "POST",
+                    &format!("/attachments/{id}/action"),
+                    Some(&body),
+                    Some(MV_ATTACHMENT_COMPLETE),
+                    doing,
+                )?;
             }
             return Ok(conn);
         }
@@ -496,11 +634,15 @@ impl Guest for CinderDriver {
         let completed: Vec<&str> = v.attachments.iter().map(|a| a.attachment_id.as_str()).collect();
         for a in api.attachments_of(&v.id)? {
             if !completed.contains(&a.id.as_str()) {
-                info!("volume {volume_id}: deleting unfinished attachment {} ({})", a.id, a.status);
+                info!(
+                    "volume {volume_id}: deleting unfinished attachment {} ({})",
+                    a.id, a.status
+                );
                 api.delete_attachment(&a.id)?;
             }
         }
-        let body = json!({ "attachment": { "volume_uuid": v.id, "connector": connection::connector(&node), "mode": "rw" } });
+        let body =
+            json!({ "attachment": { "volume_uuid": v.id, "connector": connection::connector(&node), "mode": "rw" } });
         let made = api.call("POST", "/attachments", Some(&body), None, doing)?;
         let att: api::CinderAttachment = serde_json::from_value(made.get("attachment").cloned().unwrap_or_default())
             .map_err(|e| DriverError::backend(format!("{what}: unexpected attachment from Cinder: {e}")))?;
@@ -516,20 +658,36 @@ impl Guest for CinderDriver {
             let conn = node_connection(&info, &node).map_err(|e| e.with_context(&what))?;
             if mv >= MV_ATTACHMENT_COMPLETE {
                 let body = json!({ "os-complete": null });
-                api.call("POST", &format!("/attachments/{}/action", att.id), Some(&body), Some(MV_ATTACHMENT_COMPLETE), doing)?;
+                api.call(
+                    "POST",
+                    &format!("/attachments/{}/action", att.id),
+                    Some(&body),
+                    Some(MV_ATTACHMENT_COMPLETE),
+                    doing,
+                )?;
             }
             Ok(conn)
         };
         let conn = match finish() {
             Ok(conn) => conn,
             Err(e) => {
-                if let Err(undo) = api.delete_attachment(&att.id).and_then(|_| delete_metadata(&api, &v.id, &key, &what)) {
-                    warn!("{what}: removing attachment {} after a failure failed too: {}", att.id, undo.message());
+                if let Err(undo) = api
+                    .delete_attachment(&att.id)
+                    .and_then(|_| delete_metadata(&api, &v.id, &key, &what))
+                {
+                    warn!(
+                        "{what}: removing attachment {} after a failure failed too: {}",
+                        att.id,
+                        undo.message()
+                    );
                 }
                 return Err(e);
             }
         };
-        info!("volume {volume_id}: attached to node {} (Cinder attachment {})", node.name, att.id);
+        info!(
+            "volume {volume_id}: attached to node {} (Cinder attachment {})",
+            node.name, att.id
+        );
         Ok(conn)
     }
 
@@ -552,11 +710,19 @@ impl Guest for CinderDriver {
         }
         for id in &ids {
             api.delete_attachment(id)?;
-            info!("volume {volume_id}: Cinder attachment {id} of node {} deleted", node.name);
+            info!(
+                "volume {volume_id}: Cinder attachment {id} of node {} deleted",
+                node.name
+            );
         }
         let key = attachment_key(&node);
         if v.metadata.contains_key(&key) {
-            delete_metadata(&api, &v.id, &key, &format!("detaching volume {volume_id} from node {}", node.name))?;
+            delete_metadata(
+                &api,
+                &v.id,
+                &key,
+                &format!("detaching volume {volume_id} from node {}", node.name),
+            )?;
         }
         Ok(())
     }
@@ -564,7 +730,11 @@ impl Guest for CinderDriver {
     fn stats(volume_id: String) -> DriverResult<VolumeStats> {
         let api = api()?;
         let v = the_volume(&api, &volume_id)?;
-        Ok(VolumeStats { size_bytes: v.size * GIB, used_bytes: v.size * GIB, objects: None })
+        Ok(VolumeStats {
+            size_bytes: v.size * GIB,
+            used_bytes: v.size * GIB,
+            objects: None,
+        })
     }
 
     fn set_qos(_volume_id: String, _qos: Qos) -> DriverResult<()> {

@@ -26,7 +26,11 @@ const GIB: f64 = (1u64 << 30) as f64;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Target {
     /// A Cinder pool, reached through a private pinning type.
-    Pool { name: String, volume_backend_name: String, pool_name: String },
+    Pool {
+        name: String,
+        volume_backend_name: String,
+        pool_name: String,
+    },
     /// A volume type; Cinder's scheduler picks the pool.
     Type(String),
 }
@@ -49,9 +53,14 @@ const FIGURES: &[&str] = &[
 /// A capacity figure in GiB (`100`, `12.5`, `"infinite"`, `"unknown"`).
 pub fn capacity(v: Option<&Value>) -> Capacity {
     match v {
-        Some(Value::Number(n)) => n.as_f64().map_or(Capacity::Unknown, |gb| Capacity::Bytes((gb.max(0.0) * GIB) as u64)),
+        Some(Value::Number(n)) => n
+            .as_f64()
+            .map_or(Capacity::Unknown, |gb| Capacity::Bytes((gb.max(0.0) * GIB) as u64)),
         Some(Value::String(s)) if s.eq_ignore_ascii_case("infinite") => Capacity::Infinite,
-        Some(Value::String(s)) => s.trim().parse::<f64>().map_or(Capacity::Unknown, |gb| Capacity::Bytes((gb.max(0.0) * GIB) as u64)),
+        Some(Value::String(s)) => s
+            .trim()
+            .parse::<f64>()
+            .map_or(Capacity::Unknown, |gb| Capacity::Bytes((gb.max(0.0) * GIB) as u64)),
         _ => Capacity::Unknown,
     }
 }
@@ -82,7 +91,10 @@ pub fn python_str(v: &Value) -> Option<String> {
 fn truthy(v: Option<&Value>) -> Option<bool> {
     match v? {
         Value::Bool(b) => Some(*b),
-        Value::String(s) => Some(matches!(s.to_ascii_lowercase().as_str(), "true" | "1" | "yes" | "<is> true")),
+        Value::String(s) => Some(matches!(
+            s.to_ascii_lowercase().as_str(),
+            "true" | "1" | "yes" | "<is> true"
+        )),
         Value::Number(n) => Some(n.as_f64().is_some_and(|f| f != 0.0)),
         _ => None,
     }
@@ -101,8 +113,13 @@ pub fn pool_from_cinder(name: &str, caps: &serde_json::Map<String, Value>) -> Po
         },
         None => "20.0".to_string(), // Cinder's default max_over_subscription_ratio
     };
-    let provisioned = caps.get("provisioned_capacity_gb").or_else(|| caps.get("allocated_capacity_gb"));
-    let reserved = caps.get("reserved_percentage").and_then(|v| python_str(v)?.parse::<f64>().ok()).unwrap_or(0.0);
+    let provisioned = caps
+        .get("provisioned_capacity_gb")
+        .or_else(|| caps.get("allocated_capacity_gb"));
+    let reserved = caps
+        .get("reserved_percentage")
+        .and_then(|v| python_str(v)?.parse::<f64>().ok())
+        .unwrap_or(0.0);
     let mut capabilities: Vec<(String, String)> = caps
         .iter()
         .filter(|(k, _)| k.as_str() != "timestamp" && !FIGURES.contains(&k.as_str()))
@@ -155,7 +172,10 @@ pub fn list(api: &Api) -> DriverResult<Vec<(Pool, Target)>> {
         match cinder_pools(api) {
             Ok(p) => return Ok(p),
             Err(e) if s.pools == PoolSource::Auto && is_forbidden(&e) => {
-                warn!("these credentials may not list Cinder's pools ({}); reporting one pool per volume type", e.message());
+                warn!(
+                    "these credentials may not list Cinder's pools ({}); reporting one pool per volume type",
+                    e.message()
+                );
             }
             Err(e) => return Err(e),
         }
@@ -180,34 +200,49 @@ struct VolumeType {
 
 /// Every volume type the credentials see.
 fn all_types(api: &Api) -> DriverResult<Vec<VolumeType>> {
-    let doing = Doing { what: "listing volume types", field: "volume_type" };
+    let doing = Doing {
+        what: "listing volume types",
+        field: "volume_type",
+    };
     let v = api.call("GET", "/types?is_public=None", None, None, doing)?;
     let mut out = Vec::new();
     for t in v.get("volume_types").and_then(Value::as_array).into_iter().flatten() {
         let name = t.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
-        let specs = t.get("extra_specs").and_then(Value::as_object).cloned().unwrap_or_default();
+        let specs = t
+            .get("extra_specs")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
         out.push(VolumeType { name, specs });
     }
     Ok(out)
 }
 
 fn cinder_pools(api: &Api) -> DriverResult<Vec<(Pool, Target)>> {
-    let doing = Doing { what: "listing Cinder's pools", field: "pools" };
+    let doing = Doing {
+        what: "listing Cinder's pools",
+        field: "pools",
+    };
     let v = api.call("GET", "/scheduler-stats/get_pools?detail=true", None, None, doing)?;
     // With a configured type, only the pools of its backend (its `volume_backend_name` spec).
     let wanted_backend = match &api.settings.volume_type {
         Some(t) => {
-            let specs = type_specs(api, t)?.ok_or_else(|| {
-                DriverError::invalid("volume_type", format!("Cinder has no volume type named {t:?}"))
-            })?;
+            let specs = type_specs(api, t)?
+                .ok_or_else(|| DriverError::invalid("volume_type", format!("Cinder has no volume type named {t:?}")))?;
             specs.get("volume_backend_name").and_then(python_str)
         }
         None => None,
     };
     let mut out = Vec::new();
     for p in v.get("pools").and_then(Value::as_array).into_iter().flatten() {
-        let Some(name) = p.get("name").and_then(Value::as_str) else { continue };
-        let caps = p.get("capabilities").and_then(Value::as_object).cloned().unwrap_or_default();
+        let Some(name) = p.get("name").and_then(Value::as_str) else {
+            continue;
+        };
+        let caps = p
+            .get("capabilities")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
         let backend_name = caps.get("volume_backend_name").and_then(python_str).unwrap_or_default();
         if wanted_backend.as_ref().is_some_and(|w| *w != backend_name) {
             continue;
@@ -216,7 +251,11 @@ fn cinder_pools(api: &Api) -> DriverResult<Vec<(Pool, Target)>> {
             .get("pool_name")
             .and_then(python_str)
             .unwrap_or_else(|| name.rsplit_once('#').map_or(name.to_string(), |(_, p)| p.to_string()));
-        let target = Target::Pool { name: name.to_string(), volume_backend_name: backend_name, pool_name };
+        let target = Target::Pool {
+            name: name.to_string(),
+            volume_backend_name: backend_name,
+            pool_name,
+        };
         out.push((pool_from_cinder(name, &caps), target));
     }
     if out.is_empty() {
@@ -253,7 +292,12 @@ pub fn target(api: &Api, pool: &str) -> DriverResult<Target> {
         .iter()
         .find(|(p, _)| p.name == pool)
         .map(|(_, t)| t.clone())
-        .ok_or_else(|| DriverError::invalid("pool", format!("unknown pool {pool:?}: this backend has {}", names.join(", "))))
+        .ok_or_else(|| {
+            DriverError::invalid(
+                "pool",
+                format!("unknown pool {pool:?}: this backend has {}", names.join(", ")),
+            )
+        })
 }
 
 /// The name of the private type that pins volumes to a Cinder pool (on top of `base`).
@@ -269,7 +313,11 @@ pub fn pin_type_name(base: Option<&str>, pool: &str) -> String {
 pub fn volume_type_for(api: &Api, target: &Target) -> DriverResult<String> {
     let (pool, backend, pool_name) = match target {
         Target::Type(t) => return Ok(t.clone()),
-        Target::Pool { name, volume_backend_name, pool_name } => (name, volume_backend_name, pool_name),
+        Target::Pool {
+            name,
+            volume_backend_name,
+            pool_name,
+        } => (name, volume_backend_name, pool_name),
     };
     let base = api.settings.volume_type.as_deref();
     let name = pin_type_name(base, pool);
@@ -296,7 +344,10 @@ pub fn volume_type_for(api: &Api, target: &Target) -> DriverResult<String> {
         return Err(crate::api::status_error(
             resp.status,
             &resp.text(),
-            Doing { what: &format!("making the volume type {name} that pins volumes to pool {pool}"), field: "pool" },
+            Doing {
+                what: &format!("making the volume type {name} that pins volumes to pool {pool}"),
+                field: "pool",
+            },
         ));
     }
     info!("made private volume type {name} for pool {pool}");

@@ -21,7 +21,11 @@ pub enum Auth {
         project: ProjectScope,
     },
     /// A Keystone v3 application credential (scoped by the credential itself).
-    ApplicationCredential { auth_url: String, id: String, secret: String },
+    ApplicationCredential {
+        auth_url: String,
+        id: String,
+        secret: String,
+    },
 }
 
 /// The project a Keystone password token is scoped to.
@@ -76,17 +80,41 @@ pub fn config_keys() -> Vec<ConfigKey> {
             "the project: required with auth=noauth; with auth=password it scopes the token (else project_name)",
             None,
         ),
-        ConfigKey::optional("noauth_user", "the user part of the noauth token <user>:<project_id>", Some("admin")),
+        ConfigKey::optional(
+            "noauth_user",
+            "the user part of the noauth token <user>:<project_id>",
+            Some("admin"),
+        ),
         ConfigKey::optional("token", "auth=token: the X-Auth-Token to send", None).secret(),
-        ConfigKey::optional("auth_url", "Keystone v3 URL, e.g. http://keystone:5000/v3 (password, application_credential)", None),
+        ConfigKey::optional(
+            "auth_url",
+            "Keystone v3 URL, e.g. http://keystone:5000/v3 (password, application_credential)",
+            None,
+        ),
         ConfigKey::optional("username", "auth=password: the Keystone user name", None),
         ConfigKey::optional("password", "auth=password: the user's password", None).secret(),
         ConfigKey::optional("user_domain_name", "auth=password: the user's domain", Some("Default")),
-        ConfigKey::optional("project_name", "auth=password: the project to scope to, by name (or give project_id)", None),
-        ConfigKey::optional("project_domain_name", "auth=password: the domain of project_name", Some("Default")),
-        ConfigKey::optional("application_credential_id", "auth=application_credential: the credential's id", None),
-        ConfigKey::optional("application_credential_secret", "auth=application_credential: the credential's secret", None)
-            .secret(),
+        ConfigKey::optional(
+            "project_name",
+            "auth=password: the project to scope to, by name (or give project_id)",
+            None,
+        ),
+        ConfigKey::optional(
+            "project_domain_name",
+            "auth=password: the domain of project_name",
+            Some("Default"),
+        ),
+        ConfigKey::optional(
+            "application_credential_id",
+            "auth=application_credential: the credential's id",
+            None,
+        ),
+        ConfigKey::optional(
+            "application_credential_secret",
+            "auth=application_credential: the credential's secret",
+            None,
+        )
+        .secret(),
         ConfigKey::optional(
             "volume_type",
             "Cinder volume type of new volumes; with Cinder's pools only the pools of its volume_backend_name are \
@@ -140,11 +168,19 @@ pub fn parse(pairs: Vec<(String, String)>) -> DriverResult<CinderSettings> {
         if given.iter().any(|g| g == key) && !modes.contains(&mode.as_str()) {
             return Err(DriverError::invalid(
                 *key,
-                format!("is not used with auth={mode} (it belongs to auth={})", modes.join(" or auth=")),
+                format!(
+                    "is not used with auth={mode} (it belongs to auth={})",
+                    modes.join(" or auth=")
+                ),
             ));
         }
     }
-    let opt = |key: &str| -> Option<String> { cfg.get(key).map(str::trim).filter(|v| !v.is_empty()).map(str::to_string) };
+    let opt = |key: &str| -> Option<String> {
+        cfg.get(key)
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+    };
     let need = |key: &str| -> DriverResult<String> {
         opt(key).ok_or_else(|| DriverError::invalid(key, format!("is required with auth={mode}")))
     };
@@ -153,23 +189,42 @@ pub fn parse(pairs: Vec<(String, String)>) -> DriverResult<CinderSettings> {
             let project_id = need("project_id")?;
             let user = need("noauth_user")?;
             if user.contains(':') || project_id.contains(':') {
-                let field = if user.contains(':') { "noauth_user" } else { "project_id" };
-                return Err(DriverError::invalid(field, "must not contain `:` (the noauth token is <user>:<project_id>)"));
+                let field = if user.contains(':') {
+                    "noauth_user"
+                } else {
+                    "project_id"
+                };
+                return Err(DriverError::invalid(
+                    field,
+                    "must not contain `:` (the noauth token is <user>:<project_id>)",
+                ));
             }
             Auth::NoAuth { user, project_id }
         }
-        "token" => Auth::Token { token: need("token")?, project_id: opt("project_id") },
+        "token" => Auth::Token {
+            token: need("token")?,
+            project_id: opt("project_id"),
+        },
         "password" => {
             let auth_url = need("auth_url")?;
             check_url("auth_url", &auth_url)?;
             let project = match (opt("project_id"), opt("project_name")) {
                 (Some(_), Some(_)) => {
-                    return Err(DriverError::invalid("project_name", "give project_id or project_name, not both"));
+                    return Err(DriverError::invalid(
+                        "project_name",
+                        "give project_id or project_name, not both",
+                    ));
                 }
                 (Some(id), None) => ProjectScope::Id(id),
-                (None, Some(name)) => ProjectScope::Name { name, domain_name: need("project_domain_name")? },
+                (None, Some(name)) => ProjectScope::Name {
+                    name,
+                    domain_name: need("project_domain_name")?,
+                },
                 (None, None) => {
-                    return Err(DriverError::invalid("project_name", "auth=password needs project_name or project_id"));
+                    return Err(DriverError::invalid(
+                        "project_name",
+                        "auth=password needs project_name or project_id",
+                    ));
                 }
             };
             Auth::Password {
@@ -213,16 +268,25 @@ pub fn parse(pairs: Vec<(String, String)>) -> DriverResult<CinderSettings> {
         "cinder" => PoolSource::Cinder,
         "types" => PoolSource::Types,
         other => {
-            return Err(DriverError::invalid("pools", format!("{other:?} is not one of auto, cinder, types")));
+            return Err(DriverError::invalid(
+                "pools",
+                format!("{other:?} is not one of auto, cinder, types"),
+            ));
         }
     };
     let tag = cfg.required("tag")?.trim().to_string();
     if tag.len() > 255 {
-        return Err(DriverError::invalid("tag", "must be at most 255 characters (a Cinder metadata value)"));
+        return Err(DriverError::invalid(
+            "tag",
+            "must be at most 255 characters (a Cinder metadata value)",
+        ));
     }
     let timeout_secs = cfg.u64("timeout_secs")?.unwrap_or(120);
     if !(1..=3600).contains(&timeout_secs) {
-        return Err(DriverError::invalid("timeout_secs", format!("{timeout_secs} is not between 1 and 3600")));
+        return Err(DriverError::invalid(
+            "timeout_secs",
+            format!("{timeout_secs} is not between 1 and 3600"),
+        ));
     }
     Ok(CinderSettings {
         endpoint,
@@ -257,7 +321,9 @@ pub fn project_endpoint(endpoint: &str, project_id: &str) -> String {
     if endpoint.ends_with("/v3") {
         format!("{endpoint}/{project_id}")
     } else {
-        endpoint.replace("%(project_id)s", project_id).replace("$(project_id)s", project_id)
+        endpoint
+            .replace("%(project_id)s", project_id)
+            .replace("$(project_id)s", project_id)
     }
 }
 
@@ -286,27 +352,59 @@ mod tests {
 
     #[test]
     fn noauth() {
-        let s = parse(pairs(&[("endpoint", "http://127.0.0.1:8776/v3/"), ("auth", "noauth"), ("project_id", "p1")])).unwrap();
+        let s = parse(pairs(&[
+            ("endpoint", "http://127.0.0.1:8776/v3/"),
+            ("auth", "noauth"),
+            ("project_id", "p1"),
+        ]))
+        .unwrap();
         assert_eq!(s.endpoint, "http://127.0.0.1:8776/v3");
-        assert_eq!(s.auth, Auth::NoAuth { user: "admin".into(), project_id: "p1".into() });
+        assert_eq!(
+            s.auth,
+            Auth::NoAuth {
+                user: "admin".into(),
+                project_id: "p1".into()
+            }
+        );
         assert_eq!(project_endpoint(&s.endpoint, "p1"), "http://127.0.0.1:8776/v3/p1");
         assert_eq!(version_url("http://h:8776/v3/p1"), "http://h:8776/v3/");
-        assert_eq!(field(parse(pairs(&[("endpoint", "http://h/v3"), ("auth", "noauth")]))), "project_id");
+        assert_eq!(
+            field(parse(pairs(&[("endpoint", "http://h/v3"), ("auth", "noauth")]))),
+            "project_id"
+        );
     }
 
     #[test]
     fn refuses_keys_of_other_modes_and_bad_values() {
-        let base = [("endpoint", "http://h:8776/v3"), ("auth", "noauth"), ("project_id", "p")];
+        let base = [
+            ("endpoint", "http://h:8776/v3"),
+            ("auth", "noauth"),
+            ("project_id", "p"),
+        ];
         let mut p = pairs(&base);
         p.push(("password".into(), "x".into()));
         assert_eq!(field(parse(p)), "password");
-        assert_eq!(field(parse(pairs(&[("endpoint", "ftp://h"), ("auth", "noauth"), ("project_id", "p")]))), "endpoint");
-        assert_eq!(field(parse(pairs(&[("endpoint", "http://h"), ("auth", "kerberos")]))), "auth");
+        assert_eq!(
+            field(parse(pairs(&[
+                ("endpoint", "ftp://h"),
+                ("auth", "noauth"),
+                ("project_id", "p")
+            ]))),
+            "endpoint"
+        );
+        assert_eq!(
+            field(parse(pairs(&[("endpoint", "http://h"), ("auth", "kerberos")]))),
+            "auth"
+        );
         let mut p = pairs(&base);
         p.push(("pools".into(), "some".into()));
         assert_eq!(field(parse(p)), "pools");
         assert_eq!(
-            field(parse(pairs(&[("endpoint", "http://h/v3"), ("auth", "password"), ("auth_url", "http://k:5000/v3")]))),
+            field(parse(pairs(&[
+                ("endpoint", "http://h/v3"),
+                ("auth", "password"),
+                ("auth_url", "http://k:5000/v3")
+            ]))),
             "project_name"
         );
     }
@@ -322,8 +420,15 @@ mod tests {
         ]))
         .unwrap();
         match s.auth {
-            Auth::Password { project: ProjectScope::Name { name, domain_name }, user_domain_name, .. } => {
-                assert_eq!((name.as_str(), domain_name.as_str(), user_domain_name.as_str()), ("demo", "Default", "Default"));
+            Auth::Password {
+                project: ProjectScope::Name { name, domain_name },
+                user_domain_name,
+                ..
+            } => {
+                assert_eq!(
+                    (name.as_str(), domain_name.as_str(), user_domain_name.as_str()),
+                    ("demo", "Default", "Default")
+                );
             }
             other => panic!("{other:?}"),
         }

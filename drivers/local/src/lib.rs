@@ -142,7 +142,10 @@ impl Guest for LocalDriver {
                 ("scope".into(), "node".into()),
                 ("snapshot-method".into(), method),
                 ("provisioning".into(), "thin (sparse image files)".into()),
-                ("qos".into(), "not supported: image files cannot enforce IOPS or bandwidth limits".into()),
+                (
+                    "qos".into(),
+                    "not supported: image files cannot enforce IOPS or bandwidth limits".into(),
+                ),
             ],
         }
     }
@@ -158,8 +161,10 @@ impl Guest for LocalDriver {
     fn pools() -> DriverResult<Vec<Pool>> {
         let settings = SETTINGS.get()?;
         let stats = host::pool_stats()?;
-        let provisioned =
-            layout::list_records::<VolumeRecord>(Kind::Volume)?.iter().map(|v| v.size_bytes).sum();
+        let provisioned = layout::list_records::<VolumeRecord>(Kind::Volume)?
+            .iter()
+            .map(|v| v.size_bytes)
+            .sum();
         Ok(vec![Pool {
             name: settings.name.clone(),
             total: Capacity::Bytes(stats.total_bytes),
@@ -180,7 +185,10 @@ impl Guest for LocalDriver {
 
     fn list_volumes() -> DriverResult<Vec<Volume>> {
         SETTINGS.get()?;
-        Ok(layout::list_records::<VolumeRecord>(Kind::Volume)?.iter().map(to_volume).collect())
+        Ok(layout::list_records::<VolumeRecord>(Kind::Volume)?
+            .iter()
+            .map(to_volume)
+            .collect())
     }
 
     fn create(spec: VolumeSpec) -> DriverResult<Volume> {
@@ -218,7 +226,9 @@ impl Guest for LocalDriver {
         }
         let source = Kind::Snapshot.image_rel(&snapshot_id);
         let volume = build_volume(&spec, Some(&snapshot_id), |tmp| {
-            host::clone_file(&source, tmp).map(|_| ()).context(format!("cloning {source}"))
+            host::clone_file(&source, tmp)
+                .map(|_| ())
+                .context(format!("cloning {source}"))
         })?;
         info!("created volume {} from snapshot {snapshot_id}", spec.id);
         Ok(volume)
@@ -262,7 +272,10 @@ impl Guest for LocalDriver {
             return Ok(to_snapshot(&existing));
         }
         let volume = volume_record(&spec.volume_id)?;
-        let (image, tmp) = (Kind::Snapshot.image_rel(&spec.id), Kind::Snapshot.image_tmp_rel(&spec.id));
+        let (image, tmp) = (
+            Kind::Snapshot.image_rel(&spec.id),
+            Kind::Snapshot.image_tmp_rel(&spec.id),
+        );
         layout::remove_all(Kind::Snapshot, &spec.id)?;
         let source = Kind::Volume.image_rel(&spec.volume_id);
         let method = host::clone_file(&source, &tmp).context(format!("cloning {source}"))?;
@@ -278,7 +291,10 @@ impl Guest for LocalDriver {
             },
         };
         layout::write_record(Kind::Snapshot, &spec.id, &record)?;
-        info!("snapshot {} of volume {} made by {}", spec.id, spec.volume_id, record.method);
+        info!(
+            "snapshot {} of volume {} made by {}",
+            spec.id, spec.volume_id, record.method
+        );
         Ok(to_snapshot(&record))
     }
 
@@ -295,7 +311,9 @@ impl Guest for LocalDriver {
         volume_record(&volume_id)?;
         let path = Kind::Volume.image_rel(&volume_id);
         if !layout::exists(&path)? {
-            return Err(DriverError::backend(format!("volume {volume_id} has a record but no image {path}")));
+            return Err(DriverError::backend(format!(
+                "volume {volume_id} has a record but no image {path}"
+            )));
         }
         Ok(Connection::ImageFile(ImageFileConnection { path }))
     }
@@ -310,7 +328,11 @@ impl Guest for LocalDriver {
         SETTINGS.get()?;
         let record = volume_record(&volume_id)?;
         let used = host::allocated_bytes(&Kind::Volume.image_rel(&volume_id))?;
-        Ok(VolumeStats { size_bytes: record.size_bytes, used_bytes: used, objects: None })
+        Ok(VolumeStats {
+            size_bytes: record.size_bytes,
+            used_bytes: used,
+            objects: None,
+        })
     }
 
     fn set_qos(_volume_id: String, _qos: Qos) -> DriverResult<()> {

@@ -20,11 +20,10 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use nfs3_client::nfs3_types::nfs3::{
-    COMMIT3args, CREATE3args, FSINFO3args, FSSTAT3args, FSSTAT3resok, GETATTR3args, LOOKUP3args,
-    MKDIR3args, Nfs3Result, READ3args, READDIRPLUS3args, READLINK3args, REMOVE3args, RENAME3args,
-    RMDIR3args, SETATTR3args, SYMLINK3args, WRITE3args, cookieverf3, createhow3, diropargs3,
-    fattr3, filename3, ftype3, nfs_fh3, nfspath3, nfsstat3, sattr3, set_mtime, stable_how,
-    symlinkdata3,
+    COMMIT3args, CREATE3args, FSINFO3args, FSSTAT3args, FSSTAT3resok, GETATTR3args, LOOKUP3args, MKDIR3args,
+    Nfs3Result, READ3args, READDIRPLUS3args, READLINK3args, REMOVE3args, RENAME3args, RMDIR3args, SETATTR3args,
+    SYMLINK3args, WRITE3args, cookieverf3, createhow3, diropargs3, fattr3, filename3, ftype3, nfs_fh3, nfspath3,
+    nfsstat3, sattr3, set_mtime, stable_how, symlinkdata3,
 };
 use nfs3_client::nfs3_types::rpc::{auth_unix, opaque_auth};
 use nfs3_client::nfs3_types::xdr_codec::Opaque;
@@ -44,7 +43,12 @@ pub(crate) const IO_TIMEOUT: Duration = Duration::from_secs(30);
 pub enum NfsError {
     /// The server answered an NFS status other than OK.
     #[error("{op} {path}: {status:?}{hint}")]
-    Status { op: &'static str, path: String, status: nfsstat3, hint: &'static str },
+    Status {
+        op: &'static str,
+        path: String,
+        status: nfsstat3,
+        hint: &'static str,
+    },
     /// The server could not be reached, or the connection broke.
     #[error("{0}")]
     Transport(String),
@@ -63,7 +67,12 @@ impl NfsError {
             nfsstat3::NFS3ERR_NOSPC | nfsstat3::NFS3ERR_DQUOT => " (the export is full)",
             _ => "",
         };
-        NfsError::Status { op, path: path.to_string(), status, hint }
+        NfsError::Status {
+            op,
+            path: path.to_string(),
+            status,
+            hint,
+        }
     }
 
     /// The NFS status, if the server answered one.
@@ -77,7 +86,10 @@ impl NfsError {
     /// Whether the connection is unusable (a new one may succeed).
     pub fn is_transport(&self) -> bool {
         matches!(self, NfsError::Transport(_))
-            || matches!(self.nfs_status(), Some(nfsstat3::NFS3ERR_STALE | nfsstat3::NFS3ERR_BADHANDLE))
+            || matches!(
+                self.nfs_status(),
+                Some(nfsstat3::NFS3ERR_STALE | nfsstat3::NFS3ERR_BADHANDLE)
+            )
     }
 
     fn rpc(op: &'static str, path: &str, e: RpcError) -> Self {
@@ -153,7 +165,10 @@ impl nfs3_client::net::Connector for Connector {
 
     fn connect_with_port(&self, _: SocketAddr, _: u16) -> impl Future<Output = std::io::Result<Tcp>> + Send {
         // A component may not bind: the session never asks for a privileged source port.
-        std::future::ready(Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "binding a source port")))
+        std::future::ready(Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "binding a source port",
+        )))
     }
 }
 
@@ -258,10 +273,23 @@ impl Session {
         let root = conn.root_nfs_fh3();
         let nfs_addr = SocketAddr::new(addr.ip(), conn.nfs3_port);
         let mut client = conn.into_nfs3_client();
-        let info = check("FSINFO", "/", block_on(client.fsinfo(&FSINFO3args { fsroot: root.clone() })))?;
+        let info = check(
+            "FSINFO",
+            "/",
+            block_on(client.fsinfo(&FSINFO3args { fsroot: root.clone() })),
+        )?;
         let rsize = info.rtpref.clamp(4096, MAX_IO).min(info.rtmax.max(4096));
         let wsize = info.wtpref.clamp(4096, MAX_IO).min(info.wtmax.max(4096));
-        Ok(Session { client, root, rsize, wsize, nfs_addr, credential, pipe: None, server })
+        Ok(Session {
+            client,
+            root,
+            rsize,
+            wsize,
+            nfs_addr,
+            credential,
+            pipe: None,
+            server,
+        })
     }
 
     /// The export's root handle.
@@ -271,7 +299,13 @@ impl Session {
 
     /// FSSTAT of the export.
     pub fn fsstat(&mut self) -> NfsResult<FSSTAT3resok> {
-        check("FSSTAT", "/", block_on(self.client.fsstat(&FSSTAT3args { fsroot: self.root.clone() })))
+        check(
+            "FSSTAT",
+            "/",
+            block_on(self.client.fsstat(&FSSTAT3args {
+                fsroot: self.root.clone(),
+            })),
+        )
     }
 
     pub fn getattr(&mut self, fh: &nfs_fh3, path: &str) -> NfsResult<fattr3> {
@@ -281,7 +315,12 @@ impl Session {
 
     /// LOOKUP `name` in `dir`; `None` if it does not exist.
     pub fn lookup(&mut self, dir: &nfs_fh3, name: &str, path: &str) -> NfsResult<Option<(nfs_fh3, fattr3)>> {
-        let args = LOOKUP3args { what: diropargs3 { dir: dir.clone(), name: filename3::from(name.as_bytes()) } };
+        let args = LOOKUP3args {
+            what: diropargs3 {
+                dir: dir.clone(),
+                name: filename3::from(name.as_bytes()),
+            },
+        };
         match check("LOOKUP", path, block_on(self.client.lookup(&args))) {
             Ok(ok) => {
                 let attr = match ok.obj_attributes {
@@ -312,7 +351,10 @@ impl Session {
     /// MKDIR `name` in `dir` with `owner`; an existing directory is returned as it is.
     pub fn mkdir(&mut self, dir: &nfs_fh3, name: &str, owner: Owner, path: &str) -> NfsResult<nfs_fh3> {
         let args = MKDIR3args {
-            where_: diropargs3 { dir: dir.clone(), name: filename3::from(name.as_bytes()) },
+            where_: diropargs3 {
+                dir: dir.clone(),
+                name: filename3::from(name.as_bytes()),
+            },
             attributes: owner.sattr(),
         };
         match check("MKDIR", path, block_on(self.client.mkdir(&args))) {
@@ -332,7 +374,10 @@ impl Session {
     fn expect_dir(&mut self, dir: &nfs_fh3, name: &str, path: &str) -> NfsResult<nfs_fh3> {
         match self.lookup(dir, name, path)? {
             Some((fh, attr)) if attr.type_ == ftype3::NF3DIR => Ok(fh),
-            Some((_, attr)) => Err(NfsError::Protocol(format!("{path} exists and is a {}, not a directory", attr.type_))),
+            Some((_, attr)) => Err(NfsError::Protocol(format!(
+                "{path} exists and is a {}, not a directory",
+                attr.type_
+            ))),
             None => Err(NfsError::Protocol(format!("{path} vanished right after MKDIR"))),
         }
     }
@@ -345,7 +390,16 @@ impl Session {
             fh = match self.lookup(&fh, name, path)? {
                 Some((next, attr)) if attr.type_ == ftype3::NF3DIR => next,
                 Some(_) => return Err(NfsError::Protocol(format!("{path}: {name} is not a directory"))),
-                None => self.mkdir(&fh, name, Owner { mode: 0o755, uid: 0, gid: 0 }, path)?,
+                None => self.mkdir(
+                    &fh,
+                    name,
+                    Owner {
+                        mode: 0o755,
+                        uid: 0,
+                        gid: 0,
+                    },
+                    path,
+                )?,
             };
         }
         Ok(fh)
@@ -365,7 +419,13 @@ impl Session {
         let mut out = Vec::new();
         let (mut cookie, mut verf) = (0, cookieverf3::default());
         loop {
-            let args = READDIRPLUS3args { dir: dir.clone(), cookie, cookieverf: verf, dircount: 64 * 1024, maxcount: 256 * 1024 };
+            let args = READDIRPLUS3args {
+                dir: dir.clone(),
+                cookie,
+                cookieverf: verf,
+                dircount: 64 * 1024,
+                maxcount: 256 * 1024,
+            };
             let ok = check("READDIRPLUS", path, block_on(self.client.readdirplus(&args)))?;
             verf = ok.cookieverf;
             let mut last = None;
@@ -401,13 +461,20 @@ impl Session {
 
     /// Remove `name` in `dir` and everything under it; a missing `name` is fine.
     pub fn remove_tree(&mut self, dir: &nfs_fh3, name: &str, path: &str) -> NfsResult<()> {
-        let Some((fh, attr)) = self.lookup(dir, name, path)? else { return Ok(()) };
+        let Some((fh, attr)) = self.lookup(dir, name, path)? else {
+            return Ok(());
+        };
         if attr.type_ == ftype3::NF3DIR {
             for e in self.list(&fh, path)? {
                 let child = String::from_utf8_lossy(&e.name).into_owned();
                 self.remove_tree(&fh, &child, &format!("{path}/{child}"))?;
             }
-            let args = RMDIR3args { object: diropargs3 { dir: dir.clone(), name: filename3::from(name.as_bytes()) } };
+            let args = RMDIR3args {
+                object: diropargs3 {
+                    dir: dir.clone(),
+                    name: filename3::from(name.as_bytes()),
+                },
+            };
             ignore_noent(check("RMDIR", path, block_on(self.client.rmdir(&args))).map(|_| ()))
         } else {
             self.remove(dir, name, path)
@@ -416,7 +483,12 @@ impl Session {
 
     /// REMOVE a file; a missing one is fine.
     pub fn remove(&mut self, dir: &nfs_fh3, name: &str, path: &str) -> NfsResult<()> {
-        let args = REMOVE3args { object: diropargs3 { dir: dir.clone(), name: filename3::from(name.as_bytes()) } };
+        let args = REMOVE3args {
+            object: diropargs3 {
+                dir: dir.clone(),
+                name: filename3::from(name.as_bytes()),
+            },
+        };
         ignore_noent(check("REMOVE", path, block_on(self.client.remove(&args))).map(|_| ()))
     }
 
@@ -501,7 +573,14 @@ impl Session {
 
     /// Copy `size` bytes of `src` into `dst`, a window of [`WINDOW`] READs then WRITEs in flight
     /// at a time on the bulk-data pipe; `copied` sees each window's bytes.
-    fn copy_file(&mut self, src: &nfs_fh3, dst: &nfs_fh3, size: u64, path: &str, copied: &mut dyn FnMut(u64)) -> NfsResult<()> {
+    fn copy_file(
+        &mut self,
+        src: &nfs_fh3,
+        dst: &nfs_fh3,
+        size: u64,
+        path: &str,
+        copied: &mut dyn FnMut(u64),
+    ) -> NfsResult<()> {
         // Taken out while in use: a pipe that failed mid-window is dropped, not reused.
         let mut pipe = match self.pipe.take() {
             Some(pipe) => pipe,
@@ -510,10 +589,17 @@ impl Session {
         let chunk = self.rsize.min(self.wsize);
         let mut offset = 0;
         while offset < size {
-            let offsets: Vec<u64> = (0..WINDOW).map(|i| offset + i * u64::from(chunk)).take_while(|o| *o < size).collect();
+            let offsets: Vec<u64> = (0..WINDOW)
+                .map(|i| offset + i * u64::from(chunk))
+                .take_while(|o| *o < size)
+                .collect();
             let data = pipe.read_many(src, &offsets, chunk, path)?;
-            let writes: Vec<(u64, &[u8])> =
-                offsets.iter().zip(&data).filter(|(_, d)| !d.is_empty()).map(|(&at, d)| (at, d.as_slice())).collect();
+            let writes: Vec<(u64, &[u8])> = offsets
+                .iter()
+                .zip(&data)
+                .filter(|(_, d)| !d.is_empty())
+                .map(|(&at, d)| (at, d.as_slice()))
+                .collect();
             let written = pipe.write_many(dst, &writes, path)?;
             for (&(at, bytes), &n) in writes.iter().zip(&written) {
                 // A server may take less than asked: the rest goes one call at a time.
@@ -539,14 +625,19 @@ impl Session {
         let mut attr = owner.sattr();
         attr.size = nfs3_client::nfs3_types::nfs3::Nfs3Option::Some(0);
         let args = CREATE3args {
-            where_: diropargs3 { dir: dir.clone(), name: filename3::from(name.as_bytes()) },
+            where_: diropargs3 {
+                dir: dir.clone(),
+                name: filename3::from(name.as_bytes()),
+            },
             how: createhow3::UNCHECKED(attr),
         };
         let ok = check("CREATE", path, block_on(self.client.create(&args)))?;
         let fh = match ok.obj {
             nfs3_client::nfs3_types::nfs3::Nfs3Option::Some(fh) => fh,
             nfs3_client::nfs3_types::nfs3::Nfs3Option::None => {
-                self.lookup(dir, name, path)?.ok_or_else(|| NfsError::Protocol(format!("{path} vanished after CREATE")))?.0
+                self.lookup(dir, name, path)?
+                    .ok_or_else(|| NfsError::Protocol(format!("{path} vanished after CREATE")))?
+                    .0
             }
         };
         self.setattr(&fh, owner.sattr(), path)?;
@@ -555,7 +646,11 @@ impl Session {
 
     /// One READ at `offset` (up to the session's read size); empty at end of file.
     pub fn read(&mut self, fh: &nfs_fh3, offset: u64, path: &str) -> NfsResult<Vec<u8>> {
-        let args = READ3args { file: fh.clone(), offset, count: self.rsize };
+        let args = READ3args {
+            file: fh.clone(),
+            offset,
+            count: self.rsize,
+        };
         let ok = check("READ", path, block_on(self.client.read(&args)))?;
         Ok(ok.data.into_owned())
     }
@@ -596,12 +691,20 @@ impl Session {
 
     /// COMMIT everything written to the file to stable storage.
     pub fn commit(&mut self, fh: &nfs_fh3, path: &str) -> NfsResult<()> {
-        let args = COMMIT3args { file: fh.clone(), offset: 0, count: 0 };
+        let args = COMMIT3args {
+            file: fh.clone(),
+            offset: 0,
+            count: 0,
+        };
         check("COMMIT", path, block_on(self.client.commit(&args))).map(|_| ())
     }
 
     pub fn readlink(&mut self, fh: &nfs_fh3, path: &str) -> NfsResult<Vec<u8>> {
-        let ok = check("READLINK", path, block_on(self.client.readlink(&READLINK3args { symlink: fh.clone() })))?;
+        let ok = check(
+            "READLINK",
+            path,
+            block_on(self.client.readlink(&READLINK3args { symlink: fh.clone() })),
+        )?;
         Ok(ok.data.0.to_vec())
     }
 
@@ -609,8 +712,14 @@ impl Session {
         let mut attr = owner.sattr();
         attr.mode = nfs3_client::nfs3_types::nfs3::Nfs3Option::None; // links have no mode of their own
         let args = SYMLINK3args {
-            where_: diropargs3 { dir: dir.clone(), name: filename3::from(name.as_bytes()) },
-            symlink: symlinkdata3 { symlink_attributes: attr, symlink_data: nfspath3(Opaque::borrowed(target)) },
+            where_: diropargs3 {
+                dir: dir.clone(),
+                name: filename3::from(name.as_bytes()),
+            },
+            symlink: symlinkdata3 {
+                symlink_attributes: attr,
+                symlink_data: nfspath3(Opaque::borrowed(target)),
+            },
         };
         match check("SYMLINK", path, block_on(self.client.symlink(&args))) {
             Err(e) if e.nfs_status() == Some(nfsstat3::NFS3ERR_EXIST) => {
@@ -624,8 +733,14 @@ impl Session {
 
     pub fn rename(&mut self, dir: &nfs_fh3, from: &str, to: &str, path: &str) -> NfsResult<()> {
         let args = RENAME3args {
-            from: diropargs3 { dir: dir.clone(), name: filename3::from(from.as_bytes()) },
-            to: diropargs3 { dir: dir.clone(), name: filename3::from(to.as_bytes()) },
+            from: diropargs3 {
+                dir: dir.clone(),
+                name: filename3::from(from.as_bytes()),
+            },
+            to: diropargs3 {
+                dir: dir.clone(),
+                name: filename3::from(to.as_bytes()),
+            },
         };
         check("RENAME", path, block_on(self.client.rename(&args))).map(|_| ())
     }
@@ -634,7 +749,16 @@ impl Session {
     /// renamed over the old one, so a reader sees the old or the new content, never a part.
     pub fn write_file_atomic(&mut self, dir: &nfs_fh3, name: &str, data: &[u8], path: &str) -> NfsResult<()> {
         let tmp = format!(".{name}.tmp");
-        let fh = self.create(dir, &tmp, Owner { mode: 0o600, uid: 0, gid: 0 }, path)?;
+        let fh = self.create(
+            dir,
+            &tmp,
+            Owner {
+                mode: 0o600,
+                uid: 0,
+                gid: 0,
+            },
+            path,
+        )?;
         self.write(&fh, 0, data, path)?;
         self.commit(&fh, path)?;
         self.rename(dir, &tmp, name, path)
@@ -652,18 +776,30 @@ pub struct CopyStats {
 
 impl Owner {
     fn of(attr: &fattr3) -> Owner {
-        Owner { mode: attr.mode & 0o7777, uid: attr.uid, gid: attr.gid }
+        Owner {
+            mode: attr.mode & 0o7777,
+            uid: attr.uid,
+            gid: attr.gid,
+        }
     }
 
     fn sattr(self) -> sattr3 {
         use nfs3_client::nfs3_types::nfs3::Nfs3Option::Some;
-        sattr3 { mode: Some(self.mode), uid: Some(self.uid), gid: Some(self.gid), ..Default::default() }
+        sattr3 {
+            mode: Some(self.mode),
+            uid: Some(self.uid),
+            gid: Some(self.gid),
+            ..Default::default()
+        }
     }
 }
 
 /// The SETATTR that gives a copy its source's modification time.
 fn keep_times(attr: &fattr3) -> sattr3 {
-    sattr3 { mtime: set_mtime::SET_TO_CLIENT_TIME(attr.mtime), ..Default::default() }
+    sattr3 {
+        mtime: set_mtime::SET_TO_CLIENT_TIME(attr.mtime),
+        ..Default::default()
+    }
 }
 
 fn ignore_noent(r: NfsResult<()>) -> NfsResult<()> {
@@ -688,7 +824,11 @@ pub struct Throttle {
 impl Throttle {
     pub fn new(every: Duration) -> Self {
         let now = Instant::now();
-        Throttle { started: now, last: now, every }
+        Throttle {
+            started: now,
+            last: now,
+            every,
+        }
     }
 
     /// Whether it is time to report; returns the time since the start.

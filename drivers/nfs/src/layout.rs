@@ -56,7 +56,8 @@ impl Kind {
 
     /// The id of a record file name, if it is one.
     pub fn id_of_record(name: &str) -> Option<&str> {
-        name.strip_suffix(".json").filter(|id| !id.is_empty() && !id.starts_with('.'))
+        name.strip_suffix(".json")
+            .filter(|id| !id.is_empty() && !id.starts_with('.'))
     }
 
     pub fn what(self) -> &'static str {

@@ -74,18 +74,45 @@ pub fn config_keys() -> Vec<ConfigKey> {
             "NFS server HOST or HOST:PORT (PORT: the NFS port; without it the server's portmapper is asked). \
              Grant it with --allow-host HOST (portmapper, MOUNT and NFS ports), or HOST:PORT and HOST:<mount_port>",
         ),
-        ConfigKey::required("export", "the export's path as the server's MOUNT service knows it, e.g. /srv/nfs"),
-        ConfigKey::optional("path", "directory inside the export for Elara's volumes, snapshots and records", Some("")),
-        ConfigKey::optional("version", "NFS version the host mounts volumes with: 3, 4, 4.1 or 4.2", Some("3")),
-        ConfigKey::optional("mount_port", "the MOUNT service's port; unset: asked of the portmapper (port 111)", None),
+        ConfigKey::required(
+            "export",
+            "the export's path as the server's MOUNT service knows it, e.g. /srv/nfs",
+        ),
+        ConfigKey::optional(
+            "path",
+            "directory inside the export for Elara's volumes, snapshots and records",
+            Some(""),
+        ),
+        ConfigKey::optional(
+            "version",
+            "NFS version the host mounts volumes with: 3, 4, 4.1 or 4.2",
+            Some("3"),
+        ),
+        ConfigKey::optional(
+            "mount_port",
+            "the MOUNT service's port; unset: asked of the portmapper (port 111)",
+            None,
+        ),
         ConfigKey::optional(
             "mount_options",
             "extra options for the host's mount, comma-separated (e.g. hard,timeo=600)",
             Some(""),
         ),
-        ConfigKey::optional("mode", "mode of new volume directories, octal (a volume's label `mode` overrides it)", Some("0755")),
-        ConfigKey::optional("uid", "owner of new volume directories (a volume's label `uid` overrides it)", Some("0")),
-        ConfigKey::optional("gid", "group of new volume directories (a volume's label `gid` overrides it)", Some("0")),
+        ConfigKey::optional(
+            "mode",
+            "mode of new volume directories, octal (a volume's label `mode` overrides it)",
+            Some("0755"),
+        ),
+        ConfigKey::optional(
+            "uid",
+            "owner of new volume directories (a volume's label `uid` overrides it)",
+            Some("0"),
+        ),
+        ConfigKey::optional(
+            "gid",
+            "group of new volume directories (a volume's label `gid` overrides it)",
+            Some("0"),
+        ),
     ];
     keys.extend(pool::config_keys());
     keys
@@ -98,19 +125,33 @@ pub fn parse_settings(pairs: Vec<(String, String)>) -> DriverResult<NfsSettings>
     let (host, port) = parse_server(cfg.required("server")?.trim())?;
     let export = cfg.required("export")?.trim().to_string();
     if !export.starts_with('/') || export.contains('\0') {
-        return Err(DriverError::invalid("export", format!("{export:?} is not an absolute path such as /srv/nfs")));
+        return Err(DriverError::invalid(
+            "export",
+            format!("{export:?} is not an absolute path such as /srv/nfs"),
+        ));
     }
     let base = cfg.get("path").unwrap_or_default().trim().trim_matches('/').to_string();
     if client::components(&base).any(|c| c == "..") || base.contains('\0') {
-        return Err(DriverError::invalid("path", format!("{base:?} must stay inside the export (no `..`)")));
+        return Err(DriverError::invalid(
+            "path",
+            format!("{base:?} must stay inside the export (no `..`)"),
+        ));
     }
     let version = cfg.required("version")?.trim().to_string();
     if !["3", "4", "4.0", "4.1", "4.2"].contains(&version.as_str()) {
-        return Err(DriverError::invalid("version", format!("{version:?} is not 3, 4, 4.1 or 4.2")));
+        return Err(DriverError::invalid(
+            "version",
+            format!("{version:?} is not 3, 4, 4.1 or 4.2"),
+        ));
     }
     let mount_port = match cfg.u64("mount_port")? {
         Some(p) if (1..=65535).contains(&p) => Some(p as u16),
-        Some(p) => return Err(DriverError::invalid("mount_port", format!("{p} is not a port (1-65535)"))),
+        Some(p) => {
+            return Err(DriverError::invalid(
+                "mount_port",
+                format!("{p} is not a port (1-65535)"),
+            ));
+        }
         None => None,
     };
     let mount_options = parse_mount_options(cfg.get("mount_options").unwrap_or_default())?;
@@ -121,7 +162,12 @@ pub fn parse_settings(pairs: Vec<(String, String)>) -> DriverResult<NfsSettings>
     };
     let pool = PoolSettings::parse(&cfg)?;
     Ok(NfsSettings {
-        endpoint: Endpoint { host, port, mount_port, export },
+        endpoint: Endpoint {
+            host,
+            port,
+            mount_port,
+            export,
+        },
         base,
         version,
         mount_options,
@@ -147,7 +193,12 @@ fn parse_server(text: &str) -> DriverResult<(String, Option<u16>)> {
     }
     let port = match port {
         None => None,
-        Some(p) => Some(p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| bad("has a bad port"))?),
+        Some(p) => Some(
+            p.parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| bad("has a bad port"))?,
+        ),
     };
     Ok((host.to_string(), port))
 }
@@ -157,7 +208,10 @@ fn parse_mount_options(text: &str) -> DriverResult<Vec<(String, String)>> {
     for opt in text.split(',').map(str::trim).filter(|o| !o.is_empty()) {
         let (k, v) = opt.split_once('=').unwrap_or((opt, ""));
         if k.is_empty() || k.contains(char::is_whitespace) || v.contains(char::is_whitespace) {
-            return Err(DriverError::invalid("mount_options", format!("{opt:?} is not an option (name or name=value)")));
+            return Err(DriverError::invalid(
+                "mount_options",
+                format!("{opt:?} is not an option (name or name=value)"),
+            ));
         }
         out.push((k.to_string(), v.to_string()));
     }
@@ -172,16 +226,27 @@ fn parse_mode(field: &str, text: &str) -> DriverResult<u32> {
 }
 
 fn parse_id(field: &str, text: &str) -> DriverResult<u32> {
-    text.trim().parse().map_err(|_| DriverError::invalid(field, format!("{text:?} is not a numeric id")))
+    text.trim()
+        .parse()
+        .map_err(|_| DriverError::invalid(field, format!("{text:?} is not a numeric id")))
 }
 
 /// The mode and owner of a new volume: its labels `mode`, `uid`, `gid`, else the backend's.
 fn owner_for(spec: &VolumeSpec, settings: &NfsSettings) -> DriverResult<Owner> {
     let label = |k: &str| spec.labels.iter().find(|(name, _)| name == k).map(|(_, v)| v.as_str());
     Ok(Owner {
-        mode: label("mode").map(|v| parse_mode("labels.mode", v)).transpose()?.unwrap_or(settings.owner.mode),
-        uid: label("uid").map(|v| parse_id("labels.uid", v)).transpose()?.unwrap_or(settings.owner.uid),
-        gid: label("gid").map(|v| parse_id("labels.gid", v)).transpose()?.unwrap_or(settings.owner.gid),
+        mode: label("mode")
+            .map(|v| parse_mode("labels.mode", v))
+            .transpose()?
+            .unwrap_or(settings.owner.mode),
+        uid: label("uid")
+            .map(|v| parse_id("labels.uid", v))
+            .transpose()?
+            .unwrap_or(settings.owner.uid),
+        gid: label("gid")
+            .map(|v| parse_id("labels.gid", v))
+            .transpose()?
+            .unwrap_or(settings.owner.gid),
     })
 }
 
@@ -210,7 +275,12 @@ impl Conn {
             session.mkdir_all(&meta, kind.records())?;
         }
         debug!("connected to {} export {}", session.server, settings.endpoint.export);
-        Ok(Conn { session, settings: settings.clone(), base, meta })
+        Ok(Conn {
+            session,
+            settings: settings.clone(),
+            base,
+            meta,
+        })
     }
 
     /// The directory holding `kind`'s trees.
@@ -228,7 +298,9 @@ impl Conn {
     fn dir(&mut self, parent: &nfs_fh3, name: &str, path: &str) -> Result<nfs_fh3, NfsError> {
         match self.session.lookup(parent, name, path)? {
             Some((fh, _)) => Ok(fh),
-            None => Err(NfsError::Protocol(format!("{path} is missing on the server (removed behind Elara's back?)"))),
+            None => Err(NfsError::Protocol(format!(
+                "{path} is missing on the server (removed behind Elara's back?)"
+            ))),
         }
     }
 
@@ -241,7 +313,9 @@ impl Conn {
         let dir = self.records(kind)?;
         let name = Kind::record_name(id);
         let path = self.path(&join(META, &join(kind.records(), &name)));
-        let Some((fh, _)) = self.session.lookup(&dir, &name, &path)? else { return Ok(None) };
+        let Some((fh, _)) = self.session.lookup(&dir, &name, &path)? else {
+            return Ok(None);
+        };
         let bytes = self.session.read_all(&fh, &path)?;
         serde_json::from_slice(&bytes)
             .map(Some)
@@ -252,7 +326,8 @@ impl Conn {
         let dir = self.records(kind)?;
         let name = Kind::record_name(id);
         let path = self.path(&join(META, &join(kind.records(), &name)));
-        let bytes = serde_json::to_vec_pretty(record).map_err(|e| DriverError::backend(format!("encoding {path}: {e}")))?;
+        let bytes =
+            serde_json::to_vec_pretty(record).map_err(|e| DriverError::backend(format!("encoding {path}: {e}")))?;
         Ok(self.session.write_file_atomic(&dir, &name, &bytes, &path)?)
     }
 
@@ -304,16 +379,30 @@ impl Conn {
             elara_driver_sdk::log::progress(done, total);
             if let Some(elapsed) = throttle.due() {
                 let rate = done as f64 / elapsed.as_secs_f64().max(0.001) / 1048576.0;
-                let pct = if total == 0 { 100.0 } else { done as f64 * 100.0 / total as f64 };
-                info!("copying {src_path} to {dst_path}: {} of {} MiB ({pct:.0}%), {rate:.1} MiB/s", done >> 20, total >> 20);
+                let pct = if total == 0 {
+                    100.0
+                } else {
+                    done as f64 * 100.0 / total as f64
+                };
+                info!(
+                    "copying {src_path} to {dst_path}: {} of {} MiB ({pct:.0}%), {rate:.1} MiB/s",
+                    done >> 20,
+                    total >> 20
+                );
             }
         };
-        let stats = self.session.copy_tree(&src, &dst_trees, to_id, &dst_path, &mut progress)?;
+        let stats = self
+            .session
+            .copy_tree(&src, &dst_trees, to_id, &dst_path, &mut progress)?;
         info!(
             "copied {src_path} to {dst_path}: {} entries, {} bytes{}",
             stats.entries,
             stats.bytes,
-            if stats.skipped > 0 { format!(", {} device nodes/FIFOs/sockets left out", stats.skipped) } else { String::new() }
+            if stats.skipped > 0 {
+                format!(", {} device nodes/FIFOs/sockets left out", stats.skipped)
+            } else {
+                String::new()
+            }
         );
         Ok(stats)
     }
@@ -393,7 +482,12 @@ fn with_conn<T>(mut op: impl FnMut(&mut Conn) -> Result<T, Fail>) -> DriverResul
 // ---------------------------------------------------------------------------------------------
 
 fn to_volume(r: &VolumeRecord) -> Volume {
-    Volume { id: r.id.clone(), pool: r.pool.clone(), size_bytes: r.size_bytes, backend_ref: join(layout::VOLUMES, &r.id) }
+    Volume {
+        id: r.id.clone(),
+        pool: r.pool.clone(),
+        size_bytes: r.size_bytes,
+        backend_ref: join(layout::VOLUMES, &r.id),
+    }
 }
 
 fn to_snapshot(r: &SnapshotRecord) -> Snapshot {
@@ -410,7 +504,9 @@ const QOS_UNSUPPORTED: &str = "qos: a generic NFS export cannot enforce IOPS or 
 /// The existing record for `spec.id`, if it matches the spec (a retried create), or
 /// `already-exists` if it does not.
 fn existing_volume(conn: &mut Conn, spec: &VolumeSpec, from: Option<&str>) -> Result<Option<Volume>, Fail> {
-    let Some(record) = conn.read_record::<VolumeRecord>(Kind::Volume, &spec.id)? else { return Ok(None) };
+    let Some(record) = conn.read_record::<VolumeRecord>(Kind::Volume, &spec.id)? else {
+        return Ok(None);
+    };
     elara_driver_sdk::idempotency::check_same_volume(
         &spec.id,
         record.size_bytes,
@@ -422,7 +518,8 @@ fn existing_volume(conn: &mut Conn, spec: &VolumeSpec, from: Option<&str>) -> Re
 }
 
 fn volume_record(conn: &mut Conn, id: &str) -> Result<VolumeRecord, Fail> {
-    conn.read_record(Kind::Volume, id)?.ok_or_else(|| Fail::Driver(DriverError::not_found(format!("volume {id}"))))
+    conn.read_record(Kind::Volume, id)?
+        .ok_or_else(|| Fail::Driver(DriverError::not_found(format!("volume {id}"))))
 }
 
 impl Guest for NfsDriver {
@@ -453,7 +550,10 @@ impl Guest for NfsDriver {
     fn configure(config: Vec<(String, String)>) -> DriverResult<()> {
         elara_driver_sdk::log::install_panic_hook();
         let settings = parse_settings(config)?;
-        debug!("configured: {}:{} path {:?}", settings.endpoint.host, settings.endpoint.export, settings.base);
+        debug!(
+            "configured: {}:{} path {:?}",
+            settings.endpoint.host, settings.endpoint.export, settings.base
+        );
         SETTINGS.set(settings);
         Ok(())
     }
@@ -462,7 +562,11 @@ impl Guest for NfsDriver {
         let settings = SETTINGS.get()?;
         with_conn(|conn| {
             let fs = conn.session.fsstat()?;
-            let provisioned = conn.list_records::<VolumeRecord>(Kind::Volume)?.iter().map(|v| v.size_bytes).sum();
+            let provisioned = conn
+                .list_records::<VolumeRecord>(Kind::Volume)?
+                .iter()
+                .map(|v| v.size_bytes)
+                .sum();
             Ok(vec![Pool {
                 name: settings.pool.name.clone(),
                 total: Capacity::Bytes(fs.tbytes),
@@ -484,7 +588,13 @@ impl Guest for NfsDriver {
     }
 
     fn list_volumes() -> DriverResult<Vec<Volume>> {
-        with_conn(|conn| Ok(conn.list_records::<VolumeRecord>(Kind::Volume)?.iter().map(to_volume).collect()))
+        with_conn(|conn| {
+            Ok(conn
+                .list_records::<VolumeRecord>(Kind::Volume)?
+                .iter()
+                .map(to_volume)
+                .collect())
+        })
     }
 
     fn create(spec: VolumeSpec) -> DriverResult<Volume> {
@@ -532,16 +642,20 @@ impl Guest for NfsDriver {
             if spec.size_bytes < snapshot.size_bytes {
                 return Err(Fail::Driver(DriverError::invalid(
                     "size",
-                    format!("{} bytes is smaller than snapshot {snapshot_id} ({} bytes)", spec.size_bytes, snapshot.size_bytes),
+                    format!(
+                        "{} bytes is smaller than snapshot {snapshot_id} ({} bytes)",
+                        spec.size_bytes, snapshot.size_bytes
+                    ),
                 )));
             }
             conn.copy(Kind::Snapshot, &snapshot_id, Kind::Volume, &spec.id)?;
             // The copy keeps the snapshot's mode and owner: record those.
             let trees = conn.trees(Kind::Volume)?;
             let path = conn.path(&join(layout::VOLUMES, &spec.id));
-            let (_, attr) = conn.session.lookup(&trees, &spec.id, &path)?.ok_or_else(|| {
-                DriverError::backend(format!("{path} vanished right after the copy"))
-            })?;
+            let (_, attr) = conn
+                .session
+                .lookup(&trees, &spec.id, &path)?
+                .ok_or_else(|| DriverError::backend(format!("{path} vanished right after the copy")))?;
             let record = VolumeRecord {
                 id: spec.id.clone(),
                 name: spec.name.clone(),
@@ -605,7 +719,10 @@ impl Guest for NfsDriver {
                 skipped: stats.skipped,
             };
             conn.write_record(Kind::Snapshot, &spec.id, &record)?;
-            info!("snapshot {} of volume {}: {} entries, {} bytes", spec.id, spec.volume_id, stats.entries, stats.bytes);
+            info!(
+                "snapshot {} of volume {}: {} entries, {} bytes",
+                spec.id, spec.volume_id, stats.entries, stats.bytes
+            );
             Ok(to_snapshot(&record))
         })
     }
@@ -625,7 +742,9 @@ impl Guest for NfsDriver {
             let trees = conn.trees(Kind::Volume)?;
             let path = conn.path(&join(layout::VOLUMES, &volume_id));
             if conn.session.lookup(&trees, &volume_id, &path)?.is_none() {
-                return Err(Fail::Driver(DriverError::backend(format!("volume {volume_id} has a record but no directory {path}"))));
+                return Err(Fail::Driver(DriverError::backend(format!(
+                    "volume {volume_id} has a record but no directory {path}"
+                ))));
             }
             Ok(())
         })?;
@@ -633,7 +752,13 @@ impl Guest for NfsDriver {
         if let Some(p) = settings.endpoint.mount_port.filter(|_| settings.version == "3") {
             options.push(("mountport".into(), p.to_string()));
         }
-        let export = format!("/{}", join(&settings.endpoint.export, &join(&settings.base, &join(layout::VOLUMES, &volume_id))));
+        let export = format!(
+            "/{}",
+            join(
+                &settings.endpoint.export,
+                &join(&settings.base, &join(layout::VOLUMES, &volume_id))
+            )
+        );
         Ok(Connection::Nfs(NfsConnection {
             server: settings.endpoint.host.clone(),
             port: settings.endpoint.port,
@@ -659,7 +784,11 @@ impl Guest for NfsDriver {
                 DriverError::backend(format!("volume {volume_id} has a record but no directory {path}"))
             })?;
             let usage = conn.session.usage(&fh, &path)?;
-            Ok(VolumeStats { size_bytes: record.size_bytes, used_bytes: usage.used_bytes, objects: Some(usage.entries) })
+            Ok(VolumeStats {
+                size_bytes: record.size_bytes,
+                used_bytes: usage.used_bytes,
+                objects: Some(usage.entries),
+            })
         })
     }
 
@@ -693,11 +822,29 @@ mod tests {
             ("mount_options", "hard, timeo=600"),
         ]))
         .unwrap();
-        assert_eq!(s.endpoint, Endpoint { host: "10.0.0.7".into(), port: Some(2049), mount_port: Some(20048), export: "/srv/nfs".into() });
+        assert_eq!(
+            s.endpoint,
+            Endpoint {
+                host: "10.0.0.7".into(),
+                port: Some(2049),
+                mount_port: Some(20048),
+                export: "/srv/nfs".into()
+            }
+        );
         assert_eq!(s.base, "elara");
         assert_eq!(s.version, "3");
-        assert_eq!(s.mount_options, vec![("hard".into(), "".into()), ("timeo".into(), "600".into())]);
-        assert_eq!(s.owner, Owner { mode: 0o755, uid: 0, gid: 0 });
+        assert_eq!(
+            s.mount_options,
+            vec![("hard".into(), "".into()), ("timeo".into(), "600".into())]
+        );
+        assert_eq!(
+            s.owner,
+            Owner {
+                mode: 0o755,
+                uid: 0,
+                gid: 0
+            }
+        );
         let v6 = parse_settings(pairs(&[("server", "[fd00::7]:2050"), ("export", "/x")])).unwrap();
         assert_eq!((v6.endpoint.host.as_str(), v6.endpoint.port), ("fd00::7", Some(2050)));
     }
@@ -735,7 +882,14 @@ mod tests {
             labels: vec![("uid".into(), "1000".into())],
             qos: None,
         };
-        assert_eq!(owner_for(&spec, &s).unwrap(), Owner { mode: 0o700, uid: 1000, gid: 0 });
+        assert_eq!(
+            owner_for(&spec, &s).unwrap(),
+            Owner {
+                mode: 0o700,
+                uid: 1000,
+                gid: 0
+            }
+        );
         spec.labels.push(("mode".into(), "rwx".into()));
         assert_eq!(field(owner_for(&spec, &s).unwrap_err()), "labels.mode");
     }

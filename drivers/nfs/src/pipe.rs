@@ -34,7 +34,11 @@ impl Pipe {
         let _ = stream.set_read_timeout(Some(crate::client::IO_TIMEOUT));
         let _ = stream.set_write_timeout(Some(crate::client::IO_TIMEOUT));
         let _ = stream.set_nodelay(true);
-        Ok(Pipe { stream, xid: 0, credential })
+        Ok(Pipe {
+            stream,
+            xid: 0,
+            credential,
+        })
     }
 
     /// Send one call; returns its XID.
@@ -54,9 +58,14 @@ impl Pipe {
         let len = msg.packed_size() + args.packed_size();
         let mut buf = Vec::with_capacity(len + 4);
         let header = fragment_header::new(len as u32, true);
-        let packed = header.pack(&mut buf).and_then(|_| msg.pack(&mut buf)).and_then(|_| args.pack(&mut buf));
+        let packed = header
+            .pack(&mut buf)
+            .and_then(|_| msg.pack(&mut buf))
+            .and_then(|_| args.pack(&mut buf));
         packed.map_err(|e| NfsError::Protocol(format!("{what}: encoding the call: {e}")))?;
-        self.stream.write_all(&buf).map_err(|e| NfsError::Transport(format!("{what}: {e}")))?;
+        self.stream
+            .write_all(&buf)
+            .map_err(|e| NfsError::Transport(format!("{what}: {e}")))?;
         Ok(self.xid)
     }
 
@@ -76,14 +85,21 @@ impl Pipe {
             }
         }
         let mut cursor = Cursor::new(body);
-        let (msg, _) = rpc_msg::unpack(&mut cursor).map_err(|e| NfsError::Protocol(format!("{what}: bad reply: {e}")))?;
+        let (msg, _) =
+            rpc_msg::unpack(&mut cursor).map_err(|e| NfsError::Protocol(format!("{what}: bad reply: {e}")))?;
         match msg.body {
             msg_body::REPLY(reply_body::MSG_ACCEPTED(reply)) => match reply.reply_data {
                 accept_stat_data::SUCCESS => Ok((msg.xid, cursor)),
-                other => Err(NfsError::Protocol(format!("{what}: the server did not run the call: {other:?}"))),
+                other => Err(NfsError::Protocol(format!(
+                    "{what}: the server did not run the call: {other:?}"
+                ))),
             },
-            msg_body::REPLY(reply_body::MSG_DENIED(r)) => Err(NfsError::Protocol(format!("{what}: call denied: {r:?}"))),
-            msg_body::CALL(_) => Err(NfsError::Protocol(format!("{what}: the server sent a call, not a reply"))),
+            msg_body::REPLY(reply_body::MSG_DENIED(r)) => {
+                Err(NfsError::Protocol(format!("{what}: call denied: {r:?}")))
+            }
+            msg_body::CALL(_) => Err(NfsError::Protocol(format!(
+                "{what}: the server sent a call, not a reply"
+            ))),
         }
     }
 
@@ -96,8 +112,11 @@ impl Pipe {
         let mut out: Vec<Option<R>> = (0..calls.len()).map(|_| None).collect();
         for _ in 0..calls.len() {
             let (xid, mut body) = self.recv(what)?;
-            let i = order.remove(&xid).ok_or_else(|| NfsError::Protocol(format!("{what}: a reply to no call of ours (xid {xid:#x})")))?;
-            let (result, _) = R::unpack(&mut body).map_err(|e| NfsError::Protocol(format!("{what}: bad result: {e}")))?;
+            let i = order
+                .remove(&xid)
+                .ok_or_else(|| NfsError::Protocol(format!("{what}: a reply to no call of ours (xid {xid:#x})")))?;
+            let (result, _) =
+                R::unpack(&mut body).map_err(|e| NfsError::Protocol(format!("{what}: bad result: {e}")))?;
             out[i] = Some(result);
         }
         Ok(out.into_iter().map(|r| r.expect("every call answered once")).collect())
@@ -105,9 +124,20 @@ impl Pipe {
 
     /// READ `count` bytes at each offset; the data in the order asked (short at end of file).
     pub fn read_many(&mut self, fh: &nfs_fh3, offsets: &[u64], count: u32, path: &str) -> NfsResult<Vec<Vec<u8>>> {
-        let calls: Vec<READ3args> = offsets.iter().map(|&offset| READ3args { file: fh.clone(), offset, count }).collect();
-        let results: Vec<READ3res<'static>> = self.round(NFS_PROGRAM::NFSPROC3_READ, &calls, &format!("READ {path}"))?;
-        results.into_iter().map(|r| check_status("READ", path, r).map(|ok| ok.data.into_owned())).collect()
+        let calls: Vec<READ3args> = offsets
+            .iter()
+            .map(|&offset| READ3args {
+                file: fh.clone(),
+                offset,
+                count,
+            })
+            .collect();
+        let results: Vec<READ3res<'static>> =
+            self.round(NFS_PROGRAM::NFSPROC3_READ, &calls, &format!("READ {path}"))?;
+        results
+            .into_iter()
+            .map(|r| check_status("READ", path, r).map(|ok| ok.data.into_owned()))
+            .collect()
     }
 
     /// WRITE each `(offset, data)` unstable; returns how many bytes the server took of each.
@@ -123,6 +153,9 @@ impl Pipe {
             })
             .collect();
         let results: Vec<WRITE3res> = self.round(NFS_PROGRAM::NFSPROC3_WRITE, &calls, &format!("WRITE {path}"))?;
-        results.into_iter().map(|r| check_status("WRITE", path, r).map(|ok| ok.count)).collect()
+        results
+            .into_iter()
+            .map(|r| check_status("WRITE", path, r).map(|ok| ok.count))
+            .collect()
     }
 }

@@ -61,8 +61,15 @@ impl S3Settings {
             Layout::Buckets { .. } => "bucket_prefix",
             Layout::Prefix { .. } => "bucket",
         };
-        S3::new(&self.endpoint, &self.region, &self.access_key, &self.secret_key, self.path_style, bucket_field)
-            .with_copy_part_size(self.copy_part_size)
+        S3::new(
+            &self.endpoint,
+            &self.region,
+            &self.access_key,
+            &self.secret_key,
+            self.path_style,
+            bucket_field,
+        )
+        .with_copy_part_size(self.copy_part_size)
     }
 }
 
@@ -128,7 +135,10 @@ pub fn parse_settings(pairs: Vec<(String, String)>) -> DriverResult<S3Settings> 
     check_endpoint(&endpoint)?;
     let region = cfg.required("region")?.trim().to_string();
     if region.chars().any(|c| c.is_whitespace() || c == '/') {
-        return Err(DriverError::invalid("region", format!("{region:?} is not a region name (e.g. us-east-1)")));
+        return Err(DriverError::invalid(
+            "region",
+            format!("{region:?} is not a region name (e.g. us-east-1)"),
+        ));
     }
     let access_key = cfg.required("access_key")?.trim().to_string();
     if access_key.contains(':') || access_key.chars().any(char::is_whitespace) {
@@ -140,11 +150,19 @@ pub fn parse_settings(pairs: Vec<(String, String)>) -> DriverResult<S3Settings> 
     }
     let layout = match cfg.get("bucket").map(str::trim) {
         Some("") => {
-            return Err(DriverError::invalid("bucket", "must not be empty (leave it out for a bucket per volume)"));
+            return Err(DriverError::invalid(
+                "bucket",
+                "must not be empty (leave it out for a bucket per volume)",
+            ));
         }
         Some(bucket) => {
             check_bucket_text("bucket", bucket)?;
-            let mut prefix = cfg.get("prefix").unwrap_or_default().trim().trim_start_matches('/').to_string();
+            let mut prefix = cfg
+                .get("prefix")
+                .unwrap_or_default()
+                .trim()
+                .trim_start_matches('/')
+                .to_string();
             if !prefix.is_empty() && !prefix.ends_with('/') {
                 prefix.push('/');
             }
@@ -154,7 +172,10 @@ pub fn parse_settings(pairs: Vec<(String, String)>) -> DriverResult<S3Settings> 
                     format!("{prefix:?} must be a key prefix such as elara/ (no empty segments, at most 512 bytes)"),
                 ));
             }
-            Layout::Prefix { bucket: bucket.to_string(), prefix }
+            Layout::Prefix {
+                bucket: bucket.to_string(),
+                prefix,
+            }
         }
         None => {
             let name_prefix = cfg.required("bucket_prefix")?.trim().to_string();
@@ -174,15 +195,24 @@ pub fn parse_settings(pairs: Vec<(String, String)>) -> DriverResult<S3Settings> 
     let path_style = cfg.bool("path_style")?.unwrap_or(true);
     let pool = cfg.required("pool")?.trim().to_string();
     if !pool.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) {
-        return Err(DriverError::invalid("pool", format!("{pool:?} may hold only letters, digits, `_`, `.` and `-`")));
+        return Err(DriverError::invalid(
+            "pool",
+            format!("{pool:?} may hold only letters, digits, `_`, `.` and `-`"),
+        ));
     }
     let capacity = cfg.size("capacity")?;
     if capacity == Some(0) {
-        return Err(DriverError::invalid("capacity", "must be greater than 0 (leave it out for unknown)"));
+        return Err(DriverError::invalid(
+            "capacity",
+            "must be greater than 0 (leave it out for unknown)",
+        ));
     }
     let copy_concurrency = cfg.u64("copy_concurrency")?.unwrap_or(16);
     if !(1..=64).contains(&copy_concurrency) {
-        return Err(DriverError::invalid("copy_concurrency", format!("{copy_concurrency} is not between 1 and 64")));
+        return Err(DriverError::invalid(
+            "copy_concurrency",
+            format!("{copy_concurrency} is not between 1 and 64"),
+        ));
     }
     let copy_part_size = cfg.size("copy_part_size")?.unwrap_or(s3::MAX_COPY_PART);
     if !(s3::MIN_COPY_PART..=s3::MAX_COPY_PART).contains(&copy_part_size) {
@@ -206,8 +236,12 @@ pub fn parse_settings(pairs: Vec<(String, String)>) -> DriverResult<S3Settings> 
 }
 
 fn check_endpoint(endpoint: &str) -> DriverResult<()> {
-    let bad =
-        |why: &str| DriverError::invalid("endpoint", format!("{endpoint:?} {why}; expected e.g. http://10.0.0.5:7480"));
+    let bad = |why: &str| {
+        DriverError::invalid(
+            "endpoint",
+            format!("{endpoint:?} {why}; expected e.g. http://10.0.0.5:7480"),
+        )
+    };
     let rest = endpoint
         .strip_prefix("http://")
         .or_else(|| endpoint.strip_prefix("https://"))
@@ -235,7 +269,11 @@ fn check_bucket_text(field: &str, name: &str) -> DriverResult<()> {
 
 /// Elara's ids name buckets and keys: lower-case letters, digits and `-`, within the layout's length.
 fn check_id(field: &str, id: &str, layout: &Layout) -> DriverResult<()> {
-    if id.is_empty() || !id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
+    if id.is_empty()
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
         return Err(DriverError::invalid(
             field,
             format!("{id:?} must be lower-case letters, digits and `-` (it names an S3 bucket or key)"),
@@ -260,7 +298,11 @@ fn features() -> Features {
 fn to_volume(settings: &S3Settings, r: &Record) -> Volume {
     Volume {
         id: r.id.clone(),
-        pool: if r.pool.is_empty() { settings.pool.clone() } else { r.pool.clone() },
+        pool: if r.pool.is_empty() {
+            settings.pool.clone()
+        } else {
+            r.pool.clone()
+        },
         size_bytes: r.size_bytes,
         backend_ref: settings.layout.place(Kind::Volume, &r.id).uri(),
     }
@@ -279,18 +321,26 @@ fn to_snapshot(settings: &S3Settings, r: &Record) -> Snapshot {
 fn check_spec(spec: &VolumeSpec, settings: &S3Settings) -> DriverResult<()> {
     check_id("id", &spec.id, &settings.layout)?;
     if spec.size_bytes == 0 {
-        return Err(DriverError::invalid("size", "must be greater than 0 bytes (it is the volume's soft quota)"));
+        return Err(DriverError::invalid(
+            "size",
+            "must be greater than 0 bytes (it is the volume's soft quota)",
+        ));
     }
     if spec.pool != settings.pool {
         return Err(DriverError::invalid(
             "pool",
-            format!("unknown pool {:?}: this backend has the pool {:?}", spec.pool, settings.pool),
+            format!(
+                "unknown pool {:?}: this backend has the pool {:?}",
+                spec.pool, settings.pool
+            ),
         ));
     }
     if let Some(qos) = &spec.qos
         && (qos.iops.is_some() || qos.bandwidth_bytes_per_sec.is_some())
     {
-        return Err(DriverError::unsupported("qos: S3 volumes cannot enforce IOPS or bandwidth limits"));
+        return Err(DriverError::unsupported(
+            "qos: S3 volumes cannot enforce IOPS or bandwidth limits",
+        ));
     }
     Ok(())
 }
@@ -318,7 +368,10 @@ fn existing_volume(
 
 fn volume_record(s3: &S3, settings: &S3Settings, id: &str) -> DriverResult<Record> {
     check_id("volume-id", id, &settings.layout)?;
-    settings.layout.read(s3, Kind::Volume, id)?.ok_or_else(|| DriverError::not_found(format!("volume {id}")))
+    settings
+        .layout
+        .read(s3, Kind::Volume, id)?
+        .ok_or_else(|| DriverError::not_found(format!("volume {id}")))
 }
 
 fn new_volume_record(spec: &VolumeSpec, from: Option<&str>) -> Record {
@@ -346,10 +399,22 @@ impl Guest for S3Driver {
                     "layout".into(),
                     "a bucket per volume (<bucket_prefix>v-<id>), or a key prefix per volume in one `bucket`".into(),
                 ),
-                ("quota".into(), "soft: the size is recorded and reported, not enforced by S3".into()),
-                ("snapshot-method".into(), "server-side CopyObject of every object".into()),
-                ("mount".into(), "s3fs-fuse, path-style requests, credentials in a 0600 file".into()),
-                ("capacity".into(), "unknown unless `capacity` is configured (S3 reports none)".into()),
+                (
+                    "quota".into(),
+                    "soft: the size is recorded and reported, not enforced by S3".into(),
+                ),
+                (
+                    "snapshot-method".into(),
+                    "server-side CopyObject of every object".into(),
+                ),
+                (
+                    "mount".into(),
+                    "s3fs-fuse, path-style requests, credentials in a 0600 file".into(),
+                ),
+                (
+                    "capacity".into(),
+                    "unknown unless `capacity` is configured (S3 reports none)".into(),
+                ),
                 ("qos".into(), "not supported".into()),
             ],
         }
@@ -358,7 +423,10 @@ impl Guest for S3Driver {
     fn configure(config: Vec<(String, String)>) -> DriverResult<()> {
         elara_driver_sdk::log::install_panic_hook();
         let settings = parse_settings(config)?;
-        debug!("configured: endpoint {}, layout {:?}", settings.endpoint, settings.layout);
+        debug!(
+            "configured: endpoint {}, layout {:?}",
+            settings.endpoint, settings.layout
+        );
         SETTINGS.set(settings);
         Ok(())
     }
@@ -368,7 +436,12 @@ impl Guest for S3Driver {
         let s3 = settings.client();
         // Listing the volumes is the reachability and credentials check, and gives the sum of
         // their (soft) sizes.
-        let provisioned = settings.layout.list(&s3, Kind::Volume)?.iter().map(|r| r.size_bytes).sum();
+        let provisioned = settings
+            .layout
+            .list(&s3, Kind::Volume)?
+            .iter()
+            .map(|r| r.size_bytes)
+            .sum();
         let (total, free) = match settings.capacity {
             Some(c) => (Capacity::Bytes(c), Capacity::Bytes(c.saturating_sub(provisioned))),
             None => (Capacity::Unknown, Capacity::Unknown),
@@ -400,7 +473,12 @@ impl Guest for S3Driver {
     fn list_volumes() -> DriverResult<Vec<Volume>> {
         let settings = SETTINGS.get()?;
         let s3 = settings.client();
-        Ok(settings.layout.list(&s3, Kind::Volume)?.iter().map(|r| to_volume(&settings, r)).collect())
+        Ok(settings
+            .layout
+            .list(&s3, Kind::Volume)?
+            .iter()
+            .map(|r| to_volume(&settings, r))
+            .collect())
     }
 
     fn create(spec: VolumeSpec) -> DriverResult<Volume> {
@@ -414,7 +492,12 @@ impl Guest for S3Driver {
         settings.layout.prepare(&s3, &place)?;
         let record = new_volume_record(&spec, None);
         settings.layout.write(&s3, &record)?;
-        info!("created volume {} at {} (soft quota {} bytes)", spec.id, place.uri(), spec.size_bytes);
+        info!(
+            "created volume {} at {} (soft quota {} bytes)",
+            spec.id,
+            place.uri(),
+            spec.size_bytes
+        );
         Ok(to_volume(&settings, &record))
     }
 
@@ -445,10 +528,21 @@ impl Guest for S3Driver {
         // No record: whatever an earlier attempt copied is incomplete; start over.
         settings.layout.clear(&s3, &place, &label)?;
         let from = settings.layout.place(Kind::Snapshot, &snapshot_id);
-        copy_all(&s3, &from, &place, settings.copy_concurrency, snapshot.size_bytes, &label)?;
+        copy_all(
+            &s3,
+            &from,
+            &place,
+            settings.copy_concurrency,
+            snapshot.size_bytes,
+            &label,
+        )?;
         let record = new_volume_record(&spec, Some(&snapshot_id));
         settings.layout.write(&s3, &record)?;
-        info!("created volume {} from snapshot {snapshot_id} at {}", spec.id, place.uri());
+        info!(
+            "created volume {} from snapshot {snapshot_id} at {}",
+            spec.id,
+            place.uri()
+        );
         Ok(to_volume(&settings, &record))
     }
 
@@ -521,7 +615,12 @@ impl Guest for S3Driver {
             volume_id: Some(spec.volume_id.clone()),
         };
         settings.layout.write(&s3, &record)?;
-        info!("snapshot {} of volume {}: {objects} objects, {bytes} bytes at {}", spec.id, spec.volume_id, place.uri());
+        info!(
+            "snapshot {} of volume {}: {objects} objects, {bytes} bytes at {}",
+            spec.id,
+            spec.volume_id,
+            place.uri()
+        );
         Ok(to_snapshot(&settings, &record))
     }
 
@@ -562,11 +661,17 @@ impl Guest for S3Driver {
         let record = volume_record(&s3, &settings, &volume_id)?;
         let place = settings.layout.place(Kind::Volume, &volume_id);
         let (objects, bytes) = usage(&s3, &place).map_err(|e| err(&s3, e))?;
-        Ok(VolumeStats { size_bytes: record.size_bytes, used_bytes: bytes, objects: Some(objects) })
+        Ok(VolumeStats {
+            size_bytes: record.size_bytes,
+            used_bytes: bytes,
+            objects: Some(objects),
+        })
     }
 
     fn set_qos(_volume_id: String, _qos: Qos) -> DriverResult<()> {
-        Err(DriverError::unsupported("set-qos: S3 volumes cannot enforce IOPS or bandwidth limits"))
+        Err(DriverError::unsupported(
+            "set-qos: S3 volumes cannot enforce IOPS or bandwidth limits",
+        ))
     }
 }
 
@@ -579,7 +684,11 @@ mod tests {
     }
 
     fn base() -> Vec<(&'static str, &'static str)> {
-        vec![("endpoint", "http://127.0.0.1:7480"), ("access_key", "AK"), ("secret_key", "SK")]
+        vec![
+            ("endpoint", "http://127.0.0.1:7480"),
+            ("access_key", "AK"),
+            ("secret_key", "SK"),
+        ]
     }
 
     fn field_of(r: DriverResult<S3Settings>) -> String {
@@ -592,13 +701,24 @@ mod tests {
     #[test]
     fn layouts_from_config() {
         let s = parse_settings(pairs(&base())).unwrap();
-        assert_eq!(s.layout, Layout::Buckets { name_prefix: "elara-".into() });
+        assert_eq!(
+            s.layout,
+            Layout::Buckets {
+                name_prefix: "elara-".into()
+            }
+        );
         assert!(s.path_style);
         let mut with_bucket = base();
         with_bucket.push(("bucket", "data"));
         with_bucket.push(("prefix", "/team"));
         let s = parse_settings(pairs(&with_bucket)).unwrap();
-        assert_eq!(s.layout, Layout::Prefix { bucket: "data".into(), prefix: "team/".into() });
+        assert_eq!(
+            s.layout,
+            Layout::Prefix {
+                bucket: "data".into(),
+                prefix: "team/".into()
+            }
+        );
     }
 
     #[test]
@@ -622,7 +742,9 @@ mod tests {
 
     #[test]
     fn ids_must_name_buckets() {
-        let layout = Layout::Buckets { name_prefix: "elara-".into() };
+        let layout = Layout::Buckets {
+            name_prefix: "elara-".into(),
+        };
         assert!(check_id("id", "0b9e4a2c-1f3d-4c8e-9a7b-5d6e7f809102", &layout).is_ok());
         assert!(check_id("id", "Upper", &layout).is_err());
         assert!(check_id("id", &"a".repeat(56), &layout).is_err());

@@ -11,8 +11,8 @@ use std::time::Duration;
 use base64::Engine;
 use elara_driver_sdk::http::{Client, HttpError, RequestBuilder, Response, send_all};
 use elara_driver_sdk::types::DriverError;
-use md5::{Digest, Md5};
 use elara_s3_wire::{ErrorDoc, ListBucketResult, PATH, Payload, QUERY, Signer};
+use md5::{Digest, Md5};
 use percent_encoding::utf8_percent_encode;
 use serde::Deserialize;
 use thiserror::Error;
@@ -87,7 +87,10 @@ impl S3Error {
     /// `unavailable`; missing things are `not-found`; the rest is `backend` with S3's words.
     pub fn into_driver(self, fields: &Fields) -> DriverError {
         let text = self.to_string();
-        let S3Error::Service { status, code, bucket, .. } = &self else {
+        let S3Error::Service {
+            status, code, bucket, ..
+        } = &self
+        else {
             return match self {
                 S3Error::Http { source, .. } => {
                     DriverError::from(source).with_context(format!("S3 at {}", fields.endpoint))
@@ -98,7 +101,10 @@ impl S3Error {
         match code.as_str() {
             "InvalidAccessKeyId" => DriverError::invalid(
                 "access_key",
-                format!("S3 at {} does not know this access key (InvalidAccessKeyId)", fields.endpoint),
+                format!(
+                    "S3 at {} does not know this access key (InvalidAccessKeyId)",
+                    fields.endpoint
+                ),
             ),
             "SignatureDoesNotMatch" => DriverError::invalid(
                 "secret_key",
@@ -148,7 +154,10 @@ pub struct S3 {
 impl std::fmt::Debug for S3 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the credentials.
-        f.debug_struct("S3").field("endpoint", &self.endpoint).field("region", &self.region).finish_non_exhaustive()
+        f.debug_struct("S3")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .finish_non_exhaustive()
     }
 }
 
@@ -174,7 +183,11 @@ pub struct Copy {
 
 /// `x-amz-copy-source`: `/bucket/key`, URL-encoded.
 fn copy_source(bucket: &str, key: &str) -> String {
-    format!("/{}/{}", utf8_percent_encode(bucket, PATH), utf8_percent_encode(key, PATH))
+    format!(
+        "/{}/{}",
+        utf8_percent_encode(bucket, PATH),
+        utf8_percent_encode(key, PATH)
+    )
 }
 
 /// A CopyObject of `source` (see [`copy_source`]) to `dst_bucket/dst_key`, metadata included.
@@ -209,7 +222,16 @@ struct Req<'a> {
 
 impl<'a> Req<'a> {
     fn new(op: &'static str, method: &'static str, bucket: Option<&'a str>) -> Self {
-        Req { op, method, bucket, key: None, query: vec![], headers: vec![], body: vec![], timeout: None }
+        Req {
+            op,
+            method,
+            bucket,
+            key: None,
+            query: vec![],
+            headers: vec![],
+            body: vec![],
+            timeout: None,
+        }
     }
     fn key(mut self, key: &'a str) -> Self {
         self.key = Some(key);
@@ -247,7 +269,10 @@ impl S3 {
     ) -> Self {
         let endpoint = endpoint.trim_end_matches('/').to_string();
         S3 {
-            fields: Fields { bucket: bucket_field, endpoint: endpoint.clone() },
+            fields: Fields {
+                bucket: bucket_field,
+                endpoint: endpoint.clone(),
+            },
             endpoint,
             region: region.to_string(),
             access_key: access_key.to_string(),
@@ -292,7 +317,11 @@ impl S3 {
     /// The signed request, ready to send.
     fn signed(&self, req: &Req<'_>) -> Result<RequestBuilder, S3Error> {
         let url = self.url(req.bucket, req.key, &req.query);
-        let signer = Signer { access_key: &self.access_key, secret_key: &self.secret_key, region: &self.region };
+        let signer = Signer {
+            access_key: &self.access_key,
+            secret_key: &self.secret_key,
+            region: &self.region,
+        };
         let signature = signer
             .headers(req.method, &url, &req.headers, Payload::Bytes(&req.body))
             .map_err(|reason| S3Error::Signing { op: req.op, reason })?;
@@ -318,7 +347,10 @@ impl S3 {
 
     /// Send and turn a non-2xx reply into [`S3Error::Service`].
     fn send(&self, req: Req<'_>) -> Result<Response, S3Error> {
-        let resp = self.signed(&req)?.send().map_err(|source| S3Error::Http { op: req.op, source })?;
+        let resp = self
+            .signed(&req)?
+            .send()
+            .map_err(|source| S3Error::Http { op: req.op, source })?;
         check_status(&req, resp)
     }
 
@@ -338,10 +370,15 @@ impl S3 {
         let (index, builders): (Vec<usize>, Vec<RequestBuilder>) = ready.into_iter().unzip();
         for (i, sent) in index.into_iter().zip(send_all(builders, concurrency)) {
             let req = &reqs[i];
-            results[i] =
-                Some(sent.map_err(|source| S3Error::Http { op: req.op, source }).and_then(|r| check_status(req, r)));
+            results[i] = Some(
+                sent.map_err(|source| S3Error::Http { op: req.op, source })
+                    .and_then(|r| check_status(req, r)),
+            );
         }
-        results.into_iter().map(|r| r.expect("every request has a result")).collect()
+        results
+            .into_iter()
+            .map(|r| r.expect("every request has a result"))
+            .collect()
     }
 
     /// Names of every bucket the credentials own (also the cheapest check of the credentials).
@@ -370,7 +407,9 @@ impl S3 {
 
     /// Whether a bucket exists (and the credentials may list it).
     pub fn bucket_exists(&self, bucket: &str) -> Result<bool, S3Error> {
-        let req = Req::new("ListObjectsV2", "GET", Some(bucket)).query("list-type", "2").query("max-keys", "0");
+        let req = Req::new("ListObjectsV2", "GET", Some(bucket))
+            .query("list-type", "2")
+            .query("max-keys", "0");
         match self.send(req) {
             Ok(_) => Ok(true),
             Err(e) if e.is("NoSuchBucket") => Ok(false),
@@ -393,8 +432,10 @@ impl S3 {
 
     /// [`S3::get_bucket_tagging`] of many buckets, `concurrency` at a time, in their order.
     pub fn get_bucket_taggings(&self, buckets: &[&str], concurrency: usize) -> Vec<Result<Option<Tags>, S3Error>> {
-        let reqs: Vec<Req<'_>> =
-            buckets.iter().map(|b| Req::new("GetBucketTagging", "GET", Some(b)).query("tagging", "")).collect();
+        let reqs: Vec<Req<'_>> = buckets
+            .iter()
+            .map(|b| Req::new("GetBucketTagging", "GET", Some(b)).query("tagging", ""))
+            .collect();
         self.send_many(&reqs, concurrency)
             .into_iter()
             .map(|result| match result {
@@ -412,10 +453,16 @@ impl S3 {
     pub fn put_bucket_tagging(&self, bucket: &str, tags: &[(String, String)]) -> Result<(), S3Error> {
         let mut xml = String::from("<Tagging xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><TagSet>");
         for (k, v) in tags {
-            xml.push_str(&format!("<Tag><Key>{}</Key><Value>{}</Value></Tag>", escape(k), escape(v)));
+            xml.push_str(&format!(
+                "<Tag><Key>{}</Key><Value>{}</Value></Tag>",
+                escape(k),
+                escape(v)
+            ));
         }
         xml.push_str("</TagSet></Tagging>");
-        let req = Req::new("PutBucketTagging", "PUT", Some(bucket)).query("tagging", "").body_md5(xml.into_bytes());
+        let req = Req::new("PutBucketTagging", "PUT", Some(bucket))
+            .query("tagging", "")
+            .body_md5(xml.into_bytes());
         self.send(req).map(drop)
     }
 
@@ -432,14 +479,28 @@ impl S3 {
         }
         let resp = self.send(req)?;
         let parsed: ListBucketResult = parse("ListObjectsV2", &resp.body)?;
-        let next = if parsed.is_truncated { parsed.next_continuation_token.filter(|t| !t.is_empty()) } else { None };
+        let next = if parsed.is_truncated {
+            parsed.next_continuation_token.filter(|t| !t.is_empty())
+        } else {
+            None
+        };
         if parsed.is_truncated && next.is_none() {
             return Err(S3Error::Reply {
                 op: "ListObjectsV2",
                 reason: "truncated listing without a continuation token".into(),
             });
         }
-        Ok(Page { objects: parsed.contents.into_iter().map(|c| Object { key: c.key, size: c.size }).collect(), next })
+        Ok(Page {
+            objects: parsed
+                .contents
+                .into_iter()
+                .map(|c| Object {
+                    key: c.key,
+                    size: c.size,
+                })
+                .collect(),
+            next,
+        })
     }
 
     /// Delete up to 1 000 keys in one call; keys that are already gone count as deleted.
@@ -452,7 +513,9 @@ impl S3 {
             xml.push_str(&format!("<Object><Key>{}</Key></Object>", escape(k)));
         }
         xml.push_str("</Delete>");
-        let req = Req::new("DeleteObjects", "POST", Some(bucket)).query("delete", "").body_md5(xml.into_bytes());
+        let req = Req::new("DeleteObjects", "POST", Some(bucket))
+            .query("delete", "")
+            .body_md5(xml.into_bytes());
         let resp = self.send(req)?;
         let result: DeleteResult = parse("DeleteObjects", &resp.body)?;
         match result.error.into_iter().find(|e| e.code != "NoSuchKey") {
@@ -516,7 +579,9 @@ impl S3 {
     ) -> Result<(), S3Error> {
         // Carry the source's metadata (s3fs's mode/uid/gid/mtime) over to the new upload.
         let head = self.send(Req::new("HeadObject", "HEAD", Some(src_bucket)).key(src_key))?;
-        let mut init = Req::new("CreateMultipartUpload", "POST", Some(dst_bucket)).key(dst_key).query("uploads", "");
+        let mut init = Req::new("CreateMultipartUpload", "POST", Some(dst_bucket))
+            .key(dst_key)
+            .query("uploads", "");
         for (k, v) in &head.headers {
             if k.starts_with("x-amz-meta-") || k == "content-type" {
                 init = init.header(k, v.clone());
@@ -577,7 +642,9 @@ impl S3 {
 
     /// Abort a multipart upload; one that is gone counts as aborted.
     pub fn abort_upload(&self, bucket: &str, key: &str, upload_id: &str) -> Result<(), S3Error> {
-        let req = Req::new("AbortMultipartUpload", "DELETE", Some(bucket)).key(key).query("uploadId", upload_id);
+        let req = Req::new("AbortMultipartUpload", "DELETE", Some(bucket))
+            .key(key)
+            .query("uploadId", upload_id);
         match self.send(req) {
             Err(e) if e.is("NoSuchUpload") => Ok(()),
             other => other.map(drop),
@@ -596,7 +663,10 @@ impl S3 {
         keys: &[&str],
         concurrency: usize,
     ) -> Vec<Result<Option<Vec<u8>>, S3Error>> {
-        let reqs: Vec<Req<'_>> = keys.iter().map(|k| Req::new("GetObject", "GET", Some(bucket)).key(k)).collect();
+        let reqs: Vec<Req<'_>> = keys
+            .iter()
+            .map(|k| Req::new("GetObject", "GET", Some(bucket)).key(k))
+            .collect();
         self.send_many(&reqs, concurrency)
             .into_iter()
             .map(|result| match result {
@@ -609,7 +679,9 @@ impl S3 {
 
     /// Write a small object.
     pub fn put_object(&self, bucket: &str, key: &str, body: Vec<u8>, content_type: &str) -> Result<(), S3Error> {
-        let mut req = Req::new("PutObject", "PUT", Some(bucket)).key(key).header("content-type", content_type);
+        let mut req = Req::new("PutObject", "PUT", Some(bucket))
+            .key(key)
+            .header("content-type", content_type);
         req.body = body;
         self.send(req).map(drop)
     }
@@ -660,7 +732,10 @@ fn check_embedded_error(op: &'static str, bucket: &str, body: &[u8]) -> Result<(
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(op: &'static str, body: &[u8]) -> Result<T, S3Error> {
-    quick_xml::de::from_reader(body).map_err(|e| S3Error::Reply { op, reason: e.to_string() })
+    quick_xml::de::from_reader(body).map_err(|e| S3Error::Reply {
+        op,
+        reason: e.to_string(),
+    })
 }
 
 /// XML-escape text for a request body.
@@ -767,11 +842,21 @@ mod tests {
     fn urls_encode_keys_and_query_values() {
         let s3 = client(true);
         assert_eq!(
-            s3.url(Some("b"), Some("dir/a b+c%.txt"), &[("list-type", "2".into()), ("prefix", "x/y z".into())]),
+            s3.url(
+                Some("b"),
+                Some("dir/a b+c%.txt"),
+                &[("list-type", "2".into()), ("prefix", "x/y z".into())]
+            ),
             "http://127.0.0.1:7480/b/dir/a%20b%2Bc%25.txt?list-type=2&prefix=x%2Fy%20z"
         );
-        assert_eq!(s3.url(Some("b"), None, &[("delete", String::new())]), "http://127.0.0.1:7480/b/?delete");
-        assert_eq!(client(false).url(Some("b"), Some("k"), &[]), "http://b.127.0.0.1:7480/k");
+        assert_eq!(
+            s3.url(Some("b"), None, &[("delete", String::new())]),
+            "http://127.0.0.1:7480/b/?delete"
+        );
+        assert_eq!(
+            client(false).url(Some("b"), Some("k"), &[]),
+            "http://b.127.0.0.1:7480/k"
+        );
     }
 
     #[test]
@@ -789,7 +874,10 @@ mod tests {
             400,
             br#"<?xml version="1.0" encoding="UTF-8"?><Error><Code>InvalidBucketName</Code><BucketName>Bad_Bucket</BucketName><RequestId>tx</RequestId></Error>"#,
         );
-        let fields = Fields { bucket: "bucket", endpoint: "http://x".into() };
+        let fields = Fields {
+            bucket: "bucket",
+            endpoint: "http://x".into(),
+        };
         match err.into_driver(&fields) {
             DriverError::Invalid(f) => {
                 assert_eq!(f.field, "bucket");
@@ -797,9 +885,19 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let denied = service_error("ListBuckets", None, 403, b"<Error><Code>InvalidAccessKeyId</Code></Error>");
+        let denied = service_error(
+            "ListBuckets",
+            None,
+            403,
+            b"<Error><Code>InvalidAccessKeyId</Code></Error>",
+        );
         assert!(matches!(denied.into_driver(&fields), DriverError::Invalid(f) if f.field == "access_key"));
-        let sig = service_error("ListBuckets", None, 403, b"<Error><Code>SignatureDoesNotMatch</Code></Error>");
+        let sig = service_error(
+            "ListBuckets",
+            None,
+            403,
+            b"<Error><Code>SignatureDoesNotMatch</Code></Error>",
+        );
         assert!(matches!(sig.into_driver(&fields), DriverError::Invalid(f) if f.field == "secret_key"));
         let head = service_error("HeadObject", Some("b"), 404, b"");
         assert!(matches!(head.into_driver(&fields), DriverError::NotFound(_)));
@@ -809,16 +907,27 @@ mod tests {
     fn parses_buckets_tags_and_delete_results() {
         let xml = br#"<ListAllMyBucketsResult><Owner><ID>x</ID></Owner><Buckets><Bucket><Name>a</Name><CreationDate>2024</CreationDate></Bucket><Bucket><Name>b</Name></Bucket></Buckets></ListAllMyBucketsResult>"#;
         let r: ListAllMyBucketsResult = parse("ListBuckets", xml).unwrap();
-        assert_eq!(r.buckets.bucket.iter().map(|b| b.name.as_str()).collect::<Vec<_>>(), ["a", "b"]);
-        let empty: ListAllMyBucketsResult =
-            parse("ListBuckets", b"<ListAllMyBucketsResult><Buckets/></ListAllMyBucketsResult>").unwrap();
+        assert_eq!(
+            r.buckets.bucket.iter().map(|b| b.name.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        let empty: ListAllMyBucketsResult = parse(
+            "ListBuckets",
+            b"<ListAllMyBucketsResult><Buckets/></ListAllMyBucketsResult>",
+        )
+        .unwrap();
         assert!(empty.buckets.bucket.is_empty());
-        let t: Tagging =
-            parse("GetBucketTagging", b"<Tagging><TagSet><Tag><Key>k</Key><Value>v</Value></Tag></TagSet></Tagging>")
-                .unwrap();
+        let t: Tagging = parse(
+            "GetBucketTagging",
+            b"<Tagging><TagSet><Tag><Key>k</Key><Value>v</Value></Tag></TagSet></Tagging>",
+        )
+        .unwrap();
         assert_eq!(t.tag_set.tag[0].key, "k");
-        let d: DeleteResult =
-            parse("DeleteObjects", b"<DeleteResult><Deleted><Key>a</Key></Deleted></DeleteResult>").unwrap();
+        let d: DeleteResult = parse(
+            "DeleteObjects",
+            b"<DeleteResult><Deleted><Key>a</Key></Deleted></DeleteResult>",
+        )
+        .unwrap();
         assert!(d.error.is_empty());
     }
 }

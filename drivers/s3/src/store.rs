@@ -121,12 +121,14 @@ impl Layout {
     /// Where the data of `kind` `id` lives.
     pub fn place(&self, kind: Kind, id: &str) -> Place {
         match self {
-            Layout::Buckets { name_prefix } => {
-                Place { bucket: format!("{name_prefix}{}{id}", kind.bucket_infix()), prefix: String::new() }
-            }
-            Layout::Prefix { bucket, prefix } => {
-                Place { bucket: bucket.clone(), prefix: format!("{prefix}{}{id}/", kind.folder()) }
-            }
+            Layout::Buckets { name_prefix } => Place {
+                bucket: format!("{name_prefix}{}{id}", kind.bucket_infix()),
+                prefix: String::new(),
+            },
+            Layout::Prefix { bucket, prefix } => Place {
+                bucket: bucket.clone(),
+                prefix: format!("{prefix}{}{id}/", kind.folder()),
+            },
         }
     }
 
@@ -223,12 +225,14 @@ impl Layout {
         match self {
             Layout::Buckets { .. } => {
                 let place = self.place(record.kind, &record.id);
-                s3.put_bucket_tagging(&place.bucket, &tags_of(record)).map_err(|e| err(s3, e))
+                s3.put_bucket_tagging(&place.bucket, &tags_of(record))
+                    .map_err(|e| err(s3, e))
             }
             Layout::Prefix { bucket, prefix } => {
                 let key = Self::meta_key(prefix, record.kind, &record.id);
                 let body = serde_json::to_vec_pretty(record)?;
-                s3.put_object(bucket, &key, body, "application/json").map_err(|e| err(s3, e))
+                s3.put_object(bucket, &key, body, "application/json")
+                    .map_err(|e| err(s3, e))
             }
         }
     }
@@ -266,7 +270,11 @@ impl Layout {
             Layout::Buckets { name_prefix } => {
                 let start = format!("{name_prefix}{}", kind.bucket_infix());
                 let buckets = s3.list_buckets().map_err(|e| err(s3, e))?;
-                buckets.iter().filter_map(|b| b.strip_prefix(&start)).map(str::to_string).collect()
+                buckets
+                    .iter()
+                    .filter_map(|b| b.strip_prefix(&start))
+                    .map(str::to_string)
+                    .collect()
             }
             Layout::Prefix { bucket, prefix } => {
                 let folder = format!("{prefix}meta/{}", kind.folder());
@@ -284,7 +292,11 @@ impl Layout {
                 ids
             }
         };
-        Ok(self.read_many(s3, kind, &ids, READ_CONCURRENCY)?.into_iter().flatten().collect())
+        Ok(self
+            .read_many(s3, kind, &ids, READ_CONCURRENCY)?
+            .into_iter()
+            .flatten()
+            .collect())
     }
 }
 
@@ -349,7 +361,11 @@ fn empty(s3: &S3, place: &Place, label: &str) -> Result<u64, S3Error> {
         for (key, id) in &uploads {
             s3.abort_upload(&place.bucket, key, id)?;
         }
-        info!("{label}: aborted {} unfinished uploads in {}", uploads.len(), place.uri());
+        info!(
+            "{label}: aborted {} unfinished uploads in {}",
+            uploads.len(),
+            place.uri()
+        );
     }
     Ok(deleted)
 }
@@ -359,11 +375,20 @@ fn empty(s3: &S3, place: &Place, label: &str) -> Result<u64, S3Error> {
 /// Progress goes to the host after each page: bytes copied of `size_hint` (the volume's size:
 /// the listing comes a page at a time, so the data's own total is known only at the end). The
 /// total stays the same in every report, as the host counts only a fixed one.
-pub fn copy_all(s3: &S3, from: &Place, to: &Place, concurrency: usize, size_hint: u64, label: &str) -> DriverResult<(u64, u64)> {
+pub fn copy_all(
+    s3: &S3,
+    from: &Place,
+    to: &Place,
+    concurrency: usize,
+    size_hint: u64,
+    label: &str,
+) -> DriverResult<(u64, u64)> {
     let (mut objects, mut bytes) = (0u64, 0u64);
     let mut token: Option<String> = None;
     loop {
-        let page = s3.list_objects(&from.bucket, &from.prefix, token.as_deref()).map_err(|e| err(s3, e))?;
+        let page = s3
+            .list_objects(&from.bucket, &from.prefix, token.as_deref())
+            .map_err(|e| err(s3, e))?;
         let copies: Vec<Copy> = page
             .objects
             .iter()
@@ -380,7 +405,11 @@ pub fn copy_all(s3: &S3, from: &Place, to: &Place, concurrency: usize, size_hint
         s3.copy_objects(&copies, concurrency).map_err(|e| err(s3, e))?;
         objects += copies.len() as u64;
         bytes += copies.iter().map(|c| c.size).sum::<u64>();
-        info!("{label}: copied {objects} objects ({bytes} bytes) from {} to {}", from.uri(), to.uri());
+        info!(
+            "{label}: copied {objects} objects ({bytes} bytes) from {} to {}",
+            from.uri(),
+            to.uri()
+        );
         match page.next {
             Some(t) => {
                 elara_driver_sdk::log::progress(bytes.min(size_hint), size_hint);
@@ -424,7 +453,9 @@ fn record_from_tags(tags: &[(String, String)], kind: Kind, id: &str) -> Result<O
         return Err(format!("{TAG_KIND}={:?}, expected {}", get(TAG_KIND), kind.name()));
     }
     let size = get(TAG_SIZE).unwrap_or_default();
-    let size_bytes = size.parse().map_err(|_| format!("{TAG_SIZE}={size:?} is not a number"))?;
+    let size_bytes = size
+        .parse()
+        .map_err(|_| format!("{TAG_SIZE}={size:?} is not a number"))?;
     Ok(Some(Record {
         kind,
         id: tag_id,
@@ -442,13 +473,33 @@ mod tests {
 
     #[test]
     fn places() {
-        let b = Layout::Buckets { name_prefix: "elara-".into() };
-        assert_eq!(b.place(Kind::Volume, "abc"), Place { bucket: "elara-v-abc".into(), prefix: String::new() });
+        let b = Layout::Buckets {
+            name_prefix: "elara-".into(),
+        };
+        assert_eq!(
+            b.place(Kind::Volume, "abc"),
+            Place {
+                bucket: "elara-v-abc".into(),
+                prefix: String::new()
+            }
+        );
         assert_eq!(b.place(Kind::Snapshot, "abc").bucket, "elara-s-abc");
         assert_eq!(b.max_id_len(), 55);
-        let p = Layout::Prefix { bucket: "data".into(), prefix: "elara/".into() };
-        assert_eq!(p.place(Kind::Volume, "abc"), Place { bucket: "data".into(), prefix: "elara/volumes/abc/".into() });
-        assert_eq!(Layout::meta_key("elara/", Kind::Snapshot, "s1"), "elara/meta/snapshots/s1.json");
+        let p = Layout::Prefix {
+            bucket: "data".into(),
+            prefix: "elara/".into(),
+        };
+        assert_eq!(
+            p.place(Kind::Volume, "abc"),
+            Place {
+                bucket: "data".into(),
+                prefix: "elara/volumes/abc/".into()
+            }
+        );
+        assert_eq!(
+            Layout::meta_key("elara/", Kind::Snapshot, "s1"),
+            "elara/meta/snapshots/s1.json"
+        );
     }
 
     #[test]
@@ -462,9 +513,15 @@ mod tests {
             from: Some("s1".into()),
             volume_id: None,
         };
-        assert_eq!(record_from_tags(&tags_of(&r), Kind::Volume, "v1").unwrap(), Some(r.clone()));
+        assert_eq!(
+            record_from_tags(&tags_of(&r), Kind::Volume, "v1").unwrap(),
+            Some(r.clone())
+        );
         assert!(record_from_tags(&tags_of(&r), Kind::Volume, "v2").is_err());
         assert!(record_from_tags(&tags_of(&r), Kind::Snapshot, "v1").is_err());
-        assert_eq!(record_from_tags(&[("owner".into(), "x".into())], Kind::Volume, "v1").unwrap(), None);
+        assert_eq!(
+            record_from_tags(&[("owner".into(), "x".into())], Kind::Volume, "v1").unwrap(),
+            None
+        );
     }
 }

@@ -259,24 +259,21 @@ impl Config {
             tls_key: args.tls_key.clone().or(file.tls_key),
             token_file: args.token_file.clone().or(file.token_file),
             insecure_tcp: args.insecure_tcp || file.insecure_tcp.unwrap_or(false),
-            pool_refresh_secs: args
-                .pool_refresh_secs
-                .or(file.pool_refresh_secs)
-                .unwrap_or(30),
+            pool_refresh_secs: args.pool_refresh_secs.or(file.pool_refresh_secs).unwrap_or(30),
             node_ttl_secs: args.node_ttl_secs.or(file.node_ttl_secs).unwrap_or(10),
             attach_iscsi: args.attach_iscsi.or(attach.iscsi).unwrap_or_default(),
             attach_nfs: args.attach_nfs.or(attach.nfs).unwrap_or_default(),
-            attach_io_timeout_secs: args
-                .attach_io_timeout_secs
-                .or(attach.io_timeout_secs)
-                .unwrap_or(30),
+            attach_io_timeout_secs: args.attach_io_timeout_secs.or(attach.io_timeout_secs).unwrap_or(30),
             mount_path_roots: match (&args.mount_path_roots, file.mount_path_roots) {
                 (a, _) if !a.is_empty() => a.clone(),
                 (_, Some(f)) => f,
                 _ => vec![data_dir.join("mounts")],
             },
             tcp_max_connections: args.tcp_max_connections.or(file.tcp_max_connections).unwrap_or(256),
-            tcp_header_timeout_secs: args.tcp_header_timeout_secs.or(file.tcp_header_timeout_secs).unwrap_or(10),
+            tcp_header_timeout_secs: args
+                .tcp_header_timeout_secs
+                .or(file.tcp_header_timeout_secs)
+                .unwrap_or(10),
             data_dir,
             store,
             store_security,
@@ -284,9 +281,7 @@ impl Config {
         };
         if cfg.listen.is_some() {
             if cfg.token_file.is_none() {
-                bail!(
-                    "--listen needs --token-file: the TCP listener always requires a bearer token"
-                );
+                bail!("--listen needs --token-file: the TCP listener always requires a bearer token");
             }
             if !cfg.insecure_tcp && (cfg.tls_cert.is_none() || cfg.tls_key.is_none()) {
                 bail!(
@@ -295,15 +290,25 @@ impl Config {
             }
         }
         for root in &cfg.mount_path_roots {
-            if !root.is_absolute() || root.components().any(|c| !matches!(c, std::path::Component::RootDir | std::path::Component::Normal(_))) {
-                bail!("mount_path_roots: {} must be an absolute path without `.` or `..`", root.display());
+            if !root.is_absolute()
+                || root
+                    .components()
+                    .any(|c| !matches!(c, std::path::Component::RootDir | std::path::Component::Normal(_)))
+            {
+                bail!(
+                    "mount_path_roots: {} must be an absolute path without `.` or `..`",
+                    root.display()
+                );
             }
         }
         if cfg.tcp_max_connections == 0 {
             bail!("tcp_max_connections: must be at least 1");
         }
         if !(1..=600).contains(&cfg.tcp_header_timeout_secs) {
-            bail!("tcp_header_timeout_secs: must be 1 to 600 seconds, not {}", cfg.tcp_header_timeout_secs);
+            bail!(
+                "tcp_header_timeout_secs: must be 1 to 600 seconds, not {}",
+                cfg.tcp_header_timeout_secs
+            );
         }
         if cfg.node_ttl_secs < 2 {
             bail!("node_ttl_secs: must be at least 2");
@@ -341,8 +346,7 @@ impl Config {
 }
 
 fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading config file {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
 }
 
@@ -356,9 +360,7 @@ fn default_drivers_dir() -> Option<PathBuf> {
         bin.join("../drivers"), // target/{debug,release}/elara → target/drivers
         PathBuf::from("/usr/local/lib/elara/drivers"),
     ];
-    candidates
-        .into_iter()
-        .find(|p| p.join("local.wasm").exists())
+    candidates.into_iter().find(|p| p.join("local.wasm").exists())
 }
 
 #[cfg(test)]
@@ -389,7 +391,10 @@ mod tests {
         let cfg = resolve_with(table, DaemonArgs::default()).unwrap();
         assert_eq!(cfg.store, "etcds://elara@h1:2379,h2:2379/ns");
         assert_eq!(cfg.store_security.ca.as_deref(), Some(Path::new("/etc/elara/ca.pem")));
-        assert_eq!(cfg.store_security.key.as_deref(), Some(Path::new("/etc/elara/node.key")));
+        assert_eq!(
+            cfg.store_security.key.as_deref(),
+            Some(Path::new("/etc/elara/node.key"))
+        );
         assert_eq!(
             cfg.store_security.password_file.as_deref(),
             Some(Path::new("/etc/elara/etcd.password"))
@@ -406,8 +411,11 @@ mod tests {
 
     #[test]
     fn an_unknown_store_key_is_refused_by_name() {
-        let err = resolve_with("[store]\nurl = \"etcd://h1:2379\"\npassword = \"x\"\n", DaemonArgs::default())
-            .unwrap_err();
+        let err = resolve_with(
+            "[store]\nurl = \"etcd://h1:2379\"\npassword = \"x\"\n",
+            DaemonArgs::default(),
+        )
+        .unwrap_err();
         assert!(format!("{err:#}").contains("unknown field `password`"), "{err:#}");
     }
 
@@ -431,6 +439,9 @@ mod tests {
             ..Default::default()
         };
         let err = resolve_with("", args).unwrap_err();
-        assert!(format!("{err:#}").contains("need an etcd:// or etcds:// store"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("need an etcd:// or etcds:// store"),
+            "{err:#}"
+        );
     }
 }

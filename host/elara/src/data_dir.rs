@@ -28,7 +28,13 @@ pub fn set_private_umask() {
 /// Create the daemon's directories (`0700`) and make private any of them, and the embedded
 /// store file, that group or others can reach. Returns what it fixed, for the log and tests.
 pub fn prepare(cfg: &Config) -> anyhow::Result<Vec<PathBuf>> {
-    let dirs = [cfg.data_dir.clone(), cfg.pools_dir(), cfg.mounts_dir(), cfg.cache_dir(), cfg.run_dir()];
+    let dirs = [
+        cfg.data_dir.clone(),
+        cfg.pools_dir(),
+        cfg.mounts_dir(),
+        cfg.cache_dir(),
+        cfg.run_dir(),
+    ];
     for dir in &dirs {
         std::fs::DirBuilder::new()
             .recursive(true)

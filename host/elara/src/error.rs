@@ -36,10 +36,20 @@ pub struct ErrorBody {
 
 impl ApiError {
     pub fn new(status: u16, code: &str, message: impl Into<String>) -> Self {
-        ApiError { status, code: code.into(), field: None, message: message.into() }
+        ApiError {
+            status,
+            code: code.into(),
+            field: None,
+            message: message.into(),
+        }
     }
     pub fn invalid(field: &str, why: impl Into<String>) -> Self {
-        ApiError { status: 400, code: "invalid".into(), field: Some(field.into()), message: why.into() }
+        ApiError {
+            status: 400,
+            code: "invalid".into(),
+            field: Some(field.into()),
+            message: why.into(),
+        }
     }
     pub fn not_found(what: &str, name: &str) -> Self {
         Self::new(404, "not-found", format!("{what} {name:?} does not exist"))
@@ -48,7 +58,11 @@ impl ApiError {
         Self::new(409, "conflict", message)
     }
     pub fn busy(what: &str, name: &str, op: &str) -> Self {
-        Self::new(409, "busy", format!("{what} {name:?} is busy with operation {op}; try again"))
+        Self::new(
+            409,
+            "busy",
+            format!("{what} {name:?} is busy with operation {op}; try again"),
+        )
     }
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(500, "internal", message)
@@ -63,11 +77,21 @@ impl ApiError {
     /// A driver call's failure, naming the backend.
     pub fn from_call(backend: &str, err: CallError) -> Self {
         match err {
-            CallError::Driver(DriverError::NotFound(m)) => Self::new(404, "not-found", format!("backend {backend}: {m}")),
-            CallError::Driver(DriverError::AlreadyExists(m)) => Self::new(409, "conflict", format!("backend {backend}: {m}")),
-            CallError::Driver(DriverError::Invalid(f)) => ApiError::invalid(&f.field, format!("backend {backend}: {}", f.reason)),
-            CallError::Driver(DriverError::Unsupported(m)) => Self::new(501, "unsupported", format!("backend {backend}: {m}")),
-            CallError::Driver(DriverError::Unavailable(m)) => Self::new(503, "unavailable", format!("backend {backend} is unavailable: {m}")),
+            CallError::Driver(DriverError::NotFound(m)) => {
+                Self::new(404, "not-found", format!("backend {backend}: {m}"))
+            }
+            CallError::Driver(DriverError::AlreadyExists(m)) => {
+                Self::new(409, "conflict", format!("backend {backend}: {m}"))
+            }
+            CallError::Driver(DriverError::Invalid(f)) => {
+                ApiError::invalid(&f.field, format!("backend {backend}: {}", f.reason))
+            }
+            CallError::Driver(DriverError::Unsupported(m)) => {
+                Self::new(501, "unsupported", format!("backend {backend}: {m}"))
+            }
+            CallError::Driver(DriverError::Unavailable(m)) => {
+                Self::new(503, "unavailable", format!("backend {backend} is unavailable: {m}"))
+            }
             CallError::Driver(DriverError::Backend(m)) => Self::new(502, "backend", format!("backend {backend}: {m}")),
             other => Self::new(502, "driver-failed", format!("backend {backend}: {other}")),
         }

@@ -26,7 +26,10 @@ fn main() -> std::process::ExitCode {
             }
         };
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     let result = rt.block_on(async move {
         match cli.command {
             Command::Daemon(ref args) => {
@@ -53,14 +56,19 @@ fn init_tracing(daemon: bool) {
     use tracing_subscriber::EnvFilter;
     let default = if daemon { "info" } else { "warn" };
     let filter = EnvFilter::try_from_env("ELARA_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
 }
 
 /// `elara nfs-fuse`: record the pid, then serve the export until it is unmounted.
 fn nfs_fuse(args: cli::NfsFuseArgs) -> anyhow::Result<()> {
     use anyhow::Context;
     if let Some(pid_file) = &args.pid_file {
-        std::fs::write(pid_file, format!("{}\n", std::process::id())).with_context(|| format!("writing {}", pid_file.display()))?;
+        std::fs::write(pid_file, format!("{}\n", std::process::id()))
+            .with_context(|| format!("writing {}", pid_file.display()))?;
     }
     let mut opts = elara_nfs_fuse::MountOptions::new(args.server, args.export, args.mountpoint);
     opts.port = args.port;

@@ -15,7 +15,9 @@ pub const MASK: &str = "********";
 /// identity, not a secret (it is shown, as AWS shows it).
 pub fn looks_secret(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
-    ["password", "passwd", "secret", "token", "key", "credential", "auth"].iter().any(|s| k.contains(s))
+    ["password", "passwd", "secret", "token", "key", "credential", "auth"]
+        .iter()
+        .any(|s| k.contains(s))
         && !matches!(k.as_str(), "access_key" | "access-key" | "auth_method" | "auth-method")
 }
 
@@ -73,10 +75,19 @@ mod tests {
             portal: "127.0.0.1:3260".into(),
             iqn: "iqn.x".into(),
             lun: 0,
-            auth: Some(ChapAuth { username: "u".into(), secret: "chap-secret".into() }),
-            extra: vec![("auth_password".into(), "pw-in-extra".into()), ("target_lun".into(), "0".into())],
+            auth: Some(ChapAuth {
+                username: "u".into(),
+                secret: "chap-secret".into(),
+            }),
+            extra: vec![
+                ("auth_password".into(), "pw-in-extra".into()),
+                ("target_lun".into(), "0".into()),
+            ],
         }));
         let text = format!("{i:?}");
-        assert!(!text.contains("chap-secret") && !text.contains("pw-in-extra") && text.contains("target_lun"), "{text}");
+        assert!(
+            !text.contains("chap-secret") && !text.contains("pw-in-extra") && text.contains("target_lun"),
+            "{text}"
+        );
     }
 }

@@ -61,10 +61,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         lease: Default::default(),
         consumed: Default::default(),
     });
-    elara
-        .register_self()
-        .await
-        .context("registering this node")?;
+    elara.register_self().await.context("registering this node")?;
     // Renew the node lease from now on: installing the built-in drivers can outlast its TTL.
     tokio::spawn(elara.clone().keep_alive_loop(stop_rx.clone()));
     elara
@@ -96,12 +93,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         });
     }
     if let Some(addr) = cfg.listen {
-        servers.spawn(crate::api::tcp::serve(
-            addr,
-            cfg.clone(),
-            app.clone(),
-            stop_rx.clone(),
-        ));
+        servers.spawn(crate::api::tcp::serve(addr, cfg.clone(), app.clone(), stop_rx.clone()));
     }
     if let Some((ready, task)) = docker {
         ready.send_replace(Some(elara.clone()));
@@ -127,10 +119,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     let _ = stop_tx.send(true);
     let drain = async { while servers.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(30), drain)
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(Duration::from_secs(30), drain).await.is_err() {
         tracing::warn!("requests still running after 30 s; stopping anyway");
     }
     elara.deregister_self().await;

@@ -41,12 +41,24 @@ pub fn parse_size(field: &str, text: &str) -> Result<u64, ApiError> {
         if frac.contains('.') || (int.is_empty() && frac.is_empty()) {
             return Err(ApiError::invalid(field, format!("{t:?} is not a number")));
         }
-        let int: u128 = if int.is_empty() { 0 } else { int.parse().map_err(|_| overflow(field, t))? };
-        let scale = 10u128.checked_pow(frac.len() as u32).ok_or_else(|| overflow(field, t))?;
-        let frac_v: u128 = if frac.is_empty() { 0 } else { frac.parse().map_err(|_| overflow(field, t))? };
+        let int: u128 = if int.is_empty() {
+            0
+        } else {
+            int.parse().map_err(|_| overflow(field, t))?
+        };
+        let scale = 10u128
+            .checked_pow(frac.len() as u32)
+            .ok_or_else(|| overflow(field, t))?;
+        let frac_v: u128 = if frac.is_empty() {
+            0
+        } else {
+            frac.parse().map_err(|_| overflow(field, t))?
+        };
         let whole = int.checked_mul(mult).ok_or_else(|| overflow(field, t))?;
         // Checked: `whole` may sit just under u128::MAX, and a wrapped sum would be a small size.
-        whole.checked_add(frac_v.checked_mul(mult).ok_or_else(|| overflow(field, t))? / scale).ok_or_else(|| overflow(field, t))?
+        whole
+            .checked_add(frac_v.checked_mul(mult).ok_or_else(|| overflow(field, t))? / scale)
+            .ok_or_else(|| overflow(field, t))?
     } else {
         let n: u128 = num.parse().map_err(|_| overflow(field, t))?;
         n.checked_mul(mult).ok_or_else(|| overflow(field, t))?
@@ -70,7 +82,10 @@ fn overflow(field: &str, t: &str) -> ApiError {
 pub fn check_name(field: &str, name: &str) -> Result<(), ApiError> {
     let mut chars = name.chars();
     let ok_first = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
-    let ok_rest = name.chars().skip(1).all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    let ok_rest = name
+        .chars()
+        .skip(1)
+        .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
     if name.len() < 2 || !ok_first || !ok_rest {
         return Err(ApiError::invalid(
             field,
@@ -78,7 +93,10 @@ pub fn check_name(field: &str, name: &str) -> Result<(), ApiError> {
         ));
     }
     if name.len() > 128 {
-        return Err(ApiError::invalid(field, format!("is {} characters long; the limit is 128", name.len())));
+        return Err(ApiError::invalid(
+            field,
+            format!("is {} characters long; the limit is 128", name.len()),
+        ));
     }
     Ok(())
 }
@@ -87,7 +105,10 @@ pub fn check_name(field: &str, name: &str) -> Result<(), ApiError> {
 pub fn parse_pair(field: &str, text: &str) -> Result<(String, String), ApiError> {
     match text.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
-        _ => Err(ApiError::invalid(field, format!("{text:?} is not of the form key=value"))),
+        _ => Err(ApiError::invalid(
+            field,
+            format!("{text:?} is not of the form key=value"),
+        )),
     }
 }
 
@@ -104,7 +125,12 @@ pub fn parse_duration(field: &str, text: &str) -> Result<std::time::Duration, Ap
         "m" => n.saturating_mul(60),
         "h" => n.saturating_mul(3600),
         "ms" => return Ok(std::time::Duration::from_millis(n)),
-        _ => return Err(ApiError::invalid(field, format!("unknown unit {unit:?} in {t:?}; use ms, s, m or h"))),
+        _ => {
+            return Err(ApiError::invalid(
+                field,
+                format!("unknown unit {unit:?} in {t:?}; use ms, s, m or h"),
+            ));
+        }
     };
     if secs == 0 {
         return Err(ApiError::invalid(field, "must be greater than zero"));
@@ -119,7 +145,11 @@ mod tests {
     #[test]
     fn sizes_that_would_wrap_are_refused() {
         // int × 1000 is just under u128::MAX; adding the fraction used to wrap to a tiny size.
-        for t in ["340282366920938463463374607431768211.999KB", "340282366920938463463374607431768211455.5", "99999999999999999999999999999999999999999P"] {
+        for t in [
+            "340282366920938463463374607431768211.999KB",
+            "340282366920938463463374607431768211455.5",
+            "99999999999999999999999999999999999999999P",
+        ] {
             let err = parse_size("size", t).unwrap_err();
             assert!(err.message.contains("too large"), "{t}: {}", err.message);
         }
@@ -133,7 +163,17 @@ mod tests {
         assert_eq!(parse_size("size", "1.5G").unwrap(), 3 << 29);
         assert_eq!(parse_size("size", "4096").unwrap(), 4096);
         assert_eq!(parse_size("size", "512m").unwrap(), 512 << 20);
-        for bad in ["0", "0G", "-1G", "", "G", "10X", "99999999999999999999999P", "1.2.3G", "9E"] {
+        for bad in [
+            "0",
+            "0G",
+            "-1G",
+            "",
+            "G",
+            "10X",
+            "99999999999999999999999P",
+            "1.2.3G",
+            "9E",
+        ] {
             let e = parse_size("size", bad).unwrap_err();
             assert_eq!(e.field.as_deref(), Some("size"), "{bad}: {e}");
         }

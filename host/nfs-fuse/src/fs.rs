@@ -20,18 +20,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    Request, TimeOrNow, WriteFlags,
+    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 use nfs3_client::nfs3_types::nfs3::{
-    CREATE3args, CREATE3res, LINK3args, LINK3res, LOOKUP3args, LOOKUP3res, MKDIR3args, MKDIR3res,
-    MKNOD3args, MKNOD3res, NFS_PROGRAM, Nfs3Option, Nfs3Result, READDIRPLUS3args, READDIRPLUS3res,
-    READLINK3args, READLINK3res, REMOVE3args, REMOVE3res, RENAME3args, RENAME3res, RMDIR3args,
-    RMDIR3res, SETATTR3args, SETATTR3res, SYMLINK3args, SYMLINK3res, cookieverf3, createhow3,
-    devicedata3, diropargs3, fattr3, filename3, ftype3, mknoddata3, nfs_fh3, nfspath3, nfsstat3,
-    nfstime3, sattr3, set_atime, set_mtime, specdata3, stable_how, symlinkdata3,
+    CREATE3args, CREATE3res, LINK3args, LINK3res, LOOKUP3args, LOOKUP3res, MKDIR3args, MKDIR3res, MKNOD3args,
+    MKNOD3res, NFS_PROGRAM, Nfs3Option, Nfs3Result, READDIRPLUS3args, READDIRPLUS3res, READLINK3args, READLINK3res,
+    REMOVE3args, REMOVE3res, RENAME3args, RENAME3res, RMDIR3args, RMDIR3res, SETATTR3args, SETATTR3res, SYMLINK3args,
+    SYMLINK3res, cookieverf3, createhow3, devicedata3, diropargs3, fattr3, filename3, ftype3, mknoddata3, nfs_fh3,
+    nfspath3, nfsstat3, nfstime3, sattr3, set_atime, set_mtime, specdata3, stable_how, symlinkdata3,
 };
 use nfs3_client::nfs3_types::xdr_codec::Opaque;
 
@@ -217,13 +215,7 @@ impl Core {
             ..Default::default()
         };
         nodes.by_fh.insert(nfs.root.data.to_vec(), ROOT);
-        nodes.by_id.insert(
-            ROOT,
-            Known {
-                node: root,
-                lookups: 1,
-            },
-        );
+        nodes.by_id.insert(ROOT, Known { node: root, lookups: 1 });
         Core {
             nfs,
             nodes: Mutex::new(nodes),
@@ -261,10 +253,7 @@ impl Core {
             known.lookups += 1;
             known.node.clone()
         } else {
-            let id = if attr.fileid > ROOT
-                && attr.fileid < SYNTHETIC
-                && !nodes.by_id.contains_key(&attr.fileid)
-            {
+            let id = if attr.fileid > ROOT && attr.fileid < SYNTHETIC && !nodes.by_id.contains_key(&attr.fileid) {
                 attr.fileid
             } else {
                 nodes.next_synthetic += 1;
@@ -364,11 +353,7 @@ impl Core {
     }
 
     async fn fetch_attr(&self, node: &Node) -> Res<fattr3> {
-        let a = self
-            .nfs
-            .getattr(&node.fh)
-            .await
-            .map_err(|e| fail("GETATTR", e))?;
+        let a = self.nfs.getattr(&node.fh).await.map_err(|e| fail("GETATTR", e))?;
         self.set_attr(node, &a);
         Ok(a)
     }
@@ -412,22 +397,14 @@ impl Core {
         }
         let attr = match opt(ok.obj_attributes) {
             Some(a) => a,
-            None => self
-                .nfs
-                .getattr(&ok.object)
-                .await
-                .map_err(|e| fail("GETATTR", e))?,
+            None => self.nfs.getattr(&ok.object).await.map_err(|e| fail("GETATTR", e))?,
         };
         let node = self.remember(ok.object, &attr, Some((parent.0, name)));
         Ok((node, attr))
     }
 
     fn check_writable(&self) -> Res<()> {
-        if self.read_only {
-            Err(libc::EROFS)
-        } else {
-            Ok(())
-        }
+        if self.read_only { Err(libc::EROFS) } else { Ok(()) }
     }
 
     /// The attributes a new object gets: the caller's uid, and its gid unless the directory is
@@ -484,11 +461,7 @@ impl Core {
         };
         let mut attr = match attr {
             Some(a) => a,
-            None => self
-                .nfs
-                .getattr(&fh)
-                .await
-                .map_err(|e| fail("GETATTR", e))?,
+            None => self.nfs.getattr(&fh).await.map_err(|e| fail("GETATTR", e))?,
         };
         let mut fix = sattr3::default();
         if let Nfs3Option::Some(u) = want.uid
@@ -507,10 +480,7 @@ impl Core {
             fix.mode = Nfs3Option::Some(m);
         }
         if fix.uid.is_some() || fix.gid.is_some() || fix.mode.is_some() {
-            attr = self
-                .setattr_raw(&fh, fix)
-                .await
-                .map_err(|e| fail("SETATTR", e))?;
+            attr = self.setattr_raw(&fh, fix).await.map_err(|e| fail("SETATTR", e))?;
         }
         Ok((fh, attr))
     }
@@ -606,14 +576,7 @@ impl Core {
         }
     }
 
-    async fn create_file(
-        &self,
-        parent: INodeNo,
-        name: &[u8],
-        mode: u32,
-        uid: u32,
-        gid: u32,
-    ) -> Res<CreateOutcome> {
+    async fn create_file(&self, parent: INodeNo, name: &[u8], mode: u32, uid: u32, gid: u32) -> Res<CreateOutcome> {
         self.check_writable()?;
         let dir = self.node(parent)?;
         let want = self.new_attrs(&dir, Some(mode), uid, gid, false);
@@ -632,14 +595,7 @@ impl Core {
         match res {
             Nfs3Result::Ok(ok) => {
                 let (fh, attr) = self
-                    .finish_new(
-                        "CREATE",
-                        &dir,
-                        name,
-                        opt(ok.obj),
-                        opt(ok.obj_attributes),
-                        &want,
-                    )
+                    .finish_new("CREATE", &dir, name, opt(ok.obj), opt(ok.obj_attributes), &want)
                     .await?;
                 let node = self.remember(fh, &attr, Some((parent.0, name)));
                 Ok(CreateOutcome::Created(node, attr))
@@ -754,14 +710,7 @@ impl Core {
         match res {
             Nfs3Result::Ok(ok) => {
                 let (fh, attr) = self
-                    .finish_new(
-                        "MKNOD",
-                        &dir,
-                        name,
-                        opt(ok.obj),
-                        opt(ok.obj_attributes),
-                        &want,
-                    )
+                    .finish_new("MKNOD", &dir, name, opt(ok.obj), opt(ok.obj_attributes), &want)
                     .await?;
                 Ok((self.remember(fh, &attr, Some((parent.0, name))), attr))
             }
@@ -769,14 +718,7 @@ impl Core {
         }
     }
 
-    async fn mkdir(
-        &self,
-        parent: INodeNo,
-        name: &[u8],
-        mode: u32,
-        uid: u32,
-        gid: u32,
-    ) -> Res<(Arc<Node>, fattr3)> {
+    async fn mkdir(&self, parent: INodeNo, name: &[u8], mode: u32, uid: u32, gid: u32) -> Res<(Arc<Node>, fattr3)> {
         self.check_writable()?;
         let dir = self.node(parent)?;
         let want = self.new_attrs(&dir, Some(mode), uid, gid, true);
@@ -795,14 +737,7 @@ impl Core {
         match res {
             Nfs3Result::Ok(ok) => {
                 let (fh, attr) = self
-                    .finish_new(
-                        "MKDIR",
-                        &dir,
-                        name,
-                        opt(ok.obj),
-                        opt(ok.obj_attributes),
-                        &want,
-                    )
+                    .finish_new("MKDIR", &dir, name, opt(ok.obj), opt(ok.obj_attributes), &want)
                     .await?;
                 Ok((self.remember(fh, &attr, Some((parent.0, name))), attr))
             }
@@ -839,14 +774,7 @@ impl Core {
         match res {
             Nfs3Result::Ok(ok) => {
                 let (fh, attr) = self
-                    .finish_new(
-                        "SYMLINK",
-                        &dir,
-                        name,
-                        opt(ok.obj),
-                        opt(ok.obj_attributes),
-                        &want,
-                    )
+                    .finish_new("SYMLINK", &dir, name, opt(ok.obj), opt(ok.obj_attributes), &want)
                     .await?;
                 Ok((self.remember(fh, &attr, Some((parent.0, name))), attr))
             }
@@ -861,11 +789,7 @@ impl Core {
             .values()
             .find(|f| {
                 let st = f.node.state.lock().unwrap();
-                st.silly.is_none()
-                    && st
-                        .name
-                        .as_ref()
-                        .is_some_and(|(d, n)| *d == dir && n == name)
+                st.silly.is_none() && st.name.as_ref().is_some_and(|(d, n)| *d == dir && n == name)
             })
             .map(|f| f.node.clone())
     }
@@ -927,13 +851,7 @@ impl Core {
         }
     }
 
-    async fn rename_raw(
-        &self,
-        from: &nfs_fh3,
-        name: &[u8],
-        to: &nfs_fh3,
-        newname: &[u8],
-    ) -> Result<(), NfsError> {
+    async fn rename_raw(&self, from: &nfs_fh3, name: &[u8], to: &nfs_fh3, newname: &[u8]) -> Result<(), NfsError> {
         let args = RENAME3args {
             from: diropargs3 {
                 dir: from.clone(),
@@ -996,12 +914,7 @@ impl Core {
         Ok(())
     }
 
-    async fn link(
-        &self,
-        ino: INodeNo,
-        newparent: INodeNo,
-        newname: &[u8],
-    ) -> Res<(Arc<Node>, fattr3)> {
+    async fn link(&self, ino: INodeNo, newparent: INodeNo, newname: &[u8]) -> Res<(Arc<Node>, fattr3)> {
         self.check_writable()?;
         let node = self.node(ino)?;
         let dir = self.node(newparent)?;
@@ -1021,11 +934,7 @@ impl Core {
             Nfs3Result::Ok(ok) => {
                 let attr = match opt(ok.file_attributes) {
                     Some(a) => a,
-                    None => self
-                        .nfs
-                        .getattr(&node.fh)
-                        .await
-                        .map_err(|e| fail("GETATTR", e))?,
+                    None => self.nfs.getattr(&node.fh).await.map_err(|e| fail("GETATTR", e))?,
                 };
                 Ok((self.remember(node.fh.clone(), &attr, None), attr))
             }
@@ -1076,12 +985,7 @@ impl Core {
     }
 
     fn file(&self, fh: FileHandle) -> Res<Arc<OpenFile>> {
-        self.files
-            .lock()
-            .unwrap()
-            .get(&fh.0)
-            .cloned()
-            .ok_or(libc::EBADF)
+        self.files.lock().unwrap().get(&fh.0).cloned().ok_or(libc::EBADF)
     }
 
     async fn read(&self, ino: INodeNo, offset: u64, size: u32) -> Res<ReadOut> {
@@ -1190,13 +1094,7 @@ impl Core {
     }
 
     /// An O_SYNC/O_DSYNC write: FILE_SYNC, answered once the server has it.
-    async fn write_sync(
-        self: Arc<Self>,
-        node: Arc<Node>,
-        ticket: Ticket,
-        data: Bytes,
-        reply: ReplyWrite,
-    ) {
+    async fn write_sync(self: Arc<Self>, node: Arc<Node>, ticket: Ticket, data: Bytes, reply: ReplyWrite) {
         if let Err(e) = node.wb.admit(&ticket).await {
             reply.error(errno(e));
             return;
@@ -1204,21 +1102,16 @@ impl Core {
         let batch = node.wb.single(ticket, data);
         node.wb.wait_turn(&batch).await;
         let res = self
-            .send_write(
-                &node,
-                batch.offset,
-                batch.data.clone(),
-                stable_how::FILE_SYNC,
-            )
+            .send_write(&node, batch.offset, batch.data.clone(), stable_how::FILE_SYNC)
             .await;
         match &res {
             Ok(_) => reply.written(ticket.len() as u32),
             Err(e) => reply.error(errno(*e)),
         }
         // The caller heard how it went: nothing is left to report later.
-        if let Some(next) =
-            self.clone()
-                .finish_batch(node.clone(), batch, Ok(res.unwrap_or_default()))
+        if let Some(next) = self
+            .clone()
+            .finish_batch(node.clone(), batch, Ok(res.unwrap_or_default()))
         {
             self.send_batch(node, next).await;
         }
@@ -1230,23 +1123,13 @@ impl Core {
         while let Some(batch) = next.take() {
             node.wb.wait_turn(&batch).await;
             let res = self
-                .send_write(
-                    &node,
-                    batch.offset,
-                    batch.data.clone(),
-                    stable_how::UNSTABLE,
-                )
+                .send_write(&node, batch.offset, batch.data.clone(), stable_how::UNSTABLE)
                 .await;
             next = self.clone().finish_batch(node.clone(), batch, res);
         }
     }
 
-    fn finish_batch(
-        self: Arc<Self>,
-        node: Arc<Node>,
-        batch: Batch,
-        res: Result<Vec<Unstable>, i32>,
-    ) -> Option<Batch> {
+    fn finish_batch(self: Arc<Self>, node: Arc<Node>, batch: Batch, res: Result<Vec<Unstable>, i32>) -> Option<Batch> {
         // Our write changed mtime (and maybe size): the next GETATTR must ask the server.
         node.state.lock().unwrap().fetched = None;
         let (commit, next) = node.wb.complete(&batch, res, &self.answered);
@@ -1294,7 +1177,8 @@ impl Core {
                     node.id
                 );
                 for u in lost {
-                    self.send_write(node, u.offset, u.data.clone(), stable_how::FILE_SYNC).await?;
+                    self.send_write(node, u.offset, u.data.clone(), stable_how::FILE_SYNC)
+                        .await?;
                 }
             }
             Ok::<_, i32>(attr)
@@ -1503,13 +1387,7 @@ impl Core {
         mut fill: impl FnMut(&Core, &DirEnt) -> bool,
     ) -> Res<()> {
         let dir = self.node(ino)?;
-        let stream = self
-            .dirs
-            .lock()
-            .unwrap()
-            .get(&fh.0)
-            .cloned()
-            .ok_or(libc::EBADF)?;
+        let stream = self.dirs.lock().unwrap().get(&fh.0).cloned().ok_or(libc::EBADF)?;
         let mut stream = stream.lock().await;
         let mut offset = offset;
         loop {
@@ -1587,9 +1465,7 @@ impl fuser::Filesystem for NfsFs {
         let name = name_of(name);
         self.spawn(|core| async move {
             match core.lookup(parent, &name).await {
-                Ok((node, attr)) => {
-                    reply.entry(&core.ttl, &core.attr_out(&node, &attr), Generation(0))
-                }
+                Ok((node, attr)) => reply.entry(&core.ttl, &core.attr_out(&node, &attr), Generation(0)),
                 Err(e) => reply.error(errno(e)),
             }
         });
@@ -1656,29 +1532,17 @@ impl fuser::Filesystem for NfsFs {
         let (name, uid, gid) = (name_of(name), req.uid(), req.gid());
         self.spawn(|core| async move {
             match core.mknod(parent, &name, mode, rdev, uid, gid).await {
-                Ok((node, attr)) => {
-                    reply.entry(&core.ttl, &core.attr_out(&node, &attr), Generation(0))
-                }
+                Ok((node, attr)) => reply.entry(&core.ttl, &core.attr_out(&node, &attr), Generation(0)),
                 Err(e) => reply.error(errno(e)),
             }
         });
     }
 
-    fn mkdir(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        mode: u32,
-        _umask: u32,
-        reply: ReplyEntry,
-    ) {
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
         let (name, uid, gid) = (name_of(name), req.uid(), req.gid());
         self.spawn(|core| async move {
             match core.mkdir(parent, &name, mode, uid, gid).await {
-                Ok((node, attr)) => {
-                    reply.entry(&core.ttl, &core.attr_out(&node, &attr), Generation(0))
-                }
+                Ok((node, attr)) => reply.entry(&core.ttl, &core.attr_out(&node, &attr), Generation(0)),
                 Err(e) => reply.error(errno(e)),
             }
         });
@@ -1704,14 +1568,7 @@ impl fuser::Filesystem for NfsFs {
         });
     }
 
-    fn symlink(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        link_name: &OsStr,
-        target: &Path,
-        reply: ReplyEntry,
-    ) {
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
         let (name, target, uid, gid) = (
             name_of(link_name),
             target.as_os_str().as_bytes().to_vec(),
@@ -1720,9 +1577,7 @@ impl fuser::Filesystem for NfsFs {
         );
         self.spawn(|core| async move {
             match core.symlink(parent, &name, &target, uid, gid).await {
-                Ok((node, attr)) => {
-                    reply.entry(&core.ttl, &core.attr_out(&node, &attr), Generation(0))
-                }
+                Ok((node, attr)) => reply.entry(&core.ttl, &core.attr_out(&node, &attr), Generation(0)),
                 Err(e) => reply.error(errno(e)),
             }
         });
@@ -1747,20 +1602,11 @@ impl fuser::Filesystem for NfsFs {
         });
     }
 
-    fn link(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        newparent: INodeNo,
-        newname: &OsStr,
-        reply: ReplyEntry,
-    ) {
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
         let newname = name_of(newname);
         self.spawn(|core| async move {
             match core.link(ino, newparent, &newname).await {
-                Ok((node, attr)) => {
-                    reply.entry(&core.ttl, &core.attr_out(&node, &attr), Generation(0))
-                }
+                Ok((node, attr)) => reply.entry(&core.ttl, &core.attr_out(&node, &attr), Generation(0)),
                 Err(e) => reply.error(errno(e)),
             }
         });
@@ -1818,9 +1664,7 @@ impl fuser::Filesystem for NfsFs {
         let open_flags = self.core.file(fh).map(|f| f.flags).unwrap_or(flags.0);
         let sync = (open_flags | flags.0) & (libc::O_SYNC | libc::O_DSYNC) != 0;
         // Take the place in the write order here, on the dispatch thread, in the kernel's order.
-        let (ticket, batches) = node
-            .wb
-            .queue(offset, data, self.core.nfs.wsize as usize, sync);
+        let (ticket, batches) = node.wb.queue(offset, data, self.core.nfs.wsize as usize, sync);
         for b in batches {
             self.rt.spawn(self.core.clone().send_batch(node.clone(), b));
         }
@@ -1834,21 +1678,13 @@ impl fuser::Filesystem for NfsFs {
                 Some(Ok(())) => reply.written(ticket.len() as u32),
                 Some(Err(e)) => reply.error(errno(e)),
                 None => {
-                    self.rt
-                        .spawn(async move { core.ack(&node, ticket, reply).await });
+                    self.rt.spawn(async move { core.ack(&node, ticket, reply).await });
                 }
             }
         }
     }
 
-    fn flush(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _lock_owner: LockOwner,
-        reply: ReplyEmpty,
-    ) {
+    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
         self.spawn(|core| async move {
             let res = match core.file(fh) {
                 Ok(f) => core.flush(&f.node).await,
@@ -1882,14 +1718,7 @@ impl fuser::Filesystem for NfsFs {
         });
     }
 
-    fn fsync(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        _datasync: bool,
-        reply: ReplyEmpty,
-    ) {
+    fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         self.spawn(|core| async move {
             let res = match core.node(ino) {
                 Ok(n) => core.flush(&n).await,
@@ -1921,14 +1750,7 @@ impl fuser::Filesystem for NfsFs {
         reply.opened(FileHandle(id), FopenFlags::empty());
     }
 
-    fn readdir(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectory,
-    ) {
+    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         self.spawn(|core| async move {
             let res = core
                 .readdir(ino, fh, offset, |_, e| {
@@ -1936,11 +1758,7 @@ impl fuser::Filesystem for NfsFs {
                         .handle
                         .as_ref()
                         .map_or(FileType::RegularFile, |(_, a)| kind_of(a.type_));
-                    let id = if e.name == b"." {
-                        ino.0
-                    } else {
-                        e.fileid.max(2)
-                    };
+                    let id = if e.name == b"." { ino.0 } else { e.fileid.max(2) };
                     reply.add(INodeNo(id), e.cookie, kind, OsStr::from_bytes(&e.name))
                 })
                 .await;
@@ -1951,14 +1769,7 @@ impl fuser::Filesystem for NfsFs {
         });
     }
 
-    fn readdirplus(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectoryPlus,
-    ) {
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
         self.spawn(|core| async move {
             let res = core
                 .readdir(ino, fh, offset, |core, e| {
@@ -1970,34 +1781,16 @@ impl fuser::Filesystem for NfsFs {
                             // ".."): one that does not fit is forgotten again.
                             let node = core.remember(fh.clone(), a, Some((ino.0, &e.name)));
                             let attr = core.attr_out_since(&node, a, e.since);
-                            let full = reply.add(
-                                INodeNo(node.id),
-                                e.cookie,
-                                name,
-                                &core.ttl,
-                                &attr,
-                                Generation(0),
-                            );
+                            let full = reply.add(INodeNo(node.id), e.cookie, name, &core.ttl, &attr, Generation(0));
                             if full {
                                 core.forget(node.id, 1);
                             }
                             full
                         }
                         Some((_, a)) => {
-                            let id = if e.name == b"." {
-                                ino.0
-                            } else {
-                                a.fileid.max(2)
-                            };
+                            let id = if e.name == b"." { ino.0 } else { a.fileid.max(2) };
                             let attr = core.attr_plain(id, a, a.size);
-                            reply.add(
-                                INodeNo(id),
-                                e.cookie,
-                                name,
-                                &Duration::ZERO,
-                                &attr,
-                                Generation(0),
-                            )
+                            reply.add(INodeNo(id), e.cookie, name, &Duration::ZERO, &attr, Generation(0))
                         }
                         None => {
                             // No handle even after LOOKUP (it vanished meanwhile): skip it.
@@ -2014,26 +1807,12 @@ impl fuser::Filesystem for NfsFs {
         });
     }
 
-    fn releasedir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        reply: ReplyEmpty,
-    ) {
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
         self.core.dirs.lock().unwrap().remove(&fh.0);
         reply.ok();
     }
 
-    fn fsyncdir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _datasync: bool,
-        reply: ReplyEmpty,
-    ) {
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         reply.ok();
     }
 
@@ -2093,14 +1872,7 @@ impl fuser::Filesystem for NfsFs {
 
     // No extended attributes over NFSv3: ENOSYS makes the kernel answer EOPNOTSUPP itself from
     // then on, without asking again.
-    fn getxattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _size: u32,
-        reply: fuser::ReplyXattr,
-    ) {
+    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: fuser::ReplyXattr) {
         reply.error(Errno::ENOSYS);
     }
 

@@ -61,11 +61,7 @@ pub struct MountOptions {
 impl MountOptions {
     /// Options with the defaults: port 2049, MOUNT port from the portmapper, read-write, 30 s
     /// I/O timeout, 1 s attribute cache.
-    pub fn new(
-        server: impl Into<String>,
-        export: impl Into<String>,
-        mountpoint: impl Into<PathBuf>,
-    ) -> MountOptions {
+    pub fn new(server: impl Into<String>, export: impl Into<String>, mountpoint: impl Into<PathBuf>) -> MountOptions {
         MountOptions {
             server: server.into(),
             port: 2049,
@@ -90,9 +86,7 @@ const CONNECTIONS: usize = 4;
 /// the cause.
 pub fn serve(opts: MountOptions) -> anyhow::Result<()> {
     let source = format!("{}:{}", opts.server, opts.export);
-    let threads = std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .clamp(2, 8);
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .thread_name("nfs-fuse")
@@ -107,10 +101,7 @@ pub fn serve(opts: MountOptions) -> anyhow::Result<()> {
 fn serve_on(rt: &tokio::runtime::Runtime, opts: &MountOptions, source: &str) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let (mut term, mut int) = rt.block_on(async {
-        Ok::<_, std::io::Error>((
-            signal(SignalKind::terminate())?,
-            signal(SignalKind::interrupt())?,
-        ))
+        Ok::<_, std::io::Error>((signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?))
     })?;
     clear_dead_mount(&opts.mountpoint);
     let mountpoint = opts
@@ -137,18 +128,12 @@ fn serve_on(rt: &tokio::runtime::Runtime, opts: &MountOptions, source: &str) -> 
             tracing::info!("{source}: stopped before the mount");
             return Ok(());
         }
-        Some(Err(_)) => bail!(
-            "{source}: the server did not answer within {:?}",
-            opts.io_timeout
-        ),
+        Some(Err(_)) => bail!("{source}: the server did not answer within {:?}", opts.io_timeout),
         Some(Ok(Err(e))) => return Err(anyhow!("{source}: {e:#}")),
         Some(Ok(Ok(v))) => v,
     };
     if root_attr.type_ != nfs3_client::nfs3_types::nfs3::ftype3::NF3DIR {
-        bail!(
-            "{source}: the export's root is a {}, not a directory",
-            root_attr.type_
-        );
+        bail!("{source}: the export's root is a {}, not a directory", root_attr.type_);
     }
     tracing::info!(
         "{source}: mounted over NFSv3 ({}), read size {}, write size {}",
@@ -156,12 +141,7 @@ fn serve_on(rt: &tokio::runtime::Runtime, opts: &MountOptions, source: &str) -> 
         nfs.rsize,
         nfs.wsize
     );
-    let core = Arc::new(fs::Core::new(
-        nfs,
-        root_attr,
-        opts.attr_timeout,
-        opts.read_only,
-    ));
+    let core = Arc::new(fs::Core::new(nfs, root_attr, opts.attr_timeout, opts.read_only));
 
     let fd = mount_fuse(source, &mountpoint, opts.read_only)?;
     // Not stat(2): that would wait for the FUSE handshake, which has not happened yet.
@@ -173,10 +153,7 @@ fn serve_on(rt: &tokio::runtime::Runtime, opts: &MountOptions, source: &str) -> 
         Ok(s) => s,
         Err(e) => {
             let _ = unmount(&mountpoint, false);
-            bail!(
-                "{source}: the FUSE handshake at {} failed: {e}",
-                mountpoint.display()
-            );
+            bail!("{source}: the FUSE handshake at {} failed: {e}", mountpoint.display());
         }
     };
     core.set_notifier(session.notifier());
@@ -255,8 +232,7 @@ fn mount_fuse(source: &str, mountpoint: &Path, read_only: bool) -> anyhow::Resul
         flags |= libc::MS_RDONLY;
     }
     let c_source = CString::new(source.replace(',', "_")).context("the source has a NUL byte")?;
-    let c_target = CString::new(mountpoint.as_os_str().as_bytes())
-        .context("the mount point has a NUL byte")?;
+    let c_target = CString::new(mountpoint.as_os_str().as_bytes()).context("the mount point has a NUL byte")?;
     let c_type = CString::new(FS_TYPE).expect("no NUL");
     let c_data = CString::new(data).expect("no NUL");
     // SAFETY: all pointers are valid NUL-terminated strings for the duration of the call.
@@ -317,8 +293,7 @@ fn clear_dead_mount(mountpoint: &Path) {
     let ours = info.split(|&b| b == b'\n').any(|line| {
         let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
         let sep = fields.iter().position(|f| *f == b"-");
-        fields.get(4) == Some(&want.as_slice())
-            && sep.and_then(|i| fields.get(i + 1)) == Some(&FS_TYPE.as_bytes())
+        fields.get(4) == Some(&want.as_slice()) && sep.and_then(|i| fields.get(i + 1)) == Some(&FS_TYPE.as_bytes())
     });
     if ours {
         tracing::warn!(
@@ -368,15 +343,7 @@ fn abort_connection((major, minor): (u32, u32)) {
             CString::new("fusectl").unwrap(),
         );
         // SAFETY: valid NUL-terminated strings; no data.
-        unsafe {
-            libc::mount(
-                src.as_ptr(),
-                target.as_ptr(),
-                ty.as_ptr(),
-                0,
-                std::ptr::null(),
-            )
-        };
+        unsafe { libc::mount(src.as_ptr(), target.as_ptr(), ty.as_ptr(), 0, std::ptr::null()) };
     }
     if let Err(e) = std::fs::write(&path, "1") {
         tracing::warn!("aborting through {path}: {e}");

@@ -18,9 +18,10 @@ fn usage() -> ! {
 
 fn secs(v: Option<String>) -> anyhow::Result<Duration> {
     let v = v.context("a number of seconds")?;
-    Ok(Duration::from_secs_f64(v.parse::<f64>().with_context(
-        || format!("{v:?} is not a number of seconds"),
-    )?))
+    Ok(Duration::from_secs_f64(
+        v.parse::<f64>()
+            .with_context(|| format!("{v:?} is not a number of seconds"))?,
+    ))
 }
 
 fn parse() -> anyhow::Result<MountOptions> {
@@ -29,9 +30,7 @@ fn parse() -> anyhow::Result<MountOptions> {
     let mut opts = MountOptions::new("", "", "");
     while let Some(a) = args.next() {
         match a.as_str() {
-            "--mount-port" => {
-                opts.mount_port = Some(args.next().context("--mount-port N")?.parse()?)
-            }
+            "--mount-port" => opts.mount_port = Some(args.next().context("--mount-port N")?.parse()?),
             "--ro" => opts.read_only = true,
             "--io-timeout" => opts.io_timeout = secs(args.next())?,
             "--attr-timeout" => opts.attr_timeout = secs(args.next())?,
@@ -40,14 +39,10 @@ fn parse() -> anyhow::Result<MountOptions> {
             _ => positional.push(a),
         }
     }
-    let [server, export, mountpoint] =
-        <[String; 3]>::try_from(positional).unwrap_or_else(|_| usage());
+    let [server, export, mountpoint] = <[String; 3]>::try_from(positional).unwrap_or_else(|_| usage());
     match server.rsplit_once(':') {
         Some((host, port)) if !host.contains(':') || host.starts_with('[') => {
-            opts.server = host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string();
+            opts.server = host.trim_start_matches('[').trim_end_matches(']').to_string();
             opts.port = port.parse().with_context(|| format!("port {port:?}"))?;
         }
         _ => opts.server = server,
@@ -60,9 +55,7 @@ fn parse() -> anyhow::Result<MountOptions> {
 fn main() {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let res = parse().and_then(serve);
     if let Err(e) = res {

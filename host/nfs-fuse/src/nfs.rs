@@ -7,9 +7,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use nfs3_client::nfs3_types::mount::dirpath;
 use nfs3_client::nfs3_types::nfs3::{
-    self as n3, COMMIT3args, COMMIT3res, FSINFO3args, FSINFO3resok, FSSTAT3args, FSSTAT3res,
-    FSSTAT3resok, GETATTR3args, GETATTR3res, NFS_PROGRAM, Nfs3Option, Nfs3Result, READ3args,
-    fattr3, nfs_fh3, nfsstat3, post_op_attr, stable_how, writeverf3,
+    self as n3, COMMIT3args, COMMIT3res, FSINFO3args, FSINFO3resok, FSSTAT3args, FSSTAT3res, FSSTAT3resok,
+    GETATTR3args, GETATTR3res, NFS_PROGRAM, Nfs3Option, Nfs3Result, READ3args, fattr3, nfs_fh3, nfsstat3, post_op_attr,
+    stable_how, writeverf3,
 };
 use nfs3_client::nfs3_types::rpc::{auth_unix, opaque_auth};
 use nfs3_client::nfs3_types::xdr_codec::{Opaque, Pack, Unpack};
@@ -174,8 +174,7 @@ impl Nfs {
         let mount_port = match ep.mount_port {
             Some(p) => p,
             None => {
-                let addr =
-                    SocketAddr::new(nfs_addr.ip(), nfs3_client::nfs3_types::portmap::PMAP_PORT);
+                let addr = SocketAddr::new(nfs_addr.ip(), nfs3_client::nfs3_types::portmap::PMAP_PORT);
                 let io = TcpStream::connect(addr)
                     .await
                     .map_err(|e| anyhow::anyhow!("connecting to the portmapper at {addr}: {e}"))?;
@@ -186,17 +185,14 @@ impl Nfs {
                     nfs3_client::nfs3_types::portmap::IPPROTO_TCP,
                 )
                 .await
-                .map_err(|e| {
-                    anyhow::anyhow!("asking the portmapper at {addr} for the MOUNT v3 port: {e}")
-                })?
+                .map_err(|e| anyhow::anyhow!("asking the portmapper at {addr} for the MOUNT v3 port: {e}"))?
             }
         };
         let mount_addr = SocketAddr::new(nfs_addr.ip(), mount_port);
         let io = TcpStream::connect(mount_addr)
             .await
             .map_err(|e| anyhow::anyhow!("connecting to MOUNT at {mount_addr}: {e}"))?;
-        let mut mnt =
-            nfs3_client::MountClient::new_with_auth(Io(io), cred.clone(), opaque_auth::default());
+        let mut mnt = nfs3_client::MountClient::new_with_auth(Io(io), cred.clone(), opaque_auth::default());
         let ok = mnt
             .mnt(dirpath(Opaque::borrowed(ep.export.as_bytes())))
             .await
@@ -212,14 +208,7 @@ impl Nfs {
         let root = nfs_fh3 {
             data: Opaque::owned(ok.fhandle.0.into_owned()),
         };
-        let rpc = RpcClient::new(
-            nfs_addr,
-            n3::PROGRAM,
-            n3::VERSION,
-            cred,
-            ep.connections,
-            ep.timeout,
-        );
+        let rpc = RpcClient::new(nfs_addr, n3::PROGRAM, n3::VERSION, cred, ep.connections, ep.timeout);
         let mut nfs = Nfs {
             rpc,
             root: root.clone(),
@@ -230,9 +219,7 @@ impl Nfs {
         let info: FSINFO3resok = nfs
             .op::<_, FSINFO3resok, nfs3_client::nfs3_types::nfs3::FSINFO3resfail>(
                 NFS_PROGRAM::NFSPROC3_FSINFO,
-                &FSINFO3args {
-                    fsroot: root.clone(),
-                },
+                &FSINFO3args { fsroot: root.clone() },
             )
             .await
             .map_err(|e| anyhow::anyhow!("FSINFO of the export's root: {e}"))?;
@@ -256,12 +243,7 @@ impl Nfs {
         self.call_tail::<A, R>(proc, args, None).await
     }
 
-    async fn call_tail<A: Pack, R: Unpack>(
-        &self,
-        proc: NFS_PROGRAM,
-        args: &A,
-        tail: Option<Bytes>,
-    ) -> NfsResult<R> {
+    async fn call_tail<A: Pack, R: Unpack>(&self, proc: NFS_PROGRAM, args: &A, tail: Option<Bytes>) -> NfsResult<R> {
         let deadline = Instant::now() + self.rpc.timeout;
         let mut pause = Duration::from_millis(100);
         loop {
@@ -271,8 +253,7 @@ impl Nfs {
                 .body()
                 .get(..4)
                 .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
-            if status == Some(nfsstat3::NFS3ERR_JUKEBOX as u32) && Instant::now() + pause < deadline
-            {
+            if status == Some(nfsstat3::NFS3ERR_JUKEBOX as u32) && Instant::now() + pause < deadline {
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(1));
                 continue;
@@ -287,15 +268,8 @@ impl Nfs {
     }
 
     /// A call whose result is an `Nfs3Result`: errors become [`NfsError::Status`].
-    pub async fn op<A: Pack, T: Unpack, E: Unpack>(
-        &self,
-        proc: NFS_PROGRAM,
-        args: &A,
-    ) -> NfsResult<T> {
-        match self
-            .call_tail::<A, Nfs3Result<T, E>>(proc, args, None)
-            .await?
-        {
+    pub async fn op<A: Pack, T: Unpack, E: Unpack>(&self, proc: NFS_PROGRAM, args: &A) -> NfsResult<T> {
+        match self.call_tail::<A, Nfs3Result<T, E>>(proc, args, None).await? {
             Nfs3Result::Ok(v) => Ok(v),
             Nfs3Result::Err((s, _)) => Err(NfsError::Status(s)),
         }
@@ -303,10 +277,7 @@ impl Nfs {
 
     pub async fn getattr(&self, fh: &nfs_fh3) -> NfsResult<fattr3> {
         let res: GETATTR3res = self
-            .call(
-                NFS_PROGRAM::NFSPROC3_GETATTR,
-                &GETATTR3args { object: fh.clone() },
-            )
+            .call(NFS_PROGRAM::NFSPROC3_GETATTR, &GETATTR3args { object: fh.clone() })
             .await?;
         match res {
             Nfs3Result::Ok(ok) => Ok(ok.obj_attributes),
@@ -336,10 +307,7 @@ impl Nfs {
             offset,
             count,
         };
-        let reply = self
-            .rpc
-            .call(NFS_PROGRAM::NFSPROC3_READ as u32, &args, None)
-            .await?;
+        let reply = self.rpc.call(NFS_PROGRAM::NFSPROC3_READ as u32, &args, None).await?;
         let proto = |msg: String| {
             NfsError::Rpc(RpcError::Protocol {
                 server: self.rpc.server().to_string(),
@@ -359,10 +327,7 @@ impl Nfs {
         let (len, _) = u32::unpack(&mut input).map_err(|e| proto(e.to_string()))?;
         let start = body.len() - input.len();
         if input.len() < len as usize {
-            return Err(proto(format!(
-                "{len} bytes announced, {} sent",
-                input.len()
-            )));
+            return Err(proto(format!("{len} bytes announced, {} sent", input.len())));
         }
         let attr = match attr {
             Nfs3Option::Some(a) => Some(a),
@@ -378,13 +343,7 @@ impl Nfs {
     }
 
     /// WRITE `data` at `offset` (one call: at most `wsize` bytes).
-    pub async fn write(
-        &self,
-        fh: &nfs_fh3,
-        offset: u64,
-        data: Bytes,
-        stable: stable_how,
-    ) -> NfsResult<Written> {
+    pub async fn write(&self, fh: &nfs_fh3, offset: u64, data: Bytes, stable: stable_how) -> NfsResult<Written> {
         // WRITE3args up to the data's length word; the data follows as the call's tail.
         struct Head<'a> {
             fh: &'a nfs_fh3,
@@ -396,10 +355,7 @@ impl Nfs {
             fn packed_size(&self) -> usize {
                 self.fh.packed_size() + 8 + 4 + 4 + 4
             }
-            fn pack(
-                &self,
-                out: &mut impl std::io::Write,
-            ) -> nfs3_client::nfs3_types::xdr_codec::Result<usize> {
+            fn pack(&self, out: &mut impl std::io::Write) -> nfs3_client::nfs3_types::xdr_codec::Result<usize> {
                 Ok(self.fh.pack(out)?
                     + self.offset.pack(out)?
                     + self.count.pack(out)?
@@ -413,9 +369,7 @@ impl Nfs {
             count: data.len() as u32,
             stable,
         };
-        let res: n3::WRITE3res = self
-            .call_tail(NFS_PROGRAM::NFSPROC3_WRITE, &head, Some(data))
-            .await?;
+        let res: n3::WRITE3res = self.call_tail(NFS_PROGRAM::NFSPROC3_WRITE, &head, Some(data)).await?;
         match res {
             Nfs3Result::Ok(ok) => Ok(Written {
                 count: ok.count,
@@ -454,11 +408,7 @@ pub fn post_op(a: post_op_attr) -> Option<fattr3> {
 
 /// The I/O size: the server's maximum, at most 1 MiB (FUSE's largest request).
 fn clamp_io(max: u32) -> u32 {
-    if max == 0 {
-        1 << 20
-    } else {
-        max.clamp(4096, 1 << 20)
-    }
+    if max == 0 { 1 << 20 } else { max.clamp(4096, 1 << 20) }
 }
 
 #[cfg(test)]

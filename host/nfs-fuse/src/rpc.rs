@@ -186,13 +186,7 @@ impl RpcClient {
 
     /// Encode a call: the record marker, the RPC header and `args`, then `tail` (already XDR:
     /// the caller packs the opaque's length into `args`) and its padding.
-    fn encode(
-        &self,
-        xid: u32,
-        proc: u32,
-        args: &impl Pack,
-        tail: Option<Bytes>,
-    ) -> Result<Vec<Bytes>, RpcError> {
+    fn encode(&self, xid: u32, proc: u32, args: &impl Pack, tail: Option<Bytes>) -> Result<Vec<Bytes>, RpcError> {
         let msg = rpc_msg {
             xid,
             body: msg_body::CALL(call_body {
@@ -226,27 +220,21 @@ impl RpcClient {
     }
 
     /// Call procedure `proc` with `args` (and for WRITE, the data as `tail`).
-    pub async fn call(
-        &self,
-        proc: u32,
-        args: &impl Pack,
-        tail: Option<Bytes>,
-    ) -> Result<Reply, RpcError> {
+    pub async fn call(&self, proc: u32, args: &impl Pack, tail: Option<Bytes>) -> Result<Reply, RpcError> {
         let xid = self.xid.fetch_add(1, Ordering::Relaxed);
         let parts = self.encode(xid, proc, args, tail)?;
         let deadline = Instant::now() + self.timeout;
         let slot = &self.slots[self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len()];
         let mut last = String::new();
         loop {
-            let conn =
-                match tokio::time::timeout_at(deadline, self.connection(slot, deadline)).await {
-                    Ok(Ok(conn)) => conn,
-                    Ok(Err(e)) => {
-                        last = e;
-                        continue;
-                    }
-                    Err(_) => return Err(self.timed_out(&last)),
-                };
+            let conn = match tokio::time::timeout_at(deadline, self.connection(slot, deadline)).await {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(e)) => {
+                    last = e;
+                    continue;
+                }
+                Err(_) => return Err(self.timed_out(&last)),
+            };
             let Some(rx) = conn.register(xid) else {
                 continue;
             };
@@ -293,8 +281,7 @@ impl RpcClient {
             msg,
         };
         let mut input = &buf[..];
-        let (msg, _) = rpc_msg::unpack(&mut input)
-            .map_err(|e| proto(format!("undecodable RPC reply: {e}")))?;
+        let (msg, _) = rpc_msg::unpack(&mut input).map_err(|e| proto(format!("undecodable RPC reply: {e}")))?;
         let pos = buf.len() - input.len();
         match msg.body {
             msg_body::REPLY(reply_body::MSG_ACCEPTED(r)) => match r.reply_data {
@@ -331,9 +318,7 @@ impl RpcClient {
                 Ok(conn)
             }
             Err(e) => {
-                let backoff = MIN_BACKOFF
-                    .saturating_mul(1 << st.failures.min(5))
-                    .min(MAX_BACKOFF);
+                let backoff = MIN_BACKOFF.saturating_mul(1 << st.failures.min(5)).min(MAX_BACKOFF);
                 st.failures += 1;
                 st.retry_at = Some(Instant::now() + backoff);
                 let msg = format!("connecting to {}: {e}", self.server);
@@ -404,10 +389,7 @@ fn spawn_conn(stream: TcpStream) -> Arc<Conn> {
     });
     let r = tokio::spawn(read_loop(conn.clone(), rd));
     let w = tokio::spawn(write_loop(conn.clone(), rx, wr));
-    conn.tasks
-        .lock()
-        .unwrap()
-        .extend([r.abort_handle(), w.abort_handle()]);
+    conn.tasks.lock().unwrap().extend([r.abort_handle(), w.abort_handle()]);
     if conn.closed.load(Ordering::SeqCst) {
         r.abort();
         w.abort();
@@ -424,9 +406,7 @@ async fn read_loop(conn: Arc<Conn>, rd: OwnedReadHalf) {
                 let marker = rd.read_u32().await?;
                 let len = u64::from(marker & 0x7fff_ffff);
                 if record.len() as u64 + len > MAX_RECORD {
-                    return Err(std::io::Error::other(format!(
-                        "a reply of over {MAX_RECORD} bytes"
-                    )));
+                    return Err(std::io::Error::other(format!("a reply of over {MAX_RECORD} bytes")));
                 }
                 record.reserve(len as usize);
                 let n = (&mut rd).take(len).read_to_end(&mut record).await?;
@@ -451,12 +431,7 @@ async fn read_loop(conn: Arc<Conn>, rd: OwnedReadHalf) {
         }
         conn.last_rx.store(conn.now_ms().max(1), Ordering::Relaxed);
         let xid = u32::from_be_bytes([record[0], record[1], record[2], record[3]]);
-        let waiter = conn
-            .pending
-            .lock()
-            .unwrap()
-            .as_mut()
-            .and_then(|p| p.remove(&xid));
+        let waiter = conn.pending.lock().unwrap().as_mut().and_then(|p| p.remove(&xid));
         if let Some(w) = waiter {
             let _ = w.send(Ok(record));
         }
@@ -466,11 +441,7 @@ async fn read_loop(conn: Arc<Conn>, rd: OwnedReadHalf) {
     conn.close(&why);
 }
 
-async fn write_loop(
-    conn: Arc<Conn>,
-    mut rx: mpsc::UnboundedReceiver<Vec<Bytes>>,
-    wr: OwnedWriteHalf,
-) {
+async fn write_loop(conn: Arc<Conn>, mut rx: mpsc::UnboundedReceiver<Vec<Bytes>>, wr: OwnedWriteHalf) {
     let mut w = BufWriter::with_capacity(64 << 10, wr);
     let res: std::io::Result<()> = async {
         while let Some(parts) = rx.recv().await {

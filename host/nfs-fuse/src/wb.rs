@@ -148,9 +148,10 @@ impl WriteBack {
             st.sending += out.len();
             return (t, out);
         }
-        let fits = st.gather.as_ref().is_some_and(|g| {
-            g.start + g.buf.len() as u64 == offset && g.buf.len() + data.len() <= max
-        });
+        let fits = st
+            .gather
+            .as_ref()
+            .is_some_and(|g| g.start + g.buf.len() as u64 == offset && g.buf.len() + data.len() <= max);
         if fits {
             let g = st.gather.as_mut().expect("checked");
             g.buf.extend_from_slice(data);
@@ -252,12 +253,7 @@ impl WriteBack {
     /// the errno to report later. Returns whether a background COMMIT should start now, and the
     /// gathered writes to send next (the last batch in flight sends what gathered meanwhile).
     /// `answered` (the mount's count of answered batches) goes up under the same lock.
-    pub fn complete(
-        &self,
-        b: &Batch,
-        res: Result<Vec<Unstable>, i32>,
-        answered: &AtomicU64,
-    ) -> (bool, Option<Batch>) {
+    pub fn complete(&self, b: &Batch, res: Result<Vec<Unstable>, i32>, answered: &AtomicU64) -> (bool, Option<Batch>) {
         let mut st = self.st.lock().unwrap();
         st.last_answered = answered.fetch_add(1, Ordering::SeqCst) + 1;
         st.completed_end = st.completed_end.max(b.offset + b.data.len() as u64);

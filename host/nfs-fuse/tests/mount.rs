@@ -33,10 +33,7 @@ fn big_random_file_round_trips_and_parallel_readers_agree() {
     }
     drop(f); // close: written back and committed
     let on_disk = fs::read(m.d("big")).unwrap();
-    assert!(
-        on_disk == data,
-        "the server's file differs from what was written"
-    );
+    assert!(on_disk == data, "the server's file differs from what was written");
     assert_eq!(fs::metadata(m.p("big")).unwrap().len(), data.len() as u64);
 
     // A second mount of the same directory starts with an empty page cache: what it reads comes
@@ -67,10 +64,7 @@ fn big_random_file_round_trips_and_parallel_readers_agree() {
         t.join().unwrap();
     }
     let mut whole = Vec::new();
-    File::open(m2.p("big"))
-        .unwrap()
-        .read_to_end(&mut whole)
-        .unwrap();
+    File::open(m2.p("big")).unwrap().read_to_end(&mut whole).unwrap();
     assert!(whole == *data, "a sequential read differs");
 }
 
@@ -88,11 +82,7 @@ fn new_files_belong_to_the_calling_user() {
         let md = fs::symlink_metadata(m.d(name)).unwrap();
         assert_eq!((md.uid(), md.gid()), (1000, 1000), "{name} on disk");
         let mm = fs::symlink_metadata(m.p(name)).unwrap();
-        assert_eq!(
-            (mm.uid(), mm.gid()),
-            (1000, 1000),
-            "{name} through the mount"
-        );
+        assert_eq!((mm.uid(), mm.gid()), (1000, 1000), "{name} through the mount");
     }
     assert_eq!(
         fs::symlink_metadata(m.d("p")).unwrap().mode() & libc::S_IFMT,
@@ -107,15 +97,7 @@ fn new_files_belong_to_the_calling_user() {
     // The kernel checks permissions from the attributes: uid 1000 may not write root's 0644 file.
     fs::write(m.p("root-only"), b"root").unwrap();
     let out = std::process::Command::new("setpriv")
-        .args([
-            "--reuid",
-            "1000",
-            "--regid",
-            "1000",
-            "--clear-groups",
-            "sh",
-            "-c",
-        ])
+        .args(["--reuid", "1000", "--regid", "1000", "--clear-groups", "sh", "-c"])
         .arg(format!("echo no >> {mp}/root-only"))
         .output()
         .unwrap();
@@ -134,11 +116,7 @@ fn new_files_belong_to_the_calling_user() {
     assert_eq!(fs::metadata(m.d("sg/file")).unwrap().gid(), 4321);
     let dir = fs::metadata(m.d("sg/dir")).unwrap();
     assert_eq!((dir.uid(), dir.gid()), (1000, 4321));
-    assert_ne!(
-        dir.mode() & libc::S_ISGID,
-        0,
-        "the new directory is set-group-ID too"
-    );
+    assert_ne!(dir.mode() & libc::S_ISGID, 0, "the new directory is set-group-ID too");
 }
 
 #[test]
@@ -180,12 +158,7 @@ fn symlinks_and_readlink() {
         Some("../nowhere/at/all")
     );
     assert_eq!(fs::read(m.p("link")).unwrap(), b"t");
-    assert!(
-        fs::symlink_metadata(m.p("link"))
-            .unwrap()
-            .file_type()
-            .is_symlink()
-    );
+    assert!(fs::symlink_metadata(m.p("link")).unwrap().file_type().is_symlink());
     assert_eq!(errno(fs::read(m.p("dangling"))), libc::ENOENT);
 }
 
@@ -225,10 +198,7 @@ fn rename_replaces_an_existing_file() {
         )
     };
     assert_eq!(rc, -1);
-    assert_eq!(
-        std::io::Error::last_os_error().raw_os_error(),
-        Some(libc::EEXIST)
-    );
+    assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EEXIST));
     assert_eq!(fs::read(m.d("y")).unwrap(), b"y");
 }
 
@@ -267,10 +237,7 @@ fn hard_links_share_the_file() {
     let m = Mount::new(&srv, "link", &[]);
     fs::write(m.p("a"), b"one").unwrap();
     fs::hard_link(m.p("a"), m.p("b")).unwrap();
-    let (a, b) = (
-        fs::metadata(m.p("a")).unwrap(),
-        fs::metadata(m.p("b")).unwrap(),
-    );
+    let (a, b) = (fs::metadata(m.p("a")).unwrap(), fs::metadata(m.p("b")).unwrap());
     assert_eq!(a.ino(), b.ino());
     assert_eq!(b.nlink(), 2);
     assert_eq!(fs::metadata(m.d("a")).unwrap().nlink(), 2);
@@ -299,10 +266,7 @@ fn directories_mkdir_rmdir_and_listing() {
     fs::remove_file(m.p("d/f")).unwrap();
     fs::remove_dir(m.p("d")).unwrap();
     assert!(!m.d("d").exists());
-    assert_eq!(
-        errno(fs::create_dir(m.p(&"n".repeat(300)))),
-        libc::ENAMETOOLONG
-    );
+    assert_eq!(errno(fs::create_dir(m.p(&"n".repeat(300)))), libc::ENAMETOOLONG);
 
     // A listing longer than one READDIRPLUS (and than one FUSE reply) is whole, with types.
     fs::create_dir(m.d("many")).unwrap();
@@ -318,10 +282,7 @@ fn directories_mkdir_rmdir_and_listing() {
         .unwrap()
         .map(|e| {
             let e = e.unwrap();
-            (
-                e.file_name().into_string().unwrap(),
-                e.file_type().unwrap().is_dir(),
-            )
+            (e.file_name().into_string().unwrap(), e.file_type().unwrap().is_dir())
         })
         .collect();
     names.sort();
@@ -388,17 +349,11 @@ fn another_clients_change_is_seen_at_the_next_open() {
     fs::write(b.p("f"), b"three, longer").unwrap();
     // cat: glibc's stat does not force a GETATTR (Rust's statx asks for more and does), so this
     // checks that the open itself dropped the size the kernel cached for 30 s.
-    let cat = std::process::Command::new("cat")
-        .arg(a.p("f"))
-        .output()
-        .unwrap();
+    let cat = std::process::Command::new("cat").arg(a.p("f")).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&cat.stdout), "three, longer");
     assert_eq!(fs::read(a.p("f")).unwrap(), b"three, longer");
     fs::write(b.p("f"), b"4").unwrap();
-    let cat = std::process::Command::new("cat")
-        .arg(a.p("f"))
-        .output()
-        .unwrap();
+    let cat = std::process::Command::new("cat").arg(a.p("f")).output().unwrap();
     assert_eq!(
         String::from_utf8_lossy(&cat.stdout),
         "4",
@@ -518,25 +473,16 @@ fn read_only_mount_refuses_writes() {
     );
     assert_eq!(fs::read(ro.p("f")).unwrap(), b"data");
     assert_eq!(errno(File::create(ro.p("new"))), libc::EROFS);
-    assert_eq!(
-        errno(OpenOptions::new().write(true).open(ro.p("f"))),
-        libc::EROFS
-    );
+    assert_eq!(errno(OpenOptions::new().write(true).open(ro.p("f"))), libc::EROFS);
     assert_eq!(errno(fs::create_dir(ro.p("d2"))), libc::EROFS);
     assert_eq!(errno(fs::remove_file(ro.p("f"))), libc::EROFS);
     assert_eq!(errno(fs::remove_dir(ro.p("dir"))), libc::EROFS);
     assert_eq!(errno(fs::rename(ro.p("f"), ro.p("g"))), libc::EROFS);
     assert_eq!(
-        errno(fs::set_permissions(
-            ro.p("f"),
-            fs::Permissions::from_mode(0o600)
-        )),
+        errno(fs::set_permissions(ro.p("f"), fs::Permissions::from_mode(0o600))),
         libc::EROFS
     );
-    assert_eq!(
-        errno(std::os::unix::fs::symlink("f", ro.p("l"))),
-        libc::EROFS
-    );
+    assert_eq!(errno(std::os::unix::fs::symlink("f", ro.p("l"))), libc::EROFS);
     assert_eq!(fs::read(rw.d("f")).unwrap(), b"data");
     assert!(!rw.d("new").exists());
 }
@@ -576,10 +522,7 @@ fn an_unlinked_open_file_stays_usable() {
     // The hidden names go with the last close.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let left: Vec<_> = fs::read_dir(&m.disk)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let left: Vec<_> = fs::read_dir(&m.disk).unwrap().map(|e| e.unwrap().file_name()).collect();
         if left.iter().all(|n| n == "cfg") {
             break;
         }
@@ -601,8 +544,7 @@ fn parallel_writers_and_overlapping_rewrites() {
             std::thread::spawn(move || {
                 let part = size / 4;
                 for off in (t * part..(t + 1) * part).step_by(256 << 10) {
-                    f.write_all_at(&data[off..off + (256 << 10)], off as u64)
-                        .unwrap();
+                    f.write_all_at(&data[off..off + (256 << 10)], off as u64).unwrap();
                 }
             })
         })
@@ -619,8 +561,7 @@ fn parallel_writers_and_overlapping_rewrites() {
         let block = vec![round; 1 << 20];
         f.write_all_at(&block, 1 << 20).unwrap();
         want[1 << 20..2 << 20].copy_from_slice(&block);
-        f.write_all_at(&[round ^ 0xff; 100], (1 << 20) + 5000)
-            .unwrap();
+        f.write_all_at(&[round ^ 0xff; 100], (1 << 20) + 5000).unwrap();
         want[(1 << 20) + 5000..(1 << 20) + 5100].fill(round ^ 0xff);
     }
     f.flush().unwrap();
@@ -636,10 +577,7 @@ fn parallel_writers_and_overlapping_rewrites() {
         assert_eq!(a.metadata().unwrap().len(), (size + k * 300_000) as u64);
     }
     drop(a);
-    assert_eq!(
-        fs::metadata(m.d("f")).unwrap().len(),
-        (size + 8 * 300_000) as u64
-    );
+    assert_eq!(fs::metadata(m.d("f")).unwrap().len(), (size + 8 * 300_000) as u64);
 }
 
 #[test]
@@ -672,26 +610,14 @@ fn sigterm_while_busy_detaches_and_serves_open_files_to_the_end() {
     let srv = srv!("busy_sigterm");
     let mut m = Mount::new(&srv, "busy", &[]);
     fs::write(m.p("f"), b"still readable").unwrap();
-    let mut f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(m.p("f"))
-        .unwrap();
+    let mut f = OpenOptions::new().read(true).write(true).open(m.p("f")).unwrap();
     m.terminate();
     let deadline = Instant::now() + Duration::from_secs(10);
     while mountinfo_entry(&m.path).is_some() {
-        assert!(
-            Instant::now() < deadline,
-            "still mounted after SIGTERM:\n{}",
-            m.log()
-        );
+        assert!(Instant::now() < deadline, "still mounted after SIGTERM:\n{}", m.log());
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(
-        m.running(),
-        "the helper left while a file was open:\n{}",
-        m.log()
-    );
+    assert!(m.running(), "the helper left while a file was open:\n{}", m.log());
     let mut s = String::new();
     f.read_to_string(&mut s).unwrap();
     assert_eq!(s, "still readable");
@@ -726,10 +652,7 @@ fn a_failed_mount_names_the_server_and_the_cause() {
             .output()
             .unwrap();
         assert!(!out.status.success());
-        assert!(
-            mountinfo_entry(tmp.path()).is_none(),
-            "mounted despite the failure"
-        );
+        assert!(mountinfo_entry(tmp.path()).is_none(), "mounted despite the failure");
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
     let host = srv.server.rsplit_once(':').unwrap().0;

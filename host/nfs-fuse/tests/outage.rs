@@ -47,11 +47,7 @@ fn server_outage_fails_fast_and_the_mount_recovers() {
     let Some(srv) = server("outage") else { return };
     let io_timeout = Duration::from_secs(3);
     let slack = Duration::from_secs(4);
-    let m = Mount::new(
-        &srv,
-        "outage",
-        &["--io-timeout", "3", "--attr-timeout", "0.5"],
-    );
+    let m = Mount::new(&srv, "outage", &["--io-timeout", "3", "--attr-timeout", "0.5"]);
     fs::write(m.p("before"), b"written before the outage").unwrap();
     fs::create_dir(m.p("dir")).unwrap();
     fs::write(m.p("dir/inner"), b"inner").unwrap();
@@ -70,12 +66,7 @@ fn server_outage_fails_fast_and_the_mount_recovers() {
     let holder = "import sys\nf = open(sys.argv[1], 'wb', buffering=0)\nf.write(open(sys.argv[2], 'rb').read())\n\
                   print('written', flush=True)\nsys.stdin.readline()\nf.close()\n";
     let mut writer = Command::new("python3")
-        .args([
-            "-c",
-            holder,
-            m.p("unstable").to_str().unwrap(),
-            src.to_str().unwrap(),
-        ])
+        .args(["-c", holder, m.p("unstable").to_str().unwrap(), src.to_str().unwrap()])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -122,11 +113,7 @@ fn server_outage_fails_fast_and_the_mount_recovers() {
     let mut buf = vec![0u8; 4 << 20];
     let err = held.read_exact(&mut buf).expect_err("reading an open file");
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
-    assert!(
-        t.elapsed() <= io_timeout + slack,
-        "the read took {:?}",
-        t.elapsed()
-    );
+    assert!(t.elapsed() <= io_timeout + slack, "the read took {:?}", t.elapsed());
 
     nfs_sh(&srv.service, "start");
     restart.1 = false;
@@ -137,11 +124,7 @@ fn server_outage_fails_fast_and_the_mount_recovers() {
         match fs::read(m.p("before")) {
             Ok(c) => break c,
             Err(e) => {
-                assert!(
-                    Instant::now() < deadline,
-                    "the mount did not recover: {e}\n{}",
-                    m.log()
-                );
+                assert!(Instant::now() < deadline, "the mount did not recover: {e}\n{}", m.log());
                 std::thread::sleep(Duration::from_millis(200));
             }
         }

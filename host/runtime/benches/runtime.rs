@@ -47,8 +47,15 @@ fn driver_bytes(dir: &str, name: &str) -> Vec<u8> {
 }
 
 fn build_drivers() {
-    let out = Command::new("bash").arg(root().join("scripts/build-drivers.sh")).output().expect("build-drivers.sh");
-    assert!(out.status.success(), "scripts/build-drivers.sh failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("bash")
+        .arg(root().join("scripts/build-drivers.sh"))
+        .output()
+        .expect("build-drivers.sh");
+    assert!(
+        out.status.success(),
+        "scripts/build-drivers.sh failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Median and minimum of per-iteration times over `BATCHES` batches of `per_batch` iterations.
@@ -60,7 +67,10 @@ struct Timing {
 fn per_iter(batches: &mut [Duration], per_batch: usize) -> Timing {
     batches.sort();
     let div = |d: Duration| d / per_batch as u32;
-    Timing { median: div(batches[batches.len() / 2]), min: div(batches[0]) }
+    Timing {
+        median: div(batches[batches.len() / 2]),
+        min: div(batches[0]),
+    }
 }
 
 fn fmt(d: Duration) -> String {
@@ -80,7 +90,11 @@ fn fmt(d: Duration) -> String {
 #[inline(never)]
 fn native_stats(volume_id: &str) -> VolumeStats {
     let _ = std::hint::black_box(volume_id);
-    VolumeStats { size_bytes: 1 << 30, used_bytes: 4096, objects: None }
+    VolumeStats {
+        size_bytes: 1 << 30,
+        used_bytes: 4096,
+        objects: None,
+    }
 }
 
 fn bench_native(calls: usize) -> Timing {
@@ -114,7 +128,11 @@ struct StatsReply {
 fn reply(req: &StatsRequest) -> StatsReply {
     assert_eq!(req.op, "stats");
     let s = native_stats(&req.volume_id);
-    StatsReply { size_bytes: s.size_bytes, used_bytes: s.used_bytes, objects: s.objects }
+    StatsReply {
+        size_bytes: s.size_bytes,
+        used_bytes: s.used_bytes,
+        objects: s.objects,
+    }
 }
 
 /// Newline-delimited JSON on one persistent connection; the server is a thread of its own.
@@ -143,7 +161,11 @@ fn bench_json_socket(dir: &Path, calls: usize) -> Timing {
     let mut r = BufReader::new(stream);
     let mut line = String::new();
     let mut call = || {
-        let mut req = serde_json::to_vec(&StatsRequest { op: "stats".into(), volume_id: "vol-1".into() }).unwrap();
+        let mut req = serde_json::to_vec(&StatsRequest {
+            op: "stats".into(),
+            volume_id: "vol-1".into(),
+        })
+        .unwrap();
         req.push(b'\n');
         w.write_all(&req).unwrap();
         line.clear();
@@ -186,15 +208,23 @@ async fn bench_http_socket(dir: &Path, calls: usize) -> Timing {
                         .unwrap();
                     Ok::<_, hyper::Error>(resp)
                 });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
             });
         }
     });
     let stream = tokio::net::UnixStream::connect(&path).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     let mut call = async || {
-        let body = serde_json::to_vec(&StatsRequest { op: "stats".into(), volume_id: "vol-1".into() }).unwrap();
+        let body = serde_json::to_vec(&StatsRequest {
+            op: "stats".into(),
+            volume_id: "vol-1".into(),
+        })
+        .unwrap();
         let req = hyper::Request::post("/VolumeDriver.Stats")
             .header("host", "plugin")
             .header("content-type", "application/json")
@@ -297,13 +327,21 @@ async fn bench_open(rt: &Runtime, driver: &elara_runtime::Driver, dir: &Path, n:
 async fn bench_load(wasm: &[u8], dir: &Path, n: usize) -> (Duration, Duration) {
     let mut cold = Duration::ZERO;
     for i in 0..n {
-        let rt = Runtime::new(RuntimeConfig { cache_dir: dir.join(format!("cold-{i}")), ..Default::default() }).unwrap();
+        let rt = Runtime::new(RuntimeConfig {
+            cache_dir: dir.join(format!("cold-{i}")),
+            ..Default::default()
+        })
+        .unwrap();
         let t = Instant::now();
         let d = rt.load_driver(wasm).await.unwrap();
         cold += t.elapsed();
         assert!(!d.loaded_from_cache());
     }
-    let rt = Runtime::new(RuntimeConfig { cache_dir: dir.join("cold-0"), ..Default::default() }).unwrap();
+    let rt = Runtime::new(RuntimeConfig {
+        cache_dir: dir.join("cold-0"),
+        ..Default::default()
+    })
+    .unwrap();
     let warm_n = n * 5;
     let mut warm = Duration::ZERO;
     for _ in 0..warm_n {
@@ -327,13 +365,24 @@ fn main() {
     let native = bench_native(calls);
     let json = bench_json_socket(dir.path(), socket_calls);
 
-    let tokio = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     tokio.block_on(async {
         let http = bench_http_socket(dir.path(), socket_calls).await;
 
-        let rt = Runtime::new(RuntimeConfig { cache_dir: dir.path().join("cache"), ..Default::default() }).unwrap();
+        let rt = Runtime::new(RuntimeConfig {
+            cache_dir: dir.path().join("cache"),
+            ..Default::default()
+        })
+        .unwrap();
         let driver = rt.load_driver(&trivial).await.unwrap();
-        let backend = rt.open_backend(&driver, backend_spec("bench", &dir.path().join("pool"))).await.unwrap();
+        let backend = rt
+            .open_backend(&driver, backend_spec("bench", &dir.path().join("pool")))
+            .await
+            .unwrap();
         let call = bench_calls(&backend, calls).await;
         let raw = bench_raw(&backend, calls).await;
         let inst = bench_instantiate(&backend, 2_000).await;
@@ -343,11 +392,22 @@ fn main() {
 
         let us = |d: Duration| d.as_secs_f64() * 1e6;
         println!();
-        println!("elara-runtime benchmark (wasmtime 48.0.8; trivial driver {} bytes, local driver {} bytes)", trivial.len(), local.len());
-        println!("{:<58} {:>11} {:>11} {:>12}", "per call", "median", "fastest", "vs runtime");
+        println!(
+            "elara-runtime benchmark (wasmtime 48.0.8; trivial driver {} bytes, local driver {} bytes)",
+            trivial.len(),
+            local.len()
+        );
+        println!(
+            "{:<58} {:>11} {:>11} {:>12}",
+            "per call", "median", "fastest", "vs runtime"
+        );
         let row = |name: &str, t: &Timing| {
             let ratio = t.median.as_secs_f64() / call.median.as_secs_f64();
-            let ratio = if ratio < 0.1 { format!("{ratio:.3}×") } else { format!("{ratio:.1}×") };
+            let ratio = if ratio < 0.1 {
+                format!("{ratio:.3}×")
+            } else {
+                format!("{ratio:.1}×")
+            };
             println!("{:<58} {:>11} {:>11} {:>12}", name, fmt(t.median), fmt(t.min), ratio)
         };
         row("trivial driver call through the runtime (Backend::stats)", &call);
@@ -357,11 +417,27 @@ fn main() {
         row("the same, HTTP/1.1 + JSON over a unix socket (keep-alive)", &http);
         println!();
         println!("{:<58} {:>11} {:>11}", "instances and backends", "median", "fastest");
-        println!("{:<58} {:>11} {:>11}", "fresh instance: instantiate + configure", fmt(inst.median), fmt(inst.min));
-        println!("{:<58} {:>11} {:>11}", "open a backend (pool dir, instance, configure)", fmt(open.median), fmt(open.min));
+        println!(
+            "{:<58} {:>11} {:>11}",
+            "fresh instance: instantiate + configure",
+            fmt(inst.median),
+            fmt(inst.min)
+        );
+        println!(
+            "{:<58} {:>11} {:>11}",
+            "open a backend (pool dir, instance, configure)",
+            fmt(open.median),
+            fmt(open.min)
+        );
         println!();
-        println!("{:<58} {:>11} {:>11} {:>10}", "driver load (compile or cache, validate, info)", "cold", "cached", "speed-up");
-        for (name, cold, cached) in [("trivial", trivial_cold, trivial_cached), ("local", local_cold, local_cached)] {
+        println!(
+            "{:<58} {:>11} {:>11} {:>10}",
+            "driver load (compile or cache, validate, info)", "cold", "cached", "speed-up"
+        );
+        for (name, cold, cached) in [
+            ("trivial", trivial_cold, trivial_cached),
+            ("local", local_cold, local_cached),
+        ] {
             println!(
                 "{:<58} {:>11} {:>11} {:>9.0}×",
                 format!("{name} driver"),

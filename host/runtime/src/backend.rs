@@ -7,8 +7,8 @@
 //! one. Calls never wait for each other: concurrent calls use distinct instances.
 
 use std::future::Future;
-use std::task::Poll;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use wasmtime::component::ResourceTableError;
@@ -54,23 +54,47 @@ impl Sandbox {
         Sandbox::new(runtime, name, None, Vec::new(), limits)
     }
 
-    fn new(runtime: Runtime, name: Arc<str>, pool: Option<Arc<PoolDir>>, grants: Vec<crate::HostGrant>, limits: Limits) -> Sandbox {
+    fn new(
+        runtime: Runtime,
+        name: Arc<str>,
+        pool: Option<Arc<PoolDir>>,
+        grants: Vec<crate::HostGrant>,
+        limits: Limits,
+    ) -> Sandbox {
         let budget_ticks = ticks(limits.cpu_budget, runtime.inner.cfg.epoch_tick);
-        Sandbox { runtime, policy: NetPolicy::new(name.clone(), grants), name, pool, limits, budget_ticks }
+        Sandbox {
+            runtime,
+            policy: NetPolicy::new(name.clone(), grants),
+            name,
+            pool,
+            limits,
+            budget_ticks,
+        }
     }
 
     fn new_store(&self) -> Result<Store<StoreState>, CallError> {
-        let log = Arc::new(Mutex::new(LogSink::new(self.name.clone(), self.limits.log_bytes_per_call)));
+        let log = Arc::new(Mutex::new(LogSink::new(
+            self.name.clone(),
+            self.limits.log_bytes_per_call,
+        )));
         let mut b = WasiCtxBuilder::new();
         // No env, no args, no stdin (the default is an empty stdin); stdout/stderr into tracing.
-        b.stdout(CapturedStdio { sink: log.clone(), stderr: false });
-        b.stderr(CapturedStdio { sink: log.clone(), stderr: true });
+        b.stdout(CapturedStdio {
+            sink: log.clone(),
+            stderr: false,
+        });
+        b.stderr(CapturedStdio {
+            sink: log.clone(),
+            stderr: true,
+        });
         if let Some(pool) = &self.pool {
             b.preopened_dir(&pool.path, "/pool", FsPerms::ReadWrite)
                 .map_err(|e| CallError::Runtime(format!("preopen {}: {e:#}", pool.path.display())))?;
         }
         let policy = self.policy.clone();
-        b.allow_tcp(true).allow_udp(false).allow_ip_name_lookup(self.policy.has_grants());
+        b.allow_tcp(true)
+            .allow_udp(false)
+            .allow_ip_name_lookup(self.policy.has_grants());
         b.socket_addr_check(move |addr, usage| {
             let policy = policy.clone();
             Box::pin(async move { policy.socket_allowed(addr, usage).await })
@@ -85,9 +109,15 @@ impl Sandbox {
                 table.set_max_capacity(self.limits.max_open_resources);
                 table
             },
-            hooks: HttpHooks { policy: self.policy.clone() },
+            hooks: HttpHooks {
+                policy: self.policy.clone(),
+            },
             limiter: MemoryLimiter::new(self.limits.memory_bytes),
-            cpu: CpuMeter { used_ticks: 0, budget_ticks: 1, exceeded: false },
+            cpu: CpuMeter {
+                used_ticks: 0,
+                budget_ticks: 1,
+                exceeded: false,
+            },
             log,
             pool: self.pool.clone(),
             progress: None,
@@ -116,32 +146,53 @@ impl Sandbox {
         self.begin_call(&mut store, 0);
         let run = pre.instantiate_async(&mut store);
         let bindings = match tokio::time::timeout(self.limits.call_timeout, run).await {
-            Err(_) => return Err(CallError::Timeout { backend: self.name.to_string(), after: self.limits.call_timeout }),
+            Err(_) => {
+                return Err(CallError::Timeout {
+                    backend: self.name.to_string(),
+                    after: self.limits.call_timeout,
+                });
+            }
             Ok(Ok(b)) => b,
             Ok(Err(e)) => {
                 return Err(match self.classify(&store, &e) {
-                    CallError::Trapped { reason, .. } if e.downcast_ref::<Trap>().is_none() => {
-                        CallError::Runtime(format!("cannot instantiate the driver of backend `{}`: {reason}", self.name))
-                    }
+                    CallError::Trapped { reason, .. } if e.downcast_ref::<Trap>().is_none() => CallError::Runtime(
+                        format!("cannot instantiate the driver of backend `{}`: {reason}", self.name),
+                    ),
                     other => other,
                 });
             }
         };
-        Ok(Instance { store, bindings: Box::new(bindings) })
+        Ok(Instance {
+            store,
+            bindings: Box::new(bindings),
+        })
     }
 
     /// Fresh limits for a call that may claim to move up to `progress_bound` bytes.
     fn begin_call(&self, store: &mut Store<StoreState>, progress_bound: u64) {
-        store.data_mut().cpu = CpuMeter { used_ticks: 0, budget_ticks: self.budget_ticks, exceeded: false };
-        *store.data().advance.lock().unwrap() =
-            Advance::new(progress_bound, self.limits.progress_bytes_per_renewal, self.limits.max_call);
+        store.data_mut().cpu = CpuMeter {
+            used_ticks: 0,
+            budget_ticks: self.budget_ticks,
+            exceeded: false,
+        };
+        *store.data().advance.lock().unwrap() = Advance::new(
+            progress_bound,
+            self.limits.progress_bytes_per_renewal,
+            self.limits.max_call,
+        );
         store.data().log.lock().unwrap().reset();
         store.set_epoch_deadline(1);
     }
 
     /// Run one call on `inst` under the limits. The instance comes back only after a clean call.
     /// `progress_bound`: the most bytes the call's progress reports may claim (see [`Advance`]).
-    async fn run<R, F, Fut>(&self, op: &str, mut inst: Instance, progress_bound: u64, f: F) -> Result<(Instance, R), CallError>
+    async fn run<R, F, Fut>(
+        &self,
+        op: &str,
+        mut inst: Instance,
+        progress_bound: u64,
+        f: F,
+    ) -> Result<(Instance, R), CallError>
     where
         F: FnOnce(Instance) -> Fut,
         Fut: Future<Output = (Instance, wasmtime::Result<R>)>,
@@ -163,7 +214,10 @@ impl Sandbox {
             Err(after) => {
                 tracing::warn!(target: "driver", backend = %self.name, op, timeout = ?after,
                     "driver call timed out; instance discarded");
-                Err(CallError::Timeout { backend: self.name.to_string(), after })
+                Err(CallError::Timeout {
+                    backend: self.name.to_string(),
+                    after,
+                })
             }
             Ok((inst, Ok(r))) => {
                 if let Some(started) = started {
@@ -181,7 +235,11 @@ impl Sandbox {
 
     /// `call`'s output, or the limit that stopped it: `call_timeout` passed since the call began
     /// or last renewed its limits, or `max_call` since it began (see [`Advance`]).
-    async fn within_call_timeout<T>(&self, call: impl Future<Output = T>, advance: &Mutex<Advance>) -> Result<T, Duration> {
+    async fn within_call_timeout<T>(
+        &self,
+        call: impl Future<Output = T>,
+        advance: &Mutex<Advance>,
+    ) -> Result<T, Duration> {
         let deadline = tokio::time::sleep(self.limits.call_timeout.min(self.limits.max_call));
         tokio::pin!(call, deadline);
         loop {
@@ -203,7 +261,10 @@ impl Sandbox {
         let data = store.data();
         let backend = self.name.to_string();
         if data.cpu.exceeded {
-            return CallError::CpuBudget { backend, budget: self.limits.cpu_budget };
+            return CallError::CpuBudget {
+                backend,
+                budget: self.limits.cpu_budget,
+            };
         }
         let mut reason = if let Some(desired) = data.limiter.exceeded {
             format!(
@@ -212,13 +273,19 @@ impl Sandbox {
             )
         } else if let Some(trap) = e.downcast_ref::<Trap>() {
             trap.to_string()
-        } else if e.chain().any(|c| matches!(c.downcast_ref::<ResourceTableError>(), Some(ResourceTableError::Full))) {
+        } else if e
+            .chain()
+            .any(|c| matches!(c.downcast_ref::<ResourceTableError>(), Some(ResourceTableError::Full)))
+        {
             format!(
                 "the driver holds more than {} open resources at once (files, directories, sockets, \
                  streams, HTTP requests): the backend's limit on open resources",
                 self.limits.max_open_resources
             )
-        } else if e.chain().any(|c| c.to_string().contains("fuel allocated for hostcalls has been exhausted")) {
+        } else if e.chain().any(|c| {
+            c.to_string()
+                .contains("fuel allocated for hostcalls has been exhausted")
+        }) {
             // wasmtime's `HostcallFuelExhausted` (private type): see `Limits::max_transfer_bytes`.
             format!(
                 "the driver handed the host more than {} bytes in one value (a return value or the \
@@ -264,7 +331,10 @@ struct BackendInner {
 
 impl std::fmt::Debug for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Backend").field("name", &self.name()).field("driver", &self.inner.driver).finish()
+        f.debug_struct("Backend")
+            .field("name", &self.name())
+            .field("driver", &self.inner.driver)
+            .finish()
     }
 }
 
@@ -279,14 +349,16 @@ macro_rules! driver_call {
     };
     ($self:ident, $op:literal, $progress:expr, $bound:expr, |$d:ident, $s:ident| $call:expr) => {
         $self
-            .call($op, $progress, $bound, move |mut inst: Instance| Box::pin(async move {
-                let r = {
-                    let $d = inst.bindings.elara_driver_driver();
-                    let $s = &mut inst.store;
-                    $call.await
-                };
-                (inst, r)
-            }))
+            .call($op, $progress, $bound, move |mut inst: Instance| {
+                Box::pin(async move {
+                    let r = {
+                        let $d = inst.bindings.elara_driver_driver();
+                        let $s = &mut inst.store;
+                        $call.await
+                    };
+                    (inst, r)
+                })
+            })
             .await
     };
 }
@@ -306,7 +378,13 @@ impl Backend {
             .await
             .map_err(|e| RuntimeError::Other(e.to_string()))??;
         let name: Arc<str> = spec.name.clone().into();
-        let sandbox = Sandbox::new(runtime, name, Some(Arc::new(pool)), spec.grants.clone(), spec.limits.clone());
+        let sandbox = Sandbox::new(
+            runtime,
+            name,
+            Some(Arc::new(pool)),
+            spec.grants.clone(),
+            spec.limits.clone(),
+        );
         let backend = Backend {
             inner: Arc::new(BackendInner {
                 sandbox,
@@ -369,7 +447,12 @@ impl Backend {
             .run("bench", self.take_instance().await?, 0, |mut i| async move {
                 let mut r = Ok(());
                 for _ in 0..n {
-                    if let Err(e) = i.bindings.elara_driver_driver().call_stats(&mut i.store, volume_id).await {
+                    if let Err(e) = i
+                        .bindings
+                        .elara_driver_driver()
+                        .call_stats(&mut i.store, volume_id)
+                        .await
+                    {
                         r = Err(e);
                         break;
                     }
@@ -398,7 +481,11 @@ impl Backend {
         let config = self.inner.config.clone();
         let (inst, r) = sb
             .run("configure", inst, 0, |mut i| async move {
-                let r = i.bindings.elara_driver_driver().call_configure(&mut i.store, &config).await;
+                let r = i
+                    .bindings
+                    .elara_driver_driver()
+                    .call_configure(&mut i.store, &config)
+                    .await;
                 (i, r)
             })
             .await?;
@@ -415,7 +502,13 @@ impl Backend {
 
     /// Run `f` on an idle (or fresh) instance; `progress`, if any, receives what the call
     /// reports, which may claim at most `progress_bound` bytes.
-    async fn call<R, F, Fut>(&self, op: &'static str, progress: Option<ProgressFn>, progress_bound: u64, f: F) -> Result<R, CallError>
+    async fn call<R, F, Fut>(
+        &self,
+        op: &'static str,
+        progress: Option<ProgressFn>,
+        progress_bound: u64,
+        f: F,
+    ) -> Result<R, CallError>
     where
         F: FnOnce(Instance) -> Fut,
         Fut: Future<Output = (Instance, wasmtime::Result<R>)>,
@@ -456,13 +549,30 @@ impl Backend {
 
     /// Create a volume with the contents of a snapshot.
     pub async fn create_from_snapshot(&self, spec: &VolumeSpec, snapshot_id: &str) -> Result<Volume, CallError> {
-        flat(driver_call!(self, "create-from-snapshot", None, spec.size_bytes, |d, s| d.call_create_from_snapshot(s, spec, snapshot_id)))
+        flat(driver_call!(
+            self,
+            "create-from-snapshot",
+            None,
+            spec.size_bytes,
+            |d, s| d.call_create_from_snapshot(s, spec, snapshot_id)
+        ))
     }
 
     /// [`Backend::create_from_snapshot`], with the copy's progress (`done`, `total` bytes) handed
     /// to `progress` as the driver (or the host's `clone-file`) reports it.
-    pub async fn create_from_snapshot_with_progress(&self, spec: &VolumeSpec, snapshot_id: &str, progress: ProgressFn) -> Result<Volume, CallError> {
-        flat(driver_call!(self, "create-from-snapshot", Some(progress), spec.size_bytes, |d, s| d.call_create_from_snapshot(s, spec, snapshot_id)))
+    pub async fn create_from_snapshot_with_progress(
+        &self,
+        spec: &VolumeSpec,
+        snapshot_id: &str,
+        progress: ProgressFn,
+    ) -> Result<Volume, CallError> {
+        flat(driver_call!(
+            self,
+            "create-from-snapshot",
+            Some(progress),
+            spec.size_bytes,
+            |d, s| d.call_create_from_snapshot(s, spec, snapshot_id)
+        ))
     }
 
     /// Delete a volume (succeeds if it does not exist).
@@ -472,21 +582,28 @@ impl Backend {
 
     /// Grow a volume.
     pub async fn resize(&self, volume_id: &str, size_bytes: u64) -> Result<Volume, CallError> {
-        flat(driver_call!(self, "resize", None, size_bytes, |d, s| d.call_resize(s, volume_id, size_bytes)))
+        flat(driver_call!(self, "resize", None, size_bytes, |d, s| d
+            .call_resize(s, volume_id, size_bytes)))
     }
 
     /// Create a snapshot (idempotent on `spec.id`).
     pub async fn snapshot_create(&self, spec: &SnapshotSpec) -> Result<Snapshot, CallError> {
         // The spec gives no size: the declared limit bounds what its progress may claim.
         let bound = self.limits().max_progress_bytes;
-        flat(driver_call!(self, "snapshot-create", None, bound, |d, s| d.call_snapshot_create(s, spec)))
+        flat(driver_call!(self, "snapshot-create", None, bound, |d, s| d
+            .call_snapshot_create(s, spec)))
     }
 
     /// [`Backend::snapshot_create`], with the copy's progress (`done`, `total` bytes) handed to
     /// `progress` as the driver (or the host's `clone-file`) reports it.
-    pub async fn snapshot_create_with_progress(&self, spec: &SnapshotSpec, progress: ProgressFn) -> Result<Snapshot, CallError> {
+    pub async fn snapshot_create_with_progress(
+        &self,
+        spec: &SnapshotSpec,
+        progress: ProgressFn,
+    ) -> Result<Snapshot, CallError> {
         let bound = self.limits().max_progress_bytes;
-        flat(driver_call!(self, "snapshot-create", Some(progress), bound, |d, s| d.call_snapshot_create(s, spec)))
+        flat(driver_call!(self, "snapshot-create", Some(progress), bound, |d, s| d
+            .call_snapshot_create(s, spec)))
     }
 
     /// Delete a snapshot (succeeds if it does not exist).
@@ -524,11 +641,18 @@ pub const MAX_POOL_NAME: usize = 128;
 /// each named with 1 to [`MAX_POOL_NAME`] bytes of printable characters other than `/` (a pool
 /// name is a segment of its store key), no name twice.
 pub fn check_pools(backend: &str, pools: &[Pool], max_pools: usize) -> Result<(), BadReturn> {
-    let bad = |field: String, reason: String| BadReturn { backend: backend.to_string(), field, reason };
+    let bad = |field: String, reason: String| BadReturn {
+        backend: backend.to_string(),
+        field,
+        reason,
+    };
     if pools.len() > max_pools {
         return Err(bad(
             "pools".into(),
-            format!("the report names {} pools; the limit is {max_pools} per report", pools.len()),
+            format!(
+                "the report names {} pools; the limit is {max_pools} per report",
+                pools.len()
+            ),
         ));
     }
     let mut seen = std::collections::HashSet::with_capacity(pools.len());
@@ -537,10 +661,19 @@ pub fn check_pools(backend: &str, pools: &[Pool], max_pools: usize) -> Result<()
         let name = &p.name;
         if name.is_empty() || name.len() > MAX_POOL_NAME {
             let shown: String = name.chars().take(40).collect();
-            return Err(bad(field, format!("{shown:?}… is {} bytes long; a pool name has 1 to {MAX_POOL_NAME}", name.len())));
+            return Err(bad(
+                field,
+                format!(
+                    "{shown:?}… is {} bytes long; a pool name has 1 to {MAX_POOL_NAME}",
+                    name.len()
+                ),
+            ));
         }
         if let Some(c) = name.chars().find(|c| c.is_control() || *c == '/') {
-            return Err(bad(field, format!("{name:?} contains {c:?}; a pool name has no `/` and no control characters")));
+            return Err(bad(
+                field,
+                format!("{name:?} contains {c:?}; a pool name has no `/` and no control characters"),
+            ));
         }
         if !seen.insert(name.as_str()) {
             return Err(bad(field, format!("{name:?} is named twice in one report")));

@@ -41,10 +41,7 @@ impl Features {
 
     /// The flag with this WIT name (`snapshot`, `clone`, ...), if there is one.
     pub fn from_name(name: &str) -> Option<Features> {
-        FEATURE_NAMES
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, f)| *f)
+        FEATURE_NAMES.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
     }
 }
 

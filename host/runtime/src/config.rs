@@ -133,18 +133,23 @@ impl FromStr for HostGrant {
             let port = match tail {
                 "" => None,
                 t => Some(parse_port(
-                    t.strip_prefix(':')
-                        .ok_or_else(|| err("expected `:port` after `]`"))?,
+                    t.strip_prefix(':').ok_or_else(|| err("expected `:port` after `]`"))?,
                 )?),
             };
-            return Ok(HostGrant { host: ip.to_string(), port });
+            return Ok(HostGrant {
+                host: ip.to_string(),
+                port,
+            });
         }
         // bare IPv6 (more than one colon): no port possible
         if s.matches(':').count() > 1 {
             let ip: std::net::Ipv6Addr = s
                 .parse()
                 .map_err(|_| err("not a valid IPv6 address; write IPv6 with a port as [addr]:port"))?;
-            return Ok(HostGrant { host: ip.to_string(), port: None });
+            return Ok(HostGrant {
+                host: ip.to_string(),
+                port: None,
+            });
         }
         let (host, port) = match s.split_once(':') {
             Some((h, p)) => (h, Some(parse_port(p)?)),
@@ -272,11 +277,23 @@ mod tests {
     #[test]
     fn grants_parse() {
         let g: HostGrant = "S3.Example.com:443".parse().unwrap();
-        assert_eq!(g, HostGrant { host: "s3.example.com".into(), port: Some(443) });
+        assert_eq!(
+            g,
+            HostGrant {
+                host: "s3.example.com".into(),
+                port: Some(443)
+            }
+        );
         let g: HostGrant = "10.0.0.5".parse().unwrap();
         assert_eq!(g.port, None);
         let g: HostGrant = "[fd00::1]:2049".parse().unwrap();
-        assert_eq!(g, HostGrant { host: "fd00::1".into(), port: Some(2049) });
+        assert_eq!(
+            g,
+            HostGrant {
+                host: "fd00::1".into(),
+                port: Some(2049)
+            }
+        );
         assert_eq!(g.to_string(), "[fd00::1]:2049");
         let g: HostGrant = "fd00::1".parse().unwrap();
         assert_eq!(g.port, None);

@@ -29,7 +29,10 @@ pub(crate) struct PoolDir {
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 fn invalid(field: &str, reason: impl Into<String>) -> DriverError {
-    DriverError::Invalid(InvalidField { field: field.to_string(), reason: reason.into() })
+    DriverError::Invalid(InvalidField {
+        field: field.to_string(),
+        reason: reason.into(),
+    })
 }
 
 /// Check a guest-supplied path: relative, no `..`, not empty.
@@ -45,10 +48,16 @@ fn check_relative<'a>(field: &str, path: &'a str) -> Result<&'a Path, DriverErro
         match c {
             Component::Normal(_) | Component::CurDir => {}
             Component::ParentDir => {
-                return Err(invalid(field, format!("`{path}`: `..` is not allowed; paths are relative to the pool directory")));
+                return Err(invalid(
+                    field,
+                    format!("`{path}`: `..` is not allowed; paths are relative to the pool directory"),
+                ));
             }
             Component::RootDir | Component::Prefix(_) => {
-                return Err(invalid(field, format!("`{path}`: absolute paths are not allowed; paths are relative to the pool directory")));
+                return Err(invalid(
+                    field,
+                    format!("`{path}`: absolute paths are not allowed; paths are relative to the pool directory"),
+                ));
             }
         }
     }
@@ -63,9 +72,10 @@ fn io_error(field: &str, path: &str, e: io::Error) -> DriverError {
     match e.kind() {
         io::ErrorKind::NotFound => DriverError::NotFound(format!("{path}: no such file in the pool directory")),
         io::ErrorKind::AlreadyExists => DriverError::AlreadyExists(format!("{path} already exists")),
-        io::ErrorKind::PermissionDenied => {
-            invalid(field, format!("`{path}`: {e} (a symlink may point outside the pool directory)"))
-        }
+        io::ErrorKind::PermissionDenied => invalid(
+            field,
+            format!("`{path}`: {e} (a symlink may point outside the pool directory)"),
+        ),
         _ => DriverError::Backend(format!("{path}: {e}")),
     }
 }
@@ -73,7 +83,11 @@ fn io_error(field: &str, path: &str, e: io::Error) -> DriverError {
 fn ficlone(dst: &File, src: &File) -> io::Result<()> {
     // SAFETY: FICLONE takes the source fd as its argument; both fds are open for the call.
     let r = unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) };
-    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Copy `[pos, end)` of `src` to the same offsets of `dst` in the kernel (`copy_file_range`: no
@@ -126,7 +140,7 @@ fn sparse_copy(src: &File, dst: &File, progress: Option<&ProgressFn>) -> io::Res
         let (start, end) = if data < 0 {
             let e = io::Error::last_os_error();
             match e.raw_os_error() {
-                Some(libc::ENXIO) => break, // only a hole remains
+                Some(libc::ENXIO) => break,                                // only a hole remains
                 Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => (off, len), // no hole support
                 _ => return Err(e),
             }
@@ -161,7 +175,11 @@ impl PoolDir {
     pub(crate) fn open(path: &Path) -> io::Result<PoolDir> {
         std::fs::create_dir_all(path)?;
         let dir = Dir::open_ambient_dir(path, ambient_authority())?;
-        Ok(PoolDir { path: path.to_path_buf(), dir, reflink: OnceLock::new() })
+        Ok(PoolDir {
+            path: path.to_path_buf(),
+            dir,
+            reflink: OnceLock::new(),
+        })
     }
 
     fn tmp_name(dst: &Path) -> PathBuf {
@@ -206,7 +224,12 @@ impl PoolDir {
 
     /// Reflink-or-copy `src` to a new `dst`; `dst` appears only when complete.
     /// Copy `src` to the new `dst` (reflink, else a sparse copy whose progress goes to `progress`).
-    pub(crate) fn clone_file(&self, src: &str, dst: &str, progress: Option<&ProgressFn>) -> Result<CopyMethod, DriverError> {
+    pub(crate) fn clone_file(
+        &self,
+        src: &str,
+        dst: &str,
+        progress: Option<&ProgressFn>,
+    ) -> Result<CopyMethod, DriverError> {
         let src_p = check_relative("src", src)?;
         let dst_p = check_relative("dst", dst)?;
         match self.dir.symlink_metadata(dst_p) {
@@ -222,18 +245,27 @@ impl PoolDir {
         let tmp = Self::tmp_name(dst_p);
         let mut opts = OpenOptions::new();
         opts.write(true).create_new(true);
-        let tmp_f = self.dir.open_with(&tmp, &opts).map_err(|e| io_error("dst", dst, e))?.into_std();
+        let tmp_f = self
+            .dir
+            .open_with(&tmp, &opts)
+            .map_err(|e| io_error("dst", dst, e))?
+            .into_std();
         let result = (|| {
             let method = match ficlone(&tmp_f, &src_f) {
                 Ok(()) => CopyMethod::Reflink,
                 Err(_) => {
-                    sparse_copy(&src_f, &tmp_f, progress).map_err(|e| DriverError::Backend(format!("copy {src} to {dst}: {e}")))?;
+                    sparse_copy(&src_f, &tmp_f, progress)
+                        .map_err(|e| DriverError::Backend(format!("copy {src} to {dst}: {e}")))?;
                     CopyMethod::Copy
                 }
             };
-            tmp_f.sync_all().map_err(|e| DriverError::Backend(format!("sync {dst}: {e}")))?;
+            tmp_f
+                .sync_all()
+                .map_err(|e| DriverError::Backend(format!("sync {dst}: {e}")))?;
             // A hard link never replaces an existing file: `dst` must not exist.
-            self.dir.hard_link(&tmp, &self.dir, dst_p).map_err(|e| io_error("dst", dst, e))?;
+            self.dir
+                .hard_link(&tmp, &self.dir, dst_p)
+                .map_err(|e| io_error("dst", dst, e))?;
             Ok(method)
         })();
         let _ = self.dir.remove_file(&tmp);
@@ -251,9 +283,9 @@ impl PoolDir {
 
 impl StoreState {
     fn pool(&self) -> Result<Arc<PoolDir>, DriverError> {
-        self.pool.clone().ok_or_else(|| {
-            DriverError::Unavailable("no pool directory: this sandbox only answers `info`".to_string())
-        })
+        self.pool
+            .clone()
+            .ok_or_else(|| DriverError::Unavailable("no pool directory: this sandbox only answers `info`".to_string()))
     }
 }
 
@@ -345,15 +377,26 @@ mod tests {
             // progress: in order, ending at the source's allocated bytes
             let allocated = pool.allocated_bytes("img").unwrap();
             assert_eq!(reports.last(), Some(&(allocated, allocated)), "{reports:?}");
-            assert!(reports.windows(2).all(|w| w[0].0 <= w[1].0 && w[0].1 == w[1].1), "{reports:?}");
+            assert!(
+                reports.windows(2).all(|w| w[0].0 <= w[1].0 && w[0].1 == w[1].1),
+                "{reports:?}"
+            );
         } else {
             assert!(reports.is_empty(), "a reflink copies nothing: {reports:?}");
         }
-        assert!(matches!(pool.clone_file("img", "copy", None), Err(DriverError::AlreadyExists(_))));
-        assert!(matches!(pool.clone_file("missing", "c2", None), Err(DriverError::NotFound(_))));
-        let leftovers: Vec<_> = std::fs::read_dir(d.path()).unwrap()
+        assert!(matches!(
+            pool.clone_file("img", "copy", None),
+            Err(DriverError::AlreadyExists(_))
+        ));
+        assert!(matches!(
+            pool.clone_file("missing", "c2", None),
+            Err(DriverError::NotFound(_))
+        ));
+        let leftovers: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|n| n.starts_with(".elara-tmp")).collect();
+            .filter(|n| n.starts_with(".elara-tmp"))
+            .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
         let st = pool.stats().unwrap();
         assert!(st.total_bytes > 0 && st.available_bytes <= st.total_bytes);

@@ -13,8 +13,8 @@
 //! `state` (store data, memory limiter, CPU meter, log capture), `net` (HTTP/TCP allow-list),
 //! `hostfs` (the `host` import, confined to the pool dir), `config`, `error`, `bindings`.
 
-pub mod bindings;
 mod backend;
+pub mod bindings;
 mod config;
 mod error;
 mod hostfs;
@@ -45,7 +45,7 @@ pub fn raise_open_files_limit() -> std::io::Result<Option<u64>> {
 pub use bindings::elara::driver::host::{CopyMethod, FsStats};
 pub use bindings::elara::driver::log::Level as LogLevel;
 pub use bindings::elara::driver::types::{
-    Capacity, ChapAuth, ConfigKey, Connection, DriverError, DriverInfo, Features, ImageFileConnection,
-    InvalidField, IscsiConnection, NfsConnection, NodeInfo, Pool, Qos, S3Connection, Snapshot, SnapshotSpec,
-    Volume, VolumeKind, VolumeSpec, VolumeStats,
+    Capacity, ChapAuth, ConfigKey, Connection, DriverError, DriverInfo, Features, ImageFileConnection, InvalidField,
+    IscsiConnection, NfsConnection, NodeInfo, Pool, Qos, S3Connection, Snapshot, SnapshotSpec, Volume, VolumeKind,
+    VolumeSpec, VolumeStats,
 };

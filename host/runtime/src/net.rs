@@ -41,9 +41,7 @@ fn resolved_address_ok(ip: IpAddr) -> bool {
         v4 => v4,
     };
     match ip {
-        IpAddr::V4(v4) => {
-            !(v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast() || v4.is_link_local())
-        }
+        IpAddr::V4(v4) => !(v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast() || v4.is_link_local()),
         IpAddr::V6(v6) => {
             !(v6.is_unspecified()
                 || v6.is_multicast()
@@ -66,7 +64,10 @@ async fn resolve(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
 
 impl NetPolicy {
     pub(crate) fn new(backend: Arc<str>, grants: Vec<HostGrant>) -> Self {
-        NetPolicy { backend, grants: grants.into() }
+        NetPolicy {
+            backend,
+            grants: grants.into(),
+        }
     }
 
     /// Whether any host is granted at all (name lookup is enabled only then).
@@ -85,7 +86,10 @@ impl NetPolicy {
         let addrs = resolve(host, port).await.map_err(|e| {
             tracing::warn!(target: "driver", backend = %self.backend, host, error = %e,
                 "outbound HTTP: name resolution failed");
-            HttpError::DnsError { rcode: Some(e.to_string()), info_code: None }
+            HttpError::DnsError {
+                rcode: Some(e.to_string()),
+                info_code: None,
+            }
         })?;
         let allowed: Vec<SocketAddr> = addrs
             .iter()
@@ -144,8 +148,7 @@ impl WasiHttpHooks for HttpHooks {
         request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
         _fut: IoFuture,
-    ) -> Box<dyn Future<Output = Result<(http::Response<WasiBody>, IoFuture), HttpError>> + Send>
-    {
+    ) -> Box<dyn Future<Output = Result<(http::Response<WasiBody>, IoFuture), HttpError>> + Send> {
         let policy = self.policy.clone();
         // A request that is refused, fails or is answered early still reads the guest's body
         // to its end (see `DrainOnDrop`).
@@ -171,14 +174,15 @@ fn tls_config() -> Arc<rustls::ClientConfig> {
     static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
     CONFIG
         .get_or_init(|| {
-            let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.into() };
-            let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .expect("ring supports the default TLS versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            let roots = rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.into(),
+            };
+            let config =
+                rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                    .with_safe_default_protocol_versions()
+                    .expect("ring supports the default TLS versions")
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
             Arc::new(config)
         })
         .clone()
@@ -199,7 +203,10 @@ struct DrainOnDrop {
 
 impl DrainOnDrop {
     fn new(body: WasiBody) -> Self {
-        DrainOnDrop { inner: Some(body), ended: false }
+        DrainOnDrop {
+            inner: Some(body),
+            ended: false,
+        }
     }
 }
 
@@ -212,7 +219,9 @@ impl hyper::body::Body for DrainOnDrop {
         cx: &mut std::task::Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, HttpError>>> {
         let this = self.get_mut();
-        let Some(body) = this.inner.as_mut() else { return Poll::Ready(None) };
+        let Some(body) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
         let frame = ready!(Pin::new(body).poll_frame(cx));
         if !matches!(frame, Some(Ok(_))) {
             this.ended = true;
@@ -271,9 +280,7 @@ async fn send_pinned(
                 stream = Some(s);
                 break;
             }
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                last_err = HttpError::ConnectionRefused
-            }
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => last_err = HttpError::ConnectionRefused,
             Ok(Err(e)) => last_err = HttpError::Connect(e),
             Err(_) => last_err = HttpError::ConnectionTimeout,
         }
@@ -282,8 +289,9 @@ async fn send_pinned(
     let stream: Box<dyn IoStream> = if tls {
         let name = match host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
             Ok(ip) => rustls::pki_types::ServerName::from(ip),
-            Err(_) => rustls::pki_types::ServerName::try_from(host.to_string())
-                .map_err(HttpError::InvalidDnsNameError)?,
+            Err(_) => {
+                rustls::pki_types::ServerName::try_from(host.to_string()).map_err(HttpError::InvalidDnsNameError)?
+            }
         };
         let connector = tokio_rustls::TlsConnector::from(tls_config());
         Box::new(connector.connect(name, stream).await.map_err(HttpError::Tls)?)
@@ -343,7 +351,15 @@ mod tests {
 
     #[test]
     fn forbidden_resolved_addresses() {
-        for bad in ["0.0.0.0", "169.254.169.254", "224.0.0.1", "255.255.255.255", "::", "fe80::1", "::ffff:169.254.169.254"] {
+        for bad in [
+            "0.0.0.0",
+            "169.254.169.254",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::",
+            "fe80::1",
+            "::ffff:169.254.169.254",
+        ] {
             assert!(!resolved_address_ok(bad.parse().unwrap()), "{bad}");
         }
         for ok in ["127.0.0.1", "10.1.2.3", "8.8.8.8", "::1", "2001:db8::1"] {

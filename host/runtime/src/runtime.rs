@@ -118,15 +118,20 @@ impl Runtime {
 
         let stop_ticker = Arc::new(AtomicBool::new(false));
         let (engine2, stop2, tick) = (engine.clone(), stop_ticker.clone(), cfg.epoch_tick);
-        std::thread::Builder::new()
-            .name("elara-epoch".into())
-            .spawn(move || {
-                while !stop2.load(Ordering::Relaxed) {
-                    std::thread::sleep(tick);
-                    engine2.increment_epoch();
-                }
-            })?;
-        Ok(Runtime { inner: Arc::new(RuntimeInner { engine, linker, cfg, stop_ticker }) })
+        std::thread::Builder::new().name("elara-epoch".into()).spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                std::thread::sleep(tick);
+                engine2.increment_epoch();
+            }
+        })?;
+        Ok(Runtime {
+            inner: Arc::new(RuntimeInner {
+                engine,
+                linker,
+                cfg,
+                stop_ticker,
+            }),
+        })
     }
 
     /// The wasmtime engine (for tools that want to inspect components).
@@ -143,7 +148,10 @@ impl Runtime {
     pub fn cache_path(&self, sha256: &str) -> PathBuf {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         self.inner.engine.precompile_compatibility_hash().hash(&mut h);
-        self.inner.cfg.cache_dir.join(format!("{sha256}-{:016x}.cwasm", h.finish()))
+        self.inner
+            .cfg
+            .cache_dir
+            .join(format!("{sha256}-{:016x}.cwasm", h.finish()))
     }
 
     /// Compile `wasm` (or load it from the cache), check that it is an `elara:driver@0.1.x`
@@ -154,10 +162,9 @@ impl Runtime {
         let cache = self.cache_path(&sha256);
         let engine = self.inner.engine.clone();
         let bytes = wasm.to_vec();
-        let (component, from_cache) =
-            tokio::task::spawn_blocking(move || compile_cached(&engine, &bytes, &cache))
-                .await
-                .map_err(other)??;
+        let (component, from_cache) = tokio::task::spawn_blocking(move || compile_cached(&engine, &bytes, &cache))
+            .await
+            .map_err(other)??;
         check_world(&self.inner.engine, &component)?;
         let pre = self
             .inner
@@ -169,7 +176,13 @@ impl Runtime {
         let sandbox = Sandbox::info_only(self.clone(), &sha256, Limits::default());
         let info = sandbox.info_once(&pre).await.map_err(RuntimeError::Info)?;
         Ok(Driver {
-            inner: Arc::new(DriverInner { sha256, info, size: wasm.len(), from_cache, pre }),
+            inner: Arc::new(DriverInner {
+                sha256,
+                info,
+                size: wasm.len(),
+                from_cache,
+                pre,
+            }),
         })
     }
 
@@ -231,7 +244,9 @@ fn check_world(engine: &Engine, component: &Component) -> Result<(), RuntimeErro
     if !exports.iter().any(|e| e.starts_with(want)) {
         let other_version = exports.iter().find(|e| e.starts_with("elara:driver/driver@"));
         return Err(RuntimeError::WrongWorld(match other_version {
-            Some(v) => format!("the component exports `{v}`, but this runtime implements elara:driver@{WIT_VERSION} (0.1.x)"),
+            Some(v) => {
+                format!("the component exports `{v}`, but this runtime implements elara:driver@{WIT_VERSION} (0.1.x)")
+            }
             None => format!(
                 "the component does not export the interface `elara:driver/driver@0.1.x`; its exports are [{}]",
                 exports.join(", ")
@@ -240,9 +255,13 @@ fn check_world(engine: &Engine, component: &Component) -> Result<(), RuntimeErro
     }
     for (name, _) in ty.imports(engine) {
         let ok = name.starts_with("wasi:")
-            || ["elara:driver/host@0.1.", "elara:driver/log@0.1.", "elara:driver/types@0.1."]
-                .iter()
-                .any(|p| name.starts_with(p));
+            || [
+                "elara:driver/host@0.1.",
+                "elara:driver/log@0.1.",
+                "elara:driver/types@0.1.",
+            ]
+            .iter()
+            .any(|p| name.starts_with(p));
         if !ok {
             return Err(RuntimeError::WrongWorld(format!(
                 "the component imports `{name}`, which the Elara host does not provide \

@@ -126,7 +126,12 @@ impl Advance {
             }
         }
         let refused = refused.filter(|_| !std::mem::replace(&mut self.warned, true));
-        Reported { renews, done, total: fixed, refused }
+        Reported {
+            renews,
+            done,
+            total: fixed,
+            refused,
+        }
     }
 
     /// The host itself copied more of this call's data: renew the wall clock.
@@ -141,19 +146,30 @@ impl Advance {
     pub(crate) fn deadline(&self, call_timeout: Duration) -> (Instant, bool) {
         let renewed = self.at + call_timeout;
         let ceiling = self.call_started + self.max_call;
-        if ceiling <= renewed { (ceiling, true) } else { (renewed, false) }
+        if ceiling <= renewed {
+            (ceiling, true)
+        } else {
+            (renewed, false)
+        }
     }
 }
 
 impl WasiView for StoreState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
 impl WasiHttpView for StoreState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
     }
 }
 
@@ -247,7 +263,14 @@ const MAX_LINE: usize = 4096;
 
 impl LogSink {
     pub(crate) fn new(backend: Arc<str>, cap: usize) -> Self {
-        LogSink { backend, cap, used: 0, capped: false, partial: [Vec::new(), Vec::new()], recent_stderr: Default::default() }
+        LogSink {
+            backend,
+            cap,
+            used: 0,
+            capped: false,
+            partial: [Vec::new(), Vec::new()],
+            recent_stderr: Default::default(),
+        }
     }
 
     /// Start a new call: the cap applies afresh.
@@ -302,7 +325,11 @@ impl LogSink {
     /// Bytes written to stdout (`err == false`) or stderr: logged line by line.
     fn write_stdio(&mut self, err: bool, bytes: &[u8]) {
         let idx = usize::from(err);
-        let (level, stream) = if err { (Level::Warn, "stderr") } else { (Level::Info, "stdout") };
+        let (level, stream) = if err {
+            (Level::Warn, "stderr")
+        } else {
+            (Level::Info, "stdout")
+        };
         let mut rest = bytes;
         while !rest.is_empty() {
             match rest.iter().position(|b| *b == b'\n') {
@@ -430,7 +457,15 @@ mod tests {
     fn progress_renews_per_bytes_up_to_what_the_call_can_move() {
         let mut a = Advance::new(256 * MIB, 64 * MIB, Duration::from_secs(3600));
         // Less than one renewal's worth: counted, not renewed.
-        assert_eq!(a.report(10 * MIB, 256 * MIB), Reported { renews: false, done: 10 * MIB, total: 256 * MIB, refused: None });
+        assert_eq!(
+            a.report(10 * MIB, 256 * MIB),
+            Reported {
+                renews: false,
+                done: 10 * MIB,
+                total: 256 * MIB,
+                refused: None
+            }
+        );
         assert!(a.report(64 * MIB, 256 * MIB).renews);
         assert!(!a.report(100 * MIB, 256 * MIB).renews, "36 MiB since the last renewal");
         assert!(a.report(128 * MIB, 256 * MIB).renews);
@@ -440,7 +475,15 @@ mod tests {
         assert!(a.report(192 * MIB, 256 * MIB).renews);
         // `done` past the total counts as the total: one last renewal, then none.
         assert!(a.report(u64::MAX, 256 * MIB).renews);
-        assert_eq!(a.report(u64::MAX, 256 * MIB), Reported { renews: false, done: 256 * MIB, total: 256 * MIB, refused: None });
+        assert_eq!(
+            a.report(u64::MAX, 256 * MIB),
+            Reported {
+                renews: false,
+                done: 256 * MIB,
+                total: 256 * MIB,
+                refused: None
+            }
+        );
     }
 
     #[test]
@@ -450,8 +493,14 @@ mod tests {
         let first = a.report(64 * MIB, u64::MAX);
         assert!(first.renews);
         assert_eq!((first.done, first.total), (64 * MIB, 100 * MIB));
-        assert!(first.refused.is_some_and(|why| why.contains("more than the call can move")));
-        let renewals = (2..100_000u64).filter(|i| a.report(i * 64 * MIB, u64::MAX).renews).count();
+        assert!(
+            first
+                .refused
+                .is_some_and(|why| why.contains("more than the call can move"))
+        );
+        let renewals = (2..100_000u64)
+            .filter(|i| a.report(i * 64 * MIB, u64::MAX).renews)
+            .count();
         assert_eq!(renewals, 0);
 
         // The first total is fixed: another one (larger, smaller) renews nothing.

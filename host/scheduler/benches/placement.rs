@@ -37,8 +37,7 @@ fn pools_json(n: usize) -> Value {
             let total = 500 + next(20_000);
             let free = next(total);
             let thin = next(2) == 0;
-            let ratio =
-                [json!(20.0), json!(1.5), json!("auto"), json!(4.0)][next(4) as usize].clone();
+            let ratio = [json!(20.0), json!(1.5), json!("auto"), json!(4.0)][next(4) as usize].clone();
             let tier = ["gold", "silver", "bronze"][next(3) as usize];
             let mut p = json!({
                 "name": format!("pool-{i:05}"),
@@ -139,31 +138,17 @@ fn main() {
     println!(
         "wall: median elapsed (Elara: criterion; Cinder: {CINDER_REPEAT_SMALL}-{CINDER_REPEAT_LARGE} runs); \
          cpu: median CPU time of the placing thread. Load average: {}",
-        load.split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" ")
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
     );
     println!(
         "{:>6} | {:>10} {:>10} | {:>13} | {:>10} {:>10} | {:>7} {:>7} | same choice",
-        "pools",
-        "elara wall",
-        "elara cpu",
-        "elara explain",
-        "cinder wall",
-        "cinder cpu",
-        "x wall",
-        "x cpu"
+        "pools", "elara wall", "elara cpu", "elara explain", "cinder wall", "cinder cpu", "x wall", "x cpu"
     );
     for (n, doc, pools) in &pools_by_size {
         let place = criterion_median(&out, "placement", "elara_place", *n);
         let explain = criterion_median(&out, "placement", "elara_explain", *n);
         let cpu = cpu_per_call(|| {
-            std::hint::black_box(
-                scheduler
-                    .place(std::hint::black_box(pools), &request)
-                    .is_ok(),
-            );
+            std::hint::black_box(scheduler.place(std::hint::black_box(pools), &request).is_ok());
         });
         let ours = scheduler.place(pools, &request).expect("a pool fits").pool;
         let row = match &python {
@@ -179,9 +164,7 @@ fn main() {
                     &json!({"pools": doc, "size": 100, "specs": request_specs(), "repeat": repeat}),
                 );
                 let wall = answer["seconds_median"].as_f64().expect("cinder seconds");
-                let their_cpu = answer["cpu_seconds_median"]
-                    .as_f64()
-                    .expect("cinder cpu seconds");
+                let their_cpu = answer["cpu_seconds_median"].as_f64().expect("cinder cpu seconds");
                 let same = answer["chosen"].as_str() == Some(ours.as_str());
                 format!(
                     "{:>10} {:>10} | {:>6.0}x {:>6.0}x | {}",
@@ -208,10 +191,7 @@ const CINDER_REPEAT_LARGE: u32 = 7;
 
 /// CPU time of the calling thread, in seconds.
 fn thread_cpu() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is a valid, writable timespec; CLOCK_THREAD_CPUTIME_ID is always supported on Linux.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");

@@ -23,11 +23,7 @@ fn interner() -> &'static RwLock<HashMap<Box<str>, KeyId>> {
 
 /// The id of `key`, interning it on first sight.
 pub fn key_id(key: &str) -> KeyId {
-    if let Some(id) = interner()
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(key)
-    {
+    if let Some(id) = interner().read().unwrap_or_else(|e| e.into_inner()).get(key) {
         return *id;
     }
     let mut table = interner().write().unwrap_or_else(|e| e.into_inner());
@@ -112,11 +108,7 @@ impl Capabilities {
 
     /// The map as a JSON object.
     pub fn to_json(&self) -> Value {
-        Value::Object(
-            self.iter()
-                .map(|(k, v)| (k.to_string(), v.clone()))
-                .collect(),
-        )
+        Value::Object(self.iter().map(|(k, v)| (k.to_string(), v.clone())).collect())
     }
 }
 
@@ -137,9 +129,7 @@ mod tests {
 
     #[test]
     fn behaves_as_a_sorted_map() {
-        let mut c: Capabilities = [("tier", json!("gold")), ("iops", json!(5))]
-            .into_iter()
-            .collect();
+        let mut c: Capabilities = [("tier", json!("gold")), ("iops", json!(5))].into_iter().collect();
         assert_eq!(c.get("tier"), Some(&json!("gold")));
         assert_eq!(c.get("iops"), Some(&json!(5)));
         assert_eq!(c.get("ssd"), None);

@@ -182,10 +182,7 @@ pub fn parse(text: &str) -> Result<Expr, ParseError> {
                 return Err(err(end, "`<or>` with nothing after it"));
             };
             if alt == "<or>" {
-                return Err(err(
-                    pos,
-                    "expected an alternative after `<or>`, found another `<or>`",
-                ));
+                return Err(err(pos, "expected an alternative after `<or>`, found another `<or>`"));
             }
             alternatives.push(alt.to_string());
             i += 1;
@@ -193,10 +190,7 @@ pub fn parse(text: &str) -> Result<Expr, ParseError> {
                 break;
             };
             if sep != "<or>" {
-                return Err(err(
-                    pos,
-                    format!("expected `<or>` between alternatives, found `{sep}`"),
-                ));
+                return Err(err(pos, format!("expected `<or>` between alternatives, found `{sep}`")));
             }
             i += 1;
         }
@@ -238,9 +232,7 @@ pub fn parse(text: &str) -> Result<Expr, ParseError> {
             None => {
                 return Err(err(
                     operand_pos,
-                    format!(
-                        "`{operand}` is not a boolean (true/false, yes/no, on/off, 1/0, t/f, y/n)"
-                    ),
+                    format!("`{operand}` is not a boolean (true/false, yes/no, on/off, 1/0, t/f, y/n)"),
                 ));
             }
         },
@@ -286,10 +278,7 @@ impl Expr {
                 op: StrOp::Eq,
                 operand: s,
             } => value.as_str() == Some(s.as_str()),
-            Expr::Text {
-                op: StrOp::Ne,
-                operand,
-            } => value.as_str() != Some(operand.as_str()),
+            Expr::Text { op: StrOp::Ne, operand } => value.as_str() != Some(operand.as_str()),
             Expr::Text { op, operand } => {
                 let Some(x) = value.as_str() else {
                     return false;

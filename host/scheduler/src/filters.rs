@@ -80,11 +80,7 @@ pub struct FilterContext<'a> {
 }
 
 /// Runs every filter in order; `Err((filter, reason))` from the first that rejects.
-pub fn check(
-    pool: &PoolState,
-    request: &Request,
-    ctx: &FilterContext<'_>,
-) -> Result<(), (Filter, String)> {
+pub fn check(pool: &PoolState, request: &Request, ctx: &FilterContext<'_>) -> Result<(), (Filter, String)> {
     check_only(&Filter::ALL, pool, request, ctx)
 }
 
@@ -121,12 +117,7 @@ pub fn check_only(
 }
 
 /// Runs one filter.
-pub fn run(
-    filter: Filter,
-    pool: &PoolState,
-    request: &Request,
-    ctx: &FilterContext<'_>,
-) -> Result<(), String> {
+pub fn run(filter: Filter, pool: &PoolState, request: &Request, ctx: &FilterContext<'_>) -> Result<(), String> {
     let v = ctx.verbose;
     match filter {
         Filter::Stale => stale(pool, ctx),
@@ -134,12 +125,7 @@ pub fn run(
             Some(n) if ctx.down_nodes.contains(n) => Err(why(v, || format!("node {n} is down"))),
             _ => Ok(()),
         },
-        Filter::Backend => constraint(
-            v,
-            "backend",
-            request.backend.as_deref(),
-            Some(&pool.backend),
-        ),
+        Filter::Backend => constraint(v, "backend", request.backend.as_deref(), Some(&pool.backend)),
         Filter::Driver => constraint(v, "driver", request.driver.as_deref(), Some(&pool.driver)),
         Filter::PoolName => match request.pool.as_deref() {
             Some(want) if want != pool.name && want != pool.id() => Err(why(v, || {
@@ -148,9 +134,9 @@ pub fn run(
             _ => Ok(()),
         },
         Filter::Node => match (request.node.as_deref(), &pool.node) {
-            (Some(want), Some(n)) if want != n => Err(why(v, || {
-                format!("bound to node {n}, request needs node {want}")
-            })),
+            (Some(want), Some(n)) if want != n => {
+                Err(why(v, || format!("bound to node {n}, request needs node {want}")))
+            }
             _ => Ok(()),
         },
         Filter::AvailabilityZone => constraint(
@@ -169,17 +155,10 @@ fn why(verbose: bool, text: impl FnOnce() -> String) -> String {
     if verbose { text() } else { String::new() }
 }
 
-fn constraint(
-    v: bool,
-    what: &str,
-    want: Option<&str>,
-    have: Option<&String>,
-) -> Result<(), String> {
+fn constraint(v: bool, what: &str, want: Option<&str>, have: Option<&String>) -> Result<(), String> {
     match (want, have) {
         (Some(w), Some(h)) if w == h => Ok(()),
-        (Some(w), Some(h)) if !h.is_empty() => {
-            Err(why(v, || format!("{what} is {h}, request needs {w}")))
-        }
+        (Some(w), Some(h)) if !h.is_empty() => Err(why(v, || format!("{what} is {h}, request needs {w}"))),
         (Some(w), _) => Err(why(v, || format!("{what} unknown, request needs {w}"))),
         (None, _) => Ok(()),
     }
@@ -196,11 +175,7 @@ fn stale(pool: &PoolState, ctx: &FilterContext<'_>) -> Result<(), String> {
     let age = ctx.now.duration_since(at).unwrap_or_default();
     if age > max {
         return Err(why(ctx.verbose, || {
-            format!(
-                "last report {:.0}s ago (max {}s)",
-                age.as_secs_f64(),
-                max.as_secs()
-            )
+            format!("last report {:.0}s ago (max {}s)", age.as_secs_f64(), max.as_secs())
         }));
     }
     Ok(())
@@ -245,9 +220,7 @@ pub fn capacity(pool: &PoolState, request: &Request, v: bool) -> Result<(), Stri
         }
         if f.total_available_capacity == 0.0 {
             // Cinder divides by zero here (ZeroDivisionError); nothing is available anyway.
-            return Err(why(v, || {
-                "no capacity left after the reserved share".into()
-            }));
+            return Err(why(v, || "no capacity left after the reserved share".into()));
         }
         let provisioned_ratio = (pool.provisioned_capacity_gb + size) / f.total_available_capacity;
         if provisioned_ratio > mosr {
@@ -313,9 +286,7 @@ pub fn capabilities(pool: &PoolState, specs: &[Spec], v: bool) -> Result<(), Str
                 ) {
                     Some(found) => found,
                     None => {
-                        return Err(why(v, || {
-                            format!("no capability `{first}` (spec `{}`)", spec.key)
-                        }));
+                        return Err(why(v, || format!("no capability `{first}` (spec `{}`)", spec.key)));
                     }
                 }
             }
@@ -328,9 +299,7 @@ pub fn capabilities(pool: &PoolState, specs: &[Spec], v: bool) -> Result<(), Str
             match next {
                 Some(found) => cap = Cow::Owned(found),
                 None => {
-                    return Err(why(v, || {
-                        format!("no capability `{part}` (spec `{}`)", spec.key)
-                    }));
+                    return Err(why(v, || format!("no capability `{part}` (spec `{}`)", spec.key)));
                 }
             }
         }
@@ -340,10 +309,7 @@ pub fn capabilities(pool: &PoolState, specs: &[Spec], v: bool) -> Result<(), Str
         };
         if !matched {
             return Err(why(v, || {
-                format!(
-                    "`{}` is {}, which does not satisfy `{}`",
-                    spec.key, cap, spec.value
-                )
+                format!("`{}` is {}, which does not satisfy `{}`", spec.key, cap, spec.value)
             }));
         }
     }
@@ -355,11 +321,7 @@ fn all_capabilities(pool: &PoolState) -> Value {
     let Value::Object(mut m) = pool.capabilities.to_json() else {
         unreachable!("to_json gives an object")
     };
-    m.extend(
-        pool.reported_figures
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone())),
-    );
+    m.extend(pool.reported_figures.iter().map(|(k, v)| (k.to_string(), v.clone())));
     for k in ["pool_name", "volume_backend_name"] {
         if let Some(v) = pool.capability(k) {
             m.entry(k.to_string()).or_insert_with(|| v.into_owned());

@@ -75,10 +75,7 @@ pub use capabilities::{Capabilities, KeyId, key_id};
 pub use expr::{Expr, ParseError, parse as parse_expr};
 pub use filters::Filter;
 pub use offline::{Error, explain_offline, explain_offline_args};
-pub use pool::{
-    ByteCapacity, Capacity, OverSubscription, PoolError, PoolReport, PoolState, consume,
-    load_pools_json,
-};
+pub use pool::{ByteCapacity, Capacity, OverSubscription, PoolError, PoolReport, PoolState, consume, load_pools_json};
 pub use request::{Request, Spec, SpecError, parse_spec_arg};
 pub use scheduler::{Explanation, NoValidPool, Placement, Ranked, Rejected, Scheduler};
 pub use weighers::Weigher;

@@ -243,9 +243,7 @@ pub(crate) fn is_figure(id: KeyId) -> bool {
 }
 
 fn number(v: f64) -> Value {
-    Number::from_f64(v)
-        .map(Value::Number)
-        .unwrap_or(Value::Null)
+    Number::from_f64(v).map(Value::Number).unwrap_or(Value::Null)
 }
 
 impl PoolState {
@@ -264,9 +262,7 @@ impl PoolState {
             reserved_percentage: 0.0,
             thin_provisioning_support: false,
             thick_provisioning_support: false,
-            max_over_subscription_ratio: OverSubscription::Value(
-                DEFAULT_MAX_OVER_SUBSCRIPTION_RATIO,
-            ),
+            max_over_subscription_ratio: OverSubscription::Value(DEFAULT_MAX_OVER_SUBSCRIPTION_RATIO),
             capabilities: Capabilities::new(),
             reported_figures: Box::default(),
             updated_at: None,
@@ -295,10 +291,7 @@ impl PoolState {
             let mut capabilities = Capabilities::new();
             for (k, v) in report.capabilities {
                 if is_standard_key(&k) {
-                    return Err(PoolError::field(
-                        &k,
-                        "is a pool figure, not a free capability",
-                    ));
+                    return Err(PoolError::field(&k, "is a pool figure, not a free capability"));
                 }
                 capabilities.insert(k, Value::String(v));
             }
@@ -310,34 +303,17 @@ impl PoolState {
                 ("pool_name", Value::String(report.name.clone())),
                 ("total_capacity_gb", total.to_json()),
                 ("free_capacity_gb", free.to_json()),
-                (
-                    "allocated_capacity_gb",
-                    number(report.allocated_bytes as f64 / GIB),
-                ),
-                (
-                    "provisioned_capacity_gb",
-                    number(report.provisioned_bytes as f64 / GIB),
-                ),
-                (
-                    "reserved_percentage",
-                    Value::from(report.reserved_percentage),
-                ),
-                (
-                    "thin_provisioning_support",
-                    Value::Bool(report.thin_provisioning),
-                ),
-                (
-                    "thick_provisioning_support",
-                    Value::Bool(report.thick_provisioning),
-                ),
+                ("allocated_capacity_gb", number(report.allocated_bytes as f64 / GIB)),
+                ("provisioned_capacity_gb", number(report.provisioned_bytes as f64 / GIB)),
+                ("reserved_percentage", Value::from(report.reserved_percentage)),
+                ("thin_provisioning_support", Value::Bool(report.thin_provisioning)),
+                ("thick_provisioning_support", Value::Bool(report.thick_provisioning)),
                 ("max_over_subscription_ratio", mosr.to_json()),
             ];
             let reported_figures: Box<Capabilities> = Box::new(figures.into_iter().collect());
             if !report.backend.is_empty() {
                 // Cinder's `_append_backend_info`: a pool without its own backend name gets its backend's.
-                capabilities.insert_if_absent("volume_backend_name", || {
-                    Value::String(report.backend.clone())
-                });
+                capabilities.insert_if_absent("volume_backend_name", || Value::String(report.backend.clone()));
             }
             Ok(PoolState {
                 name: report.name,
@@ -371,8 +347,7 @@ impl PoolState {
     /// defaults.
     pub fn from_cinder_json(object: &Map<String, Value>) -> Result<Self, PoolError> {
         // `get_pools?detail=true` shape: figures nested under "capabilities".
-        if let (Some(Value::String(name)), Some(Value::Object(caps))) =
-            (object.get("name"), object.get("capabilities"))
+        if let (Some(Value::String(name)), Some(Value::Object(caps))) = (object.get("name"), object.get("capabilities"))
         {
             let mut flat = caps.clone();
             flat.insert("name".into(), Value::String(name.clone()));
@@ -408,37 +383,26 @@ impl PoolState {
             match o.get(key) {
                 None => Ok(default),
                 Some(Value::Number(n)) => Ok(n.as_f64().unwrap_or(f64::NAN)),
-                Some(other) => Err(PoolError::field(
-                    key,
-                    format!("must be a number, got {other}"),
-                )),
+                Some(other) => Err(PoolError::field(key, format!("must be a number, got {other}"))),
             }
         };
         let flag = |key: &str| -> Result<bool, PoolError> {
             match o.get(key) {
                 None => Ok(false),
                 Some(Value::Bool(b)) => Ok(*b),
-                Some(other) => Err(PoolError::field(
-                    key,
-                    format!("must be true or false, got {other}"),
-                )),
+                Some(other) => Err(PoolError::field(key, format!("must be true or false, got {other}"))),
             }
         };
         let text = |key: &str| -> Result<Option<String>, PoolError> {
             match o.get(key) {
                 None | Some(Value::Null) => Ok(None),
                 Some(Value::String(s)) => Ok(Some(s.clone())),
-                Some(other) => Err(PoolError::field(
-                    key,
-                    format!("must be a string, got {other}"),
-                )),
+                Some(other) => Err(PoolError::field(key, format!("must be a string, got {other}"))),
             }
         };
         let allocated = figure("allocated_capacity_gb", 0.0)?;
         let mosr = match o.get("max_over_subscription_ratio") {
-            None | Some(Value::Null) => {
-                OverSubscription::Value(DEFAULT_MAX_OVER_SUBSCRIPTION_RATIO)
-            }
+            None | Some(Value::Null) => OverSubscription::Value(DEFAULT_MAX_OVER_SUBSCRIPTION_RATIO),
             Some(Value::Number(n)) => OverSubscription::from_number(n.as_f64().unwrap_or(f64::NAN)),
             Some(Value::String(s)) => OverSubscription::parse(s)?,
             Some(other) => {
@@ -493,9 +457,7 @@ impl PoolState {
         if !self.thin_provisioning_support {
             return 1.0;
         }
-        let (Capacity::Gb(total), Capacity::Gb(free)) =
-            (self.total_capacity_gb, self.free_capacity_gb)
-        else {
+        let (Capacity::Gb(total), Capacity::Gb(free)) = (self.total_capacity_gb, self.free_capacity_gb) else {
             return 1.0;
         };
         match self.max_over_subscription_ratio {
@@ -519,9 +481,7 @@ impl PoolState {
     /// Capacity factors (`sched_utils.calculate_capacity_factors`) when total and free are numbers.
     /// `thin` is false when the request asks `provisioning:type=thick`.
     pub fn capacity_factors(&self, thin: bool) -> Option<CapacityFactors> {
-        let (Capacity::Gb(total), Capacity::Gb(free)) =
-            (self.total_capacity_gb, self.free_capacity_gb)
-        else {
+        let (Capacity::Gb(total), Capacity::Gb(free)) = (self.total_capacity_gb, self.free_capacity_gb) else {
             return None;
         };
         Some(capacity_factors(
@@ -549,12 +509,7 @@ impl PoolState {
     }
 
     /// [`PoolState::capability_by_id`] with `figure` = [`is_figure`]`(id)` known by the caller.
-    pub(crate) fn capability_in(
-        &self,
-        key: &str,
-        id: KeyId,
-        figure: bool,
-    ) -> Option<Cow<'_, Value>> {
+    pub(crate) fn capability_in(&self, key: &str, id: KeyId, figure: bool) -> Option<Cow<'_, Value>> {
         let map = if figure {
             &self.reported_figures
         } else {
@@ -565,9 +520,7 @@ impl PoolState {
         }
         let v = match key {
             "pool_name" => Value::String(self.name.clone()),
-            "volume_backend_name" if !self.backend.is_empty() => {
-                Value::String(self.backend.clone())
-            }
+            "volume_backend_name" if !self.backend.is_empty() => Value::String(self.backend.clone()),
             _ => return None,
         };
         Some(Cow::Owned(v))
@@ -577,11 +530,8 @@ impl PoolState {
     /// and provisioned grow, a numeric free shrinks. An `auto` ratio is first frozen at its current value, as
     /// Cinder computes it once per report. `updated_at` is left alone (it says when the driver last reported).
     pub fn consume(&mut self, size_gb: f64) {
-        if self.max_over_subscription_ratio == OverSubscription::Auto
-            && self.thin_provisioning_support
-        {
-            self.max_over_subscription_ratio =
-                OverSubscription::Value(self.effective_max_over_subscription_ratio());
+        if self.max_over_subscription_ratio == OverSubscription::Auto && self.thin_provisioning_support {
+            self.max_over_subscription_ratio = OverSubscription::Value(self.effective_max_over_subscription_ratio());
         }
         self.allocated_capacity_gb += size_gb;
         self.provisioned_capacity_gb += size_gb;
@@ -668,9 +618,7 @@ pub fn load_pools_json(text: &str) -> Result<Vec<PoolState>, PoolError> {
         .enumerate()
         .map(|(i, v)| match v {
             Value::Object(o) => PoolState::from_cinder_json(o),
-            other => Err(PoolError::Json(format!(
-                "pool #{i} is not an object: {other}"
-            ))),
+            other => Err(PoolError::Json(format!("pool #{i} is not an object: {other}"))),
         })
         .collect()
 }

@@ -125,11 +125,7 @@ impl Request {
     }
 
     /// Adds an extra spec; refuses a value that does not parse or a key given twice.
-    pub fn with_spec(
-        mut self,
-        key: impl Into<String>,
-        value: impl Into<String>,
-    ) -> Result<Self, SpecError> {
+    pub fn with_spec(mut self, key: impl Into<String>, value: impl Into<String>) -> Result<Self, SpecError> {
         self.add_spec(Spec::new(key, value)?)?;
         Ok(self)
     }
@@ -144,10 +140,7 @@ impl Request {
     }
 
     /// Builds from `(key, value)` pairs.
-    pub fn with_specs<K: AsRef<str>, V: AsRef<str>>(
-        mut self,
-        specs: &[(K, V)],
-    ) -> Result<Self, SpecError> {
+    pub fn with_specs<K: AsRef<str>, V: AsRef<str>>(mut self, specs: &[(K, V)]) -> Result<Self, SpecError> {
         for (k, v) in specs {
             self.add_spec(Spec::new(k.as_ref(), v.as_ref())?)?;
         }
@@ -170,9 +163,7 @@ impl Request {
 /// No other rewriting: `type=block` is (`type`, `block`), a literal.
 pub fn parse_spec_arg(arg: &str) -> Result<(String, String), SpecError> {
     let Some((key, value)) = arg.split_once('=') else {
-        return Err(SpecError::NoEquals {
-            arg: arg.to_string(),
-        });
+        return Err(SpecError::NoEquals { arg: arg.to_string() });
     };
     let key = key.trim();
     let (key, value) = if let Some(stem) = key.strip_suffix(['>', '<', '!']) {
@@ -209,14 +200,8 @@ mod tests {
             ("capabilities:thin".into(), "<is> True".into())
         );
         assert_eq!(p("k="), ("k".into(), "".into()));
-        assert!(matches!(
-            parse_spec_arg("novalue"),
-            Err(SpecError::NoEquals { .. })
-        ));
-        assert!(matches!(
-            parse_spec_arg("=x"),
-            Err(SpecError::EmptyKey { .. })
-        ));
+        assert!(matches!(parse_spec_arg("novalue"), Err(SpecError::NoEquals { .. })));
+        assert!(matches!(parse_spec_arg("=x"), Err(SpecError::EmptyKey { .. })));
     }
 
     #[test]
@@ -240,11 +225,7 @@ mod tests {
         assert_eq!(r.specs[0].expr, Expr::Literal(">=5".into()));
         assert_eq!(r.specs[0].capability_path(), None);
         // `capabilities:` is the capabilities filter's own scope: parsed.
-        assert!(
-            Request::new(1.0)
-                .with_spec("capabilities:iops", ">=5")
-                .is_err()
-        );
+        assert!(Request::new(1.0).with_spec("capabilities:iops", ">=5").is_err());
     }
 
     #[test]

@@ -103,11 +103,7 @@ pub struct NoValidPool {
 impl fmt::Display for NoValidPool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.rejected.is_empty() {
-            return write!(
-                f,
-                "no valid pool for a {} GB volume: no pools are known",
-                self.size_gb
-            );
+            return write!(f, "no valid pool for a {} GB volume: no pools are known", self.size_gb);
         }
         write!(f, "no valid pool for a {} GB volume:", self.size_gb)?;
         for r in &self.rejected {
@@ -139,12 +135,7 @@ impl Scheduler {
     }
 
     /// Indices of the pools passing every filter, and their total weights.
-    fn weigh(
-        &self,
-        pools: &[PoolState],
-        request: &Request,
-        verbose: bool,
-    ) -> (Vec<usize>, Vec<f64>, Vec<Rejected>) {
+    fn weigh(&self, pools: &[PoolState], request: &Request, verbose: bool) -> (Vec<usize>, Vec<f64>, Vec<Rejected>) {
         let ctx = self.context(verbose);
         let active = filters::active(request, &ctx);
         let mut passed = Vec::with_capacity(pools.len());
@@ -153,11 +144,7 @@ impl Scheduler {
         // a second pass over them costs as much as the first.
         let thin = request.wants_thin();
         let multipliers: Vec<f64> = self.weighers.iter().map(|&w| self.multiplier(w)).collect();
-        let mut raw: Vec<Vec<f64>> = self
-            .weighers
-            .iter()
-            .map(|_| Vec::with_capacity(pools.len()))
-            .collect();
+        let mut raw: Vec<Vec<f64>> = self.weighers.iter().map(|_| Vec::with_capacity(pools.len())).collect();
         for (i, pool) in pools.iter().enumerate() {
             match filters::check_only(&active, pool, request, &ctx) {
                 Ok(()) => {
@@ -215,11 +202,7 @@ impl Scheduler {
 
     /// Chooses a pool and consumes the request's size from it in memory (Cinder's `_choose_top_backend`), so
     /// the next placements of a burst see it before the driver reports again.
-    pub fn place_and_consume(
-        &self,
-        pools: &mut [PoolState],
-        request: &Request,
-    ) -> Result<Placement, NoValidPool> {
+    pub fn place_and_consume(&self, pools: &mut [PoolState], request: &Request) -> Result<Placement, NoValidPool> {
         let placement = self.place(pools, request)?;
         pools[placement.index].consume(request.size_gb);
         Ok(placement)
@@ -237,11 +220,7 @@ impl Scheduler {
             })
             .collect();
         // Stable: equal weights keep the input order, as Python's sorted(reverse=True).
-        ranked.sort_by(|a, b| {
-            b.weight
-                .partial_cmp(&a.weight)
-                .unwrap_or(std::cmp::Ordering::Equal)
-        });
+        ranked.sort_by(|a, b| b.weight.partial_cmp(&a.weight).unwrap_or(std::cmp::Ordering::Equal));
         Explanation {
             chosen: ranked.first().map(|r| r.pool.clone()),
             ranked,

@@ -74,18 +74,9 @@ pub fn raw_weight(weigher: Weigher, pool: &PoolState, thin: bool, multiplier: f6
 }
 
 /// Adds `multiplier × normalised weight` of `weigher` to `totals` (one per pool of `pools`).
-pub fn add_weights(
-    weigher: Weigher,
-    pools: &[&PoolState],
-    request: &Request,
-    multiplier: f64,
-    totals: &mut [f64],
-) {
+pub fn add_weights(weigher: Weigher, pools: &[&PoolState], request: &Request, multiplier: f64, totals: &mut [f64]) {
     let thin = request.wants_thin();
-    let raw = pools
-        .iter()
-        .map(|p| raw_weight(weigher, p, thin, multiplier))
-        .collect();
+    let raw = pools.iter().map(|p| raw_weight(weigher, p, thin, multiplier)).collect();
     add_raw_weights(weigher, raw, multiplier, totals);
 }
 
@@ -99,18 +90,11 @@ pub fn add_raw_weights(weigher: Weigher, mut raw: Vec<f64>, multiplier: f64, tot
     let (mut min, mut max) = min_max(&raw);
     if weigher == Weigher::Capacity && max == f64::INFINITY {
         // CapacityWeigher.weigh_objects: infinite weights become the largest finite weight plus an offset.
-        match raw
-            .iter()
-            .copied()
-            .filter(|w| !w.is_infinite())
-            .reduce(f64::max)
-        {
+        match raw.iter().copied().filter(|w| !w.is_infinite()).reduce(f64::max) {
             Some(finite_max) => {
                 let offset = (finite_max - min) * OFFSET_MULT;
                 max = finite_max + if offset == 0.0 { OFFSET_MIN } else { offset };
-                raw.iter_mut()
-                    .filter(|w| w.is_infinite())
-                    .for_each(|w| *w = max);
+                raw.iter_mut().filter(|w| w.is_infinite()).for_each(|w| *w = max);
             }
             // Every pool infinite/unknown: Cinder raises (max() of an empty list); Elara weighs them all 0.
             None => (min, max) = (0.0, 0.0),

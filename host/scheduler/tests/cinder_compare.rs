@@ -11,9 +11,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use elara_scheduler::{
-    Capacity, Filter, OverSubscription, PoolState, Request, Scheduler, Weigher, load_pools_json,
-};
+use elara_scheduler::{Capacity, Filter, OverSubscription, PoolState, Request, Scheduler, Weigher, load_pools_json};
 use serde_json::{Value, json};
 
 use common::cinder;
@@ -114,15 +112,8 @@ fn named_cases() -> Vec<Value> {
         {"name": "r-thin", "total_capacity_gb": 99.99, "free_capacity_gb": 50, "reserved_percentage": 15,
          "provisioned_capacity_gb": 1000, "thin_provisioning_support": true, "max_over_subscription_ratio": 12.5}
     ]);
-    for size in [
-        10.0, 10.125, 10.13, 66.0, 67.0, 68.0, 921.0, 921.5, 922.0, 0.0,
-    ] {
-        cases.push(case(
-            &format!("reserved-{size}"),
-            reserved.clone(),
-            size,
-            json!({}),
-        ));
+    for size in [10.0, 10.125, 10.13, 66.0, 67.0, 68.0, 921.0, 921.5, 922.0, 0.0] {
+        cases.push(case(&format!("reserved-{size}"), reserved.clone(), size, json!({})));
     }
 
     // Over-subscription: the provisioned ratio, invalid ratios (< 1), ratios as text, 0 meaning the default.
@@ -141,12 +132,7 @@ fn named_cases() -> Vec<Value> {
          "max_over_subscription_ratio": 0.8}
     ]);
     for size in [1.0, 50.0, 99.0, 100.0, 101.0, 300.0, 350.0, 500.0, 890.0] {
-        cases.push(case(
-            &format!("oversub-{size}"),
-            over.clone(),
-            size,
-            json!({}),
-        ));
+        cases.push(case(&format!("oversub-{size}"), over.clone(), size, json!({})));
         cases.push(case(
             &format!("oversub-thick-{size}"),
             over.clone(),
@@ -166,9 +152,7 @@ fn named_cases() -> Vec<Value> {
         {"name": "auto-thick", "total_capacity_gb": 300, "free_capacity_gb": 250, "provisioned_capacity_gb": 50,
          "max_over_subscription_ratio": "auto"}
     ]);
-    for size in [
-        1.0, 100.0, 240.0, 250.0, 600.0, 1500.0, 1700.0, 1999.0, 2100.0,
-    ] {
+    for size in [1.0, 100.0, 240.0, 250.0, 600.0, 1500.0, 1700.0, 1999.0, 2100.0] {
         cases.push(case(&format!("auto-{size}"), auto.clone(), size, json!({})));
     }
     cases.push(with(
@@ -242,12 +226,7 @@ fn named_cases() -> Vec<Value> {
         ("free_capacity_gb", "<= 500"),
     ];
     for (i, (k, v)) in ops.iter().enumerate() {
-        cases.push(case(
-            &format!("op-{i:02} {k}={v}"),
-            cp.clone(),
-            10.0,
-            json!({ *k: *v }),
-        ));
+        cases.push(case(&format!("op-{i:02} {k}={v}"), cp.clone(), 10.0, json!({ *k: *v })));
     }
     // Elara's `<` and `>` (oslo specs_matcher's, which Cinder 29 lacks: it compares `< 4000` literally) against
     // Cinder's equivalent pair of specs on the same capability (`iops` and `capabilities:iops` name the same one).
@@ -277,12 +256,7 @@ fn named_cases() -> Vec<Value> {
 
     // No fit: every pool rejected (capacity and capabilities).
     cases.push(case("nofit-size", cp.clone(), 5000.0, json!({})));
-    cases.push(case(
-        "nofit-spec",
-        cp.clone(),
-        1.0,
-        json!({"tier": "platinum"}),
-    ));
+    cases.push(case("nofit-spec", cp.clone(), 1.0, json!({"tier": "platinum"})));
 
     // Infinite / unknown capacities, both multiplier signs.
     let inf = json!([
@@ -299,12 +273,7 @@ fn named_cases() -> Vec<Value> {
     for m in [1.0, -1.0, 0.0, 3.5] {
         for size in [1.0, 60.0, 1000.0] {
             cases.push(with(
-                case(
-                    &format!("infinite-m{m}-{size}"),
-                    inf.clone(),
-                    size,
-                    json!({}),
-                ),
+                case(&format!("infinite-m{m}-{size}"), inf.clone(), size, json!({})),
                 "capacity_weight_multiplier",
                 json!(m),
             ));
@@ -314,12 +283,7 @@ fn named_cases() -> Vec<Value> {
         {"name": "inf", "total_capacity_gb": "infinite", "free_capacity_gb": "infinite"},
         {"name": "unk", "total_capacity_gb": "unknown", "free_capacity_gb": "unknown"}
     ]);
-    cases.push(case(
-        "all-infinite-positive",
-        only_inf.clone(),
-        1.0,
-        json!({}),
-    ));
+    cases.push(case("all-infinite-positive", only_inf.clone(), 1.0, json!({})));
     // Cinder raises here (max() of an empty list); Elara weighs them all 0 — see `cinder_would_raise`.
     cases.push(with(
         case("all-infinite-negative", only_inf, 1.0, json!({})),
@@ -484,13 +448,7 @@ fn random_pool(rng: &mut Rng, i: usize) -> Value {
         json!(rng.pick(&["5000", "n/a", "1e4"]))
     };
     p["tier"] = json!(rng.pick(&["gold", "silver", "bronze", "Gold"]));
-    p["ssd"] = rng.pick(&[
-        json!(true),
-        json!(false),
-        json!("yes"),
-        json!("no"),
-        json!(1),
-    ]);
+    p["ssd"] = rng.pick(&[json!(true), json!(false), json!("yes"), json!("no"), json!(1)]);
     p["protocols"] = rng.pick(&[json!(["iSCSI", "NFS"]), json!(["NFS"]), json!("FC")]);
     p
 }
@@ -538,8 +496,7 @@ fn random_cases(n: usize) -> Vec<Value> {
                 size,
                 Value::Object(spec_map),
             );
-            c["capacity_weight_multiplier"] =
-                rng.pick(&[json!(1.0), json!(-1.0), json!(2.5), json!(0.0)]);
+            c["capacity_weight_multiplier"] = rng.pick(&[json!(1.0), json!(-1.0), json!(2.5), json!(0.0)]);
             c["allocated_capacity_weight_multiplier"] = rng.pick(&[json!(-1.0), json!(1.0)]);
             c["weighers"] = rng.pick(&[
                 json!(["capacity"]),
@@ -563,11 +520,7 @@ fn random_cases(n: usize) -> Vec<Value> {
 ///   CapacityFilter divides by it (ZeroDivisionError); Elara rejects the pool (`capacity`).
 /// - Capacity weigher with a multiplier <= 0 when every passing pool has an infinite/unknown capacity: Cinder
 ///   takes `max()` of no finite weight (ValueError); Elara weighs them all 0, so the first wins.
-fn cinder_would_raise(
-    pools: &[PoolState],
-    request: &Request,
-    scheduler: &Scheduler,
-) -> Option<&'static str> {
+fn cinder_would_raise(pools: &[PoolState], request: &Request, scheduler: &Scheduler) -> Option<&'static str> {
     for p in pools {
         if let (true, OverSubscription::Auto, Capacity::Gb(total), Capacity::Gb(free)) = (
             p.thin_provisioning_support,
@@ -603,10 +556,7 @@ fn cinder_would_raise(
     let capacity_weigher = scheduler.weighers.contains(&Weigher::Capacity);
     let all_infinite = !explanation.ranked.is_empty()
         && explanation.ranked.iter().all(|r| {
-            let p = pools
-                .iter()
-                .find(|p| p.id() == r.pool)
-                .expect("ranked pool");
+            let p = pools.iter().find(|p| p.id() == r.pool).expect("ranked pool");
             p.capacity_factors(thin).is_none()
         });
     if capacity_weigher && scheduler.capacity_weight_multiplier <= 0.0 && all_infinite {
@@ -668,8 +618,8 @@ fn request_for(case: &Value, size: f64) -> Request {
 }
 
 fn elara(case: &Value) -> ElaraResult {
-    let mut pools = load_pools_json(&case["pools"].to_string())
-        .unwrap_or_else(|e| panic!("case {}: {e}", case["name"]));
+    let mut pools =
+        load_pools_json(&case["pools"].to_string()).unwrap_or_else(|e| panic!("case {}: {e}", case["name"]));
     let scheduler = scheduler_for(case);
     let request = request_for(case, case["size"].as_f64().unwrap());
     let explanation = scheduler.explain(&pools, &request);
@@ -683,10 +633,7 @@ fn elara(case: &Value) -> ElaraResult {
                     let request = request_for(case, s.as_f64().unwrap());
                     let raises = cinder_would_raise(&pools, &request, &scheduler);
                     (
-                        scheduler
-                            .place_and_consume(&mut pools, &request)
-                            .ok()
-                            .map(|p| p.pool),
+                        scheduler.place_and_consume(&mut pools, &request).ok().map(|p| p.pool),
                         raises,
                     )
                 })
@@ -695,11 +642,7 @@ fn elara(case: &Value) -> ElaraResult {
         .unwrap_or_default();
     ElaraResult {
         passed: explanation.ranked.iter().map(|r| r.pool.clone()).collect(),
-        weights: explanation
-            .ranked
-            .iter()
-            .map(|r| (r.pool.clone(), r.weight))
-            .collect(),
+        weights: explanation.ranked.iter().map(|r| (r.pool.clone(), r.weight)).collect(),
         chosen: explanation.chosen,
         raises,
         burst,
@@ -725,9 +668,7 @@ fn compare(case: &Value, cinder: &Value, failures: &mut Vec<String>) -> (usize, 
         }
     }
     if let Some(expected) = ours.raises {
-        fail(format!(
-            "Elara expects Cinder to raise `{expected}`, but it answered"
-        ));
+        fail(format!("Elara expects Cinder to raise `{expected}`, but it answered"));
         return (0, false);
     }
     let passed: BTreeSet<String> = cinder["passed"]
@@ -737,18 +678,12 @@ fn compare(case: &Value, cinder: &Value, failures: &mut Vec<String>) -> (usize, 
         .map(|v| v.as_str().unwrap().to_string())
         .collect();
     if passed != ours.passed {
-        fail(format!(
-            "passing pools: cinder {passed:?}, elara {:?}",
-            ours.passed
-        ));
+        fail(format!("passing pools: cinder {passed:?}, elara {:?}", ours.passed));
         return (0, false);
     }
     let chosen = cinder["chosen"].as_str().map(String::from);
     if chosen != ours.chosen {
-        fail(format!(
-            "chosen: cinder {chosen:?}, elara {:?}",
-            ours.chosen
-        ));
+        fail(format!("chosen: cinder {chosen:?}, elara {:?}", ours.chosen));
     }
     let mut weights = 0;
     for w in cinder["weighed"].as_array().unwrap() {
@@ -771,9 +706,7 @@ fn compare(case: &Value, cinder: &Value, failures: &mut Vec<String>) -> (usize, 
     match (cinder["burst_error"].as_str(), expected_stop) {
         (None, None) if theirs == mine => {}
         (Some(err), Some(k))
-            if theirs.len() == k
-                && theirs[..] == mine[..k]
-                && err.contains(ours.burst[k].1.unwrap()) =>
+            if theirs.len() == k && theirs[..] == mine[..k] && err.contains(ours.burst[k].1.unwrap()) =>
         {
             raised = true;
         }

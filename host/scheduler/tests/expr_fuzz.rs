@@ -98,21 +98,14 @@ fn text_strategy() -> impl Strategy<Value = String> {
     let space = proptest::sample::select(&SEPARATORS[..SEPARATORS.len() - 1]);
     let operator = proptest::sample::select(&TOKENS[..16]);
     let operand = prop_oneof![4 => proptest::sample::select(TOKENS).prop_map(String::from), 1 => "[0-9.e_-]{1,5}"];
-    let unary = (
-        space.clone(),
-        operator,
-        space.clone(),
-        operand.clone(),
-        space.clone(),
-    )
+    let unary = (space.clone(), operator, space.clone(), operand.clone(), space.clone())
         .prop_map(|(a, op, b, x, c)| format!("{a}{op}{b}{x}{c}"));
-    let or_chain =
-        proptest::collection::vec((space.clone(), operand, space), 1..4).prop_map(|alts| {
-            alts.iter()
-                .map(|(a, x, b)| format!("<or>{a}{x}{b}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        });
+    let or_chain = proptest::collection::vec((space.clone(), operand, space), 1..4).prop_map(|alts| {
+        alts.iter()
+            .map(|(a, x, b)| format!("<or>{a}{x}{b}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    });
     prop_oneof![
         4 => unary,
         2 => or_chain,
@@ -149,21 +142,14 @@ fn runner(seed: u64, cases: u32) -> TestRunner {
         failure_persistence: None,
         ..Config::default()
     };
-    TestRunner::new_with_rng(
-        config,
-        TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes(seed)),
-    )
+    TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes(seed)))
 }
 
 #[test]
 fn parser_holds_its_properties() {
     let budget = Duration::from_secs(env_u64("ELARA_FUZZ_SECONDS").unwrap_or(3));
-    let first_seed = env_u64("ELARA_FUZZ_SEED").unwrap_or_else(|| {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock")
-            .as_nanos() as u64
-    });
+    let first_seed = env_u64("ELARA_FUZZ_SEED")
+        .unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_nanos() as u64);
     const ROUND: u32 = 2_000;
     let start = Instant::now();
     let mut rounds = 0u64;
@@ -171,18 +157,12 @@ fn parser_holds_its_properties() {
     loop {
         let seed = first_seed.wrapping_add(rounds);
         let result = runner(seed, ROUND).run(&text_strategy(), |text| {
-            let counter = if parse_expr(&text).is_ok() {
-                &accepted
-            } else {
-                &refused
-            };
+            let counter = if parse_expr(&text).is_ok() { &accepted } else { &refused };
             counter.set(counter.get() + 1);
             expr_props::check(&text).map_err(TestCaseError::fail)
         });
         if let Err(e) = result {
-            panic!(
-                "expression parser property broken (reproduce with ELARA_FUZZ_SEED={seed}): {e}"
-            );
+            panic!("expression parser property broken (reproduce with ELARA_FUZZ_SEED={seed}): {e}");
         }
         rounds += 1;
         if start.elapsed() >= budget {

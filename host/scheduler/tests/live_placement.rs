@@ -4,19 +4,11 @@
 
 use std::time::{Duration, SystemTime};
 
-use elara_scheduler::{
-    ByteCapacity, Filter, PoolError, PoolReport, PoolState, Request, Scheduler, parse_spec_arg,
-};
+use elara_scheduler::{ByteCapacity, Filter, PoolError, PoolReport, PoolState, Request, Scheduler, parse_spec_arg};
 
 const GIB: u64 = 1 << 30;
 
-fn report(
-    backend: &str,
-    name: &str,
-    total_gib: u64,
-    free_gib: u64,
-    node: Option<&str>,
-) -> PoolReport {
+fn report(backend: &str, name: &str, total_gib: u64, free_gib: u64, node: Option<&str>) -> PoolReport {
     PoolReport {
         name: name.into(),
         backend: backend.into(),
@@ -31,10 +23,7 @@ fn report(
         thin_provisioning: false,
         thick_provisioning: true,
         max_over_subscription_ratio: String::new(),
-        capabilities: vec![
-            ("iops".into(), "5000".into()),
-            ("media".into(), "ssd".into()),
-        ],
+        capabilities: vec![("iops".into(), "5000".into()), ("media".into(), "ssd".into())],
         updated_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_000),
     }
 }
@@ -61,10 +50,7 @@ fn scheduler_at(secs: u64) -> Scheduler {
 }
 
 fn request(size: f64, spec_args: &[&str]) -> Request {
-    let specs: Vec<(String, String)> = spec_args
-        .iter()
-        .map(|a| parse_spec_arg(a).unwrap())
-        .collect();
+    let specs: Vec<(String, String)> = spec_args.iter().map(|a| parse_spec_arg(a).unwrap()).collect();
     Request::new(size).with_specs(&specs).unwrap()
 }
 
@@ -92,10 +78,7 @@ fn a_burst_spreads_before_the_next_report() {
     let node1 = pools.iter().find(|p| p.id() == "node1-local#vg0").unwrap();
     assert_eq!(node1.allocated_capacity_gb, 45.0);
     // The capabilities filter still sees the figures as reported (Cinder's semantics).
-    assert_eq!(
-        node1.capability("free_capacity_gb").unwrap().as_f64(),
-        Some(100.0)
-    );
+    assert_eq!(node1.capability("free_capacity_gb").unwrap().as_f64(), Some(100.0));
 
     // A failed create gives its capacity back.
     let p = s.place_and_consume(&mut pools, &r).unwrap();
@@ -120,11 +103,7 @@ fn stale_pools_and_down_nodes_are_rejected_with_reasons() {
     assert_eq!(
         rejected,
         [
-            (
-                "node1-local#vg0",
-                Filter::Stale,
-                "last report 110s ago (max 30s)"
-            ),
+            ("node1-local#vg0", Filter::Stale, "last report 110s ago (max 30s)"),
             ("node2-local#vg0", Filter::NodeDown, "node node2 is down"),
         ]
     );
@@ -161,8 +140,7 @@ fn bad_reports_are_refused_naming_pool_and_field() {
             .contains("pool p: field `max_over_subscription_ratio`")
     );
     let mut r = report("b", "p", 10, 5, None);
-    r.capabilities
-        .push(("total_capacity_gb".into(), "1".into()));
+    r.capabilities.push(("total_capacity_gb".into(), "1".into()));
     assert!(
         PoolState::from_report(r)
             .unwrap_err()

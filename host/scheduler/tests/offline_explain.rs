@@ -2,9 +2,7 @@
 //! library call the CLI makes: the JSON shape, Cinder's pool vocabulary, refusals that name the field or the
 //! position, and "no pool fits" listing every pool.
 
-use elara_scheduler::{
-    Error, Filter, PoolError, Scheduler, SpecError, explain_offline, explain_offline_args,
-};
+use elara_scheduler::{Error, Filter, PoolError, Scheduler, SpecError, explain_offline, explain_offline_args};
 use serde_json::{Value, json};
 
 /// Pools as an operator would write them, in Cinder's capability vocabulary.
@@ -43,16 +41,10 @@ fn prints_the_documented_json_shape() {
     assert_eq!(ranked.len(), 3);
     for r in ranked {
         let o = r.as_object().unwrap();
-        assert_eq!(
-            o.keys().map(String::as_str).collect::<Vec<_>>(),
-            ["pool", "weight"]
-        );
+        assert_eq!(o.keys().map(String::as_str).collect::<Vec<_>>(), ["pool", "weight"]);
     }
     // Best first: weights never increase; the chosen pool is the first ranked.
-    let weights: Vec<f64> = ranked
-        .iter()
-        .map(|r| r["weight"].as_f64().unwrap())
-        .collect();
+    let weights: Vec<f64> = ranked.iter().map(|r| r["weight"].as_f64().unwrap()).collect();
     assert!(weights.windows(2).all(|w| w[0] >= w[1]), "{weights:?}");
     assert_eq!(v["chosen"], ranked[0]["pool"]);
     // `thin` ("auto": 1 + 2000 / (400 + 1) ≈ 5.99; 500 × 5.99 − 2000 ≈ 994 GB virtual free) outweighs `fast`
@@ -82,19 +74,10 @@ fn specs_in_cinder_syntax_filter_pools() {
     // The shorthand of the CLI examples, `iops>=1000`, is `iops` `>= 1000`; `<or>`, `s==`, `<is>` too.
     assert_eq!(explain(10.0, &["iops>=25000"])["chosen"], Value::Null);
     assert_eq!(explain(1.0, &["iops>=25000"])["chosen"], "tiny");
-    assert_eq!(
-        explain(10.0, &["storage_protocol=<or> NFS <or> FC"])["chosen"],
-        "thin"
-    );
-    assert_eq!(
-        explain(10.0, &["storage_protocol=s== iSCSI"])["chosen"],
-        "fast"
-    );
+    assert_eq!(explain(10.0, &["storage_protocol=<or> NFS <or> FC"])["chosen"], "thin");
+    assert_eq!(explain(10.0, &["storage_protocol=s== iSCSI"])["chosen"], "fast");
     // A capability whose text is itself `<is> True` is matched literally by a literal spec.
-    assert_eq!(
-        explain(10.0, &["compression=<is> True"])["chosen"],
-        Value::Null
-    );
+    assert_eq!(explain(10.0, &["compression=<is> True"])["chosen"], Value::Null);
     // Scoped keys other than `capabilities:` are not the capabilities filter's business.
     assert_eq!(
         explain(10.0, &["capabilities:iops=<= 1000", "vendor:x=anything"])["chosen"],
@@ -119,15 +102,10 @@ fn thick_request_uses_real_free_space() {
 #[test]
 fn no_pool_fits_lists_every_pool() {
     // `cloud` has unknown free space, which passes the capacity filter (as in Cinder): its `iops` rejects it.
-    let e =
-        explain_offline_args(POOLS, 100_000.0, &["iops=>= 1001"], &Scheduler::default()).unwrap();
+    let e = explain_offline_args(POOLS, 100_000.0, &["iops=>= 1001"], &Scheduler::default()).unwrap();
     assert_eq!(e.chosen, None);
     assert!(e.ranked.is_empty());
-    let filters: Vec<(&str, Filter)> = e
-        .rejected
-        .iter()
-        .map(|r| (r.pool.as_str(), r.filter))
-        .collect();
+    let filters: Vec<(&str, Filter)> = e.rejected.iter().map(|r| (r.pool.as_str(), r.filter)).collect();
     assert_eq!(
         filters,
         [
@@ -138,15 +116,9 @@ fn no_pool_fits_lists_every_pool() {
         ]
     );
     let err = e.chosen_or_error(100_000.0).unwrap_err().to_string();
-    assert!(
-        err.starts_with("no valid pool for a 100000 GB volume:"),
-        "{err}"
-    );
+    assert!(err.starts_with("no valid pool for a 100000 GB volume:"), "{err}");
     for pool in ["fast", "thin", "cloud", "tiny"] {
-        assert!(
-            err.contains(&format!("\n  {pool}: ")),
-            "{pool} missing from: {err}"
-        );
+        assert!(err.contains(&format!("\n  {pool}: ")), "{pool} missing from: {err}");
     }
     // Without the spec, the pool of unknown capacity takes it.
     let e = explain_offline_args(POOLS, 100_000.0, &[] as &[&str], &Scheduler::default()).unwrap();

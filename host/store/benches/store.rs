@@ -15,10 +15,7 @@ use elara_store::embedded::EmbeddedStore;
 use elara_store::etcd::EtcdStore;
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 #[tokio::main]
@@ -51,9 +48,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Some(EtcdStore::connect_with(&eps, options).await?)
         }
         _ => {
-            eprintln!(
-                "ELARA_TEST_ETCD not set: etcd rows skipped (start one with scripts/services/etcd.sh start DIR)"
-            );
+            eprintln!("ELARA_TEST_ETCD not set: etcd rows skipped (start one with scripts/services/etcd.sh start DIR)");
             None
         }
     };
@@ -66,8 +61,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let run = uuid_ish();
     for &conc in &concurrencies {
         let dir = tempfile::tempdir()?;
-        let embedded: Arc<dyn Store> =
-            Arc::new(EmbeddedStore::open(dir.path().join("bench.redb"))?);
+        let embedded: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path().join("bench.redb"))?);
         let r = bench_store(embedded, "/bench/", keys, conc, value_bytes).await?;
         row("embedded (redb)", &r);
 
@@ -78,8 +72,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             etcd_delete_prefix(etcd.client(), &prefix).await?;
 
             let raw_prefix = format!("/elara-bench/{run}/{conc}/raw/");
-            let rate =
-                etcd_raw_put_rate(etcd.client(), &raw_prefix, keys, conc, value_bytes).await?;
+            let rate = etcd_raw_put_rate(etcd.client(), &raw_prefix, keys, conc, value_bytes).await?;
             println!(
                 "{:<22} {:>5} {:>11.0} {:>10.2} {:>12} {:>15}",
                 "etcd (raw client)",

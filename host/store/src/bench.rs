@@ -46,11 +46,7 @@ pub async fn bench_store(
         tasks.push(tokio::spawn(async move {
             for i in (worker..keys).step_by(concurrency) {
                 store
-                    .put(
-                        &format!("{prefix}{i:06}"),
-                        sample_value(i, value_size),
-                        None,
-                    )
+                    .put(&format!("{prefix}{i:06}"), sample_value(i, value_size), None)
                     .await?;
             }
             Ok::<_, StoreError>(())
@@ -120,10 +116,7 @@ pub async fn etcd_raw_put_rate(
 pub async fn etcd_delete_prefix(client: &etcd_client::Client, prefix: &str) -> Result<()> {
     client
         .kv_client()
-        .delete(
-            prefix,
-            Some(etcd_client::DeleteOptions::new().with_prefix()),
-        )
+        .delete(prefix, Some(etcd_client::DeleteOptions::new().with_prefix()))
         .await
         .map_err(|e| StoreError::Other(format!("etcd delete prefix: {e}")))?;
     Ok(())

@@ -30,14 +30,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use redb::{
-    Database, MultimapTable, MultimapTableDefinition, ReadableDatabase, ReadableTable, Table,
-    TableDefinition, WriteTransaction,
+    Database, MultimapTable, MultimapTableDefinition, ReadableDatabase, ReadableTable, Table, TableDefinition,
+    WriteTransaction,
 };
 use tokio::sync::broadcast;
 
 use crate::{
-    KeyValue, LeaseId, MAX_VALUE_SIZE, Result, Revision, Store, StoreError, Txn, TxnResult,
-    WatchEvent, WatchStream,
+    KeyValue, LeaseId, MAX_VALUE_SIZE, Result, Revision, Store, StoreError, Txn, TxnResult, WatchEvent, WatchStream,
 };
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
@@ -98,9 +97,8 @@ impl EmbeddedStore {
             return Err(StoreError::Other("sweep_interval must be positive".into()));
         }
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| {
-                StoreError::Other(format!("cannot create directory {}: {e}", parent.display()))
-            })?;
+            std::fs::create_dir_all(parent)
+                .map_err(|e| StoreError::Other(format!("cannot create directory {}: {e}", parent.display())))?;
         }
         let db = Database::create(&path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Unavailable(format!(
@@ -148,10 +146,7 @@ impl EmbeddedStore {
     }
 
     /// Run a blocking closure against the database on tokio's blocking pool.
-    async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Inner) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
+    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&Inner) -> Result<T> + Send + 'static) -> Result<T> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || f(&inner))
             .await
@@ -177,10 +172,7 @@ impl Inner {
     /// One redb write transaction: `f` runs against a [`Writer`]; if it fails nothing is committed.
     /// After the commit the events are broadcast, still under the write lock (revision order).
     fn write<T>(&self, f: impl FnOnce(&mut Writer<'_>) -> Result<T>) -> Result<(T, Revision)> {
-        let _guard = self
-            .write_lock
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _guard = self.write_lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let tx = self.db.begin_write().db()?;
         let (out, revision, events, dirty) = {
             let mut writer = Writer::open(&tx)?;
@@ -250,11 +242,7 @@ struct Writer<'t> {
 impl<'t> Writer<'t> {
     fn open(tx: &'t WriteTransaction) -> Result<Self> {
         let meta = tx.open_table(META).db()?;
-        let base_revision = meta
-            .get(META_REVISION)
-            .db()?
-            .map(|v| v.value())
-            .unwrap_or(0);
+        let base_revision = meta.get(META_REVISION).db()?.map(|v| v.value()).unwrap_or(0);
         Ok(Self {
             kv: tx.open_table(KV).db()?,
             meta,
@@ -289,11 +277,7 @@ impl<'t> Writer<'t> {
     }
 
     fn get(&self, key: &str) -> Result<Option<KeyValue>> {
-        self.kv
-            .get(key)
-            .db()?
-            .map(|v| decode_kv(key, v.value()))
-            .transpose()
+        self.kv.get(key).db()?.map(|v| decode_kv(key, v.value())).transpose()
     }
 
     fn lease_expiry(&self, id: LeaseId) -> Result<Option<u64>> {
@@ -321,9 +305,7 @@ impl<'t> Writer<'t> {
             }
         }
         let revision = self.write_revision();
-        self.kv
-            .insert(key, encode_kv(revision, lease, value).as_slice())
-            .db()?;
+        self.kv.insert(key, encode_kv(revision, lease, value).as_slice()).db()?;
         self.events.push(WatchEvent::Put(KeyValue {
             key: key.to_string(),
             value: value.to_vec(),
@@ -454,8 +436,7 @@ impl Store for EmbeddedStore {
     async fn delete(&self, key: &str) -> Result<bool> {
         crate::validate::key(key)?;
         let key = key.to_string();
-        self.blocking(move |inner| Ok(inner.write(|w| w.delete(&key))?.0))
-            .await
+        self.blocking(move |inner| Ok(inner.write(|w| w.delete(&key))?.0)).await
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnResult> {
@@ -479,10 +460,7 @@ impl Store for EmbeddedStore {
                 }
                 Ok(true)
             })?;
-            Ok(TxnResult {
-                succeeded,
-                revision,
-            })
+            Ok(TxnResult { succeeded, revision })
         })
         .await
     }
@@ -494,18 +472,10 @@ impl Store for EmbeddedStore {
         }
         self.blocking(move |inner| {
             let (id, _) = inner.write(|w| {
-                let id = w
-                    .meta
-                    .get(META_LAST_LEASE)
-                    .db()?
-                    .map(|v| v.value())
-                    .unwrap_or(0)
-                    + 1;
+                let id = w.meta.get(META_LAST_LEASE).db()?.map(|v| v.value()).unwrap_or(0) + 1;
                 w.dirty = true;
                 w.meta.insert(META_LAST_LEASE, id).db()?;
-                w.leases
-                    .insert(id, (ttl_ms, w.now.saturating_add(ttl_ms)))
-                    .db()?;
+                w.leases.insert(id, (ttl_ms, w.now.saturating_add(ttl_ms))).db()?;
                 Ok(id)
             })?;
             Ok(id)
@@ -518,9 +488,7 @@ impl Store for EmbeddedStore {
             inner.write(|w| {
                 let (ttl, _) = w.require_live_lease(lease)?;
                 w.dirty = true;
-                w.leases
-                    .insert(lease, (ttl, w.now.saturating_add(ttl)))
-                    .db()?;
+                w.leases.insert(lease, (ttl, w.now.saturating_add(ttl))).db()?;
                 Ok(())
             })?;
             Ok(())
@@ -600,10 +568,7 @@ fn broadcast_watch(rx: broadcast::Receiver<WatchEvent>, prefix: String) -> Watch
                 }
                 Err(broadcast::error::RecvError::Closed) => {
                     st.ended = true;
-                    return Some((
-                        Err(StoreError::Unavailable("embedded store closed".into())),
-                        st,
-                    ));
+                    return Some((Err(StoreError::Unavailable("embedded store closed".into())), st));
                 }
             }
         }
@@ -622,10 +587,7 @@ fn decode_kv(key: &str, raw: &[u8]) -> Result<KeyValue> {
     if raw.len() < HEADER_LEN {
         return Err(StoreError::Corrupt {
             key: key.to_string(),
-            why: format!(
-                "stored entry is {} bytes, shorter than its header",
-                raw.len()
-            ),
+            why: format!("stored entry is {} bytes, shorter than its header", raw.len()),
         });
     }
     let revision = i64::from_le_bytes(raw[0..8].try_into().expect("8 bytes"));

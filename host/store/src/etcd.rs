@@ -34,13 +34,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Certificate, Client, Compare as EtcdCompare, CompareOp, ConnectOptions, EventType, GetOptions,
-    Identity, KvClient, LeaseClient, PutOptions, TlsOptions, TxnOp, WatchClient, WatchOptions,
+    Certificate, Client, Compare as EtcdCompare, CompareOp, ConnectOptions, EventType, GetOptions, Identity, KvClient,
+    LeaseClient, PutOptions, TlsOptions, TxnOp, WatchClient, WatchOptions,
 };
 
 use crate::{
-    Compare, KeyValue, LeaseId, MAX_VALUE_SIZE, Op, Result, Revision, Store, StoreError, Txn,
-    TxnResult, WatchEvent, WatchStream,
+    Compare, KeyValue, LeaseId, MAX_VALUE_SIZE, Op, Result, Revision, Store, StoreError, Txn, TxnResult, WatchEvent,
+    WatchStream,
 };
 
 /// Keys per page when listing.
@@ -150,11 +150,7 @@ impl EtcdSecurity {
     /// Check the settings against the URL (`tls`: `etcds://`; `url_user`: its `user@`) and read
     /// the files: the TLS material, and the user with its password. Every mistake is a
     /// [`StoreError::Settings`] naming the setting; nothing is contacted.
-    pub fn load(
-        &self,
-        tls: bool,
-        url_user: Option<&str>,
-    ) -> Result<(Option<EtcdTls>, Option<EtcdAuth>)> {
+    pub fn load(&self, tls: bool, url_user: Option<&str>) -> Result<(Option<EtcdTls>, Option<EtcdAuth>)> {
         let tls = if tls {
             let ca_path = self.ca.as_ref().ok_or_else(|| {
                 settings(
@@ -244,8 +240,7 @@ fn settings(field: &str, why: impl Into<String>) -> StoreError {
 /// Read a file of `field`, refusing one that group or others may read when it holds a secret.
 fn read_file(field: &str, path: &Path, secret: bool) -> Result<Vec<u8>> {
     let shown = path.display();
-    let meta = std::fs::metadata(path)
-        .map_err(|e| settings(field, format!("{shown}: {e}")))?;
+    let meta = std::fs::metadata(path).map_err(|e| settings(field, format!("{shown}: {e}")))?;
     if !meta.is_file() {
         return Err(settings(field, format!("{shown} is not a regular file")));
     }
@@ -268,10 +263,7 @@ fn read_certificates(field: &str, path: &Path) -> Result<PemFile> {
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| settings(field, format!("{}: not PEM: {e}", path.display())))?;
     if certs.is_empty() {
-        return Err(settings(
-            field,
-            format!("{} holds no PEM certificate", path.display()),
-        ));
+        return Err(settings(field, format!("{} holds no PEM certificate", path.display())));
     }
     Ok(PemFile {
         path: path.to_path_buf(),
@@ -286,14 +278,8 @@ fn read_private_key(field: &str, path: &Path) -> Result<PemFile> {
             path: path.to_path_buf(),
             pem,
         }),
-        Ok(None) => Err(settings(
-            field,
-            format!("{} holds no PEM private key", path.display()),
-        )),
-        Err(e) => Err(settings(
-            field,
-            format!("{}: not PEM: {e}", path.display()),
-        )),
+        Ok(None) => Err(settings(field, format!("{} holds no PEM private key", path.display()))),
+        Err(e) => Err(settings(field, format!("{}: not PEM: {e}", path.display()))),
     }
 }
 
@@ -301,8 +287,7 @@ fn read_private_key(field: &str, path: &Path) -> Result<PemFile> {
 fn read_password(path: &Path) -> Result<Password> {
     const FIELD: &str = "store-password-file";
     let bytes = read_file(FIELD, path, true)?;
-    let text = String::from_utf8(bytes)
-        .map_err(|_| settings(FIELD, format!("{} is not UTF-8", path.display())))?;
+    let text = String::from_utf8(bytes).map_err(|_| settings(FIELD, format!("{} is not UTF-8", path.display())))?;
     let password = text
         .strip_suffix('\n')
         .map(|t| t.strip_suffix('\r').unwrap_or(t))
@@ -367,21 +352,16 @@ impl EtcdStore {
             ))
         };
         // With a user, this already authenticates (one round trip).
-        let client = tokio::time::timeout(
-            options.connect_timeout,
-            Client::connect(&urls, Some(connect)),
-        )
-        .await
-        .map_err(|_| no_answer())?
-        .map_err(|e| connect_error(&e, &location, &options))?;
+        let client = tokio::time::timeout(options.connect_timeout, Client::connect(&urls, Some(connect)))
+            .await
+            .map_err(|_| no_answer())?
+            .map_err(|e| connect_error(&e, &location, &options))?;
         let store = Self {
             kv: client
                 .kv_client()
                 .max_decoding_message_size(MAX_RESPONSE_BYTES)
                 .max_encoding_message_size(MAX_RESPONSE_BYTES),
-            watch: client
-                .watch_client()
-                .max_decoding_message_size(MAX_RESPONSE_BYTES),
+            watch: client.watch_client().max_decoding_message_size(MAX_RESPONSE_BYTES),
             lease: client.lease_client(),
             client,
             endpoints: endpoints.to_vec(),
@@ -417,10 +397,7 @@ impl EtcdStore {
     /// `op` under the request deadline; once more after renewing the auth token when etcd no
     /// longer accepts it. The outer error is the deadline or a failed renewal; the inner one is
     /// etcd's answer, for the caller to map.
-    async fn attempt<T, F, Fut>(
-        &self,
-        op: F,
-    ) -> Result<std::result::Result<T, etcd_client::Error>>
+    async fn attempt<T, F, Fut>(&self, op: F) -> Result<std::result::Result<T, etcd_client::Error>>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
@@ -515,10 +492,7 @@ impl EtcdStore {
         let resp = self
             .call(Ctx::default(), || {
                 let mut kv = self.kv.clone();
-                async move {
-                    kv.get(crate::PREFIX, Some(GetOptions::new().with_count_only()))
-                        .await
-                }
+                async move { kv.get(crate::PREFIX, Some(GetOptions::new().with_count_only())).await }
             })
             .await?;
         Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
@@ -543,19 +517,11 @@ impl Store for EtcdStore {
                 async move { kv.get(key, None).await }
             })
             .await?;
-        resp.take_kvs()
-            .into_iter()
-            .next()
-            .map(convert_kv)
-            .transpose()
+        resp.take_kvs().into_iter().next().map(convert_kv).transpose()
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<KeyValue>> {
-        self.range(prefix, false)
-            .await?
-            .into_iter()
-            .map(convert_kv)
-            .collect()
+        self.range(prefix, false).await?.into_iter().map(convert_kv).collect()
     }
 
     async fn list_keys(&self, prefix: &str) -> Result<Vec<String>> {
@@ -609,9 +575,7 @@ impl Store for EtcdStore {
                 Compare::Revision { key, revision } => {
                     EtcdCompare::mod_revision(key.as_str(), CompareOp::Equal, *revision)
                 }
-                Compare::Exists { key } => {
-                    EtcdCompare::create_revision(key.as_str(), CompareOp::Greater, 0)
-                }
+                Compare::Exists { key } => EtcdCompare::create_revision(key.as_str(), CompareOp::Greater, 0),
             })
             .collect();
         // For error messages: the first key written, the total size, the first lease used.
@@ -622,21 +586,12 @@ impl Store for EtcdStore {
             size: txn
                 .ops
                 .iter()
-                .map(|op| {
-                    if let Op::Put { value, .. } = op {
-                        value.len()
-                    } else {
-                        0
-                    }
-                })
+                .map(|op| if let Op::Put { value, .. } = op { value.len() } else { 0 })
                 .sum(),
-            lease: txn.ops.iter().find_map(|op| {
-                if let Op::Put { lease, .. } = op {
-                    *lease
-                } else {
-                    None
-                }
-            }),
+            lease: txn
+                .ops
+                .iter()
+                .find_map(|op| if let Op::Put { lease, .. } = op { *lease } else { None }),
         };
         let ops: Vec<TxnOp> = txn
             .ops
@@ -677,10 +632,7 @@ impl Store for EtcdStore {
             })
             .await?;
         if !resp.error().is_empty() {
-            return Err(StoreError::Other(format!(
-                "etcd lease grant: {}",
-                resp.error()
-            )));
+            return Err(StoreError::Other(format!("etcd lease grant: {}", resp.error())));
         }
         Ok(resp.id())
     }
@@ -746,9 +698,7 @@ impl Store for EtcdStore {
     async fn watch(&self, prefix: &str) -> Result<WatchStream> {
         let after = self.current_revision().await?;
         let (start, end) = prefix_range(prefix);
-        let opts = WatchOptions::new()
-            .with_range(end)
-            .with_start_revision(after + 1);
+        let opts = WatchOptions::new().with_range(end).with_start_revision(after + 1);
         let (watcher, stream) = self
             .call(Ctx::default(), || {
                 let (mut client, start, opts) = (self.watch.clone(), start.clone(), opts.clone());
@@ -770,53 +720,47 @@ impl Store for EtcdStore {
             ended: false,
             prefix: prefix.to_string(),
         };
-        Ok(Box::pin(futures::stream::unfold(
-            state,
-            |mut st| async move {
-                loop {
-                    if let Some(item) = st.pending.pop_front() {
-                        return Some((item, st));
-                    }
-                    if st.ended {
-                        return None;
-                    }
-                    match st.stream.message().await {
-                        Ok(Some(resp)) => {
-                            if resp.canceled() || resp.compact_revision() > 0 {
-                                st.ended = true;
-                                let why = if resp.compact_revision() > 0 {
-                                    format!(
-                                        "history compacted at revision {}",
-                                        resp.compact_revision()
-                                    )
-                                } else {
-                                    resp.cancel_reason().to_string()
-                                };
-                                st.pending.push_back(Err(StoreError::Unavailable(format!(
+        Ok(Box::pin(futures::stream::unfold(state, |mut st| async move {
+            loop {
+                if let Some(item) = st.pending.pop_front() {
+                    return Some((item, st));
+                }
+                if st.ended {
+                    return None;
+                }
+                match st.stream.message().await {
+                    Ok(Some(resp)) => {
+                        if resp.canceled() || resp.compact_revision() > 0 {
+                            st.ended = true;
+                            let why = if resp.compact_revision() > 0 {
+                                format!("history compacted at revision {}", resp.compact_revision())
+                            } else {
+                                resp.cancel_reason().to_string()
+                            };
+                            st.pending.push_back(Err(StoreError::Unavailable(format!(
                                 "etcd watch on {:?} cancelled: {why}; list again and start a new watch",
                                 st.prefix
                             ))));
-                                continue;
-                            }
-                            for event in resp.events() {
-                                st.pending.push_back(convert_event(event));
-                            }
+                            continue;
                         }
-                        Ok(None) => {
-                            st.ended = true;
-                            st.pending.push_back(Err(StoreError::Unavailable(format!(
-                                "etcd watch on {:?} closed by the server",
-                                st.prefix
-                            ))));
-                        }
-                        Err(e) => {
-                            st.ended = true;
-                            st.pending.push_back(Err(map_error(e, &Ctx::default())));
+                        for event in resp.events() {
+                            st.pending.push_back(convert_event(event));
                         }
                     }
+                    Ok(None) => {
+                        st.ended = true;
+                        st.pending.push_back(Err(StoreError::Unavailable(format!(
+                            "etcd watch on {:?} closed by the server",
+                            st.prefix
+                        ))));
+                    }
+                    Err(e) => {
+                        st.ended = true;
+                        st.pending.push_back(Err(map_error(e, &Ctx::default())));
+                    }
                 }
-            },
-        )))
+            }
+        })))
     }
 
     fn max_value_size(&self) -> usize {
@@ -928,9 +872,7 @@ fn return_refusal(detail: &str, tls: &EtcdTls) -> String {
         ),
         None => "a connection without a client certificate (--store-cert, --store-key)".into(),
     };
-    format!(
-        "the server refused {ours}: it closed the connection after the TLS handshake without answering ({detail})"
-    )
+    format!("the server refused {ours}: it closed the connection after the TLS handshake without answering ({detail})")
 }
 
 /// Whether etcd refused the auth token itself (not the user): it forgot it (a restarted member,
@@ -952,12 +894,7 @@ fn token_rejected(err: &etcd_client::Error) -> bool {
 /// A TLS handshake of our own with each endpoint before the real client: etcd-client's balanced
 /// channel keeps retrying a handshake that fails and reports only the timeout, which would hide
 /// *why* (a certificate that does not verify). One endpoint that shakes hands is enough.
-async fn preflight_tls(
-    urls: &[String],
-    tls: &EtcdTls,
-    options: &EtcdOptions,
-    location: &str,
-) -> Result<()> {
+async fn preflight_tls(urls: &[String], tls: &EtcdTls, options: &EtcdOptions, location: &str) -> Result<()> {
     let mut failures = Vec::new();
     for url in urls {
         let endpoint = tonic::transport::Endpoint::from_shared(url.clone())
@@ -999,10 +936,7 @@ async fn preflight_tls(
 /// One HTTP/2 request on a fresh TLS channel: with TLS 1.3 a server that refuses our client
 /// certificate says so (an alert) only after the handshake, on the first read. Any HTTP answer,
 /// even a gRPC error, proves the TLS layer is good.
-async fn first_request(
-    mut channel: tonic::transport::Channel,
-    url: &str,
-) -> std::result::Result<(), String> {
+async fn first_request(mut channel: tonic::transport::Channel, url: &str) -> std::result::Result<(), String> {
     use tower_service::Service;
     let request = http::Request::builder()
         .method("POST")
@@ -1081,9 +1015,7 @@ fn connect_error(err: &etcd_client::Error, location: &str, options: &EtcdOptions
 fn map_error(err: etcd_client::Error, ctx: &Ctx<'_>) -> StoreError {
     use tonic::Code;
     match err {
-        etcd_client::Error::TransportError(e) => {
-            StoreError::Unavailable(format!("etcd transport: {e}"))
-        }
+        etcd_client::Error::TransportError(e) => StoreError::Unavailable(format!("etcd transport: {e}")),
         etcd_client::Error::IoError(e) => StoreError::Unavailable(format!("etcd i/o: {e}")),
         etcd_client::Error::GRpcStatus(status) => {
             let message = status.message();
@@ -1102,9 +1034,7 @@ fn map_error(err: etcd_client::Error, ctx: &Ctx<'_>) -> StoreError {
                     StoreError::Unavailable(format!("etcd: {message}"))
                 }
                 // tonic reports broken connections as Unknown with a transport message.
-                Code::Unknown
-                    if message.contains("transport") || message.contains("connection") =>
-                {
+                Code::Unknown if message.contains("transport") || message.contains("connection") => {
                     StoreError::Unavailable(format!("etcd: {message}"))
                 }
                 code => StoreError::Other(format!("etcd ({code:?}): {message}")),

@@ -45,11 +45,7 @@ pub enum StoreError {
     #[error("lease {0} not found or expired")]
     LeaseNotFound(LeaseId),
     #[error("value too large: {key} is {size} bytes (limit {limit})")]
-    TooLarge {
-        key: String,
-        size: usize,
-        limit: usize,
-    },
+    TooLarge { key: String, size: usize, limit: usize },
     #[error("corrupt record at {key}: {why}")]
     Corrupt { key: String, why: String },
     #[error("store error: {0}")]
@@ -242,7 +238,9 @@ impl StoreUrl {
         } else {
             let path = url.strip_prefix("file://").unwrap_or(url);
             if path.is_empty() {
-                return Err(bad("empty: give etcd://host:port, etcds://host:port or a file path".into()));
+                return Err(bad(
+                    "empty: give etcd://host:port, etcds://host:port or a file path".into()
+                ));
             }
             return Ok(StoreUrl::Embedded(path.into()));
         };
@@ -262,7 +260,9 @@ impl StoreUrl {
             }
             Some((userinfo, hosts)) => {
                 if userinfo.is_empty() || userinfo.contains(['@', ',', '/']) || userinfo.chars().any(char::is_control) {
-                    return Err(bad(format!("user {userinfo:?} before '@': must be a plain etcd user name")));
+                    return Err(bad(format!(
+                        "user {userinfo:?} before '@': must be a plain etcd user name"
+                    )));
                 }
                 (Some(userinfo.to_string()), hosts)
             }
@@ -275,7 +275,10 @@ impl StoreUrl {
                 .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0))
                 && !ep.chars().any(|c| c.is_whitespace() || c.is_control());
             if !valid {
-                return Err(bad(format!("endpoint {ep:?}: expected host:port (in {})", Self::shown(tls, &user, hosts))));
+                return Err(bad(format!(
+                    "endpoint {ep:?}: expected host:port (in {})",
+                    Self::shown(tls, &user, hosts)
+                )));
             }
             endpoints.push(ep.to_string());
         }

@@ -44,7 +44,13 @@ impl Store for Namespaced {
         Ok(self.inner.get(&self.wrap(key)).await?.map(|kv| self.unwrap_kv(kv)))
     }
     async fn list(&self, prefix: &str) -> Result<Vec<KeyValue>> {
-        Ok(self.inner.list(&self.wrap(prefix)).await?.into_iter().map(|kv| self.unwrap_kv(kv)).collect())
+        Ok(self
+            .inner
+            .list(&self.wrap(prefix))
+            .await?
+            .into_iter()
+            .map(|kv| self.unwrap_kv(kv))
+            .collect())
     }
     async fn list_keys(&self, prefix: &str) -> Result<Vec<String>> {
         Ok(self
@@ -66,7 +72,10 @@ impl Store for Namespaced {
             .compares
             .into_iter()
             .map(|c| match c {
-                Compare::Revision { key, revision } => Compare::Revision { key: self.wrap(&key), revision },
+                Compare::Revision { key, revision } => Compare::Revision {
+                    key: self.wrap(&key),
+                    revision,
+                },
                 Compare::Exists { key } => Compare::Exists { key: self.wrap(&key) },
             })
             .collect();
@@ -74,7 +83,11 @@ impl Store for Namespaced {
             .ops
             .into_iter()
             .map(|o| match o {
-                Op::Put { key, value, lease } => Op::Put { key: self.wrap(&key), value, lease },
+                Op::Put { key, value, lease } => Op::Put {
+                    key: self.wrap(&key),
+                    value,
+                    lease,
+                },
                 Op::Delete { key } => Op::Delete { key: self.wrap(&key) },
             })
             .collect();
@@ -101,7 +114,10 @@ impl Store for Namespaced {
                     kv.key = strip(kv.key);
                     WatchEvent::Put(kv)
                 }
-                WatchEvent::Delete { key, revision } => WatchEvent::Delete { key: strip(key), revision },
+                WatchEvent::Delete { key, revision } => WatchEvent::Delete {
+                    key: strip(key),
+                    revision,
+                },
             })
         });
         Ok(Box::pin(stream))

@@ -32,8 +32,7 @@ fn embedded_store() -> (Arc<dyn Store>, tempfile::TempDir) {
         sweep_interval: Duration::from_millis(100),
         ..Default::default()
     };
-    let store = EmbeddedStore::open_with(dir.path().join("store.redb"), options)
-        .expect("open embedded store");
+    let store = EmbeddedStore::open_with(dir.path().join("store.redb"), options).expect("open embedded store");
     (Arc::new(store), dir)
 }
 
@@ -133,10 +132,7 @@ async fn wait_gone(store: &dyn Store, key: &str, deadline: Duration) -> Duration
         if store.get(key).await.unwrap().is_none() {
             return start.elapsed();
         }
-        assert!(
-            start.elapsed() < deadline,
-            "{key} still present after {deadline:?}"
-        );
+        assert!(start.elapsed() < deadline, "{key} still present after {deadline:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -151,12 +147,7 @@ async fn get_put_delete(s: Arc<dyn Store>, p: String) {
     assert!(r1 > 0);
     let kv = s.get(&k).await.unwrap().expect("present");
     assert_eq!(
-        (
-            kv.key.as_str(),
-            kv.value.as_slice(),
-            kv.mod_revision,
-            kv.lease
-        ),
+        (kv.key.as_str(), kv.value.as_slice(), kv.mod_revision, kv.lease),
         (k.as_str(), &b"one"[..], r1, None)
     );
     let r2 = s.put(&k, b"two".to_vec(), None).await.unwrap();
@@ -165,9 +156,7 @@ async fn get_put_delete(s: Arc<dyn Store>, p: String) {
     assert!(s.delete(&k).await.unwrap());
     assert_eq!(s.get(&k).await.unwrap(), None);
     assert!(!s.delete(&k).await.unwrap(), "second delete reports absent");
-    assert!(
-        matches!(s.put("", b"x".to_vec(), None).await, Err(StoreError::Other(m)) if m.contains("key"))
-    );
+    assert!(matches!(s.put("", b"x".to_vec(), None).await, Err(StoreError::Other(m)) if m.contains("key")));
 }
 
 async fn revisions_increase(s: Arc<dyn Store>, p: String) {
@@ -179,10 +168,7 @@ async fn revisions_increase(s: Arc<dyn Store>, p: String) {
     }
     assert!(s.delete(&format!("{p}0")).await.unwrap());
     let after_delete = s.put(&format!("{p}x"), vec![], None).await.unwrap();
-    assert!(
-        after_delete > last + 1,
-        "the delete took a revision of its own"
-    );
+    assert!(after_delete > last + 1, "the delete took a revision of its own");
     // A failed txn leaves the revision alone; a successful one moves it.
     let failed = s
         .txn(Txn {
@@ -219,28 +205,18 @@ async fn revisions_increase(s: Arc<dyn Store>, p: String) {
 }
 
 async fn list_is_sorted_and_prefix_bounded(s: Arc<dyn Store>, p: String) {
-    for k in [
-        "vol/b", "vol/a", "vol/a/x", "vol/c", "volume", "vol0", "other/z",
-    ] {
-        s.put(&format!("{p}{k}"), k.as_bytes().to_vec(), None)
-            .await
-            .unwrap();
+    for k in ["vol/b", "vol/a", "vol/a/x", "vol/c", "volume", "vol0", "other/z"] {
+        s.put(&format!("{p}{k}"), k.as_bytes().to_vec(), None).await.unwrap();
     }
     // A key that shares the string prefix of `p` without its trailing `/`.
     let outside = format!("{}x", p.trim_end_matches('/'));
     s.put(&outside, b"outside".to_vec(), None).await.unwrap();
 
-    let keys = |v: Vec<String>| {
-        v.into_iter()
-            .map(|k| k[p.len()..].to_string())
-            .collect::<Vec<_>>()
-    };
+    let keys = |v: Vec<String>| v.into_iter().map(|k| k[p.len()..].to_string()).collect::<Vec<_>>();
     let all = s.list(&p).await.unwrap();
     assert_eq!(
         keys(all.iter().map(|kv| kv.key.clone()).collect()),
-        [
-            "other/z", "vol/a", "vol/a/x", "vol/b", "vol/c", "vol0", "volume"
-        ]
+        ["other/z", "vol/a", "vol/a/x", "vol/b", "vol/c", "vol0", "volume"]
     );
     assert!(
         all.iter()
@@ -284,10 +260,7 @@ async fn cas_create_update_exists(s: Arc<dyn Store>, p: String) {
     assert!(first.succeeded, "create-if-absent on an absent key");
     let second = s.txn(create("second")).await.unwrap();
     assert!(!second.succeeded, "create-if-absent on a present key");
-    assert_eq!(
-        second.revision, first.revision,
-        "nothing happened in between"
-    );
+    assert_eq!(second.revision, first.revision, "nothing happened in between");
     assert_eq!(s.get(&k).await.unwrap().unwrap().value, b"first");
 
     let update = |rev, v: &str| Txn {
@@ -302,19 +275,14 @@ async fn cas_create_update_exists(s: Arc<dyn Store>, p: String) {
         }],
     };
     let updated = s.txn(update(first.revision, "updated")).await.unwrap();
-    assert!(
-        updated.succeeded,
-        "revision compare with the current revision"
-    );
+    assert!(updated.succeeded, "revision compare with the current revision");
     let stale = s.txn(update(first.revision, "stale")).await.unwrap();
     assert!(!stale.succeeded, "revision compare with a stale revision");
     assert_eq!(s.get(&k).await.unwrap().unwrap().value, b"updated");
 
     let absent = format!("{p}absent");
     let exists = |key: &str| Txn {
-        compares: vec![Compare::Exists {
-            key: key.to_string(),
-        }],
+        compares: vec![Compare::Exists { key: key.to_string() }],
         ops: vec![Op::Put {
             key: format!("{p}marker"),
             value: key.into(),
@@ -326,18 +294,10 @@ async fn cas_create_update_exists(s: Arc<dyn Store>, p: String) {
         "Exists on an absent key"
     );
     assert_eq!(s.get(&format!("{p}marker")).await.unwrap(), None);
-    assert!(
-        s.txn(exists(&k)).await.unwrap().succeeded,
-        "Exists on a present key"
-    );
+    assert!(s.txn(exists(&k)).await.unwrap().succeeded, "Exists on a present key");
     // A revision compare on an absent key fails for any non-zero revision.
     s.delete(&k).await.unwrap();
-    assert!(
-        !s.txn(update(updated.revision, "x"))
-            .await
-            .unwrap()
-            .succeeded
-    );
+    assert!(!s.txn(update(updated.revision, "x")).await.unwrap().succeeded);
     assert_eq!(s.get(&k).await.unwrap(), None);
 }
 
@@ -435,10 +395,7 @@ async fn txn_refuses_duplicate_keys(s: Arc<dyn Store>, p: String) {
         })
         .await
         .unwrap_err();
-    assert!(
-        matches!(&err, StoreError::Other(m) if m.contains("twice")),
-        "{err:?}"
-    );
+    assert!(matches!(&err, StoreError::Other(m) if m.contains("twice")), "{err:?}");
     assert_eq!(s.get(&k).await.unwrap(), None);
 }
 
@@ -481,10 +438,7 @@ async fn concurrent_cas_counter(s: Arc<dyn Store>, p: String) {
         wins.extend(t.await.unwrap());
     }
     let total = TASKS * PER_TASK;
-    assert_eq!(
-        s.get(&k).await.unwrap().unwrap().value,
-        total.to_string().into_bytes()
-    );
+    assert_eq!(s.get(&k).await.unwrap().unwrap().value, total.to_string().into_bytes());
     // Exactly one winner per base revision, and every new revision is distinct.
     let mut bases: Vec<_> = wins.iter().map(|w| w.0).collect();
     let mut news: Vec<_> = wins.iter().map(|w| w.1).collect();
@@ -513,24 +467,16 @@ async fn lease_expiry_deletes_keys(s: Arc<dyn Store>, p: String) {
         "expired early: {:?}",
         granted_at.elapsed()
     );
-    assert!(
-        s.get(&plain).await.unwrap().is_some(),
-        "a key without a lease stays"
-    );
+    assert!(s.get(&plain).await.unwrap().is_some(), "a key without a lease stays");
     assert!(!s.lease_alive(lease).await.unwrap());
-    assert!(matches!(
-        s.keep_alive(lease).await,
-        Err(StoreError::LeaseNotFound(_))
-    ));
+    assert!(matches!(s.keep_alive(lease).await, Err(StoreError::LeaseNotFound(_))));
     assert!(matches!(
         s.put(&k, b"v".to_vec(), Some(lease)).await,
         Err(StoreError::LeaseNotFound(_))
     ));
 
     // The watch saw the put, the plain put, then the expiry's delete.
-    assert!(
-        matches!(next_event(&mut watch).await, WatchEvent::Put(kv) if kv.key == k && kv.mod_revision == rev)
-    );
+    assert!(matches!(next_event(&mut watch).await, WatchEvent::Put(kv) if kv.key == k && kv.mod_revision == rev));
     assert!(matches!(next_event(&mut watch).await, WatchEvent::Put(kv) if kv.key == plain));
     match next_event(&mut watch).await {
         WatchEvent::Delete { key, revision } => assert!(key == k && revision > rev),
@@ -576,14 +522,8 @@ async fn lease_revoke_deletes_keys(s: Arc<dyn Store>, p: String) {
     assert_eq!(s.get(&a).await.unwrap().unwrap().value, b"a2");
     assert!(s.get(&c).await.unwrap().is_some());
     assert!(!s.lease_alive(lease).await.unwrap());
-    assert!(matches!(
-        s.revoke_lease(lease).await,
-        Err(StoreError::LeaseNotFound(_))
-    ));
-    assert!(matches!(
-        s.keep_alive(lease).await,
-        Err(StoreError::LeaseNotFound(_))
-    ));
+    assert!(matches!(s.revoke_lease(lease).await, Err(StoreError::LeaseNotFound(_))));
+    assert!(matches!(s.keep_alive(lease).await, Err(StoreError::LeaseNotFound(_))));
     assert!(matches!(
         s.put(&c, vec![], Some(lease)).await,
         Err(StoreError::LeaseNotFound(_))
@@ -596,9 +536,7 @@ async fn watch_sees_puts_and_deletes_in_order(s: Arc<dyn Store>, p: String) {
     let mut watch = s.watch(&format!("{p}w/")).await.unwrap();
     let (a, b, c) = (format!("{p}w/a"), format!("{p}w/b"), format!("{p}w/c"));
     let ra = s.put(&a, b"1".to_vec(), None).await.unwrap();
-    s.put(&format!("{p}elsewhere"), b"x".to_vec(), None)
-        .await
-        .unwrap();
+    s.put(&format!("{p}elsewhere"), b"x".to_vec(), None).await.unwrap();
     let rb = s.put(&b, b"2".to_vec(), None).await.unwrap();
     assert!(s.delete(&a).await.unwrap());
     let t = s
@@ -620,23 +558,14 @@ async fn watch_sees_puts_and_deletes_in_order(s: Arc<dyn Store>, p: String) {
     for _ in 0..5 {
         got.push(match next_event(&mut watch).await {
             WatchEvent::Put(kv) => (format!("put {}", &kv.key[p.len()..]), kv.mod_revision),
-            WatchEvent::Delete { key, revision } => {
-                (format!("delete {}", &key[p.len()..]), revision)
-            }
+            WatchEvent::Delete { key, revision } => (format!("delete {}", &key[p.len()..]), revision),
         });
     }
     let names: Vec<&str> = got.iter().map(|g| g.0.as_str()).collect();
-    assert_eq!(
-        names,
-        ["put w/a", "put w/b", "delete w/a", "put w/c", "delete w/b"]
-    );
+    assert_eq!(names, ["put w/a", "put w/b", "delete w/a", "put w/c", "delete w/b"]);
     assert_eq!((got[0].1, got[1].1), (ra, rb));
     assert!(got[2].1 > rb);
-    assert_eq!(
-        (got[3].1, got[4].1),
-        (t.revision, t.revision),
-        "one txn, one revision"
-    );
+    assert_eq!((got[3].1, got[4].1), (t.revision, t.revision), "one txn, one revision");
     // Nothing else is pending (not the earlier put, not the key outside the prefix).
     assert!(
         tokio::time::timeout(Duration::from_millis(300), watch.next())
@@ -691,9 +620,7 @@ async fn corrupt_json_names_the_key(s: Arc<dyn Store>, p: String) {
     }
     let good = format!("{p}a-good");
     let bad = format!("{p}b-bad");
-    s.put(&good, br#"{"name":"ok"}"#.to_vec(), None)
-        .await
-        .unwrap();
+    s.put(&good, br#"{"name":"ok"}"#.to_vec(), None).await.unwrap();
     s.put(&bad, b"{not json".to_vec(), None).await.unwrap();
     let rec = s.get_json::<Rec>(&good).await.unwrap().unwrap();
     assert_eq!(rec.value.name, "ok");
@@ -750,11 +677,7 @@ mod embedded_only {
         {
             let s = open(&path);
             for i in 0..100 {
-                revisions.push(
-                    s.put(&format!("/k/{i:03}"), vec![i as u8; 100], None)
-                        .await
-                        .unwrap(),
-                );
+                revisions.push(s.put(&format!("/k/{i:03}"), vec![i as u8; 100], None).await.unwrap());
             }
             s.delete("/k/050").await.unwrap();
         }
@@ -763,10 +686,7 @@ mod embedded_only {
         assert_eq!(all.len(), 99);
         for kv in &all {
             let i: usize = kv.key[3..].parse().unwrap();
-            assert_eq!(
-                (kv.mod_revision, kv.value.clone()),
-                (revisions[i], vec![i as u8; 100])
-            );
+            assert_eq!((kv.mod_revision, kv.value.clone()), (revisions[i], vec![i as u8; 100]));
         }
         let next = s.put("/k/new", vec![], None).await.unwrap();
         assert!(
@@ -787,11 +707,7 @@ mod embedded_only {
         let mut out = std::io::stdout().lock();
         for i in 0.. {
             let rev = s
-                .put(
-                    &format!("/k/{i:06}"),
-                    format!("value-{i}").into_bytes(),
-                    None,
-                )
+                .put(&format!("/k/{i:06}"), format!("value-{i}").into_bytes(), None)
                 .await
                 .unwrap();
             writeln!(out, "ACK {i} {rev}").unwrap();
@@ -829,11 +745,7 @@ mod embedded_only {
             }
         }
         child.wait().unwrap();
-        assert_eq!(
-            acked.len(),
-            200,
-            "the child acknowledged 200 puts before the kill"
-        );
+        assert_eq!(acked.len(), 200, "the child acknowledged 200 puts before the kill");
         let s = open(&path);
         for (i, rev) in acked {
             let kv = s
@@ -841,10 +753,7 @@ mod embedded_only {
                 .await
                 .unwrap()
                 .unwrap_or_else(|| panic!("acknowledged put {i} lost"));
-            assert_eq!(
-                (kv.mod_revision, kv.value),
-                (rev, format!("value-{i}").into_bytes())
-            );
+            assert_eq!((kv.mod_revision, kv.value), (rev, format!("value-{i}").into_bytes()));
         }
     }
 
@@ -857,9 +766,7 @@ mod embedded_only {
             let s = open(&path);
             let lease = s.grant_lease(ttl).await.unwrap();
             let at = Instant::now();
-            s.put("/k/owned", b"mine".to_vec(), Some(lease))
-                .await
-                .unwrap();
+            s.put("/k/owned", b"mine".to_vec(), Some(lease)).await.unwrap();
             (lease, at)
         };
         let s = open(&path);
@@ -872,9 +779,7 @@ mod embedded_only {
         wait_gone(&s, "/k/owned", ttl + Duration::from_secs(2)).await;
         assert!(granted_at.elapsed() >= ttl - Duration::from_millis(50));
         assert!(!s.lease_alive(lease).await.unwrap());
-        assert!(
-            matches!(next_event(&mut watch).await, WatchEvent::Delete { key, .. } if key == "/k/owned")
-        );
+        assert!(matches!(next_event(&mut watch).await, WatchEvent::Delete { key, .. } if key == "/k/owned"));
         // A new lease never reuses an old id.
         assert!(s.grant_lease(ttl).await.unwrap() > lease);
     }
@@ -899,10 +804,7 @@ mod embedded_only {
             matches!(&item, Err(StoreError::Other(m)) if m.contains("behind")),
             "{item:?}"
         );
-        assert!(
-            watch.next().await.is_none(),
-            "the stream ends after the error"
-        );
+        assert!(watch.next().await.is_none(), "the stream ends after the error");
     }
 }
 
@@ -931,13 +833,8 @@ async fn etcd_unreachable_is_unavailable() {
 async fn open_picks_the_back_end_from_the_url() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("x/store.redb");
-    let s = elara_store::open(&format!("file://{}", path.display()))
-        .await
-        .unwrap();
-    assert_eq!(
-        (s.kind(), s.location()),
-        ("embedded", path.display().to_string())
-    );
+    let s = elara_store::open(&format!("file://{}", path.display())).await.unwrap();
+    assert_eq!((s.kind(), s.location()), ("embedded", path.display().to_string()));
     if let Ok(ep) = std::env::var("ELARA_TEST_ETCD") {
         let security = etcd_security();
         let url = match (&security.ca, &security.user) {

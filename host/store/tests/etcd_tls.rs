@@ -60,10 +60,7 @@ impl TlsEtcd {
 
     fn password(&self) -> String {
         let path = self.security.password_file.as_ref().unwrap();
-        std::fs::read_to_string(path)
-            .unwrap()
-            .trim_end()
-            .to_string()
+        std::fs::read_to_string(path).unwrap().trim_end().to_string()
     }
 
     /// Connect with `security`; the error and how long it took.
@@ -175,14 +172,8 @@ async fn connects_with_tls_and_password_and_shows_no_secret() {
             ..Default::default()
         }
     );
-    assert!(
-        !shown.contains(&password),
-        "Debug shows the password: {shown}"
-    );
-    assert!(
-        !shown.contains("PRIVATE KEY"),
-        "Debug shows the key: {shown}"
-    );
+    assert!(!shown.contains(&password), "Debug shows the password: {shown}");
+    assert!(!shown.contains("PRIVATE KEY"), "Debug shows the key: {shown}");
     eprintln!("TLS + auth connect: {took:?}");
 }
 
@@ -199,10 +190,7 @@ async fn open_with_etcds_url_namespaces_and_shows_the_user_only() {
     assert_eq!(store.kind(), "etcd");
     assert_eq!(store.location(), url);
     store.put("/elara/v1/x", b"1".to_vec(), None).await.unwrap();
-    assert_eq!(
-        store.list_keys("/elara/v1/").await.unwrap(),
-        ["/elara/v1/x"]
-    );
+    assert_eq!(store.list_keys("/elara/v1/").await.unwrap(), ["/elara/v1/x"]);
     store.delete("/elara/v1/x").await.unwrap();
 }
 
@@ -220,18 +208,12 @@ async fn a_ca_that_did_not_sign_the_server_is_a_tls_error() {
         Err(StoreError::Tls { store, why }) => {
             assert!(store.contains(&etcd.endpoint), "{store}");
             assert!(why.contains("server's certificate did not verify"), "{why}");
-            assert!(
-                why.contains(&other_ca.display().to_string()),
-                "names the CA: {why}"
-            );
+            assert!(why.contains(&other_ca.display().to_string()), "names the CA: {why}");
         }
         Err(other) => panic!("expected a TLS error, got {other:?}"),
         Ok(_) => panic!("connected trusting a CA that did not sign the server"),
     }
-    assert!(
-        took < PROMPT,
-        "refused at once, not after a timeout: {took:?}"
-    );
+    assert!(took < PROMPT, "refused at once, not after a timeout: {took:?}");
 }
 
 #[tokio::test]
@@ -252,10 +234,7 @@ async fn no_client_certificate_is_a_tls_error() {
         Err(other) => panic!("expected a TLS error, got {other:?}"),
         Ok(_) => panic!("connected without a client certificate to a --client-cert-auth etcd"),
     }
-    assert!(
-        took < PROMPT,
-        "refused at once, not after a timeout: {took:?}"
-    );
+    assert!(took < PROMPT, "refused at once, not after a timeout: {took:?}");
 }
 
 #[tokio::test]
@@ -281,10 +260,7 @@ async fn a_client_certificate_of_another_ca_is_a_tls_error() {
         Err(other) => panic!("expected a TLS error, got {other:?}"),
         Ok(_) => panic!("connected with a client certificate the server's CA did not sign"),
     }
-    assert!(
-        took < PROMPT,
-        "refused at once, not after a timeout: {took:?}"
-    );
+    assert!(took < PROMPT, "refused at once, not after a timeout: {took:?}");
 }
 
 #[tokio::test]
@@ -303,18 +279,12 @@ async fn a_wrong_password_is_an_auth_error() {
         Err(StoreError::Auth { store, why }) => {
             assert!(store.contains(&etcd.endpoint), "{store}");
             assert!(why.contains("refused user \"elara\""), "{why}");
-            assert!(
-                !why.contains("not-the-password"),
-                "the password is not echoed: {why}"
-            );
+            assert!(!why.contains("not-the-password"), "the password is not echoed: {why}");
         }
         Err(other) => panic!("expected an authentication error, got {other:?}"),
         Ok(_) => panic!("connected with a wrong password"),
     }
-    assert!(
-        took < PROMPT,
-        "refused at once, not after a timeout: {took:?}"
-    );
+    assert!(took < PROMPT, "refused at once, not after a timeout: {took:?}");
 }
 
 #[tokio::test]
@@ -333,10 +303,7 @@ async fn no_user_is_an_auth_error() {
         Err(other) => panic!("expected an authentication error, got {other:?}"),
         Ok(_) => panic!("read Elara's keys without a user on an `auth enable` etcd"),
     }
-    assert!(
-        took < PROMPT,
-        "refused at once, not after a timeout: {took:?}"
-    );
+    assert!(took < PROMPT, "refused at once, not after a timeout: {took:?}");
 }
 
 #[tokio::test]
@@ -344,10 +311,7 @@ async fn secret_files_others_may_read_are_refused_before_connecting() {
     let Some(etcd) = tls_etcd() else { return };
     let dir = tempfile::tempdir().unwrap();
     for (field, source) in [
-        (
-            "store-password-file",
-            etcd.security.password_file.clone().unwrap(),
-        ),
+        ("store-password-file", etcd.security.password_file.clone().unwrap()),
         ("store-key", etcd.security.key.clone().unwrap()),
     ] {
         for mode in [0o640, 0o604, 0o644] {
@@ -362,10 +326,7 @@ async fn secret_files_others_may_read_are_refused_before_connecting() {
             match security.load(true, None) {
                 Err(StoreError::Settings { field: f, why }) => {
                     assert_eq!(f, field);
-                    assert!(
-                        why.contains(&copy.display().to_string()),
-                        "names the file: {why}"
-                    );
+                    assert!(why.contains(&copy.display().to_string()), "names the file: {why}");
                     assert!(why.contains("readable by group or others"), "{why}");
                 }
                 other => panic!("{field} mode {mode:o}: expected a settings error, got {other:?}"),
@@ -386,21 +347,14 @@ async fn a_token_etcd_stops_accepting_is_renewed() {
             std::fs::read(&etcd.admin_cert).unwrap(),
             std::fs::read(&etcd.admin_key).unwrap(),
         ));
-    let urls: Vec<String> = etcd
-        .endpoints()
-        .iter()
-        .map(|e| format!("https://{e}"))
-        .collect();
-    let admin =
-        etcd_client::Client::connect(urls, Some(etcd_client::ConnectOptions::new().with_tls(tls)))
-            .await
-            .expect("connect as root by the admin certificate");
+    let urls: Vec<String> = etcd.endpoints().iter().map(|e| format!("https://{e}")).collect();
+    let admin = etcd_client::Client::connect(urls, Some(etcd_client::ConnectOptions::new().with_tls(tls)))
+        .await
+        .expect("connect as root by the admin certificate");
     let mut auth = admin.auth_client();
     let user = format!("tmp-{}", uuid::Uuid::new_v4());
     let password = uuid::Uuid::new_v4().to_string();
-    auth.user_add(user.as_str(), password.as_str(), None)
-        .await
-        .unwrap();
+    auth.user_add(user.as_str(), password.as_str(), None).await.unwrap();
     auth.user_grant_role(user.as_str(), "elara").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let password_file = dir.path().join("password");
@@ -429,10 +383,7 @@ async fn a_token_etcd_stops_accepting_is_renewed() {
     }
     .await;
     auth.user_delete(user.as_str()).await.unwrap();
-    assert_eq!(
-        result.expect("calls after etcd forgot the token"),
-        Some(b"2".to_vec())
-    );
+    assert_eq!(result.expect("calls after etcd forgot the token"), Some(b"2".to_vec()));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -6,8 +6,8 @@ use std::path::{Component, Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use elara_runtime::{
-    Backend, BackendSpec, CallError, Capacity, Connection, Driver, DriverError, DriverInfo, Features, Limits,
-    NodeInfo, Qos, RuntimeError, Runtime, Snapshot, SnapshotSpec, Volume, VolumeKind, VolumeSpec,
+    Backend, BackendSpec, CallError, Capacity, Connection, Driver, DriverError, DriverInfo, Features, Limits, NodeInfo,
+    Qos, Runtime, RuntimeError, Snapshot, SnapshotSpec, Volume, VolumeKind, VolumeSpec,
 };
 
 use crate::{CheckOptions, CheckResult, Outcome, Report, describe_runtime_error};
@@ -48,7 +48,9 @@ fn expect_err<T: Debug>(what: &str, kind: &str, result: Result<T, CallError>) ->
 /// Optional operations: with the feature the call must work, without it answer `unsupported`.
 fn optional<T: Debug>(feature: &str, has: bool, what: &str, result: Result<T, CallError>) -> Result<Option<T>, String> {
     if has {
-        return result.map(Some).map_err(|e| format!("{what} failed: {e} (info() declares the `{feature}` feature)"));
+        return result
+            .map(Some)
+            .map_err(|e| format!("{what} failed: {e} (info() declares the `{feature}` feature)"));
     }
     match result {
         Err(CallError::Driver(DriverError::Unsupported(_))) => Ok(None),
@@ -63,14 +65,20 @@ fn optional<T: Debug>(feature: &str, has: bool, what: &str, result: Result<T, Ca
 
 /// A short random-enough prefix for this run's ids.
 fn run_prefix() -> String {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     format!("conf-{:08x}", (nanos as u64 ^ (std::process::id() as u64) << 32) as u32)
 }
 
 /// A relative path inside the pool dir, with no `..` and no root.
 fn check_pool_path(pool_dir: &Path, path: &str) -> Result<PathBuf, String> {
     let p = Path::new(path);
-    if p.is_absolute() || p.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
+    if p.is_absolute()
+        || p.components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    {
         return Err(format!("path {path:?} must be relative to the pool dir, without `..`"));
     }
     let full = pool_dir.join(p);
@@ -143,9 +151,18 @@ impl<'a> Suite<'a> {
         step!("snapshot-delete", s.check_snapshot_delete().await);
         step!("delete", s.check_delete().await);
         step!("cleanup", s.check_cleanup().await);
-        let (driver, version) =
-            s.info.as_ref().map(|i| (i.name.clone(), i.version.clone())).unwrap_or_default();
-        Report { driver, version, id_prefix: s.prefix, checks: s.results, elapsed: started.elapsed() }
+        let (driver, version) = s
+            .info
+            .as_ref()
+            .map(|i| (i.name.clone(), i.version.clone()))
+            .unwrap_or_default();
+        Report {
+            driver,
+            version,
+            id_prefix: s.prefix,
+            checks: s.results,
+            elapsed: started.elapsed(),
+        }
     }
 
     fn record(&mut self, name: &str, verdict: Check, started: Instant) {
@@ -157,7 +174,12 @@ impl<'a> Suite<'a> {
         if outcome == Outcome::Fail {
             tracing::warn!(check = name, "conformance check failed: {detail}");
         }
-        self.results.push(CheckResult { name: name.into(), outcome, detail, elapsed: started.elapsed() });
+        self.results.push(CheckResult {
+            name: name.into(),
+            outcome,
+            detail,
+            elapsed: started.elapsed(),
+        });
     }
 
     fn id(&self, what: &str) -> String {
@@ -175,7 +197,10 @@ impl<'a> Suite<'a> {
     fn node(&self) -> NodeInfo {
         NodeInfo {
             name: "conformance-node".into(),
-            connector: vec![("hostname".into(), "conformance-node".into()), ("ip".into(), "127.0.0.1".into())],
+            connector: vec![
+                ("hostname".into(), "conformance-node".into()),
+                ("ip".into(), "127.0.0.1".into()),
+            ],
         }
     }
 
@@ -202,12 +227,17 @@ impl<'a> Suite<'a> {
 
     /// The backend, or a skip of a check that needs it.
     fn backend(&self) -> Result<&Backend, Verdict> {
-        self.backend.as_ref().ok_or_else(|| Verdict::Skip("needs the backend from `open-backend`".into()))
+        self.backend
+            .as_ref()
+            .ok_or_else(|| Verdict::Skip("needs the backend from `open-backend`".into()))
     }
 
     async fn ids_listed(&self) -> Result<Vec<String>, String> {
         let backend = self.backend.as_ref().ok_or("no backend")?;
-        Ok(ok("list-volumes", backend.list_volumes().await)?.into_iter().map(|v| v.id).collect())
+        Ok(ok("list-volumes", backend.list_volumes().await)?
+            .into_iter()
+            .map(|v| v.id)
+            .collect())
     }
 
     // ---- identity and configuration ------------------------------------------------------
@@ -218,14 +248,20 @@ impl<'a> Suite<'a> {
             .load_driver(wasm)
             .await
             .map_err(|e| format!("the component does not load: {}", describe_runtime_error(&e)))?;
-        let detail = format!("{} bytes, sha256 {}", wasm.len(), &driver.sha256()[..16.min(driver.sha256().len())]);
+        let detail = format!(
+            "{} bytes, sha256 {}",
+            wasm.len(),
+            &driver.sha256()[..16.min(driver.sha256().len())]
+        );
         self.info = Some(driver.info().clone());
         self.driver = Some(driver);
         pass(detail)
     }
 
     async fn check_info(&mut self) -> Check {
-        let Some(info) = &self.info else { return skip("the driver did not load") };
+        let Some(info) = &self.info else {
+            return skip("the driver did not load");
+        };
         let mut problems = Vec::new();
         if info.name.trim().is_empty() {
             problems.push("name is empty".to_string());
@@ -265,12 +301,18 @@ impl<'a> Suite<'a> {
             info.name,
             info.version,
             info.features.names().join(", "),
-            info.config_keys.iter().map(|k| k.name.as_str()).collect::<Vec<_>>().join(", ")
+            info.config_keys
+                .iter()
+                .map(|k| k.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ))
     }
 
     async fn check_unknown_key(&mut self) -> Check {
-        let Some(driver) = &self.driver else { return skip("the driver did not load") };
+        let Some(driver) = &self.driver else {
+            return skip("the driver did not load");
+        };
         let mut config = self.opts.config.clone();
         config.push((UNKNOWN_KEY.into(), "1".into()));
         let spec = self.backend_spec("conformance-unknown-key", config);
@@ -293,8 +335,15 @@ impl<'a> Suite<'a> {
     }
 
     async fn check_required_keys(&mut self) -> Check {
-        let (Some(driver), Some(info)) = (&self.driver, &self.info) else { return skip("the driver did not load") };
-        let required: Vec<&str> = info.config_keys.iter().filter(|k| k.required).map(|k| k.name.as_str()).collect();
+        let (Some(driver), Some(info)) = (&self.driver, &self.info) else {
+            return skip("the driver did not load");
+        };
+        let required: Vec<&str> = info
+            .config_keys
+            .iter()
+            .filter(|k| k.required)
+            .map(|k| k.name.as_str())
+            .collect();
         if required.is_empty() {
             return skip("the driver declares no required config keys");
         }
@@ -319,13 +368,16 @@ impl<'a> Suite<'a> {
     }
 
     async fn open(&mut self) -> Check {
-        let Some(driver) = &self.driver else { return skip("the driver did not load") };
+        let Some(driver) = &self.driver else {
+            return skip("the driver did not load");
+        };
         let spec = self.backend_spec("conformance", self.opts.config.clone());
-        let backend = self
-            .runtime
-            .open_backend(driver, spec)
-            .await
-            .map_err(|e| format!("opening a backend with the given config failed: {}", describe_runtime_error(&e)))?;
+        let backend = self.runtime.open_backend(driver, spec).await.map_err(|e| {
+            format!(
+                "opening a backend with the given config failed: {}",
+                describe_runtime_error(&e)
+            )
+        })?;
         let info = ok("info on the configured backend", backend.info().await)?;
         let loaded = self.info.as_ref().expect("loaded");
         if info.name != loaded.name || info.kind != loaded.kind || info.features != loaded.features {
@@ -368,7 +420,10 @@ impl<'a> Suite<'a> {
                 problems.push(format!("pool {}: free {free} > total {total}", p.name));
             }
             if p.reserved_percentage > 100 {
-                problems.push(format!("pool {}: reserved-percentage {} > 100", p.name, p.reserved_percentage));
+                problems.push(format!(
+                    "pool {}: reserved-percentage {} > 100",
+                    p.name, p.reserved_percentage
+                ));
             }
             let ratio = p.max_over_subscription_ratio.trim();
             if ratio != "auto" && !ratio.parse::<f64>().is_ok_and(|r| r.is_finite() && r >= 1.0) {
@@ -417,7 +472,10 @@ impl<'a> Suite<'a> {
             problems.push(format!("returned id {:?}, not the requested {:?}", volume.id, spec.id));
         }
         if volume.size_bytes < spec.size_bytes {
-            problems.push(format!("returned size {} < requested {}", volume.size_bytes, spec.size_bytes));
+            problems.push(format!(
+                "returned size {} < requested {}",
+                volume.size_bytes, spec.size_bytes
+            ));
         }
         if volume.pool != spec.pool {
             problems.push(format!("returned pool {:?}, not {:?}", volume.pool, spec.pool));
@@ -430,11 +488,16 @@ impl<'a> Suite<'a> {
         if !problems.is_empty() {
             return Err(problems.join("; "));
         }
-        pass(format!("{} ({} bytes, {})", volume.id, volume.size_bytes, volume.backend_ref))
+        pass(format!(
+            "{} ({} bytes, {})",
+            volume.id, volume.size_bytes, volume.backend_ref
+        ))
     }
 
     async fn check_create_idempotent(&mut self) -> Check {
-        let Some(first) = self.volume.clone() else { return skip("needs the volume from `create`") };
+        let Some(first) = self.volume.clone() else {
+            return skip("needs the volume from `create`");
+        };
         let backend = match self.backend() {
             Ok(b) => b,
             Err(v) => return Ok(v),
@@ -448,7 +511,11 @@ impl<'a> Suite<'a> {
         let mut problems = Vec::new();
         if after.len() != before.len() {
             let times = after.iter().filter(|id| **id == first.id).count();
-            let new: Vec<&str> = after.iter().filter(|id| !before.contains(id)).map(String::as_str).collect();
+            let new: Vec<&str> = after
+                .iter()
+                .filter(|id| !before.contains(id))
+                .map(String::as_str)
+                .collect();
             let seen = if times > 1 {
                 format!("{} is listed {times} times", first.id)
             } else {
@@ -462,7 +529,9 @@ impl<'a> Suite<'a> {
             ));
         }
         if again != first {
-            problems.push(format!("the repeated create returned {again:?}, the first {first:?}; both must be the same volume"));
+            problems.push(format!(
+                "the repeated create returned {again:?}, the first {first:?}; both must be the same volume"
+            ));
         }
         if !problems.is_empty() {
             return Err(problems.join("\n"));
@@ -471,13 +540,19 @@ impl<'a> Suite<'a> {
     }
 
     async fn check_create_conflict(&mut self) -> Check {
-        let Some(first) = self.volume.clone() else { return skip("needs the volume from `create`") };
+        let Some(first) = self.volume.clone() else {
+            return skip("needs the volume from `create`");
+        };
         let backend = match self.backend() {
             Ok(b) => b,
             Err(v) => return Ok(v),
         };
         let spec = self.spec(&first.id, self.opts.size_bytes * 2);
-        let e = expect_err("create with an existing id and a different size", "already-exists", backend.create(&spec).await)?;
+        let e = expect_err(
+            "create with an existing id and a different size",
+            "already-exists",
+            backend.create(&spec).await,
+        )?;
         pass(e.message())
     }
 
@@ -496,9 +571,10 @@ impl<'a> Suite<'a> {
             let _ = backend.delete(&spec.id).await;
         }
         match expect_err("create with size 0", "invalid", result)? {
-            DriverError::Invalid(f) if f.field.trim().is_empty() => {
-                Err(format!("refused with `invalid`, but without naming the field ({})", f.reason))
-            }
+            DriverError::Invalid(f) if f.field.trim().is_empty() => Err(format!(
+                "refused with `invalid`, but without naming the field ({})",
+                f.reason
+            )),
             DriverError::Invalid(f) => pass(format!("invalid {}: {}", f.field, f.reason)),
             other => Err(format!("unexpected {other:?}")),
         }
@@ -512,7 +588,11 @@ impl<'a> Suite<'a> {
         let missing = self.id("missing");
         let node = self.node();
         let mut problems = Vec::new();
-        if let Err(e) = expect_err("attach of a missing volume", "not-found", backend.attach(&missing, &node).await) {
+        if let Err(e) = expect_err(
+            "attach of a missing volume",
+            "not-found",
+            backend.attach(&missing, &node).await,
+        ) {
             problems.push(e);
         }
         if self.has(Features::STATS)
@@ -527,16 +607,30 @@ impl<'a> Suite<'a> {
             }
         }
         if self.has(Features::SNAPSHOT) {
-            let spec = SnapshotSpec { id: self.id("missing-snap"), volume_id: missing.clone(), name: "missing".into() };
-            if let Err(e) = expect_err("snapshot-create of a missing volume", "not-found", backend.snapshot_create(&spec).await) {
+            let spec = SnapshotSpec {
+                id: self.id("missing-snap"),
+                volume_id: missing.clone(),
+                name: "missing".into(),
+            };
+            if let Err(e) = expect_err(
+                "snapshot-create of a missing volume",
+                "not-found",
+                backend.snapshot_create(&spec).await,
+            ) {
                 problems.push(e);
             }
         }
-        if problems.is_empty() { pass("calls on a missing volume answer `not-found`") } else { Err(problems.join("\n")) }
+        if problems.is_empty() {
+            pass("calls on a missing volume answer `not-found`")
+        } else {
+            Err(problems.join("\n"))
+        }
     }
 
     async fn check_stats(&mut self) -> Check {
-        let Some(volume) = self.volume.clone() else { return skip("needs the volume from `create`") };
+        let Some(volume) = self.volume.clone() else {
+            return skip("needs the volume from `create`");
+        };
         let backend = match self.backend() {
             Ok(b) => b,
             Err(v) => return Ok(v),
@@ -545,19 +639,29 @@ impl<'a> Suite<'a> {
             // Without the feature, stats may still answer (estimated) or be unsupported.
             return match backend.stats(&volume.id).await {
                 Ok(s) => pass(format!("no `stats` feature; answered {s:?}")),
-                Err(CallError::Driver(DriverError::Unsupported(_))) => pass("no `stats` feature; answered `unsupported`"),
+                Err(CallError::Driver(DriverError::Unsupported(_))) => {
+                    pass("no `stats` feature; answered `unsupported`")
+                }
                 Err(e) => Err(format!("stats failed with `{e}`; expected figures or `unsupported`")),
             };
         }
         let stats = ok("stats", backend.stats(&volume.id).await)?;
         if stats.size_bytes < self.opts.size_bytes {
-            return Err(format!("stats size {} < created size {}", stats.size_bytes, self.opts.size_bytes));
+            return Err(format!(
+                "stats size {} < created size {}",
+                stats.size_bytes, self.opts.size_bytes
+            ));
         }
-        pass(format!("size {}, used {}, objects {:?}", stats.size_bytes, stats.used_bytes, stats.objects))
+        pass(format!(
+            "size {}, used {}, objects {:?}",
+            stats.size_bytes, stats.used_bytes, stats.objects
+        ))
     }
 
     async fn check_resize(&mut self) -> Check {
-        let Some(volume) = self.volume.clone() else { return skip("needs the volume from `create`") };
+        let Some(volume) = self.volume.clone() else {
+            return skip("needs the volume from `create`");
+        };
         let backend = match self.backend() {
             Ok(b) => b,
             Err(v) => return Ok(v),
@@ -570,44 +674,66 @@ impl<'a> Suite<'a> {
         if grown.size_bytes < bigger {
             return Err(format!("resize to {bigger} returned size {}", grown.size_bytes));
         }
-        let again = ok("a repeated resize to the same size", backend.resize(&volume.id, bigger).await)?;
+        let again = ok(
+            "a repeated resize to the same size",
+            backend.resize(&volume.id, bigger).await,
+        )?;
         if again.size_bytes != grown.size_bytes {
-            return Err(format!("a repeated resize returned size {}, the first {}", again.size_bytes, grown.size_bytes));
+            return Err(format!(
+                "a repeated resize returned size {}, the first {}",
+                again.size_bytes, grown.size_bytes
+            ));
         }
         let shrink = backend.resize(&volume.id, volume.size_bytes).await;
         let e = expect_err("resize to a smaller size", "invalid", shrink)?;
         self.volume = Some(grown.clone());
-        pass(format!("grew to {}, repeat ok, shrink refused ({})", grown.size_bytes, e.message()))
+        pass(format!(
+            "grew to {}, repeat ok, shrink refused ({})",
+            grown.size_bytes,
+            e.message()
+        ))
     }
 
     // ---- snapshots -----------------------------------------------------------------------
 
     async fn check_snapshot(&mut self) -> Check {
-        let Some(volume) = self.volume.clone() else { return skip("needs the volume from `create`") };
+        let Some(volume) = self.volume.clone() else {
+            return skip("needs the volume from `create`");
+        };
         let backend = match self.backend() {
             Ok(b) => b,
             Err(v) => return Ok(v),
         };
-        let spec = SnapshotSpec { id: self.id("snap"), volume_id: volume.id.clone(), name: "conformance".into() };
+        let spec = SnapshotSpec {
+            id: self.id("snap"),
+            volume_id: volume.id.clone(),
+            name: "conformance".into(),
+        };
         let has = self.has(Features::SNAPSHOT);
         let Some(first) = optional("snapshot", has, "snapshot-create", backend.snapshot_create(&spec).await)? else {
             return pass("`unsupported`, as info() says");
         };
         self.snapshot = Some(first.clone());
         let backend = self.backend.as_ref().expect("checked");
-        let again = backend
-            .snapshot_create(&spec)
-            .await
-            .map_err(|e| format!("a repeated snapshot-create with the same id failed with `{e}`; it must return the existing snapshot"))?;
+        let again = backend.snapshot_create(&spec).await.map_err(|e| {
+            format!(
+                "a repeated snapshot-create with the same id failed with `{e}`; it must return the existing snapshot"
+            )
+        })?;
         let mut problems = Vec::new();
         if first.id != spec.id || first.volume_id != volume.id {
             problems.push(format!("returned {first:?} for {spec:?}"));
         }
         if again != first {
-            problems.push(format!("the repeated snapshot-create returned {again:?}, the first {first:?}"));
+            problems.push(format!(
+                "the repeated snapshot-create returned {again:?}, the first {first:?}"
+            ));
         }
         if problems.is_empty() {
-            pass(format!("{} ({} bytes, {}), repeat returns it", first.id, first.size_bytes, first.backend_ref))
+            pass(format!(
+                "{} ({} bytes, {}), repeat returns it",
+                first.id, first.size_bytes, first.backend_ref
+            ))
         } else {
             Err(problems.join("\n"))
         }
@@ -628,7 +754,10 @@ impl<'a> Suite<'a> {
         if self.pool.is_none() {
             return skip("needs a pool from `pools`");
         }
-        let size = self.snapshot.as_ref().map_or(self.opts.size_bytes, |s| s.size_bytes.max(1));
+        let size = self
+            .snapshot
+            .as_ref()
+            .map_or(self.opts.size_bytes, |s| s.size_bytes.max(1));
         let spec = self.spec(&self.id("clone"), size);
         let before = self.ids_listed().await?;
         let first = backend.create_from_snapshot(&spec, &snapshot_id).await;
@@ -649,7 +778,9 @@ impl<'a> Suite<'a> {
             ));
         }
         if again != first {
-            problems.push(format!("the repeated create-from-snapshot returned {again:?}, the first {first:?}"));
+            problems.push(format!(
+                "the repeated create-from-snapshot returned {again:?}, the first {first:?}"
+            ));
         }
         if first.size_bytes < size {
             problems.push(format!("returned size {} < requested {size}", first.size_bytes));
@@ -667,7 +798,9 @@ impl<'a> Suite<'a> {
     // ---- attach / detach / qos ---------------------------------------------------------------
 
     async fn check_attach(&mut self) -> Check {
-        let Some(volume) = self.volume.clone() else { return skip("needs the volume from `create`") };
+        let Some(volume) = self.volume.clone() else {
+            return skip("needs the volume from `create`");
+        };
         let backend = match self.backend() {
             Ok(b) => b,
             Err(v) => return Ok(v),
@@ -676,7 +809,9 @@ impl<'a> Suite<'a> {
         let first = ok("attach", backend.attach(&volume.id, &node).await)?;
         let again = ok("a repeated attach", backend.attach(&volume.id, &node).await)?;
         if again != first {
-            return Err(format!("a repeated attach returned {again:?}, the first {first:?}; both must be the same connection"));
+            return Err(format!(
+                "a repeated attach returned {again:?}, the first {first:?}; both must be the same connection"
+            ));
         }
         let kind = self.info.as_ref().map(|i| i.kind);
         let (name, fits) = match &first {
@@ -694,34 +829,49 @@ impl<'a> Suite<'a> {
             Connection::Other(_) => ("other", true),
         };
         if !fits {
-            return Err(format!("a `{name}` connection does not fit the driver's volume kind {kind:?}"));
+            return Err(format!(
+                "a `{name}` connection does not fit the driver's volume kind {kind:?}"
+            ));
         }
         if let Some(host) = self.opts.bring_up.clone() {
-            let shown = host.exercise(&volume.id, &self.pool_dir, &first).await.map_err(|e| format!("{name} connection, brought up on this host: {e}"))?;
+            let shown = host
+                .exercise(&volume.id, &self.pool_dir, &first)
+                .await
+                .map_err(|e| format!("{name} connection, brought up on this host: {e}"))?;
             return pass(format!("{name} connection, the same twice; on this host: {shown}"));
         }
         pass(format!("{name} connection, the same twice"))
     }
 
     async fn check_detach(&mut self) -> Check {
-        let Some(volume) = self.volume.clone() else { return skip("needs the volume from `create`") };
+        let Some(volume) = self.volume.clone() else {
+            return skip("needs the volume from `create`");
+        };
         let backend = match self.backend() {
             Ok(b) => b,
             Err(v) => return Ok(v),
         };
         let node = self.node();
         ok("detach", backend.detach(&volume.id, &node).await)?;
-        ok("a repeated detach (not attached any more)", backend.detach(&volume.id, &node).await)?;
+        ok(
+            "a repeated detach (not attached any more)",
+            backend.detach(&volume.id, &node).await,
+        )?;
         pass("twice ok")
     }
 
     async fn check_qos(&mut self) -> Check {
-        let Some(volume) = self.volume.clone() else { return skip("needs the volume from `create`") };
+        let Some(volume) = self.volume.clone() else {
+            return skip("needs the volume from `create`");
+        };
         let backend = match self.backend() {
             Ok(b) => b,
             Err(v) => return Ok(v),
         };
-        let qos = Qos { iops: Some(1000), bandwidth_bytes_per_sec: Some(50 << 20) };
+        let qos = Qos {
+            iops: Some(1000),
+            bandwidth_bytes_per_sec: Some(50 << 20),
+        };
         let has = self.has(Features::QOS);
         match optional("qos", has, "set-qos", backend.set_qos(&volume.id, &qos).await)? {
             Some(()) => pass("limits set"),
@@ -745,13 +895,18 @@ impl<'a> Suite<'a> {
             return pass("`unsupported`, as info() says");
         };
         ok("snapshot-delete", backend.snapshot_delete(&snapshot.id).await)?;
-        ok("a repeated snapshot-delete (already gone)", backend.snapshot_delete(&snapshot.id).await)?;
+        ok(
+            "a repeated snapshot-delete (already gone)",
+            backend.snapshot_delete(&snapshot.id).await,
+        )?;
         self.snapshot = None;
         pass("twice ok")
     }
 
     async fn check_delete(&mut self) -> Check {
-        let Some(volume) = self.volume.clone() else { return skip("needs the volume from `create`") };
+        let Some(volume) = self.volume.clone() else {
+            return skip("needs the volume from `create`");
+        };
         let backend = match self.backend() {
             Ok(b) => b,
             Err(v) => return Ok(v),
@@ -780,7 +935,12 @@ impl<'a> Suite<'a> {
             let _ = backend.snapshot_delete(&self.id("snap")).await;
         }
         let _ = backend.delete(&self.id("vol")).await;
-        let left: Vec<String> = self.ids_listed().await?.into_iter().filter(|id| id.starts_with(&self.prefix)).collect();
+        let left: Vec<String> = self
+            .ids_listed()
+            .await?
+            .into_iter()
+            .filter(|id| id.starts_with(&self.prefix))
+            .collect();
         if !left.is_empty() {
             // Try once more so a failing driver does not leak into a shared pool.
             for id in &left {

@@ -34,7 +34,12 @@ use elara_runtime::{HostGrant, Runtime, RuntimeConfig, RuntimeError};
 /// logs in to, formats, mounts, writes and reads), not only for its shape.
 pub trait BringUp: Send + Sync {
     /// What was shown (`ext4 mounted, 1 MiB written and read back`), or why it failed.
-    fn exercise<'a>(&'a self, volume_id: &'a str, pool_dir: &'a Path, connection: &'a elara_runtime::Connection) -> BringUpFuture<'a>;
+    fn exercise<'a>(
+        &'a self,
+        volume_id: &'a str,
+        pool_dir: &'a Path,
+        connection: &'a elara_runtime::Connection,
+    ) -> BringUpFuture<'a>;
 }
 
 pub type BringUpFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send + 'a>>;
@@ -69,7 +74,13 @@ impl fmt::Debug for CheckOptions {
 
 impl Default for CheckOptions {
     fn default() -> Self {
-        CheckOptions { config: Vec::new(), grants: Vec::new(), pool_dir: None, size_bytes: 64 << 20, bring_up: None }
+        CheckOptions {
+            config: Vec::new(),
+            grants: Vec::new(),
+            pool_dir: None,
+            size_bytes: 64 << 20,
+            bring_up: None,
+        }
     }
 }
 
@@ -141,7 +152,12 @@ impl Report {
             driver: String::new(),
             version: String::new(),
             id_prefix: String::new(),
-            checks: vec![CheckResult { name: name.into(), outcome: Outcome::Fail, detail, elapsed: started.elapsed() }],
+            checks: vec![CheckResult {
+                name: name.into(),
+                outcome: Outcome::Fail,
+                detail,
+                elapsed: started.elapsed(),
+            }],
             elapsed: started.elapsed(),
         }
     }
@@ -169,7 +185,13 @@ impl fmt::Display for Report {
         for c in &self.checks {
             let mut lines = c.detail.lines();
             let first = lines.next().unwrap_or("");
-            writeln!(f, "{:<6} {:<width$} {:>9}  {first}", c.outcome.to_string(), c.name, fmt_duration(c.elapsed))?;
+            writeln!(
+                f,
+                "{:<6} {:<width$} {:>9}  {first}",
+                c.outcome.to_string(),
+                c.name,
+                fmt_duration(c.elapsed)
+            )?;
             for line in lines {
                 writeln!(f, "{:<6} {:<width$} {:>9}  {line}", "", "", "")?;
             }
@@ -227,12 +249,19 @@ pub fn check_wasm_file(path: impl AsRef<Path>, opts: CheckOptions) -> Report {
         Ok(dir) => dir,
         Err(e) => return Report::setup_failure("setup", format!("creating a cache directory: {e}"), started),
     };
-    let tokio = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let tokio = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => return Report::setup_failure("setup", format!("starting tokio: {e}"), started),
     };
     tokio.block_on(async {
-        let runtime = match Runtime::new(RuntimeConfig { cache_dir: cache.path().to_path_buf(), ..Default::default() }) {
+        let runtime = match Runtime::new(RuntimeConfig {
+            cache_dir: cache.path().to_path_buf(),
+            ..Default::default()
+        }) {
             Ok(rt) => rt,
             Err(e) => return Report::setup_failure("setup", format!("starting the driver runtime: {e}"), started),
         };

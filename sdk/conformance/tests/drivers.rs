@@ -37,7 +37,11 @@ fn component(dir: &str, name: &str) -> Vec<u8> {
 }
 
 fn runtime(cache: &Path) -> Runtime {
-    Runtime::new(RuntimeConfig { cache_dir: cache.to_path_buf(), ..Default::default() }).expect("runtime")
+    Runtime::new(RuntimeConfig {
+        cache_dir: cache.to_path_buf(),
+        ..Default::default()
+    })
+    .expect("runtime")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,8 +54,17 @@ async fn local_driver_conforms() {
     assert!(report.passed(), "the local driver must conform:\n{report}");
     assert_eq!(report.driver, "local");
     // Every operation the local driver declares was really exercised, not skipped.
-    for name in ["create-idempotent", "snapshot-create", "create-from-snapshot", "resize", "stats", "attach"] {
-        let check = report.check(name).unwrap_or_else(|| panic!("no check {name}:\n{report}"));
+    for name in [
+        "create-idempotent",
+        "snapshot-create",
+        "create-from-snapshot",
+        "resize",
+        "stats",
+        "attach",
+    ] {
+        let check = report
+            .check(name)
+            .unwrap_or_else(|| panic!("no check {name}:\n{report}"));
         assert_eq!(check.outcome, Outcome::Pass, "{name}: {}", check.detail);
     }
 }
@@ -62,12 +75,20 @@ async fn local_driver_notes_scope_and_snapshot_method() {
     let cache = tempfile::tempdir().unwrap();
     let rt = runtime(cache.path());
     let driver = rt.load_driver(&wasm).await.expect("local loads");
-    let note = |info: &elara_runtime::DriverInfo, key: &str| {
-        info.notes.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
-    };
+    let note =
+        |info: &elara_runtime::DriverInfo, key: &str| info.notes.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
     // Loaded without a pool directory: scope is known, the method depends on the filesystem.
-    assert_eq!(note(driver.info(), "scope").as_deref(), Some("node"), "{:?}", driver.info().notes);
-    assert!(note(driver.info(), "snapshot-method").is_some(), "{:?}", driver.info().notes);
+    assert_eq!(
+        note(driver.info(), "scope").as_deref(),
+        Some("node"),
+        "{:?}",
+        driver.info().notes
+    );
+    assert!(
+        note(driver.info(), "snapshot-method").is_some(),
+        "{:?}",
+        driver.info().notes
+    );
 
     // On a backend the method is decided by the pool's filesystem, and agrees with the host's probe.
     let pool = tempfile::tempdir().unwrap();
@@ -89,7 +110,11 @@ async fn local_driver_notes_scope_and_snapshot_method() {
     let method = note(&info, "snapshot-method").expect("snapshot-method note");
     assert!(method == "reflink" || method == "copy", "snapshot-method is {method:?}");
     let pools = backend.pools().await.expect("pools");
-    let cap = pools[0].capabilities.iter().find(|(k, _)| k == "snapshot-method").map(|(_, v)| v.as_str());
+    let cap = pools[0]
+        .capabilities
+        .iter()
+        .find(|(k, _)| k == "snapshot-method")
+        .map(|(_, v)| v.as_str());
     assert_eq!(cap, Some(method.as_str()), "pool capability and info note agree");
 }
 
@@ -99,26 +124,43 @@ async fn non_idempotent_driver_fails_with_a_readable_report() {
     let cache = tempfile::tempdir().unwrap();
     let pool = tempfile::tempdir().unwrap();
     let rt = runtime(cache.path());
-    let opts = CheckOptions { pool_dir: Some(pool.path().to_path_buf()), ..Default::default() };
+    let opts = CheckOptions {
+        pool_dir: Some(pool.path().to_path_buf()),
+        ..Default::default()
+    };
     let report = run(&rt, &wasm, opts).await.expect("suite runs");
     let text = report.to_string();
     println!("{text}");
-    assert!(!report.passed(), "a driver whose create is not idempotent must not conform:\n{text}");
+    assert!(
+        !report.passed(),
+        "a driver whose create is not idempotent must not conform:\n{text}"
+    );
 
     // The failed check is named, and says what went wrong and what the contract expects.
     // (`create-conflict` fails too: the driver never looks for an existing id.)
     let failed: Vec<&str> = report.failures().map(|c| c.name.as_str()).collect();
     assert!(failed.contains(&"create-idempotent"), "{text}");
-    assert!(failed.iter().all(|f| ["create-idempotent", "create-conflict"].contains(f)), "{text}");
+    assert!(
+        failed
+            .iter()
+            .all(|f| ["create-idempotent", "create-conflict"].contains(f)),
+        "{text}"
+    );
     let check = report.check("create-idempotent").unwrap();
     assert!(check.detail.contains("made a second volume"), "{}", check.detail);
     assert!(check.detail.contains("-vol is listed 2 times"), "{}", check.detail);
     assert!(check.detail.contains("create must be idempotent"), "{}", check.detail);
-    let line = text.lines().find(|l| l.contains("create-idempotent")).expect("a report line for the check");
+    let line = text
+        .lines()
+        .find(|l| l.contains("create-idempotent"))
+        .expect("a report line for the check");
     assert!(line.starts_with("FAIL"), "{line}");
     assert!(text.trim_end().ends_with("DOES NOT CONFORM"), "{text}");
 
     // Everything the suite made was removed, the second volume included.
-    let left: Vec<_> = std::fs::read_dir(pool.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let left: Vec<_> = std::fs::read_dir(pool.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert!(left.is_empty(), "left in the pool: {left:?}");
 }

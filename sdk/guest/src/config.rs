@@ -85,7 +85,10 @@ impl Config {
                 continue;
             }
             if k.required {
-                return Err(DriverError::invalid(&k.name, format!("is required ({})", k.description)));
+                return Err(DriverError::invalid(
+                    &k.name,
+                    format!("is required ({})", k.description),
+                ));
             }
             if let Some(default) = &k.default_value {
                 values.insert(k.name.clone(), default.clone());
@@ -145,7 +148,10 @@ impl Config {
             Some(v) => match v.trim().to_ascii_lowercase().as_str() {
                 "true" | "yes" | "on" | "1" => Ok(Some(true)),
                 "false" | "no" | "off" | "0" => Ok(Some(false)),
-                _ => Err(DriverError::invalid(key, format!("{v:?} is not a boolean: use true or false"))),
+                _ => Err(DriverError::invalid(
+                    key,
+                    format!("{v:?} is not a boolean: use true or false"),
+                )),
             },
         }
     }
@@ -154,7 +160,9 @@ impl Config {
     pub fn size(&self, key: &str) -> Result<Option<u64>, DriverError> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => parse_size(v).map(Some).map_err(|e| DriverError::invalid(key, e.to_string())),
+            Some(v) => parse_size(v)
+                .map(Some)
+                .map_err(|e| DriverError::invalid(key, e.to_string())),
         }
     }
 
@@ -233,7 +241,10 @@ mod tests {
 
     #[test]
     fn rejects_unknown_missing_and_bad_values() {
-        assert_eq!(field(Config::parse(pairs(&[("endpoint", "x"), ("colour", "red")]), &keys()).unwrap_err()), "colour");
+        assert_eq!(
+            field(Config::parse(pairs(&[("endpoint", "x"), ("colour", "red")]), &keys()).unwrap_err()),
+            "colour"
+        );
         assert_eq!(field(Config::parse(pairs(&[]), &keys()).unwrap_err()), "endpoint");
         let c = Config::parse(pairs(&[("endpoint", "x"), ("retries", "many")]), &keys()).unwrap();
         assert_eq!(field(c.u64("retries").unwrap_err()), "retries");

@@ -25,7 +25,10 @@ impl DriverError {
     /// An input was rejected: `field` as the user knows it (`size`, a config key, ...) and why,
     /// in words the user can act on (HTTP 400).
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        DriverError::Invalid(InvalidField { field: field.into(), reason: reason.into() })
+        DriverError::Invalid(InvalidField {
+            field: field.into(),
+            reason: reason.into(),
+        })
     }
 
     /// The driver or its backing storage cannot do this (HTTP 501).

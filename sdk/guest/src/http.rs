@@ -38,13 +38,22 @@ pub enum HttpError {
     Unreachable { url: String, reason: String },
     /// The server answered with a non-success status (see [`Response::error_for_status`]).
     #[error("{method} {url} returned HTTP {status}: {body}")]
-    Status { method: String, url: String, status: u16, body: String },
+    Status {
+        method: String,
+        url: String,
+        status: u16,
+        body: String,
+    },
     /// The request or response body could not be encoded or decoded as JSON.
     #[error("JSON: {0}")]
     Json(String),
     /// Any other failure of the transfer.
     #[error("{method} {url}: {reason}")]
-    Transfer { method: String, url: String, reason: String },
+    Transfer {
+        method: String,
+        url: String,
+        reason: String,
+    },
 }
 
 impl HttpError {
@@ -214,11 +223,22 @@ impl RequestBuilder {
         let headers = response
             .headers()
             .iter()
-            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
             .collect();
         let mut body = response.into_body();
         let body = body.contents().await.map_err(|e| classify(&method, &url, e))?.to_vec();
-        Ok(Response { status, headers, body, method, url })
+        Ok(Response {
+            status,
+            headers,
+            body,
+            method,
+            url,
+        })
     }
 
     fn build(&self) -> Result<Request<Body>, HttpError> {
@@ -227,10 +247,10 @@ impl RequestBuilder {
             url: self.url.clone(),
             reason: format!("invalid method: {e}"),
         })?;
-        let uri: wstd::http::Uri = self
-            .url
-            .parse()
-            .map_err(|e| HttpError::InvalidUrl { url: self.url.clone(), reason: format!("{e}") })?;
+        let uri: wstd::http::Uri = self.url.parse().map_err(|e| HttpError::InvalidUrl {
+            url: self.url.clone(),
+            reason: format!("{e}"),
+        })?;
         if uri.scheme().is_none() || uri.authority().is_none() {
             return Err(HttpError::InvalidUrl {
                 url: self.url.clone(),
@@ -240,21 +260,32 @@ impl RequestBuilder {
         let mut builder = Request::builder().method(method).uri(uri);
         // Without a length the body goes out chunked, and some servers (Cinder's eventlet WSGI)
         // then read it as empty.
-        if !self.body.is_empty() && !self.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("content-length")) {
+        if !self.body.is_empty()
+            && !self
+                .headers
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+        {
             builder = builder.header("content-length", self.body.len());
         }
         for (name, value) in &self.headers {
-            let n = wstd::http::HeaderName::from_bytes(name.as_bytes())
-                .map_err(|e| HttpError::InvalidHeader { name: name.clone(), reason: e.to_string() })?;
-            let v = wstd::http::HeaderValue::from_str(value)
-                .map_err(|e| HttpError::InvalidHeader { name: name.clone(), reason: e.to_string() })?;
+            let n = wstd::http::HeaderName::from_bytes(name.as_bytes()).map_err(|e| HttpError::InvalidHeader {
+                name: name.clone(),
+                reason: e.to_string(),
+            })?;
+            let v = wstd::http::HeaderValue::from_str(value).map_err(|e| HttpError::InvalidHeader {
+                name: name.clone(),
+                reason: e.to_string(),
+            })?;
             builder = builder.header(n, v);
         }
-        builder.body(Body::from(self.body.clone())).map_err(|e| HttpError::Transfer {
-            method: self.method.clone(),
-            url: self.url.clone(),
-            reason: e.to_string(),
-        })
+        builder
+            .body(Body::from(self.body.clone()))
+            .map_err(|e| HttpError::Transfer {
+                method: self.method.clone(),
+                url: self.url.clone(),
+                reason: e.to_string(),
+            })
     }
 }
 
@@ -293,7 +324,11 @@ pub fn send_all(requests: Vec<RequestBuilder>, limit: usize) -> Vec<Result<Respo
             worker.await;
         }
     });
-    results.take().into_iter().map(|r| r.expect("every request was sent")).collect()
+    results
+        .take()
+        .into_iter()
+        .map(|r| r.expect("every request was sent"))
+        .collect()
 }
 
 /// Sort a wasi:http failure into denied / unreachable / other.
@@ -324,8 +359,15 @@ fn classify(method: &str, url: &str, e: wstd::http::Error) -> HttpError {
             | ErrorCode::ConnectionLimitReached
             | ErrorCode::TlsProtocolError
             | ErrorCode::HttpResponseTimeout,
-        ) => HttpError::Unreachable { url: url.to_string(), reason },
-        _ => HttpError::Transfer { method: method.to_string(), url: url.to_string(), reason },
+        ) => HttpError::Unreachable {
+            url: url.to_string(),
+            reason,
+        },
+        _ => HttpError::Transfer {
+            method: method.to_string(),
+            url: url.to_string(),
+            reason,
+        },
     }
 }
 
@@ -348,7 +390,10 @@ impl Response {
 
     /// The first header named `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     /// The body as text (invalid UTF-8 replaced).
@@ -375,7 +420,12 @@ impl Response {
             body.truncate(cut);
             body.push_str("...");
         }
-        Err(HttpError::Status { method: self.method, url: self.url, status: self.status, body })
+        Err(HttpError::Status {
+            method: self.method,
+            url: self.url,
+            status: self.status,
+            body,
+        })
     }
 }
 

@@ -65,9 +65,7 @@ pub mod types {
 /// Powers the host lends to a driver, scoped to the backend's pool directory (seen as `/pool`).
 /// Paths are relative to the pool directory.
 pub mod host {
-    pub use crate::bindings::elara::driver::host::{
-        CopyMethod, FsStats, allocated_bytes, clone_file, pool_stats,
-    };
+    pub use crate::bindings::elara::driver::host::{CopyMethod, FsStats, allocated_bytes, clone_file, pool_stats};
 }
 
 /// The trait a driver implements: one function per export of the `driver` interface.

@@ -15,7 +15,10 @@ pub fn check_id(field: &str, id: &str) -> Result<(), DriverError> {
     if id.starts_with('.') {
         return Err(DriverError::invalid(field, "must not start with '.'"));
     }
-    if let Some(c) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
         return Err(DriverError::invalid(
             field,
             format!("contains {c:?}: only letters, digits, '-', '_' and '.' are allowed"),

@@ -21,7 +21,11 @@ use crate::types::{ConfigKey, DriverError, VolumeSpec};
 pub fn config_keys() -> Vec<ConfigKey> {
     vec![
         ConfigKey::optional("pool", "name of the pool this backend reports", Some("default")),
-        ConfigKey::optional("reserved_percentage", "share of the pool's space kept free for other uses, 0-100", Some("0")),
+        ConfigKey::optional(
+            "reserved_percentage",
+            "share of the pool's space kept free for other uses, 0-100",
+            Some("0"),
+        ),
         ConfigKey::optional(
             "max_over_subscription_ratio",
             "how far thin volumes may over-commit the pool: a number >= 1.0, or `auto`",
@@ -46,7 +50,10 @@ impl PoolSettings {
         check_id("pool", &name)?;
         let reserved = cfg.u64("reserved_percentage")?.unwrap_or(0);
         if reserved > 100 {
-            return Err(DriverError::invalid("reserved_percentage", format!("{reserved} is not between 0 and 100")));
+            return Err(DriverError::invalid(
+                "reserved_percentage",
+                format!("{reserved} is not between 0 and 100"),
+            ));
         }
         let ratio = cfg.required("max_over_subscription_ratio")?.trim().to_string();
         if ratio != "auto" && cfg.f64("max_over_subscription_ratio")?.unwrap_or(0.0) < 1.0 {
@@ -55,7 +62,11 @@ impl PoolSettings {
                 format!("{ratio} is below 1.0: use a number >= 1.0 or `auto`"),
             ));
         }
-        Ok(PoolSettings { name, reserved_percentage: reserved as u8, max_over_subscription_ratio: ratio })
+        Ok(PoolSettings {
+            name,
+            reserved_percentage: reserved as u8,
+            max_over_subscription_ratio: ratio,
+        })
     }
 
     /// What every create checks: a usable id, a size above 0, this pool, and no QoS limits
@@ -68,10 +79,17 @@ impl PoolSettings {
         if spec.pool != self.name {
             return Err(DriverError::invalid(
                 "pool",
-                format!("unknown pool {:?}: this backend has the pool {:?}", spec.pool, self.name),
+                format!(
+                    "unknown pool {:?}: this backend has the pool {:?}",
+                    spec.pool, self.name
+                ),
             ));
         }
-        if spec.qos.as_ref().is_some_and(|q| q.iops.is_some() || q.bandwidth_bytes_per_sec.is_some()) {
+        if spec
+            .qos
+            .as_ref()
+            .is_some_and(|q| q.iops.is_some() || q.bandwidth_bytes_per_sec.is_some())
+        {
             return Err(DriverError::unsupported(qos_unsupported));
         }
         Ok(())

@@ -47,7 +47,9 @@ pub fn parse_size(text: &str) -> Result<u64, SizeError> {
     };
     let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
     let whole: u128 = whole.parse().map_err(|_| SizeError::Overflow(text.to_string()))?;
-    let mut bytes = whole.checked_mul(multiplier).ok_or_else(|| SizeError::Overflow(text.to_string()))?;
+    let mut bytes = whole
+        .checked_mul(multiplier)
+        .ok_or_else(|| SizeError::Overflow(text.to_string()))?;
     if !frac.is_empty() {
         // Up to 18 fractional digits are kept exactly; more would not change a byte count.
         let digits = &frac[..frac.len().min(18)];
@@ -61,8 +63,13 @@ pub fn parse_size(text: &str) -> Result<u64, SizeError> {
 /// Format bytes with the largest 1024-based unit that divides them exactly (`10GiB`, `1536MiB`),
 /// or as plain bytes.
 pub fn format_size(bytes: u64) -> String {
-    const UNITS: [(&str, u64); 5] =
-        [("PiB", 1 << 50), ("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    const UNITS: [(&str, u64); 5] = [
+        ("PiB", 1 << 50),
+        ("TiB", 1 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+    ];
     for (name, unit) in UNITS {
         if bytes >= unit && bytes.is_multiple_of(unit) {
             return format!("{}{name}", bytes / unit);

@@ -47,7 +47,8 @@ impl Signer<'_> {
         headers: &[(String, String)],
         payload: Payload<'_>,
     ) -> Result<Vec<(String, String)>, String> {
-        let identity = aws_credential_types::Credentials::new(self.access_key, self.secret_key, None, None, "elara").into();
+        let identity =
+            aws_credential_types::Credentials::new(self.access_key, self.secret_key, None, None, "elara").into();
         let mut settings = SigningSettings::default();
         settings.percent_encoding_mode = PercentEncodingMode::Single;
         settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
@@ -68,7 +69,10 @@ impl Signer<'_> {
         let signable = SignableRequest::new(method, url, headers.iter().map(|(k, v)| (k.as_str(), v.as_str())), body)
             .map_err(|e| e.to_string())?;
         let (instructions, _) = sign(signable, &params).map_err(|e| e.to_string())?.into_parts();
-        Ok(instructions.headers().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+        Ok(instructions
+            .headers()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect())
     }
 }
 
@@ -106,7 +110,9 @@ pub struct ListBucketResult {
 impl ListBucketResult {
     /// The token for the next page, if there is one.
     pub fn next_page(&self) -> Option<&str> {
-        self.next_continuation_token.as_deref().filter(|t| self.is_truncated && !t.is_empty())
+        self.next_continuation_token
+            .as_deref()
+            .filter(|t| self.is_truncated && !t.is_empty())
     }
 }
 
@@ -130,19 +136,42 @@ mod tests {
              <Contents><Key>a/b</Key><Size>5</Size></Contents></ListBucketResult>",
         )
         .unwrap();
-        assert_eq!((page.contents[0].key.as_str(), page.contents[0].size, page.next_page()), ("a/b", 5, Some("t1")));
-        let e = ErrorDoc::parse(b"<Error><Code>NoSuchBucket</Code><Message>gone</Message><BucketName>b</BucketName></Error>");
-        assert_eq!((e.code.as_str(), e.message.as_str(), e.bucket_name.as_deref()), ("NoSuchBucket", "gone", Some("b")));
+        assert_eq!(
+            (page.contents[0].key.as_str(), page.contents[0].size, page.next_page()),
+            ("a/b", 5, Some("t1"))
+        );
+        let e = ErrorDoc::parse(
+            b"<Error><Code>NoSuchBucket</Code><Message>gone</Message><BucketName>b</BucketName></Error>",
+        );
+        assert_eq!(
+            (e.code.as_str(), e.message.as_str(), e.bucket_name.as_deref()),
+            ("NoSuchBucket", "gone", Some("b"))
+        );
         assert!(ErrorDoc::parse(b"").code.is_empty());
     }
 
     #[test]
     fn signs_with_the_content_hash() {
-        let s = Signer { access_key: "AK", secret_key: "SK", region: "us-east-1" };
-        let h = s.headers("PUT", "http://127.0.0.1:1/b/k", &[], Payload::Bytes(b"x")).unwrap();
+        let s = Signer {
+            access_key: "AK",
+            secret_key: "SK",
+            region: "us-east-1",
+        };
+        let h = s
+            .headers("PUT", "http://127.0.0.1:1/b/k", &[], Payload::Bytes(b"x"))
+            .unwrap();
         let names: Vec<&str> = h.iter().map(|(k, _)| k.as_str()).collect();
-        assert!(names.contains(&"authorization") && names.contains(&"x-amz-content-sha256"), "{names:?}");
-        let u = s.headers("GET", "http://127.0.0.1:1/b/k", &[], Payload::Unsigned).unwrap();
-        assert!(u.iter().any(|(k, v)| k == "x-amz-content-sha256" && v == "UNSIGNED-PAYLOAD"), "{u:?}");
+        assert!(
+            names.contains(&"authorization") && names.contains(&"x-amz-content-sha256"),
+            "{names:?}"
+        );
+        let u = s
+            .headers("GET", "http://127.0.0.1:1/b/k", &[], Payload::Unsigned)
+            .unwrap();
+        assert!(
+            u.iter()
+                .any(|(k, v)| k == "x-amz-content-sha256" && v == "UNSIGNED-PAYLOAD"),
+            "{u:?}"
+        );
     }
 }

@@ -11,9 +11,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
+use crate::api::rest::Body;
 use crate::backup::progress::ProgressView;
 use crate::backup::records::{BackupRecord, BadBlock, TargetLocation, TargetRecord, VerifyReport};
-use crate::api::rest::Body;
 use crate::error::{ApiResult, ErrorBody};
 use crate::ops::Shared;
 use crate::ops::backups::{self, AddTarget, CreateBackup, JobView, RestoreBackup};
@@ -21,8 +21,32 @@ use crate::ops::backups::{self, AddTarget, CreateBackup, JobView, RestoreBackup}
 /// The backup endpoints' part of the OpenAPI document (merged into `/openapi.json`).
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    paths(list_targets, add_target, get_target, remove_target, list_backups, create_backup, get_backup, delete_backup, restore_backup, verify_backup, get_job),
-    components(schemas(TargetRecord, TargetLocation, AddTarget, BackupRecord, CreateBackup, RestoreBackup, JobView, ProgressView, VerifyReport, BadBlock, ErrorBody))
+    paths(
+        list_targets,
+        add_target,
+        get_target,
+        remove_target,
+        list_backups,
+        create_backup,
+        get_backup,
+        delete_backup,
+        restore_backup,
+        verify_backup,
+        get_job
+    ),
+    components(schemas(
+        TargetRecord,
+        TargetLocation,
+        AddTarget,
+        BackupRecord,
+        CreateBackup,
+        RestoreBackup,
+        JobView,
+        ProgressView,
+        VerifyReport,
+        BadBlock,
+        ErrorBody
+    ))
 )]
 pub struct BackupApi;
 
@@ -43,7 +67,10 @@ async fn list_targets(State(s): State<Shared>) -> ApiResult<Json<Vec<TargetRecor
 }
 
 #[utoipa::path(post, path = "/v1/backup-targets", request_body = AddTarget, responses((status = 201, body = TargetRecord), (status = 400, body = ErrorBody)))]
-async fn add_target(State(s): State<Shared>, Body(req): Body<AddTarget>) -> ApiResult<(StatusCode, Json<TargetRecord>)> {
+async fn add_target(
+    State(s): State<Shared>,
+    Body(req): Body<AddTarget>,
+) -> ApiResult<(StatusCode, Json<TargetRecord>)> {
     Ok((StatusCode::CREATED, Json(s.add_backup_target(req).await?)))
 }
 
@@ -70,12 +97,19 @@ async fn list_backups(State(s): State<Shared>, Query(f): Query<BackupFilter>) ->
 }
 
 fn job_status(j: &JobView) -> StatusCode {
-    if j.state == "running" { StatusCode::ACCEPTED } else { StatusCode::OK }
+    if j.state == "running" {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    }
 }
 
 /// Start a backup: 202 with the job to poll (`GET /v1/backup-jobs/{id}`), or 200 when `wait` and done.
 #[utoipa::path(post, path = "/v1/backups", request_body = CreateBackup, responses((status = 202, body = JobView), (status = 200, body = JobView), (status = 400, body = ErrorBody)))]
-async fn create_backup(State(s): State<Shared>, Body(req): Body<CreateBackup>) -> ApiResult<(StatusCode, Json<JobView>)> {
+async fn create_backup(
+    State(s): State<Shared>,
+    Body(req): Body<CreateBackup>,
+) -> ApiResult<(StatusCode, Json<JobView>)> {
     let j = backups::start_backup(s, req).await?;
     Ok((job_status(&j), Json(j)))
 }
@@ -92,7 +126,11 @@ async fn delete_backup(State(s): State<Shared>, Path(id): Path<String>) -> ApiRe
 }
 
 #[utoipa::path(post, path = "/v1/backups/{id}/restore", request_body = RestoreBackup, responses((status = 202, body = JobView), (status = 200, body = JobView)))]
-async fn restore_backup(State(s): State<Shared>, Path(id): Path<String>, Body(req): Body<RestoreBackup>) -> ApiResult<(StatusCode, Json<JobView>)> {
+async fn restore_backup(
+    State(s): State<Shared>,
+    Path(id): Path<String>,
+    Body(req): Body<RestoreBackup>,
+) -> ApiResult<(StatusCode, Json<JobView>)> {
     let j = backups::start_restore(s, id, req).await?;
     Ok((job_status(&j), Json(j)))
 }
@@ -104,7 +142,11 @@ struct VerifyRequest {
 }
 
 #[utoipa::path(post, path = "/v1/backups/{id}/verify", responses((status = 202, body = JobView), (status = 200, body = JobView)))]
-async fn verify_backup(State(s): State<Shared>, Path(id): Path<String>, Body(req): Body<Option<VerifyRequest>>) -> ApiResult<(StatusCode, Json<JobView>)> {
+async fn verify_backup(
+    State(s): State<Shared>,
+    Path(id): Path<String>,
+    Body(req): Body<Option<VerifyRequest>>,
+) -> ApiResult<(StatusCode, Json<JobView>)> {
     let j = backups::start_verify(s, id, req.unwrap_or_default().wait).await?;
     Ok((job_status(&j), Json(j)))
 }

@@ -127,10 +127,7 @@ impl Listener {
 
     /// Serve at once; volume calls wait until the daemon is sent on the returned channel. Also
     /// runs the reclaim sweep once the daemon is ready.
-    pub fn start(
-        self,
-        stop: watch::Receiver<bool>,
-    ) -> (Ready, tokio::task::JoinHandle<anyhow::Result<()>>) {
+    pub fn start(self, stop: watch::Receiver<bool>) -> (Ready, tokio::task::JoinHandle<anyhow::Result<()>>) {
         let ready = self.ready;
         let app = router(self.state.clone());
         let path = self.path.clone();
@@ -255,17 +252,19 @@ pub fn create_request(name: &str, opts: &BTreeMap<String, String>) -> ApiResult<
             // `-o spec='iops>=1000'`; several specs separated by `;`.
             "spec" => {
                 for one in v.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-                    let (sk, sv) = elara_scheduler::parse_spec_arg(one)
-                        .map_err(|e| ApiError::invalid("spec", e.to_string()))?;
+                    let (sk, sv) =
+                        elara_scheduler::parse_spec_arg(one).map_err(|e| ApiError::invalid("spec", e.to_string()))?;
                     req.specs.insert(sk, sv);
                 }
             }
             "fs" => req.fs = Some(v.clone()),
             "snapshot" => req.snapshot = Some(v.clone()),
             "iops" => {
-                req.iops = Some(v.trim().parse().map_err(|_| {
-                    ApiError::invalid("iops", format!("{v:?} is not a whole number"))
-                })?)
+                req.iops = Some(
+                    v.trim()
+                        .parse()
+                        .map_err(|_| ApiError::invalid("iops", format!("{v:?} is not a whole number")))?,
+                )
             }
             "labels" => {
                 for pair in v.split(',').filter(|p| !p.is_empty()) {
@@ -279,10 +278,7 @@ pub fn create_request(name: &str, opts: &BTreeMap<String, String>) -> ApiResult<
             other => {
                 return Err(ApiError::invalid(
                     other,
-                    format!(
-                        "unknown option {other:?}; elara accepts {}",
-                        OPTIONS.join(", ")
-                    ),
+                    format!("unknown option {other:?}; elara accepts {}", OPTIONS.join(", ")),
                 ));
             }
         }
@@ -313,13 +309,11 @@ async fn create(State(state): State<PluginState>, body: Bytes) -> Response {
     match s.create_volume(create).await {
         Ok(_) => ok(),
         // An attempt running at the same time made the record first: its outcome is ours.
-        Err(e) if e.status == 409 && e.field.as_deref() == Some("name") => {
-            match settled(&s, &req.name).await {
-                Ok(Some(v)) => earlier_attempt(&v),
-                Ok(None) => err(e),
-                Err(e) => err(e),
-            }
-        }
+        Err(e) if e.status == 409 && e.field.as_deref() == Some("name") => match settled(&s, &req.name).await {
+            Ok(Some(v)) => earlier_attempt(&v),
+            Ok(None) => err(e),
+            Err(e) => err(e),
+        },
         Err(e) => err(e),
     }
 }
@@ -349,14 +343,9 @@ fn earlier_attempt(v: &VolumeRecord) -> Response {
 async fn settled(s: &Shared, name: &str) -> ApiResult<Option<VolumeRecord>> {
     let deadline = tokio::time::Instant::now() + RETRY_WAIT;
     loop {
-        let v = s
-            .get::<VolumeRecord>(&keys::volume(name))
-            .await?
-            .map(|r| r.value);
+        let v = s.get::<VolumeRecord>(&keys::volume(name)).await?.map(|r| r.value);
         match v {
-            Some(v)
-                if v.state == VolumeState::Creating && tokio::time::Instant::now() < deadline =>
-            {
+            Some(v) if v.state == VolumeState::Creating && tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             other => return Ok(other),
@@ -422,10 +411,7 @@ fn mountpoint(att: Option<&AttachmentRecord>) -> String {
 fn created_at(secs: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(secs)
         .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
         .unwrap_or_default()
 }
 
@@ -454,11 +440,7 @@ async fn get(State(state): State<PluginState>, body: Bytes) -> Response {
         Ok(x) => x,
         Err(e) => return e,
     };
-    let rec = match s
-        .store
-        .get_json::<VolumeRecord>(&keys::volume(&req.name))
-        .await
-    {
+    let rec = match s.store.get_json::<VolumeRecord>(&keys::volume(&req.name)).await {
         Ok(Some(r)) => r.value,
         Ok(None) => return err(format!("volume {:?} does not exist", req.name)),
         Err(e) => return err(ApiError::from(e)),
@@ -511,9 +493,7 @@ async fn list(State(state): State<PluginState>, body: Bytes) -> Response {
     };
     let (vols, atts) = match (
         s.listed_volumes().await,
-        s.store
-            .list_json::<AttachmentRecord>(&keys::all_attachments())
-            .await,
+        s.store.list_json::<AttachmentRecord>(&keys::all_attachments()).await,
     ) {
         (Ok(v), Ok(a)) => (v, a),
         (Err(e), _) => return err(e),
@@ -545,10 +525,7 @@ async fn reclaim_volume(s: &Shared, name: &str, cutoff: Option<i64>) -> ApiResul
         return Ok(0);
     };
     // A failed attachment (its helper died) is reclaimed like a working one.
-    if !matches!(
-        att.state,
-        AttachmentState::Attached | AttachmentState::Failed
-    ) {
+    if !matches!(att.state, AttachmentState::Attached | AttachmentState::Failed) {
         return Ok(0);
     }
     let stale: Vec<String> = att
@@ -633,10 +610,7 @@ const RECLAIM_PARALLEL: usize = 8;
 /// the others.
 pub async fn reclaim_once(s: &Shared, grace: i64) -> ApiResult<usize> {
     use futures::StreamExt;
-    let atts = s
-        .store
-        .list_json::<AttachmentRecord>(&keys::all_attachments())
-        .await?;
+    let atts = s.store.list_json::<AttachmentRecord>(&keys::all_attachments()).await?;
     let cutoff = now() - grace;
     let due: Vec<String> = atts
         .into_iter()
@@ -674,4 +648,3 @@ pub async fn reclaim_once(s: &Shared, grace: i64) -> ApiResult<usize> {
     }
     Ok(reclaimed)
 }
-

@@ -98,9 +98,7 @@ pub fn router(state: Shared) -> Router {
     Router::new()
         .route(
             "/openapi.json",
-            get(|| async {
-                Json(ApiDoc::openapi().merge_from(super::backups::BackupApi::openapi()))
-            }),
+            get(|| async { Json(ApiDoc::openapi().merge_from(super::backups::BackupApi::openapi())) }),
         )
         .route("/v1/health", get(health))
         .route("/v1/ready", get(health))
@@ -112,23 +110,20 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/volumes/{name}/unmount", post(unmount_volume))
         .route("/v1/volumes/{name}/resize", post(resize_volume))
         .route("/v1/snapshots", get(list_snapshots).post(create_snapshot))
-        .route(
-            "/v1/snapshots/{name}",
-            get(get_snapshot).delete(delete_snapshot),
-        )
+        .route("/v1/snapshots/{name}", get(get_snapshot).delete(delete_snapshot))
         .route("/v1/snapshots/{name}/restore", post(restore_snapshot))
         // Real components (debug builds, interpreted languages) are far over the 2 MB default.
         .route(
             "/v1/drivers",
-            get(list_drivers).post(install_driver).layer(axum::extract::DefaultBodyLimit::max(MAX_DRIVER_BYTES)),
+            get(list_drivers)
+                .post(install_driver)
+                .layer(axum::extract::DefaultBodyLimit::max(MAX_DRIVER_BYTES)),
         )
         .route("/v1/drivers/{name}", get(get_driver).delete(remove_driver))
         .route("/v1/backends", get(list_backends).post(add_backend))
         .route(
             "/v1/backends/{name}",
-            get(get_backend)
-                .patch(update_backend)
-                .delete(remove_backend),
+            get(get_backend).patch(update_backend).delete(remove_backend),
         )
         .route("/v1/nodes", get(list_nodes).post(register_node))
         .route("/v1/nodes/{name}", get(get_node).delete(unregister_node))
@@ -156,11 +151,7 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<
         let de = &mut serde_json::Deserializer::from_slice(&bytes);
         serde_path_to_error::deserialize(de).map(Body).map_err(|e| {
             let path = e.path().to_string();
-            let field = if path == "." {
-                "body".to_string()
-            } else {
-                path
-            };
+            let field = if path == "." { "body".to_string() } else { path };
             ApiError::invalid(&field, e.inner().to_string())
         })
     }
@@ -241,10 +232,7 @@ pub struct VolumeFilter {
 }
 
 #[utoipa::path(get, path = "/v1/volumes", params(VolumeFilter), responses((status = 200, body = Vec<VolumeView>)))]
-async fn list_volumes(
-    State(s): State<Shared>,
-    Query(f): Query<VolumeFilter>,
-) -> ApiResult<Json<Vec<VolumeView>>> {
+async fn list_volumes(State(s): State<Shared>, Query(f): Query<VolumeFilter>) -> ApiResult<Json<Vec<VolumeView>>> {
     let labels = f
         .label
         .as_deref()
@@ -266,10 +254,7 @@ async fn create_volume(
 }
 
 #[utoipa::path(get, path = "/v1/volumes/{name}", responses((status = 200, body = VolumeView), (status = 404, body = ErrorBody)))]
-async fn get_volume(
-    State(s): State<Shared>,
-    Path(name): Path<String>,
-) -> ApiResult<Json<VolumeView>> {
+async fn get_volume(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult<Json<VolumeView>> {
     Ok(Json(s.volume(&name).await?))
 }
 
@@ -371,18 +356,12 @@ async fn create_snapshot(
 }
 
 #[utoipa::path(get, path = "/v1/snapshots/{name}", responses((status = 200, body = SnapshotRecord)))]
-async fn get_snapshot(
-    State(s): State<Shared>,
-    Path(name): Path<String>,
-) -> ApiResult<Json<SnapshotRecord>> {
+async fn get_snapshot(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult<Json<SnapshotRecord>> {
     Ok(Json(s.snapshot(&name).await?))
 }
 
 #[utoipa::path(delete, path = "/v1/snapshots/{name}", responses((status = 204)))]
-async fn delete_snapshot(
-    State(s): State<Shared>,
-    Path(name): Path<String>,
-) -> ApiResult<StatusCode> {
+async fn delete_snapshot(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult<StatusCode> {
     s.delete_snapshot(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -445,10 +424,7 @@ async fn install_driver(
 }
 
 #[utoipa::path(get, path = "/v1/drivers/{name}", responses((status = 200, body = DriverRecord)))]
-async fn get_driver(
-    State(s): State<Shared>,
-    Path(name): Path<String>,
-) -> ApiResult<Json<DriverRecord>> {
+async fn get_driver(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult<Json<DriverRecord>> {
     Ok(Json(s.driver_record(&name).await?))
 }
 
@@ -474,10 +450,7 @@ async fn add_backend(
 }
 
 #[utoipa::path(get, path = "/v1/backends/{name}", responses((status = 200, body = BackendRecord)))]
-async fn get_backend(
-    State(s): State<Shared>,
-    Path(name): Path<String>,
-) -> ApiResult<Json<BackendRecord>> {
+async fn get_backend(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult<Json<BackendRecord>> {
     Ok(Json(s.backend_view(&name).await?))
 }
 
@@ -492,10 +465,7 @@ async fn update_backend(
 }
 
 #[utoipa::path(delete, path = "/v1/backends/{name}", responses((status = 204), (status = 409, body = ErrorBody)))]
-async fn remove_backend(
-    State(s): State<Shared>,
-    Path(name): Path<String>,
-) -> ApiResult<StatusCode> {
+async fn remove_backend(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult<StatusCode> {
     s.remove_backend(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -521,19 +491,12 @@ async fn register_node(
 /// `self` names the node that serves the request.
 #[utoipa::path(get, path = "/v1/nodes/{name}", responses((status = 200, body = NodeView)))]
 async fn get_node(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult<Json<NodeView>> {
-    let name = if name == "self" {
-        s.node().to_string()
-    } else {
-        name
-    };
+    let name = if name == "self" { s.node().to_string() } else { name };
     Ok(Json(s.node_view(&name).await?))
 }
 
 #[utoipa::path(delete, path = "/v1/nodes/{name}", responses((status = 204)))]
-async fn unregister_node(
-    State(s): State<Shared>,
-    Path(name): Path<String>,
-) -> ApiResult<StatusCode> {
+async fn unregister_node(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult<StatusCode> {
     s.unregister_node(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -590,10 +553,7 @@ async fn create_type(
 }
 
 #[utoipa::path(get, path = "/v1/types/{name}", responses((status = 200, body = VolumeTypeRecord)))]
-async fn get_type(
-    State(s): State<Shared>,
-    Path(name): Path<String>,
-) -> ApiResult<Json<VolumeTypeRecord>> {
+async fn get_type(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult<Json<VolumeTypeRecord>> {
     Ok(Json(s.get_type(&name).await?))
 }
 

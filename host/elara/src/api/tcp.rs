@@ -42,7 +42,9 @@ pub async fn serve(addr: SocketAddr, cfg: Config, app: Router, mut stop: watch::
         }
         _ => anyhow::bail!("--listen needs --tls-cert and --tls-key, or --insecure-tcp"),
     };
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
     let slots = Arc::new(Semaphore::new(cfg.tcp_max_connections));
     let timeout = std::time::Duration::from_secs(cfg.tcp_header_timeout_secs);
     tracing::info!(%addr, tls = tls.is_some(), max_connections = cfg.tcp_max_connections, "REST API on TCP");
@@ -116,11 +118,25 @@ fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
 
 async fn check_token(expected: &str, req: Request, next: Next) -> Response {
     use axum::response::IntoResponse;
-    let given = req.headers().get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let given = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     // Constant-time comparison of the whole header.
-    let ok = given.len() == expected.len() && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    let ok = given.len() == expected.len()
+        && given
+            .bytes()
+            .zip(expected.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
     if !ok {
-        return ApiError::new(401, "unauthorized", "a valid `Authorization: Bearer <token>` header is required").into_response();
+        return ApiError::new(
+            401,
+            "unauthorized",
+            "a valid `Authorization: Bearer <token>` header is required",
+        )
+        .into_response();
     }
     next.run(req).await
 }

@@ -32,18 +32,10 @@ pub struct Opened {
 
 /// Open `rel` beneath `root` as `kind`: relative, no `..` out, no symlinks, on `root`'s file
 /// system. `writable` opens a file read-write (a directory is opened `O_PATH`).
-pub fn open(
-    root: &Path,
-    rel: &str,
-    field: &'static str,
-    kind: Kind,
-    writable: bool,
-) -> Result<Opened> {
+pub fn open(root: &Path, rel: &str, field: &'static str, kind: Kind, writable: bool) -> Result<Opened> {
     let bad = |reason: String| AttachError::BadConnection { field, reason };
     if rel.is_empty() || Path::new(rel).is_absolute() {
-        return Err(bad(format!(
-            "{rel:?} must be a relative path inside the pool dir"
-        )));
+        return Err(bad(format!("{rel:?} must be a relative path inside the pool dir")));
     }
     let root_fd = nix::fcntl::open(
         root,
@@ -57,17 +49,13 @@ pub fn open(
         (Kind::File, true) => OFlag::O_RDWR | OFlag::O_NOCTTY,
         (Kind::File, false) => OFlag::O_RDONLY | OFlag::O_NOCTTY,
     } | OFlag::O_CLOEXEC;
-    let how = OpenHow::new().flags(flags).resolve(
-        ResolveFlag::RESOLVE_BENEATH
-            | ResolveFlag::RESOLVE_NO_SYMLINKS
-            | ResolveFlag::RESOLVE_NO_MAGICLINKS,
-    );
+    let how = OpenHow::new()
+        .flags(flags)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS);
     let fd = openat2(&root_fd, rel, how).map_err(|e| match e {
         nix::Error::ELOOP => bad(format!("{rel:?} is or passes through a symlink")),
         nix::Error::EXDEV => bad(format!("{rel:?} leads outside the pool dir")),
-        nix::Error::ENOTDIR if kind == Kind::Directory => {
-            bad(format!("{rel:?} is not a directory"))
-        }
+        nix::Error::ENOTDIR if kind == Kind::Directory => bad(format!("{rel:?} is not a directory")),
         e => AttachError::io("open", &root.join(rel), e.into()),
     })?;
     let file = std::fs::File::from(fd);
@@ -87,12 +75,8 @@ pub fn open(
             "{rel:?} is on another file system than the pool dir (a mount inside it?)"
         )));
     }
-    let path = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
-        .unwrap_or_else(|_| root.join(rel));
-    Ok(Opened {
-        fd: file.into(),
-        path,
-    })
+    let path = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).unwrap_or_else(|_| root.join(rel));
+    Ok(Opened { fd: file.into(), path })
 }
 
 /// The `/proc/self/fd/N` name of an fd: what `mount(2)` resolves to exactly that open file.
@@ -104,9 +88,7 @@ pub fn proc_path(fd: &impl AsFd) -> PathBuf {
 /// path. The caller serialises calls (two at once could pick the same free device; the loser
 /// sees EBUSY and tries the next).
 pub fn loop_configure(file: &OwnedFd, read_only: bool) -> Result<PathBuf> {
-    use linux_raw_sys::loop_device::{
-        LO_FLAGS_READ_ONLY, LOOP_CONFIGURE, LOOP_CTL_GET_FREE, loop_config,
-    };
+    use linux_raw_sys::loop_device::{LO_FLAGS_READ_ONLY, LOOP_CONFIGURE, LOOP_CTL_GET_FREE, loop_config};
     let control = Path::new("/dev/loop-control");
     let ctl = nix::fcntl::open(control, OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())
         .map_err(|e| AttachError::io("open", control, e.into()))?;
@@ -121,11 +103,7 @@ pub fn loop_configure(file: &OwnedFd, read_only: bool) -> Result<PathBuf> {
             ));
         }
         let dev = PathBuf::from(format!("/dev/loop{n}"));
-        let flags = if read_only {
-            OFlag::O_RDONLY
-        } else {
-            OFlag::O_RDWR
-        };
+        let flags = if read_only { OFlag::O_RDONLY } else { OFlag::O_RDWR };
         let loop_fd = nix::fcntl::open(&dev, flags | OFlag::O_CLOEXEC, Mode::empty())
             .map_err(|e| AttachError::io("open", &dev, e.into()))?;
         // SAFETY: loop_config is plain old data; all-zero is its documented default.
@@ -135,13 +113,7 @@ pub fn loop_configure(file: &OwnedFd, read_only: bool) -> Result<PathBuf> {
             cfg.info.lo_flags = LO_FLAGS_READ_ONLY as u32;
         }
         // SAFETY: LOOP_CONFIGURE reads a loop_config that lives across the call.
-        let rc = unsafe {
-            libc::ioctl(
-                loop_fd.as_raw_fd(),
-                LOOP_CONFIGURE as _,
-                &cfg as *const loop_config,
-            )
-        };
+        let rc = unsafe { libc::ioctl(loop_fd.as_raw_fd(), LOOP_CONFIGURE as _, &cfg as *const loop_config) };
         if rc == 0 {
             return Ok(dev);
         }
@@ -187,10 +159,7 @@ mod tests {
             let err = open(root, rel, "p", kind, false)
                 .err()
                 .unwrap_or_else(|| panic!("{rel} was opened"));
-            assert!(
-                matches!(err, AttachError::BadConnection { .. }),
-                "{rel}: {err}"
-            );
+            assert!(matches!(err, AttachError::BadConnection { .. }), "{rel}: {err}");
         }
     }
 }

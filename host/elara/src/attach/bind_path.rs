@@ -27,17 +27,28 @@ pub enum BindPathError {
     #[error("{path}: {reason}")]
     Refused { path: String, reason: String },
     #[error("{what} {path}: {source}")]
-    Io { what: &'static str, path: String, source: std::io::Error },
+    Io {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 type Result<T> = std::result::Result<T, BindPathError>;
 
 fn refused(path: &Path, reason: impl Into<String>) -> BindPathError {
-    BindPathError::Refused { path: path.display().to_string(), reason: reason.into() }
+    BindPathError::Refused {
+        path: path.display().to_string(),
+        reason: reason.into(),
+    }
 }
 
 fn io(what: &'static str, path: &Path, source: impl Into<std::io::Error>) -> BindPathError {
-    BindPathError::Io { what, path: path.display().to_string(), source: source.into() }
+    BindPathError::Io {
+        what,
+        path: path.display().to_string(),
+        source: source.into(),
+    }
 }
 
 /// The rules that need no file system: absolute, no `.`/`..`, strictly under a root. Returns
@@ -51,7 +62,10 @@ pub fn check<'r>(path: &Path, roots: &'r [PathBuf]) -> Result<(&'r Path, PathBuf
         return Err(refused(path, "has a `.` or `..` component"));
     }
     if roots.is_empty() {
-        return Err(refused(path, "no mount path roots are configured (--mount-path-root), so no path is allowed"));
+        return Err(refused(
+            path,
+            "no mount path roots are configured (--mount-path-root), so no path is allowed",
+        ));
     }
     for root in roots {
         if let Ok(rel) = path.strip_prefix(root)
@@ -62,7 +76,10 @@ pub fn check<'r>(path: &Path, roots: &'r [PathBuf]) -> Result<(&'r Path, PathBuf
         }
     }
     let allowed: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
-    Err(refused(path, format!("is not under a mount path root (allowed: {})", allowed.join(", "))))
+    Err(refused(
+        path,
+        format!("is not under a mount path root (allowed: {})", allowed.join(", ")),
+    ))
 }
 
 /// Bind `src` (a volume's own mount point) at the client's `path`, by the rules above, with
@@ -77,7 +94,8 @@ pub fn bind(src: &Path, path: &Path, roots: &[PathBuf], read_only: bool, securit
     // The name the kernel has for the opened directory: the same as `path` unless it was
     // renamed since, in which case the bind still lands on the directory the walk checked.
     let real = std::fs::read_link(beneath::proc_path(&dir)).map_err(|e| io("resolve", path, e))?;
-    let before: Vec<u64> = mountinfo::read().map_err(|e| io("read mounts for", path, std::io::Error::other(e.to_string())))?
+    let before: Vec<u64> = mountinfo::read()
+        .map_err(|e| io("read mounts for", path, std::io::Error::other(e.to_string())))?
         .into_iter()
         .filter(|m| m.mount_point == real)
         .map(|m| m.id)
@@ -91,7 +109,11 @@ pub fn bind(src: &Path, path: &Path, roots: &[PathBuf], read_only: bool, securit
         .find(|m| m.mount_point == real && !before.contains(&m.id));
     match made {
         Some(m) => Ok(m.id),
-        None => Err(io("find the bind mount at", &real, std::io::Error::other("it is not in /proc/self/mountinfo"))),
+        None => Err(io(
+            "find the bind mount at",
+            &real,
+            std::io::Error::other("it is not in /proc/self/mountinfo"),
+        )),
     }
 }
 
@@ -105,7 +127,13 @@ pub fn unbind(path: &Path, mount_id: u64) -> Result<()> {
         return nix::mount::umount2(path, nix::mount::MntFlags::UMOUNT_NOFOLLOW).map_err(|e| io("unmount", path, e));
     }
     if at_path.iter().any(|m| m.id == mount_id) {
-        return Err(refused(path, format!("another mount ({}) now covers Elara's bind mount; unmount it first", top.source)));
+        return Err(refused(
+            path,
+            format!(
+                "another mount ({}) now covers Elara's bind mount; unmount it first",
+                top.source
+            ),
+        ));
     }
     tracing::warn!(path = %path.display(), "Elara's bind mount is gone; the mount there now ({}) is not Elara's and is left alone", top.source);
     Ok(())
@@ -114,16 +142,24 @@ pub fn unbind(path: &Path, mount_id: u64) -> Result<()> {
 /// Open `rel` beneath `root` one component at a time, making missing directories (0700 under
 /// the daemon's umask), with no symlink and no mount point crossed.
 fn walk_creating(root: &Path, rel: &Path, shown: &Path) -> Result<OwnedFd> {
-    let mut dir = nix::fcntl::open(root, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-        .map_err(|e| io("open the mount path root", root, e))?;
-    let how = OpenHow::new().flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC).resolve(
-        ResolveFlag::RESOLVE_BENEATH
-            | ResolveFlag::RESOLVE_NO_SYMLINKS
-            | ResolveFlag::RESOLVE_NO_MAGICLINKS
-            | ResolveFlag::RESOLVE_NO_XDEV,
-    );
+    let mut dir = nix::fcntl::open(
+        root,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io("open the mount path root", root, e))?;
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+        .resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS
+                | ResolveFlag::RESOLVE_NO_XDEV,
+        );
     for comp in rel.components() {
-        let Component::Normal(name) = comp else { return Err(refused(shown, "has a component that is not a plain name")) };
+        let Component::Normal(name) = comp else {
+            return Err(refused(shown, "has a component that is not a plain name"));
+        };
         let opened = match openat2(&dir, name, how) {
             Err(nix::Error::ENOENT) => {
                 match nix::sys::stat::mkdirat(&dir, name, Mode::from_bits_truncate(0o700)) {
@@ -164,7 +200,12 @@ mod tests {
             let e = check(Path::new(bad), &roots).unwrap_err().to_string();
             assert!(e.contains(why), "{bad}: {e}");
         }
-        assert!(check(Path::new("/srv/vols/a"), &[]).unwrap_err().to_string().contains("no mount path roots"));
+        assert!(
+            check(Path::new("/srv/vols/a"), &[])
+                .unwrap_err()
+                .to_string()
+                .contains("no mount path roots")
+        );
     }
 
     #[test]
@@ -173,9 +214,13 @@ mod tests {
         let root = t.path().canonicalize().unwrap();
         std::os::unix::fs::symlink("/etc", root.join("link")).unwrap();
         std::fs::write(root.join("file"), b"").unwrap();
-        let e = walk_creating(&root, Path::new("link/x"), Path::new("shown")).unwrap_err().to_string();
+        let e = walk_creating(&root, Path::new("link/x"), Path::new("shown"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("symlink"), "{e}");
-        let e = walk_creating(&root, Path::new("file/x"), Path::new("shown")).unwrap_err().to_string();
+        let e = walk_creating(&root, Path::new("file/x"), Path::new("shown"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not a directory"), "{e}");
         walk_creating(&root, Path::new("new/deeper"), Path::new("shown")).unwrap();
         assert!(root.join("new/deeper").is_dir());

@@ -61,9 +61,7 @@ pub fn command_error(command: &str, out: &Output) -> AttachError {
 /// The first executable named `cmd` on `PATH`.
 pub fn which(cmd: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(cmd))
-        .find(|p| p.is_file())
+    std::env::split_paths(&path).map(|d| d.join(cmd)).find(|p| p.is_file())
 }
 
 #[cfg(test)]

@@ -20,11 +20,7 @@ pub fn check(connection: &Connection, grants: &[HostGrant]) -> Result<()> {
             let granted = if grants.is_empty() {
                 "none".to_string()
             } else {
-                grants
-                    .iter()
-                    .map(|g| g.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                grants.iter().map(|g| g.to_string()).collect::<Vec<_>>().join(", ")
             };
             return Err(AttachError::BadConnection {
                 field,
@@ -37,14 +33,10 @@ pub fn check(connection: &Connection, grants: &[HostGrant]) -> Result<()> {
     if let Connection::S3(s3) = connection {
         // s3fs options are `,`-separated `key=value`s, and its passwd file is `key:secret` lines.
         let plain = |field: &'static str, v: &str, extra: &[char]| {
-            if v.chars()
-                .any(|c| c.is_control() || c == ',' || extra.contains(&c))
-            {
+            if v.chars().any(|c| c.is_control() || c == ',' || extra.contains(&c)) {
                 return Err(AttachError::BadConnection {
                     field,
-                    reason:
-                        "must not hold control characters, ',' or the separators of s3fs' options"
-                            .into(),
+                    reason: "must not hold control characters, ',' or the separators of s3fs' options".into(),
                 });
             }
             Ok(())
@@ -67,11 +59,7 @@ fn endpoints(connection: &Connection) -> Result<Vec<(&'static str, String, u16)>
             vec![("iscsi.portal", t.host, t.port)]
         }
         Connection::Nfs(c) => {
-            let host = c
-                .server
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string();
+            let host = c.server.trim_start_matches('[').trim_end_matches(']').to_string();
             let mut v = vec![("nfs.server", host.clone(), c.port.unwrap_or(2049))];
             // The MOUNT protocol: the given port, else the portmapper that names it.
             match c.options.iter().find(|(k, _)| k == "mountport") {
@@ -87,29 +75,20 @@ fn endpoints(connection: &Connection) -> Result<Vec<(&'static str, String, u16)>
             v
         }
         Connection::S3(s3) => {
-            let uri: http::Uri = s3
-                .endpoint
-                .parse()
-                .map_err(|e| AttachError::BadConnection {
-                    field: "s3.endpoint",
-                    reason: format!("{:?} is not a URL: {e}", s3.endpoint),
-                })?;
+            let uri: http::Uri = s3.endpoint.parse().map_err(|e| AttachError::BadConnection {
+                field: "s3.endpoint",
+                reason: format!("{:?} is not a URL: {e}", s3.endpoint),
+            })?;
             let host = uri.host().ok_or_else(|| AttachError::BadConnection {
                 field: "s3.endpoint",
                 reason: format!("{:?} names no host", s3.endpoint),
             })?;
             let port = uri
                 .port_u16()
-                .unwrap_or(if uri.scheme_str() == Some("https") {
-                    443
-                } else {
-                    80
-                });
+                .unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
             vec![(
                 "s3.endpoint",
-                host.trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .to_string(),
+                host.trim_start_matches('[').trim_end_matches(']').to_string(),
                 port,
             )]
         }
@@ -135,13 +114,8 @@ mod tests {
             auth: None,
             extra: vec![],
         });
-        let err = check(&iscsi, &grants(&["127.0.0.1:3260"]))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("10.9.9.9:3260") && err.contains("iscsi.portal"),
-            "{err}"
-        );
+        let err = check(&iscsi, &grants(&["127.0.0.1:3260"])).unwrap_err().to_string();
+        assert!(err.contains("10.9.9.9:3260") && err.contains("iscsi.portal"), "{err}");
         assert!(check(&iscsi, &grants(&["10.9.9.9:3260"])).is_ok());
         assert!(
             check(&iscsi, &grants(&["10.9.9.9:3261"])).is_err(),
@@ -170,10 +144,7 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(
-            err.contains("127.0.0.1:22") && err.contains("mountport"),
-            "{err}"
-        );
+        assert!(err.contains("127.0.0.1:22") && err.contains("mountport"), "{err}");
         assert!(
             check(&nfs(vec![]), &grants(&["127.0.0.1:2049"]))
                 .unwrap_err()
@@ -193,38 +164,20 @@ mod tests {
                 path_style: true,
             })
         };
+        assert!(check(&s3("http://127.0.0.1:7480", "b"), &grants(&["127.0.0.1:7480"])).is_ok());
         assert!(
-            check(
-                &s3("http://127.0.0.1:7480", "b"),
-                &grants(&["127.0.0.1:7480"])
-            )
-            .is_ok()
-        );
-        assert!(
-            check(
-                &s3("http://169.254.169.254", "b"),
-                &grants(&["127.0.0.1:7480"])
-            )
-            .unwrap_err()
-            .to_string()
-            .contains("169.254.169.254:80")
+            check(&s3("http://169.254.169.254", "b"), &grants(&["127.0.0.1:7480"]))
+                .unwrap_err()
+                .to_string()
+                .contains("169.254.169.254:80")
         );
         let err = check(
-            &s3(
-                "http://127.0.0.1:7480",
-                "b,allow_other,passwd_file=/etc/shadow",
-            ),
+            &s3("http://127.0.0.1:7480", "b,allow_other,passwd_file=/etc/shadow"),
             &grants(&["127.0.0.1:7480"]),
         )
         .unwrap_err();
         assert!(
-            matches!(
-                err,
-                AttachError::BadConnection {
-                    field: "s3.bucket",
-                    ..
-                }
-            ),
+            matches!(err, AttachError::BadConnection { field: "s3.bucket", .. }),
             "{err}"
         );
     }

@@ -36,12 +36,7 @@ pub struct HelperState {
 
 impl HelperState {
     /// The running process `pid`, identified by its start time now.
-    pub fn identify(
-        program: &str,
-        pid: u32,
-        log: PathBuf,
-        qmp: Option<PathBuf>,
-    ) -> Result<HelperState> {
+    pub fn identify(program: &str, pid: u32, log: PathBuf, qmp: Option<PathBuf>) -> Result<HelperState> {
         let (_, start_time) = proc_stat(pid).ok_or_else(|| AttachError::Helper {
             program: program.to_string(),
             reason: format!(
@@ -129,10 +124,7 @@ pub fn load(dir: &Path) -> Option<HelperState> {
         return Some(state);
     }
     let dir_s = dir.display().to_string();
-    for (file, program) in [
-        ("qsd.pid", "qemu-storage-daemon"),
-        ("helper.pid", "elara nfs-fuse"),
-    ] {
+    for (file, program) in [("qsd.pid", "qemu-storage-daemon"), ("helper.pid", "elara nfs-fuse")] {
         let Some(pid) = std::fs::read_to_string(dir.join(file))
             .ok()
             .and_then(|t| t.trim().parse::<u32>().ok())
@@ -168,11 +160,7 @@ pub fn log_tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     let tail = lines[lines.len().saturating_sub(5)..].join(" | ");
-    if tail.is_empty() {
-        "(empty)".into()
-    } else {
-        tail
-    }
+    if tail.is_empty() { "(empty)".into() } else { tail }
 }
 
 /// Start `program args` in a session of its own (so it outlives this daemon), with stdin from
@@ -184,9 +172,7 @@ pub fn spawn_session(program: &Path, args: &[String], log: &Path) -> Result<toki
         .append(true)
         .open(log)
         .map_err(|e| AttachError::io("open", log, e))?;
-    let err = out
-        .try_clone()
-        .map_err(|e| AttachError::io("open", log, e))?;
+    let err = out.try_clone().map_err(|e| AttachError::io("open", log, e))?;
     let mut cmd = std::process::Command::new(program);
     cmd.args(args)
         .stdin(std::process::Stdio::null())
@@ -194,11 +180,7 @@ pub fn spawn_session(program: &Path, args: &[String], log: &Path) -> Result<toki
         .stderr(err);
     // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
     unsafe {
-        cmd.pre_exec(|| {
-            nix::unistd::setsid()
-                .map(drop)
-                .map_err(std::io::Error::from)
-        });
+        cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(std::io::Error::from));
     }
     let child = tokio::process::Command::from(cmd)
         .spawn()

@@ -51,26 +51,18 @@ pub struct Target<'a> {
 impl<'a> Target<'a> {
     pub fn parse(c: &'a IscsiConnection) -> Result<Target<'a>> {
         let bad = |field, reason: String| AttachError::BadConnection { field, reason };
-        let (host, port) = split_portal(&c.portal)
-            .ok_or_else(|| bad("iscsi.portal", format!("{:?} is not HOST:PORT", c.portal)))?;
+        let (host, port) =
+            split_portal(&c.portal).ok_or_else(|| bad("iscsi.portal", format!("{:?} is not HOST:PORT", c.portal)))?;
         // RFC 3720 names: iqn./eui./naa. followed by letters, digits, and . - : only.
-        let iqn_ok =
-            (c.iqn.starts_with("iqn.") || c.iqn.starts_with("eui.") || c.iqn.starts_with("naa."))
-                && c.iqn.len() <= 223
-                && c.iqn
-                    .chars()
-                    .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '-' | ':'));
+        let iqn_ok = (c.iqn.starts_with("iqn.") || c.iqn.starts_with("eui.") || c.iqn.starts_with("naa."))
+            && c.iqn.len() <= 223
+            && c.iqn
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '-' | ':'));
         if !iqn_ok {
-            return Err(bad(
-                "iscsi.iqn",
-                format!("{:?} is not an iSCSI qualified name", c.iqn),
-            ));
+            return Err(bad("iscsi.iqn", format!("{:?} is not an iSCSI qualified name", c.iqn)));
         }
-        let initiator = c
-            .extra
-            .iter()
-            .find(|(k, _)| k == "initiator")
-            .map(|(_, v)| v.as_str());
+        let initiator = c.extra.iter().find(|(k, _)| k == "initiator").map(|(_, v)| v.as_str());
         if let Some(i) = initiator
             && !(i.starts_with("iqn.")
                 && i.chars()
@@ -173,13 +165,7 @@ impl Attacher {
         }
     }
 
-    async fn start_qsd(
-        &self,
-        dir: &Path,
-        t: &Target<'_>,
-        c: &IscsiConnection,
-        read_only: bool,
-    ) -> Result<HelperState> {
+    async fn start_qsd(&self, dir: &Path, t: &Target<'_>, c: &IscsiConnection, read_only: bool) -> Result<HelperState> {
         let Some(qsd) = cmd::which(QSD) else {
             return Err(AttachError::Unsupported {
                 kind: "iscsi".into(),
@@ -188,22 +174,14 @@ impl Attacher {
         };
         super::create_private_dir(dir).await?;
         let lun_file = dir.join("lun");
-        let (pid_file, qmp, log) = (
-            dir.join("qsd.pid"),
-            dir.join("qmp.sock"),
-            dir.join("helper.log"),
-        );
+        let (pid_file, qmp, log) = (dir.join("qsd.pid"), dir.join("qmp.sock"), dir.join("helper.log"));
         for stale in [&pid_file, &qmp] {
             super::remove_if_exists(stale).await?;
         }
         // The FUSE export is mounted over an existing regular file.
         std::fs::write(&lun_file, b"").map_err(|e| AttachError::io("create", &lun_file, e))?;
 
-        let mut args: Vec<String> = vec![
-            "--daemonize".into(),
-            "--pidfile".into(),
-            pid_file.display().to_string(),
-        ];
+        let mut args: Vec<String> = vec!["--daemonize".into(), "--pidfile".into(), pid_file.display().to_string()];
         let mut blockdev = json!({
             "driver": "iscsi",
             "node-name": "lun",
@@ -222,10 +200,7 @@ impl Attacher {
             let secret = dir.join("chap.secret");
             super::write_secret(&secret, &auth.secret).await?;
             args.push("--object".into());
-            args.push(
-                json!({ "qom-type": "secret", "id": "chap", "file": secret, "format": "raw" })
-                    .to_string(),
-            );
+            args.push(json!({ "qom-type": "secret", "id": "chap", "file": secret, "format": "raw" }).to_string());
             blockdev["user"] = json!(auth.username);
             blockdev["password-secret"] = json!("chap");
         }
@@ -237,10 +212,7 @@ impl Attacher {
                 .to_string(),
         );
         args.push("--chardev".into());
-        args.push(format!(
-            "socket,id=qmp,path={},server=on,wait=off",
-            qmp.display()
-        ));
+        args.push(format!("socket,id=qmp,path={},server=on,wait=off", qmp.display()));
         args.push("--monitor".into());
         args.push("chardev=qmp".into());
 
@@ -253,12 +225,7 @@ impl Attacher {
             .map_err(|e| AttachError::io("open", &log, e))?;
         let mut command = tokio::process::Command::new(&qsd);
         command.args(&args).stdout(log_file);
-        let out = cmd::output_within(
-            self.cfg.io_timeout + Duration::from_secs(30),
-            &mut command,
-            QSD,
-        )
-        .await;
+        let out = cmd::output_within(self.cfg.io_timeout + Duration::from_secs(30), &mut command, QSD).await;
         let out = match out {
             Ok(o) => o,
             Err(e) => {
@@ -293,10 +260,7 @@ impl Attacher {
             self.stop_helper_in(dir).await.ok();
             return Err(AttachError::Helper {
                 program: QSD.into(),
-                reason: format!(
-                    "started, but no FUSE export appeared at {}",
-                    lun_file.display()
-                ),
+                reason: format!("started, but no FUSE export appeared at {}", lun_file.display()),
             });
         }
         tracing::info!(helper = %state.describe(), iqn = t.iqn, portal = %t.portal(), lun = t.lun, "iSCSI LUN exported through FUSE");
@@ -317,18 +281,12 @@ impl Attacher {
     }
 
     /// Log in with the kernel's initiator (open-iscsi) and return the LUN's block device.
-    pub(super) async fn iscsi_kernel_device(
-        &self,
-        volume_id: &str,
-        c: &IscsiConnection,
-    ) -> Result<PathBuf> {
+    pub(super) async fn iscsi_kernel_device(&self, volume_id: &str, c: &IscsiConnection) -> Result<PathBuf> {
         let t = Target::parse(c)?;
         let portal = t.portal();
         let _guard = self.iscsi_sessions.lock().await;
         let node = |extra: &[&str]| {
-            let mut a: Vec<String> = ["-m", "node", "-T", t.iqn, "-p", &portal]
-                .map(String::from)
-                .to_vec();
+            let mut a: Vec<String> = ["-m", "node", "-T", t.iqn, "-p", &portal].map(String::from).to_vec();
             a.extend(extra.iter().map(|s| s.to_string()));
             a
         };
@@ -357,19 +315,13 @@ impl Attacher {
         let path = dir.join("session.json");
         std::fs::write(&path, serde_json::to_vec(&rec).expect("json"))
             .map_err(|e| AttachError::io("write", &path, e))?;
-        let by_path = PathBuf::from(format!(
-            "/dev/disk/by-path/ip-{portal}-iscsi-{}-lun-{}",
-            t.iqn, t.lun
-        ));
+        let by_path = PathBuf::from(format!("/dev/disk/by-path/ip-{portal}-iscsi-{}-lun-{}", t.iqn, t.lun));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while !by_path.exists() {
             if tokio::time::Instant::now() >= deadline {
                 return Err(AttachError::Helper {
                     program: "iscsiadm".into(),
-                    reason: format!(
-                        "logged in, but {} did not appear within 30 s",
-                        by_path.display()
-                    ),
+                    reason: format!("logged in, but {} did not appear within 30 s", by_path.display()),
                 });
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -405,17 +357,10 @@ impl Attacher {
         let node: Vec<String> = ["-m", "node", "-T", &mine.iqn, "-p", &mine.portal]
             .map(String::from)
             .to_vec();
-        cmd::run(
-            "iscsiadm",
-            &[node.clone(), vec!["--logout".into()]].concat(),
-        )
-        .await?;
-        cmd::run(
-            "iscsiadm",
-            &[node, vec!["-o".into(), "delete".into()]].concat(),
-        )
-        .await
-        .map(drop)
+        cmd::run("iscsiadm", &[node.clone(), vec!["--logout".into()]].concat()).await?;
+        cmd::run("iscsiadm", &[node, vec!["-o".into(), "delete".into()]].concat())
+            .await
+            .map(drop)
     }
 }
 
@@ -450,11 +395,7 @@ impl Attacher {
             .unwrap_or(true)
         {
             // fusectl is not mounted (systemd mounts it at boot; a bare system may not).
-            let _ = cmd::run(
-                "mount",
-                &["-t".into(), "fusectl".into(), "none".into(), FUSECTL.into()],
-            )
-            .await;
+            let _ = cmd::run("mount", &["-t".into(), "fusectl".into(), "none".into(), FUSECTL.into()]).await;
         }
         let waiting: u64 = std::fs::read_to_string(conn.join("waiting"))
             .ok()
@@ -527,14 +468,10 @@ async fn kernel_session_exists(iqn: &str, portal: &str) -> Result<bool> {
     }))
 }
 
-
 /// The first line of qemu-storage-daemon's stderr, without the option it quotes back (the whole
 /// `--blockdev` JSON): `qemu-storage-daemon: --blockdev {…}: iSCSI: Failed to …` → `iSCSI: Failed to …`.
 fn first_line(s: &str) -> &str {
-    let line = s
-        .lines()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("(no message)");
+    let line = s.lines().find(|l| !l.trim().is_empty()).unwrap_or("(no message)");
     match line.rfind("}: ") {
         Some(i) if line.contains(": --") => &line[i + 3..],
         _ => line,
@@ -569,10 +506,7 @@ mod tests {
         );
         let t6 = conn("[::1]:3261", "iqn.x:y");
         assert_eq!(Target::parse(&t6).unwrap().portal(), "[::1]:3261");
-        assert_eq!(
-            Target::parse(&conn("host.example", "iqn.x")).unwrap().port,
-            3260
-        );
+        assert_eq!(Target::parse(&conn("host.example", "iqn.x")).unwrap().port, 3260);
         for (portal, iqn, field) in [
             ("127.0.0.1:99999", "iqn.x", "iscsi.portal"),
             ("a,b:3260", "iqn.x", "iscsi.portal"),
@@ -589,9 +523,7 @@ mod tests {
             }
         }
         assert_eq!(
-            first_line(
-                "qemu-storage-daemon: --blockdev {\"driver\":\"iscsi\"}: iSCSI: Failed to log in\nmore"
-            ),
+            first_line("qemu-storage-daemon: --blockdev {\"driver\":\"iscsi\"}: iSCSI: Failed to log in\nmore"),
             "iSCSI: Failed to log in"
         );
         let mut bad_init = conn("127.0.0.1:3260", "iqn.x");

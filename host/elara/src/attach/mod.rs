@@ -97,7 +97,6 @@ impl FsType {
     }
 }
 
-
 /// Which of the mount flags that keep a volume's contents from acting on the host a mount
 /// gets. Both are on by default: a container can leave a setuid-root binary or a device node
 /// on its volume, and without them any local user could run it from the host mount path. A
@@ -110,7 +109,10 @@ pub struct MountSecurity {
 
 impl Default for MountSecurity {
     fn default() -> Self {
-        MountSecurity { nosuid: true, nodev: true }
+        MountSecurity {
+            nosuid: true,
+            nodev: true,
+        }
     }
 }
 
@@ -300,10 +302,7 @@ impl Attacher {
     }
 
     fn creds_file(&self, volume_id: &str) -> PathBuf {
-        self.cfg
-            .run_dir
-            .join("s3")
-            .join(format!("{volume_id}.passwd"))
+        self.cfg.run_dir.join("s3").join(format!("{volume_id}.passwd"))
     }
 
     /// Bring a volume up at its mountpoint. Idempotent; on failure nothing of it is left behind.
@@ -315,13 +314,7 @@ impl Attacher {
             Connection::ImageFile(f) => self.attach_image(&req, &f.path, mountpoint).await,
             Connection::Directory(dir) => {
                 // Opened once beneath the pool dir; the bind's source is that open directory.
-                let src = beneath::open(
-                    req.pool_dir,
-                    dir,
-                    "directory",
-                    beneath::Kind::Directory,
-                    false,
-                )?;
+                let src = beneath::open(req.pool_dir, dir, "directory", beneath::Kind::Directory, false)?;
                 if mountinfo::find(&mountpoint)?.is_none() {
                     bind_fd(&src.fd, &mountpoint, req.read_only, req.security)?;
                 }
@@ -378,9 +371,7 @@ impl Attacher {
         let device = if mode == "kernel" {
             self.iscsi_kernel_device(req.volume_id, c).await?
         } else {
-            let (device, helper) = self
-                .iscsi_user_device(req.volume_id, c, req.read_only)
-                .await?;
+            let (device, helper) = self.iscsi_user_device(req.volume_id, c, req.read_only).await?;
             state.backing_file = Some(dir.join("lun"));
             state.helper = Some(helper);
             device
@@ -408,10 +399,7 @@ impl Attacher {
             }
             Err(e) => {
                 if let Err(undo) = self.detach(&state).await {
-                    tracing::error!(
-                        volume = req.volume_id,
-                        "undoing a failed iSCSI attach: {undo}"
-                    );
+                    tracing::error!(volume = req.volume_id, "undoing a failed iSCSI attach: {undo}");
                 }
                 Err(e)
             }
@@ -420,12 +408,7 @@ impl Attacher {
 
     /// A loop device over the open file `file` (at `backing`; an existing one is reused), with
     /// the loop's buffered I/O: never `--direct-io=on` over a FUSE export, see [`iscsi`].
-    async fn loop_device(
-        &self,
-        backing: &Path,
-        file: &std::os::fd::OwnedFd,
-        read_only: bool,
-    ) -> Result<PathBuf> {
+    async fn loop_device(&self, backing: &Path, file: &std::os::fd::OwnedFd, read_only: bool) -> Result<PathBuf> {
         let _guard = self.loop_lock.lock().await;
         if let Some(dev) = loop_devices_of(backing).await?.into_iter().next() {
             return Ok(dev);
@@ -438,12 +421,7 @@ impl Attacher {
             .expect("loop set-up panicked")
     }
 
-    async fn attach_image(
-        &self,
-        req: &AttachRequest<'_>,
-        path: &str,
-        mountpoint: PathBuf,
-    ) -> Result<AttachState> {
+    async fn attach_image(&self, req: &AttachRequest<'_>, path: &str, mountpoint: PathBuf) -> Result<AttachState> {
         // Opened once beneath the pool dir; the loop device is configured on that fd.
         let image = beneath::open(
             req.pool_dir,
@@ -494,12 +472,7 @@ impl Attacher {
     }
 
     /// Make the filesystem if the device is blank, then mount it. Returns whether it formatted.
-    async fn format_and_mount(
-        &self,
-        req: &AttachRequest<'_>,
-        device: &Path,
-        mountpoint: &Path,
-    ) -> Result<bool> {
+    async fn format_and_mount(&self, req: &AttachRequest<'_>, device: &Path, mountpoint: &Path) -> Result<bool> {
         let existing = probe_fs(device).await?;
         let (fs, formatted_now) = match existing {
             Some(fs) if fs == "ext4" && !req.read_only => {
@@ -523,23 +496,12 @@ impl Attacher {
                         cmd::run_within(
                             cmd::LONG,
                             "mkfs.ext4",
-                            &[
-                                "-q".into(),
-                                "-F".into(),
-                                "-E".into(),
-                                "nodiscard".into(),
-                                dev,
-                            ],
+                            &["-q".into(), "-F".into(), "-E".into(), "nodiscard".into(), dev],
                         )
                         .await?
                     }
                     FsType::Xfs => {
-                        cmd::run_within(
-                            cmd::LONG,
-                            "mkfs.xfs",
-                            &["-q".into(), "-f".into(), "-K".into(), dev],
-                        )
-                        .await?
+                        cmd::run_within(cmd::LONG, "mkfs.xfs", &["-q".into(), "-f".into(), "-K".into(), dev]).await?
                     }
                 };
                 (req.fs_type.name().to_string(), true)
@@ -618,12 +580,7 @@ impl Attacher {
         if req.read_only {
             opts.push("ro".into());
         }
-        if let Err(e) = run(
-            "s3fs",
-            &[bucket, path_str(&mountpoint), "-o".into(), opts.join(",")],
-        )
-        .await
-        {
+        if let Err(e) = run("s3fs", &[bucket, path_str(&mountpoint), "-o".into(), opts.join(",")]).await {
             let _ = tokio::fs::remove_file(&creds).await;
             return Err(e);
         }
@@ -643,7 +600,9 @@ impl Attacher {
 
     /// Freeze the filesystem mounted at `mountpoint` (a snapshot's copy is then consistent).
     pub async fn freeze(&self, mountpoint: &Path) -> Result<()> {
-        run("fsfreeze", &["--freeze".into(), path_str(mountpoint)]).await.map(drop)
+        run("fsfreeze", &["--freeze".into(), path_str(mountpoint)])
+            .await
+            .map(drop)
     }
 
     /// Thaw a frozen filesystem. Idempotent: one that is not frozen is fine; another failure is
@@ -724,9 +683,16 @@ impl Attacher {
     fn check_recorded(&self, state: &AttachState) -> Result<()> {
         let bad = |field: &'static str, p: &Path| AttachError::BadConnection {
             field,
-            reason: format!("the recorded {} is not a path Elara makes; refusing to act on it", p.display()),
+            reason: format!(
+                "the recorded {} is not a path Elara makes; refusing to act on it",
+                p.display()
+            ),
         };
-        let plain = |p: &Path| p.is_absolute() && p.components().all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+        let plain = |p: &Path| {
+            p.is_absolute()
+                && p.components()
+                    .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+        };
         let child_of = |p: &Path, dir: &Path| plain(p) && p.parent() == Some(dir);
         if !child_of(&state.mountpoint, &self.cfg.mount_root) {
             return Err(bad("mountpoint", &state.mountpoint));
@@ -743,7 +709,9 @@ impl Attacher {
         }
         if let Some(dev) = &state.device {
             let name = dev.to_string_lossy();
-            let is_loop = name.strip_prefix("/dev/loop").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+            let is_loop = name
+                .strip_prefix("/dev/loop")
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
             if !plain(dev) || !(is_loop || name.starts_with("/dev/disk/by-path/")) {
                 return Err(bad("device", dev));
             }
@@ -769,9 +737,7 @@ impl Attacher {
             self.release_kernel_session(volume_id).await?;
         }
         match tokio::fs::remove_dir_all(dir).await {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(AttachError::io("remove", dir, e))
-            }
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(AttachError::io("remove", dir, e)),
             _ => Ok(()),
         }
     }
@@ -779,19 +745,12 @@ impl Attacher {
     /// Take down whatever a volume may have on this node when the attach state was never recorded
     /// (a crash between the host step and the store write): its mountpoint, loop devices of its
     /// image file, its helper and attach dir, its credentials file.
-    pub async fn detach_by_volume(
-        &self,
-        volume_id: &str,
-        backing_file: Option<&Path>,
-    ) -> Result<()> {
+    pub async fn detach_by_volume(&self, volume_id: &str, backing_file: Option<&Path>) -> Result<()> {
         let mountpoint = self.mountpoint(volume_id);
         let dir = self.attach_dir(volume_id);
         let helper_dead = helper::load(&dir).is_some_and(|h| !h.alive());
         unmount(&mountpoint, helper_dead).await?;
-        for backing in backing_file
-            .into_iter()
-            .chain(Some(dir.join("lun").as_path()))
-        {
+        for backing in backing_file.into_iter().chain(Some(dir.join("lun").as_path())) {
             for dev in loop_devices_of(backing).await? {
                 detach_loop(&dev, backing).await?;
             }
@@ -811,10 +770,7 @@ pub fn image_path(pool_dir: &Path, rel: &str) -> Option<PathBuf> {
     match beneath::open(pool_dir, rel, "image-file.path", beneath::Kind::File, false) {
         Ok(o) => Some(o.path),
         Err(AttachError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            let plain = !rel.is_empty()
-                && Path::new(rel)
-                    .components()
-                    .all(|c| matches!(c, Component::Normal(_)));
+            let plain = !rel.is_empty() && Path::new(rel).components().all(|c| matches!(c, Component::Normal(_)));
             plain.then(|| {
                 std::fs::canonicalize(pool_dir)
                     .unwrap_or_else(|_| pool_dir.to_path_buf())
@@ -856,7 +812,13 @@ fn bind_fd(dir: &std::os::fd::OwnedFd, target: &Path, read_only: bool, security:
 /// takes its flags only from a remount, so the flags are a second step, at `mounted` (the path
 /// of `target`: a remount through a `/proc/self/fd/N` target would reach the directory under the
 /// new mount, not the mount); if that fails the bind is undone.
-pub(crate) fn bind_onto(src: &Path, target: &Path, mounted: &Path, read_only: bool, security: MountSecurity) -> Result<()> {
+pub(crate) fn bind_onto(
+    src: &Path,
+    target: &Path,
+    mounted: &Path,
+    read_only: bool,
+    security: MountSecurity,
+) -> Result<()> {
     use nix::mount::{MsFlags, mount};
     mount(Some(src), target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
         .map_err(|e| AttachError::io("bind-mount onto", target, e.into()))?;
@@ -891,9 +853,7 @@ async fn grow_ext4_offline(device: &Path) -> Result<()> {
     let shown = format!("e2fsck -f -p {}", device.display());
     let fsck = cmd::output_within(
         cmd::LONG,
-        tokio::process::Command::new("e2fsck")
-            .args(["-f", "-p"])
-            .arg(device),
+        tokio::process::Command::new("e2fsck").args(["-f", "-p"]).arg(device),
         &shown,
     )
     .await?;
@@ -1026,9 +986,7 @@ async fn detach_loop(device: &Path, backing: &Path) -> Result<()> {
     if !loop_devices_of(backing).await?.iter().any(|d| d == device) {
         return Ok(());
     }
-    run("losetup", &["--detach".into(), path_str(device)])
-        .await
-        .map(drop)
+    run("losetup", &["--detach".into(), path_str(device)]).await.map(drop)
 }
 
 /// Unmount everything stacked at `mountpoint`. `lazy_if_stuck`: for a volume whose helper is
@@ -1100,18 +1058,14 @@ async fn create_dir(dir: &Path) -> Result<()> {
 
 async fn remove_if_exists(path: &Path) -> Result<()> {
     match tokio::fs::remove_file(path).await {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(AttachError::io("remove", path, e))
-        }
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(AttachError::io("remove", path, e)),
         _ => Ok(()),
     }
 }
 
 async fn remove_dir_if_exists(path: &Path) -> Result<()> {
     match tokio::fs::remove_dir(path).await {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(AttachError::io("remove", path, e))
-        }
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(AttachError::io("remove", path, e)),
         _ => Ok(()),
     }
 }
@@ -1162,13 +1116,55 @@ mod tests {
         };
         a.check_recorded(&ok).unwrap();
         let cases: Vec<(&str, AttachState)> = vec![
-            ("mountpoint", AttachState { mountpoint: "/etc".into(), ..ok.clone() }),
-            ("mountpoint", AttachState { mountpoint: "/var/lib/elara/mounts/../../../etc".into(), ..ok.clone() }),
-            ("device", AttachState { device: Some("/dev/sda".into()), ..ok.clone() }),
-            ("device", AttachState { device: Some("/dev/loop7/../sda".into()), ..ok.clone() }),
-            ("backing_file", AttachState { backing_file: Some("/var/lib/docker/x.img".into()), ..ok.clone() }),
-            ("creds_file", AttachState { creds_file: Some("/etc/shadow".into()), ..ok.clone() }),
-            ("attach_dir", AttachState { attach_dir: Some("/".into()), ..ok.clone() }),
+            (
+                "mountpoint",
+                AttachState {
+                    mountpoint: "/etc".into(),
+                    ..ok.clone()
+                },
+            ),
+            (
+                "mountpoint",
+                AttachState {
+                    mountpoint: "/var/lib/elara/mounts/../../../etc".into(),
+                    ..ok.clone()
+                },
+            ),
+            (
+                "device",
+                AttachState {
+                    device: Some("/dev/sda".into()),
+                    ..ok.clone()
+                },
+            ),
+            (
+                "device",
+                AttachState {
+                    device: Some("/dev/loop7/../sda".into()),
+                    ..ok.clone()
+                },
+            ),
+            (
+                "backing_file",
+                AttachState {
+                    backing_file: Some("/var/lib/docker/x.img".into()),
+                    ..ok.clone()
+                },
+            ),
+            (
+                "creds_file",
+                AttachState {
+                    creds_file: Some("/etc/shadow".into()),
+                    ..ok.clone()
+                },
+            ),
+            (
+                "attach_dir",
+                AttachState {
+                    attach_dir: Some("/".into()),
+                    ..ok.clone()
+                },
+            ),
         ];
         for (field, st) in cases {
             let e = a.check_recorded(&st).unwrap_err().to_string();
@@ -1181,15 +1177,8 @@ mod tests {
     async fn superblock_probe() {
         let dir = tempfile::tempdir().unwrap();
         let img = dir.path().join("v.img");
-        std::fs::File::create(&img)
-            .unwrap()
-            .set_len(64 << 20)
-            .unwrap();
-        assert_eq!(
-            ext4_size(&read_superblock(&img).await.unwrap().0),
-            None,
-            "blank"
-        );
+        std::fs::File::create(&img).unwrap().set_len(64 << 20).unwrap();
+        assert_eq!(ext4_size(&read_superblock(&img).await.unwrap().0), None, "blank");
         let ok = std::process::Command::new("mkfs.ext4")
             .args(["-q", "-F"])
             .arg(&img)
@@ -1201,10 +1190,7 @@ mod tests {
         assert_eq!(blocks * bs, 64 << 20);
         assert_eq!(size, 64 << 20);
         assert_eq!(probe_fs(&img).await.unwrap().as_deref(), Some("ext4"));
-        std::fs::File::create(&img)
-            .unwrap()
-            .set_len(320 << 20)
-            .unwrap();
+        std::fs::File::create(&img).unwrap().set_len(320 << 20).unwrap();
         let ok = std::process::Command::new("mkfs.xfs")
             .args(["-q", "-f"])
             .arg(&img)

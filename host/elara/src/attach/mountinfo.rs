@@ -39,10 +39,7 @@ pub fn read() -> Result<Vec<MountEntry>, AttachError> {
 
 /// The top-most mount at exactly `mount_point`, if any.
 pub fn find(mount_point: &Path) -> Result<Option<MountEntry>, AttachError> {
-    Ok(read()?
-        .into_iter()
-        .rev()
-        .find(|m| m.mount_point == mount_point))
+    Ok(read()?.into_iter().rev().find(|m| m.mount_point == mount_point))
 }
 
 /// Whether a FUSE file system (s3fs, a helper's export or NFS client) is mounted at `path`.
@@ -84,15 +81,8 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4]
-                .iter()
-                .all(|b| (b'0'..=b'7').contains(b))
-        {
-            let v = (bytes[i + 1] - b'0') as u32 * 64
-                + (bytes[i + 2] - b'0') as u32 * 8
-                + (bytes[i + 3] - b'0') as u32;
+        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
+            let v = (bytes[i + 1] - b'0') as u32 * 64 + (bytes[i + 2] - b'0') as u32 * 8 + (bytes[i + 3] - b'0') as u32;
             out.push(v as u8);
             i += 4;
         } else {
@@ -138,11 +128,9 @@ pub fn used_by_another_namespace(mountpoint: &Path) -> std::io::Result<bool> {
                 return Ok(true);
             }
         };
-        let holds = parse(&text).iter().any(|m| {
-            m.dev == entry.dev
-                && m.root.starts_with(&entry.root)
-                && m.mount_point != entry.mount_point
-        });
+        let holds = parse(&text)
+            .iter()
+            .any(|m| m.dev == entry.dev && m.root.starts_with(&entry.root) && m.mount_point != entry.mount_point);
         if holds {
             return Ok(true);
         }

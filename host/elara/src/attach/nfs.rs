@@ -114,11 +114,7 @@ fn kernel_options(c: &NfsConnection, read_only: bool) -> Result<String> {
         let Some((_, takes_value)) = KERNEL_OPTIONS.iter().find(|(name, _)| name == k) else {
             return Err(bad(format!(
                 "{k:?} is not a mount option Elara passes on (allowed: {})",
-                KERNEL_OPTIONS
-                    .iter()
-                    .map(|o| o.0)
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                KERNEL_OPTIONS.iter().map(|o| o.0).collect::<Vec<_>>().join(", ")
             )));
         };
         match (takes_value, v.is_empty()) {
@@ -137,11 +133,7 @@ fn kernel_options(c: &NfsConnection, read_only: bool) -> Result<String> {
         if k == "port" && c.port.is_some() {
             continue;
         }
-        opts.push(if v.is_empty() {
-            k.clone()
-        } else {
-            format!("{k}={v}")
-        });
+        opts.push(if v.is_empty() { k.clone() } else { format!("{k}={v}") });
     }
     opts.push(if read_only { "ro" } else { "rw" }.into());
     opts.push("nosuid".into());
@@ -151,12 +143,7 @@ fn kernel_options(c: &NfsConnection, read_only: bool) -> Result<String> {
 
 impl Attacher {
     /// `mount -t nfs` with the kernel's client.
-    pub(super) async fn nfs_kernel_mount(
-        &self,
-        c: &NfsConnection,
-        mountpoint: &Path,
-        read_only: bool,
-    ) -> Result<()> {
+    pub(super) async fn nfs_kernel_mount(&self, c: &NfsConnection, mountpoint: &Path, read_only: bool) -> Result<()> {
         let e = check(c)?;
         let opts = kernel_options(c, read_only)?;
         let host = if e.server.contains(':') {
@@ -273,7 +260,6 @@ impl Attacher {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,10 +270,7 @@ mod tests {
             port: Some(2049),
             export: "/export/volumes/v1".into(),
             version: "3".into(),
-            options: options
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            options: options.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         }
     }
 
@@ -334,9 +317,6 @@ mod tests {
         let mut s = conn(&[]);
         s.server = "h -o x".into();
         assert!(check(&s).is_err());
-        assert_eq!(
-            check(&conn(&[("mountport", "20048")])).unwrap().mount_port,
-            Some(20048)
-        );
+        assert_eq!(check(&conn(&[("mountport", "20048")])).unwrap().mount_port, Some(20048));
     }
 }

@@ -72,18 +72,14 @@ impl DataPaths {
         let qsd = which(super::iscsi::QSD);
         let iscsi_module = qsd_has_iscsi();
         let (u_ok, u_detail) = match (&qsd, iscsi_module, fuse) {
-            (Some(p), Some(m), true) => (
-                true,
-                format!("{} ({}) over FUSE and loop", p.display(), m.display()),
-            ),
+            (Some(p), Some(m), true) => (true, format!("{} ({}) over FUSE and loop", p.display(), m.display())),
             (None, _, _) => (
                 false,
                 "qemu-storage-daemon is not installed (Debian package qemu-utils)".to_string(),
             ),
             (Some(_), None, _) => (
                 false,
-                "qemu-storage-daemon has no iscsi driver (Debian package qemu-block-extra)"
-                    .to_string(),
+                "qemu-storage-daemon has no iscsi driver (Debian package qemu-block-extra)".to_string(),
             ),
             (Some(_), Some(_), false) => (false, no_fuse.to_string()),
         };
@@ -124,10 +120,7 @@ impl DataPaths {
         let s3fs = which("s3fs");
         let (s_ok, s_detail) = match (&s3fs, fuse) {
             (Some(p), true) => (true, format!("{} (FUSE)", p.display())),
-            (None, _) => (
-                false,
-                "s3fs is not installed (Debian package s3fs)".to_string(),
-            ),
+            (None, _) => (false, "s3fs is not installed (Debian package s3fs)".to_string()),
             (Some(_), false) => (false, no_fuse.to_string()),
         };
         all.push(DataPath {
@@ -139,16 +132,8 @@ impl DataPaths {
 
     /// The mode attaches of `protocol` use, or why there is none.
     pub fn selected(&self, protocol: &str, choice: PathChoice) -> Result<&'static str, String> {
-        let of = |mode: &str| {
-            self.all
-                .iter()
-                .find(|p| p.protocol == protocol && p.mode == mode)
-        };
-        if let Some(p) = self
-            .all
-            .iter()
-            .find(|p| p.protocol == protocol && p.selected)
-        {
+        let of = |mode: &str| self.all.iter().find(|p| p.protocol == protocol && p.mode == mode);
+        if let Some(p) = self.all.iter().find(|p| p.protocol == protocol && p.selected) {
             return Ok(if p.mode == "kernel" { "kernel" } else { "user" });
         }
         let why: Vec<String> = match choice {
@@ -203,9 +188,7 @@ fn qsd_has_iscsi() -> Option<PathBuf> {
     for e in std::fs::read_dir(lib).into_iter().flatten().flatten() {
         dirs.push(e.path().join("qemu"));
     }
-    dirs.into_iter()
-        .map(|d| d.join("block-iscsi.so"))
-        .find(|p| p.is_file())
+    dirs.into_iter().map(|d| d.join("block-iscsi.so")).find(|p| p.is_file())
 }
 
 #[cfg(test)]

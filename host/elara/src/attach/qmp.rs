@@ -33,8 +33,7 @@ async fn session(socket: &Path, command: &str, arguments: Value) -> Result<Value
     // The greeting, then capabilities negotiation.
     next_reply(&mut lines, socket).await?;
     for (cmd, args) in [("qmp_capabilities", json!({})), (command, arguments)] {
-        let mut line =
-            serde_json::to_vec(&json!({ "execute": cmd, "arguments": args })).expect("json");
+        let mut line = serde_json::to_vec(&json!({ "execute": cmd, "arguments": args })).expect("json");
         line.push(b'\n');
         write.write_all(&line).await.map_err(io)?;
         let reply = next_reply(&mut lines, socket).await?;

@@ -8,8 +8,8 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::os::fd::AsFd;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -146,13 +146,20 @@ pub async fn backup(
 ) -> Result<BackupOutcome, EngineError> {
     let io = |op: &'static str| {
         let path = image.to_path_buf();
-        move |source| EngineError::Io { op, path: path.clone(), source }
+        move |source| EngineError::Io {
+            op,
+            path: path.clone(),
+            source,
+        }
     };
     let file = Arc::new(File::open(image).map_err(io("opening"))?);
     progress.phase("scanning");
     let data = {
         let f = file.clone();
-        tokio::task::spawn_blocking(move || data_blocks(&f, size, block_size)).await.expect("scan task").map_err(io("scanning"))?
+        tokio::task::spawn_blocking(move || data_blocks(&f, size, block_size))
+            .await
+            .expect("scan task")
+            .map_err(io("scanning"))?
     };
     let nblocks = data.len();
     // Unchanged blocks by FIEMAP against the parent's reflink snapshot (when there is one).
@@ -170,7 +177,11 @@ pub async fn backup(
                         })
                         .collect(),
                     (o, n) => {
-                        tracing::info!("FIEMAP unavailable ({:?} / {:?}); reading every block", o.err(), n.err());
+                        tracing::info!(
+                            "FIEMAP unavailable ({:?} / {:?}); reading every block",
+                            o.err(),
+                            n.err()
+                        );
                         vec![None; nblocks]
                     }
                 }
@@ -180,18 +191,29 @@ pub async fn backup(
         }
         _ => vec![None; nblocks],
     };
-    let to_read: Vec<u64> = (0..nblocks as u64).filter(|&i| data[i as usize] && reused[i as usize].is_none()).collect();
-    progress.blocks_total.store(nblocks as u64, std::sync::atomic::Ordering::Relaxed);
+    let to_read: Vec<u64> = (0..nblocks as u64)
+        .filter(|&i| data[i as usize] && reused[i as usize].is_none())
+        .collect();
+    progress
+        .blocks_total
+        .store(nblocks as u64, std::sync::atomic::Ordering::Relaxed);
     progress.bytes_total.store(size, std::sync::atomic::Ordering::Relaxed);
     // Holes count as done at once.
     let hole_blocks = nblocks as u64 - to_read.len() as u64;
-    progress.blocks_done.fetch_add(hole_blocks, std::sync::atomic::Ordering::Relaxed);
-    progress.bytes_done.fetch_add(hole_blocks * block_size, std::sync::atomic::Ordering::Relaxed);
+    progress
+        .blocks_done
+        .fetch_add(hole_blocks, std::sync::atomic::Ordering::Relaxed);
+    progress
+        .bytes_done
+        .fetch_add(hole_blocks * block_size, std::sync::atomic::Ordering::Relaxed);
     progress.phase("uploading");
 
     let known = Arc::new(known);
     let claimed = Arc::new(Mutex::new(HashSet::<String>::new()));
-    let mut out = BackupOutcome { blocks: vec![None; nblocks], ..Default::default() };
+    let mut out = BackupOutcome {
+        blocks: vec![None; nblocks],
+        ..Default::default()
+    };
     // Reused blocks count as done at once, like holes.
     for (i, r) in reused.iter().enumerate() {
         if let Some(id) = r
@@ -217,28 +239,40 @@ pub async fn backup(
                 let offset = index * block_size;
                 let len = block_size.min(size - offset) as usize;
                 // Read, hash, and compress unless the target has it: CPU work on the blocking pool.
-                let work = tokio::task::spawn_blocking(move || -> std::io::Result<(Option<String>, Option<Bytes>, usize)> {
-                    let mut buf = vec![0u8; len];
-                    file.read_exact_at(&mut buf, offset)?;
-                    let hash = blake3::hash(&buf);
-                    if hash == zero_id(len, block_size) {
-                        return Ok((None, None, len));
-                    }
-                    let id = hash.to_hex().to_string();
-                    let fresh = !known.contains(&id) && claimed.lock().expect("claimed").insert(id.clone());
-                    if !fresh {
-                        return Ok((Some(id), None, len));
-                    }
-                    let packed = zstd::bulk::compress(&buf, ZSTD_LEVEL)?;
-                    Ok((Some(id), Some(Bytes::from(packed)), len))
-                })
-                .await
-                .expect("block task")
-                .map_err(|source| EngineError::Io { op: "reading", path: image, source })?;
+                let work =
+                    tokio::task::spawn_blocking(move || -> std::io::Result<(Option<String>, Option<Bytes>, usize)> {
+                        let mut buf = vec![0u8; len];
+                        file.read_exact_at(&mut buf, offset)?;
+                        let hash = blake3::hash(&buf);
+                        if hash == zero_id(len, block_size) {
+                            return Ok((None, None, len));
+                        }
+                        let id = hash.to_hex().to_string();
+                        let fresh = !known.contains(&id) && claimed.lock().expect("claimed").insert(id.clone());
+                        if !fresh {
+                            return Ok((Some(id), None, len));
+                        }
+                        let packed = zstd::bulk::compress(&buf, ZSTD_LEVEL)?;
+                        Ok((Some(id), Some(Bytes::from(packed)), len))
+                    })
+                    .await
+                    .expect("block task")
+                    .map_err(|source| EngineError::Io {
+                        op: "reading",
+                        path: image,
+                        source,
+                    })?;
                 let (id, packed, len) = work;
                 if let (Some(id), Some(packed)) = (&id, packed) {
                     let n = packed.len() as u64;
-                    target.put(&block_key(id), packed).await.map_err(|source| EngineError::Upload { index, id: id.clone(), source: Box::new(source) })?;
+                    target
+                        .put(&block_key(id), packed)
+                        .await
+                        .map_err(|source| EngineError::Upload {
+                            index,
+                            id: id.clone(),
+                            source: Box::new(source),
+                        })?;
                     progress.add_transferred(n);
                 }
                 progress.add_done(len as u64);
@@ -261,13 +295,30 @@ pub async fn backup(
 }
 
 /// Fetch block `index` and check it: decompresses to at most one block, hashes to its id.
-async fn fetch_checked(target: &Target, index: u64, id: &str, len: usize, progress: &Progress) -> Result<Vec<u8>, EngineError> {
-    fetch_object(target, id, len, progress).await.map_err(|reason| EngineError::BadBlock { index, id: id.to_string(), reason })
+async fn fetch_checked(
+    target: &Target,
+    index: u64,
+    id: &str,
+    len: usize,
+    progress: &Progress,
+) -> Result<Vec<u8>, EngineError> {
+    fetch_object(target, id, len, progress)
+        .await
+        .map_err(|reason| EngineError::BadBlock {
+            index,
+            id: id.to_string(),
+            reason,
+        })
 }
 
 /// Fetch the block or chunk `id` of `len` bytes and check it (decompresses to exactly `len`
 /// bytes that hash to `id`); the error says what is wrong with it.
-pub(crate) async fn fetch_object(target: &Target, id: &str, len: usize, progress: &Progress) -> Result<Vec<u8>, String> {
+pub(crate) async fn fetch_object(
+    target: &Target,
+    id: &str,
+    len: usize,
+    progress: &Progress,
+) -> Result<Vec<u8>, String> {
     let packed = target.get(&block_key(id)).await.map_err(|e| e.to_string())?;
     progress.add_transferred(packed.len() as u64);
     let id_owned = id.to_string();
@@ -287,14 +338,22 @@ pub(crate) async fn fetch_object(target: &Target, id: &str, len: usize, progress
 }
 
 fn check_manifest(m: &Manifest) -> Result<(), EngineError> {
-    let bad = |reason: String| EngineError::BadManifest { backup: m.id.clone(), reason };
+    let bad = |reason: String| EngineError::BadManifest {
+        backup: m.id.clone(),
+        reason,
+    };
     if m.format != super::FORMAT {
         return Err(bad(format!("format {:?}, expected {:?}", m.format, super::FORMAT)));
     }
     if m.block_size == 0 || m.block_size > 64 << 20 || m.blocks.len() as u64 != m.size_bytes.div_ceil(m.block_size) {
         return Err(bad("block size and block count do not fit the volume size".into()));
     }
-    if let Some((i, _)) = m.blocks.iter().enumerate().find(|(_, b)| b.as_ref().is_some_and(|id| id.len() != 64 || hex::decode(id).is_err())) {
+    if let Some((i, _)) = m
+        .blocks
+        .iter()
+        .enumerate()
+        .find(|(_, b)| b.as_ref().is_some_and(|id| id.len() != 64 || hex::decode(id).is_err()))
+    {
         return Err(bad(format!("block {i} has a malformed id")));
     }
     Ok(())
@@ -307,23 +366,48 @@ fn start_writeback(file: &File, offset: u64, len: usize) {
     use std::os::fd::AsRawFd;
     // SAFETY: sync_file_range on an open fd with a range inside the file; no memory is passed.
     unsafe {
-        libc::sync_file_range(file.as_raw_fd(), offset as libc::off64_t, len as libc::off64_t, libc::SYNC_FILE_RANGE_WRITE);
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
     }
 }
 
 /// Restore a manifest into `image` (an existing, zero-filled file of at least the volume's size).
 /// Every block is checked before it is written; the first bad block fails the restore, naming it.
-pub async fn restore(m: &Manifest, target: &Target, image: &Path, progress: Arc<Progress>, hook: Hook) -> Result<(), EngineError> {
+pub async fn restore(
+    m: &Manifest,
+    target: &Target,
+    image: &Path,
+    progress: Arc<Progress>,
+    hook: Hook,
+) -> Result<(), EngineError> {
     check_manifest(m)?;
     let digest = volume_digest(m.size_bytes, m.block_size, &m.blocks);
     if digest != m.digest {
-        return Err(EngineError::Digest { expected: m.digest.clone(), actual: digest });
+        return Err(EngineError::Digest {
+            expected: m.digest.clone(),
+            actual: digest,
+        });
     }
     let file = Arc::new(
-        std::fs::OpenOptions::new().write(true).open(image).map_err(|source| EngineError::Io { op: "opening", path: image.into(), source })?,
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(image)
+            .map_err(|source| EngineError::Io {
+                op: "opening",
+                path: image.into(),
+                source,
+            })?,
     );
-    progress.blocks_total.store(m.blocks.len() as u64, std::sync::atomic::Ordering::Relaxed);
-    progress.bytes_total.store(m.size_bytes, std::sync::atomic::Ordering::Relaxed);
+    progress
+        .blocks_total
+        .store(m.blocks.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    progress
+        .bytes_total
+        .store(m.size_bytes, std::sync::atomic::Ordering::Relaxed);
     progress.phase("downloading");
     let (size, bs) = (m.size_bytes, m.block_size);
     let mut stream = futures::stream::iter(m.blocks.iter().cloned().enumerate())
@@ -342,9 +426,13 @@ pub async fn restore(m: &Manifest, target: &Target, image: &Path, progress: Arc<
                         start_writeback(&file, offset, data.len());
                         Ok(())
                     })
-                        .await
-                        .expect("write task")
-                        .map_err(|source| EngineError::Io { op: "writing", path: image, source })?;
+                    .await
+                    .expect("write task")
+                    .map_err(|source| EngineError::Io {
+                        op: "writing",
+                        path: image,
+                        source,
+                    })?;
                 }
                 progress.add_done(len as u64);
                 Ok::<_, EngineError>(())
@@ -361,16 +449,28 @@ pub async fn restore(m: &Manifest, target: &Target, image: &Path, progress: Arc<
     tokio::task::spawn_blocking(move || f.sync_all())
         .await
         .expect("sync task")
-        .map_err(|source| EngineError::Io { op: "syncing", path: image.into(), source })?;
+        .map_err(|source| EngineError::Io {
+            op: "syncing",
+            path: image.into(),
+            source,
+        })?;
     Ok(())
 }
 
 /// Check every block of a manifest (fetch, decompress, hash) and the whole-volume digest.
-pub async fn verify(m: &Manifest, target: &Target, progress: Arc<Progress>) -> Result<(Vec<BadBlock>, bool), EngineError> {
+pub async fn verify(
+    m: &Manifest,
+    target: &Target,
+    progress: Arc<Progress>,
+) -> Result<(Vec<BadBlock>, bool), EngineError> {
     check_manifest(m)?;
     let digest_ok = volume_digest(m.size_bytes, m.block_size, &m.blocks) == m.digest;
-    progress.blocks_total.store(m.blocks.len() as u64, std::sync::atomic::Ordering::Relaxed);
-    progress.bytes_total.store(m.size_bytes, std::sync::atomic::Ordering::Relaxed);
+    progress
+        .blocks_total
+        .store(m.blocks.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    progress
+        .bytes_total
+        .store(m.size_bytes, std::sync::atomic::Ordering::Relaxed);
     progress.phase("verifying");
     let (size, bs) = (m.size_bytes, m.block_size);
     let mut bad = vec![];
@@ -392,7 +492,12 @@ pub async fn verify(m: &Manifest, target: &Target, progress: Arc<Progress>) -> R
     while let Some(r) = stream.next().await {
         match r {
             Ok(()) => {}
-            Err(EngineError::BadBlock { index, id, reason }) => bad.push(BadBlock { index, id, reason, path: None }),
+            Err(EngineError::BadBlock { index, id, reason }) => bad.push(BadBlock {
+                index,
+                id,
+                reason,
+                path: None,
+            }),
             Err(e) => return Err(e),
         }
     }

@@ -52,7 +52,15 @@ pub fn extents(file: &File) -> std::io::Result<Vec<Extent>> {
     let mut out = vec![];
     let mut start = 0u64;
     loop {
-        let mut req = Box::new(Request { start, length: u64::MAX - start, flags: FLAG_SYNC, mapped_extents: 0, extent_count: BATCH as u32, reserved: 0, extents: [RawExtent::default(); BATCH] });
+        let mut req = Box::new(Request {
+            start,
+            length: u64::MAX - start,
+            flags: FLAG_SYNC,
+            mapped_extents: 0,
+            extent_count: BATCH as u32,
+            reserved: 0,
+            extents: [RawExtent::default(); BATCH],
+        });
         // SAFETY: FS_IOC_FIEMAP reads and fills a `struct fiemap` followed by `extent_count` extents,
         // which is exactly `Request`'s layout; the fd is open for the call.
         let r = unsafe { libc::ioctl(file.as_raw_fd(), FS_IOC_FIEMAP, &mut *req as *mut Request) };
@@ -64,7 +72,12 @@ pub fn extents(file: &File) -> std::io::Result<Vec<Extent>> {
             return Ok(out);
         }
         for e in &req.extents[..n] {
-            out.push(Extent { logical: e.logical, physical: e.physical, length: e.length, flags: e.flags });
+            out.push(Extent {
+                logical: e.logical,
+                physical: e.physical,
+                length: e.length,
+                flags: e.flags,
+            });
         }
         let last = req.extents[n - 1];
         if last.flags & LAST != 0 {

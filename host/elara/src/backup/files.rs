@@ -96,10 +96,18 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Engin
 fn scan(root: &Path) -> Result<(Vec<FileEntry>, u64), EngineError> {
     let mut out = vec![];
     let mut skipped = 0;
-    for item in walkdir::WalkDir::new(root).min_depth(1).follow_links(false).sort_by_file_name() {
+    for item in walkdir::WalkDir::new(root)
+        .min_depth(1)
+        .follow_links(false)
+        .sort_by_file_name()
+    {
         let item = item.map_err(|e| {
             let path = e.path().map(Path::to_path_buf).unwrap_or_else(|| root.to_path_buf());
-            EngineError::Io { op: "walking", path, source: e.into() }
+            EngineError::Io {
+                op: "walking",
+                path,
+                source: e.into(),
+            }
         })?;
         let rel = item.path().strip_prefix(root).expect("walkdir stays under its root");
         let rel = rel.to_str().ok_or_else(|| EngineError::Io {
@@ -107,7 +115,11 @@ fn scan(root: &Path) -> Result<(Vec<FileEntry>, u64), EngineError> {
             path: item.path().to_path_buf(),
             source: std::io::Error::other("the name is not UTF-8 (not supported by file backups yet)"),
         })?;
-        let meta = item.metadata().map_err(|e| EngineError::Io { op: "reading metadata of", path: item.path().to_path_buf(), source: e.into() })?;
+        let meta = item.metadata().map_err(|e| EngineError::Io {
+            op: "reading metadata of",
+            path: item.path().to_path_buf(),
+            source: e.into(),
+        })?;
         let ft = item.file_type();
         let (kind, size, target) = if ft.is_dir() {
             (EntryKind::Dir, 0, None)
@@ -161,12 +173,22 @@ pub async fn backup(
 ) -> Result<FilesOutcome, EngineError> {
     progress.phase("scanning");
     let r = root.to_path_buf();
-    let (mut entries, skipped) = tokio::task::spawn_blocking(move || scan(&r)).await.expect("scan task")?;
-    let mut out = FilesOutcome { skipped, ..Default::default() };
+    let (mut entries, skipped) = tokio::task::spawn_blocking(move || scan(&r))
+        .await
+        .expect("scan task")?;
+    let mut out = FilesOutcome {
+        skipped,
+        ..Default::default()
+    };
 
     // Unchanged files keep the parent's chunks.
     if let Some(p) = &parent {
-        let old: HashMap<&str, &FileEntry> = p.entries.iter().filter(|e| e.kind == EntryKind::File).map(|e| (e.path.as_str(), e)).collect();
+        let old: HashMap<&str, &FileEntry> = p
+            .entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::File)
+            .map(|e| (e.path.as_str(), e))
+            .collect();
         for e in entries.iter_mut().filter(|e| e.kind == EntryKind::File && e.size > 0) {
             if let Some(o) = old.get(e.path.as_str())
                 && o.size == e.size
@@ -186,8 +208,12 @@ pub async fn backup(
         progress.blocks_done.fetch_add(e.chunks.len() as u64, Relaxed);
         progress.bytes_done.fetch_add(e.size, Relaxed);
     }
-    let todo: Vec<(usize, PathBuf)> =
-        entries.iter().enumerate().filter(|(_, e)| e.kind == EntryKind::File && e.size > 0 && e.chunks.is_empty()).map(|(i, e)| (i, root.join(&e.path))).collect();
+    let todo: Vec<(usize, PathBuf)> = entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.kind == EntryKind::File && e.size > 0 && e.chunks.is_empty())
+        .map(|(i, e)| (i, root.join(&e.path)))
+        .collect();
     let paths: Arc<Vec<String>> = Arc::new(entries.iter().map(|e| e.path.clone()).collect());
     progress.phase("uploading");
 
@@ -206,7 +232,13 @@ pub async fn backup(
             };
             let cdc = fastcdc::v2020::StreamCDC::new(f, CHUNK_MIN as usize, CHUNK_AVG as usize, CHUNK_MAX as usize);
             for (seq, c) in cdc.enumerate() {
-                let piece = c.map(|c| Piece { file, seq, data: c.data }).map_err(|e| io_err("reading", &path)(e.into()));
+                let piece = c
+                    .map(|c| Piece {
+                        file,
+                        seq,
+                        data: c.data,
+                    })
+                    .map_err(|e| io_err("reading", &path)(e.into()));
                 let failed = piece.is_err();
                 prog.blocks_total.fetch_add(1, Relaxed);
                 if tx.blocking_send(piece).is_err() || failed {
@@ -217,10 +249,18 @@ pub async fn backup(
     });
     let known = Arc::new(known);
     let claimed = Arc::new(Mutex::new(HashSet::<String>::new()));
-    let pieces = Box::pin(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|p| (p, rx)) }));
+    let pieces = Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|p| (p, rx))
+    }));
     let mut results = pieces
         .map(|piece| {
-            let (known, claimed, target, progress, paths) = (known.clone(), claimed.clone(), target.clone(), progress.clone(), paths.clone());
+            let (known, claimed, target, progress, paths) = (
+                known.clone(),
+                claimed.clone(),
+                target.clone(),
+                progress.clone(),
+                paths.clone(),
+            );
             async move {
                 let Piece { file, seq, data } = piece?;
                 let len = data.len();
@@ -228,13 +268,28 @@ pub async fn backup(
                 let work = tokio::task::spawn_blocking(move || -> std::io::Result<(String, Option<Bytes>)> {
                     let id = blake3::hash(&data).to_hex().to_string();
                     let fresh = !known.contains(&id) && claimed.lock().expect("claimed").insert(id.clone());
-                    let packed = if fresh { Some(Bytes::from(zstd::bulk::compress(&data, ZSTD_LEVEL)?)) } else { None };
+                    let packed = if fresh {
+                        Some(Bytes::from(zstd::bulk::compress(&data, ZSTD_LEVEL)?))
+                    } else {
+                        None
+                    };
                     Ok((id, packed))
                 });
-                let (id, packed) = work.await.expect("chunk task").map_err(|source| EngineError::Io { op: "compressing", path: path.clone().into(), source })?;
+                let (id, packed) = work.await.expect("chunk task").map_err(|source| EngineError::Io {
+                    op: "compressing",
+                    path: path.clone().into(),
+                    source,
+                })?;
                 if let Some(packed) = packed {
                     let n = packed.len() as u64;
-                    target.put(&block_key(&id), packed).await.map_err(|source| EngineError::UploadChunk { path, id: id.clone(), source: Box::new(source) })?;
+                    target
+                        .put(&block_key(&id), packed)
+                        .await
+                        .map_err(|source| EngineError::UploadChunk {
+                            path,
+                            id: id.clone(),
+                            source: Box::new(source),
+                        })?;
                     progress.add_transferred(n);
                 }
                 progress.add_done(len as u64);
@@ -288,7 +343,10 @@ fn clean_path(path: &str) -> bool {
 /// parent a directory listed earlier (so no entry can be written through a symlink), unique
 /// paths, well-formed chunks adding up to each file's size.
 pub fn check_manifest(m: &Manifest) -> Result<(), EngineError> {
-    let bad = |reason: String| EngineError::BadManifest { backup: m.id.clone(), reason };
+    let bad = |reason: String| EngineError::BadManifest {
+        backup: m.id.clone(),
+        reason,
+    };
     if m.format != FORMAT {
         return Err(bad(format!("format {:?}, expected {FORMAT:?}", m.format)));
     }
@@ -305,7 +363,9 @@ pub fn check_manifest(m: &Manifest) -> Result<(), EngineError> {
         if let Some((parent, _)) = p.rsplit_once('/')
             && !dirs.contains(parent)
         {
-            return Err(bad(format!("entry {p:?} comes before its directory {parent:?}, or that is not a directory")));
+            return Err(bad(format!(
+                "entry {p:?} comes before its directory {parent:?}, or that is not a directory"
+            )));
         }
         if e.mode > 0o7777 {
             return Err(bad(format!("entry {p:?} has mode {:o}", e.mode)));
@@ -318,12 +378,22 @@ pub fn check_manifest(m: &Manifest) -> Result<(), EngineError> {
                 return Err(bad(format!("symlink {p:?} has no target")));
             }
             EntryKind::File => {
-                if let Some(c) = e.chunks.iter().find(|c| c.id.len() != 64 || hex::decode(&c.id).is_err() || c.len == 0 || c.len > CHUNK_MAX) {
-                    return Err(bad(format!("file {p:?} has a malformed chunk {:?} ({} bytes)", c.id, c.len)));
+                if let Some(c) = e
+                    .chunks
+                    .iter()
+                    .find(|c| c.id.len() != 64 || hex::decode(&c.id).is_err() || c.len == 0 || c.len > CHUNK_MAX)
+                {
+                    return Err(bad(format!(
+                        "file {p:?} has a malformed chunk {:?} ({} bytes)",
+                        c.id, c.len
+                    )));
                 }
                 let sum: u64 = e.chunks.iter().map(|c| c.len as u64).sum();
                 if sum != e.size {
-                    return Err(bad(format!("file {p:?}: its chunks hold {sum} bytes, its size is {}", e.size)));
+                    return Err(bad(format!(
+                        "file {p:?}: its chunks hold {sum} bytes, its size is {}",
+                        e.size
+                    )));
                 }
             }
             _ => {}
@@ -337,14 +407,27 @@ pub fn check_manifest(m: &Manifest) -> Result<(), EngineError> {
 
 /// Restore a file manifest into `root` (an empty directory: a new volume's mountpoint). Every
 /// chunk is checked before it is written; the first bad one fails the restore, naming it.
-pub async fn restore(m: &Manifest, target: &Target, root: &Path, progress: Arc<Progress>, hook: Hook) -> Result<(), EngineError> {
+pub async fn restore(
+    m: &Manifest,
+    target: &Target,
+    root: &Path,
+    progress: Arc<Progress>,
+    hook: Hook,
+) -> Result<(), EngineError> {
     check_manifest(m)?;
     let digest = tree_digest(&m.entries);
     if digest != m.digest {
-        return Err(EngineError::Digest { expected: m.digest.clone(), actual: digest });
+        return Err(EngineError::Digest {
+            expected: m.digest.clone(),
+            actual: digest,
+        });
     }
-    progress.bytes_total.store(m.entries.iter().map(|e| e.size).sum(), Relaxed);
-    progress.blocks_total.store(m.entries.iter().map(|e| e.chunks.len() as u64).sum(), Relaxed);
+    progress
+        .bytes_total
+        .store(m.entries.iter().map(|e| e.size).sum(), Relaxed);
+    progress
+        .blocks_total
+        .store(m.entries.iter().map(|e| e.chunks.len() as u64).sum(), Relaxed);
     progress.phase("downloading");
     let root = Arc::new(Root::open(root)?);
 
@@ -362,7 +445,9 @@ pub async fn restore(m: &Manifest, target: &Target, root: &Path, progress: Arc<P
                     Err(nix::Error::EEXIST) => drop(openat(&parent, name, DIR_FLAGS, Mode::empty()).map_err(fail)?),
                     other => other.map_err(fail)?,
                 },
-                EntryKind::Symlink => nix::unistd::symlinkat(e.target.as_deref().unwrap_or_default(), &parent, name).map_err(fail)?,
+                EntryKind::Symlink => {
+                    nix::unistd::symlinkat(e.target.as_deref().unwrap_or_default(), &parent, name).map_err(fail)?
+                }
                 EntryKind::File => {}
             }
         }
@@ -375,7 +460,12 @@ pub async fn restore(m: &Manifest, target: &Target, root: &Path, progress: Arc<P
     // owner, mode and mtime through its own descriptor.
     let ahead = (PARALLEL / FILES_PARALLEL).max(1);
     // Owned entries and target: the futures borrow nothing (they must be `Send` for any lifetime).
-    let todo: Vec<FileEntry> = m.entries.iter().filter(|e| e.kind == EntryKind::File).cloned().collect();
+    let todo: Vec<FileEntry> = m
+        .entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::File)
+        .cloned()
+        .collect();
     let mut files = futures::stream::iter(todo)
         .map(|e| {
             let progress = progress.clone();
@@ -388,7 +478,8 @@ pub async fn restore(m: &Manifest, target: &Target, root: &Path, progress: Arc<P
                 let file = tokio::task::spawn_blocking(move || -> Result<File, EngineError> {
                     let (parent, name) = r.parent(&rel)?;
                     let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-                    let fd = openat(&parent, name, flags, Mode::S_IRUSR | Mode::S_IWUSR).map_err(|err| io_err("creating", &r.path.join(&rel))(err.into()))?;
+                    let fd = openat(&parent, name, flags, Mode::S_IRUSR | Mode::S_IWUSR)
+                        .map_err(|err| io_err("creating", &r.path.join(&rel))(err.into()))?;
                     Ok(File::from(fd))
                 })
                 .await
@@ -398,7 +489,13 @@ pub async fn restore(m: &Manifest, target: &Target, root: &Path, progress: Arc<P
                     .map(|c| {
                         let (progress, target, path) = (progress.clone(), target.clone(), e.path.clone());
                         async move {
-                            fetch_object(&target, &c.id, c.len as usize, &progress).await.map_err(|reason| EngineError::BadChunk { path, id: c.id.clone(), reason })
+                            fetch_object(&target, &c.id, c.len as usize, &progress)
+                                .await
+                                .map_err(|reason| EngineError::BadChunk {
+                                    path,
+                                    id: c.id.clone(),
+                                    reason,
+                                })
                         }
                     })
                     .buffered(ahead);
@@ -406,7 +503,10 @@ pub async fn restore(m: &Manifest, target: &Target, root: &Path, progress: Arc<P
                 while let Some(data) = chunks.next().await {
                     let data = data?;
                     let (f, len) = (file.clone(), data.len() as u64);
-                    tokio::task::spawn_blocking(move || f.write_all_at(&data, offset)).await.expect("write task").map_err(io_err("writing", &path))?;
+                    tokio::task::spawn_blocking(move || f.write_all_at(&data, offset))
+                        .await
+                        .expect("write task")
+                        .map_err(io_err("writing", &path))?;
                     offset += len;
                     progress.add_done(len);
                     hook(&progress);
@@ -463,7 +563,10 @@ pub async fn restore(m: &Manifest, target: &Target, root: &Path, progress: Arc<P
 }
 
 /// Opening a directory of the tree being restored: never through a symlink.
-const DIR_FLAGS: OFlag = OFlag::O_RDONLY.union(OFlag::O_DIRECTORY).union(OFlag::O_NOFOLLOW).union(OFlag::O_CLOEXEC);
+const DIR_FLAGS: OFlag = OFlag::O_RDONLY
+    .union(OFlag::O_DIRECTORY)
+    .union(OFlag::O_NOFOLLOW)
+    .union(OFlag::O_CLOEXEC);
 
 /// The root of a restore, opened once. Every entry is reached from it one component at a time,
 /// each directory opened relative to its parent's descriptor with `O_NOFOLLOW | O_DIRECTORY`,
@@ -480,7 +583,10 @@ struct Root {
 impl Root {
     fn open(path: &Path) -> Result<Root, EngineError> {
         let fd = nix::fcntl::open(path, DIR_FLAGS, Mode::empty()).map_err(|err| io_err("opening", path)(err.into()))?;
-        Ok(Root { fd, path: path.to_path_buf() })
+        Ok(Root {
+            fd,
+            path: path.to_path_buf(),
+        })
     }
 
     /// The directory at `rel` (a clean relative path, see [`check_manifest`]; empty: the root).
@@ -490,7 +596,8 @@ impl Root {
         for c in rel.split('/').filter(|c| !c.is_empty()) {
             walked.push(c);
             // ELOOP or ENOTDIR if the component is not (or no longer) a directory.
-            fd = openat(&fd, c, DIR_FLAGS, Mode::empty()).map_err(|err| io_err("opening the directory", &walked)(err.into()))?;
+            fd = openat(&fd, c, DIR_FLAGS, Mode::empty())
+                .map_err(|err| io_err("opening the directory", &walked)(err.into()))?;
         }
         Ok(fd)
     }
@@ -506,14 +613,19 @@ impl Root {
 /// setuid/setgid, chmod then sets them.
 fn set_meta(fd: BorrowedFd<'_>, e: &FileEntry, path: &Path) -> Result<(), EngineError> {
     let err = |op: &'static str| move |err: nix::Error| io_err(op, path)(err.into());
-    nix::unistd::fchown(fd, Some(Uid::from_raw(e.uid)), Some(Gid::from_raw(e.gid))).map_err(err("setting the owner of"))?;
+    nix::unistd::fchown(fd, Some(Uid::from_raw(e.uid)), Some(Gid::from_raw(e.gid)))
+        .map_err(err("setting the owner of"))?;
     nix::sys::stat::fchmod(fd, Mode::from_bits_truncate(e.mode)).map_err(err("setting the mode of"))?;
     let mtime = TimeSpec::new(e.mtime, e.mtime_nsec as _);
     nix::sys::stat::futimens(fd, &mtime, &mtime).map_err(err("setting the mtime of"))
 }
 
 /// Check every distinct chunk of a file manifest (fetch, decompress, hash) and the tree digest.
-pub async fn verify(m: &Manifest, target: &Target, progress: Arc<Progress>) -> Result<(Vec<BadBlock>, bool), EngineError> {
+pub async fn verify(
+    m: &Manifest,
+    target: &Target,
+    progress: Arc<Progress>,
+) -> Result<(Vec<BadBlock>, bool), EngineError> {
     check_manifest(m)?;
     let digest_ok = tree_digest(&m.entries) == m.digest;
     // Each distinct chunk once, named after the first file that holds it.
@@ -527,7 +639,9 @@ pub async fn verify(m: &Manifest, target: &Target, progress: Arc<Progress>) -> R
         }
     }
     progress.blocks_total.store(unique.len() as u64, Relaxed);
-    progress.bytes_total.store(unique.iter().map(|(_, _, c)| c.len as u64).sum(), Relaxed);
+    progress
+        .bytes_total
+        .store(unique.iter().map(|(_, _, c)| c.len as u64).sum(), Relaxed);
     progress.phase("verifying");
     let mut bad = vec![];
     let mut checks = futures::stream::iter(unique)
@@ -536,7 +650,12 @@ pub async fn verify(m: &Manifest, target: &Target, progress: Arc<Progress>) -> R
             async move {
                 let r = fetch_object(&target, &c.id, c.len as usize, &progress).await;
                 progress.add_done(c.len as u64);
-                r.err().map(|reason| BadBlock { index, id: c.id, reason, path: Some(path) })
+                r.err().map(|reason| BadBlock {
+                    index,
+                    id: c.id,
+                    reason,
+                    path: Some(path),
+                })
             }
         })
         .buffer_unordered(PARALLEL);
@@ -571,8 +690,20 @@ mod tests {
         let target = Target::Local(dir.path().join("target"));
         target.probe().await.unwrap();
         let hook: Hook = Arc::new(|_: &Progress| {});
-        let out = backup(&src, &target, HashSet::new(), None, Arc::new(Progress::default()), hook.clone()).await.unwrap();
-        assert_eq!(out.entries.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(), ["a", "a/b", "a/b/big", "a/small", "empty", "link"]);
+        let out = backup(
+            &src,
+            &target,
+            HashSet::new(),
+            None,
+            Arc::new(Progress::default()),
+            hook.clone(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            out.entries.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(),
+            ["a", "a/b", "a/b/big", "a/small", "empty", "link"]
+        );
         assert!(out.entries[2].chunks.len() >= 2, "6 MiB is cut in several chunks");
         let first_uploaded = out.uploaded_chunks;
 
@@ -581,8 +712,14 @@ mod tests {
         changed.extend_from_slice(&big);
         std::fs::write(src.join("a/b/big"), &changed).unwrap();
         let known = target.block_ids().await.unwrap();
-        let out2 = backup(&src, &target, known, None, Arc::new(Progress::default()), hook.clone()).await.unwrap();
-        assert!(out2.uploaded_chunks < first_uploaded, "an insert re-uploads only the chunks around it ({} of {first_uploaded})", out2.uploaded_chunks);
+        let out2 = backup(&src, &target, known, None, Arc::new(Progress::default()), hook.clone())
+            .await
+            .unwrap();
+        assert!(
+            out2.uploaded_chunks < first_uploaded,
+            "an insert re-uploads only the chunks around it ({} of {first_uploaded})",
+            out2.uploaded_chunks
+        );
 
         let m = Manifest {
             format: FORMAT.into(),
@@ -600,7 +737,9 @@ mod tests {
         };
         let dst = dir.path().join("dst");
         std::fs::create_dir(&dst).unwrap();
-        restore(&m, &target, &dst, Arc::new(Progress::default()), hook).await.unwrap();
+        restore(&m, &target, &dst, Arc::new(Progress::default()), hook)
+            .await
+            .unwrap();
         assert_eq!(std::fs::read(dst.join("a/b/big")).unwrap(), changed);
         assert_eq!(std::fs::read(dst.join("a/small")).unwrap(), b"hello");
         assert_eq!(std::fs::metadata(dst.join("a/small")).unwrap().mode() & 0o7777, 0o640);
@@ -621,7 +760,18 @@ mod tests {
 
     #[test]
     fn manifest_paths_are_confined() {
-        let entry = |path: &str, kind| FileEntry { path: path.into(), kind, mode: 0o644, uid: 0, gid: 0, mtime: 0, mtime_nsec: 0, size: 0, chunks: vec![], target: Some("x".into()) };
+        let entry = |path: &str, kind| FileEntry {
+            path: path.into(),
+            kind,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            mtime_nsec: 0,
+            size: 0,
+            chunks: vec![],
+            target: Some("x".into()),
+        };
         let m = |entries| Manifest {
             format: FORMAT.into(),
             id: "b".into(),
@@ -654,7 +804,13 @@ mod tests {
     /// A file manifest of `entries` whose files hold `content`, its chunk stored in `target`.
     async fn manifest_with(target: &Target, entries: Vec<(&str, EntryKind, u32)>, content: &[u8]) -> Manifest {
         let id = blake3::hash(content).to_hex().to_string();
-        target.put(&block_key(&id), Bytes::from(zstd::bulk::compress(content, ZSTD_LEVEL).unwrap())).await.unwrap();
+        target
+            .put(
+                &block_key(&id),
+                Bytes::from(zstd::bulk::compress(content, ZSTD_LEVEL).unwrap()),
+            )
+            .await
+            .unwrap();
         let entries: Vec<FileEntry> = entries
             .into_iter()
             .map(|(path, kind, mode)| {
@@ -668,7 +824,14 @@ mod tests {
                     mtime: 1_000_000,
                     mtime_nsec: 0,
                     size: if file { content.len() as u64 } else { 0 },
-                    chunks: if file { vec![ChunkRef { id: id.clone(), len: content.len() as u32 }] } else { vec![] },
+                    chunks: if file {
+                        vec![ChunkRef {
+                            id: id.clone(),
+                            len: content.len() as u32,
+                        }]
+                    } else {
+                        vec![]
+                    },
                     target: (kind == EntryKind::Symlink).then(|| "elsewhere".to_string()),
                 }
             })
@@ -709,11 +872,22 @@ mod tests {
 
         /// What is checked: the directory's names and mode, the file's bytes, mode, owner, mtime.
         fn state(&self) -> (Vec<String>, u32, Vec<u8>, u32, u32, u32, i64) {
-            let mut names: Vec<String> = std::fs::read_dir(&self.dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+            let mut names: Vec<String> = std::fs::read_dir(&self.dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
             names.sort();
             let dm = std::fs::symlink_metadata(&self.dir).unwrap();
             let m = std::fs::symlink_metadata(&self.file).unwrap();
-            (names, dm.mode(), std::fs::read(&self.file).unwrap(), m.mode(), m.uid(), m.gid(), m.mtime())
+            (
+                names,
+                dm.mode(),
+                std::fs::read(&self.file).unwrap(),
+                m.mode(),
+                m.uid(),
+                m.gid(),
+                m.mtime(),
+            )
         }
     }
 
@@ -729,7 +903,11 @@ mod tests {
         let before = victim.state();
         let hook: Hook = Arc::new(|_: &Progress| {});
         for (planted, points_at, entries) in [
-            ("d", &victim.dir, vec![("d", EntryKind::Dir, 0o777), ("d/f", EntryKind::File, 0o666)]),
+            (
+                "d",
+                &victim.dir,
+                vec![("d", EntryKind::Dir, 0o777), ("d/f", EntryKind::File, 0o666)],
+            ),
             ("f", &victim.file, vec![("f", EntryKind::File, 0o4777)]),
             ("l", &victim.file, vec![("l", EntryKind::Symlink, 0o777)]),
         ] {
@@ -737,9 +915,15 @@ mod tests {
             let root = dir.path().join(format!("root-{planted}"));
             std::fs::create_dir(&root).unwrap();
             std::os::unix::fs::symlink(points_at, root.join(planted)).unwrap();
-            let err = restore(&m, &target, &root, Arc::new(Progress::default()), hook.clone()).await.expect_err("a planted symlink fails the restore");
+            let err = restore(&m, &target, &root, Arc::new(Progress::default()), hook.clone())
+                .await
+                .expect_err("a planted symlink fails the restore");
             assert!(err.to_string().contains(planted), "the error names {planted:?}: {err}");
-            assert_eq!(victim.state(), before, "planted {planted:?}: the host directory and file are unchanged");
+            assert_eq!(
+                victim.state(),
+                before,
+                "planted {planted:?}: the host directory and file are unchanged"
+            );
         }
     }
 
@@ -763,7 +947,11 @@ mod tests {
         entries.push(("top", EntryKind::File, 0o4777));
         let m = manifest_with(&target, entries, &[7u8; 64 << 10]).await;
         let hook: Hook = Arc::new(|_: &Progress| {});
-        for (swapped, to) in [("d", victim.dir.clone()), ("top", victim.file.clone()), ("d/f3", victim.file.clone())] {
+        for (swapped, to) in [
+            ("d", victim.dir.clone()),
+            ("top", victim.file.clone()),
+            ("d/f3", victim.file.clone()),
+        ] {
             let swaps = Arc::new(AtomicU64::new(0));
             let (mut failed_restores, mut changed, mut run) = (0, None, 0);
             for i in 0..ITERATIONS {
@@ -797,9 +985,20 @@ mod tests {
                     break;
                 }
             }
-            eprintln!("swapping {swapped:?}: {run} of {ITERATIONS} iterations run, {} swaps, {failed_restores} restores failed", swaps.load(Relaxed));
-            assert_eq!(changed, None, "swapping {swapped:?}: a restore changed the host directory or file: {before:?} → {:?}", victim.state());
-            assert!(swaps.load(Relaxed) > 0, "swapping {swapped:?}: the swapper never swapped anything: the race was not run");
+            eprintln!(
+                "swapping {swapped:?}: {run} of {ITERATIONS} iterations run, {} swaps, {failed_restores} restores failed",
+                swaps.load(Relaxed)
+            );
+            assert_eq!(
+                changed,
+                None,
+                "swapping {swapped:?}: a restore changed the host directory or file: {before:?} → {:?}",
+                victim.state()
+            );
+            assert!(
+                swaps.load(Relaxed) > 0,
+                "swapping {swapped:?}: the swapper never swapped anything: the race was not run"
+            );
         }
     }
 }

@@ -100,21 +100,11 @@ pub struct Lease {
 
 impl Lease {
     /// Write the lease, and start refreshing it.
-    pub async fn take(
-        target: &Target,
-        kind: LeaseKind,
-        holder: &str,
-        node: &str,
-    ) -> Result<Lease, TargetError> {
+    pub async fn take(target: &Target, kind: LeaseKind, holder: &str, node: &str) -> Result<Lease, TargetError> {
         let key = lease_key(kind, holder);
         target.put(&key, body(kind, holder, node)).await?;
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
-        let (t, k, h, n) = (
-            target.clone(),
-            key.clone(),
-            holder.to_string(),
-            node.to_string(),
-        );
+        let (t, k, h, n) = (target.clone(), key.clone(), holder.to_string(), node.to_string());
         // A refresh is never cut off half-way (only between writes): a write still in flight
         // when the lease is released could land after the delete and bring it back.
         let refresher = tokio::spawn(async move {
@@ -190,17 +180,11 @@ mod tests {
             leases(&target).await.unwrap().is_empty(),
             "a target without locks/ has no leases"
         );
-        let l = Lease::take(&target, LeaseKind::Backup, "op1", "n1")
-            .await
-            .unwrap();
+        let l = Lease::take(&target, LeaseKind::Backup, "op1", "n1").await.unwrap();
         let found = leases(&target).await.unwrap();
         assert_eq!(found.len(), 1);
         assert_eq!(
-            (
-                found[0].body.kind,
-                found[0].body.holder.as_str(),
-                found[0].stale
-            ),
+            (found[0].body.kind, found[0].body.holder.as_str(), found[0].stale),
             (LeaseKind::Backup, "op1", false)
         );
         l.release().await.unwrap();

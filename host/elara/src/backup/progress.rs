@@ -2,8 +2,8 @@
 //! clone's copy in a driver): phase, bytes, blocks, rate, ETA. Workers bump atomics;
 //! [`Progress::view`] turns them into the figures REST and the CLI show.
 
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -98,10 +98,19 @@ impl Progress {
     }
 
     pub fn view(&self) -> ProgressView {
-        let phase_secs = self.phase_started.lock().expect("progress lock").elapsed().as_secs_f64();
+        let phase_secs = self
+            .phase_started
+            .lock()
+            .expect("progress lock")
+            .elapsed()
+            .as_secs_f64();
         let done = self.bytes_done.load(Relaxed);
         let total = self.bytes_total.load(Relaxed);
-        let rate = if phase_secs > 0.0 { (done as f64 / phase_secs) as u64 } else { 0 };
+        let rate = if phase_secs > 0.0 {
+            (done as f64 / phase_secs) as u64
+        } else {
+            0
+        };
         let eta = (rate > 0 && total >= done).then(|| (total - done) / rate);
         ProgressView {
             phase: self.phase.lock().expect("progress lock").clone(),

@@ -154,7 +154,10 @@ pub struct Manifest {
 impl Manifest {
     /// Every chunk or block id the manifest references (with repeats).
     pub fn chunk_ids(&self) -> impl Iterator<Item = &String> {
-        self.blocks.iter().flatten().chain(self.entries.iter().flat_map(|e| e.chunks.iter().map(|c| &c.id)))
+        self.blocks
+            .iter()
+            .flatten()
+            .chain(self.entries.iter().flat_map(|e| e.chunks.iter().map(|c| &c.id)))
     }
 }
 

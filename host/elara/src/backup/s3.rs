@@ -21,9 +21,19 @@ const ATTEMPTS: u32 = 4;
 #[derive(Debug, Error)]
 pub enum S3Error {
     #[error("S3 {op} {key} returned HTTP {status}: {code} {message}")]
-    Service { op: &'static str, key: String, status: u16, code: String, message: String },
+    Service {
+        op: &'static str,
+        key: String,
+        status: u16,
+        code: String,
+        message: String,
+    },
     #[error("S3 {op} {key}: {reason}")]
-    Http { op: &'static str, key: String, reason: String },
+    Http {
+        op: &'static str,
+        key: String,
+        reason: String,
+    },
     #[error("signing the S3 {op} request: {reason}")]
     Signing { op: &'static str, reason: String },
     #[error("S3 {op}: unreadable reply: {reason}")]
@@ -55,8 +65,14 @@ impl S3Client {
             access_key: access_key.to_string(),
             secret_key: secret_key.to_string(),
             bucket: bucket.to_string(),
-            prefix: if prefix.is_empty() { String::new() } else { format!("{prefix}/") },
-            http: Client::builder(TokioExecutor::new()).pool_max_idle_per_host(32).build(connector),
+            prefix: if prefix.is_empty() {
+                String::new()
+            } else {
+                format!("{prefix}/")
+            },
+            http: Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(32)
+                .build(connector),
         }
     }
 
@@ -79,8 +95,18 @@ impl S3Client {
     }
 
     /// Sign and send once; any status is returned with its body.
-    async fn send_once(&self, op: &'static str, method: &str, url: &str, body: &Bytes) -> Result<(u16, Bytes), S3Error> {
-        let signer = Signer { access_key: &self.access_key, secret_key: &self.secret_key, region: &self.region };
+    async fn send_once(
+        &self,
+        op: &'static str,
+        method: &str,
+        url: &str,
+        body: &Bytes,
+    ) -> Result<(u16, Bytes), S3Error> {
+        let signer = Signer {
+            access_key: &self.access_key,
+            secret_key: &self.secret_key,
+            region: &self.region,
+        };
         let signing = |reason: String| S3Error::Signing { op, reason };
         let headers = signer.headers(method, url, &[], Payload::Unsigned).map_err(signing)?;
         let mut req = hyper::Request::builder().method(method).uri(url);
@@ -91,8 +117,15 @@ impl S3Client {
             req = req.header("content-length", body.len().to_string());
         }
         let req = req.body(Full::new(body.clone())).map_err(|e| signing(e.to_string()))?;
-        let http = |e: &dyn std::fmt::Display| S3Error::Http { op, key: url.to_string(), reason: e.to_string() };
-        let resp = tokio::time::timeout(Duration::from_secs(120), self.http.request(req)).await.map_err(|e| http(&e))?.map_err(|e| http(&e))?;
+        let http = |e: &dyn std::fmt::Display| S3Error::Http {
+            op,
+            key: url.to_string(),
+            reason: e.to_string(),
+        };
+        let resp = tokio::time::timeout(Duration::from_secs(120), self.http.request(req))
+            .await
+            .map_err(|e| http(&e))?
+            .map_err(|e| http(&e))?;
         let status = resp.status().as_u16();
         let bytes = tokio::time::timeout(Duration::from_secs(300), resp.into_body().collect())
             .await
@@ -103,7 +136,15 @@ impl S3Client {
     }
 
     /// Send with retries of transient failures; a non-2xx answer (other than `ok_status`) is an error.
-    async fn send(&self, op: &'static str, method: &str, key: Option<&str>, query: &[(&str, String)], body: Bytes, ok_status: &[u16]) -> Result<(u16, Bytes), S3Error> {
+    async fn send(
+        &self,
+        op: &'static str,
+        method: &str,
+        key: Option<&str>,
+        query: &[(&str, String)],
+        body: Bytes,
+        ok_status: &[u16],
+    ) -> Result<(u16, Bytes), S3Error> {
         let url = self.url(key, query);
         let mut last = None;
         for attempt in 0..ATTEMPTS {
@@ -111,7 +152,9 @@ impl S3Client {
                 tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
             }
             match self.send_once(op, method, &url, &body).await {
-                Ok((status, bytes)) if (200..300).contains(&status) || ok_status.contains(&status) => return Ok((status, bytes)),
+                Ok((status, bytes)) if (200..300).contains(&status) || ok_status.contains(&status) => {
+                    return Ok((status, bytes));
+                }
                 Ok((status, bytes)) => {
                     let err = service_error(op, key.unwrap_or(&self.bucket), status, &bytes);
                     if status < 500 {
@@ -136,7 +179,9 @@ impl S3Client {
         }
         let err = service_error("CreateBucket", &self.bucket, status, &body);
         match &err {
-            S3Error::Service { code, .. } if code == "BucketAlreadyOwnedByYou" || code == "BucketAlreadyExists" => Ok(()),
+            S3Error::Service { code, .. } if code == "BucketAlreadyOwnedByYou" || code == "BucketAlreadyExists" => {
+                Ok(())
+            }
             _ => Err(err),
         }
     }
@@ -147,12 +192,16 @@ impl S3Client {
 
     /// The object, or `None` if there is no such key.
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>, S3Error> {
-        let (status, body) = self.send("GetObject", "GET", Some(key), &[], Bytes::new(), &[404]).await?;
+        let (status, body) = self
+            .send("GetObject", "GET", Some(key), &[], Bytes::new(), &[404])
+            .await?;
         Ok((status != 404).then_some(body))
     }
 
     pub async fn delete(&self, key: &str) -> Result<(), S3Error> {
-        self.send("DeleteObject", "DELETE", Some(key), &[], Bytes::new(), &[404]).await.map(drop)
+        self.send("DeleteObject", "DELETE", Some(key), &[], Bytes::new(), &[404])
+            .await
+            .map(drop)
     }
 
     /// Every key under `prefix` (relative to the client's own prefix), all pages.
@@ -165,15 +214,24 @@ impl S3Client {
             if let Some(t) = &token {
                 q.insert(0, ("continuation-token", t.clone()));
             }
-            let (status, body) = self.send("ListObjectsV2", "GET", None, &q, Bytes::new(), &[404]).await?;
+            let (status, body) = self
+                .send("ListObjectsV2", "GET", None, &q, Bytes::new(), &[404])
+                .await?;
             if status == 404 {
                 // `target add` made the bucket: without it the target is lost (deleted, or
                 // another server), which is never the same as an empty target.
                 return Err(service_error("ListObjectsV2", &self.bucket, status, &body));
             }
-            let page: ListBucketResult = quick_xml::de::from_reader(body.as_ref()).map_err(|e| S3Error::Reply { op: "ListObjectsV2", reason: e.to_string() })?;
+            let page: ListBucketResult = quick_xml::de::from_reader(body.as_ref()).map_err(|e| S3Error::Reply {
+                op: "ListObjectsV2",
+                reason: e.to_string(),
+            })?;
             token = page.next_page().map(str::to_string);
-            out.extend(page.contents.into_iter().filter_map(|c| c.key.strip_prefix(&self.prefix).map(str::to_string)));
+            out.extend(
+                page.contents
+                    .into_iter()
+                    .filter_map(|c| c.key.strip_prefix(&self.prefix).map(str::to_string)),
+            );
             if token.is_none() {
                 return Ok(out);
             }
@@ -183,6 +241,16 @@ impl S3Client {
 
 fn service_error(op: &'static str, key: &str, status: u16, body: &[u8]) -> S3Error {
     let doc = ErrorDoc::parse(body);
-    let code = if doc.code.is_empty() { format!("HTTP{status}") } else { doc.code };
-    S3Error::Service { op, key: key.to_string(), status, code, message: doc.message }
+    let code = if doc.code.is_empty() {
+        format!("HTTP{status}")
+    } else {
+        doc.code
+    };
+    S3Error::Service {
+        op,
+        key: key.to_string(),
+        status,
+        code,
+        message: doc.message,
+    }
 }

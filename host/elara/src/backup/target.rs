@@ -70,20 +70,34 @@ fn top_dir(root: &std::path::Path, key: &str) -> PathBuf {
 /// directory, but `manifests` for leases (`locks/` is made on first use, so targets added
 /// before leases existed keep working).
 fn marker_dir(root: &std::path::Path, key: &str) -> PathBuf {
-    if key.starts_with(super::lease::PREFIX) { root.join("manifests") } else { top_dir(root, key) }
+    if key.starts_with(super::lease::PREFIX) {
+        root.join("manifests")
+    } else {
+        top_dir(root, key)
+    }
 }
 
 fn gone(top: &std::path::Path) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::NotFound, format!("the target directory {} is gone (removed or unmounted?)", top.display()))
+    std::io::Error::new(
+        std::io::ErrorKind::NotFound,
+        format!("the target directory {} is gone (removed or unmounted?)", top.display()),
+    )
 }
 
 impl Target {
     pub fn open(loc: &TargetLocation) -> Target {
         match loc {
             TargetLocation::Local { path } => Target::Local(PathBuf::from(path)),
-            TargetLocation::S3 { bucket, prefix, endpoint, region, access_key, secret_key } => {
-                Target::S3(Box::new(S3Client::new(endpoint, region, access_key, secret_key, bucket, prefix)))
-            }
+            TargetLocation::S3 {
+                bucket,
+                prefix,
+                endpoint,
+                region,
+                access_key,
+                secret_key,
+            } => Target::S3(Box::new(S3Client::new(
+                endpoint, region, access_key, secret_key, bucket, prefix,
+            ))),
         }
     }
 
@@ -101,7 +115,11 @@ impl Target {
                 })
                 .await
                 .expect("probe task")
-                .map_err(|source| TargetError::Io { op: "writing to", key: self.describe(), source })
+                .map_err(|source| TargetError::Io {
+                    op: "writing to",
+                    key: self.describe(),
+                    source,
+                })
             }
             Target::S3(s3) => {
                 s3.ensure_bucket().await?;
@@ -144,7 +162,11 @@ impl Target {
                 })
                 .await
                 .expect("put task")
-                .map_err(|source| TargetError::Io { op: "writing", key, source })
+                .map_err(|source| TargetError::Io {
+                    op: "writing",
+                    key,
+                    source,
+                })
             }
             Target::S3(s3) => Ok(s3.put(key, data).await?),
         }
@@ -155,13 +177,21 @@ impl Target {
             Target::Local(dir) => {
                 let path = dir.join(key);
                 let k = key.to_string();
-                tokio::task::spawn_blocking(move || std::fs::read(&path)).await.expect("get task").map(Bytes::from).map_err(|source| {
-                    if source.kind() == std::io::ErrorKind::NotFound {
-                        TargetError::NotFound(k)
-                    } else {
-                        TargetError::Io { op: "reading", key: k, source }
-                    }
-                })
+                tokio::task::spawn_blocking(move || std::fs::read(&path))
+                    .await
+                    .expect("get task")
+                    .map(Bytes::from)
+                    .map_err(|source| {
+                        if source.kind() == std::io::ErrorKind::NotFound {
+                            TargetError::NotFound(k)
+                        } else {
+                            TargetError::Io {
+                                op: "reading",
+                                key: k,
+                                source,
+                            }
+                        }
+                    })
             }
             Target::S3(s3) => s3.get(key).await?.ok_or_else(|| TargetError::NotFound(key.to_string())),
         }
@@ -171,7 +201,11 @@ impl Target {
     pub async fn delete(&self, key: &str) -> Result<(), TargetError> {
         match self {
             Target::Local(dir) => match tokio::fs::remove_file(dir.join(key)).await {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(TargetError::Io { op: "removing", key: key.into(), source: e }),
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(TargetError::Io {
+                    op: "removing",
+                    key: key.into(),
+                    source: e,
+                }),
                 _ => Ok(()),
             },
             Target::S3(s3) => Ok(s3.delete(key).await?),
@@ -187,7 +221,11 @@ impl Target {
                 tokio::task::spawn_blocking(move || {
                     let top = marker_dir(&root, &prefix);
                     if !top.is_dir() {
-                        return Err(TargetError::Io { op: "listing", key: prefix.clone(), source: gone(&top) });
+                        return Err(TargetError::Io {
+                            op: "listing",
+                            key: prefix.clone(),
+                            source: gone(&top),
+                        });
                     }
                     let mut out = vec![];
                     let mut stack = vec![root.join(&prefix)];
@@ -195,7 +233,13 @@ impl Target {
                         let entries = match std::fs::read_dir(&d) {
                             Ok(e) => e,
                             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                            Err(e) => return Err(TargetError::Io { op: "listing", key: d.display().to_string(), source: e }),
+                            Err(e) => {
+                                return Err(TargetError::Io {
+                                    op: "listing",
+                                    key: d.display().to_string(),
+                                    source: e,
+                                });
+                            }
                         };
                         for entry in entries.flatten() {
                             let p = entry.path();
@@ -240,13 +284,20 @@ impl Target {
             .list("manifests/")
             .await?
             .into_iter()
-            .filter_map(|k| k.strip_prefix("manifests/").and_then(|n| n.strip_suffix(".json")).map(str::to_string))
+            .filter_map(|k| {
+                k.strip_prefix("manifests/")
+                    .and_then(|n| n.strip_suffix(".json"))
+                    .map(str::to_string)
+            })
             .collect())
     }
 
     pub async fn manifest(&self, backup: &str) -> Result<Manifest, TargetError> {
         let key = manifest_key(backup);
         let bytes = self.get(&key).await?;
-        serde_json::from_slice(&bytes).map_err(|e| TargetError::BadManifest { key, reason: e.to_string() })
+        serde_json::from_slice(&bytes).map_err(|e| TargetError::BadManifest {
+            key,
+            reason: e.to_string(),
+        })
     }
 }

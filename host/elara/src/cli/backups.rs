@@ -1,7 +1,6 @@
 //! `elara backup ...`: targets, create, list, inspect, delete, restore, verify. Long jobs are
 //! polled over REST and drawn as an `indicatif` progress bar (phase, bytes, rate, ETA).
 
-
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use serde_json::{Value, json};
@@ -29,9 +28,13 @@ pub enum BackupCmd {
         #[arg(long)]
         target: Option<String>,
     },
-    Inspect { id: String },
+    Inspect {
+        id: String,
+    },
     /// Delete a backup; blocks other backups use stay.
-    Delete { id: String },
+    Delete {
+        id: String,
+    },
     /// Restore into a new volume, checking every block (or chunk) and the whole-volume (or tree) digest.
     /// A file backup restores into a volume of any backend this node can mount.
     Restore {
@@ -44,9 +47,13 @@ pub enum BackupCmd {
         pool: Option<String>,
     },
     /// Check every block (or chunk) of a backup and its digest, writing nothing.
-    Verify { id: String },
+    Verify {
+        id: String,
+    },
     /// A job's progress (backup, restore, verify).
-    Job { id: String },
+    Job {
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -65,8 +72,12 @@ pub enum TargetCmd {
         secret_key: Option<String>,
     },
     List,
-    Inspect { name: String },
-    Remove { name: String },
+    Inspect {
+        name: String,
+    },
+    Remove {
+        name: String,
+    },
 }
 
 // Output as every other command prints it: `inspect`-style records, tables with sizes in
@@ -76,7 +87,10 @@ use super::{show, table};
 /// Poll a job until it ends, drawing a progress bar on a terminal; returns the final job.
 async fn follow(c: &Client, job: Value) -> anyhow::Result<Value> {
     use crate::cli::progress;
-    let id = job["id"].as_str().context("the daemon's answer has no job id")?.to_string();
+    let id = job["id"]
+        .as_str()
+        .context("the daemon's answer has no job id")?
+        .to_string();
     let bar = progress::bar();
     let mut job = job;
     loop {
@@ -97,16 +111,39 @@ async fn follow(c: &Client, job: Value) -> anyhow::Result<Value> {
 pub async fn run(c: &Client, out: Output, cmd: BackupCmd) -> anyhow::Result<()> {
     match cmd {
         BackupCmd::Target(t) => match t {
-            TargetCmd::Add { name, url, endpoint, region, access_key, secret_key } => {
+            TargetCmd::Add {
+                name,
+                url,
+                endpoint,
+                region,
+                access_key,
+                secret_key,
+            } => {
                 let body = json!({ "name": name, "url": url, "endpoint": endpoint, "region": region, "access_key": access_key, "secret_key": secret_key });
                 show(out, &c.post::<Value>("/v1/backup-targets", &body).await?)
             }
-            TargetCmd::List => table(out, &c.get::<Value>("/v1/backup-targets").await?, &[("NAME", "/name"), ("KIND", "/location/kind"), ("PATH", "/location/path"), ("BUCKET", "/location/bucket"), ("PREFIX", "/location/prefix"), ("ENDPOINT", "/location/endpoint")]),
-            TargetCmd::Inspect { name } => show(out, &c.get::<Value>(&format!("/v1/backup-targets/{}", enc(&name))).await?),
+            TargetCmd::List => table(
+                out,
+                &c.get::<Value>("/v1/backup-targets").await?,
+                &[
+                    ("NAME", "/name"),
+                    ("KIND", "/location/kind"),
+                    ("PATH", "/location/path"),
+                    ("BUCKET", "/location/bucket"),
+                    ("PREFIX", "/location/prefix"),
+                    ("ENDPOINT", "/location/endpoint"),
+                ],
+            ),
+            TargetCmd::Inspect { name } => show(
+                out,
+                &c.get::<Value>(&format!("/v1/backup-targets/{}", enc(&name))).await?,
+            ),
             TargetCmd::Remove { name } => c.delete(&format!("/v1/backup-targets/{}", enc(&name))).await?,
         },
         BackupCmd::Create { volume, target, detach } => {
-            let job: Value = c.post("/v1/backups", &json!({ "volume": volume, "target": target })).await?;
+            let job: Value = c
+                .post("/v1/backups", &json!({ "volume": volume, "target": target }))
+                .await?;
             if detach {
                 show(out, &job);
                 return Ok(());
@@ -122,13 +159,35 @@ pub async fn run(c: &Client, out: Output, cmd: BackupCmd) -> anyhow::Result<()> 
             if let Some(t) = target {
                 q.push(format!("target={}", enc(&t)));
             }
-            let q = if q.is_empty() { String::new() } else { format!("?{}", q.join("&")) };
-            table(out, &c.get::<Value>(&format!("/v1/backups{q}")).await?, &[("ID", "/id"), ("VOLUME", "/volume"), ("TARGET", "/target"), ("SIZE", "/size_bytes"), ("BLOCKS", "/data_blocks"), ("UPLOADED", "/uploaded_blocks"), ("PARENT", "/parent"), ("CREATED", "/created_at")])
+            let q = if q.is_empty() {
+                String::new()
+            } else {
+                format!("?{}", q.join("&"))
+            };
+            table(
+                out,
+                &c.get::<Value>(&format!("/v1/backups{q}")).await?,
+                &[
+                    ("ID", "/id"),
+                    ("VOLUME", "/volume"),
+                    ("TARGET", "/target"),
+                    ("SIZE", "/size_bytes"),
+                    ("BLOCKS", "/data_blocks"),
+                    ("UPLOADED", "/uploaded_blocks"),
+                    ("PARENT", "/parent"),
+                    ("CREATED", "/created_at"),
+                ],
+            )
         }
         BackupCmd::Inspect { id } => show(out, &c.get::<Value>(&format!("/v1/backups/{}", enc(&id))).await?),
         BackupCmd::Delete { id } => c.delete(&format!("/v1/backups/{}", enc(&id))).await?,
         BackupCmd::Restore { id, to, backend, pool } => {
-            let job: Value = c.post(&format!("/v1/backups/{}/restore", enc(&id)), &json!({ "volume": to, "backend": backend, "pool": pool })).await?;
+            let job: Value = c
+                .post(
+                    &format!("/v1/backups/{}/restore", enc(&id)),
+                    &json!({ "volume": to, "backend": backend, "pool": pool }),
+                )
+                .await?;
             let job = follow(c, job).await?;
             show(out, &job["result"]);
         }
@@ -152,8 +211,19 @@ pub async fn run(c: &Client, out: Output, cmd: BackupCmd) -> anyhow::Result<()> 
                             .collect()
                     })
                     .unwrap_or_default();
-                let digest = if report["digest_ok"] == false { "; the whole-volume (or whole-tree) digest does not match" } else { "" };
-                bail!("backup {id} is damaged: {}{digest}", if bad.is_empty() { "-".to_string() } else { bad.join("; ") });
+                let digest = if report["digest_ok"] == false {
+                    "; the whole-volume (or whole-tree) digest does not match"
+                } else {
+                    ""
+                };
+                bail!(
+                    "backup {id} is damaged: {}{digest}",
+                    if bad.is_empty() {
+                        "-".to_string()
+                    } else {
+                        bad.join("; ")
+                    }
+                );
             }
         }
         BackupCmd::Job { id } => show(out, &c.get::<Value>(&format!("/v1/backup-jobs/{}", enc(&id))).await?),

@@ -23,10 +23,7 @@ pub struct HostBringUp {
 impl HostBringUp {
     pub fn new(grants: Vec<elara_runtime::HostGrant>) -> anyhow::Result<HostBringUp> {
         let dir = tempfile::Builder::new().prefix("elara-check-").tempdir()?;
-        let attacher = Attacher::new(AttachConfig::new(
-            dir.path().join("mounts"),
-            dir.path().join("run"),
-        ));
+        let attacher = Attacher::new(AttachConfig::new(dir.path().join("mounts"), dir.path().join("run")));
         Ok(HostBringUp {
             attacher,
             grants,
@@ -36,12 +33,7 @@ impl HostBringUp {
 }
 
 impl BringUp for HostBringUp {
-    fn exercise<'a>(
-        &'a self,
-        volume_id: &'a str,
-        pool_dir: &'a Path,
-        connection: &'a Connection,
-    ) -> BringUpFuture<'a> {
+    fn exercise<'a>(&'a self, volume_id: &'a str, pool_dir: &'a Path, connection: &'a Connection) -> BringUpFuture<'a> {
         Box::pin(async move {
             let req = AttachRequest {
                 volume_id,
@@ -52,17 +44,9 @@ impl BringUp for HostBringUp {
                 grants: &self.grants,
                 security: Default::default(),
             };
-            let state = self
-                .attacher
-                .attach(req)
-                .await
-                .map_err(|e| format!("attach: {e}"))?;
+            let state = self.attacher.attach(req).await.map_err(|e| format!("attach: {e}"))?;
             let used = write_and_read_back(&state.mountpoint).await;
-            let down = self
-                .attacher
-                .detach(&state)
-                .await
-                .map_err(|e| format!("detach: {e}"));
+            let down = self.attacher.detach(&state).await.map_err(|e| format!("detach: {e}"));
             let how = match (&state.kind[..], state.mode.as_deref(), state.formatted_now) {
                 (kind, Some(mode), true) => format!("{kind} ({mode}) attached, formatted"),
                 (kind, Some(mode), false) => format!("{kind} ({mode}) attached"),
@@ -84,8 +68,7 @@ async fn write_and_read_back(mountpoint: &Path) -> Result<String, String> {
         let seed = blake3::hash(uuid::Uuid::new_v4().as_bytes());
         let mut xof = blake3::Hasher::new_keyed(seed.as_bytes()).finalize_xof();
         xof.fill(&mut data);
-        let mut f =
-            std::fs::File::create(&path).map_err(|e| format!("create {}: {e}", path.display()))?;
+        let mut f = std::fs::File::create(&path).map_err(|e| format!("create {}: {e}", path.display()))?;
         f.write_all(&data)
             .and_then(|_| f.sync_all())
             .map_err(|e| format!("write {}: {e}", path.display()))?;
@@ -98,10 +81,7 @@ async fn write_and_read_back(mountpoint: &Path) -> Result<String, String> {
                 path.display()
             ));
         }
-        Ok(format!(
-            "{} KiB written, synced and read back",
-            PROBE_BYTES >> 10
-        ))
+        Ok(format!("{} KiB written, synced and read back", PROBE_BYTES >> 10))
     })
     .await
     .map_err(|e| format!("probe task: {e}"))?

@@ -23,15 +23,26 @@ impl Client {
         Client { socket }
     }
 
-    pub async fn request(&self, method: &str, path: &str, body: Option<(Vec<u8>, &str)>) -> anyhow::Result<(u16, Bytes)> {
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<(Vec<u8>, &str)>,
+    ) -> anyhow::Result<(u16, Bytes)> {
         let stream = tokio::net::UnixStream::connect(&self.socket).await.with_context(|| {
-            format!("cannot reach the elara daemon at {} (is it running? start it with `elara daemon`)", self.socket.display())
+            format!(
+                "cannot reach the elara daemon at {} (is it running? start it with `elara daemon`)",
+                self.socket.display()
+            )
         })?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        let mut req = Request::builder().method(method).uri(format!("http://elara{path}")).header("host", "elara");
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("http://elara{path}"))
+            .header("host", "elara");
         let body = match body {
             Some((bytes, ctype)) => {
                 req = req.header("content-type", ctype);
@@ -39,14 +50,22 @@ impl Client {
             }
             None => Full::new(Bytes::new()),
         };
-        let resp = sender.send_request(req.body(body)?).await.context("sending the request to the daemon")?;
+        let resp = sender
+            .send_request(req.body(body)?)
+            .await
+            .context("sending the request to the daemon")?;
         let status = resp.status().as_u16();
         let bytes = resp.into_body().collect().await?.to_bytes();
         Ok((status, bytes))
     }
 
     /// A JSON call; a non-2xx answer becomes an error carrying the API's message.
-    pub async fn call<T: DeserializeOwned>(&self, method: &str, path: &str, body: Option<&impl Serialize>) -> anyhow::Result<T> {
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> anyhow::Result<T> {
         let body = body.map(|b| (serde_json::to_vec(b).expect("serializable"), "application/json"));
         let (status, bytes) = self.request(method, path, body).await?;
         decode(status, &bytes)
@@ -62,7 +81,6 @@ impl Client {
         self.call::<Value>("DELETE", path, None::<&Value>).await.map(|_| ())
     }
 }
-
 
 pub fn decode<T: DeserializeOwned>(status: u16, bytes: &[u8]) -> anyhow::Result<T> {
     if !(200..300).contains(&status) {

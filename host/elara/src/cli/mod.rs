@@ -387,26 +387,14 @@ fn print_explanation(out: Output, v: &Value) {
     if out == Output::Json {
         return show(out, v);
     }
-    println!(
-        "chosen: {}",
-        v["chosen"].as_str().unwrap_or("none: no pool fits")
-    );
+    println!("chosen: {}", v["chosen"].as_str().unwrap_or("none: no pool fits"));
     println!("ranked:");
-    indented_table(
-        out,
-        &v["ranked"],
-        &[("POOL", "/pool"), ("WEIGHT", "/weight")],
-        "  ",
-    );
+    indented_table(out, &v["ranked"], &[("POOL", "/pool"), ("WEIGHT", "/weight")], "  ");
     println!("rejected:");
     indented_table(
         out,
         &v["rejected"],
-        &[
-            ("POOL", "/pool"),
-            ("FILTER", "/filter"),
-            ("REASON", "/reason"),
-        ],
+        &[("POOL", "/pool"), ("FILTER", "/filter"), ("REASON", "/reason")],
         "  ",
     );
 }
@@ -421,7 +409,10 @@ fn backend_config(opts: &BackendOpts) -> anyhow::Result<std::collections::BTreeM
             std::fs::read_to_string(path).with_context(|| format!("reading --config-file {}", path.display()))?
         };
         items.extend(
-            text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from),
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(String::from),
         );
     }
     items.extend(opts.config.iter().cloned());
@@ -447,11 +438,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Node(cmd) => match cmd {
             NodeCmd::Info { name } => show(
                 out,
-                &c.get::<Value>(&format!(
-                    "/v1/nodes/{}",
-                    enc(name.as_deref().unwrap_or("self"))
-                ))
-                .await?,
+                &c.get::<Value>(&format!("/v1/nodes/{}", enc(name.as_deref().unwrap_or("self"))))
+                    .await?,
             ),
             NodeCmd::List => table(
                 out,
@@ -463,11 +451,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     ("VERSION", "/version"),
                 ],
             ),
-            NodeCmd::Register { name } => show(
-                out,
-                &c.post::<Value>("/v1/nodes", &json!({ "name": name }))
-                    .await?,
-            ),
+            NodeCmd::Register { name } => show(out, &c.post::<Value>("/v1/nodes", &json!({ "name": name })).await?),
             NodeCmd::Unregister { name } => c.delete(&format!("/v1/nodes/{}", enc(&name))).await?,
             NodeCmd::Rename { name, new_name } => show(
                 out,
@@ -485,14 +469,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 let body = json!({ "volume": &volume, "name": name });
                 show(
                     out,
-                    &progress::while_copying(&c, &volume, c.post::<Value>("/v1/snapshots", &body))
-                        .await?,
+                    &progress::while_copying(&c, &volume, c.post::<Value>("/v1/snapshots", &body)).await?,
                 )
             }
             SnapshotCmd::List { volume } => {
-                let q = volume
-                    .map(|v| format!("?volume={}", enc(&v)))
-                    .unwrap_or_default();
+                let q = volume.map(|v| format!("?volume={}", enc(&v))).unwrap_or_default();
                 table(
                     out,
                     &c.get::<Value>(&format!("/v1/snapshots{q}")).await?,
@@ -505,14 +486,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     ],
                 )
             }
-            SnapshotCmd::Inspect { name } => show(
-                out,
-                &c.get::<Value>(&format!("/v1/snapshots/{}", enc(&name)))
-                    .await?,
-            ),
-            SnapshotCmd::Delete { name } => {
-                c.delete(&format!("/v1/snapshots/{}", enc(&name))).await?
+            SnapshotCmd::Inspect { name } => {
+                show(out, &c.get::<Value>(&format!("/v1/snapshots/{}", enc(&name))).await?)
             }
+            SnapshotCmd::Delete { name } => c.delete(&format!("/v1/snapshots/{}", enc(&name))).await?,
             SnapshotCmd::Restore { name, to, size } => {
                 let (path, body) = (
                     format!("/v1/snapshots/{}/restore", enc(&name)),
@@ -525,23 +502,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         },
         Command::Driver(cmd) => match cmd {
-            DriverCmd::Install {
-                file,
-                name,
-                upgrade,
-            } => {
-                let bytes =
-                    std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            DriverCmd::Install { file, name, upgrade } => {
+                let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
                 let mut q = format!("?upgrade={upgrade}");
                 if let Some(n) = name {
                     q.push_str(&format!("&name={}", enc(&n)));
                 }
                 let (status, body) = c
-                    .request(
-                        "POST",
-                        &format!("/v1/drivers{q}"),
-                        Some((bytes, "application/wasm")),
-                    )
+                    .request("POST", &format!("/v1/drivers{q}"), Some((bytes, "application/wasm")))
                     .await?;
                 show(out, &client::decode::<Value>(status, &body)?);
             }
@@ -556,13 +524,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     ("BUILTIN", "/builtin"),
                 ],
             ),
-            DriverCmd::Inspect { name } => show(
-                out,
-                &c.get::<Value>(&format!("/v1/drivers/{}", enc(&name)))
-                    .await?,
-            ),
+            DriverCmd::Inspect { name } => show(out, &c.get::<Value>(&format!("/v1/drivers/{}", enc(&name))).await?),
             DriverCmd::Remove { name } => c.delete(&format!("/v1/drivers/{}", enc(&name))).await?,
-            DriverCmd::Check { file, config, allow_hosts, attach } => return driver_check(out, &file, &config, &allow_hosts, attach).await,
+            DriverCmd::Check {
+                file,
+                config,
+                allow_hosts,
+                attach,
+            } => return driver_check(out, &file, &config, &allow_hosts, attach).await,
         },
         Command::Backend(cmd) => match cmd {
             BackendCmd::Add { name, driver, opts } => {
@@ -583,11 +552,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     ("ALLOWED HOSTS", "/allow_hosts"),
                 ],
             ),
-            BackendCmd::Inspect { name } => show(
-                out,
-                &c.get::<Value>(&format!("/v1/backends/{}", enc(&name)))
-                    .await?,
-            ),
+            BackendCmd::Inspect { name } => show(out, &c.get::<Value>(&format!("/v1/backends/{}", enc(&name))).await?),
             BackendCmd::Update { name, opts } => {
                 let body = json!({
                     "config": backend_config(&opts)?,
@@ -596,17 +561,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 });
                 show(
                     out,
-                    &c.call::<Value>(
-                        "PATCH",
-                        &format!("/v1/backends/{}", enc(&name)),
-                        Some(&body),
-                    )
-                    .await?,
+                    &c.call::<Value>("PATCH", &format!("/v1/backends/{}", enc(&name)), Some(&body))
+                        .await?,
                 )
             }
-            BackendCmd::Remove { name } => {
-                c.delete(&format!("/v1/backends/{}", enc(&name))).await?
-            }
+            BackendCmd::Remove { name } => c.delete(&format!("/v1/backends/{}", enc(&name))).await?,
         },
         Command::Pool(cmd) => {
             let v: Value = match cmd {
@@ -633,8 +592,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 specs,
                 description,
             } => {
-                let specs: std::collections::BTreeMap<_, _> =
-                    split_specs(&specs)?.into_iter().collect();
+                let specs: std::collections::BTreeMap<_, _> = split_specs(&specs)?.into_iter().collect();
                 show(
                     out,
                     &c.post::<Value>(
@@ -647,16 +605,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             TypeCmd::List => table(
                 out,
                 &c.get::<Value>("/v1/types").await?,
-                &[
-                    ("NAME", "/name"),
-                    ("SPECS", "/specs"),
-                    ("DESCRIPTION", "/description"),
-                ],
+                &[("NAME", "/name"), ("SPECS", "/specs"), ("DESCRIPTION", "/description")],
             ),
-            TypeCmd::Inspect { name } => show(
-                out,
-                &c.get::<Value>(&format!("/v1/types/{}", enc(&name))).await?,
-            ),
+            TypeCmd::Inspect { name } => show(out, &c.get::<Value>(&format!("/v1/types/{}", enc(&name))).await?),
             TypeCmd::Delete { name } => c.delete(&format!("/v1/types/{}", enc(&name))).await?,
         },
         Command::Scheduler(SchedulerCmd::Explain {
@@ -675,9 +626,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                         .with_context(|| format!("reading --pools {}", file.display()))?;
                     let size_gb = match size.parse::<f64>() {
                         Ok(gb) => gb,
-                        Err(_) => {
-                            crate::validate::parse_size("size", &size)? as f64 / (1u64 << 30) as f64
-                        }
+                        Err(_) => crate::validate::parse_size("size", &size)? as f64 / (1u64 << 30) as f64,
                     };
                     let e = elara_scheduler::explain_offline(
                         &text,
@@ -760,14 +709,9 @@ async fn volume(c: &Client, out: Output, cmd: VolumeCmd) -> anyhow::Result<()> {
             )
         }
         VolumeCmd::Inspect { name } => {
-            let mut v = c
-                .get::<Value>(&format!("/v1/volumes/{}", enc(&name)))
-                .await?;
+            let mut v = c.get::<Value>(&format!("/v1/volumes/{}", enc(&name))).await?;
             // What the backend says the volume uses, or why it cannot say (the record still shows).
-            v["usage"] = match c
-                .get::<Value>(&format!("/v1/volumes/{}/stats", enc(&name)))
-                .await
-            {
+            v["usage"] = match c.get::<Value>(&format!("/v1/volumes/{}/stats", enc(&name))).await {
                 Ok(stats) => stats,
                 Err(e) => json!({ "error": format!("{e:#}") }),
             };
@@ -796,16 +740,12 @@ async fn volume(c: &Client, out: Output, cmd: VolumeCmd) -> anyhow::Result<()> {
         }
         VolumeCmd::Resize { name, size } => show(
             out,
-            &c.post::<Value>(
-                &format!("/v1/volumes/{}/resize", enc(&name)),
-                &json!({ "size": size }),
-            )
-            .await?,
+            &c.post::<Value>(&format!("/v1/volumes/{}/resize", enc(&name)), &json!({ "size": size }))
+                .await?,
         ),
         VolumeCmd::Stats { name } => show(
             out,
-            &c.get::<Value>(&format!("/v1/volumes/{}/stats", enc(&name)))
-                .await?,
+            &c.get::<Value>(&format!("/v1/volumes/{}/stats", enc(&name))).await?,
         ),
     }
     Ok(())
@@ -834,7 +774,11 @@ async fn driver_check(
     let opts = elara_conformance::CheckOptions {
         config: pairs("config", config)?,
         grants: grants.clone(),
-        bring_up: if attach { Some(std::sync::Arc::new(bring_up::HostBringUp::new(grants.clone())?)) } else { None },
+        bring_up: if attach {
+            Some(std::sync::Arc::new(bring_up::HostBringUp::new(grants.clone())?))
+        } else {
+            None
+        },
         ..Default::default()
     };
     let report = elara_conformance::run(&runtime, &bytes, opts).await?;
@@ -843,10 +787,7 @@ async fn driver_check(
         Output::Table => println!("{report}"),
     }
     if !report.passed() {
-        anyhow::bail!(
-            "{} does not conform to the elara:driver contract",
-            file.display()
-        );
+        anyhow::bail!("{} does not conform to the elara:driver contract", file.display());
     }
     Ok(())
 }
@@ -935,15 +876,7 @@ pub(super) fn table(out: Output, v: &Value, cols: &[(&str, &str)]) {
 }
 
 /// Columns whose values are byte counts, printed in binary units (`1.5 GiB`).
-const SIZE_COLUMNS: &[&str] = &[
-    "SIZE",
-    "TOTAL",
-    "FREE",
-    "PROVISIONED",
-    "USED",
-    "ALLOCATED",
-    "DONE",
-];
+const SIZE_COLUMNS: &[&str] = &["SIZE", "TOTAL", "FREE", "PROVISIONED", "USED", "ALLOCATED", "DONE"];
 
 /// Columns whose values are times (seconds since the epoch), printed as RFC 3339.
 const TIME_COLUMNS: &[&str] = &["CREATED", "UPDATED", "SINCE", "INSTALLED"];
@@ -970,13 +903,7 @@ fn indented_table(out: Output, v: &Value, cols: &[(&str, &str)], indent: &str) {
     let widths: Vec<usize> = cols
         .iter()
         .enumerate()
-        .map(|(i, (h, _))| {
-            rows.iter()
-                .map(|r| r[i].len())
-                .chain([h.len()])
-                .max()
-                .unwrap_or(0)
-        })
+        .map(|(i, (h, _))| rows.iter().map(|r| r[i].len()).chain([h.len()]).max().unwrap_or(0))
         .collect();
     let line = |cells: Vec<String>| {
         let l = cells
@@ -987,10 +914,7 @@ fn indented_table(out: Output, v: &Value, cols: &[(&str, &str)], indent: &str) {
             .join("  ");
         format!("{indent}{}", l.trim_end())
     };
-    println!(
-        "{}",
-        line(cols.iter().map(|(h, _)| h.to_string()).collect())
-    );
+    println!("{}", line(cols.iter().map(|(h, _)| h.to_string()).collect()));
     for r in rows {
         println!("{}", line(r));
     }
@@ -1071,11 +995,7 @@ fn print_info(out: Output, v: &Value) {
     indented_table(
         out,
         &v["backends"],
-        &[
-            ("NAME", "/name"),
-            ("DRIVER", "/driver"),
-            ("SCOPE", "/scope"),
-        ],
+        &[("NAME", "/name"), ("DRIVER", "/driver"), ("SCOPE", "/scope")],
         "  ",
     );
     println!("Pools:");

@@ -34,7 +34,11 @@ pub fn draw(bar: &ProgressBar, figures: &Value) {
 
 /// Run `request` (one that makes `volume`'s op copy data in a driver); on a terminal, draw the
 /// op's progress until the request answers.
-pub async fn while_copying<T>(c: &Client, volume: &str, request: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+pub async fn while_copying<T>(
+    c: &Client,
+    volume: &str,
+    request: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
     if !std::io::stderr().is_terminal() {
         return request.await;
     }

@@ -33,12 +33,7 @@ impl Elara {
 
     /// Mount `name` on this node for `holder` and return the mountpoint. Idempotent per holder.
     /// With `path`, the volume is also bind-mounted there for this holder.
-    pub async fn mount_volume(
-        &self,
-        name: &str,
-        holder: &str,
-        path: Option<PathBuf>,
-    ) -> ApiResult<PathBuf> {
+    pub async fn mount_volume(&self, name: &str, holder: &str, path: Option<PathBuf>) -> ApiResult<PathBuf> {
         if let Some(p) = &path {
             bind_path::check(p, &self.cfg.mount_path_roots).map_err(path_error)?;
         }
@@ -53,12 +48,7 @@ impl Elara {
         }
     }
 
-    async fn try_mount(
-        &self,
-        name: &str,
-        holder: &str,
-        path: Option<PathBuf>,
-    ) -> ApiResult<PathBuf> {
+    async fn try_mount(&self, name: &str, holder: &str, path: Option<PathBuf>) -> ApiResult<PathBuf> {
         let vol = self
             .get::<VolumeRecord>(&keys::volume(name))
             .await?
@@ -106,10 +96,7 @@ impl Elara {
             );
             a.updated_at = now();
             if !self
-                .txn(
-                    vec![rev(att_key.clone(), att.revision)],
-                    vec![put(att_key, &a)],
-                )
+                .txn(vec![rev(att_key.clone(), att.revision)], vec![put(att_key, &a)])
                 .await?
             {
                 if let (Some(p), Some(id)) = (&path, mount_id) {
@@ -172,10 +159,7 @@ impl Elara {
         };
         let ok = self
             .txn(
-                vec![
-                    rev(key.clone(), cur.revision),
-                    super::absent(att_key.clone()),
-                ],
+                vec![rev(key.clone(), cur.revision), super::absent(att_key.clone())],
                 vec![
                     put(key, &locked),
                     put(att_key.clone(), &att),
@@ -222,8 +206,7 @@ impl Elara {
                 tracing::warn!(volume = %name, "mount failed: {e}; undoing");
                 if let Err(undo) = self.tear_down(&mut op, locked, &att).await {
                     tracing::error!(volume = %name, "undo of a failed mount failed: {undo}; the reconciler will retry");
-                    self.op_abandon(&mut op, &format!("{e}; undo: {undo}"))
-                        .await;
+                    self.op_abandon(&mut op, &format!("{e}; undo: {undo}")).await;
                 }
                 Err(e)
             }
@@ -267,15 +250,8 @@ impl Elara {
         a.updated_at = now();
         let ok = self
             .txn(
-                vec![
-                    rev(key.clone(), cur.revision),
-                    rev(att_key.clone(), att.revision),
-                ],
-                vec![
-                    put(key, &locked),
-                    put(att_key, &a),
-                    put(keys::op(&op.id), &op),
-                ],
+                vec![rev(key.clone(), cur.revision), rev(att_key.clone(), att.revision)],
+                vec![put(key, &locked), put(att_key, &a), put(keys::op(&op.id), &op)],
             )
             .await?;
         if !ok {
@@ -358,12 +334,7 @@ impl Elara {
     }
 
     /// Driver attach, host attach, record: the attach op's forward steps.
-    async fn bring_up(
-        &self,
-        op: &mut OpRecord,
-        vol: &VolumeRecord,
-        att: &mut AttachmentRecord,
-    ) -> ApiResult<PathBuf> {
+    async fn bring_up(&self, op: &mut OpRecord, vol: &VolumeRecord, att: &mut AttachmentRecord) -> ApiResult<PathBuf> {
         let (backend_rec, backend) = self.backends.get(&vol.backend).await?;
         let connection = backend
             .attach(&vol.id, &self.node_info())
@@ -448,9 +419,7 @@ impl Elara {
                     }
                     _ => None,
                 };
-                self.attacher
-                    .detach_by_volume(&vol.id, backing.as_deref())
-                    .await
+                self.attacher.detach_by_volume(&vol.id, backing.as_deref()).await
             }
         }
         .map_err(|e| ApiError::new(500, "detach-failed", format!("volume {}: {e}", vol.name)))?;
@@ -500,10 +469,7 @@ impl Elara {
             }
             return Ok(());
         };
-        if !matches!(
-            att.value.state,
-            AttachmentState::Attached | AttachmentState::Failed
-        ) {
+        if !matches!(att.value.state, AttachmentState::Attached | AttachmentState::Failed) {
             return Err(ApiError::busy(
                 "volume",
                 name,
@@ -519,10 +485,7 @@ impl Elara {
             a.holders.remove(holder);
             a.updated_at = now();
             if !self
-                .txn(
-                    vec![rev(att_key.clone(), att.revision)],
-                    vec![put(att_key, &a)],
-                )
+                .txn(vec![rev(att_key.clone(), att.revision)], vec![put(att_key, &a)])
                 .await?
             {
                 return Err(ApiError::busy("volume", name, "attachment update"));
@@ -547,10 +510,7 @@ impl Elara {
         a.updated_at = now();
         let ok = self
             .txn(
-                vec![
-                    rev(vkey.clone(), cur.revision),
-                    rev(att_key.clone(), att.revision),
-                ],
+                vec![rev(vkey.clone(), cur.revision), rev(att_key.clone(), att.revision)],
                 vec![put(vkey, &v), put(att_key, &a), put(keys::op(&op.id), &op)],
             )
             .await?;
@@ -594,7 +554,9 @@ impl Elara {
         let mut security = MountSecurity::default();
         let Some(t) = &vol.volume_type else { return Ok(security) };
         // A type deleted since the volume was made lifts nothing.
-        let Some(ty) = self.get::<VolumeTypeRecord>(&keys::volume_type(t)).await? else { return Ok(security) };
+        let Some(ty) = self.get::<VolumeTypeRecord>(&keys::volume_type(t)).await? else {
+            return Ok(security);
+        };
         if let Some(v) = ty.value.specs.get(MountSecurity::SPEC_NOSUID) {
             security.nosuid = super::types::flag_spec(MountSecurity::SPEC_NOSUID, v)?;
         }
@@ -609,9 +571,7 @@ impl Elara {
         let att = self
             .get::<AttachmentRecord>(&keys::attachment(&vol.name, self.node()))
             .await?;
-        Ok(att
-            .and_then(|a| a.value.host)
-            .filter(|h| h.device.is_some()))
+        Ok(att.and_then(|a| a.value.host).filter(|h| h.device.is_some()))
     }
 }
 
@@ -626,11 +586,18 @@ impl Elara {
     async fn record_bind(&self, name: &str, holder: &str, mount_id: u64) -> ApiResult<()> {
         let key = keys::attachment(name, self.node());
         for _ in 0..10 {
-            let Some(cur) = self.get::<AttachmentRecord>(&key).await? else { return Ok(()) };
+            let Some(cur) = self.get::<AttachmentRecord>(&key).await? else {
+                return Ok(());
+            };
             let mut a = cur.value;
-            let Some(h) = a.holders.get_mut(holder) else { return Ok(()) };
+            let Some(h) = a.holders.get_mut(holder) else {
+                return Ok(());
+            };
             h.mount_id = Some(mount_id);
-            if self.txn(vec![rev(key.clone(), cur.revision)], vec![put(key.clone(), &a)]).await? {
+            if self
+                .txn(vec![rev(key.clone(), cur.revision)], vec![put(key.clone(), &a)])
+                .await?
+            {
                 return Ok(());
             }
         }
@@ -660,7 +627,9 @@ fn unbind_holder(h: &Holder, host: Option<&AttachState>, roots: &[PathBuf]) -> A
         None => {
             let at_path = crate::attach::mountinfo::find(p).map_err(|e| ApiError::internal(e.to_string()))?;
             let volume_dev = match host {
-                Some(h) => crate::attach::mountinfo::find(&h.mountpoint).map_err(|e| ApiError::internal(e.to_string()))?.map(|m| m.dev),
+                Some(h) => crate::attach::mountinfo::find(&h.mountpoint)
+                    .map_err(|e| ApiError::internal(e.to_string()))?
+                    .map(|m| m.dev),
                 None => None,
             };
             match at_path {
@@ -678,4 +647,3 @@ fn unbind_holder(h: &Holder, host: Option<&AttachState>, roots: &[PathBuf]) -> A
         None => Ok(()),
     }
 }
-

@@ -32,7 +32,13 @@ pub struct Registry {
 
 impl Registry {
     pub fn new(store: Arc<dyn Store>, runtime: Runtime, pools_dir: PathBuf) -> Self {
-        Registry { store, runtime, pools_dir, drivers: Mutex::default(), open: Mutex::default() }
+        Registry {
+            store,
+            runtime,
+            pools_dir,
+            drivers: Mutex::default(),
+            open: Mutex::default(),
+        }
     }
 
     pub fn pool_dir(&self, backend: &str) -> PathBuf {
@@ -50,7 +56,12 @@ impl Registry {
             .store
             .get_json::<DriverRecord>(&keys::driver(&rec.value.driver))
             .await?
-            .ok_or_else(|| ApiError::internal(format!("backend {name} uses driver {:?}, which is not installed", rec.value.driver)))?;
+            .ok_or_else(|| {
+                ApiError::internal(format!(
+                    "backend {name} uses driver {:?}, which is not installed",
+                    rec.value.driver
+                ))
+            })?;
         if let Some((revision, sha, backend)) = self.open.lock().await.get(name)
             && *revision == rec.revision
             && *sha == driver_rec.value.sha256
@@ -63,7 +74,10 @@ impl Registry {
             .open_backend(&driver, spec_for(&rec.value, self.pool_dir(name)))
             .await
             .map_err(|e| ApiError::new(502, "driver-failed", format!("backend {name}: {e}")))?;
-        self.open.lock().await.insert(name.to_string(), (rec.revision, driver_rec.value.sha256.clone(), backend.clone()));
+        self.open.lock().await.insert(
+            name.to_string(),
+            (rec.revision, driver_rec.value.sha256.clone(), backend.clone()),
+        );
         Ok((rec.value, backend))
     }
 
@@ -90,7 +104,10 @@ impl Registry {
 /// The network grants of a backend: what its sandbox may reach, and so what the host may connect
 /// to for its volumes.
 pub(crate) fn grants_of(rec: &BackendRecord) -> Vec<HostGrant> {
-    rec.allow_hosts.iter().filter_map(|h| h.parse::<HostGrant>().ok()).collect()
+    rec.allow_hosts
+        .iter()
+        .filter_map(|h| h.parse::<HostGrant>().ok())
+        .collect()
 }
 
 fn spec_for(rec: &BackendRecord, pool_dir: PathBuf) -> BackendSpec {
@@ -111,12 +128,17 @@ fn spec_for(rec: &BackendRecord, pool_dir: PathBuf) -> BackendSpec {
 async fn load_blob(store: &dyn Store, sha256: &str, chunks: usize) -> ApiResult<Vec<u8>> {
     let kvs = store.list(&keys::blob_chunks(sha256)).await?;
     if kvs.len() != chunks {
-        return Err(ApiError::internal(format!("driver blob {sha256} has {} of {chunks} chunks in the store", kvs.len())));
+        return Err(ApiError::internal(format!(
+            "driver blob {sha256} has {} of {chunks} chunks in the store",
+            kvs.len()
+        )));
     }
     let bytes: Vec<u8> = kvs.into_iter().flat_map(|kv| kv.value).collect();
     let got = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
     if got != sha256 {
-        return Err(ApiError::internal(format!("driver blob {sha256} is corrupt in the store (sha256 {got})")));
+        return Err(ApiError::internal(format!(
+            "driver blob {sha256} is corrupt in the store (sha256 {got})"
+        )));
     }
     Ok(bytes)
 }
@@ -178,7 +200,9 @@ impl Elara {
         }
         let chunks: Vec<&[u8]> = req.bytes.chunks(CHUNK).collect();
         for (i, chunk) in chunks.iter().enumerate() {
-            self.store.put(&keys::blob_chunk(driver.sha256(), i), chunk.to_vec(), None).await?;
+            self.store
+                .put(&keys::blob_chunk(driver.sha256(), i), chunk.to_vec(), None)
+                .await?;
         }
         let rec = DriverRecord {
             v: SCHEMA,
@@ -206,21 +230,47 @@ impl Elara {
     }
 
     pub async fn list_drivers(&self) -> ApiResult<Vec<DriverRecord>> {
-        Ok(self.store.list_json::<DriverRecord>(&keys::drivers()).await?.into_iter().map(|r| r.value).collect())
+        Ok(self
+            .store
+            .list_json::<DriverRecord>(&keys::drivers())
+            .await?
+            .into_iter()
+            .map(|r| r.value)
+            .collect())
     }
 
     pub async fn driver_record(&self, name: &str) -> ApiResult<DriverRecord> {
-        Ok(self.get::<DriverRecord>(&keys::driver(name)).await?.ok_or_else(|| ApiError::not_found("driver", name))?.value)
+        Ok(self
+            .get::<DriverRecord>(&keys::driver(name))
+            .await?
+            .ok_or_else(|| ApiError::not_found("driver", name))?
+            .value)
     }
 
     pub async fn remove_driver(&self, name: &str) -> ApiResult<()> {
-        let rec = self.get::<DriverRecord>(&keys::driver(name)).await?.ok_or_else(|| ApiError::not_found("driver", name))?;
-        let users: Vec<String> =
-            self.list_backends_raw().await?.into_iter().filter(|b| b.driver == name).map(|b| b.name).collect();
+        let rec = self
+            .get::<DriverRecord>(&keys::driver(name))
+            .await?
+            .ok_or_else(|| ApiError::not_found("driver", name))?;
+        let users: Vec<String> = self
+            .list_backends_raw()
+            .await?
+            .into_iter()
+            .filter(|b| b.driver == name)
+            .map(|b| b.name)
+            .collect();
         if !users.is_empty() {
-            return Err(ApiError::conflict(format!("driver {name:?} is used by backends {users:?}; remove them first")));
+            return Err(ApiError::conflict(format!(
+                "driver {name:?} is used by backends {users:?}; remove them first"
+            )));
         }
-        if !self.txn(vec![rev(keys::driver(name), rec.revision)], vec![del(keys::driver(name))]).await? {
+        if !self
+            .txn(
+                vec![rev(keys::driver(name), rec.revision)],
+                vec![del(keys::driver(name))],
+            )
+            .await?
+        {
             return Err(raced("driver", name));
         }
         self.gc_blob(&rec.value.sha256).await
@@ -243,9 +293,15 @@ impl Elara {
             tracing::warn!("no built-in drivers directory found (set --drivers-dir); none installed");
             return Ok(());
         };
-        let mut entries: Vec<_> = std::fs::read_dir(&dir)?.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+        let mut entries: Vec<_> = std::fs::read_dir(&dir)?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .collect();
         entries.sort();
-        for path in entries.into_iter().filter(|p| p.extension().is_some_and(|e| e == "wasm")) {
+        for path in entries
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
+        {
             let name = path.file_stem().unwrap_or_default().to_string_lossy().to_string();
             let bytes = std::fs::read(&path)?;
             let current = self.get::<DriverRecord>(&keys::driver(&name)).await?;
@@ -253,14 +309,23 @@ impl Elara {
             if current.as_ref().is_some_and(|c| !c.value.builtin) {
                 continue;
             }
-            let req = InstallDriver { name: Some(name.clone()), bytes, upgrade: true, builtin: true };
+            let req = InstallDriver {
+                name: Some(name.clone()),
+                bytes,
+                upgrade: true,
+                builtin: true,
+            };
             if let Err(e) = self.install_driver(req).await {
                 tracing::error!(driver = %name, "built-in driver not installed: {e}");
             }
         }
         let made = keys::default_backend_made();
         if self.store.get(&made).await?.is_none() && self.store.get(&keys::driver("local")).await?.is_some() {
-            let req = AddBackend { name: "local".into(), driver: "local".into(), ..Default::default() };
+            let req = AddBackend {
+                name: "local".into(),
+                driver: "local".into(),
+                ..Default::default()
+            };
             match self.add_backend(req).await {
                 Ok(_) => {}
                 Err(e) if e.status == 409 => {}
@@ -298,14 +363,27 @@ pub struct UpdateBackend {
 }
 
 impl Elara {
-    async fn build_backend(&self, name: &str, driver_name: &str, config: BTreeMap<String, String>, allow_hosts: Vec<String>, limits: BackendLimits) -> ApiResult<BackendRecord> {
+    async fn build_backend(
+        &self,
+        name: &str,
+        driver_name: &str,
+        config: BTreeMap<String, String>,
+        allow_hosts: Vec<String>,
+        limits: BackendLimits,
+    ) -> ApiResult<BackendRecord> {
         let driver_rec = self
             .get::<DriverRecord>(&keys::driver(driver_name))
             .await?
-            .ok_or_else(|| ApiError::invalid("driver", format!("no driver named {driver_name:?} is installed (see `elara driver list`)")))?
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "driver",
+                    format!("no driver named {driver_name:?} is installed (see `elara driver list`)"),
+                )
+            })?
             .value;
         for h in &allow_hosts {
-            h.parse::<HostGrant>().map_err(|e| ApiError::invalid("allow-host", format!("{h:?}: {e}")))?;
+            h.parse::<HostGrant>()
+                .map_err(|e| ApiError::invalid("allow-host", format!("{h:?}: {e}")))?;
         }
         let node_scoped = driver_rec
             .info
@@ -325,10 +403,13 @@ impl Elara {
         };
         // Validate in a throw-away sandbox: the driver's `configure` judges the config.
         let driver = self.backends.driver(&driver_rec).await?;
-        self.runtime.open_backend(&driver, spec_for(&rec, self.backends.pool_dir(name))).await.map_err(|e| match e {
-            elara_runtime::RuntimeError::Configure(call) => ApiError::from_call(name, call),
-            other => ApiError::new(502, "driver-failed", format!("backend {name}: {other}")),
-        })?;
+        self.runtime
+            .open_backend(&driver, spec_for(&rec, self.backends.pool_dir(name)))
+            .await
+            .map_err(|e| match e {
+                elara_runtime::RuntimeError::Configure(call) => ApiError::from_call(name, call),
+                other => ApiError::new(502, "driver-failed", format!("backend {name}: {other}")),
+            })?;
         Ok(rec)
     }
 
@@ -338,8 +419,14 @@ impl Elara {
         if self.store.get(&key).await?.is_some() {
             return Err(ApiError::conflict(format!("backend {:?} already exists", req.name)).with_field("name"));
         }
-        let limits = limits_from(&BackendLimits::default(), req.memory.as_deref(), req.call_timeout.as_deref())?;
-        let rec = self.build_backend(&req.name, &req.driver, req.config, req.allow_hosts, limits).await?;
+        let limits = limits_from(
+            &BackendLimits::default(),
+            req.memory.as_deref(),
+            req.call_timeout.as_deref(),
+        )?;
+        let rec = self
+            .build_backend(&req.name, &req.driver, req.config, req.allow_hosts, limits)
+            .await?;
         if !self.txn(vec![absent(key.clone())], vec![put(key, &rec)]).await? {
             return Err(ApiError::conflict(format!("backend {:?} already exists", req.name)).with_field("name"));
         }
@@ -351,7 +438,10 @@ impl Elara {
     }
 
     pub async fn update_backend(&self, name: &str, req: UpdateBackend) -> ApiResult<BackendRecord> {
-        let cur = self.get::<BackendRecord>(&keys::backend(name)).await?.ok_or_else(|| ApiError::not_found("backend", name))?;
+        let cur = self
+            .get::<BackendRecord>(&keys::backend(name))
+            .await?
+            .ok_or_else(|| ApiError::not_found("backend", name))?;
         let mut config = cur.value.config.clone();
         for (k, v) in req.config {
             if v.is_empty() {
@@ -362,9 +452,17 @@ impl Elara {
         }
         let limits = limits_from(&cur.value.limits, req.memory.as_deref(), req.call_timeout.as_deref())?;
         let hosts = req.allow_hosts.unwrap_or_else(|| cur.value.allow_hosts.clone());
-        let mut rec = self.build_backend(name, &cur.value.driver, config, hosts, limits).await?;
+        let mut rec = self
+            .build_backend(name, &cur.value.driver, config, hosts, limits)
+            .await?;
         rec.created_at = cur.value.created_at;
-        if !self.txn(vec![rev(keys::backend(name), cur.revision)], vec![put(keys::backend(name), &rec)]).await? {
+        if !self
+            .txn(
+                vec![rev(keys::backend(name), cur.revision)],
+                vec![put(keys::backend(name), &rec)],
+            )
+            .await?
+        {
             return Err(raced("backend", name));
         }
         self.backends.forget(name).await;
@@ -372,7 +470,13 @@ impl Elara {
     }
 
     pub async fn list_backends_raw(&self) -> ApiResult<Vec<BackendRecord>> {
-        Ok(self.store.list_json::<BackendRecord>(&keys::backends()).await?.into_iter().map(|r| r.value).collect())
+        Ok(self
+            .store
+            .list_json::<BackendRecord>(&keys::backends())
+            .await?
+            .into_iter()
+            .map(|r| r.value)
+            .collect())
     }
 
     /// Backends as shown to users: secrets redacted.
@@ -387,15 +491,26 @@ impl Elara {
     }
 
     pub async fn backend_view(&self, name: &str) -> ApiResult<BackendRecord> {
-        let rec = self.get::<BackendRecord>(&keys::backend(name)).await?.ok_or_else(|| ApiError::not_found("backend", name))?;
+        let rec = self
+            .get::<BackendRecord>(&keys::backend(name))
+            .await?
+            .ok_or_else(|| ApiError::not_found("backend", name))?;
         let driver = self.get::<DriverRecord>(&keys::driver(&rec.value.driver)).await?;
         Ok(redact(&rec.value, driver.as_ref().map(|d| &d.value)))
     }
 
     pub async fn remove_backend(&self, name: &str) -> ApiResult<()> {
-        let rec = self.get::<BackendRecord>(&keys::backend(name)).await?.ok_or_else(|| ApiError::not_found("backend", name))?;
-        let owned: Vec<String> =
-            self.list_volumes_raw().await?.into_iter().filter(|v| v.backend == name).map(|v| v.name).collect();
+        let rec = self
+            .get::<BackendRecord>(&keys::backend(name))
+            .await?
+            .ok_or_else(|| ApiError::not_found("backend", name))?;
+        let owned: Vec<String> = self
+            .list_volumes_raw()
+            .await?
+            .into_iter()
+            .filter(|v| v.backend == name)
+            .map(|v| v.name)
+            .collect();
         if !owned.is_empty() {
             return Err(ApiError::conflict(format!(
                 "backend {name:?} still owns {} volume(s) ({}); delete them first",
@@ -403,9 +518,16 @@ impl Elara {
                 owned.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
             )));
         }
-        let snaps = self.list_snapshots_raw().await?.into_iter().filter(|s| s.backend == name).count();
+        let snaps = self
+            .list_snapshots_raw()
+            .await?
+            .into_iter()
+            .filter(|s| s.backend == name)
+            .count();
         if snaps > 0 {
-            return Err(ApiError::conflict(format!("backend {name:?} still owns {snaps} snapshot(s); delete them first")));
+            return Err(ApiError::conflict(format!(
+                "backend {name:?} still owns {snaps} snapshot(s); delete them first"
+            )));
         }
         let mut ops = vec![del(keys::backend(name))];
         for k in self.store.list_keys(&keys::backend_pools(name)).await? {

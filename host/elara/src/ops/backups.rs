@@ -26,12 +26,14 @@ use utoipa::ToSchema;
 
 use super::volumes::CreateVolume;
 use super::{Elara, Shared, absent, del, faults, put, rev};
-use crate::backup::engine::{self, EngineError};
-use crate::backup::progress::{Progress, ProgressView};
 use crate::attach::{AttachRequest, AttachState};
+use crate::backup::engine::{self, EngineError};
 use crate::backup::files;
-use crate::backup::records::{BackupKind, BackupRecord, Manifest, TargetLocation, TargetRecord, VerifyReport, keys as bkeys};
 use crate::backup::lease::{self, Lease, LeaseKind};
+use crate::backup::progress::{Progress, ProgressView};
+use crate::backup::records::{
+    BackupKind, BackupRecord, Manifest, TargetLocation, TargetRecord, VerifyReport, keys as bkeys,
+};
 use crate::backup::target::{Target, TargetError, block_key, manifest_key};
 use crate::backup::{BLOCK_SIZE, FORMAT};
 use crate::error::{ApiError, ApiResult};
@@ -154,9 +156,10 @@ fn target_err(e: TargetError) -> ApiError {
 
 fn engine_err(e: EngineError) -> ApiError {
     match e {
-        EngineError::BadBlock { .. } | EngineError::BadChunk { .. } | EngineError::Digest { .. } | EngineError::BadManifest { .. } => {
-            ApiError::new(422, "corrupt", e.to_string())
-        }
+        EngineError::BadBlock { .. }
+        | EngineError::BadChunk { .. }
+        | EngineError::Digest { .. }
+        | EngineError::BadManifest { .. } => ApiError::new(422, "corrupt", e.to_string()),
         EngineError::Upload { .. } | EngineError::UploadChunk { .. } => ApiError::new(502, "target", e.to_string()),
         EngineError::Io { .. } => ApiError::internal(e.to_string()),
     }
@@ -192,48 +195,95 @@ impl Elara {
         check_name("name", &req.name)?;
         let location = if let Some(rest) = req.url.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            if bucket.len() < 3 || bucket.len() > 63 || !bucket.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.') {
-                return Err(ApiError::invalid("url", format!("{bucket:?} is not a valid S3 bucket name (3-63 of a-z 0-9 . -)")));
+            if bucket.len() < 3
+                || bucket.len() > 63
+                || !bucket
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+            {
+                return Err(ApiError::invalid(
+                    "url",
+                    format!("{bucket:?} is not a valid S3 bucket name (3-63 of a-z 0-9 . -)"),
+                ));
             }
-            let need = |field: &str, v: &Option<String>| v.clone().filter(|s| !s.is_empty()).ok_or_else(|| ApiError::invalid(field, "is required for an s3:// target"));
+            let need = |field: &str, v: &Option<String>| {
+                v.clone()
+                    .filter(|s| !s.is_empty())
+                    .ok_or_else(|| ApiError::invalid(field, "is required for an s3:// target"))
+            };
             let endpoint = need("endpoint", &req.endpoint)?;
             if !endpoint.starts_with("http://") {
-                return Err(ApiError::invalid("endpoint", format!("{endpoint:?}: only http:// endpoints are supported")));
+                return Err(ApiError::invalid(
+                    "endpoint",
+                    format!("{endpoint:?}: only http:// endpoints are supported"),
+                ));
             }
             TargetLocation::S3 {
                 bucket: bucket.to_string(),
                 prefix: prefix.trim_matches('/').to_string(),
                 endpoint,
-                region: req.region.clone().filter(|r| !r.is_empty()).unwrap_or_else(|| "us-east-1".into()),
+                region: req
+                    .region
+                    .clone()
+                    .filter(|r| !r.is_empty())
+                    .unwrap_or_else(|| "us-east-1".into()),
                 access_key: need("access_key", &req.access_key)?,
                 secret_key: need("secret_key", &req.secret_key)?,
             }
         } else {
             if !req.url.starts_with('/') {
-                return Err(ApiError::invalid("url", format!("{:?} is neither an absolute directory nor s3://bucket/prefix", req.url)));
+                return Err(ApiError::invalid(
+                    "url",
+                    format!("{:?} is neither an absolute directory nor s3://bucket/prefix", req.url),
+                ));
             }
-            TargetLocation::Local { path: req.url.trim_end_matches('/').to_string() }
+            TargetLocation::Local {
+                path: req.url.trim_end_matches('/').to_string(),
+            }
         };
         let key = bkeys::target(&req.name);
         if self.store.get(&key).await?.is_some() {
-            return Err(ApiError::conflict(format!("a backup target named {:?} already exists", req.name)).with_field("name"));
+            return Err(
+                ApiError::conflict(format!("a backup target named {:?} already exists", req.name)).with_field("name"),
+            );
         }
-        Target::open(&location).probe().await.map_err(|e| ApiError::invalid("url", format!("the target cannot be used: {e}")))?;
+        Target::open(&location)
+            .probe()
+            .await
+            .map_err(|e| ApiError::invalid("url", format!("the target cannot be used: {e}")))?;
         let node = matches!(location, TargetLocation::Local { .. }).then(|| self.node().to_string());
-        let rec = TargetRecord { v: SCHEMA, name: req.name.clone(), location, node, created_at: now() };
+        let rec = TargetRecord {
+            v: SCHEMA,
+            name: req.name.clone(),
+            location,
+            node,
+            created_at: now(),
+        };
         if !self.txn(vec![absent(key.clone())], vec![put(key, &rec)]).await? {
-            return Err(ApiError::conflict(format!("a backup target named {:?} already exists", req.name)).with_field("name"));
+            return Err(
+                ApiError::conflict(format!("a backup target named {:?} already exists", req.name)).with_field("name"),
+            );
         }
         tracing::info!(target = %rec.name, url = %rec.url(), "backup target added");
         Ok(rec.redacted())
     }
 
     pub async fn backup_targets(&self) -> ApiResult<Vec<TargetRecord>> {
-        Ok(self.store.list_json::<TargetRecord>(&bkeys::targets()).await?.into_iter().map(|r| r.value.redacted()).collect())
+        Ok(self
+            .store
+            .list_json::<TargetRecord>(&bkeys::targets())
+            .await?
+            .into_iter()
+            .map(|r| r.value.redacted())
+            .collect())
     }
 
     async fn target_record(&self, name: &str) -> ApiResult<TargetRecord> {
-        Ok(self.get::<TargetRecord>(&bkeys::target(name)).await?.ok_or_else(|| ApiError::not_found("backup target", name))?.value)
+        Ok(self
+            .get::<TargetRecord>(&bkeys::target(name))
+            .await?
+            .ok_or_else(|| ApiError::not_found("backup target", name))?
+            .value)
     }
 
     pub async fn backup_target(&self, name: &str) -> ApiResult<TargetRecord> {
@@ -245,7 +295,9 @@ impl Elara {
         if let Some(node) = &rec.node
             && node != self.node()
         {
-            return Err(ApiError::conflict(format!("backup target {name:?} is a directory on node {node:?}; use it there")));
+            return Err(ApiError::conflict(format!(
+                "backup target {name:?} is a directory on node {node:?}; use it there"
+            )));
         }
         Ok(Target::open(&rec.location))
     }
@@ -253,9 +305,16 @@ impl Elara {
     /// Remove a target that no backup uses (its objects stay where they are).
     pub async fn remove_backup_target(&self, name: &str) -> ApiResult<()> {
         self.target_record(name).await?;
-        let used: Vec<String> = self.list_backups(None, Some(name)).await?.into_iter().map(|b| b.id).collect();
+        let used: Vec<String> = self
+            .list_backups(None, Some(name))
+            .await?
+            .into_iter()
+            .map(|b| b.id)
+            .collect();
         if !used.is_empty() {
-            return Err(ApiError::conflict(format!("backup target {name:?} holds backups {used:?}; delete them first")));
+            return Err(ApiError::conflict(format!(
+                "backup target {name:?} holds backups {used:?}; delete them first"
+            )));
         }
         self.store.delete(&bkeys::target(name)).await?;
         Ok(())
@@ -267,7 +326,12 @@ impl Elara {
     /// the next incremental, and the temporary snapshots of backups in flight. `snapshot list`
     /// hides them, and `volume delete` removes a volume's base snapshots itself.
     pub(crate) async fn backup_snapshots(&self) -> ApiResult<HashSet<String>> {
-        let mut names: HashSet<String> = self.list_backups(None, None).await?.into_iter().filter_map(|b| b.base_snapshot).collect();
+        let mut names: HashSet<String> = self
+            .list_backups(None, None)
+            .await?
+            .into_iter()
+            .filter_map(|b| b.base_snapshot)
+            .collect();
         for op in self.store.list_json::<OpRecord>(&keys::ops()).await? {
             if op.value.kind == OpKind::CreateBackup
                 && let Some(snap) = op.value.snapshot
@@ -282,7 +346,13 @@ impl Elara {
     /// labelled with their op): what `volume list` and Docker's List show (inspect shows the
     /// clones too). A clone whose op is gone is debris, and stays listed.
     pub(crate) async fn listed_volumes(&self) -> ApiResult<Vec<VolumeRecord>> {
-        let live: HashSet<String> = self.store.list_json::<OpRecord>(&keys::ops()).await?.into_iter().map(|r| r.value.id).collect();
+        let live: HashSet<String> = self
+            .store
+            .list_json::<OpRecord>(&keys::ops())
+            .await?
+            .into_iter()
+            .map(|r| r.value.id)
+            .collect();
         let mut vols = self.list_volumes_raw().await?;
         vols.retain(|v| !v.labels.get(TEMP_LABEL).is_some_and(|op| live.contains(op)));
         Ok(vols)
@@ -292,9 +362,20 @@ impl Elara {
     /// (the volume is going; its backups stay whole, the next backup of another volume is not
     /// affected). Returns the snapshots that are left, which are the user's.
     pub(crate) async fn drop_backup_bases(&self, volume_id: &str) -> ApiResult<Vec<String>> {
-        let bases: HashSet<String> = self.list_backups(None, None).await?.into_iter().filter(|b| b.volume_id == volume_id).filter_map(|b| b.base_snapshot).collect();
+        let bases: HashSet<String> = self
+            .list_backups(None, None)
+            .await?
+            .into_iter()
+            .filter(|b| b.volume_id == volume_id)
+            .filter_map(|b| b.base_snapshot)
+            .collect();
         let mut left = vec![];
-        for snap in self.list_snapshots_raw().await?.into_iter().filter(|s| s.volume_id == volume_id) {
+        for snap in self
+            .list_snapshots_raw()
+            .await?
+            .into_iter()
+            .filter(|s| s.volume_id == volume_id)
+        {
             if bases.contains(&snap.name) {
                 self.delete_snapshot(&snap.name).await?;
                 tracing::info!(snapshot = %snap.name, "backup base snapshot removed with its volume");
@@ -319,7 +400,11 @@ impl Elara {
     }
 
     pub async fn backup(&self, id: &str) -> ApiResult<BackupRecord> {
-        Ok(self.get::<BackupRecord>(&bkeys::backup(id)).await?.ok_or_else(|| ApiError::not_found("backup", id))?.value)
+        Ok(self
+            .get::<BackupRecord>(&bkeys::backup(id))
+            .await?
+            .ok_or_else(|| ApiError::not_found("backup", id))?
+            .value)
     }
 
     /// Ops of a kind still in flight on a target (other than `except`).
@@ -331,7 +416,9 @@ impl Elara {
             .into_iter()
             .map(|r| r.value)
             .filter(|o| matches!(o.kind, OpKind::CreateBackup | OpKind::RestoreBackup))
-            .filter(|o| o.params.get("target").and_then(|t| t.as_str()) == Some(target) && Some(o.id.as_str()) != except)
+            .filter(|o| {
+                o.params.get("target").and_then(|t| t.as_str()) == Some(target) && Some(o.id.as_str()) != except
+            })
             .collect())
     }
 
@@ -342,13 +429,23 @@ impl Elara {
     /// blocks are collected by a later pass. `except_op`: the backup being undone, whose own
     /// lease does not count. Keys under `blocks/` that are not block names are left alone.
     pub async fn collect_garbage(&self, target_name: &str, except_op: Option<&str>) -> ApiResult<usize> {
-        if self.ops_on_target(target_name, except_op).await?.iter().any(|o| o.kind == OpKind::CreateBackup) {
-            tracing::info!(target = target_name, "a backup is running on the target; block collection deferred");
+        if self
+            .ops_on_target(target_name, except_op)
+            .await?
+            .iter()
+            .any(|o| o.kind == OpKind::CreateBackup)
+        {
+            tracing::info!(
+                target = target_name,
+                "a backup is running on the target; block collection deferred"
+            );
             return Ok(0);
         }
         let target = self.open_target(target_name).await?;
         let pass = uuid::Uuid::now_v7().to_string();
-        let lease = Lease::take(&target, LeaseKind::Gc, &pass, self.node()).await.map_err(target_err)?;
+        let lease = Lease::take(&target, LeaseKind::Gc, &pass, self.node())
+            .await
+            .map_err(target_err)?;
         let swept = self.mark_and_sweep(target_name, &target, except_op).await;
         let released = lease.release().await.map_err(target_err);
         let removed = swept?;
@@ -407,9 +504,16 @@ impl Elara {
 
     /// Delete a backup: its record, its manifest, then the blocks no other backup references.
     pub async fn delete_backup(&self, id: &str) -> ApiResult<()> {
-        let cur = self.get::<BackupRecord>(&bkeys::backup(id)).await?.ok_or_else(|| ApiError::not_found("backup", id))?;
+        let cur = self
+            .get::<BackupRecord>(&bkeys::backup(id))
+            .await?
+            .ok_or_else(|| ApiError::not_found("backup", id))?;
         let b = cur.value;
-        if let Some(op) = self.ops_on_target(&b.target, None).await?.into_iter().find(|o| o.kind == OpKind::RestoreBackup && o.params.get("backup_id").and_then(|v| v.as_str()) == Some(id)) {
+        if let Some(op) =
+            self.ops_on_target(&b.target, None).await?.into_iter().find(|o| {
+                o.kind == OpKind::RestoreBackup && o.params.get("backup_id").and_then(|v| v.as_str()) == Some(id)
+            })
+        {
             return Err(ApiError::busy("backup", id, &op.id));
         }
         let target = self.open_target(&b.target).await?;
@@ -418,7 +522,10 @@ impl Elara {
         {
             self.delete_snapshot(bs).await?;
         }
-        if !self.txn(vec![rev(bkeys::backup(id), cur.revision)], vec![del(bkeys::backup(id))]).await? {
+        if !self
+            .txn(vec![rev(bkeys::backup(id), cur.revision)], vec![del(bkeys::backup(id))])
+            .await?
+        {
             return Err(super::raced("backup", id));
         }
         target.delete(&manifest_key(id)).await.map_err(target_err)?;
@@ -434,20 +541,27 @@ impl Elara {
         let rel = backend_ref.ok_or_else(|| ApiError::internal(format!("{what} has no backend reference")))?;
         let pool_dir = self.backends.pool_dir(backend);
         crate::attach::PoolImage::open(&pool_dir, rel).map_err(|e| match e {
-            crate::attach::AttachError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => ApiError::new(
-                501,
-                "unsupported",
-                format!("{what} is not an image file ({}); backups need the local driver", pool_dir.join(rel).display()),
-            ),
+            crate::attach::AttachError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                ApiError::new(
+                    501,
+                    "unsupported",
+                    format!(
+                        "{what} is not an image file ({}); backups need the local driver",
+                        pool_dir.join(rel).display()
+                    ),
+                )
+            }
             e => ApiError::invalid("backend_ref", format!("{what}: {e}")),
         })
     }
 
-
     /// How volumes of `backend` are backed up: image files (driver `local`) in blocks, volumes of
     /// file or object drivers as a tree; anything else is refused, naming `field`.
     async fn backup_kind(&self, backend: &str, field: &str) -> ApiResult<BackupKind> {
-        let rec = self.get::<BackendRecord>(&keys::backend(backend)).await?.ok_or_else(|| ApiError::invalid(field, format!("backend {backend:?} does not exist")))?;
+        let rec = self
+            .get::<BackendRecord>(&keys::backend(backend))
+            .await?
+            .ok_or_else(|| ApiError::invalid(field, format!("backend {backend:?} does not exist")))?;
         if rec.value.driver == "local" {
             return Ok(BackupKind::Block);
         }
@@ -457,7 +571,10 @@ impl Elara {
             elara_runtime::VolumeKind::Block => Err(ApiError::new(
                 501,
                 "unsupported",
-                format!("backend {backend:?} uses driver {:?}: block backups need image-file volumes (driver local)", rec.value.driver),
+                format!(
+                    "backend {backend:?} uses driver {:?}: block backups need image-file volumes (driver local)",
+                    rec.value.driver
+                ),
             )
             .with_field(field)),
         }
@@ -468,10 +585,21 @@ impl Elara {
     /// by the job's op, so no one else mounts it; [`Elara::detach_private`] takes it down.
     async fn attach_private(&self, vol: &VolumeRecord, read_only: bool) -> ApiResult<AttachState> {
         let (backend_rec, backend) = self.backends.get(&vol.backend).await?;
-        let connection = backend.attach(&vol.id, &self.node_info()).await.map_err(|e| ApiError::from_call(&vol.backend, e))?;
+        let connection = backend
+            .attach(&vol.id, &self.node_info())
+            .await
+            .map_err(|e| ApiError::from_call(&vol.backend, e))?;
         let pool_dir = self.backends.pool_dir(&vol.backend);
         let grants = super::backends::grants_of(&backend_rec);
-        let req = AttachRequest { volume_id: &vol.id, pool_dir: &pool_dir, connection: &connection, fs_type: vol.fs.into(), read_only, grants: &grants, security: Default::default() };
+        let req = AttachRequest {
+            volume_id: &vol.id,
+            pool_dir: &pool_dir,
+            connection: &connection,
+            fs_type: vol.fs.into(),
+            read_only,
+            grants: &grants,
+            security: Default::default(),
+        };
         match self.attacher.attach(req).await {
             Ok(state) => Ok(state),
             Err(e) => {
@@ -484,22 +612,35 @@ impl Elara {
     /// Take down a private attach (see [`Elara::attach_private`]), found by the volume's id (so a
     /// restarted daemon can do it too). Safe to repeat.
     async fn detach_private(&self, vol: &VolumeRecord) -> ApiResult<()> {
-        let backing = vol.backend_ref.as_deref().and_then(|r| crate::attach::image_path(&self.backends.pool_dir(&vol.backend), r));
+        let backing = vol
+            .backend_ref
+            .as_deref()
+            .and_then(|r| crate::attach::image_path(&self.backends.pool_dir(&vol.backend), r));
         self.attacher
             .detach_by_volume(&vol.id, backing.as_deref())
             .await
             .map_err(|e| ApiError::new(500, "detach-failed", format!("volume {}: {e}", vol.name)))?;
         let (_, backend) = self.backends.get(&vol.backend).await?;
-        backend.detach(&vol.id, &self.node_info()).await.map_err(|e| ApiError::from_call(&vol.backend, e))
+        backend
+            .detach(&vol.id, &self.node_info())
+            .await
+            .map_err(|e| ApiError::from_call(&vol.backend, e))
     }
 
     /// Take a volume's lock for a backup job's op (CAS); the volume must be free.
     async fn lock_for_job(&self, name: &str, op_id: &str) -> ApiResult<VolumeRecord> {
         let key = keys::volume(name);
-        let cur = self.get::<VolumeRecord>(&key).await?.ok_or_else(|| ApiError::not_found("volume", name))?;
+        let cur = self
+            .get::<VolumeRecord>(&key)
+            .await?
+            .ok_or_else(|| ApiError::not_found("volume", name))?;
         let mut locked = cur.value.clone();
         locked.op = Some(op_id.to_string());
-        if cur.value.op.is_some() || !self.txn(vec![rev(key.clone(), cur.revision)], vec![put(key, &locked)]).await? {
+        if cur.value.op.is_some()
+            || !self
+                .txn(vec![rev(key.clone(), cur.revision)], vec![put(key, &locked)])
+                .await?
+        {
             return Err(super::raced("volume", name));
         }
         Ok(locked)
@@ -509,7 +650,9 @@ impl Elara {
     /// carries `label` = the op's id: private mount down, lock released, volume deleted.
     async fn remove_job_volume(&self, name: &str, label: &str, op_id: &str) -> ApiResult<()> {
         let vkey = keys::volume(name);
-        let Some(cur) = self.get::<VolumeRecord>(&vkey).await? else { return Ok(()) };
+        let Some(cur) = self.get::<VolumeRecord>(&vkey).await? else {
+            return Ok(());
+        };
         if cur.value.labels.get(label).map(String::as_str) != Some(op_id) {
             return Ok(());
         }
@@ -518,7 +661,10 @@ impl Elara {
                 self.detach_private(&cur.value).await?;
                 let mut v = cur.value.clone();
                 v.op = None;
-                if !self.txn(vec![rev(vkey.clone(), cur.revision)], vec![put(vkey.clone(), &v)]).await? {
+                if !self
+                    .txn(vec![rev(vkey.clone(), cur.revision)], vec![put(vkey.clone(), &v)])
+                    .await?
+                {
                     return Err(super::raced("volume", name));
                 }
             }
@@ -529,9 +675,20 @@ impl Elara {
     }
 
     async fn require_image_backend(&self, backend: &str, field: &str) -> ApiResult<()> {
-        let rec = self.get::<BackendRecord>(&keys::backend(backend)).await?.ok_or_else(|| ApiError::invalid(field, format!("backend {backend:?} does not exist")))?;
+        let rec = self
+            .get::<BackendRecord>(&keys::backend(backend))
+            .await?
+            .ok_or_else(|| ApiError::invalid(field, format!("backend {backend:?} does not exist")))?;
         if rec.value.driver != "local" {
-            return Err(ApiError::new(501, "unsupported", format!("backend {backend:?} uses driver {:?}; block backups need image-file volumes (driver local)", rec.value.driver)).with_field(field));
+            return Err(ApiError::new(
+                501,
+                "unsupported",
+                format!(
+                    "backend {backend:?} uses driver {:?}; block backups need image-file volumes (driver local)",
+                    rec.value.driver
+                ),
+            )
+            .with_field(field));
         }
         Ok(())
     }
@@ -548,14 +705,20 @@ pub async fn start_backup(s: Shared, req: CreateBackup) -> ApiResult<JobView> {
         return Err(ApiError::conflict(format!("volume {:?} is {:?}", vol.name, vol.state)));
     }
     let kind = s.backup_kind(&vol.backend, "volume").await?;
-    let trec = s.get::<TargetRecord>(&bkeys::target(&req.target)).await?.ok_or_else(|| ApiError::invalid("target", format!("backup target {:?} does not exist", req.target)))?;
+    let trec = s
+        .get::<TargetRecord>(&bkeys::target(&req.target))
+        .await?
+        .ok_or_else(|| ApiError::invalid("target", format!("backup target {:?} does not exist", req.target)))?;
     let target = s.open_target(&trec.value.name).await?;
 
     let backup_id = uuid::Uuid::now_v7().to_string();
     let snap_name = format!("backup-{backup_id}");
     let params = serde_json::json!({ "backup_id": backup_id, "target": req.target, "volume_id": vol.id });
     let mut op = s.new_op(OpKind::CreateBackup, &vol.name, Some(&snap_name), params);
-    if !s.txn(vec![absent(keys::op(&op.id))], vec![put(keys::op(&op.id), &op)]).await? {
+    if !s
+        .txn(vec![absent(keys::op(&op.id))], vec![put(keys::op(&op.id), &op)])
+        .await?
+    {
         return Err(ApiError::conflict("operation id collision; try again"));
     }
     faults::point("backup:after-intent");
@@ -596,19 +759,30 @@ async fn do_backup(
 ) -> ApiResult<BackupRecord> {
     let started = std::time::Instant::now();
     progress.phase("snapshotting");
-    let req = super::snapshots::CreateSnapshot { volume: vol.name.clone(), name: Some(snap_name.to_string()) };
+    let req = super::snapshots::CreateSnapshot {
+        volume: vol.name.clone(),
+        name: Some(snap_name.to_string()),
+    };
     let snap = s.create_snapshot_reporting(req, Some(progress.sink(None))).await?;
     progress.reset_bytes();
     faults::point("backup:after-snapshot");
     s.op_step(op, "uploading").await?;
-    let image_file = s.image_path(&snap.backend, snap.backend_ref.as_deref(), &format!("snapshot {snap_name}"))?;
+    let image_file = s.image_path(
+        &snap.backend,
+        snap.backend_ref.as_deref(),
+        &format!("snapshot {snap_name}"),
+    )?;
     let image = image_file.path();
 
     // What the target holds already (listed under this backup's lease, so no collection deletes
     // it before the manifest names it), and the last backup of this volume there (the parent).
     let lease = take_backup_lease(s, op, target, &progress).await?;
     let known = target.block_ids().await.map_err(target_err)?;
-    let parent = s.list_backups(Some(&vol.name), Some(target_name)).await?.into_iter().rfind(|b| b.volume_id == vol.id);
+    let parent = s
+        .list_backups(Some(&vol.name), Some(target_name))
+        .await?
+        .into_iter()
+        .rfind(|b| b.volume_id == vol.id);
     let hook: engine::Hook = Arc::new(|p: &Progress| {
         use std::sync::atomic::Ordering::Relaxed;
         if p.blocks_transferred.load(Relaxed) > 0 && p.blocks_done.load(Relaxed) * 2 >= p.blocks_total.load(Relaxed) {
@@ -628,20 +802,43 @@ async fn do_backup(
     }
     // The engine reads the base through its fd's path; `base_image` keeps the fd open meanwhile.
     let base = base_image.as_ref().map(|(file, blocks)| (file.path(), blocks.clone()));
-    let out = engine::backup(&image, snap.size_bytes, BLOCK_SIZE, target, known, base, progress.clone(), hook).await.map_err(engine_err)?;
+    let out = engine::backup(
+        &image,
+        snap.size_bytes,
+        BLOCK_SIZE,
+        target,
+        known,
+        base,
+        progress.clone(),
+        hook,
+    )
+    .await
+    .map_err(engine_err)?;
     // Keep this snapshot as the next one's base if it is a reflink (it then costs only the blocks
     // the volume rewrites); a copy is deleted.
     let img = image.clone();
-    let reflink = tokio::task::spawn_blocking(move || std::fs::File::open(&img).and_then(|f| crate::backup::fiemap::extents(&f)).map(|e| crate::backup::fiemap::any_shared(&e)).unwrap_or(false))
-        .await
-        .unwrap_or(false);
+    let reflink = tokio::task::spawn_blocking(move || {
+        std::fs::File::open(&img)
+            .and_then(|f| crate::backup::fiemap::extents(&f))
+            .map(|e| crate::backup::fiemap::any_shared(&e))
+            .unwrap_or(false)
+    })
+    .await
+    .unwrap_or(false);
 
     // Finalise: every block the manifest names must be in the target now (a concurrent delete
     // may have collected one we found there); then the manifest, last.
     progress.phase("finalising");
     let present = target.block_ids().await.map_err(target_err)?;
-    if let Some((i, id)) = out.blocks.iter().enumerate().find_map(|(i, b)| b.as_ref().filter(|id| !present.contains(*id)).map(|id| (i, id))) {
-        return Err(ApiError::conflict(format!("block {i} ({id}) vanished from the target during the backup (a concurrent delete?); run the backup again")));
+    if let Some((i, id)) = out
+        .blocks
+        .iter()
+        .enumerate()
+        .find_map(|(i, b)| b.as_ref().filter(|id| !present.contains(*id)).map(|id| (i, id)))
+    {
+        return Err(ApiError::conflict(format!(
+            "block {i} ({id}) vanished from the target during the backup (a concurrent delete?); run the backup again"
+        )));
     }
     let digest = engine::volume_digest(snap.size_bytes, BLOCK_SIZE, &out.blocks);
     let manifest = Manifest {
@@ -702,7 +899,10 @@ async fn do_backup_files(
     progress.phase("snapshotting");
     // Before the snapshot starts: a file with an older mtime cannot have changed after it.
     let snapshot_at = now();
-    let req = super::snapshots::CreateSnapshot { volume: vol.name.clone(), name: Some(snap_name.to_string()) };
+    let req = super::snapshots::CreateSnapshot {
+        volume: vol.name.clone(),
+        name: Some(snap_name.to_string()),
+    };
     let snap = s.create_snapshot_reporting(req, Some(progress.sink(None))).await?;
     faults::point("backup:after-snapshot");
 
@@ -716,7 +916,12 @@ async fn do_backup_files(
     let mut labels = BTreeMap::new();
     labels.insert(TEMP_LABEL.to_string(), op.id.clone());
     progress.reset_bytes();
-    let req = CreateVolume { name: temp.clone(), snapshot: Some(snap_name.to_string()), labels, ..Default::default() };
+    let req = CreateVolume {
+        name: temp.clone(),
+        snapshot: Some(snap_name.to_string()),
+        labels,
+        ..Default::default()
+    };
     s.create_volume_reporting(req, Some(progress.sink(None))).await?;
     progress.reset_bytes();
     let clone = s.lock_for_job(&temp, &op.id).await?;
@@ -726,13 +931,20 @@ async fn do_backup_files(
 
     let lease = take_backup_lease(s, op, target, &progress).await?;
     let known = target.block_ids().await.map_err(target_err)?;
-    let parent = s.list_backups(Some(&vol.name), Some(target_name)).await?.into_iter().rfind(|b| b.volume_id == vol.id && b.kind == BackupKind::Files);
+    let parent = s
+        .list_backups(Some(&vol.name), Some(target_name))
+        .await?
+        .into_iter()
+        .rfind(|b| b.volume_id == vol.id && b.kind == BackupKind::Files);
     let mut base = None;
     if let Some(p) = &parent
         && let Ok(m) = target.manifest(&p.id).await
         && m.format == files::FORMAT
     {
-        base = Some(files::Parent { entries: m.entries, snapshot_at: m.snapshot_at.unwrap_or(0) });
+        base = Some(files::Parent {
+            entries: m.entries,
+            snapshot_at: m.snapshot_at.unwrap_or(0),
+        });
     }
     let hook: engine::Hook = Arc::new(|p: &Progress| {
         use std::sync::atomic::Ordering::Relaxed;
@@ -751,8 +963,15 @@ async fn do_backup_files(
 
     progress.phase("finalising");
     let present = target.block_ids().await.map_err(target_err)?;
-    if let Some((e, c)) = out.entries.iter().find_map(|e| e.chunks.iter().find(|c| !present.contains(&c.id)).map(|c| (e, c))) {
-        return Err(ApiError::conflict(format!("chunk {} of {} vanished from the target during the backup (a concurrent delete?); run the backup again", c.id, e.path)));
+    if let Some((e, c)) = out
+        .entries
+        .iter()
+        .find_map(|e| e.chunks.iter().find(|c| !present.contains(&c.id)).map(|c| (e, c)))
+    {
+        return Err(ApiError::conflict(format!(
+            "chunk {} of {} vanished from the target during the backup (a concurrent delete?); run the backup again",
+            c.id, e.path
+        )));
     }
     let digest = files::tree_digest(&out.entries);
     let manifest = Manifest {
@@ -804,10 +1023,16 @@ const GC_WAIT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
 /// wait while a block collection is sweeping there (see [`crate::backup::lease`]). From then on
 /// no collection deletes a block until the lease goes, after the manifest is written.
 async fn take_backup_lease(s: &Elara, op: &OpRecord, target: &Target, progress: &Progress) -> ApiResult<Lease> {
-    let lease = Lease::take(target, LeaseKind::Backup, &op.id, s.node()).await.map_err(target_err)?;
+    let lease = Lease::take(target, LeaseKind::Backup, &op.id, s.node())
+        .await
+        .map_err(target_err)?;
     let deadline = std::time::Instant::now() + GC_WAIT;
     loop {
-        let sweeping = lease::leases(target).await.map_err(target_err)?.into_iter().find(|l| l.body.kind == LeaseKind::Gc && !l.stale);
+        let sweeping = lease::leases(target)
+            .await
+            .map_err(target_err)?
+            .into_iter()
+            .find(|l| l.body.kind == LeaseKind::Gc && !l.stale);
         let Some(gc) = sweeping else { return Ok(lease) };
         if std::time::Instant::now() >= deadline {
             return Err(ApiError::conflict(format!(
@@ -840,13 +1065,19 @@ async fn commit_backup(
         p.insert("record".into(), serde_json::to_value(&rec).unwrap_or_default());
     }
     s.op_step(op, "finalising").await?;
-    target.put(&manifest_key(&rec.id), body.into()).await.map_err(target_err)?;
+    target
+        .put(&manifest_key(&rec.id), body.into())
+        .await
+        .map_err(target_err)?;
     s.op_step(op, "manifest-written").await?;
     if let Err(e) = lease.release().await {
         tracing::warn!(backup = %rec.id, "the backup's lease on the target was not removed (collection waits until it is stale, {:?}): {e}", lease::STALE);
     }
     faults::point("backup:after-manifest");
-    let rec = BackupRecord { duration_ms: started.elapsed().as_millis() as u64, ..rec };
+    let rec = BackupRecord {
+        duration_ms: started.elapsed().as_millis() as u64,
+        ..rec
+    };
     finish_backup(s, op, rec).await
 }
 
@@ -901,7 +1132,9 @@ async fn undo_backup(s: &Elara, op: &OpRecord, target: &str) -> ApiResult<()> {
     }
     // Its lease, if it took one (collection ignores it anyway; this keeps the target tidy).
     if let Ok(t) = s.open_target(target).await {
-        t.delete(&lease::lease_key(LeaseKind::Backup, &op.id)).await.map_err(target_err)?;
+        t.delete(&lease::lease_key(LeaseKind::Backup, &op.id))
+            .await
+            .map_err(target_err)?;
     }
     if s.get::<TargetRecord>(&bkeys::target(target)).await?.is_some() {
         s.collect_garbage(target, Some(&op.id)).await?;
@@ -927,7 +1160,10 @@ pub async fn start_restore(s: Shared, backup_id: String, req: RestoreBackup) -> 
     let target = s.open_target(&b.target).await?;
     let params = serde_json::json!({ "backup_id": b.id, "target": b.target });
     let mut op = s.new_op(OpKind::RestoreBackup, &req.volume, None, params);
-    if !s.txn(vec![absent(keys::op(&op.id))], vec![put(keys::op(&op.id), &op)]).await? {
+    if !s
+        .txn(vec![absent(keys::op(&op.id))], vec![put(keys::op(&op.id), &op)])
+        .await?
+    {
         return Err(ApiError::conflict("operation id collision; try again"));
     }
     faults::point("backup-restore:after-intent");
@@ -951,11 +1187,25 @@ pub async fn start_restore(s: Shared, backup_id: String, req: RestoreBackup) -> 
     .await
 }
 
-async fn do_restore(s: &Shared, op: &mut OpRecord, b: &BackupRecord, target: &Target, req: &RestoreBackup, progress: Arc<Progress>) -> ApiResult<VolumeRecord> {
+async fn do_restore(
+    s: &Shared,
+    op: &mut OpRecord,
+    b: &BackupRecord,
+    target: &Target,
+    req: &RestoreBackup,
+    progress: Arc<Progress>,
+) -> ApiResult<VolumeRecord> {
     progress.phase("creating");
     let manifest = target.manifest(&b.id).await.map_err(target_err)?;
     if manifest.digest != b.digest || manifest.size_bytes != b.size_bytes {
-        return Err(ApiError::new(422, "corrupt", format!("manifest of backup {} does not match its record (digest or size differs)", b.id)));
+        return Err(ApiError::new(
+            422,
+            "corrupt",
+            format!(
+                "manifest of backup {} does not match its record (digest or size differs)",
+                b.id
+            ),
+        ));
     }
     let mut labels = BTreeMap::new();
     labels.insert(RESTORE_LABEL.to_string(), op.id.clone());
@@ -970,10 +1220,17 @@ async fn do_restore(s: &Shared, op: &mut OpRecord, b: &BackupRecord, target: &Ta
     let vol = s.create_volume(create).await?;
     // Hold the new volume's lock while its blocks are written: nobody mounts a half-restored volume.
     let vkey = keys::volume(&vol.name);
-    let cur = s.get::<VolumeRecord>(&vkey).await?.ok_or_else(|| ApiError::not_found("volume", &vol.name))?;
+    let cur = s
+        .get::<VolumeRecord>(&vkey)
+        .await?
+        .ok_or_else(|| ApiError::not_found("volume", &vol.name))?;
     let mut locked = cur.value.clone();
     locked.op = Some(op.id.clone());
-    if cur.value.op.is_some() || !s.txn(vec![rev(vkey.clone(), cur.revision)], vec![put(vkey.clone(), &locked)]).await? {
+    if cur.value.op.is_some()
+        || !s
+            .txn(vec![rev(vkey.clone(), cur.revision)], vec![put(vkey.clone(), &locked)])
+            .await?
+    {
         return Err(super::raced("volume", &vol.name));
     }
     if let Some(p) = op.params.as_object_mut() {
@@ -990,26 +1247,43 @@ async fn do_restore(s: &Shared, op: &mut OpRecord, b: &BackupRecord, target: &Ta
     match b.kind {
         BackupKind::Block => {
             s.require_image_backend(&vol.backend, "backend").await?;
-            let image = s.image_path(&vol.backend, vol.backend_ref.as_deref(), &format!("volume {}", vol.name))?;
-            engine::restore(&manifest, target, &image.path(), progress, hook).await.map_err(engine_err)?;
+            let image = s.image_path(
+                &vol.backend,
+                vol.backend_ref.as_deref(),
+                &format!("volume {}", vol.name),
+            )?;
+            engine::restore(&manifest, target, &image.path(), progress, hook)
+                .await
+                .map_err(engine_err)?;
         }
         BackupKind::Files => {
             progress.phase("mounting");
             let mounted = s.attach_private(&locked, false).await?;
             formatted = mounted.formatted_now;
-            let written = files::restore(&manifest, target, &mounted.mountpoint, progress, hook).await.map_err(engine_err);
+            let written = files::restore(&manifest, target, &mounted.mountpoint, progress, hook)
+                .await
+                .map_err(engine_err);
             let down = s.detach_private(&locked).await;
             written?;
             down?;
         }
     }
     // Done: release the lock and drop the op in one transaction.
-    let cur = s.get::<VolumeRecord>(&vkey).await?.ok_or_else(|| ApiError::not_found("volume", &vol.name))?;
+    let cur = s
+        .get::<VolumeRecord>(&vkey)
+        .await?
+        .ok_or_else(|| ApiError::not_found("volume", &vol.name))?;
     let mut v = cur.value.clone();
     v.op = None;
     v.formatted = v.formatted || formatted;
     v.source_snapshot = Some(format!("backup:{}", b.id));
-    if !s.txn(vec![rev(vkey.clone(), cur.revision)], vec![put(vkey, &v), del(keys::op(&op.id))]).await? {
+    if !s
+        .txn(
+            vec![rev(vkey.clone(), cur.revision)],
+            vec![put(vkey, &v), del(keys::op(&op.id))],
+        )
+        .await?
+    {
         return Err(super::raced("volume", &vol.name));
     }
     tracing::info!(backup = %b.id, volume = %v.name, "backup restored");
@@ -1030,10 +1304,13 @@ pub async fn start_verify(s: Shared, backup_id: String, wait: bool) -> ApiResult
     let job = new_job(&uuid::Uuid::now_v7().to_string(), "verify", &b.volume, Some(&b.id));
     let j2 = job.clone();
     run_job(job, wait, async move {
-        let manifest = target
-            .manifest(&b.id)
-            .await
-            .map_err(|e| ApiError::new(422, "corrupt", format!("the manifest of backup {} cannot be read: {e}", b.id)))?;
+        let manifest = target.manifest(&b.id).await.map_err(|e| {
+            ApiError::new(
+                422,
+                "corrupt",
+                format!("the manifest of backup {} cannot be read: {e}", b.id),
+            )
+        })?;
         let (bad, digest_ok) = if manifest.format == files::FORMAT {
             files::verify(&manifest, &target, j2.progress.clone()).await
         } else {
@@ -1042,9 +1319,20 @@ pub async fn start_verify(s: Shared, backup_id: String, wait: bool) -> ApiResult
         .map_err(engine_err)?;
         let digest_ok = digest_ok && manifest.digest == b.digest;
         // Files: each distinct chunk is checked once; blocks: every data block.
-        let checked = if manifest.format == files::FORMAT { manifest.chunk_ids().collect::<HashSet<_>>().len() } else { manifest.chunk_ids().count() } as u64;
+        let checked = if manifest.format == files::FORMAT {
+            manifest.chunk_ids().collect::<HashSet<_>>().len()
+        } else {
+            manifest.chunk_ids().count()
+        } as u64;
         let ok = bad.is_empty() && digest_ok;
-        Ok(serde_json::to_value(VerifyReport { backup: b.id.clone(), blocks_checked: checked, bad_blocks: bad, digest_ok, ok }).unwrap_or_default())
+        Ok(serde_json::to_value(VerifyReport {
+            backup: b.id.clone(),
+            blocks_checked: checked,
+            bad_blocks: bad,
+            digest_ok,
+            ok,
+        })
+        .unwrap_or_default())
     })
     .await
 }
@@ -1054,7 +1342,11 @@ pub async fn job(s: &Elara, id: &str) -> ApiResult<JobView> {
     if let Some(j) = jobs().lock().expect("jobs lock").get(id) {
         return Ok(j.snapshot());
     }
-    let op = s.get::<OpRecord>(&keys::op(id)).await?.ok_or_else(|| ApiError::not_found("backup job", id))?.value;
+    let op = s
+        .get::<OpRecord>(&keys::op(id))
+        .await?
+        .ok_or_else(|| ApiError::not_found("backup job", id))?
+        .value;
     let kind = match op.kind {
         OpKind::CreateBackup => "backup",
         OpKind::RestoreBackup => "restore",
@@ -1066,7 +1358,11 @@ pub async fn job(s: &Elara, id: &str) -> ApiResult<JobView> {
         state: "running".into(),
         volume: op.volume.clone(),
         backup: op.params.get("backup_id").and_then(|v| v.as_str()).map(str::to_string),
-        progress: op.params.get("progress").and_then(|p| serde_json::from_value(p.clone()).ok()).unwrap_or_default(),
+        progress: op
+            .params
+            .get("progress")
+            .and_then(|p| serde_json::from_value(p.clone()).ok())
+            .unwrap_or_default(),
         result: None,
         error: op.last_error.clone(),
     })
@@ -1077,10 +1373,18 @@ impl Elara {
     /// written is finished; any other is undone (snapshot, manifest, orphan blocks). A restore is
     /// undone (its half-written volume deleted).
     pub async fn recover_backup_op(&self, op: &mut OpRecord) -> ApiResult<()> {
-        let target = op.params.get("target").and_then(|v| v.as_str()).unwrap_or_default().to_string();
+        let target = op
+            .params
+            .get("target")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string();
         match op.kind {
             OpKind::CreateBackup => {
-                let record: Option<BackupRecord> = op.params.get("record").and_then(|r| serde_json::from_value(r.clone()).ok());
+                let record: Option<BackupRecord> = op
+                    .params
+                    .get("record")
+                    .and_then(|r| serde_json::from_value(r.clone()).ok());
                 if op.step == "manifest-written"
                     && let Some(rec) = record
                 {

@@ -117,12 +117,19 @@ impl Elara {
                 if unchanged {
                     continue;
                 }
-                let Ok(Some(cur)) = store.get_json::<OpRecord>(&key).await else { return };
+                let Ok(Some(cur)) = store.get_json::<OpRecord>(&key).await else {
+                    return;
+                };
                 let mut op = cur.value;
                 if let Some(p) = op.params.as_object_mut() {
                     p.insert("progress".into(), serde_json::to_value(&view).unwrap_or_default());
                 }
-                let _ = store.txn(Txn { compares: vec![rev(key.clone(), cur.revision)], ops: vec![put(key.clone(), &op)] }).await;
+                let _ = store
+                    .txn(Txn {
+                        compares: vec![rev(key.clone(), cur.revision)],
+                        ops: vec![put(key.clone(), &op)],
+                    })
+                    .await;
                 written = Some((Instant::now(), view.phase, view.bytes_done));
             }
         }))
@@ -130,7 +137,11 @@ impl Elara {
 
     /// The progress of a driver's copy (phase `copying`) for op `op_id`: kept in the op record
     /// while the returned ticker lives, and passed on to `report`. Hand the sink to the call.
-    pub fn copy_progress(&self, op_id: &str, report: Option<elara_runtime::ProgressFn>) -> (ProgressTicker, elara_runtime::ProgressFn) {
+    pub fn copy_progress(
+        &self,
+        op_id: &str,
+        report: Option<elara_runtime::ProgressFn>,
+    ) -> (ProgressTicker, elara_runtime::ProgressFn) {
         let progress = Arc::new(Progress::default());
         progress.phase("copying");
         (self.persist_progress(op_id, progress.clone()), progress.sink(report))
@@ -147,7 +158,11 @@ impl Drop for ProgressTicker {
 }
 
 pub fn put<T: Serialize>(key: String, value: &T) -> Op {
-    Op::Put { key, value: encode(value), lease: None }
+    Op::Put {
+        key,
+        value: encode(value),
+        lease: None,
+    }
 }
 
 pub fn del(key: String) -> Op {

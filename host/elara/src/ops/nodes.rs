@@ -18,15 +18,25 @@ impl Elara {
         let ttl = Duration::from_secs(self.cfg.node_ttl_secs);
         let lease = self.store.grant_lease(ttl).await?;
         self.lease.store(lease, std::sync::atomic::Ordering::Relaxed);
-        let alive = Alive { incarnation: self.incarnation.clone(), lease };
-        self.store.put(&keys::node_alive(self.node()), encode(&alive), Some(lease)).await?;
+        let alive = Alive {
+            incarnation: self.incarnation.clone(),
+            lease,
+        };
+        self.store
+            .put(&keys::node_alive(self.node()), encode(&alive), Some(lease))
+            .await?;
         let key = keys::node(self.node());
         let existing = self.get::<NodeRecord>(&key).await?;
         let rec = NodeRecord {
             v: SCHEMA,
             name: self.node().to_string(),
-            id: existing.as_ref().map(|r| r.value.id.clone()).unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
-            hostname: nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
+            id: existing
+                .as_ref()
+                .map(|r| r.value.id.clone())
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+            hostname: nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             registered_at: existing.as_ref().map(|r| r.value.registered_at).unwrap_or_else(now),
             last_start: Some(now()),
@@ -73,13 +83,20 @@ impl Elara {
             .into_iter()
             .map(|r| {
                 let up = alive.contains(&keys::node_alive(&r.value.name));
-                NodeView { record: r.value, status: if up { "up" } else { "down" }.into() }
+                NodeView {
+                    record: r.value,
+                    status: if up { "up" } else { "down" }.into(),
+                }
             })
             .collect())
     }
 
     pub async fn node_view(&self, name: &str) -> ApiResult<NodeView> {
-        self.list_nodes().await?.into_iter().find(|n| n.record.name == name).ok_or_else(|| ApiError::not_found("node", name))
+        self.list_nodes()
+            .await?
+            .into_iter()
+            .find(|n| n.record.name == name)
+            .ok_or_else(|| ApiError::not_found("node", name))
     }
 
     /// Record a node before its daemon first starts.
@@ -106,11 +123,19 @@ impl Elara {
     pub async fn unregister_node(&self, name: &str) -> ApiResult<()> {
         let view = self.node_view(name).await?;
         if view.status == "up" {
-            return Err(ApiError::conflict(format!("node {name:?} is up; stop its daemon first")));
+            return Err(ApiError::conflict(format!(
+                "node {name:?} is up; stop its daemon first"
+            )));
         }
         self.check_node_empty(name).await?;
-        let cur = self.get::<NodeRecord>(&keys::node(name)).await?.ok_or_else(|| ApiError::not_found("node", name))?;
-        if !self.txn(vec![rev(keys::node(name), cur.revision)], vec![del(keys::node(name))]).await? {
+        let cur = self
+            .get::<NodeRecord>(&keys::node(name))
+            .await?
+            .ok_or_else(|| ApiError::not_found("node", name))?;
+        if !self
+            .txn(vec![rev(keys::node(name), cur.revision)], vec![del(keys::node(name))])
+            .await?
+        {
             return Err(raced("node", name));
         }
         Ok(())
@@ -121,10 +146,15 @@ impl Elara {
         check_name("new-name", new)?;
         let view = self.node_view(name).await?;
         if view.status == "up" {
-            return Err(ApiError::conflict(format!("node {name:?} is up; stop its daemon, rename it, then start it with --node {new}")));
+            return Err(ApiError::conflict(format!(
+                "node {name:?} is up; stop its daemon, rename it, then start it with --node {new}"
+            )));
         }
         self.check_node_empty(name).await?;
-        let cur = self.get::<NodeRecord>(&keys::node(name)).await?.ok_or_else(|| ApiError::not_found("node", name))?;
+        let cur = self
+            .get::<NodeRecord>(&keys::node(name))
+            .await?
+            .ok_or_else(|| ApiError::not_found("node", name))?;
         let mut rec = cur.value;
         rec.name = new.to_string();
         let ok = self
@@ -134,13 +164,20 @@ impl Elara {
             )
             .await?;
         if !ok {
-            return Err(ApiError::conflict(format!("node {new:?} already exists or {name:?} changed")).with_field("new-name"));
+            return Err(
+                ApiError::conflict(format!("node {new:?} already exists or {name:?} changed")).with_field("new-name"),
+            );
         }
         self.node_view(new).await
     }
 
     async fn check_node_empty(&self, name: &str) -> ApiResult<()> {
-        let vols = self.list_volumes_raw().await?.into_iter().filter(|v| v.node.as_deref() == Some(name)).count();
+        let vols = self
+            .list_volumes_raw()
+            .await?
+            .into_iter()
+            .filter(|v| v.node.as_deref() == Some(name))
+            .count();
         let atts = self
             .store
             .list_json::<AttachmentRecord>(&keys::all_attachments())

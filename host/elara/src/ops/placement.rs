@@ -55,7 +55,14 @@ impl Elara {
         let mut out = Vec::new();
         let mut reported = BTreeSet::new();
         for pool in pools {
-            let pr = PoolRecord { v: SCHEMA, backend: name.into(), driver: rec.driver.clone(), node: node.clone(), pool, updated_at: now() };
+            let pr = PoolRecord {
+                v: SCHEMA,
+                backend: name.into(),
+                driver: rec.driver.clone(),
+                node: node.clone(),
+                pool,
+                updated_at: now(),
+            };
             let key = keys::pool(name, &node_key, &pr.pool.name);
             ops.push(super::put(key.clone(), &pr));
             reported.insert(key);
@@ -68,14 +75,21 @@ impl Elara {
             }
         }
         for chunk in txn_chunks(ops, self.store.max_value_size()) {
-            self.store.txn(Txn { compares: vec![], ops: chunk }).await?;
+            self.store
+                .txn(Txn {
+                    compares: vec![],
+                    ops: chunk,
+                })
+                .await?;
         }
         Ok(out)
     }
 
     /// Refresh every backend's pools; failures are logged, not fatal.
     pub async fn refresh_all_pools(&self) {
-        let Ok(backends) = self.list_backends_raw().await else { return };
+        let Ok(backends) = self.list_backends_raw().await else {
+            return;
+        };
         for b in backends {
             if let Err(e) = self.refresh_backend_pools(&b.name).await {
                 tracing::warn!(backend = %b.name, "pool report failed: {e}");
@@ -85,14 +99,24 @@ impl Elara {
 
     /// Every recorded pool (all nodes).
     pub async fn list_pools(&self) -> ApiResult<Vec<PoolRecord>> {
-        Ok(self.store.list_json::<PoolRecord>(&keys::pools()).await?.into_iter().map(|r| r.value).collect())
+        Ok(self
+            .store
+            .list_json::<PoolRecord>(&keys::pools())
+            .await?
+            .into_iter()
+            .map(|r| r.value)
+            .collect())
     }
 
     /// The recorded pools of `backends`, on every node: the scheduler's node and node-down
     /// filters decide (and `explain` shows) which of them this node can use.
     pub async fn candidate_pools(&self, backends: &[BackendRecord]) -> ApiResult<Vec<PoolRecord>> {
-        let mut pools: Vec<PoolRecord> =
-            self.list_pools().await?.into_iter().filter(|p| backends.iter().any(|b| b.name == p.backend)).collect();
+        let mut pools: Vec<PoolRecord> = self
+            .list_pools()
+            .await?
+            .into_iter()
+            .filter(|p| backends.iter().any(|b| b.name == p.backend))
+            .collect();
         let usable_here = |p: &PoolRecord| p.node.is_none() || p.node.as_deref() == Some(self.node());
         // A backend with no report usable here yet (just added, or reports are failing) gets one now.
         let mut failed = Vec::new();
@@ -129,16 +153,23 @@ impl Elara {
             .collect();
         if backends.is_empty() {
             return Err(match (&req.backend, &req.driver) {
-                (Some(b), _) => ApiError::invalid("backend", format!("no backend named {b:?} (see `elara backend list`)")),
+                (Some(b), _) => {
+                    ApiError::invalid("backend", format!("no backend named {b:?} (see `elara backend list`)"))
+                }
                 (_, Some(d)) => ApiError::invalid("driver-name", format!("no backend uses driver {d:?}")),
                 _ => ApiError::invalid("backend", "no backend exists; add one with `elara backend add`"),
             });
         }
         let mut records = self.candidate_pools(&backends).await?;
         if let Some(name) = &req.pool
-            && !records.iter().any(|p| p.pool.name == *name || format!("{}#{}", p.backend, p.pool.name) == *name)
+            && !records
+                .iter()
+                .any(|p| p.pool.name == *name || format!("{}#{}", p.backend, p.pool.name) == *name)
         {
-            return Err(ApiError::invalid("pool", format!("no pool named {name:?} in the chosen backends")));
+            return Err(ApiError::invalid(
+                "pool",
+                format!("no pool named {name:?} in the chosen backends"),
+            ));
         }
         // A stable order makes ties reproducible (the first of equal weights wins, as in Cinder).
         records.sort_by(|a, b| (&a.backend, &a.node, &a.pool.name).cmp(&(&b.backend, &b.node, &b.pool.name)));
@@ -148,13 +179,17 @@ impl Elara {
             let ty = self
                 .get::<VolumeTypeRecord>(&keys::volume_type(t))
                 .await?
-                .ok_or_else(|| ApiError::invalid("type", format!("no volume type named {t:?} (see `elara type list`)")))?;
+                .ok_or_else(|| {
+                    ApiError::invalid("type", format!("no volume type named {t:?} (see `elara type list`)"))
+                })?;
             specs.extend(ty.value.specs);
         }
         specs.extend(req.specs.clone());
         let mut request = Request::new(req.size_bytes as f64 / GIB);
         for spec in super::types::parse_specs(&specs)? {
-            request.add_spec(spec).map_err(|e| ApiError::invalid("spec", e.to_string()))?;
+            request
+                .add_spec(spec)
+                .map_err(|e| ApiError::invalid("spec", e.to_string()))?;
         }
         request.pool = req.pool.clone();
         request.node = Some(self.node().to_string());
@@ -163,7 +198,8 @@ impl Elara {
         let consumed = self.consumed.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut pools = Vec::with_capacity(records.len());
         for r in records {
-            let mut state = pool_state(&r).map_err(|e| ApiError::internal(format!("backend {} reported a bad pool: {e}", r.backend)))?;
+            let mut state = pool_state(&r)
+                .map_err(|e| ApiError::internal(format!("backend {} reported a bad pool: {e}", r.backend)))?;
             if let Some((seen, gb)) = consumed.get(&state.id())
                 && *seen == r.updated_at
             {
@@ -198,7 +234,11 @@ impl Elara {
             .place(&pools, &request)
             .map_err(|e| ApiError::new(507, "no-valid-pool", e.to_string()))?;
         let pool = &pools[chosen.index];
-        let report_time = pool.updated_at.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_secs() as i64).unwrap_or(0);
+        let report_time = pool
+            .updated_at
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
         {
             let mut consumed = self.consumed.0.lock().unwrap_or_else(|p| p.into_inner());
             let entry = consumed.entry(pool.id()).or_insert((report_time, 0.0));
@@ -208,7 +248,10 @@ impl Elara {
             entry.1 += request.size_gb;
         }
         tracing::debug!(pool = %chosen.pool, weight = chosen.weight, "placed");
-        Ok(Placement { backend: pool.backend.clone(), pool: pool.name.clone() })
+        Ok(Placement {
+            backend: pool.backend.clone(),
+            pool: pool.name.clone(),
+        })
     }
 
     /// Every pool's fate for a request: the filter that rejected it and why, or its weight.
@@ -281,7 +324,11 @@ mod tests {
     use super::*;
 
     fn put_of(len: usize) -> Op {
-        Op::Put { key: "k".into(), value: vec![0; len], lease: None }
+        Op::Put {
+            key: "k".into(),
+            value: vec![0; len],
+            lease: None,
+        }
     }
 
     #[test]
@@ -290,7 +337,10 @@ mod tests {
         let sizes: Vec<usize> = txn_chunks(ops, 1 << 20).iter().map(Vec::len).collect();
         assert_eq!(sizes, [128, 128, 44]);
         // By bytes: 4 values of 400 under a limit of 1000 go two by two.
-        let sizes: Vec<usize> = txn_chunks((0..4).map(|_| put_of(400)).collect(), 1000).iter().map(Vec::len).collect();
+        let sizes: Vec<usize> = txn_chunks((0..4).map(|_| put_of(400)).collect(), 1000)
+            .iter()
+            .map(Vec::len)
+            .collect();
         assert_eq!(sizes, [2, 2]);
         // Deletes weigh nothing but count as operations.
         let ops: Vec<Op> = (0..130).map(|i| Op::Delete { key: format!("k{i}") }).collect();

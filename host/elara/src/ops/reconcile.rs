@@ -137,11 +137,7 @@ impl Elara {
                 }
             },
             OpKind::ResizeVolume => {
-                let size = op
-                    .params
-                    .get("size_bytes")
-                    .and_then(|v| v.as_u64())
-                    .unwrap_or(0);
+                let size = op.params.get("size_bytes").and_then(|v| v.as_u64()).unwrap_or(0);
                 match vol {
                     Some(vol) if size > 0 => self.finish_resize(op, &vol, size).await.map(|_| ()),
                     Some(vol) => self.unlock_volume(&vol.name, op, |_| {}).await.map(|_| ()),
@@ -157,9 +153,7 @@ impl Elara {
                 match snap {
                     Some(snap) if snap.id == param("snapshot_id") => {
                         if op.step == "driver-done" {
-                            if let Some(state) = self
-                                .mounted_block(vol.as_ref().unwrap_or(&placeholder(&snap)))
-                                .await?
+                            if let Some(state) = self.mounted_block(vol.as_ref().unwrap_or(&placeholder(&snap))).await?
                             {
                                 self.attacher.thaw(&state.mountpoint).await;
                             }
@@ -172,9 +166,7 @@ impl Elara {
                             let mut copy = op.clone();
                             self.undo_snapshot(&mut copy, &snap, &why).await;
                             if self.store.get(&keys::op(&op.id)).await?.is_some() {
-                                return Err(ApiError::unavailable(format!(
-                                    "undo of snapshot {name} is pending"
-                                )));
+                                return Err(ApiError::unavailable(format!("undo of snapshot {name} is pending")));
                             }
                             Ok(())
                         }
@@ -204,9 +196,7 @@ impl Elara {
                     .map(|r| r.value);
                 match (vol, att) {
                     (Some(vol), Some(att)) => self.tear_down(op, &vol, &att).await,
-                    (Some(vol), None) => {
-                        self.unlock_volume(&vol.name, op, |_| {}).await.map(|_| ())
-                    }
+                    (Some(vol), None) => self.unlock_volume(&vol.name, op, |_| {}).await.map(|_| ()),
                     (None, _) => Ok(self.store.delete(&keys::op(&op.id)).await.map(|_| ())?),
                 }
             }
@@ -214,10 +204,7 @@ impl Elara {
     }
 
     /// Run the reconciler every few seconds until the daemon stops.
-    pub async fn reconcile_loop(
-        self: std::sync::Arc<Self>,
-        mut stop: tokio::sync::watch::Receiver<bool>,
-    ) {
+    pub async fn reconcile_loop(self: std::sync::Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
         loop {
             if let Err(e) = self.watch_helpers().await {
                 tracing::warn!("checking this node's helper processes failed: {e}");

@@ -25,7 +25,11 @@ impl Elara {
 
     /// [`Elara::create_snapshot`]; the driver's copy progress is in the op record
     /// (`params.progress`) and also goes to `report` (a backup job's own progress).
-    pub(crate) async fn create_snapshot_reporting(&self, req: CreateSnapshot, report: Option<ProgressFn>) -> ApiResult<SnapshotRecord> {
+    pub(crate) async fn create_snapshot_reporting(
+        &self,
+        req: CreateSnapshot,
+        report: Option<ProgressFn>,
+    ) -> ApiResult<SnapshotRecord> {
         let name = req.name.clone().unwrap_or_else(|| format!("{}-{}", req.volume, now()));
         check_name("name", &name)?;
         let skey = keys::snapshot(&name);
@@ -40,11 +44,18 @@ impl Elara {
         if let Some(node) = &vol.node
             && node != self.node()
         {
-            return Err(ApiError::conflict(format!("volume {:?} lives on node {node:?}; snapshot it there", vol.name)));
+            return Err(ApiError::conflict(format!(
+                "volume {:?} lives on node {node:?}; snapshot it there",
+                vol.name
+            )));
         }
         let (_, backend) = self.backends.get(&vol.backend).await?;
         if !backend.driver().info().features.contains(Features::SNAPSHOT) {
-            return Err(ApiError::new(501, "unsupported", format!("backend {} does not support snapshots", vol.backend)));
+            return Err(ApiError::new(
+                501,
+                "unsupported",
+                format!("backend {} does not support snapshots", vol.backend),
+            ));
         }
         let snap = SnapshotRecord {
             v: SCHEMA,
@@ -64,16 +75,25 @@ impl Elara {
         };
         let params = serde_json::json!({ "snapshot_id": snap.id, "volume_id": vol.id });
         let mut op = self.new_op(OpKind::CreateSnapshot, &vol.name, Some(&name), params);
-        let mut snap = SnapshotRecord { op: Some(op.id.clone()), ..snap };
+        let mut snap = SnapshotRecord {
+            op: Some(op.id.clone()),
+            ..snap
+        };
 
         // Lock the volume and record the snapshot in one transaction.
         let vkey = keys::volume(&vol.name);
-        let cur = self.get::<VolumeRecord>(&vkey).await?.ok_or_else(|| ApiError::not_found("volume", &vol.name))?;
+        let cur = self
+            .get::<VolumeRecord>(&vkey)
+            .await?
+            .ok_or_else(|| ApiError::not_found("volume", &vol.name))?;
         if let Some(other) = &cur.value.op {
             return Err(ApiError::busy("volume", &vol.name, other));
         }
         if cur.value.state != VolumeState::Available {
-            return Err(ApiError::conflict(format!("volume {:?} is {:?}", vol.name, cur.value.state)));
+            return Err(ApiError::conflict(format!(
+                "volume {:?} is {:?}",
+                vol.name, cur.value.state
+            )));
         }
         let mut locked = cur.value.clone();
         locked.op = Some(op.id.clone());
@@ -91,16 +111,19 @@ impl Elara {
         // A mounted filesystem is frozen so the copy is consistent; the reconciler thaws it if we die.
         let frozen = match self.mounted_block(&vol).await? {
             Some(state) => {
-                self.attacher
-                    .freeze(&state.mountpoint)
-                    .await
-                    .map_err(|e| ApiError::internal(format!("volume {}: freezing it for the snapshot: {e}", vol.name)))?;
+                self.attacher.freeze(&state.mountpoint).await.map_err(|e| {
+                    ApiError::internal(format!("volume {}: freezing it for the snapshot: {e}", vol.name))
+                })?;
                 Some(state.mountpoint)
             }
             None => None,
         };
         faults::point("snapshot:after-freeze");
-        let spec = SnapshotSpec { id: snap.id.clone(), volume_id: vol.id.clone(), name: name.clone() };
+        let spec = SnapshotSpec {
+            id: snap.id.clone(),
+            volume_id: vol.id.clone(),
+            name: name.clone(),
+        };
         let (ticker, sink) = self.copy_progress(&op.id, report);
         let made = backend.snapshot_create_with_progress(&spec, sink).await;
         drop(ticker);
@@ -150,7 +173,10 @@ impl Elara {
                 self.attacher.thaw(&state).await;
             }
             let (_, backend) = self.backends.get(&snap.backend).await?;
-            backend.snapshot_delete(&snap.id).await.map_err(|e| ApiError::from_call(&snap.backend, e))?;
+            backend
+                .snapshot_delete(&snap.id)
+                .await
+                .map_err(|e| ApiError::from_call(&snap.backend, e))?;
             let mut ops = vec![del(keys::op(&op.id))];
             let mut cmps = vec![];
             if let Some(cur) = self.get::<SnapshotRecord>(&keys::snapshot(&snap.name)).await?
@@ -185,37 +211,63 @@ impl Elara {
     }
 
     pub async fn list_snapshots_raw(&self) -> ApiResult<Vec<SnapshotRecord>> {
-        Ok(self.store.list_json::<SnapshotRecord>(&keys::snapshots()).await?.into_iter().map(|r| r.value).collect())
+        Ok(self
+            .store
+            .list_json::<SnapshotRecord>(&keys::snapshots())
+            .await?
+            .into_iter()
+            .map(|r| r.value)
+            .collect())
     }
 
     /// The users' snapshots (those that backups keep for themselves are hidden; `snapshot
     /// inspect` still shows them).
     pub async fn list_snapshots(&self, volume: Option<&str>) -> ApiResult<Vec<SnapshotRecord>> {
         let internal = self.backup_snapshots().await?;
-        Ok(self.list_snapshots_raw().await?.into_iter().filter(|s| volume.is_none_or(|v| s.volume == v) && !internal.contains(&s.name)).collect())
+        Ok(self
+            .list_snapshots_raw()
+            .await?
+            .into_iter()
+            .filter(|s| volume.is_none_or(|v| s.volume == v) && !internal.contains(&s.name))
+            .collect())
     }
 
     pub async fn snapshot(&self, name: &str) -> ApiResult<SnapshotRecord> {
-        Ok(self.get::<SnapshotRecord>(&keys::snapshot(name)).await?.ok_or_else(|| ApiError::not_found("snapshot", name))?.value)
+        Ok(self
+            .get::<SnapshotRecord>(&keys::snapshot(name))
+            .await?
+            .ok_or_else(|| ApiError::not_found("snapshot", name))?
+            .value)
     }
 
     pub async fn delete_snapshot(&self, name: &str) -> ApiResult<()> {
         let key = keys::snapshot(name);
-        let cur = self.get::<SnapshotRecord>(&key).await?.ok_or_else(|| ApiError::not_found("snapshot", name))?;
+        let cur = self
+            .get::<SnapshotRecord>(&key)
+            .await?
+            .ok_or_else(|| ApiError::not_found("snapshot", name))?;
         if let Some(other) = &cur.value.op {
             return Err(ApiError::busy("snapshot", name, other));
         }
         if let Some(node) = &cur.value.node
             && node != self.node()
         {
-            return Err(ApiError::conflict(format!("snapshot {name:?} lives on node {node:?}; delete it there")));
+            return Err(ApiError::conflict(format!(
+                "snapshot {name:?} lives on node {node:?}; delete it there"
+            )));
         }
         let params = serde_json::json!({ "snapshot_id": cur.value.id });
         let mut op = self.new_op(OpKind::DeleteSnapshot, &cur.value.volume, Some(name), params);
         let mut snap = cur.value.clone();
         snap.state = SnapshotState::Deleting;
         snap.op = Some(op.id.clone());
-        if !self.txn(vec![rev(key.clone(), cur.revision)], vec![put(key, &snap), put(keys::op(&op.id), &op)]).await? {
+        if !self
+            .txn(
+                vec![rev(key.clone(), cur.revision)],
+                vec![put(key, &snap), put(keys::op(&op.id), &op)],
+            )
+            .await?
+        {
             return Err(raced("snapshot", name));
         }
         faults::point("snapshot-delete:after-intent");
@@ -241,4 +293,3 @@ impl Elara {
         Ok(())
     }
 }
-

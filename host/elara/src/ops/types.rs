@@ -30,19 +30,27 @@ pub fn flag_spec(key: &str, value: &str) -> ApiResult<bool> {
     match value.trim() {
         "true" | "<is> True" => Ok(true),
         "false" | "<is> False" => Ok(false),
-        other => Err(ApiError::invalid(&format!("spec {key}"), format!("{other:?} is not true or false"))),
+        other => Err(ApiError::invalid(
+            &format!("spec {key}"),
+            format!("{other:?} is not true or false"),
+        )),
     }
 }
 
 pub fn parse_specs(specs: &BTreeMap<String, String>) -> ApiResult<Vec<Spec>> {
-    for key in [crate::attach::MountSecurity::SPEC_NOSUID, crate::attach::MountSecurity::SPEC_NODEV] {
+    for key in [
+        crate::attach::MountSecurity::SPEC_NOSUID,
+        crate::attach::MountSecurity::SPEC_NODEV,
+    ] {
         if let Some(v) = specs.get(key) {
             flag_spec(key, v)?;
         }
     }
     specs
         .iter()
-        .map(|(k, v)| Spec::new(k.as_str(), v.as_str()).map_err(|e| ApiError::invalid(&format!("spec {k}"), e.to_string())))
+        .map(|(k, v)| {
+            Spec::new(k.as_str(), v.as_str()).map_err(|e| ApiError::invalid(&format!("spec {k}"), e.to_string()))
+        })
         .collect()
 }
 
@@ -50,10 +58,19 @@ impl Elara {
     pub async fn create_type(&self, req: CreateType) -> ApiResult<VolumeTypeRecord> {
         check_name("name", &req.name)?;
         if req.specs.is_empty() {
-            return Err(ApiError::invalid("spec", "a volume type needs at least one spec (--spec KEY=VALUE)"));
+            return Err(ApiError::invalid(
+                "spec",
+                "a volume type needs at least one spec (--spec KEY=VALUE)",
+            ));
         }
         parse_specs(&req.specs)?;
-        let rec = VolumeTypeRecord { v: SCHEMA, name: req.name.clone(), description: req.description, specs: req.specs, created_at: now() };
+        let rec = VolumeTypeRecord {
+            v: SCHEMA,
+            name: req.name.clone(),
+            description: req.description,
+            specs: req.specs,
+            created_at: now(),
+        };
         let key = keys::volume_type(&rec.name);
         if !self.txn(vec![absent(key.clone())], vec![put(key, &rec)]).await? {
             return Err(ApiError::conflict(format!("volume type {:?} already exists", rec.name)));
@@ -63,16 +80,29 @@ impl Elara {
     }
 
     pub async fn list_types(&self) -> ApiResult<Vec<VolumeTypeRecord>> {
-        Ok(self.store.list_json::<VolumeTypeRecord>(&keys::volume_types()).await?.into_iter().map(|r| r.value).collect())
+        Ok(self
+            .store
+            .list_json::<VolumeTypeRecord>(&keys::volume_types())
+            .await?
+            .into_iter()
+            .map(|r| r.value)
+            .collect())
     }
 
     pub async fn get_type(&self, name: &str) -> ApiResult<VolumeTypeRecord> {
-        Ok(self.get::<VolumeTypeRecord>(&keys::volume_type(name)).await?.ok_or_else(|| ApiError::not_found("volume type", name))?.value)
+        Ok(self
+            .get::<VolumeTypeRecord>(&keys::volume_type(name))
+            .await?
+            .ok_or_else(|| ApiError::not_found("volume type", name))?
+            .value)
     }
 
     /// Refused while a volume uses the type (as Cinder does).
     pub async fn delete_type(&self, name: &str) -> ApiResult<()> {
-        let cur = self.get::<VolumeTypeRecord>(&keys::volume_type(name)).await?.ok_or_else(|| ApiError::not_found("volume type", name))?;
+        let cur = self
+            .get::<VolumeTypeRecord>(&keys::volume_type(name))
+            .await?
+            .ok_or_else(|| ApiError::not_found("volume type", name))?;
         let users: Vec<String> = self
             .store
             .list_json::<VolumeRecord>(&keys::volumes())
@@ -82,9 +112,17 @@ impl Elara {
             .map(|v| v.value.name)
             .collect();
         if !users.is_empty() {
-            return Err(ApiError::conflict(format!("volume type {name:?} is used by volumes {users:?}")));
+            return Err(ApiError::conflict(format!(
+                "volume type {name:?} is used by volumes {users:?}"
+            )));
         }
-        if !self.txn(vec![super::rev(keys::volume_type(name), cur.revision)], vec![super::del(keys::volume_type(name))]).await? {
+        if !self
+            .txn(
+                vec![super::rev(keys::volume_type(name), cur.revision)],
+                vec![super::del(keys::volume_type(name))],
+            )
+            .await?
+        {
             return Err(ApiError::busy("volume type", name, "changed meanwhile"));
         }
         Ok(())

@@ -96,10 +96,7 @@ impl Mount {
         let path = tmp.path().join("mnt");
         std::fs::create_dir(&path).unwrap();
         let log = tmp.path().join("helper.log");
-        let host = srv
-            .server
-            .rsplit_once(':')
-            .map_or(srv.server.as_str(), |(h, _)| h);
+        let host = srv.server.rsplit_once(':').map_or(srv.server.as_str(), |(h, _)| h);
         let source = format!("{host}:{export}");
         let mut m = Mount {
             path,
@@ -133,8 +130,7 @@ impl Mount {
             .args(&self.args)
             .env(
                 "RUST_LOG",
-                std::env::var("NFS_FUSE_TEST_LOG")
-                    .unwrap_or_else(|_| "info,elara_nfs_fuse=debug".into()),
+                std::env::var("NFS_FUSE_TEST_LOG").unwrap_or_else(|_| "info,elara_nfs_fuse=debug".into()),
             )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -168,10 +164,7 @@ impl Mount {
                 return;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
-                    "elara-nfs-fuse exited ({status}) before mounting:\n{}",
-                    self.log()
-                );
+                panic!("elara-nfs-fuse exited ({status}) before mounting:\n{}", self.log());
             }
             assert!(
                 Instant::now() < deadline,
@@ -229,9 +222,7 @@ impl Mount {
 
     /// Whether the helper still runs.
     pub fn running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| c.try_wait().unwrap().is_none())
+        self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
     }
 
     /// Wait for the helper to exit by itself (after an unmount from outside).
@@ -253,11 +244,7 @@ impl Mount {
 impl Drop for Mount {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!(
-                "--- elara-nfs-fuse log ({}) ---\n{}",
-                self.path.display(),
-                self.log()
-            );
+            eprintln!("--- elara-nfs-fuse log ({}) ---\n{}", self.path.display(), self.log());
         }
         if let Some(mut child) = self.child.take() {
             // SAFETY: signalling our own child.
@@ -358,7 +345,5 @@ pub fn as_user(script: &str) {
 
 /// The errno of an I/O result's error.
 pub fn errno<T: std::fmt::Debug>(r: std::io::Result<T>) -> i32 {
-    r.expect_err("expected an error")
-        .raw_os_error()
-        .expect("an OS error")
+    r.expect_err("expected an error").raw_os_error().expect("an OS error")
 }

@@ -46,11 +46,8 @@ pub fn check(text: &str) -> Result<(), String> {
     match &parsed {
         Ok(expr) => {
             let shown = expr.to_string();
-            let again = parse_expr(&shown).map_err(|e| {
-                format!(
-                    "{text:?} parsed as {expr:?}, whose text {shown:?} does not parse back: {e}"
-                )
-            })?;
+            let again = parse_expr(&shown)
+                .map_err(|e| format!("{text:?} parsed as {expr:?}, whose text {shown:?} does not parse back: {e}"))?;
             if again.to_string() != shown {
                 return Err(format!(
                     "{text:?} parsed as {expr:?}, printed {shown:?}, which parses as {again:?}"
@@ -78,9 +75,7 @@ pub fn check(text: &str) -> Result<(), String> {
             let prefix = format!("at character {}: ", e.position);
             let shown = e.to_string();
             if !shown.starts_with(&prefix) || e.message.trim().is_empty() {
-                return Err(format!(
-                    "{text:?}: rejection does not say where and why: {shown:?}"
-                ));
+                return Err(format!("{text:?}: rejection does not say where and why: {shown:?}"));
             }
         }
     }
@@ -105,9 +100,7 @@ pub fn check(text: &str) -> Result<(), String> {
             }
         }
         (request, parser) => {
-            return Err(format!(
-                "{text:?}: the request says {request:?}, the parser {parser:?}"
-            ));
+            return Err(format!("{text:?}: the request says {request:?}, the parser {parser:?}"));
         }
     }
     let _ = parse_spec_arg(text);

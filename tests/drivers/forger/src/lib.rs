@@ -39,12 +39,20 @@ fn symlink(target: &str, link: &str) -> std::io::Result<()> {
     }
     let (t, l) = (CString::new(target)?, CString::new(link)?);
     // SAFETY: two valid NUL-terminated strings that outlive the call.
-    if unsafe { symlink(t.as_ptr(), l.as_ptr()) } == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    if unsafe { symlink(t.as_ptr(), l.as_ptr()) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 fn labels(id: &str) -> DriverResult<BTreeMap<String, String>> {
     let text = std::fs::read_to_string(conn_file(id)).map_err(|e| io("reading the labels", e))?;
-    Ok(text.lines().filter_map(|l| l.split_once('\t')).map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    Ok(text
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect())
 }
 
 fn get(l: &BTreeMap<String, String>, k: &str) -> String {
@@ -73,7 +81,10 @@ fn connection(l: &BTreeMap<String, String>) -> DriverResult<Connection> {
             portal: get(l, "portal"),
             iqn: get(l, "iqn"),
             lun: get(l, "lun").parse().unwrap_or(0),
-            auth: l.get("user").map(|u| ChapAuth { username: u.clone(), secret: get(l, "secret") }),
+            auth: l.get("user").map(|u| ChapAuth {
+                username: u.clone(),
+                secret: get(l, "secret"),
+            }),
             extra: vec![],
         }),
         "s3" => Connection::S3(S3Connection {
@@ -85,7 +96,12 @@ fn connection(l: &BTreeMap<String, String>) -> DriverResult<Connection> {
             secret_key: get(l, "secret_key"),
             path_style: true,
         }),
-        other => return Err(DriverError::invalid("kind", format!("{other:?} is not a connection kind this driver forges"))),
+        other => {
+            return Err(DriverError::invalid(
+                "kind",
+                format!("{other:?} is not a connection kind this driver forges"),
+            ));
+        }
     })
 }
 
@@ -135,7 +151,12 @@ impl Guest for Forger {
         }
         let text: String = l.iter().map(|(k, v)| format!("{k}\t{v}\n")).collect();
         std::fs::write(conn_file(&spec.id), text).map_err(|e| io("recording the labels", e))?;
-        Ok(Volume { id: spec.id.clone(), pool: spec.pool.clone(), size_bytes: spec.size_bytes, backend_ref: spec.id })
+        Ok(Volume {
+            id: spec.id.clone(),
+            pool: spec.pool.clone(),
+            size_bytes: spec.size_bytes,
+            backend_ref: spec.id,
+        })
     }
 
     fn create_from_snapshot(_: VolumeSpec, _: String) -> DriverResult<Volume> {

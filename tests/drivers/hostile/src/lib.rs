@@ -76,11 +76,20 @@ fn symlink(target: &str, link: &str) -> std::io::Result<()> {
     }
     let (t, l) = (CString::new(target)?, CString::new(link)?);
     // SAFETY: two valid NUL-terminated strings that outlive the call.
-    if unsafe { symlink(t.as_ptr(), l.as_ptr()) } == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    if unsafe { symlink(t.as_ptr(), l.as_ptr()) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 fn volume(spec: &VolumeSpec, backend_ref: String) -> Volume {
-    Volume { id: spec.id.clone(), pool: spec.pool.clone(), size_bytes: spec.size_bytes, backend_ref }
+    Volume {
+        id: spec.id.clone(),
+        pool: spec.pool.clone(),
+        size_bytes: spec.size_bytes,
+        backend_ref,
+    }
 }
 
 fn done(spec: &VolumeSpec, what: String) -> DriverResult<Volume> {
@@ -93,7 +102,14 @@ fn attack(spec: &VolumeSpec) -> DriverResult<Volume> {
         "read" => {
             let path = label(spec, "path")?;
             let data = std::fs::read(path).map_err(|e| stopped(name, format!("reading {path}: {e}")))?;
-            done(spec, format!("read {} bytes of {path}: {:?}", data.len(), String::from_utf8_lossy(&data)))
+            done(
+                spec,
+                format!(
+                    "read {} bytes of {path}: {:?}",
+                    data.len(),
+                    String::from_utf8_lossy(&data)
+                ),
+            )
         }
         "write" => {
             let path = label(spec, "path")?;
@@ -104,25 +120,40 @@ fn attack(spec: &VolumeSpec) -> DriverResult<Volume> {
             let (target, link) = (label(spec, "target")?, label(spec, "link")?);
             symlink(target, link).map_err(|e| stopped(name, format!("symlink {link} -> {target}: {e}")))?;
             let data = std::fs::read(link).map_err(|e| stopped(name, format!("reading {link} -> {target}: {e}")))?;
-            done(spec, format!("read {} bytes through {link}: {:?}", data.len(), String::from_utf8_lossy(&data)))
+            done(
+                spec,
+                format!(
+                    "read {} bytes through {link}: {:?}",
+                    data.len(),
+                    String::from_utf8_lossy(&data)
+                ),
+            )
         }
         "clone-file" => {
             let (src, dst) = (label(spec, "src")?, label(spec, "dst")?);
-            let method = host::clone_file(src, dst).map_err(|e| stopped(name, format!("{} {}", e.kind(), e.message())))?;
+            let method =
+                host::clone_file(src, dst).map_err(|e| stopped(name, format!("{} {}", e.kind(), e.message())))?;
             done(spec, format!("cloned {src} to {dst} by {method:?}"))
         }
         "http" => {
             let url = label(spec, "url")?;
-            let resp = elara_driver_sdk::http::Client::new().get(url).send().map_err(|e| stopped(name, e))?;
+            let resp = elara_driver_sdk::http::Client::new()
+                .get(url)
+                .send()
+                .map_err(|e| stopped(name, e))?;
             done(spec, format!("GET {url}: HTTP {} {:?}", resp.status, resp.text()))
         }
         "tcp" => {
             let addr = label(spec, "addr")?;
             let mut stream =
                 std::net::TcpStream::connect(addr).map_err(|e| stopped(name, format!("connect {addr}: {e}")))?;
-            stream.write_all(b"hello\n").map_err(|e| stopped(name, format!("write to {addr}: {e}")))?;
+            stream
+                .write_all(b"hello\n")
+                .map_err(|e| stopped(name, format!("write to {addr}: {e}")))?;
             let mut line = String::new();
-            BufReader::new(stream).read_line(&mut line).map_err(|e| stopped(name, format!("read from {addr}: {e}")))?;
+            BufReader::new(stream)
+                .read_line(&mut line)
+                .map_err(|e| stopped(name, format!("read from {addr}: {e}")))?;
             done(spec, format!("TCP {addr} answered {line:?}"))
         }
         "alloc" => {
@@ -181,7 +212,11 @@ fn attack(spec: &VolumeSpec) -> DriverResult<Volume> {
             let mut reported = 0u64;
             loop {
                 reported = reported.saturating_add(step);
-                let total = if change_total { reported.saturating_add(step) } else { total };
+                let total = if change_total {
+                    reported.saturating_add(step)
+                } else {
+                    total
+                };
                 elara_driver_sdk::log::progress(std::hint::black_box(reported), total);
             }
         }
@@ -199,11 +234,13 @@ fn attack(spec: &VolumeSpec) -> DriverResult<Volume> {
         }
         "fill" => {
             let total = number(spec, "bytes", 1 << 40)?;
-            let mut f = std::fs::File::create("/pool/fill").map_err(|e| stopped(name, format!("creating /pool/fill: {e}")))?;
+            let mut f =
+                std::fs::File::create("/pool/fill").map_err(|e| stopped(name, format!("creating /pool/fill: {e}")))?;
             let block = vec![b'f'; 1 << 20];
             let mut written = 0u64;
             while written < total {
-                f.write_all(&block).map_err(|e| stopped(name, format!("writing /pool/fill after {written} bytes: {e}")))?;
+                f.write_all(&block)
+                    .map_err(|e| stopped(name, format!("writing /pool/fill after {written} bytes: {e}")))?;
                 written += block.len() as u64;
             }
             done(spec, format!("wrote {written} bytes"))
@@ -246,7 +283,12 @@ fn amplified(n: u64) -> Vec<Volume> {
     // would free the buffer many times and trap inside this sandbox.
     let alias = || unsafe { String::from_raw_parts(ptr, len, len) };
     (0..n)
-        .map(|i| Volume { id: format!("amp-{i}"), pool: "default".into(), size_bytes: 1, backend_ref: alias() })
+        .map(|i| Volume {
+            id: format!("amp-{i}"),
+            pool: "default".into(),
+            size_bytes: 1,
+            backend_ref: alias(),
+        })
         .collect()
 }
 
@@ -258,8 +300,16 @@ impl Guest for Hostile {
             kind: VolumeKind::File,
             features: Features::empty(),
             config_keys: vec![
-                ConfigKey::optional("amplify", "list-volumes returns this many volumes aliasing one 1 MiB string", Some("0")),
-                ConfigKey::optional("pool_flood", "pools reports this many pools (0: the one real pool)", Some("0")),
+                ConfigKey::optional(
+                    "amplify",
+                    "list-volumes returns this many volumes aliasing one 1 MiB string",
+                    Some("0"),
+                ),
+                ConfigKey::optional(
+                    "pool_flood",
+                    "pools reports this many pools (0: the one real pool)",
+                    Some("0"),
+                ),
                 ConfigKey::optional("pool_name_bytes", "the length of each flooded pool's name", Some("120")),
             ],
             notes: vec![("purpose".into(), "sandbox containment tests".into())],

@@ -29,7 +29,11 @@ static CONFIGURED: Settings<()> = Settings::new();
 fn records() -> DriverResult<Vec<(String, Record)>> {
     let mut out = Vec::new();
     for entry in fs::read_dir(ROOT).context("listing /pool")? {
-        let name = entry.context("listing /pool")?.file_name().to_string_lossy().into_owned();
+        let name = entry
+            .context("listing /pool")?
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
         if let Ok(bytes) = fs::read(format!("{ROOT}/{name}/volume.json")) {
             out.push((name, serde_json::from_slice(&bytes)?));
         }
@@ -39,7 +43,9 @@ fn records() -> DriverResult<Vec<(String, Record)>> {
 }
 
 fn unsupported<T>(what: &str) -> DriverResult<T> {
-    Err(DriverError::unsupported(format!("the sloppy driver does not do {what}")))
+    Err(DriverError::unsupported(format!(
+        "the sloppy driver does not do {what}"
+    )))
 }
 
 fn check_id(field: &str, id: &str) -> DriverResult<()> {
@@ -50,7 +56,12 @@ fn check_id(field: &str, id: &str) -> DriverResult<()> {
 }
 
 fn to_volume((dir, r): &(String, Record)) -> Volume {
-    Volume { id: r.id.clone(), pool: "default".into(), size_bytes: r.size_bytes, backend_ref: dir.clone() }
+    Volume {
+        id: r.id.clone(),
+        pool: "default".into(),
+        size_bytes: r.size_bytes,
+        backend_ref: dir.clone(),
+    }
 }
 
 impl Guest for Sloppy {
@@ -97,10 +108,15 @@ impl Guest for Sloppy {
         if spec.size_bytes == 0 {
             return Err(DriverError::invalid("size", "must be greater than 0 bytes"));
         }
-        let n = (0..).find(|n| fs::metadata(format!("{ROOT}/{}.{n}", spec.id)).is_err()).unwrap();
+        let n = (0..)
+            .find(|n| fs::metadata(format!("{ROOT}/{}.{n}", spec.id)).is_err())
+            .unwrap();
         let dir = format!("{}.{n}", spec.id);
         fs::create_dir(format!("{ROOT}/{dir}")).context(format!("creating {dir}"))?;
-        let record = Record { id: spec.id.clone(), size_bytes: spec.size_bytes };
+        let record = Record {
+            id: spec.id.clone(),
+            size_bytes: spec.size_bytes,
+        };
         fs::write(format!("{ROOT}/{dir}/volume.json"), serde_json::to_vec(&record)?).context("writing the record")?;
         Ok(to_volume(&(dir, record)))
     }

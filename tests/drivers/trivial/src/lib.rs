@@ -17,7 +17,9 @@ static CONFIG: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
 struct Trivial;
 
 fn unsupported<T>(what: &str) -> Result<T, DriverError> {
-    Err(DriverError::Unsupported(format!("the trivial driver does not do {what}")))
+    Err(DriverError::Unsupported(format!(
+        "the trivial driver does not do {what}"
+    )))
 }
 
 impl Guest for Trivial {
@@ -69,13 +71,21 @@ impl Guest for Trivial {
 
     fn create(spec: VolumeSpec) -> Result<Volume, DriverError> {
         if spec.size_bytes == 0 {
-            return Err(DriverError::Invalid(InvalidField { field: "size".into(), reason: "must be > 0".into() }));
+            return Err(DriverError::Invalid(InvalidField {
+                field: "size".into(),
+                reason: "must be > 0".into(),
+            }));
         }
         if let Some(ms) = spec.name.strip_prefix("sleep:") {
             let ms: u64 = ms.parse().unwrap_or(100);
             std::thread::sleep(std::time::Duration::from_millis(ms));
         }
-        Ok(Volume { id: spec.id.clone(), pool: spec.pool, size_bytes: spec.size_bytes, backend_ref: spec.name })
+        Ok(Volume {
+            id: spec.id.clone(),
+            pool: spec.pool,
+            size_bytes: spec.size_bytes,
+            backend_ref: spec.name,
+        })
     }
 
     fn create_from_snapshot(_: VolumeSpec, _: String) -> Result<Volume, DriverError> {
@@ -100,7 +110,11 @@ impl Guest for Trivial {
         Ok(())
     }
     fn stats(_: String) -> Result<VolumeStats, DriverError> {
-        Ok(VolumeStats { size_bytes: 1 << 30, used_bytes: 4096, objects: None })
+        Ok(VolumeStats {
+            size_bytes: 1 << 30,
+            used_bytes: 4096,
+            objects: None,
+        })
     }
     fn set_qos(_: String, _: Qos) -> Result<(), DriverError> {
         unsupported("QoS")
