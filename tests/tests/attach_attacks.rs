@@ -156,6 +156,18 @@ fn swapped_image_race_etcd() -> anyhow::Result<()> {
 /// the refusal must contain.
 type ForgedCase<'a> = (&'a str, Vec<(&'a str, String)>, &'a str);
 
+/// `labels` with each of `extra`'s keys set to its value instead (or added).
+fn overridden(
+    mut labels: Vec<(&'static str, String)>,
+    extra: &[(&'static str, String)],
+) -> Vec<(&'static str, String)> {
+    for (k, v) in extra {
+        labels.retain(|(lk, _)| lk != k);
+        labels.push((k, v.clone()));
+    }
+    labels
+}
+
 /// A TCP listener on 127.0.0.1 that counts the connections it accepts (it answers none).
 struct Listener {
     port: u16,
@@ -220,7 +232,7 @@ fn forged_connections_are_refused(store: StoreKind) -> anyhow::Result<()> {
     let (victim_s, victim_dir_s) = (victim.display().to_string(), victim_dir.display().to_string());
     let (gp, op) = (granted.port.to_string(), other.port.to_string());
     let good_nfs = |extra: &[(&'static str, String)]| {
-        let mut l = vec![
+        let l = vec![
             ("kind", "nfs".to_string()),
             ("server", "127.0.0.1".into()),
             ("port", gp.clone()),
@@ -228,14 +240,10 @@ fn forged_connections_are_refused(store: StoreKind) -> anyhow::Result<()> {
             ("version", "3".into()),
             ("options", format!("mountport={gp}")),
         ];
-        for (k, v) in extra {
-            l.retain(|(lk, _)| lk != k);
-            l.push((k, v.clone()));
-        }
-        l
+        overridden(l, extra)
     };
     let good_s3 = |extra: &[(&'static str, String)]| {
-        let mut l = vec![
+        let l = vec![
             ("kind", "s3".to_string()),
             ("endpoint", format!("http://127.0.0.1:{gp}")),
             ("region", "r1".into()),
@@ -243,24 +251,16 @@ fn forged_connections_are_refused(store: StoreKind) -> anyhow::Result<()> {
             ("access_key", "AK".into()),
             ("secret_key", "SK".into()),
         ];
-        for (k, v) in extra {
-            l.retain(|(lk, _)| lk != k);
-            l.push((k, v.clone()));
-        }
-        l
+        overridden(l, extra)
     };
     let good_iscsi = |extra: &[(&'static str, String)]| {
-        let mut l = vec![
+        let l = vec![
             ("kind", "iscsi".to_string()),
             ("portal", format!("127.0.0.1:{gp}")),
             ("iqn", "iqn.2026-12.test:t1".into()),
             ("lun", "1".into()),
         ];
-        for (k, v) in extra {
-            l.retain(|(lk, _)| lk != k);
-            l.push((k, v.clone()));
-        }
-        l
+        overridden(l, extra)
     };
     // A guest may make relative symlinks only (WASI refuses absolute targets), `..` included:
     // enough of them reach `/` from the pool dir.
